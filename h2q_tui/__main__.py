@@ -1,0 +1,5 @@
+import sys
+
+from h2q_tui.cli import main
+
+sys.exit(main())

@@ -1,0 +1,223 @@
+"""Run configuration: one frozen dataclass per concern, loaded from commented TOML presets.
+
+Unknown keys and wrong types are UserErrors that name the key; ``--set section.key=value``
+overrides a preset value (the value is parsed as TOML, falling back to a plain string).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from h2q_tui.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str = "gpt"  # microstream | gpt
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    context: int = 128
+    dropout: float = 0.0
+    # Hamiltonian layers
+    factor_size: int = 32
+    rank: int = 8
+    shared_bank: bool = True  # one structure bank per model (source) or one per layer
+    ham_implementation: str = "fast"  # fast | reference
+    checkpointing: bool = False  # activation checkpointing of each reversible branch
+    # GPT baseline
+    mlp_ratio: int = 4
+    bias: bool = True
+    tie_weights: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    loop: str = "random"  # horizon (MicroStream rolling horizon) | random (random windows)
+    batch_size: int = 16
+    chunk_bytes: int = 262_144  # horizon loop: bytes per chunk
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    weight_decay: float = 0.02
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine (over max_steps, else over max_seconds)
+    axiom_lambda: float = 0.1  # penalty weight: loss = CE + axiom_lambda * 0.01 * penalty
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    threads: int = 0  # torch intra-op threads for training; 0 = all cores
+    max_steps: int = 0  # 0 = no limit
+    max_seconds: float = 0.0  # 0 = no limit
+    seed: int = 1337
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    heldout_interval: int = 200  # steps between held-out evaluations
+    heldout_bytes: int = 131_072  # evaluate on at most this many held-out bytes
+    heldout_fraction: float = 0.05  # without --heldout: this tail of the corpus is never trained on
+    horizon_val_fraction: float = 0.2  # horizon loop: share of the next chunk's columns
+    random_val_interval: int = 100  # random loop: steps between "horizon" (train-stream) evals
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    log_interval: int = 50  # steps between console lines / step records
+    sample_interval: int = 500  # steps between Thought Stream samples (0 = never)
+    sample_bytes: int = 200
+    sample_temperature: float = 0.8
+    checkpoint_interval: int = 1000  # steps between checkpoints (0 = only at the end)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig, "log": LogConfig}
+CHOICES = {
+    ("model", "family"): ("microstream", "gpt"),
+    ("model", "ham_implementation"): ("fast", "reference"),
+    ("train", "loop"): ("horizon", "random"),
+    ("train", "schedule"): ("constant", "cosine"),
+    ("train", "precision"): ("fp32", "bf16"),
+}
+
+
+def presets_dir() -> Path:
+    """The folder of bundled presets (repo checkout or installed wheel)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "presets", here / "_presets"):
+        if candidate.is_dir():
+            return candidate
+    raise UserError("bundled presets folder not found; reinstall h2q-tui")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+
+
+def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
+    name = f"{section}.{key}"
+    expected = annotation if isinstance(annotation, type) else typing.get_origin(annotation)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is types.UnionType or not isinstance(value, expected) or (
+        isinstance(value, bool) and expected is not bool
+    ):
+        raise UserError(
+            f"config key {name} must be {getattr(annotation, '__name__', annotation)}, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    allowed = CHOICES.get((section, key))
+    if allowed and value not in allowed:
+        raise UserError(f"config key {name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a RunConfig, rejecting unknown sections/keys and wrong types by name."""
+    sections: dict[str, Any] = {}
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise UserError(f"{source}: unknown config section [{section}] (known: {', '.join(SECTIONS)})")
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: [{section}] must be a table")
+        cls = SECTIONS[section]
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise UserError(f"{source}: unknown config key {section}.{key}")
+            kwargs[key] = _coerce(section, key, value, hints[key])
+        sections[section] = cls(**kwargs)
+    return RunConfig(**sections)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read preset {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"preset {path} is not valid TOML: {exc}") from None
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """Raw TOML dict of a bundled preset name or a .toml path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UserError(f"preset file not found: {path}")
+        return _read_toml(path)
+    bundled = presets_dir() / f"{name_or_path}.toml"
+    if not bundled.is_file():
+        raise UserError(f"unknown preset '{name_or_path}' (known: {', '.join(preset_names())})")
+    return _read_toml(bundled)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse ``section.key=value``; the value is read as TOML, else kept as a string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise UserError(f"--set expects section.key=value, got {text!r}")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    merged = {section: dict(values) for section, values in data.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        merged.setdefault(section, {})[key] = value
+    return merged
+
+
+def resolve(preset: str, overrides: list[str] | None = None) -> RunConfig:
+    """Preset + ``--set`` overrides → validated RunConfig."""
+    config = from_dict(apply_overrides(load_preset(preset), overrides or []), source=preset)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Cross-field checks that a single type check cannot express."""
+    m, t = config.model, config.train
+    positive = {
+        "model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
+        "model.context": m.context, "train.batch_size": t.batch_size, "model.vocab_size": m.vocab_size,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise UserError(f"config key {name} must be positive, got {value}")
+    if m.family == "microstream":
+        half = m.d_model // 2
+        if m.d_model % 2 or half % (4 * m.factor_size):
+            raise UserError(
+                f"model.d_model={m.d_model}: microstream needs d_model/2 to be a multiple of "
+                f"4 x model.factor_size ({4 * m.factor_size})"
+            )
+        if half % m.n_heads:
+            raise UserError(f"model.n_heads={m.n_heads} must divide d_model/2 = {half}")
+    elif m.d_model % m.n_heads:
+        raise UserError(f"model.n_heads={m.n_heads} must divide model.d_model={m.d_model}")
+    if t.loop == "horizon" and t.chunk_bytes < t.batch_size * (m.context + 1) * 2:
+        raise UserError("train.chunk_bytes is too small for batch_size x context")

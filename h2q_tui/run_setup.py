@@ -1,0 +1,121 @@
+"""Everything between command-line flags and a ready Trainer: config, data, run dir, resume.
+
+Shared by the headless runner and the dashboard, so both write the same files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from h2q_tui import config as cfg
+from h2q_tui.data.sources import Corpus, load_corpus
+from h2q_tui.errors import UserError
+from h2q_tui.training import checkpoint
+
+DEFAULT_PRESET = "microstream-cpu"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class RunRequest:
+    """The training flags common to ``--no-ui`` and the dashboard."""
+
+    preset: str | None = None
+    data: str | None = None
+    heldout: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    run_dir: str | None = None
+    resume: str | None = None
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    seed: int | None = None
+
+
+@dataclass
+class PreparedRun:
+    config: cfg.RunConfig
+    corpus: Corpus
+    run_dir: Path
+    preset: str
+    resume_from: checkpoint.CheckpointInfo | None
+
+
+def _flag_overrides(request: RunRequest) -> list[str]:
+    flags = [f"train.max_steps={request.max_steps}" if request.max_steps is not None else None,
+             f"train.max_seconds={float(request.max_seconds)}" if request.max_seconds is not None else None,
+             f"train.seed={request.seed}" if request.seed is not None else None]
+    return request.overrides + [f for f in flags if f]
+
+
+def ensure_writable(run_dir: Path) -> None:
+    """Create the run dir and prove we can write in it, or raise a one-line UserError."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write run dir {run_dir}: {exc.strerror or exc}") from None
+
+
+def fingerprint(corpus: Corpus) -> str:
+    return hashlib.sha256(corpus.train.numpy().tobytes()).hexdigest()
+
+
+def prepare_run(request: RunRequest, progress: Callable[[int, int | None], None] | None = None) -> PreparedRun:
+    """Resolve a new or resumed run; raises UserError for any bad input before training starts."""
+    if request.resume:
+        return _prepare_resume(request, progress)
+    preset = request.preset or DEFAULT_PRESET
+    config = cfg.resolve(preset, _flag_overrides(request))
+    corpus = load_corpus(request.data, request.heldout, config.eval.heldout_fraction, progress)
+    run_dir = Path(request.run_dir or Path("runs") / f"{Path(preset).stem}-{datetime.now():%Y%m%d-%H%M%S}")
+    if (run_dir / "checkpoints").exists():
+        raise UserError(f"run dir {run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+    ensure_writable(run_dir)
+    _write_run_file(run_dir, {"preset": preset, "data": request.data, "heldout": request.heldout,
+                              "train_sha256": fingerprint(corpus)})
+    return PreparedRun(config, corpus, run_dir, preset, None)
+
+
+def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
+    run_dir = Path(request.resume)  # type: ignore[arg-type]
+    info = checkpoint.read_info(run_dir)
+    if request.preset:
+        raise UserError("--preset cannot change on --resume (the checkpoint holds the config)")
+    data = cfg.apply_overrides(info.config.to_dict(), _flag_overrides(request))
+    config = cfg.from_dict(data, source=f"--resume {run_dir}")
+    cfg.validate(config)
+    if dataclasses.replace(config.model) != info.config.model:
+        raise UserError("model.* keys cannot change on --resume")
+    saved = _read_run_file(run_dir)
+    corpus = load_corpus(request.data or saved.get("data"), request.heldout or saved.get("heldout"),
+                         config.eval.heldout_fraction, progress)
+    if saved.get("train_sha256") and saved["train_sha256"] != fingerprint(corpus):
+        raise UserError(f"training data differs from the data of run {run_dir}; resume needs the same --data")
+    target = Path(request.run_dir) if request.run_dir else run_dir
+    ensure_writable(target)
+    return PreparedRun(config, corpus, target, saved.get("preset", ""), info)
+
+
+def _write_run_file(run_dir: Path, payload: dict) -> None:
+    tmp = run_dir / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / RUN_FILE)
+
+
+def _read_run_file(run_dir: Path) -> dict:
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{path} is unreadable; pass --data explicitly to resume") from None

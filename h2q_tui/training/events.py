@@ -1,0 +1,139 @@
+"""Typed events the engine emits (past tense); the JSONL writer, console and TUI consume them.
+
+Every event has ``to_record()`` → the JSON object written to ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+LN2 = math.log(2.0)
+
+
+def bits_per_byte(nats: float) -> float:
+    """Convert nats per byte to bits per byte."""
+    return nats / LN2
+
+
+@dataclass(frozen=True)
+class Event:
+    name: ClassVar[str] = "event"
+
+    def to_record(self) -> dict[str, Any]:
+        return {"event": self.name, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    name: ClassVar[str] = "run_started"
+    run_id: str
+    n_params: int
+    config: dict[str, Any]
+    preset: str
+    train_source: str
+    heldout_source: str
+    train_bytes: int
+    heldout_bytes: int
+    device: str
+    threads: int
+    start_step: int
+    time: float
+    started_at: str
+
+
+@dataclass(frozen=True)
+class StepCompleted(Event):
+    name: ClassVar[str] = "step"
+    step: int
+    tokens: int
+    time: float  # seconds of training wall time since the run began (across resumes)
+    train_loss_nats: float  # cross-entropy only
+    train_bpb: float
+    aux_loss: float  # weighted penalty added to the optimised loss, shown apart from CE
+    penalty: float  # unweighted orthogonality penalty
+    grad_norm: float  # before clipping
+    energy: float  # mean L2 norm of the final hidden state (a readout, not conserved)
+    step_ms: float
+    tokens_per_s: float
+    lr: float
+    epoch: int
+    data_progress: float  # fraction of the current epoch trained on
+    rss_bytes: int
+    cuda_allocated_bytes: int | None = None
+    cuda_reserved_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalCompleted(Event):
+    name: ClassVar[str] = "eval"
+    step: int
+    tokens: int
+    time: float
+    split: str  # "horizon" (next chunk) or "heldout" (never trained on)
+    val_loss_nats: float
+    val_bpb: float
+    train_loss_nats: float | None = None  # horizon: mean train CE of the chunk just trained
+    diff_nats: float | None = None  # horizon: Val − Train
+
+
+@dataclass(frozen=True)
+class SampleReady(Event):
+    name: ClassVar[str] = "sample"
+    step: int
+    text: str
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    name: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+    checkpoint_bytes: int
+
+
+@dataclass(frozen=True)
+class RunPaused(Event):
+    name: ClassVar[str] = "paused"
+    step: int
+
+
+@dataclass(frozen=True)
+class RunResumed(Event):
+    name: ClassVar[str] = "resumed"
+    step: int
+
+
+@dataclass(frozen=True)
+class LearningRateChanged(Event):
+    name: ClassVar[str] = "lr_changed"
+    step: int
+    lr: float
+    lr_scale: float
+
+
+@dataclass(frozen=True)
+class AlarmRaised(Event):
+    name: ClassVar[str] = "alarm"
+    step: int
+    kind: str  # "nan" | "divergence"
+    message: str
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    name: ClassVar[str] = "run_finished"
+    step: int
+    tokens: int
+    time: float
+    reason: str  # max_steps | max_seconds | stopped | interrupted
+
+
+@dataclass(frozen=True)
+class RunFailed(Event):
+    name: ClassVar[str] = "run_failed"
+    step: int
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,332 @@
+"""The training engine: rolling-horizon or random-window loop, typed events, queued commands.
+
+It never imports UI code. It reports through ``emit(event)`` and obeys commands drained from a
+queue between steps; it never waits on a consumer.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from h2q_tui.config import RunConfig
+from h2q_tui.data.sources import Corpus
+from h2q_tui.data.streams import HorizonSampler, RandomWindowSampler
+from h2q_tui.generation.thought_stream import sample_bytes
+from h2q_tui.models import build_model, count_parameters
+from h2q_tui.training import checkpoint, commands, events
+from h2q_tui.training.evaluate import heldout_cross_entropy, mean_cross_entropy
+from h2q_tui.training.resources import cuda_memory, rss_bytes
+
+Emit = Callable[[events.Event], None]
+DIVERGENCE_NATS = 1.0  # held-out CE this far above its best ...
+DIVERGENCE_EVALS = 3  # ... for this many evals in a row raises an alarm
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (no decay on biases, norms, 1-D tables)."""
+    t = config.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+
+
+def scheduled_lr(config: RunConfig, step: int, elapsed_s: float) -> float:
+    """Linear warm-up, then constant or cosine decay to min_lr over max_steps (else max_seconds)."""
+    t = config.train
+    if t.warmup_steps and step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.schedule == "constant":
+        return t.lr
+    if t.max_steps:
+        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+    elif t.max_seconds:
+        progress = elapsed_s / t.max_seconds
+    else:
+        return t.lr
+    progress = min(1.0, max(0.0, progress))
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Owns model, optimizer, sampler and counters for one run (new or resumed).
+
+    Args:
+        config: the run config (for a resume: the checkpoint's, with limits updated).
+        corpus: training and held-out bytes.
+        run_dir: where metrics.jsonl's companion checkpoints go.
+        emit: receives every event; must not block.
+        command_queue: commands drained between steps (None: none expected).
+        preset: the preset's name, recorded in RunStarted.
+        resume_from: a checkpoint to continue exactly.
+        pause_on_nan: pause on a NaN/Inf loss (dashboard) instead of finishing (headless).
+    """
+
+    def __init__(
+        self, config: RunConfig, corpus: Corpus, run_dir: Path, emit: Emit,
+        command_queue: queue.Queue | None = None, *, preset: str = "",
+        resume_from: checkpoint.CheckpointInfo | None = None, pause_on_nan: bool = False,
+    ) -> None:
+        self.config, self.corpus, self.run_dir, self.emit = config, corpus, Path(run_dir), emit
+        self.commands: queue.Queue = command_queue or queue.Queue()
+        self.preset, self.pause_on_nan = preset, pause_on_nan
+        t, m = config.train, config.model
+        self.threads = t.threads or torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        torch.manual_seed(t.seed)
+        self.device = pick_device()
+        self.model = build_model(m).to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.autocast_dtype = torch.bfloat16 if t.precision == "bf16" else None
+        if t.loop == "horizon":
+            self.sampler: HorizonSampler | RandomWindowSampler = HorizonSampler(
+                corpus.train, t.batch_size, m.context, t.chunk_bytes)
+        else:
+            self.sampler = RandomWindowSampler(corpus.train, t.batch_size, m.context, t.seed)
+        self.sample_generator = torch.Generator().manual_seed(t.seed + 1)
+        self.run_id = uuid.uuid4().hex[:12]
+        self.step = self.tokens = 0
+        self.elapsed_before_s = 0.0
+        self.lr_scale = 1.0
+        self.chunk_loss_sum, self.chunk_steps, self.pending_horizon_val = 0.0, 0, None
+        self.best_heldout, self.bad_evals = math.inf, 0
+        self.paused = False
+        self.stop_requested: str | None = None  # set from a signal handler (no locks there)
+        self._segment_start: float | None = None
+        self.last_saved_step = -1
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "sample_rng": self.sample_generator.get_state(),
+            "step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed_s(),
+            "lr_scale": self.lr_scale, "chunk_loss_sum": self.chunk_loss_sum, "chunk_steps": self.chunk_steps,
+            "pending_horizon_val": self.pending_horizon_val, "best_heldout": self.best_heldout,
+            "bad_evals": self.bad_evals, "run_id": self.run_id,
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _restore(self, info: checkpoint.CheckpointInfo) -> None:
+        checkpoint.load_weights(info, self.model)
+        state = checkpoint.load_state(info)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.sample_generator.set_state(state["sample_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        for key in ("step", "tokens", "lr_scale", "chunk_loss_sum", "chunk_steps",
+                    "pending_horizon_val", "best_heldout", "bad_evals", "run_id"):
+            setattr(self, key, state[key])
+        self.elapsed_before_s = state["elapsed_s"]
+        self.last_saved_step = self.step
+
+    # ------------------------------------------------------------------ helpers
+    def elapsed_s(self) -> float:
+        running = time.perf_counter() - self._segment_start if self._segment_start is not None else 0.0
+        return self.elapsed_before_s + running
+
+    def current_lr(self) -> float:
+        return scheduled_lr(self.config, self.step, self.elapsed_s()) * self.lr_scale
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_dtype is not None)
+
+    def save(self) -> None:
+        if self.last_saved_step == self.step:
+            return
+        path = checkpoint.save_checkpoint(self.run_dir, self.model, self.config, self.step, self.run_id, self.state_dict())
+        size = sum(f.stat().st_size for f in path.iterdir())
+        self.last_saved_step = self.step
+        self.emit(events.CheckpointSaved(self.step, str(path), size))
+
+    def sample(self) -> None:
+        prompt = bytes(self.corpus.heldout[:16].tolist())
+        text = sample_bytes(self.model, prompt, self.config.log.sample_bytes, self.config.log.sample_temperature,
+                            self.sample_generator, self.config.model.context, self.device)
+        self.emit(events.SampleReady(self.step, (prompt + text).decode("utf-8", errors="replace")))
+
+    def evaluate_heldout(self) -> float:
+        nats = heldout_cross_entropy(self.model, self.corpus.heldout, self.config.model.context, self.device,
+                                     self.config.eval.heldout_bytes, autocast_dtype=self.autocast_dtype)
+        self.emit(events.EvalCompleted(self.step, self.tokens, self.elapsed_s(), "heldout", nats,
+                                       events.bits_per_byte(nats)))
+        self._watch_divergence(nats)
+        return nats
+
+    def _watch_divergence(self, nats: float) -> None:
+        if nats < self.best_heldout:
+            self.best_heldout, self.bad_evals = nats, 0
+            return
+        self.bad_evals = self.bad_evals + 1 if nats > self.best_heldout + DIVERGENCE_NATS else 0
+        if self.bad_evals == DIVERGENCE_EVALS:
+            self.emit(events.AlarmRaised(self.step, "divergence", f"held-out CE {nats:.3f} nats is more than "
+                                         f"{DIVERGENCE_NATS} above its best {self.best_heldout:.3f} for {DIVERGENCE_EVALS} evals"))
+
+    # ------------------------------------------------------------------ commands
+    def _handle(self, command: object) -> str | None:
+        """Apply one command; returns a stop reason when the run should end."""
+        if isinstance(command, commands.Pause) and not self.paused:
+            self.paused = True
+            self.emit(events.RunPaused(self.step))
+        elif isinstance(command, commands.Resume) and self.paused:
+            self.paused = False
+            self.emit(events.RunResumed(self.step))
+        elif isinstance(command, commands.Stop):
+            return command.reason
+        elif isinstance(command, commands.SaveNow):
+            self.save()
+        elif isinstance(command, commands.SampleNow):
+            self.sample()
+        elif isinstance(command, (commands.SetLearningRate, commands.ScaleLearningRate)):
+            base = scheduled_lr(self.config, self.step, self.elapsed_s())
+            new_lr = command.lr if isinstance(command, commands.SetLearningRate) else self.current_lr() * command.factor
+            self.lr_scale = new_lr / base if base > 0 else 1.0
+            self.emit(events.LearningRateChanged(self.step, self.current_lr(), self.lr_scale))
+        return None
+
+    def _drain_commands(self) -> str | None:
+        while True:
+            if self.stop_requested:
+                return self.stop_requested
+            try:
+                command = self.commands.get(timeout=0.1) if self.paused else self.commands.get_nowait()
+            except queue.Empty:
+                if self.paused:
+                    continue
+                return None
+            reason = self._handle(command)
+            if reason:
+                return reason
+
+    # ------------------------------------------------------------------ loop
+    def _limit_reached(self) -> str | None:
+        t = self.config.train
+        if t.max_steps and self.step >= t.max_steps:
+            return "max_steps"
+        if t.max_seconds and self.elapsed_s() >= t.max_seconds:
+            return "max_seconds"
+        return None
+
+    def train_step(self) -> events.StepCompleted | None:
+        """One optimizer step on the sampler's next window; None if the loss was not finite."""
+        started = time.perf_counter()
+        x, y = (t.to(self.device) for t in self.sampler.next_batch())
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self._autocast():
+            _, ce = self.model(x, y)
+        penalty = self.model.penalty()
+        aux = self.config.train.axiom_lambda * 0.01 * penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        (ce + aux).backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip))
+        ce_nats = float(ce.detach())
+        if not (math.isfinite(ce_nats) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.sampler.advance()
+        self.step += 1
+        self.tokens += y.numel()
+        self.chunk_loss_sum += ce_nats
+        self.chunk_steps += 1
+        step_s = time.perf_counter() - started
+        allocated, reserved = cuda_memory(self.device)
+        return events.StepCompleted(
+            step=self.step, tokens=self.tokens, time=self.elapsed_s(), train_loss_nats=ce_nats,
+            train_bpb=events.bits_per_byte(ce_nats), aux_loss=float(aux.detach()), penalty=float(penalty.detach()),
+            grad_norm=grad_norm, energy=float(self.model.energy), step_ms=step_s * 1000,
+            tokens_per_s=y.numel() / step_s, lr=lr, epoch=self.sampler.epoch,
+            data_progress=self.sampler.progress(), rss_bytes=rss_bytes(),
+            cuda_allocated_bytes=allocated, cuda_reserved_bytes=reserved)
+
+    def _horizon_validate(self) -> None:
+        fraction = self.config.eval.horizon_val_fraction
+        batches = self.sampler.horizon_val_batches(fraction)  # type: ignore[union-attr]
+        self.pending_horizon_val = mean_cross_entropy(self.model, batches, self.device, self.autocast_dtype)
+
+    def _horizon_chunk_done(self) -> None:
+        train = self.chunk_loss_sum / max(1, self.chunk_steps)
+        val = self.pending_horizon_val if self.pending_horizon_val is not None else math.nan
+        self.emit(events.EvalCompleted(self.step, self.tokens, self.elapsed_s(), "horizon", val,
+                                       events.bits_per_byte(val), train, val - train))
+        self.chunk_loss_sum, self.chunk_steps, self.pending_horizon_val = 0.0, 0, None
+
+    def _after_step(self) -> None:
+        every = self.config.log, self.config.eval
+        if isinstance(self.sampler, HorizonSampler) and self.sampler.at_chunk_start():
+            self._horizon_chunk_done()
+        if every[1].heldout_interval and self.step % every[1].heldout_interval == 0:
+            self.evaluate_heldout()
+        if every[0].sample_interval and self.step % every[0].sample_interval == 0:
+            self.sample()
+        if every[0].checkpoint_interval and self.step % every[0].checkpoint_interval == 0:
+            self.save()
+
+    def _started_event(self) -> events.RunStarted:
+        return events.RunStarted(
+            run_id=self.run_id, n_params=count_parameters(self.model), config=self.config.to_dict(),
+            preset=self.preset, train_source=self.corpus.train_source, heldout_source=self.corpus.heldout_source,
+            train_bytes=self.corpus.train.numel(), heldout_bytes=self.corpus.heldout.numel(),
+            device=str(self.device), threads=self.threads, start_step=self.step, time=self.elapsed_before_s,
+            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def run(self) -> str:
+        """Train until a limit, a Stop command or a NaN; returns the finish reason."""
+        self._segment_start = time.perf_counter()
+        self.emit(self._started_event())
+        self.model.train()
+        reason = None
+        while reason is None:
+            reason = self._drain_commands() or self._limit_reached()
+            if reason:
+                break
+            if isinstance(self.sampler, HorizonSampler) and self.sampler.at_chunk_start() and self.pending_horizon_val is None:
+                self._horizon_validate()
+            record = self.train_step()
+            if record is None:
+                reason = self._on_nan()
+                continue
+            self.emit(record)
+            self._after_step()
+        return self._finish(reason)
+
+    def _on_nan(self) -> str | None:
+        self.emit(events.AlarmRaised(self.step, "nan", f"loss or gradient is NaN/Inf at step {self.step + 1}; "
+                                     "the step was skipped and the last checkpoint kept"))
+        if self.pause_on_nan:
+            self._handle(commands.Pause())
+            return None
+        return "nan"
+
+    def _finish(self, reason: str) -> str:
+        if reason != "nan":
+            if self.config.eval.heldout_interval == 0 or self.step % self.config.eval.heldout_interval:
+                self.evaluate_heldout()
+            self.save()
+        self.emit(events.RunFinished(self.step, self.tokens, self.elapsed_s(), reason))
+        return reason

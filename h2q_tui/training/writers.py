@@ -1,0 +1,95 @@
+"""Two consumers of engine events: the append-only metrics.jsonl writer and the console printer."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import IO
+
+from h2q_tui.training import events
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _clean(value):
+    """JSON has no NaN/Inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+class JsonlWriter:
+    """Appends one JSON object per event to RUN_DIR/metrics.jsonl, flushed per line for tailers."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / METRICS_FILE
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def __call__(self, event: events.Event) -> None:
+        self._handle.write(json.dumps(_clean(event.to_record()), separators=(",", ":")) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class ConsolePrinter:
+    """One readable line per log interval, in the spirit of the source heartbeat."""
+
+    def __init__(self, log_interval: int, max_steps: int = 0, stream: IO[str] | None = None) -> None:
+        self.log_interval, self.max_steps = max(1, log_interval), max_steps
+        self.stream = stream or sys.stdout
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def __call__(self, event: events.Event) -> None:
+        handler = getattr(self, f"_on_{event.name}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_run_started(self, e: events.RunStarted) -> None:
+        self._print(f"parameters: {e.n_params:,}")
+        model = e.config["model"]
+        self._print(f"model {model['family']} d={model['d_model']} layers={model['n_layers']} ctx={model['context']} | "
+                    f"device {e.device} x{e.threads} threads | data {e.train_source} ({e.train_bytes:,} bytes) | "
+                    f"held-out {e.heldout_source} ({e.heldout_bytes:,} bytes)" + (f" | resumed at step {e.start_step}" if e.start_step else ""))
+
+    def _on_step(self, e: events.StepCompleted) -> None:
+        self._loss_sum += e.train_loss_nats
+        self._loss_count += 1
+        if e.step % self.log_interval:
+            return
+        mean = self._loss_sum / self._loss_count
+        self._loss_sum, self._loss_count = 0.0, 0
+        total = f"/{self.max_steps}" if self.max_steps else ""
+        self._print(f"step {e.step}{total} | train {mean:.4f} nats {events.bits_per_byte(mean):.3f} bpb | "
+                    f"pen {e.aux_loss:.4f} | grad {e.grad_norm:.2f} | energy {e.energy:.1f} | {e.step_ms:.0f} ms | "
+                    f"{e.tokens_per_s:,.0f} tok/s | lr {e.lr:.2e} | epoch {e.epoch} {100 * e.data_progress:.1f}%")
+
+    def _on_eval(self, e: events.EvalCompleted) -> None:
+        if e.split == "horizon":
+            self._print(f"chunk @ step {e.step} | Train: {e.train_loss_nats:.4f} | Val: {e.val_loss_nats:.4f} | "
+                        f"Diff: {e.diff_nats:+.4f} (horizon: next chunk, mostly noise on i.i.d. text)")
+        else:
+            self._print(f"held-out @ step {e.step} | {e.val_loss_nats:.4f} nats/byte | {e.val_bpb:.4f} bits/byte")
+
+    def _on_sample(self, e: events.SampleReady) -> None:
+        self._print(f"--- Thought Stream @ step {e.step} ---\n{e.text}\n---")
+
+    def _on_checkpoint(self, e: events.CheckpointSaved) -> None:
+        self._print(f"checkpoint saved: {e.path} ({e.checkpoint_bytes / 1e6:.1f} MB)")
+
+    def _on_alarm(self, e: events.AlarmRaised) -> None:
+        self._print(f"ALARM ({e.kind}): {e.message}")
+
+    def _on_lr_changed(self, e: events.LearningRateChanged) -> None:
+        self._print(f"learning rate set to {e.lr:.3e} at step {e.step}")
+
+    def _on_run_finished(self, e: events.RunFinished) -> None:
+        self._print(f"finished ({e.reason}) at step {e.step}: {e.tokens:,} tokens in {e.time:.1f} s")

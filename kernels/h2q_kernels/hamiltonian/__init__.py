@@ -1,0 +1,20 @@
+"""Hamiltonian (quaternion Kronecker) linear layer: structure bank, block matrix, HamLinear.
+
+Dimension legend: N tokens, D width, F factor (block) size, S = D / (4F) sub-blocks per
+quaternion component, R Kronecker rank.
+"""
+
+from h2q_kernels.hamiltonian.bank import StructureBank, quaternion_block_matrix
+from h2q_kernels.hamiltonian.fast import ham_linear_fast, materialise_weight
+from h2q_kernels.hamiltonian.layer import HamLinear, orthogonality_penalty
+from h2q_kernels.hamiltonian.reference import ham_linear_reference
+
+__all__ = [
+    "HamLinear",
+    "StructureBank",
+    "ham_linear_fast",
+    "ham_linear_reference",
+    "materialise_weight",
+    "orthogonality_penalty",
+    "quaternion_block_matrix",
+]

@@ -1,0 +1,77 @@
+"""HamLinear as an nn.Module, and the orthogonality penalty on its B factors.
+
+Dimension legend: D width, F factor size, S = D / (4F) sub-blocks, R rank.
+"Rank" is a Kronecker rank: W = Σ_r H(A_r) ⊗ B_r is generally of full matrix rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from h2q_kernels.hamiltonian.bank import StructureBank, rank_scaled_orthogonal_
+from h2q_kernels.hamiltonian.fast import ham_linear_fast
+from h2q_kernels.hamiltonian.reference import ham_linear_reference
+
+IMPLEMENTATIONS = {"fast": ham_linear_fast, "reference": ham_linear_reference}
+
+
+class HamLinear(nn.Module):
+    """y = W x + b with W = Σ_r H(A_r) ⊗ B_r; R·F² + D parameters of its own.
+
+    Args:
+        width: D, a multiple of 4·factor_size.
+        factor_size: F.
+        rank: R.
+        bank: a shared StructureBank (not registered here, so a checkpoint stores it once);
+            None gives this layer a bank of its own.
+        implementation: "fast" (materialised W) or "reference" (einsum form).
+    """
+
+    def __init__(
+        self,
+        width: int,
+        factor_size: int = 32,
+        rank: int = 8,
+        bank: StructureBank | None = None,
+        implementation: str = "fast",
+    ) -> None:
+        super().__init__()
+        if width % (4 * factor_size):
+            raise ValueError(f"width {width} is not a multiple of 4 x factor_size {factor_size}")
+        sub_blocks = width // (4 * factor_size)
+        if bank is None:
+            self.bank = StructureBank(sub_blocks, rank)
+        else:
+            if bank.sub_blocks != sub_blocks or bank.rank != rank:
+                raise ValueError("shared bank shape does not match this layer")
+            self._shared_bank = (bank,)  # a tuple hides it from nn.Module registration
+        self.B = nn.Parameter(rank_scaled_orthogonal_(torch.empty(rank, factor_size, factor_size)))
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.implementation = implementation
+
+    @property
+    def structure_bank(self) -> StructureBank:
+        own = self._modules.get("bank")
+        return own if own is not None else self._shared_bank[0]  # type: ignore[return-value]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = IMPLEMENTATIONS[self.implementation]
+        return kernel(x, self.structure_bank.block_matrices(), self.B, self.bias)
+
+    def extra_repr(self) -> str:
+        rank, factor, _ = self.B.shape
+        return f"width={self.bias.shape[0]}, factor_size={factor}, rank={rank}, {self.implementation}"
+
+
+def orthogonality_penalty(layers: Iterable[HamLinear]) -> torch.Tensor:
+    """Σ_layers Σ_r ‖B_rᵀB_r − I_F‖_F in fp32 (Frobenius norm, not squared; B only, never the bank)."""
+    total = torch.zeros(())
+    for layer in layers:
+        factors = layer.B.float()
+        eye = torch.eye(factors.shape[-1], device=factors.device)
+        gram = factors.transpose(-1, -2) @ factors  # (R, F, F)
+        total = total.to(factors.device) + torch.linalg.matrix_norm(gram - eye).sum()
+    return total
