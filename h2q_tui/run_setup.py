@@ -65,6 +65,18 @@ def ensure_writable(run_dir: Path) -> None:
         raise UserError(f"cannot write run dir {run_dir}: {exc.strerror or exc}") from None
 
 
+def check_corpus_size(config: cfg.RunConfig, corpus: Corpus) -> None:
+    """Enough training bytes for one batch and held-out bytes for one window, or a UserError."""
+    m, t = config.model, config.train
+    need = t.batch_size * (m.context + 1) if t.loop == "horizon" else m.context + 2
+    if corpus.train.numel() < need:
+        raise UserError(f"training data {corpus.train_source} has {corpus.train.numel():,} bytes; "
+                        f"train.batch_size x (model.context + 1) needs at least {need:,}: give more data")
+    if corpus.heldout.numel() < m.context + 1:
+        raise UserError(f"held-out data ({corpus.heldout_source}) has {corpus.heldout.numel():,} bytes; "
+                        f"one model.context window needs {m.context + 1}: give a longer --heldout or more data")
+
+
 def fingerprint(corpus: Corpus) -> str:
     return hashlib.sha256(corpus.train.numpy().tobytes()).hexdigest()
 
@@ -76,6 +88,7 @@ def prepare_run(request: RunRequest, progress: Callable[[int, int | None], None]
     preset = request.preset or DEFAULT_PRESET
     config = cfg.resolve(preset, _flag_overrides(request))
     corpus = load_corpus(request.data, request.heldout, config.eval.heldout_fraction, progress)
+    check_corpus_size(config, corpus)
     run_dir = Path(request.run_dir or Path("runs") / f"{Path(preset).stem}-{datetime.now():%Y%m%d-%H%M%S}")
     if (run_dir / "checkpoints").exists():
         raise UserError(f"run dir {run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
@@ -100,6 +113,7 @@ def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
                          config.eval.heldout_fraction, progress)
     if saved.get("train_sha256") and saved["train_sha256"] != fingerprint(corpus):
         raise UserError(f"training data differs from the data of run {run_dir}; resume needs the same --data")
+    check_corpus_size(config, corpus)
     target = Path(request.run_dir) if request.run_dir else run_dir
     ensure_writable(target)
     return PreparedRun(config, corpus, target, saved.get("preset", ""), info)

@@ -91,6 +91,8 @@ class MicroStream(nn.Module):
         )
         self.head = nn.Linear(config.d_model, config.vocab_size)
         nn.init.normal_(self.tok_emb.weight, std=0.02)
+        nn.init.normal_(self.head.weight, std=0.02)  # start near uniform: CE ≈ ln V, not ~10 nats
+        nn.init.zeros_(self.head.bias)
         self.energy = torch.zeros(())
 
     def ham_layers(self) -> list[HamLinear]:

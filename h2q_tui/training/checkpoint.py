@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,10 +151,14 @@ def load_state(info: CheckpointInfo) -> dict[str, Any]:
         raise UserError(f"checkpoint {info.weights.parent} has no {STATE}; it can be evaluated but not resumed")
     try:
         return torch.load(info.state_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's text here advises weights_only=False: wrong for a damaged file
+        reason = "not a torch state file"
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise UserError(f"checkpoint state {info.state_path} is corrupt or truncated ({_first_line(exc)})") from None
+        reason = _first_line(exc)
+    raise UserError(f"checkpoint state {info.state_path} is corrupt or truncated ({reason})")
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's first line, at most 160 characters."""
     text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__
+    return text[0].split(". ")[0][:160] if text else type(exc).__name__

@@ -1,0 +1,27 @@
+"""Shared fixtures: small text corpora written by the tests themselves, and the shared/data path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    """About 40 KB of English-like text (the standard library's docs), written to a temp file."""
+    from h2q_tui.data.sources import default_corpus_bytes
+
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(default_corpus_bytes()[:40_000])
+    return path
+
+
+def shared_file(name: str) -> Path:
+    """A file of ../shared/data, or skip the test when it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    return path

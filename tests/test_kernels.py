@@ -1,0 +1,152 @@
+"""Hamiltonian kernels: reference vs an explicit Hamilton-product formula, fast vs reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from h2q_kernels.hamiltonian import (
+    HamLinear,
+    StructureBank,
+    ham_linear_fast,
+    ham_linear_reference,
+    materialise_weight,
+    orthogonality_penalty,
+    quaternion_block_matrix,
+)
+
+
+def hamilton_product(p: tuple, q: tuple) -> tuple:
+    """(a1,b1,c1,d1)(a2,b2,c2,d2) with matrix-valued components, written out by hand."""
+    a1, b1, c1, d1 = p
+    a2, b2, c2, d2 = q
+    return (
+        a1 @ a2 - b1 @ b2 - c1 @ c2 - d1 @ d2,
+        a1 @ b2 + b1 @ a2 + c1 @ d2 - d1 @ c2,
+        a1 @ c2 - b1 @ d2 + c1 @ a2 + d1 @ b2,
+        a1 @ d2 + b1 @ c2 - c1 @ b2 + d1 @ a2,
+    )
+
+
+def explicit_ham_linear(x, bank, factors, bias):
+    """Y = Σ_r A_r ⊗_Hamilton X · B_rᵀ with X split into its four S×F quaternion components."""
+    s = bank.shape[-1]
+    out = []
+    for vec in x.reshape(-1, x.shape[-1]):
+        blocks = vec.view(4 * s, -1)  # (4S, F)
+        comps = tuple(blocks[c * s : (c + 1) * s] for c in range(4))  # each (S, F)
+        total = 0
+        for r in range(bank.shape[0]):
+            prod = hamilton_product(tuple(bank[r, c] for c in range(4)), comps)
+            total = total + torch.cat(prod, dim=0) @ factors[r].T
+        out.append(total.reshape(-1) + bias)
+    return torch.stack(out).view_as(x)
+
+
+SHAPES = [(64, 16, 2), (128, 32, 4), (384, 32, 8), (96, 8, 3)]  # (D, F, R)
+
+
+@pytest.mark.parametrize("width,factor,rank", SHAPES)
+def test_reference_matches_explicit_hamilton_product(width, factor, rank):
+    torch.manual_seed(0)
+    bank = StructureBank(width // (4 * factor), rank)
+    layer = HamLinear(width, factor, rank, bank=bank)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(3, 5, width, dtype=torch.float64)
+    A, B, b = bank.A.double(), layer.B.double(), layer.bias.double()
+    expected = explicit_ham_linear(x, A, B, b)
+    got = ham_linear_reference(x, quaternion_block_matrix(A), B, b)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_block_matrix_is_left_multiplication():
+    """H(p) applied to the components of q equals the components of p*q (S = 1, scalars)."""
+    torch.manual_seed(1)
+    p, q = torch.randn(4, 1, 1, dtype=torch.float64), torch.randn(4, 1, 1, dtype=torch.float64)
+    H = quaternion_block_matrix(p.unsqueeze(0))[0]  # (4, 4)
+    expected = torch.stack([c.squeeze() for c in hamilton_product(tuple(p), tuple(q))])
+    torch.testing.assert_close(H @ q.view(4), expected)
+
+
+def _pair(width, factor, rank, dtype, seed=0):
+    torch.manual_seed(seed)
+    fast = HamLinear(width, factor, rank, implementation="fast")
+    ref = HamLinear(width, factor, rank, implementation="reference")
+    ref.load_state_dict(fast.state_dict())
+    with torch.no_grad():
+        fast.bias.normal_()
+        ref.bias.copy_(fast.bias)
+    x = torch.randn(4, 7, width)
+    return fast, ref, x
+
+
+def _outputs_and_grads(layer, x, dtype):
+    x = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        y = layer(x)
+    (y.float() * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+    grads = [x.grad, layer.B.grad, layer.bias.grad, layer.structure_bank.A.grad]
+    return y.float(), [g.float() for g in grads]
+
+
+@pytest.mark.parametrize("width,factor,rank", SHAPES)
+def test_fast_matches_reference_fp32(width, factor, rank):
+    fast, ref, x = _pair(width, factor, rank, torch.float32)
+    y_fast, g_fast = _outputs_and_grads(fast, x, torch.float32)
+    y_ref, g_ref = _outputs_and_grads(ref, x, torch.float32)
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-4, atol=1e-5)
+    for a, b in zip(g_fast, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("width,factor,rank", SHAPES[:3])
+def test_fast_matches_reference_bf16(width, factor, rank):
+    """Under bf16 autocast both paths stay within the error a dense bf16 layer makes."""
+    fast, ref, x = _pair(width, factor, rank, torch.bfloat16)
+    y_fast, g_fast = _outputs_and_grads(fast, x, torch.bfloat16)
+    y_exact, g_exact = _outputs_and_grads(ref, x, torch.float32)
+    # Yardstick: a plain nn.Linear with the same materialised weight, in bf16 vs fp32.
+    dense_w = materialise_weight(ref.structure_bank.block_matrices(), ref.B).detach()
+    y_dense16 = torch.nn.functional.linear(x.bfloat16(), dense_w.bfloat16(), ref.bias.detach().bfloat16()).float()
+    dense_err = (y_dense16 - y_exact).abs().max().item()
+    assert (y_fast - y_exact).abs().max().item() <= 4 * dense_err + 1e-3
+    for a, b in zip(g_fast, g_exact, strict=True):
+        scale = b.abs().max().item() + 1e-6
+        assert (a - b).abs().max().item() / scale < 0.05
+
+
+def test_materialised_weight_is_sum_of_kronecker_products():
+    torch.manual_seed(2)
+    layer = HamLinear(128, 16, 3)
+    H = layer.structure_bank.block_matrices()
+    expected = sum(torch.kron(H[r], layer.B[r]) for r in range(3))
+    torch.testing.assert_close(materialise_weight(H, layer.B), expected)
+    x = torch.randn(5, 128)
+    torch.testing.assert_close(ham_linear_fast(x, H, layer.B, None), x @ expected.T)
+
+
+def test_orthogonality_penalty_at_init_f32_r8():
+    torch.manual_seed(3)
+    layer = HamLinear(384, 32, 8)
+    value = orthogonality_penalty([layer]).item()
+    # Σ_r (1 - 1/(r+1)) · sqrt(32) = 29.8803...
+    expected = sum(1 - 1 / (r + 1) for r in range(8)) * 32**0.5
+    assert value == pytest.approx(expected, rel=1e-4)
+    assert value == pytest.approx(29.88, abs=0.01)
+
+
+def test_penalty_zero_for_orthogonal_factors_and_ignores_bank():
+    layer = HamLinear(64, 16, 2)
+    with torch.no_grad():
+        layer.B.copy_(torch.eye(16).expand(2, 16, 16))
+        layer.structure_bank.A.mul_(100.0)
+    assert orthogonality_penalty([layer]).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_shared_bank_is_not_a_submodule_of_the_layer():
+    bank = StructureBank(1, 8)
+    layer = HamLinear(128, 32, 8, bank=bank)
+    assert "bank.A" not in dict(layer.named_parameters())
+    assert layer.structure_bank is bank
+    own = HamLinear(128, 32, 8)
+    assert "bank.A" in dict(own.named_parameters())
