@@ -70,11 +70,15 @@ def check_corpus_size(config: cfg.RunConfig, corpus: Corpus) -> None:
     m, t = config.model, config.train
     need = t.batch_size * (m.context + 1) if t.loop == "horizon" else m.context + 2
     if corpus.train.numel() < need:
-        raise UserError(f"training data {corpus.train_source} has {corpus.train.numel():,} bytes; "
-                        f"train.batch_size x (model.context + 1) needs at least {need:,}: give more data")
+        raise UserError(
+            f"training data {corpus.train_source} has {corpus.train.numel():,} bytes; "
+            f"one batch of the {t.loop} loop needs at least {need:,}: give more data"
+        )
     if corpus.heldout.numel() < m.context + 1:
-        raise UserError(f"held-out data ({corpus.heldout_source}) has {corpus.heldout.numel():,} bytes; "
-                        f"one model.context window needs {m.context + 1}: give a longer --heldout or more data")
+        raise UserError(
+            f"held-out data ({corpus.heldout_source}) has {corpus.heldout.numel():,} bytes; "
+            f"one model.context window needs {m.context + 1}: give a longer --heldout or more data"
+        )
 
 
 def fingerprint(corpus: Corpus) -> str:

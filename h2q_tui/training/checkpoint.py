@@ -151,8 +151,8 @@ def load_state(info: CheckpointInfo) -> dict[str, Any]:
         raise UserError(f"checkpoint {info.weights.parent} has no {STATE}; it can be evaluated but not resumed")
     try:
         return torch.load(info.state_path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's text here advises weights_only=False: wrong for a damaged file
-        reason = "not a torch state file"
+    except pickle.UnpicklingError:
+        reason = "not a torch state file"  # torch's own text advises weights_only=False: wrong here
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
         reason = _first_line(exc)
     raise UserError(f"checkpoint state {info.state_path} is corrupt or truncated ({reason})")
