@@ -22,31 +22,64 @@ class _Parser(argparse.ArgumentParser):
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="preset name (see presets/) or a .toml path")
-    parser.add_argument("--data", help="text file, directory of text files, or tinystories|wikitext2|shakespeare")
-    parser.add_argument("--heldout", help="held-out text file (default: a tail of the corpus never trained on)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a preset value, e.g. --set train.lr=1e-3 (repeatable)")
-    parser.add_argument("--run-dir", help="where metrics.jsonl and checkpoints go (default runs/<preset>-<time>)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
-    parser.add_argument("--max-steps", type=int, help="stop when the run's total step count reaches N")
+    parser.add_argument(
+        "--data", help="text file, directory of text files, or tinystories|wikitext2|shakespeare"
+    )
+    parser.add_argument(
+        "--heldout", help="held-out text file (default: a tail of the corpus never trained on)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a preset value, e.g. --set train.lr=1e-3 (repeatable)",
+    )
+    parser.add_argument(
+        "--run-dir", help="where metrics.jsonl and checkpoints go (default runs/<preset>-<time>)"
+    )
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped"
+    )
+    parser.add_argument(
+        "--max-steps", type=int, help="stop when the run's total step count reaches N"
+    )
     parser.add_argument("--max-seconds", type=float, help="stop after this much training time")
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
 
 
 def main_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="h2q-tui", description="Train, watch and compare Hamiltonian/quaternion byte LMs. "
-                     "Subcommands: eval CHECKPOINT --data FILE")
-    parser.add_argument("--no-ui", action="store_true", help="train headless: progress lines on stdout")
-    parser.add_argument("--autostart", action="store_true", help="dashboard: start training at once")
+    parser = _Parser(
+        prog="h2q-tui",
+        description="Train, watch and compare Hamiltonian/quaternion byte LMs. "
+        "Subcommands: eval CHECKPOINT --data FILE",
+    )
+    parser.add_argument(
+        "--no-ui", action="store_true", help="train headless: progress lines on stdout"
+    )
+    parser.add_argument(
+        "--autostart", action="store_true", help="dashboard: start training at once"
+    )
     add_run_flags(parser)
     return parser
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="h2q-tui eval", description="Cross-entropy of a checkpoint on a file, in nats and bits per byte.")
-    parser.add_argument("checkpoint", help="checkpoint folder, model.safetensors file, or run dir (its latest)")
+    parser = _Parser(
+        prog="h2q-tui eval",
+        description="Cross-entropy of a checkpoint on a file, in nats and bits per byte.",
+    )
+    parser.add_argument(
+        "checkpoint", help="checkpoint folder, model.safetensors file, or run dir (its latest)"
+    )
     parser.add_argument("--data", required=True, help="file to evaluate on (any bytes)")
-    parser.add_argument("--windows", type=int, default=0, help="evaluate only the first N context windows (default: whole file)")
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=0,
+        help="evaluate only the first N context windows (default: whole file)",
+    )
     parser.add_argument("--batch", type=int, default=32, help="windows per forward pass")
     return parser
 
@@ -65,8 +98,14 @@ def run_headless(args: argparse.Namespace) -> int:
         writer(event)
         printer(event)
 
-    trainer = Trainer(prepared.config, prepared.corpus, prepared.run_dir, emit, preset=prepared.preset,
-                      resume_from=prepared.resume_from)
+    trainer = Trainer(
+        prepared.config,
+        prepared.corpus,
+        prepared.run_dir,
+        emit,
+        preset=prepared.preset,
+        resume_from=prepared.resume_from,
+    )
     print(f"run dir: {prepared.run_dir}", flush=True)
 
     def on_sigint(signum, frame) -> None:
@@ -102,13 +141,19 @@ def run_eval(argv: list[str]) -> int:
     data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
     context = info.config.model.context
     if data.numel() < context + 1:
-        raise UserError(f"data file {path} has {data.numel()} bytes; evaluation needs at least {context + 1}")
+        raise UserError(
+            f"data file {path} has {data.numel()} bytes; evaluation needs at least {context + 1}"
+        )
     max_bytes = args.windows * context + 1 if args.windows > 0 else None
     windows = (min(data.numel(), max_bytes or data.numel()) - 1) // context
-    print(f"checkpoint {info.weights} | step {info.step} | {info.config.model.family} | "
-          f"{count_parameters(model):,} parameters")
+    print(
+        f"checkpoint {info.weights} | step {info.step} | {info.config.model.family} | "
+        f"{count_parameters(model):,} parameters"
+    )
     print(f"data {path} | {data.numel():,} bytes | {windows:,} windows of {context} bytes")
-    nats = heldout_cross_entropy(model, data, context, torch.device("cpu"), max_bytes, batch=args.batch)
+    nats = heldout_cross_entropy(
+        model, data, context, torch.device("cpu"), max_bytes, batch=args.batch
+    )
     print(f"cross-entropy {nats:.4f} nats/byte | {bits_per_byte(nats):.4f} bits/byte")
     print(f"bpb={bits_per_byte(nats):.4f}")
     return EXIT_OK
@@ -116,10 +161,12 @@ def run_eval(argv: list[str]) -> int:
 
 def _download_progress():
     """A stderr progress line for named-corpus downloads."""
+
     def report(done: int, total: int | None) -> None:
         share = f" {100 * done / total:5.1f}%" if total else ""
         end = "\n" if total and done >= total else ""
         print(f"\rdownloading {done / 1e6:7.2f} MB{share}", end=end, file=sys.stderr, flush=True)
+
     return report
 
 

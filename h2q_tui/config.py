@@ -7,12 +7,13 @@ overrides a preset value (the value is parsed as TOML, falling back to a plain s
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from h2q_tui.errors import UserError
 
@@ -116,8 +117,10 @@ def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
     expected = annotation if isinstance(annotation, type) else typing.get_origin(annotation)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if expected is types.UnionType or not isinstance(value, expected) or (
-        isinstance(value, bool) and expected is not bool
+    if (
+        expected is types.UnionType
+        or not isinstance(value, expected)
+        or (isinstance(value, bool) and expected is not bool)
     ):
         raise UserError(
             f"config key {name} must be {getattr(annotation, '__name__', annotation)}, "
@@ -134,7 +137,9 @@ def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
     sections: dict[str, Any] = {}
     for section, values in data.items():
         if section not in SECTIONS:
-            raise UserError(f"{source}: unknown config section [{section}] (known: {', '.join(SECTIONS)})")
+            raise UserError(
+                f"{source}: unknown config section [{section}] (known: {', '.join(SECTIONS)})"
+            )
         if not isinstance(values, dict):
             raise UserError(f"{source}: [{section}] must be a table")
         cls = SECTIONS[section]
@@ -202,8 +207,12 @@ def validate(config: RunConfig) -> None:
     """Cross-field checks that a single type check cannot express."""
     m, t = config.model, config.train
     positive = {
-        "model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
-        "model.context": m.context, "train.batch_size": t.batch_size, "model.vocab_size": m.vocab_size,
+        "model.d_model": m.d_model,
+        "model.n_layers": m.n_layers,
+        "model.n_heads": m.n_heads,
+        "model.context": m.context,
+        "train.batch_size": t.batch_size,
+        "model.vocab_size": m.vocab_size,
     }
     for name, value in positive.items():
         if value <= 0:

@@ -48,9 +48,13 @@ class PreparedRun:
 
 
 def _flag_overrides(request: RunRequest) -> list[str]:
-    flags = [f"train.max_steps={request.max_steps}" if request.max_steps is not None else None,
-             f"train.max_seconds={float(request.max_seconds)}" if request.max_seconds is not None else None,
-             f"train.seed={request.seed}" if request.seed is not None else None]
+    flags = [
+        f"train.max_steps={request.max_steps}" if request.max_steps is not None else None,
+        f"train.max_seconds={float(request.max_seconds)}"
+        if request.max_seconds is not None
+        else None,
+        f"train.seed={request.seed}" if request.seed is not None else None,
+    ]
     return request.overrides + [f for f in flags if f]
 
 
@@ -85,7 +89,9 @@ def fingerprint(corpus: Corpus) -> str:
     return hashlib.sha256(corpus.train.numpy().tobytes()).hexdigest()
 
 
-def prepare_run(request: RunRequest, progress: Callable[[int, int | None], None] | None = None) -> PreparedRun:
+def prepare_run(
+    request: RunRequest, progress: Callable[[int, int | None], None] | None = None
+) -> PreparedRun:
     """Resolve a new or resumed run; raises UserError for any bad input before training starts."""
     if request.resume:
         return _prepare_resume(request, progress)
@@ -93,12 +99,23 @@ def prepare_run(request: RunRequest, progress: Callable[[int, int | None], None]
     config = cfg.resolve(preset, _flag_overrides(request))
     corpus = load_corpus(request.data, request.heldout, config.eval.heldout_fraction, progress)
     check_corpus_size(config, corpus)
-    run_dir = Path(request.run_dir or Path("runs") / f"{Path(preset).stem}-{datetime.now():%Y%m%d-%H%M%S}")
+    run_dir = Path(
+        request.run_dir or Path("runs") / f"{Path(preset).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    )
     if (run_dir / "checkpoints").exists():
-        raise UserError(f"run dir {run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+        raise UserError(
+            f"run dir {run_dir} already holds a run; use --resume {run_dir} or another --run-dir"
+        )
     ensure_writable(run_dir)
-    _write_run_file(run_dir, {"preset": preset, "data": request.data, "heldout": request.heldout,
-                              "train_sha256": fingerprint(corpus)})
+    _write_run_file(
+        run_dir,
+        {
+            "preset": preset,
+            "data": request.data,
+            "heldout": request.heldout,
+            "train_sha256": fingerprint(corpus),
+        },
+    )
     return PreparedRun(config, corpus, run_dir, preset, None)
 
 
@@ -113,10 +130,16 @@ def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
     if dataclasses.replace(config.model) != info.config.model:
         raise UserError("model.* keys cannot change on --resume")
     saved = _read_run_file(run_dir)
-    corpus = load_corpus(request.data or saved.get("data"), request.heldout or saved.get("heldout"),
-                         config.eval.heldout_fraction, progress)
+    corpus = load_corpus(
+        request.data or saved.get("data"),
+        request.heldout or saved.get("heldout"),
+        config.eval.heldout_fraction,
+        progress,
+    )
     if saved.get("train_sha256") and saved["train_sha256"] != fingerprint(corpus):
-        raise UserError(f"training data differs from the data of run {run_dir}; resume needs the same --data")
+        raise UserError(
+            f"training data differs from the data of run {run_dir}; resume needs the same --data"
+        )
     check_corpus_size(config, corpus)
     target = Path(request.run_dir) if request.run_dir else run_dir
     ensure_writable(target)

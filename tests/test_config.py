@@ -14,22 +14,27 @@ def test_required_presets_exist():
 
 def test_set_overrides_a_value_with_toml_parsing():
     config = resolve("tiny", ["train.lr=0.01", "model.dropout=0.2", "train.precision=bf16"])
-    assert config.train.lr == 0.01 and config.model.dropout == 0.2 and config.train.precision == "bf16"
+    assert (
+        config.train.lr == 0.01 and config.model.dropout == 0.2 and config.train.precision == "bf16"
+    )
 
 
 def test_int_is_accepted_for_float_keys():
     assert resolve("tiny", ["train.lr=1"]).train.lr == 1.0
 
 
-@pytest.mark.parametrize("override,named", [
-    ("model.nonsense=1", "model.nonsense"),
-    ("nosuch.key=1", "[nosuch]"),
-    ("train.batch_size=abc", "train.batch_size"),
-    ("train.batch_size=1.5", "train.batch_size"),
-    ("model.shared_bank=1", "model.shared_bank"),
-    ("train.loop=spiral", "train.loop"),
-    ("model.n_heads=3", "model.n_heads"),
-])
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        ("model.nonsense=1", "model.nonsense"),
+        ("nosuch.key=1", "[nosuch]"),
+        ("train.batch_size=abc", "train.batch_size"),
+        ("train.batch_size=1.5", "train.batch_size"),
+        ("model.shared_bank=1", "model.shared_bank"),
+        ("train.loop=spiral", "train.loop"),
+        ("model.n_heads=3", "model.n_heads"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, named):
     with pytest.raises(UserError, match=r".*" + named.replace("[", r"\[").replace("]", r"\]")):
         resolve("tiny", [override])

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from h2q_tui.data.sources import default_corpus_bytes, load_corpus
-from h2q_tui.data.streams import HorizonSampler, RandomWindowSampler, heldout_batches, parallel_streams
+from h2q_tui.data.streams import (
+    HorizonSampler,
+    RandomWindowSampler,
+    heldout_batches,
+    parallel_streams,
+)
 from h2q_tui.errors import UserError
 
 
@@ -49,7 +54,9 @@ def test_parallel_streams_rows_are_consecutive_slices():
 
 def test_horizon_sampler_walks_windows_chunks_and_wraps():
     data = torch.arange(200, dtype=torch.uint8)
-    sampler = HorizonSampler(data, batch=2, context=4, chunk_bytes=50)  # 4 chunks, 25 cols -> 6 windows
+    sampler = HorizonSampler(
+        data, batch=2, context=4, chunk_bytes=50
+    )  # 4 chunks, 25 cols -> 6 windows
     x, y = sampler.next_batch()
     assert x.tolist() == [[0, 1, 2, 3], [25, 26, 27, 28]]
     assert y.tolist() == [[1, 2, 3, 4], [26, 27, 28, 29]]

@@ -107,7 +107,9 @@ def test_fast_matches_reference_bf16(width, factor, rank):
     y_exact, g_exact = _outputs_and_grads(ref, x, torch.float32)
     # Yardstick: a plain nn.Linear with the same materialised weight, in bf16 vs fp32.
     dense_w = materialise_weight(ref.structure_bank.block_matrices(), ref.B).detach()
-    y_dense16 = torch.nn.functional.linear(x.bfloat16(), dense_w.bfloat16(), ref.bias.detach().bfloat16()).float()
+    y_dense16 = torch.nn.functional.linear(
+        x.bfloat16(), dense_w.bfloat16(), ref.bias.detach().bfloat16()
+    ).float()
     dense_err = (y_dense16 - y_exact).abs().max().item()
     assert (y_fast - y_exact).abs().max().item() <= 4 * dense_err + 1e-3
     for a, b in zip(g_fast, g_exact, strict=True):

@@ -35,13 +35,24 @@ def test_every_preset_builds_and_runs_forward(name):
 
 def test_untrained_loss_is_cross_entropy_near_ln_vocab():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(family="microstream", d_model=128, n_layers=2, n_heads=2,
-                                    context=32, factor_size=16, rank=2))
+    model = build_model(
+        ModelConfig(
+            family="microstream",
+            d_model=128,
+            n_layers=2,
+            n_heads=2,
+            context=32,
+            factor_size=16,
+            rank=2,
+        )
+    )
     idx = torch.randint(0, 256, (4, 32))
     logits, loss = model(idx, idx)
     expected = torch.nn.functional.cross_entropy(logits.view(-1, 256), idx.view(-1))
     torch.testing.assert_close(loss, expected)
-    assert math.log(256) - 0.5 < loss.item() < math.log(256) + 1.5  # no final LN: hidden norm is large
+    assert (
+        math.log(256) - 0.5 < loss.item() < math.log(256) + 1.5
+    )  # no final LN: hidden norm is large
 
 
 def test_microstream_penalty_at_init_adds_about_2_15_to_the_loss():
@@ -50,7 +61,9 @@ def test_microstream_penalty_at_init_adds_about_2_15_to_the_loss():
 
 
 def test_per_layer_bank_option_gives_each_layer_its_own_bank():
-    shared = ModelConfig(family="microstream", d_model=256, n_layers=2, n_heads=2, factor_size=32, rank=4)
+    shared = ModelConfig(
+        family="microstream", d_model=256, n_layers=2, n_heads=2, factor_size=32, rank=4
+    )
     per_layer = ModelConfig(**{**shared.__dict__, "shared_bank": False})
     n_shared = count_parameters(build_model(shared))
     n_own = count_parameters(build_model(per_layer))

@@ -6,16 +6,23 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _python(code: str, extra_path: Path | None = None, cwd: Path = REPO) -> str:
     env_path = f"import sys; sys.path.append({str(extra_path)!r});" if extra_path else ""
-    result = subprocess.run([sys.executable, "-c", env_path + textwrap.dedent(code)], cwd=cwd,
-                            capture_output=True, text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", env_path + textwrap.dedent(code)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return result.stdout.strip()
 
 
@@ -29,11 +36,14 @@ def _fake_pypi_kernels(tmp_path: Path) -> Path:
 def test_pypi_kernels_is_not_shadowed_even_from_the_repo_root(tmp_path):
     """A regular package named kernels wins over our folder, even with the repo first on sys.path."""
     site = _fake_pypi_kernels(tmp_path)
-    out = _python("""
+    out = _python(
+        """
         import sys; sys.path.insert(0, '')
         import kernels, h2q_kernels.hamiltonian
         print(kernels.ORIGIN, h2q_kernels.hamiltonian.__file__)
-    """, extra_path=site)
+    """,
+        extra_path=site,
+    )
     origin, ours = out.split()
     assert origin == "pypi"
     assert Path(ours).is_relative_to(REPO / "kernels")
@@ -42,12 +52,15 @@ def test_pypi_kernels_is_not_shadowed_even_from_the_repo_root(tmp_path):
 def test_our_kernels_are_not_shadowed_by_pypi_kernels(tmp_path):
     """Even when PyPI's kernels comes first on sys.path, the model uses our kernels."""
     site = _fake_pypi_kernels(tmp_path)
-    out = _python(f"""
+    out = _python(
+        f"""
         import sys; sys.path.insert(0, {str(site)!r})
         from h2q_tui.models.microstream import HamLinear
         import kernels
         print(kernels.ORIGIN, sys.modules[HamLinear.__module__].__file__)
-    """, cwd=tmp_path)
+    """,
+        cwd=tmp_path,
+    )
     origin, ours = out.split()
     assert origin == "pypi"
     assert Path(ours).is_relative_to(REPO / "kernels" / "h2q_kernels")
@@ -57,7 +70,9 @@ def test_wheel_installs_no_top_level_kernels_package():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     packages = config["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
     assert "kernels" not in packages and "kernels/h2q_kernels" in packages
-    assert not (REPO / "kernels" / "__init__.py").exists()  # a namespace folder never beats a package
+    assert not (
+        REPO / "kernels" / "__init__.py"
+    ).exists()  # a namespace folder never beats a package
 
 
 def test_engine_does_not_import_ui_libraries():

@@ -16,7 +16,9 @@ from h2q_tui.training.trainer import Trainer, scheduled_lr
 from h2q_tui.training.writers import JsonlWriter
 
 
-def make_trainer(tmp_path, text_file, overrides=(), emit=None, resume=None, command_queue=None, name="run"):
+def make_trainer(
+    tmp_path, text_file, overrides=(), emit=None, resume=None, command_queue=None, name="run"
+):
     config = resolve("tiny", list(overrides))
     corpus = load_corpus(str(text_file), heldout_fraction=0.1)
     log: list[events.Event] = []
@@ -26,7 +28,9 @@ def make_trainer(tmp_path, text_file, overrides=(), emit=None, resume=None, comm
         if emit:
             emit(event)
 
-    trainer = Trainer(config, corpus, tmp_path / name, record, command_queue, preset="tiny", resume_from=resume)
+    trainer = Trainer(
+        config, corpus, tmp_path / name, record, command_queue, preset="tiny", resume_from=resume
+    )
     return trainer, log
 
 
@@ -47,11 +51,15 @@ def test_a_few_steps_emit_the_expected_events(tmp_path, text_file):
     heldout = [e for e in of(log, events.EvalCompleted) if e.split == "heldout"]
     assert [e.step for e in heldout] == [20]  # interval 20 in the tiny preset
     assert of(log, events.SampleReady)[0].step == 20
-    assert isinstance(log[-1], events.RunFinished) and of(log, events.CheckpointSaved)[-1].step == 20
+    assert (
+        isinstance(log[-1], events.RunFinished) and of(log, events.CheckpointSaved)[-1].step == 20
+    )
 
 
 def test_horizon_records_train_val_and_diff_per_chunk(tmp_path, text_file):
-    trainer, log = make_trainer(tmp_path, text_file, ["train.chunk_bytes=1024", "train.max_steps=20"])
+    trainer, log = make_trainer(
+        tmp_path, text_file, ["train.chunk_bytes=1024", "train.max_steps=20"]
+    )
     trainer.run()
     horizon = [e for e in of(log, events.EvalCompleted) if e.split == "horizon"]
     assert len(horizon) >= 2  # 1024 bytes / 4 streams / 32 = 7 windows per chunk
@@ -64,8 +72,12 @@ def test_commands_are_obeyed_between_steps(tmp_path, text_file):
 
     def steer(event):
         if isinstance(event, events.StepCompleted) and event.step == 3:
-            for command in (commands.Pause(), commands.SaveNow(), commands.SampleNow(),
-                            commands.SetLearningRate(1e-3)):
+            for command in (
+                commands.Pause(),
+                commands.SaveNow(),
+                commands.SampleNow(),
+                commands.SetLearningRate(1e-3),
+            ):
                 q.put(command)
         if isinstance(event, events.LearningRateChanged):
             q.put(commands.Resume())
@@ -77,7 +89,7 @@ def test_commands_are_obeyed_between_steps(tmp_path, text_file):
     assert trainer.run() == "stopped"
     names = [e.name for e in log]
     paused_at = names.index("paused")
-    assert names[paused_at + 1:paused_at + 5] == ["checkpoint", "sample", "lr_changed", "resumed"]
+    assert names[paused_at + 1 : paused_at + 5] == ["checkpoint", "sample", "lr_changed", "resumed"]
     assert of(log, events.RunPaused)[0].step == 3
     steps = of(log, events.StepCompleted)
     assert steps[3].lr == pytest.approx(1e-3)  # step 4 runs at the LR set while paused
@@ -89,47 +101,73 @@ def _losses(log):
     return [e.train_loss_nats for e in of(log, events.StepCompleted)]
 
 
-@pytest.mark.parametrize("overrides,split_at", [
-    (["train.chunk_bytes=1024"], 10),  # horizon loop, resume mid-chunk, chunks crossed after
-    (["train.chunk_bytes=1024"], 7),  # resume exactly at a chunk boundary
-    (["train.loop=random", "model.dropout=0.1"], 9),  # random windows and dropout RNG
-    (["train.schedule=cosine", "train.warmup_steps=5", "train.loop=random"], 8),
-])
+@pytest.mark.parametrize(
+    "overrides,split_at",
+    [
+        (["train.chunk_bytes=1024"], 10),  # horizon loop, resume mid-chunk, chunks crossed after
+        (["train.chunk_bytes=1024"], 7),  # resume exactly at a chunk boundary
+        (["train.loop=random", "model.dropout=0.1"], 9),  # random windows and dropout RNG
+        (["train.schedule=cosine", "train.warmup_steps=5", "train.loop=random"], 8),
+    ],
+)
 def test_resume_is_exact(tmp_path, text_file, overrides, split_at):
     total = 25
-    straight, log_a = make_trainer(tmp_path, text_file, [*overrides, f"train.max_steps={total}"], name="a")
+    straight, log_a = make_trainer(
+        tmp_path, text_file, [*overrides, f"train.max_steps={total}"], name="a"
+    )
     straight.run()
-    q: queue.Queue = queue.Queue()  # interrupted at split_at, as Ctrl-C would (same schedule length)
+    q: queue.Queue = (
+        queue.Queue()
+    )  # interrupted at split_at, as Ctrl-C would (same schedule length)
 
     def interrupt(event):
         if isinstance(event, events.StepCompleted) and event.step == split_at:
             q.put(commands.Stop("interrupted"))
 
-    first, log_b = make_trainer(tmp_path, text_file, [*overrides, f"train.max_steps={total}"], name="b",
-                                emit=interrupt, command_queue=q)
+    first, log_b = make_trainer(
+        tmp_path,
+        text_file,
+        [*overrides, f"train.max_steps={total}"],
+        name="b",
+        emit=interrupt,
+        command_queue=q,
+    )
     assert first.run() == "interrupted"
     info = checkpoint.read_info(tmp_path / "b")
     assert info.step == split_at
-    second, log_c = make_trainer(tmp_path, text_file, [*overrides, f"train.max_steps={total}"],
-                                 resume=info, name="b")
+    second, log_c = make_trainer(
+        tmp_path, text_file, [*overrides, f"train.max_steps={total}"], resume=info, name="b"
+    )
     second.run()
     assert _losses(log_b) + _losses(log_c) == _losses(log_a)  # bit-identical fp32 on CPU
-    horizon = [(e.step, e.val_loss_nats) for e in of(log_a, events.EvalCompleted) if e.split == "horizon"]
-    resumed = [(e.step, e.val_loss_nats) for e in of(log_b + log_c, events.EvalCompleted) if e.split == "horizon"]
+    horizon = [
+        (e.step, e.val_loss_nats) for e in of(log_a, events.EvalCompleted) if e.split == "horizon"
+    ]
+    resumed = [
+        (e.step, e.val_loss_nats)
+        for e in of(log_b + log_c, events.EvalCompleted)
+        if e.split == "horizon"
+    ]
     assert resumed == horizon
 
 
 def test_checkpoint_round_trips_shared_bank_and_tied_weights(tmp_path, text_file):
     for preset_overrides in ([], ["model.family=gpt", "model.d_model=64", "model.n_heads=2"]):
-        trainer, _ = make_trainer(tmp_path, text_file, [*preset_overrides, "train.max_steps=3"],
-                                  name=f"rt{len(preset_overrides)}")
+        trainer, _ = make_trainer(
+            tmp_path,
+            text_file,
+            [*preset_overrides, "train.max_steps=3"],
+            name=f"rt{len(preset_overrides)}",
+        )
         trainer.run()
         info = checkpoint.read_info(trainer.run_dir)
         from h2q_tui.models import build_model
 
         clone = build_model(info.config.model)
         checkpoint.load_weights(info, clone)
-        for (name, p), q in zip(trainer.model.state_dict().items(), clone.state_dict().values(), strict=True):
+        for (name, p), q in zip(
+            trainer.model.state_dict().items(), clone.state_dict().values(), strict=True
+        ):
             assert torch.equal(p, q), name
         if info.config.model.family == "microstream":  # the bank is stored once and still shared
             assert all(layer.structure_bank is clone.bank for layer in clone.ham_layers())
@@ -138,16 +176,24 @@ def test_checkpoint_round_trips_shared_bank_and_tied_weights(tmp_path, text_file
 
 
 def test_checkpoints_are_pruned_and_latest_points_at_the_newest(tmp_path, text_file):
-    trainer, _ = make_trainer(tmp_path, text_file, ["log.checkpoint_interval=2", "train.max_steps=9"])
+    trainer, _ = make_trainer(
+        tmp_path, text_file, ["log.checkpoint_interval=2", "train.max_steps=9"]
+    )
     trainer.run()
     root = trainer.run_dir / "checkpoints"
-    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000006", "step_00000008", "step_00000009"]
+    assert sorted(p.name for p in root.glob("step_*")) == [
+        "step_00000006",
+        "step_00000008",
+        "step_00000009",
+    ]
     assert (root / "latest").read_text().strip() == "step_00000009"
     assert not list(root.glob(".tmp-*"))
 
 
 def test_nan_loss_raises_an_alarm_and_keeps_the_last_checkpoint(tmp_path, text_file):
-    trainer, log = make_trainer(tmp_path, text_file, ["train.max_steps=10", "log.checkpoint_interval=2"])
+    trainer, log = make_trainer(
+        tmp_path, text_file, ["train.max_steps=10", "log.checkpoint_interval=2"]
+    )
 
     def poison(event):
         if isinstance(event, events.StepCompleted) and event.step == 4:
@@ -162,8 +208,16 @@ def test_nan_loss_raises_an_alarm_and_keeps_the_last_checkpoint(tmp_path, text_f
 
 
 def test_cosine_schedule_warms_up_and_decays_to_min_lr():
-    config = resolve("tiny", ["train.schedule=cosine", "train.warmup_steps=10", "train.max_steps=110",
-                              "train.lr=1e-3", "train.min_lr=1e-4"])
+    config = resolve(
+        "tiny",
+        [
+            "train.schedule=cosine",
+            "train.warmup_steps=10",
+            "train.max_steps=110",
+            "train.lr=1e-3",
+            "train.min_lr=1e-4",
+        ],
+    )
     assert scheduled_lr(config, 0, 0) == pytest.approx(1e-4)
     assert scheduled_lr(config, 10, 0) == pytest.approx(1e-3)
     assert scheduled_lr(config, 60, 0) == pytest.approx(5.5e-4)
@@ -177,12 +231,28 @@ def test_metrics_jsonl_format(tmp_path, text_file):
     trainer.emit = writer
     trainer.run()
     writer.close()
-    records = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     first = records[0]
-    assert first["event"] == "run_started" and first["n_params"] == 77_320 and first["config"]["model"]["d_model"] == 128
+    assert (
+        first["event"] == "run_started"
+        and first["n_params"] == 77_320
+        and first["config"]["model"]["d_model"] == 128
+    )
     step = next(r for r in records if r["event"] == "step")
-    for key in ("step", "tokens", "time", "train_loss_nats", "aux_loss", "grad_norm", "energy",
-                "step_ms", "tokens_per_s", "lr"):
+    for key in (
+        "step",
+        "tokens",
+        "time",
+        "train_loss_nats",
+        "aux_loss",
+        "grad_norm",
+        "energy",
+        "step_ms",
+        "tokens_per_s",
+        "lr",
+    ):
         assert isinstance(step[key], (int, float)), key
     evaluation = next(r for r in records if r["event"] == "eval")
     assert evaluation["split"] in ("horizon", "heldout") and evaluation["val_bpb"] > 0

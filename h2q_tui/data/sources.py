@@ -46,7 +46,9 @@ def read_text_file(path: Path, role: str = "data") -> bytes:
     if not data:
         raise UserError(f"{role} file is empty: {path}")
     if looks_binary(data[:BINARY_SNIFF_BYTES]):
-        raise UserError(f"{role} file {path} looks binary (NUL or non-UTF-8 bytes); give a text file")
+        raise UserError(
+            f"{role} file {path} looks binary (NUL or non-UTF-8 bytes); give a text file"
+        )
     return data
 
 
@@ -98,10 +100,16 @@ def load_corpus(
     if heldout is not None:
         heldout_bytes, heldout_source = read_text_file(Path(heldout), "held-out"), str(heldout)
     elif named_heldout is not None:
-        heldout_bytes, heldout_source = read_text_file(named_heldout, "held-out"), str(named_heldout)
+        heldout_bytes, heldout_source = (
+            read_text_file(named_heldout, "held-out"),
+            str(named_heldout),
+        )
     else:
         cut = len(train_bytes) - max(1, int(len(train_bytes) * heldout_fraction))
-        heldout_bytes, heldout_source = train_bytes[cut:], f"tail {len(train_bytes) - cut} bytes of {source}"
+        heldout_bytes, heldout_source = (
+            train_bytes[cut:],
+            f"tail {len(train_bytes) - cut} bytes of {source}",
+        )
         train_bytes = train_bytes[:cut]
     return Corpus(_to_tensor(train_bytes), _to_tensor(heldout_bytes), source, heldout_source)
 

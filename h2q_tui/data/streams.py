@@ -12,7 +12,9 @@ from collections.abc import Iterator
 import torch
 
 
-def window_pair(streams: torch.Tensor, start: int, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+def window_pair(
+    streams: torch.Tensor, start: int, context: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and next-byte targets of the columns [start, start + context) of (B, L) streams."""
     x = streams[:, start : start + context].long()  # (B, T)
     y = streams[:, start + 1 : start + context + 1].long()  # (B, T)
@@ -75,15 +77,22 @@ class HorizonSampler:
 
     def progress(self) -> float:
         """Fraction of the current epoch already trained on."""
-        return (self.chunk + self.window / max(1, self.windows_in_chunk(self.chunk))) / self.n_chunks
+        return (
+            self.chunk + self.window / max(1, self.windows_in_chunk(self.chunk))
+        ) / self.n_chunks
 
     def byte_offset(self) -> int:
         """Offset in the corpus of the first byte of stream 0 not yet trained on."""
         return self.chunk * self.chunk_bytes + self.window * self.context
 
     def state_dict(self) -> dict:
-        return {"kind": "horizon", "epoch": self.epoch, "chunk": self.chunk, "window": self.window,
-                "byte_offset": self.byte_offset()}
+        return {
+            "kind": "horizon",
+            "epoch": self.epoch,
+            "chunk": self.chunk,
+            "window": self.window,
+            "byte_offset": self.byte_offset(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.chunk, self.window = state["epoch"], state["chunk"], state["window"]
@@ -104,13 +113,19 @@ class RandomWindowSampler:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         state = self.generator.get_state()
-        offsets = torch.randint(0, self.data.numel() - self.context - 1, (self.batch,), generator=self.generator)
+        offsets = torch.randint(
+            0, self.data.numel() - self.context - 1, (self.batch,), generator=self.generator
+        )
         self.generator.set_state(state)  # advance() commits the draw, so a batch can be re-read
-        rows = torch.stack([self.data[o : o + self.context + 1] for o in offsets.tolist()])  # (B, T+1)
+        rows = torch.stack(
+            [self.data[o : o + self.context + 1] for o in offsets.tolist()]
+        )  # (B, T+1)
         return window_pair(rows, 0, self.context)
 
     def advance(self) -> None:
-        torch.randint(0, self.data.numel() - self.context - 1, (self.batch,), generator=self.generator)
+        torch.randint(
+            0, self.data.numel() - self.context - 1, (self.batch,), generator=self.generator
+        )
         self.windows_drawn += 1
 
     def progress(self) -> float:
@@ -122,7 +137,11 @@ class RandomWindowSampler:
         return self.windows_drawn * self.batch * self.context // self.data.numel()
 
     def state_dict(self) -> dict:
-        return {"kind": "random", "generator": self.generator.get_state(), "windows_drawn": self.windows_drawn}
+        return {
+            "kind": "random",
+            "generator": self.generator.get_state(),
+            "windows_drawn": self.windows_drawn,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])

@@ -12,8 +12,13 @@ from torch import nn
 
 @torch.no_grad()
 def sample_bytes(
-    model: nn.Module, prompt: bytes, n_bytes: int, temperature: float, generator: torch.Generator,
-    context: int, device: torch.device,
+    model: nn.Module,
+    prompt: bytes,
+    n_bytes: int,
+    temperature: float,
+    generator: torch.Generator,
+    context: int,
+    device: torch.device,
 ) -> bytes:
     """Sample ``n_bytes`` bytes after ``prompt`` (cropped to the last ``context`` bytes)."""
     was_training = model.training

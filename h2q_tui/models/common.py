@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int) -> torch.Tensor:
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int
+) -> torch.Tensor:
     """Multi-head causal attention on (B, T, C) projections; returns (B, T, C)."""
     batch, time, width = q.shape
     head = width // n_heads
@@ -14,7 +16,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads:
     def split(t: torch.Tensor) -> torch.Tensor:
         return t.view(batch, time, n_heads, head).transpose(1, 2)  # (B, nh, T, hs)
 
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=True)  # (B, nh, T, hs)
+    out = F.scaled_dot_product_attention(
+        split(q), split(k), split(v), is_causal=True
+    )  # (B, nh, T, hs)
     return out.transpose(1, 2).reshape(batch, time, width)  # (B, T, C)
 
 

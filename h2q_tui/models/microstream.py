@@ -26,7 +26,9 @@ class HamFactory:
 
     def __call__(self, width: int) -> HamLinear:
         c = self.config
-        return HamLinear(width, c.factor_size, c.rank, bank=self.bank, implementation=c.ham_implementation)
+        return HamLinear(
+            width, c.factor_size, c.rank, bank=self.bank, implementation=c.ham_implementation
+        )
 
 
 class HamAttention(nn.Module):
@@ -87,7 +89,8 @@ class MicroStream(nn.Module):
         self.pos_emb = nn.Parameter(torch.randn(config.context, config.d_model) * 0.02)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            ReversibleBlock(half, config.n_heads, ham, config.checkpointing) for _ in range(config.n_layers)
+            ReversibleBlock(half, config.n_heads, ham, config.checkpointing)
+            for _ in range(config.n_layers)
         )
         self.head = nn.Linear(config.d_model, config.vocab_size)
         nn.init.normal_(self.tok_emb.weight, std=0.02)

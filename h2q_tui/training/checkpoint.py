@@ -53,8 +53,13 @@ def _write_pointer(root: Path, name: str) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, model: nn.Module, config: RunConfig, step: int, run_id: str,
-    state: dict[str, Any], keep: int = 3,
+    run_dir: Path,
+    model: nn.Module,
+    config: RunConfig,
+    step: int,
+    run_id: str,
+    state: dict[str, Any],
+    keep: int = 3,
 ) -> Path:
     """Write a checkpoint atomically and prune all but the newest ``keep``.
 
@@ -76,8 +81,13 @@ def save_checkpoint(
     tmp = root / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": str(step),
-                "run_id": run_id, "config": json.dumps(config.to_dict())}
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "step": str(step),
+        "run_id": run_id,
+        "config": json.dumps(config.to_dict()),
+    }
     save_model(model, str(tmp / WEIGHTS), metadata=metadata)
     torch.save(state, tmp / STATE)
     for file in (WEIGHTS, STATE):
@@ -124,7 +134,9 @@ def read_info(path: str | Path) -> CheckpointInfo:
         with safe_open(str(weights), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"checkpoint {weights} is corrupt or truncated ({_first_line(exc)})") from None
+        raise UserError(
+            f"checkpoint {weights} is corrupt or truncated ({_first_line(exc)})"
+        ) from None
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise UserError(f"{weights} is not an h2q-tui checkpoint (no config metadata)")
     try:
@@ -139,16 +151,22 @@ def load_weights(info: CheckpointInfo, model: nn.Module) -> None:
     try:
         missing, unexpected = load_model(model, str(info.weights), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise UserError(f"checkpoint {info.weights} is corrupt or truncated ({_first_line(exc)})") from None
+        raise UserError(
+            f"checkpoint {info.weights} is corrupt or truncated ({_first_line(exc)})"
+        ) from None
     if missing or unexpected:
-        raise UserError(f"checkpoint {info.weights} does not match its model: missing {sorted(missing)[:3]}, "
-                        f"unexpected {sorted(unexpected)[:3]}")
+        raise UserError(
+            f"checkpoint {info.weights} does not match its model: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
 
 
 def load_state(info: CheckpointInfo) -> dict[str, Any]:
     """The optimizer/RNG/data state beside the weights (loaded without running pickle code)."""
     if not info.state_path.is_file():
-        raise UserError(f"checkpoint {info.weights.parent} has no {STATE}; it can be evaluated but not resumed")
+        raise UserError(
+            f"checkpoint {info.weights.parent} has no {STATE}; it can be evaluated but not resumed"
+        )
     try:
         return torch.load(info.state_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -44,7 +44,10 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": t.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
 
 
@@ -80,9 +83,16 @@ class Trainer:
     """
 
     def __init__(
-        self, config: RunConfig, corpus: Corpus, run_dir: Path, emit: Emit,
-        command_queue: queue.Queue | None = None, *, preset: str = "",
-        resume_from: checkpoint.CheckpointInfo | None = None, pause_on_nan: bool = False,
+        self,
+        config: RunConfig,
+        corpus: Corpus,
+        run_dir: Path,
+        emit: Emit,
+        command_queue: queue.Queue | None = None,
+        *,
+        preset: str = "",
+        resume_from: checkpoint.CheckpointInfo | None = None,
+        pause_on_nan: bool = False,
     ) -> None:
         self.config, self.corpus, self.run_dir, self.emit = config, corpus, Path(run_dir), emit
         self.commands: queue.Queue = command_queue or queue.Queue()
@@ -97,7 +107,8 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if t.precision == "bf16" else None
         if t.loop == "horizon":
             self.sampler: HorizonSampler | RandomWindowSampler = HorizonSampler(
-                corpus.train, t.batch_size, m.context, t.chunk_bytes)
+                corpus.train, t.batch_size, m.context, t.chunk_bytes
+            )
         else:
             self.sampler = RandomWindowSampler(corpus.train, t.batch_size, m.context, t.seed)
         self.sample_generator = torch.Generator().manual_seed(t.seed + 1)
@@ -117,12 +128,20 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         state = {
-            "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "sample_rng": self.sample_generator.get_state(),
-            "step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed_s(),
-            "lr_scale": self.lr_scale, "chunk_loss_sum": self.chunk_loss_sum, "chunk_steps": self.chunk_steps,
-            "pending_horizon_val": self.pending_horizon_val, "best_heldout": self.best_heldout,
-            "bad_evals": self.bad_evals, "run_id": self.run_id,
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "sample_rng": self.sample_generator.get_state(),
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed_s": self.elapsed_s(),
+            "lr_scale": self.lr_scale,
+            "chunk_loss_sum": self.chunk_loss_sum,
+            "chunk_steps": self.chunk_steps,
+            "pending_horizon_val": self.pending_horizon_val,
+            "best_heldout": self.best_heldout,
+            "bad_evals": self.bad_evals,
+            "run_id": self.run_id,
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -137,42 +156,78 @@ class Trainer:
         self.sample_generator.set_state(state["sample_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        for key in ("step", "tokens", "lr_scale", "chunk_loss_sum", "chunk_steps",
-                    "pending_horizon_val", "best_heldout", "bad_evals", "run_id"):
+        for key in (
+            "step",
+            "tokens",
+            "lr_scale",
+            "chunk_loss_sum",
+            "chunk_steps",
+            "pending_horizon_val",
+            "best_heldout",
+            "bad_evals",
+            "run_id",
+        ):
             setattr(self, key, state[key])
         self.elapsed_before_s = state["elapsed_s"]
         self.last_saved_step = self.step
 
     # ------------------------------------------------------------------ helpers
     def elapsed_s(self) -> float:
-        running = time.perf_counter() - self._segment_start if self._segment_start is not None else 0.0
+        running = (
+            time.perf_counter() - self._segment_start if self._segment_start is not None else 0.0
+        )
         return self.elapsed_before_s + running
 
     def current_lr(self) -> float:
         return scheduled_lr(self.config, self.step, self.elapsed_s()) * self.lr_scale
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.autocast_dtype is not None
+        )
 
     def save(self) -> None:
         if self.last_saved_step == self.step:
             return
-        path = checkpoint.save_checkpoint(self.run_dir, self.model, self.config, self.step, self.run_id, self.state_dict())
+        path = checkpoint.save_checkpoint(
+            self.run_dir, self.model, self.config, self.step, self.run_id, self.state_dict()
+        )
         size = sum(f.stat().st_size for f in path.iterdir())
         self.last_saved_step = self.step
         self.emit(events.CheckpointSaved(self.step, str(path), size))
 
     def sample(self) -> None:
         prompt = bytes(self.corpus.heldout[:16].tolist())
-        text = sample_bytes(self.model, prompt, self.config.log.sample_bytes, self.config.log.sample_temperature,
-                            self.sample_generator, self.config.model.context, self.device)
+        text = sample_bytes(
+            self.model,
+            prompt,
+            self.config.log.sample_bytes,
+            self.config.log.sample_temperature,
+            self.sample_generator,
+            self.config.model.context,
+            self.device,
+        )
         self.emit(events.SampleReady(self.step, (prompt + text).decode("utf-8", errors="replace")))
 
     def evaluate_heldout(self) -> float:
-        nats = heldout_cross_entropy(self.model, self.corpus.heldout, self.config.model.context, self.device,
-                                     self.config.eval.heldout_bytes, autocast_dtype=self.autocast_dtype)
-        self.emit(events.EvalCompleted(self.step, self.tokens, self.elapsed_s(), "heldout", nats,
-                                       events.bits_per_byte(nats)))
+        nats = heldout_cross_entropy(
+            self.model,
+            self.corpus.heldout,
+            self.config.model.context,
+            self.device,
+            self.config.eval.heldout_bytes,
+            autocast_dtype=self.autocast_dtype,
+        )
+        self.emit(
+            events.EvalCompleted(
+                self.step,
+                self.tokens,
+                self.elapsed_s(),
+                "heldout",
+                nats,
+                events.bits_per_byte(nats),
+            )
+        )
         self._watch_divergence(nats)
         return nats
 
@@ -182,8 +237,14 @@ class Trainer:
             return
         self.bad_evals = self.bad_evals + 1 if nats > self.best_heldout + DIVERGENCE_NATS else 0
         if self.bad_evals == DIVERGENCE_EVALS:
-            self.emit(events.AlarmRaised(self.step, "divergence", f"held-out CE {nats:.3f} nats is more than "
-                                         f"{DIVERGENCE_NATS} above its best {self.best_heldout:.3f} for {DIVERGENCE_EVALS} evals"))
+            self.emit(
+                events.AlarmRaised(
+                    self.step,
+                    "divergence",
+                    f"held-out CE {nats:.3f} nats is more than "
+                    f"{DIVERGENCE_NATS} above its best {self.best_heldout:.3f} for {DIVERGENCE_EVALS} evals",
+                )
+            )
 
     # ------------------------------------------------------------------ commands
     def _handle(self, command: object) -> str | None:
@@ -202,7 +263,11 @@ class Trainer:
             self.sample()
         elif isinstance(command, (commands.SetLearningRate, commands.ScaleLearningRate)):
             base = scheduled_lr(self.config, self.step, self.elapsed_s())
-            new_lr = command.lr if isinstance(command, commands.SetLearningRate) else self.current_lr() * command.factor
+            new_lr = (
+                command.lr
+                if isinstance(command, commands.SetLearningRate)
+                else self.current_lr() * command.factor
+            )
             self.lr_scale = new_lr / base if base > 0 else 1.0
             self.emit(events.LearningRateChanged(self.step, self.current_lr(), self.lr_scale))
         return None
@@ -212,7 +277,9 @@ class Trainer:
             if self.stop_requested:
                 return self.stop_requested
             try:
-                command = self.commands.get(timeout=0.1) if self.paused else self.commands.get_nowait()
+                command = (
+                    self.commands.get(timeout=0.1) if self.paused else self.commands.get_nowait()
+                )
             except queue.Empty:
                 if self.paused:
                     continue
@@ -243,7 +310,9 @@ class Trainer:
         aux = self.config.train.axiom_lambda * 0.01 * penalty
         self.optimizer.zero_grad(set_to_none=True)
         (ce + aux).backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip))
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        )
         ce_nats = float(ce.detach())
         if not (math.isfinite(ce_nats) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
@@ -257,23 +326,47 @@ class Trainer:
         step_s = time.perf_counter() - started
         allocated, reserved = cuda_memory(self.device)
         return events.StepCompleted(
-            step=self.step, tokens=self.tokens, time=self.elapsed_s(), train_loss_nats=ce_nats,
-            train_bpb=events.bits_per_byte(ce_nats), aux_loss=float(aux.detach()), penalty=float(penalty.detach()),
-            grad_norm=grad_norm, energy=float(self.model.energy), step_ms=step_s * 1000,
-            tokens_per_s=y.numel() / step_s, lr=lr, epoch=self.sampler.epoch,
-            data_progress=self.sampler.progress(), rss_bytes=rss_bytes(),
-            cuda_allocated_bytes=allocated, cuda_reserved_bytes=reserved)
+            step=self.step,
+            tokens=self.tokens,
+            time=self.elapsed_s(),
+            train_loss_nats=ce_nats,
+            train_bpb=events.bits_per_byte(ce_nats),
+            aux_loss=float(aux.detach()),
+            penalty=float(penalty.detach()),
+            grad_norm=grad_norm,
+            energy=float(self.model.energy),
+            step_ms=step_s * 1000,
+            tokens_per_s=y.numel() / step_s,
+            lr=lr,
+            epoch=self.sampler.epoch,
+            data_progress=self.sampler.progress(),
+            rss_bytes=rss_bytes(),
+            cuda_allocated_bytes=allocated,
+            cuda_reserved_bytes=reserved,
+        )
 
     def _horizon_validate(self) -> None:
         fraction = self.config.eval.horizon_val_fraction
         batches = self.sampler.horizon_val_batches(fraction)  # type: ignore[union-attr]
-        self.pending_horizon_val = mean_cross_entropy(self.model, batches, self.device, self.autocast_dtype)
+        self.pending_horizon_val = mean_cross_entropy(
+            self.model, batches, self.device, self.autocast_dtype
+        )
 
     def _horizon_chunk_done(self) -> None:
         train = self.chunk_loss_sum / max(1, self.chunk_steps)
         val = self.pending_horizon_val if self.pending_horizon_val is not None else math.nan
-        self.emit(events.EvalCompleted(self.step, self.tokens, self.elapsed_s(), "horizon", val,
-                                       events.bits_per_byte(val), train, val - train))
+        self.emit(
+            events.EvalCompleted(
+                self.step,
+                self.tokens,
+                self.elapsed_s(),
+                "horizon",
+                val,
+                events.bits_per_byte(val),
+                train,
+                val - train,
+            )
+        )
         self.chunk_loss_sum, self.chunk_steps, self.pending_horizon_val = 0.0, 0, None
 
     def _after_step(self) -> None:
@@ -289,11 +382,20 @@ class Trainer:
 
     def _started_event(self) -> events.RunStarted:
         return events.RunStarted(
-            run_id=self.run_id, n_params=count_parameters(self.model), config=self.config.to_dict(),
-            preset=self.preset, train_source=self.corpus.train_source, heldout_source=self.corpus.heldout_source,
-            train_bytes=self.corpus.train.numel(), heldout_bytes=self.corpus.heldout.numel(),
-            device=str(self.device), threads=self.threads, start_step=self.step, time=self.elapsed_before_s,
-            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            run_id=self.run_id,
+            n_params=count_parameters(self.model),
+            config=self.config.to_dict(),
+            preset=self.preset,
+            train_source=self.corpus.train_source,
+            heldout_source=self.corpus.heldout_source,
+            train_bytes=self.corpus.train.numel(),
+            heldout_bytes=self.corpus.heldout.numel(),
+            device=str(self.device),
+            threads=self.threads,
+            start_step=self.step,
+            time=self.elapsed_before_s,
+            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
 
     def run(self) -> str:
         """Train until a limit, a Stop command or a NaN; returns the finish reason."""
@@ -305,7 +407,11 @@ class Trainer:
             reason = self._drain_commands() or self._limit_reached()
             if reason:
                 break
-            if isinstance(self.sampler, HorizonSampler) and self.sampler.at_chunk_start() and self.pending_horizon_val is None:
+            if (
+                isinstance(self.sampler, HorizonSampler)
+                and self.sampler.at_chunk_start()
+                and self.pending_horizon_val is None
+            ):
                 self._horizon_validate()
             record = self.train_step()
             if record is None:
@@ -316,8 +422,14 @@ class Trainer:
         return self._finish(reason)
 
     def _on_nan(self) -> str | None:
-        self.emit(events.AlarmRaised(self.step, "nan", f"loss or gradient is NaN/Inf at step {self.step + 1}; "
-                                     "the step was skipped and the last checkpoint kept"))
+        self.emit(
+            events.AlarmRaised(
+                self.step,
+                "nan",
+                f"loss or gradient is NaN/Inf at step {self.step + 1}; "
+                "the step was skipped and the last checkpoint kept",
+            )
+        )
         if self.pause_on_nan:
             self._handle(commands.Pause())
             return None
@@ -325,7 +437,10 @@ class Trainer:
 
     def _finish(self, reason: str) -> str:
         if reason != "nan":
-            if self.config.eval.heldout_interval == 0 or self.step % self.config.eval.heldout_interval:
+            if (
+                self.config.eval.heldout_interval == 0
+                or self.step % self.config.eval.heldout_interval
+            ):
                 self.evaluate_heldout()
             self.save()
         self.emit(events.RunFinished(self.step, self.tokens, self.elapsed_s(), reason))

@@ -40,7 +40,9 @@ class JsonlWriter:
 class ConsolePrinter:
     """One readable line per log interval, in the spirit of the source heartbeat."""
 
-    def __init__(self, log_interval: int, max_steps: int = 0, stream: IO[str] | None = None) -> None:
+    def __init__(
+        self, log_interval: int, max_steps: int = 0, stream: IO[str] | None = None
+    ) -> None:
         self.log_interval, self.max_steps = max(1, log_interval), max_steps
         self.stream = stream or sys.stdout
         self._loss_sum, self._loss_count = 0.0, 0
@@ -56,9 +58,12 @@ class ConsolePrinter:
     def _on_run_started(self, e: events.RunStarted) -> None:
         self._print(f"parameters: {e.n_params:,}")
         model = e.config["model"]
-        self._print(f"model {model['family']} d={model['d_model']} layers={model['n_layers']} ctx={model['context']} | "
-                    f"device {e.device} x{e.threads} threads | data {e.train_source} ({e.train_bytes:,} bytes) | "
-                    f"held-out {e.heldout_source} ({e.heldout_bytes:,} bytes)" + (f" | resumed at step {e.start_step}" if e.start_step else ""))
+        self._print(
+            f"model {model['family']} d={model['d_model']} layers={model['n_layers']} ctx={model['context']} | "
+            f"device {e.device} x{e.threads} threads | data {e.train_source} ({e.train_bytes:,} bytes) | "
+            f"held-out {e.heldout_source} ({e.heldout_bytes:,} bytes)"
+            + (f" | resumed at step {e.start_step}" if e.start_step else "")
+        )
 
     def _on_step(self, e: events.StepCompleted) -> None:
         self._loss_sum += e.train_loss_nats
@@ -68,16 +73,22 @@ class ConsolePrinter:
         mean = self._loss_sum / self._loss_count
         self._loss_sum, self._loss_count = 0.0, 0
         total = f"/{self.max_steps}" if self.max_steps else ""
-        self._print(f"step {e.step}{total} | train {mean:.4f} nats {events.bits_per_byte(mean):.3f} bpb | "
-                    f"pen {e.aux_loss:.4f} | grad {e.grad_norm:.2f} | energy {e.energy:.1f} | {e.step_ms:.0f} ms | "
-                    f"{e.tokens_per_s:,.0f} tok/s | lr {e.lr:.2e} | epoch {e.epoch} {100 * e.data_progress:.1f}%")
+        self._print(
+            f"step {e.step}{total} | train {mean:.4f} nats {events.bits_per_byte(mean):.3f} bpb | "
+            f"pen {e.aux_loss:.4f} | grad {e.grad_norm:.2f} | energy {e.energy:.1f} | {e.step_ms:.0f} ms | "
+            f"{e.tokens_per_s:,.0f} tok/s | lr {e.lr:.2e} | epoch {e.epoch} {100 * e.data_progress:.1f}%"
+        )
 
     def _on_eval(self, e: events.EvalCompleted) -> None:
         if e.split == "horizon":
-            self._print(f"chunk @ step {e.step} | Train: {e.train_loss_nats:.4f} | Val: {e.val_loss_nats:.4f} | "
-                        f"Diff: {e.diff_nats:+.4f} (horizon: next chunk, mostly noise on i.i.d. text)")
+            self._print(
+                f"chunk @ step {e.step} | Train: {e.train_loss_nats:.4f} | Val: {e.val_loss_nats:.4f} | "
+                f"Diff: {e.diff_nats:+.4f} (horizon: next chunk, mostly noise on i.i.d. text)"
+            )
         else:
-            self._print(f"held-out @ step {e.step} | {e.val_loss_nats:.4f} nats/byte | {e.val_bpb:.4f} bits/byte")
+            self._print(
+                f"held-out @ step {e.step} | {e.val_loss_nats:.4f} nats/byte | {e.val_bpb:.4f} bits/byte"
+            )
 
     def _on_sample(self, e: events.SampleReady) -> None:
         self._print(f"--- Thought Stream @ step {e.step} ---\n{e.text}\n---")
@@ -92,4 +103,6 @@ class ConsolePrinter:
         self._print(f"learning rate set to {e.lr:.3e} at step {e.step}")
 
     def _on_run_finished(self, e: events.RunFinished) -> None:
-        self._print(f"finished ({e.reason}) at step {e.step}: {e.tokens:,} tokens in {e.time:.1f} s")
+        self._print(
+            f"finished ({e.reason}) at step {e.step}: {e.tokens:,} tokens in {e.time:.1f} s"
+        )

@@ -63,7 +63,9 @@ class HamLinear(nn.Module):
 
     def extra_repr(self) -> str:
         rank, factor, _ = self.B.shape
-        return f"width={self.bias.shape[0]}, factor_size={factor}, rank={rank}, {self.implementation}"
+        return (
+            f"width={self.bias.shape[0]}, factor_size={factor}, rank={rank}, {self.implementation}"
+        )
 
 
 def orthogonality_penalty(layers: Iterable[HamLinear]) -> torch.Tensor:

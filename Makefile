@@ -1,0 +1,34 @@
+# h2q-tui developer commands. Every target creates the virtualenv first if it is missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+ARGS    ?=
+
+.PHONY: run test test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0   # the CPU build; a newer torch would pull GBs of CUDA
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)            ## set up, then train on the embedded default corpus
+	$(BIN)/h2q-tui $(ARGS)
+
+test: $(STAMP)           ## set up, then run the test suite (slow tests excluded)
+	$(BIN)/python -m pytest -m "not slow"
+
+test-all: $(STAMP)       ## every test, slow ones included
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check h2q_tui kernels tests benchmarks
+	$(BIN)/ruff format --check h2q_tui kernels tests benchmarks
+
+bench: $(STAMP)          ## the 10-minute gpt-cpu vs microstream-cpu comparison (README figures)
+	$(BIN)/python benchmarks/cpu_presets.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
