@@ -33,6 +33,7 @@ class ModelConfig:
     shared_bank: bool = True  # one structure bank per model (source) or one per layer
     ham_implementation: str = "fast"  # fast | reference
     checkpointing: bool = False  # activation checkpointing of each reversible branch
+    final_norm: bool = False  # LayerNorm before the head (the source has none; an option)
     # GPT baseline
     mlp_ratio: int = 4
     bias: bool = True

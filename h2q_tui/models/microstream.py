@@ -92,6 +92,7 @@ class MicroStream(nn.Module):
             ReversibleBlock(half, config.n_heads, ham, config.checkpointing)
             for _ in range(config.n_layers)
         )
+        self.norm = nn.LayerNorm(config.d_model) if config.final_norm else nn.Identity()
         self.head = nn.Linear(config.d_model, config.vocab_size)
         nn.init.normal_(self.tok_emb.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)  # start near uniform: CE ≈ ln V, not ~10 nats
@@ -110,5 +111,5 @@ class MicroStream(nn.Module):
         for block in self.blocks:
             h = block(h)
         self.energy = h.detach().float().norm(dim=-1).mean()
-        logits = self.head(h)  # (B, T, V)
+        logits = self.head(self.norm(h))  # (B, T, V)
         return logits, cross_entropy(logits, targets)

@@ -1,0 +1,1 @@
+"""System readings (CPU, RAM, GPU) collected apart from any rendering."""
