@@ -53,7 +53,7 @@ def main_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="h2q-tui",
         description="Train, watch and compare Hamiltonian/quaternion byte LMs. "
-        "Subcommands: eval CHECKPOINT --data FILE",
+        "Subcommands: eval CHECKPOINT --data FILE | attach RUN_DIR [RUN_DIR ...]",
     )
     parser.add_argument(
         "--no-ui", action="store_true", help="train headless: progress lines on stdout"
@@ -123,6 +123,31 @@ def run_headless(args: argparse.Namespace) -> int:
     return 1 if reason == "nan" else EXIT_OK
 
 
+def run_dashboard(args: argparse.Namespace) -> int:
+    from h2q_tui.app import make_app
+    from h2q_tui.app.engine_link import LiveEngine
+    from h2q_tui.run_setup import RunRequest, prepare_run
+
+    request = RunRequest(**{k: getattr(args, k) for k in RunRequest.__dataclass_fields__})
+    engine = LiveEngine(prepare_run(request, progress=_download_progress()))
+    result = make_app(engine, autostart=args.autostart).run()
+    return result or EXIT_OK
+
+
+def run_attach(argv: list[str]) -> int:
+    from h2q_tui.app import make_app
+
+    parser = _Parser(
+        prog="h2q-tui attach", description="The dashboard on runs other processes are writing."
+    )
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run dirs holding metrics.jsonl")
+    args = parser.parse_args(argv)
+    for run_dir in args.run_dirs:
+        if not run_dir.is_dir():
+            raise UserError(f"run dir not found: {run_dir}")
+    return make_app(attach=args.run_dirs).run() or EXIT_OK
+
+
 def run_eval(argv: list[str]) -> int:
     import torch
 
@@ -170,7 +195,7 @@ def _download_progress():
     return report
 
 
-SUBCOMMANDS = {"eval": run_eval}
+SUBCOMMANDS = {"eval": run_eval, "attach": run_attach}
 
 
 def dispatch(argv: list[str]) -> int:
@@ -179,8 +204,7 @@ def dispatch(argv: list[str]) -> int:
     args = main_parser().parse_args(argv)
     if args.no_ui:
         return run_headless(args)
-    print("h2q-tui: the dashboard is not built yet; running headless (--no-ui)", file=sys.stderr)
-    return run_headless(args)
+    return run_dashboard(args)
 
 
 def main(argv: list[str] | None = None) -> int:

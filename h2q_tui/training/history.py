@@ -78,6 +78,7 @@ class RunHistory:
         self.log: list[str] = []
         self.alarms: list[dict[str, Any]] = []
         self.paused = False
+        self.rank: int | None = None  # set by rank_grown events (QRLM)
         self.records = 0
 
     @property
@@ -141,6 +142,7 @@ class RunHistory:
         self._note(f"step {r['step']}: learning rate set to {r['lr']:.3e}")
 
     def _on_rank_grown(self, r: dict[str, Any]) -> None:
+        self.rank = r.get("rank")
         self._note(f"step {r['step']}: rank grown to {r.get('rank')}")
 
     def _on_run_finished(self, r: dict[str, Any]) -> None:

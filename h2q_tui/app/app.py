@@ -1,0 +1,396 @@
+"""The h2q-tui dashboard: ICU pane (cards, chart, Thought Stream, event log) and System pane.
+
+Training runs in a thread worker and never waits on the UI: records go into a deque and one
+coalescing message tells the UI to fold them in; widgets redraw on a timer when dirty.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabPane
+from textual.worker import Worker
+
+from h2q_tui.app import formatting as fmt
+from h2q_tui.app.engine_link import AttachedRuns, LiveEngine
+from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, ErrorScreen, HelpScreen
+from h2q_tui.app.widgets import X_AXES, CardGrid, LossChart, SystemPanel
+from h2q_tui.system.monitor import SystemMonitor, SystemSnapshot
+from h2q_tui.training import commands
+from h2q_tui.training.history import RunHistory
+
+LR_STEP = 1.25  # raise/lower keys multiply the LR by this (or its inverse)
+
+
+class RecordsArrived(Message):
+    """New engine records wait in the app's deque (coalesced: at most one pending)."""
+
+
+class SnapshotTaken(Message):
+    def __init__(self, snapshot: SystemSnapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class EngineFailed(Message):
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+
+class H2QApp(App[int]):
+    """Live training dashboard, or a viewer of runs other processes write (attach)."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "h2q-tui"
+    BINDINGS = [
+        Binding("t", "start", "Train"),
+        Binding("p,space", "toggle_pause", "Pause/resume"),
+        Binding("x", "stop", "Stop+save"),
+        Binding("c", "save", "Save now"),
+        Binding("n", "sample", "Sample now"),
+        Binding("plus,equals_sign", "lr_up", "LR ×1.25"),
+        Binding("minus", "lr_down", "LR ÷1.25"),
+        Binding("1", "pane('icu')", "ICU", show=False),
+        Binding("2", "pane('system')", "System", show=False),
+        Binding("u", "toggle_units", "nats/bpb"),
+        Binding("a", "cycle_axis", "x axis"),
+        Binding("left_square_bracket", "smoothing(-0.05)", "Smooth −", show=False),
+        Binding("right_square_bracket", "smoothing(0.05)", "Smooth +", show=False),
+        Binding("f", "focus_next_run", "Next run", show=False),
+        Binding("d", "config_diff", "Config diff", show=False),
+        Binding("e", "export", "Export"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+    ]
+    # (keys shown in help, action, description): the help screen and the command palette
+    ACTIONS = [
+        ("t", "start", "Start training (or --autostart)"),
+        ("p / space", "toggle_pause", "Pause / resume"),
+        ("x", "stop", "Stop training (saves a checkpoint first)"),
+        ("c", "save", "Save a checkpoint now"),
+        ("n", "sample", "Sample the Thought Stream now"),
+        ("+", "lr_up", "Raise the learning rate ×1.25"),
+        ("-", "lr_down", "Lower the learning rate ÷1.25"),
+        ("1", "pane('icu')", "Show the ICU pane"),
+        ("2", "pane('system')", "Show the System pane"),
+        ("u", "toggle_units", "Chart units: nats ↔ bits/byte"),
+        ("a", "cycle_axis", "Chart x axis: step → tokens → wall time"),
+        ("[", "smoothing(-0.05)", "Less EMA smoothing"),
+        ("]", "smoothing(0.05)", "More EMA smoothing"),
+        ("f", "focus_next_run", "Cards: focus the next attached run"),
+        ("d", "config_diff", "Config diff between attached runs"),
+        ("e", "export", "Export charts (CSV) and screen (SVG) into the run dir"),
+        ("?", "help", "Help: every key"),
+        ("q", "quit", "Quit (asks while training; saves first)"),
+    ]
+
+    def __init__(
+        self,
+        engine: LiveEngine | Any | None = None,
+        attached: AttachedRuns | None = None,
+        autostart: bool = False,
+        monitor: bool = True,
+        refresh_s: float = 0.25,
+    ) -> None:
+        super().__init__()
+        self.engine, self.attached, self.autostart = engine, attached, autostart
+        self.use_monitor, self.refresh_s = monitor, refresh_s
+        names = attached.names if attached else [engine.name if engine else "no run"]
+        self.histories: dict[str, RunHistory] = {name: RunHistory() for name in names}
+        self.focused_run = names[0]
+        self.units, self.axis, self.smoothing = "nats", "step", 0.6
+        self.state = "idle — press t to train" if engine else "attached"
+        self.training_worker: Worker | None = None
+        self.monitor: SystemMonitor | None = None
+        self.snapshot: SystemSnapshot | None = None
+        self._pending: deque[dict[str, Any]] = deque()
+        self._notified = False
+        self._dirty = True
+        self._log_printed: dict[str, int] = dict.fromkeys(names, 0)
+        self.commands_sent: list[commands.Command] = []
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(initial="icu"):
+            with TabPane("ICU", id="icu"):
+                with Vertical(id="icu-body"):
+                    yield CardGrid()
+                    yield LossChart()
+                    with Horizontal(id="streams"):
+                        yield Static(id="thought-stream")
+                        yield RichLog(id="event-log", wrap=True, markup=False, max_lines=500)
+            with TabPane("System", id="system"):
+                yield SystemPanel()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = " + ".join(self.histories) + (" (attached)" if self.attached else "")
+        self.query_one("#thought-stream").border_title = "Thought Stream"
+        self.query_one("#event-log").border_title = "Events"
+        self.set_interval(self.refresh_s, self.redraw)
+        if self.attached:
+            self.poll_attached()
+            self.set_interval(0.5, self.poll_attached)
+        if self.use_monitor:
+            self.monitor = SystemMonitor(
+                on_snapshot=lambda snap: self.post_message(SnapshotTaken(snap))
+            ).start()
+        self.redraw(force=True)
+        if self.autostart:
+            self.action_start()
+
+    def on_unmount(self) -> None:
+        if self.monitor:
+            self.monitor.stop()
+
+    # ------------------------------------------------------------------ data in
+    def on_record(self, record: dict[str, Any]) -> None:
+        """Called on the training thread: never blocks, posts at most one pending message."""
+        self._pending.append(record)
+        if not self._notified:
+            self._notified = True
+            self.post_message(RecordsArrived())
+
+    def on_records_arrived(self, _: RecordsArrived) -> None:
+        self._notified = False
+        history = self.histories[self.focused_run] if not self.attached else None
+        while self._pending:
+            record = self._pending.popleft()
+            if history is not None:
+                history.add(record)
+                self._track_state(record)
+        self._dirty = True
+
+    def _track_state(self, record: dict[str, Any]) -> None:
+        kind = record.get("event")
+        if kind == "paused":
+            self.state = "paused"
+        elif kind in ("resumed", "run_started"):
+            self.state = "running"
+        elif kind == "alarm":
+            self.state = f"ALARM {record['kind']}" + (
+                " — paused" if record["kind"] == "nan" else ""
+            )
+            self.notify(record["message"], title="Alarm", severity="error", timeout=10)
+        elif kind == "run_finished":
+            self.state = f"finished ({record['reason']})"
+        elif kind == "checkpoint":
+            self.notify(f"checkpoint saved at step {record['step']}", timeout=3)
+
+    def poll_attached(self) -> None:
+        for name, records in self.attached.read_new().items():  # type: ignore[union-attr]
+            for record in records:
+                self.histories[name].add(record)
+            self._dirty = self._dirty or bool(records)
+
+    def on_snapshot_taken(self, message: SnapshotTaken) -> None:
+        self.snapshot = message.snapshot
+        if self.query_one(TabbedContent).active == "system":
+            self.query_one(SystemPanel).show(self.snapshot)
+
+    def on_engine_failed(self, message: EngineFailed) -> None:
+        self.state = "failed"
+        self._dirty = True
+        self.push_screen(ErrorScreen(message.message))
+
+    # ------------------------------------------------------------------ drawing
+    def attached_state(self, h: RunHistory) -> str:
+        if h.finished:
+            return f"finished ({h.finished.get('reason', 'failed')})"
+        if h.alarms:
+            return f"ALARM {h.alarms[-1]['kind']}"
+        return "paused" if h.paused else ("following" if h.started else "waiting for metrics.jsonl")
+
+    def redraw(self, force: bool = False) -> None:
+        if not (self._dirty or force):
+            return
+        self._dirty = False
+        history = self.histories[self.focused_run]
+        state = self.attached_state(history) if self.attached else self.state
+        self.query_one(CardGrid).show(history, state)
+        self.query_one(LossChart).draw(self.histories, self.axis, self.units, self.smoothing)
+        samples = history.samples[-2:]
+        stream = (
+            "\n".join(f"[step {s}] {text}" for s, text in samples)
+            or "samples appear here during training"
+        )
+        self.query_one("#thought-stream", Static).update(stream)
+        self._append_log()
+        self.query_one(SystemPanel).show(self.snapshot)
+
+    def _append_log(self) -> None:
+        log = self.query_one("#event-log", RichLog)
+        for name, history in self.histories.items():
+            start = self._log_printed[name]
+            prefix = f"{name}: " if len(self.histories) > 1 else ""
+            for line in history.log[start:] if start <= len(history.log) else history.log:
+                log.write(prefix + line)
+            self._log_printed[name] = len(history.log)
+
+    # ------------------------------------------------------------------ engine control
+    @property
+    def run_active(self) -> bool:
+        return self.training_worker is not None and not self.training_worker.is_finished
+
+    def _train(self) -> None:
+        try:
+            self.engine.run(self.on_record)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - a worker error becomes a modal, never a dead app
+            self.post_message(EngineFailed(f"{type(exc).__name__}: {exc}"))
+
+    def action_start(self) -> None:
+        if self.engine is None:
+            self.notify(
+                "attached runs are read-only: start training with h2q-tui or --no-ui",
+                severity="warning",
+            )
+        elif self.training_worker is None:
+            self.state = "starting…"
+            self._dirty = True
+            self.training_worker = self.run_worker(
+                self._train, thread=True, name="training", exit_on_error=False
+            )
+        elif not self.run_active:
+            self.notify(
+                "this run has finished; start a new one with --resume RUN_DIR", severity="warning"
+            )
+
+    def send(self, command: commands.Command) -> bool:
+        if not self.run_active:
+            self.notify("no training run is active (press t to start)", severity="warning")
+            return False
+        self.commands_sent.append(command)
+        self.engine.send(command)  # type: ignore[union-attr]
+        return True
+
+    def action_toggle_pause(self) -> None:
+        self.send(
+            commands.Resume()
+            if self.state == "paused" or self.state.startswith("ALARM")
+            else commands.Pause()
+        )
+
+    def action_stop(self) -> None:
+        if self.send(commands.Stop()):
+            self.notify("stopping: saving a checkpoint…")
+
+    def action_save(self) -> None:
+        self.send(commands.SaveNow())
+
+    def action_sample(self) -> None:
+        self.send(commands.SampleNow())
+
+    def action_lr_up(self) -> None:
+        self.send(commands.ScaleLearningRate(LR_STEP))
+
+    def action_lr_down(self) -> None:
+        self.send(commands.ScaleLearningRate(1 / LR_STEP))
+
+    async def action_quit(self) -> None:
+        if not self.run_active:
+            self.exit(0)
+            return
+
+        async def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            self.send(commands.Stop())
+            self.notify("saving a checkpoint, then quitting…")
+            await self.training_worker.wait()  # type: ignore[union-attr]
+            self.exit(0)
+
+        self.push_screen(
+            ConfirmScreen("Training is running. Save a checkpoint and quit?"), answered
+        )
+
+    # ------------------------------------------------------------------ view control
+    def action_pane(self, pane: str) -> None:
+        self.query_one(TabbedContent).active = pane
+        self._dirty = True
+
+    def action_toggle_units(self) -> None:
+        self.units = "bpb" if self.units == "nats" else "nats"
+        self._dirty = True
+
+    def action_cycle_axis(self) -> None:
+        self.axis = X_AXES[(X_AXES.index(self.axis) + 1) % len(X_AXES)]
+        self._dirty = True
+
+    def action_smoothing(self, delta: float) -> None:
+        self.smoothing = round(min(0.99, max(0.0, self.smoothing + delta)), 2)
+        self._dirty = True
+
+    def action_focus_next_run(self) -> None:
+        names = list(self.histories)
+        self.focused_run = names[(names.index(self.focused_run) + 1) % len(names)]
+        self.notify(f"cards show {self.focused_run}", timeout=2)
+        self._dirty = True
+
+    def action_config_diff(self) -> None:
+        configs = {name: h.config for name, h in self.histories.items()}
+        self.push_screen(ConfigDiffScreen(list(configs), fmt.config_diff(configs)))
+
+    def action_help(self) -> None:
+        keys = [(key, description) for key, _, description in self.ACTIONS]
+        self.push_screen(HelpScreen([*keys, ("ctrl+p", "Command palette: these actions, themes")]))
+
+    def export_dir(self) -> Path:
+        if self.engine is not None:
+            return Path(self.engine.run_dir)
+        return self.attached.run_dirs[list(self.histories).index(self.focused_run)]  # type: ignore[union-attr]
+
+    def action_export(self) -> None:
+        folder = self.export_dir()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        csv_path = folder / f"charts-{stamp}.csv"
+        write_chart_csv(csv_path, self.histories)
+        svg_path = self.save_screenshot(filename=f"screen-{stamp}.svg", path=str(folder))
+        self.notify(f"wrote {csv_path.name} and {Path(svg_path).name} in {folder}")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for key, action, description in self.ACTIONS:
+            yield SystemCommand(
+                description, f"key: {key}", lambda action=action: self.run_action(action)
+            )
+
+
+def write_chart_csv(path: Path, histories: dict[str, RunHistory]) -> None:
+    """Every chart point of every run: run, series, step, tokens, time_s, value_nats."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["run", "series", "step", "tokens", "time_s", "value_nats"])
+        for name, history in histories.items():
+            for series, curve in (
+                ("train", history.train),
+                ("heldout", history.heldout),
+                ("horizon", history.horizon),
+            ):
+                for row in zip(curve.step, curve.tokens, curve.time, curve.value, strict=True):
+                    out.writerow([name, series, *row])
+
+
+def make_app(
+    engine: Any | None = None,
+    attach: list[Path] | None = None,
+    autostart: bool = False,
+    monitor: bool = True,
+    refresh_s: float = 0.25,
+) -> H2QApp:
+    """The one factory used by the CLI, Pilot tests and snapshot tests."""
+    attached = AttachedRuns([Path(p) for p in attach]) if attach else None
+    return H2QApp(
+        engine=engine, attached=attached, autostart=autostart, monitor=monitor, refresh_s=refresh_s
+    )

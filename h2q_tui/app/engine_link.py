@@ -1,0 +1,81 @@
+"""What the dashboard watches: a live run it owns, or runs other processes are writing.
+
+``LiveEngine.run`` is called in a worker thread; records reach the UI through ``on_record``,
+which must not block. ``AttachedRuns`` tails each run's metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from h2q_tui.run_setup import PreparedRun
+from h2q_tui.training import commands
+from h2q_tui.training.tail import JsonlTailer
+from h2q_tui.training.writers import METRICS_FILE, JsonlWriter
+
+OnRecord = Callable[[dict[str, Any]], None]
+
+
+class LiveEngine:
+    """A training run owned by the dashboard; commands go in through a queue."""
+
+    def __init__(self, prepared: PreparedRun) -> None:
+        self.prepared = prepared
+        self.name = prepared.run_dir.name
+        self.run_dir = prepared.run_dir
+        self.commands: queue.Queue = queue.Queue()
+
+    def send(self, command: commands.Command) -> None:
+        self.commands.put(command)
+
+    def run(self, on_record: OnRecord) -> str:
+        """Build the trainer and train until it finishes (blocking; call from a worker thread)."""
+        from h2q_tui.training.trainer import Trainer
+
+        writer = JsonlWriter(self.run_dir)
+
+        def emit(event) -> None:
+            writer(event)
+            on_record(event.to_record())
+
+        p = self.prepared
+        try:
+            trainer = Trainer(
+                p.config,
+                p.corpus,
+                p.run_dir,
+                emit,
+                self.commands,
+                preset=p.preset,
+                resume_from=p.resume_from,
+                pause_on_nan=True,
+            )
+            return trainer.run()
+        finally:
+            writer.close()
+
+
+class AttachedRuns:
+    """Several run dirs whose metrics.jsonl files are followed as they grow."""
+
+    def __init__(self, run_dirs: list[Path]) -> None:
+        self.run_dirs = run_dirs
+        self.names = unique_names(run_dirs)
+        self.tailers = {
+            name: JsonlTailer(d / METRICS_FILE)
+            for name, d in zip(self.names, run_dirs, strict=True)
+        }
+
+    def read_new(self) -> dict[str, list[dict[str, Any]]]:
+        return {name: tailer.read_new() for name, tailer in self.tailers.items()}
+
+
+def unique_names(run_dirs: list[Path]) -> list[str]:
+    """Short distinct labels: the folder names, with parents added where they collide."""
+    names = [d.resolve().name for d in run_dirs]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{d.resolve().parent.name}/{d.resolve().name}" for d in run_dirs]

@@ -1,0 +1,212 @@
+"""Dashboard widgets: metric cards, the loss chart, the system readout."""
+
+from __future__ import annotations
+
+import math
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Grid
+from textual.widgets import Static
+from textual_plotext import PlotextPlot
+
+from h2q_tui.app import formatting as fmt
+from h2q_tui.system.monitor import SystemSnapshot, format_bytes, format_value
+from h2q_tui.training.events import LN2
+from h2q_tui.training.history import Curve, RunHistory, debiased_ema
+
+RUN_COLOURS = ["cyan", "orange", "green", "magenta", "yellow", "blue", "red", "white"]
+X_AXES = ("step", "tokens", "time")
+CARDS = [
+    ("state", "State"),
+    ("step", "Step"),
+    ("train", "Train CE"),
+    ("horizon", "Horizon Val · Diff"),
+    ("heldout", "Held-out val"),
+    ("energy", "Energy ‖h‖"),
+    ("grad", "Grad norm (pre-clip)"),
+    ("speed", "Speed"),
+    ("eta", "ETA"),
+    ("lr", "Learning rate"),
+    ("rank", "Rank"),
+    ("penalty", "Penalty (aux)"),
+]
+
+
+class MetricCard(Static):
+    """A titled box holding one reading."""
+
+    def __init__(self, key: str, title: str) -> None:
+        super().__init__(id=f"card-{key}", classes="card")
+        self.border_title = title
+
+    def show(self, text: str | Text) -> None:
+        self.update(text)
+
+
+class CardGrid(Grid):
+    """The ICU cards for the focused run."""
+
+    def compose(self) -> ComposeResult:
+        for key, title in CARDS:
+            yield MetricCard(key, title)
+
+    def show(self, history: RunHistory, state: str) -> None:
+        for key, text in card_texts(history, state).items():
+            self.query_one(f"#card-{key}", MetricCard).show(text)
+
+
+def card_texts(h: RunHistory, state: str) -> dict[str, str | Text]:
+    """The text of every card, from the history alone (deterministic for snapshots)."""
+    step = h.last_step or {}
+    train_cfg = h.config.get("train", {})
+    model_cfg = h.config.get("model", {})
+    max_steps = train_cfg.get("max_steps") or 0
+    progress = f"epoch {step['epoch']} · {100 * step['data_progress']:.1f}% of data" if step else ""
+    total = f" / {max_steps:,}" if max_steps else ""
+    horizon = h.last_horizon or {}
+    colour = fmt.horizon_colour(horizon.get("val_loss_nats"), horizon.get("train_loss_nats"))
+    horizon_text = Text(
+        f"Val {fmt.number(horizon.get('val_loss_nats'), '.4f')} · Diff {fmt.number(horizon.get('diff_nats'), '+.4f')}",
+        style=colour,
+    )
+    horizon_text.append("\nnext chunk: noisy on i.i.d. text", style="dim")
+    heldout = h.last_heldout or {}
+    state_text = Text(state, style="bold red" if "ALARM" in state else "bold")
+    rank = model_cfg.get("rank") if model_cfg.get("family") != "gpt" else None
+    return {
+        "state": state_text,
+        "step": f"{step.get('step', 0):,}{total}\n{progress}",
+        "train": fmt.loss_text(step.get("train_loss_nats")),
+        "horizon": horizon_text,
+        "heldout": fmt.loss_text(heldout.get("val_loss_nats"))
+        + (f"\n@ step {heldout['step']:,}" if heldout else ""),
+        "energy": fmt.number(step.get("energy"), ".2f"),
+        "grad": fmt.number(step.get("grad_norm"), ".3f"),
+        "speed": (
+            f"{step['step_ms']:.0f} ms/step\n{step['tokens_per_s']:,.0f} tok/s" if step else fmt.NA
+        ),
+        "eta": fmt.duration(h.eta_seconds()),
+        "lr": fmt.number(step.get("lr"), ".3e"),
+        "rank": str(h.rank if h.rank is not None else (rank if rank is not None else fmt.NA)),
+        "penalty": fmt.number(step.get("aux_loss"), ".4f")
+        + (f"\nraw {step['penalty']:.2f}" if step else ""),
+    }
+
+
+def _thin(xs: list[float], ys: list[float], limit: int) -> tuple[list[float], list[float]]:
+    """At most ``limit`` points, finite values only (plotext draws NaN badly)."""
+    pairs = [(x, y) for x, y in zip(xs, ys, strict=False) if math.isfinite(y)]
+    stride = max(1, math.ceil(len(pairs) / max(1, limit)))
+    pairs = pairs[::stride] + ([pairs[-1]] if pairs and (len(pairs) - 1) % stride else [])
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+class LossChart(PlotextPlot):
+    """Train CE (raw + debiased EMA) and both validation curves, for one or several runs."""
+
+    def draw(
+        self, histories: dict[str, RunHistory], axis: str, units: str, smoothing: float
+    ) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        scale = 1 / LN2 if units == "bpb" else 1.0
+        limit = max(20, 2 * self.size.width)
+        several = len(histories) > 1
+        for index, (name, h) in enumerate(histories.items()):
+            colour = RUN_COLOURS[index % len(RUN_COLOURS)]
+            prefix = f"{name} " if several else ""
+            self._series(
+                plt,
+                h.train,
+                axis,
+                scale,
+                limit,
+                None if several else "gray",
+                f"{prefix}train raw" if not several else None,
+            )
+            smooth = Curve(h.train.max_points)
+            smooth.step, smooth.tokens, smooth.time = h.train.step, h.train.tokens, h.train.time
+            smooth.value = debiased_ema(h.train.value, smoothing)
+            self._series(
+                plt, smooth, axis, scale, limit, colour, f"{prefix}train (EMA {smoothing:.2f})"
+            )
+            self._series(
+                plt,
+                h.heldout,
+                axis,
+                scale,
+                limit,
+                "green" if not several else colour,
+                f"{prefix}held-out",
+                marker="dot",
+            )
+            self._series(
+                plt,
+                h.horizon,
+                axis,
+                scale,
+                limit,
+                "orange" if not several else colour,
+                f"{prefix}horizon",
+                marker="x",
+            )
+        plt.xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[axis])
+        plt.ylabel("bits/byte" if units == "bpb" else "nats/byte")
+        plt.title(f"cross-entropy ({units}) vs {axis}")
+        self.refresh()
+
+    @staticmethod
+    def _series(
+        plt,
+        curve: Curve,
+        axis: str,
+        scale: float,
+        limit: int,
+        colour,
+        label,
+        marker: str = "braille",
+    ) -> None:
+        xs, ys = _thin(curve.x(axis), curve.value, limit)
+        if not xs:
+            return
+        kwargs = {"marker": marker, "label": label} if label else {"marker": marker}
+        if colour:
+            kwargs["color"] = colour
+        plt.plot(xs, [y * scale for y in ys], **kwargs)
+
+
+class SystemPanel(Static):
+    """Host, process and GPU readings; anything unavailable shows n/a."""
+
+    def show(self, snap: SystemSnapshot | None) -> None:
+        self.update(system_text(snap))
+
+
+def system_text(snap: SystemSnapshot | None) -> Text:
+    text = Text()
+    if snap is None:
+        text.append("collecting system readings…", style="dim")
+        return text
+    ram = f"{format_bytes(snap.host_ram_used_bytes)} / {format_bytes(snap.host_ram_total_bytes)}"
+    rows = [
+        ("Host CPU", f"{format_value(snap.host_cpu_percent)} %"),
+        ("Host RAM", ram),
+        ("This process CPU", f"{format_value(snap.process_cpu_percent)} %"),
+        ("This process RSS", format_bytes(snap.process_rss_bytes)),
+        ("CUDA allocated", format_bytes(snap.cuda_allocated_bytes)),
+        ("CUDA reserved", format_bytes(snap.cuda_reserved_bytes)),
+        ("GPUs", snap.gpu_status),
+    ]
+    for label, value in rows:
+        text.append(f"{label:<18}", style="bold")
+        text.append(f"{value}\n")
+    for gpu in snap.gpus:
+        text.append(f"\nGPU {gpu.index} {gpu.name or fmt.NA}\n", style="bold cyan")
+        mem = f"{format_bytes(gpu.memory_used_bytes)} / {format_bytes(gpu.memory_total_bytes)}"
+        text.append(
+            f"  util {format_value(gpu.utilization_percent)} %   memory {mem}   "
+            f"power {format_value(gpu.power_watts)} W   temp {format_value(gpu.temperature_c, '.0f')} °C\n"
+        )
+    return text
