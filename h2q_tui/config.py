@@ -34,6 +34,7 @@ class ModelConfig:
     ham_implementation: str = "fast"  # fast | reference
     checkpointing: bool = False  # activation checkpointing of each reversible branch
     final_norm: bool = False  # LayerNorm before the head (the source has none; an option)
+    ham_init: str = "source"  # source | unit: rescale each B so W starts at unit RMS gain
     # GPT baseline
     mlp_ratio: int = 4
     bias: bool = True
@@ -94,6 +95,7 @@ SECTIONS = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig, "log
 CHOICES = {
     ("model", "family"): ("microstream", "gpt"),
     ("model", "ham_implementation"): ("fast", "reference"),
+    ("model", "ham_init"): ("source", "unit"),
     ("train", "loop"): ("horizon", "random"),
     ("train", "schedule"): ("constant", "cosine"),
     ("train", "precision"): ("fp32", "bf16"),

@@ -94,3 +94,16 @@ def test_checkpointing_switch_gives_identical_gradients():
         model(idx, idx)[1].backward()
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_unit_ham_init_keeps_the_residual_stream_small():
+    """The source init lets the hidden norm explode (energy in the hundreds); 'unit' does not."""
+    torch.manual_seed(0)
+    idx = torch.randint(0, 256, (2, 64))
+    energies = {}
+    for init in ("source", "unit"):
+        model = build_model(resolve("microstream-cpu", [f'model.ham_init="{init}"']).model)
+        model(idx)
+        energies[init] = model.energy.item()
+    assert energies["source"] > 10 * energies["unit"]
+    assert energies["unit"] < 30

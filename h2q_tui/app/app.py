@@ -176,7 +176,8 @@ class H2QApp(App[int]):
     def _track_state(self, record: dict[str, Any]) -> None:
         kind = record.get("event")
         if kind == "paused":
-            self.state = "paused"
+            if not self.state.startswith("ALARM nan"):  # a NaN alarm pauses: keep saying so
+                self.state = "paused"
         elif kind in ("resumed", "run_started"):
             self.state = "running"
         elif kind == "alarm":
@@ -233,11 +234,11 @@ class H2QApp(App[int]):
     def _append_log(self) -> None:
         log = self.query_one("#event-log", RichLog)
         for name, history in self.histories.items():
-            start = self._log_printed[name]
+            new = history.notes - self._log_printed[name]  # history.log is trimmed: count notes
             prefix = f"{name}: " if len(self.histories) > 1 else ""
-            for line in history.log[start:] if start <= len(history.log) else history.log:
+            for line in history.log[-new:] if new > 0 else []:
                 log.write(prefix + line)
-            self._log_printed[name] = len(history.log)
+            self._log_printed[name] = history.notes
 
     # ------------------------------------------------------------------ engine control
     @property
@@ -276,11 +277,8 @@ class H2QApp(App[int]):
         return True
 
     def action_toggle_pause(self) -> None:
-        self.send(
-            commands.Resume()
-            if self.state == "paused" or self.state.startswith("ALARM")
-            else commands.Pause()
-        )
+        paused = self.histories[self.focused_run].paused  # an ALARM is not always paused
+        self.send(commands.Resume() if paused else commands.Pause())
 
     def action_stop(self) -> None:
         if self.send(commands.Stop()):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from h2q_kernels.hamiltonian import HamLinear, StructureBank, orthogonality_penalty
+from h2q_kernels.hamiltonian import HamLinear, StructureBank, materialise_weight, orthogonality_penalty
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -97,7 +97,25 @@ class MicroStream(nn.Module):
         nn.init.normal_(self.tok_emb.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)  # start near uniform: CE ≈ ln V, not ~10 nats
         nn.init.zeros_(self.head.bias)
+        if config.ham_init == "unit":
+            self._unit_gain_init()
         self.energy = torch.zeros(())
+
+    @torch.no_grad()
+    def _unit_gain_init(self) -> None:
+        """Rescale each B so ‖W‖_F = sqrt(D) (an orthogonal matrix's), residual outputs by 1/sqrt(2L).
+
+        The source init (orthogonal blocks, 1/sqrt(r+1) per rank) gives W about 2.5x the RMS gain
+        of an orthogonal map at F 32, R 8, so the residual stream grows block after block.
+        """
+        for block in self.blocks:
+            for name, layer in (("q", block.attn.q), ("k", block.attn.k), ("v", block.attn.v),
+                                ("o", block.attn.o), ("fc1", block.ffn.fc1), ("fc2", block.ffn.fc2)):
+                weight = materialise_weight(layer.structure_bank.block_matrices(), layer.B)
+                target = weight.shape[0] ** 0.5
+                if name in ("o", "fc2"):
+                    target /= (2 * len(self.blocks)) ** 0.5
+                layer.B.mul_(target / weight.norm())
 
     def ham_layers(self) -> list[HamLinear]:
         return [m for m in self.modules() if isinstance(m, HamLinear)]

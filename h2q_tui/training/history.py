@@ -75,7 +75,8 @@ class RunHistory:
         self.heldout = Curve(max_points)
         self.horizon = Curve(max_points)
         self.samples: list[tuple[int, str]] = []
-        self.log: list[str] = []
+        self.log: list[str] = []  # the last LOG_LINES notes
+        self.notes = 0  # notes ever made (the log is trimmed, this count is not)
         self.alarms: list[dict[str, Any]] = []
         self.paused = False
         self.rank: int | None = None  # set by rank_grown events (QRLM)
@@ -93,6 +94,7 @@ class RunHistory:
             handler(record)
 
     def _note(self, text: str) -> None:
+        self.notes += 1
         self.log.append(text)
         del self.log[:-LOG_LINES]
 

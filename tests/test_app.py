@@ -1,0 +1,474 @@
+"""Pilot tests of the dashboard: keys, cards, commands, quit, help, panes, export, attach."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fake_engine import (
+    FINAL_STEP,
+    FakeEngine,
+    scripted_loss,
+    scripted_records,
+    step_record,
+)
+from rich.console import Console
+from rich.text import Text
+from textual.pilot import Pilot
+from textual.widgets import RichLog, Static, TabbedContent
+
+from h2q_tui.app.app import H2QApp, SnapshotTaken, make_app
+from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, HelpScreen
+from h2q_tui.app.widgets import SystemPanel
+from h2q_tui.system.monitor import SystemSnapshot
+from h2q_tui.training import commands, events
+from h2q_tui.training.history import LOG_LINES
+from h2q_tui.training.writers import METRICS_FILE
+
+SIZE = (160, 48)
+
+
+# ---------------------------------------------------------------------- helpers
+async def wait_until(
+    pilot: Pilot, predicate: Callable[[], bool], what: str = "condition", tries: int = 200
+) -> None:
+    """Let the app run in 50 ms slices until ``predicate()`` holds (at most ``tries`` slices)."""
+    for _ in range(tries):
+        if predicate():
+            return
+        await pilot.pause(0.05)
+    assert predicate(), f"timed out waiting for {what}"
+
+
+def text_of(widget: Static) -> str:
+    """The plain text a Static shows (str, rich Text, or any rich renderable)."""
+    content = widget.content
+    if isinstance(content, (str, Text)):
+        return str(content)
+    console = Console(file=io.StringIO(), width=150, color_system=None, legacy_windows=False)
+    console.print(content)
+    return console.file.getvalue()
+
+
+def card(app: H2QApp, key: str) -> str:
+    return text_of(app.query_one(f"#card-{key}", Static))
+
+
+def step_card_shows(app: H2QApp, step: int) -> Callable[[], bool]:
+    return lambda: card(app, "step").startswith(f"{step:,} / ")
+
+
+def notifications(app: H2QApp) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+def live_app(engine: FakeEngine) -> H2QApp:
+    return make_app(engine, monitor=False, refresh_s=0.05)
+
+
+async def start_and_play(pilot: Pilot, engine: FakeEngine) -> None:
+    """Press t and wait until the whole script is on the cards."""
+    await pilot.press("t")
+    await wait_until(pilot, engine.script_done.is_set, "the script")
+    await wait_until(pilot, step_card_shows(pilot.app, FINAL_STEP), "the final step card")
+
+
+async def sent(pilot: Pilot, engine: FakeEngine, count: int) -> list[commands.Command]:
+    await wait_until(pilot, lambda: len(engine.received) >= count, f"{count} commands")
+    return engine.received
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    fake = FakeEngine(tmp_path / "fake-run")
+    fake.run_dir.mkdir()
+    yield fake
+    fake.close()
+
+
+# ---------------------------------------------------------------------- live run
+async def test_t_starts_training_and_cards_show_the_script(engine):
+    async with live_app(engine).run_test(size=SIZE) as pilot:
+        app = pilot.app
+        assert card(app, "state").startswith("idle")
+        assert card(app, "step") == "0\n"  # no run_started yet: no max_steps
+        await start_and_play(pilot, engine)
+        assert app.run_active
+        assert card(app, "step") == f"{FINAL_STEP} / 100\nepoch 0 · 14.2% of data"
+        loss = scripted_loss(FINAL_STEP)
+        assert card(app, "train") == f"{loss:.4f} nats · {loss / math.log(2):.3f} bpb"
+        assert card(app, "state") == "running"
+        assert card(app, "lr") == "2.000e-03"
+        assert card(app, "speed") == "50 ms/step\n2,560 tok/s"
+        assert card(app, "heldout").endswith(f"@ step {FINAL_STEP}")
+        assert card(app, "horizon").startswith("Val ")
+        assert card(app, "rank") == "2"  # tiny preset: microstream with rank 2
+        assert "The quick brown fox thinks" in text_of(app.query_one("#thought-stream", Static))
+        history = app.histories["fake-run"]
+        assert len(history.train) == FINAL_STEP and len(history.horizon) == 4
+        assert len(history.heldout) == 2
+
+
+async def test_p_pauses_and_resumes(engine):
+    async with live_app(engine).run_test(size=SIZE) as pilot:
+        await start_and_play(pilot, engine)
+        await pilot.press("p")
+        assert await sent(pilot, engine, 1) == [commands.Pause()]
+        await wait_until(pilot, lambda: card(pilot.app, "state") == "paused", "paused card")
+        await pilot.press("p")
+        assert await sent(pilot, engine, 2) == [commands.Pause(), commands.Resume()]
+        await wait_until(pilot, lambda: card(pilot.app, "state") == "running", "running card")
+        await pilot.press("space")
+        assert (await sent(pilot, engine, 3))[-1] == commands.Pause()
+
+
+async def test_save_sample_and_learning_rate_keys_send_commands(engine):
+    async with live_app(engine).run_test(size=SIZE) as pilot:
+        await start_and_play(pilot, engine)
+        await pilot.press("c", "n", "plus", "minus")
+        assert await sent(pilot, engine, 4) == [
+            commands.SaveNow(),
+            commands.SampleNow(),
+            commands.ScaleLearningRate(1.25),
+            commands.ScaleLearningRate(0.8),
+        ]
+        assert pilot.app.commands_sent == engine.received
+        await wait_until(
+            pilot,
+            lambda: "a sample on request" in text_of(pilot.app.query_one("#thought-stream")),
+            "the requested sample",
+        )
+
+
+async def test_x_stops_the_run(engine):
+    async with live_app(engine).run_test(size=SIZE) as pilot:
+        await start_and_play(pilot, engine)
+        await pilot.press("x")
+        assert await sent(pilot, engine, 1) == [commands.Stop()]
+        await wait_until(pilot, lambda: not pilot.app.run_active, "the worker to end")
+        await wait_until(pilot, lambda: card(pilot.app, "state") == "finished (stopped)", "state")
+        await pilot.press("p")  # the run is over: nothing more is sent
+        await pilot.pause()
+        assert engine.received == [commands.Stop()]
+        assert "no training run is active" in " ".join(notifications(pilot.app))
+
+
+async def test_q_while_running_asks_and_n_declines_then_y_stops_and_exits(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_and_play(pilot, engine)
+        await pilot.press("q")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirm screen")
+        await pilot.press("n")
+        await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), "dismissal")
+        assert app.is_running and app.return_code is None and app.run_active
+        assert engine.received == []
+        await pilot.press("q")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirm screen")
+        await pilot.press("y")
+        await wait_until(pilot, lambda: app.return_code is not None, "the app to exit")
+    assert app.return_code == 0
+    assert engine.received == [commands.Stop()]
+    assert engine.emitted[-1]["event"] == "run_finished"  # it saved and finished before exiting
+
+
+async def test_q_when_idle_exits_at_once(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("q")
+        await wait_until(pilot, lambda: app.return_code is not None, "the app to exit")
+    assert app.return_code == 0
+    assert engine.received == [] and not engine.script_done.is_set()
+
+
+async def test_keys_before_start_warn_and_send_nothing(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p", "x", "c", "n", "plus", "minus")
+        await pilot.pause()
+        assert app.commands_sent == [] and engine.received == []
+        assert app.training_worker is None
+        warned = [n for n in app._notifications if n.severity == "warning"]
+        assert len(warned) == 6
+        assert all("press t to start" in n.message for n in warned)
+
+
+async def test_help_lists_every_action(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), "help screen")
+        shown = " ".join(text_of(s) for s in app.screen.query(Static))
+        shown = " ".join(shown.split())  # undo the table's line wrapping
+        for _key, _action, description in H2QApp.ACTIONS:
+            assert " ".join(description.split()) in shown, description
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, HelpScreen), "help to close")
+
+
+async def test_view_keys_change_units_axis_and_smoothing(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_and_play(pilot, engine)
+        assert (app.units, app.axis, app.smoothing) == ("nats", "step", 0.6)
+        await pilot.press("u")
+        assert app.units == "bpb"
+        await pilot.press("u")
+        assert app.units == "nats"
+        axes = []
+        for _ in range(3):
+            await pilot.press("a")
+            axes.append(app.axis)
+        assert axes == ["tokens", "time", "step"]
+        await pilot.press("right_square_bracket")
+        assert app.smoothing == 0.65
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        assert app.smoothing == 0.55
+        await pilot.press(*["right_square_bracket"] * 12)
+        assert app.smoothing == 0.99  # clamped
+        await pilot.press("u", "a")
+        await wait_until(pilot, lambda: not app._dirty, "a redraw")  # the chart redraws fine
+        assert engine.received == []  # view keys never reach the engine
+
+
+async def test_system_pane_shows_na_for_missing_readings(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        assert app.query_one(TabbedContent).active == "system"
+        panel = app.query_one(SystemPanel)
+        await wait_until(pilot, lambda: "collecting" in text_of(panel), "placeholder")
+        empty = SystemSnapshot(
+            time=0.0,
+            host_cpu_percent=None,
+            process_cpu_percent=None,
+            process_rss_bytes=None,
+            host_ram_used_bytes=None,
+            host_ram_total_bytes=None,
+            gpus=(),
+            cuda_allocated_bytes=None,
+            cuda_reserved_bytes=None,
+            gpu_status="no NVIDIA driver",
+        )
+        app.post_message(SnapshotTaken(empty))
+        await wait_until(pilot, lambda: "Host CPU" in text_of(panel), "the snapshot")
+        lines = {line.split("  ")[0]: line for line in text_of(panel).splitlines() if line}
+        for label in ("Host CPU", "Host RAM", "This process CPU", "This process RSS"):
+            assert "n/a" in lines[label], lines[label]
+        assert "n/a" in lines["CUDA allocated"] and "n/a" in lines["CUDA reserved"]
+        assert "no NVIDIA driver" in lines["GPUs"]
+        assert "GPU 0" not in text_of(panel)
+        await pilot.press("1")
+        assert app.query_one(TabbedContent).active == "icu"
+
+
+async def test_e_exports_chart_csv_and_screen_svg(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_and_play(pilot, engine)
+        await pilot.press("e")
+        await wait_until(pilot, lambda: list(engine.run_dir.glob("screen-*.svg")), "the SVG")
+    csv_files = list(engine.run_dir.glob("charts-*.csv"))
+    assert len(csv_files) == 1
+    with open(csv_files[0], newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["run", "series", "step", "tokens", "time_s", "value_nats"]
+    by_series: dict[str, list[list[str]]] = {}
+    for row in rows[1:]:
+        assert row[0] == "fake-run"
+        by_series.setdefault(row[1], []).append(row[2:])
+    assert {k: len(v) for k, v in by_series.items()} == {"train": 40, "heldout": 2, "horizon": 4}
+    first = by_series["train"][0]
+    assert [int(first[0]), int(first[1]), float(first[2]), float(first[3])] == [
+        1,
+        128,
+        0.05,
+        scripted_loss(1),
+    ]
+    assert [int(r[0]) for r in by_series["heldout"]] == [20, 40]
+    svg = next(engine.run_dir.glob("screen-*.svg")).read_text(encoding="utf-8")
+    assert svg.startswith("<svg") and "Train&#160;CE" in svg
+
+
+async def test_nan_alarm_shows_an_alarm_state(tmp_path):
+    # What the real trainer emits on a NaN loss with pause_on_nan: an alarm, then paused.
+    script = scripted_records(steps=10) + [
+        events.AlarmRaised(10, "nan", "loss or gradient is NaN/Inf at step 11").to_record(),
+        events.RunPaused(10).to_record(),
+    ]
+    engine = FakeEngine(tmp_path, script=script)
+    engine.paused = True  # as the trainer is after the alarm
+    app = live_app(engine)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("t")
+            await wait_until(pilot, engine.script_done.is_set, "the script")
+            await wait_until(pilot, lambda: "ALARM" in card(app, "state"), "ALARM state")
+            await pilot.pause(0.2)  # the paused record right after must not hide the alarm
+            assert card(app, "state") == "ALARM nan — paused"
+            assert any("NaN" in m for m in notifications(app))
+            await pilot.press("p")  # resumes a run paused by the alarm
+            assert await sent(pilot, engine, 1) == [commands.Resume()]
+            await wait_until(pilot, lambda: card(app, "state") == "running", "running state")
+    finally:
+        engine.close()
+
+
+async def test_divergence_alarm_does_not_block_pausing(tmp_path):
+    # A divergence alarm does not pause the trainer, so p must still pause it.
+    script = scripted_records(steps=10) + [
+        events.AlarmRaised(10, "divergence", "held-out CE is diverging").to_record()
+    ]
+    engine = FakeEngine(tmp_path, script=script)
+    app = live_app(engine)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("t")
+            await wait_until(pilot, lambda: "ALARM" in card(app, "state"), "ALARM state")
+            assert card(app, "state") == "ALARM divergence"
+            await pilot.press("p")
+            assert await sent(pilot, engine, 1) == [commands.Pause()]
+            await wait_until(pilot, lambda: card(app, "state") == "paused", "paused state")
+    finally:
+        engine.close()
+
+
+async def test_event_log_keeps_following_past_the_history_log_limit(tmp_path):
+    # RunHistory keeps only its last LOG_LINES notes; the event log must still get new ones.
+    lr_changes = [events.LearningRateChanged(1, 1e-3, 0.5).to_record() for _ in range(LOG_LINES)]
+    engine = FakeEngine(tmp_path, script=[*scripted_records(steps=1), *lr_changes])
+    app = live_app(engine)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("t")
+            await wait_until(pilot, engine.script_done.is_set, "the script")
+            log = app.query_one("#event-log", RichLog)
+            await wait_until(pilot, lambda: len(log.lines) >= LOG_LINES, "a full log")
+            assert app.histories["fake-run"].notes == LOG_LINES + 2  # trimmed in history.log
+            count = len(log.lines)
+            await pilot.press("c")
+            await wait_until(pilot, lambda: len(log.lines) > count, "the next log line")
+            assert "checkpoint saved" in log.lines[-1].text
+    finally:
+        engine.close()
+
+
+async def test_live_mode_focus_and_config_diff_keys_do_not_crash(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_and_play(pilot, engine)
+        await pilot.press("f")
+        assert app.focused_run == "fake-run"
+        await pilot.press("d")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfigDiffScreen), "diff screen")
+        shown = " ".join(text_of(s) for s in app.screen.query(Static))
+        assert "Only one run is shown" in shown
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, ConfigDiffScreen), "close")
+
+
+# ---------------------------------------------------------------------- attach mode
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+
+
+@pytest.fixture
+def two_runs(tmp_path: Path) -> tuple[Path, Path]:
+    run_a, run_b = tmp_path / "run-a", tmp_path / "run-b"
+    run_a.mkdir()
+    run_b.mkdir()
+    write_jsonl(run_a / METRICS_FILE, scripted_records("aaaa", ["train.lr=0.002"], steps=30))
+    write_jsonl(
+        run_b / METRICS_FILE, scripted_records("bbbb", ["train.lr=0.001"], floor=2.3, steps=20)
+    )
+    return run_a, run_b
+
+
+async def test_attach_follows_two_runs_and_picks_up_appended_lines(two_runs):
+    run_a, run_b = two_runs
+    app = make_app(attach=[run_a, run_b], monitor=False, refresh_s=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        assert list(app.histories) == ["run-a", "run-b"]
+        a, b = app.histories["run-a"], app.histories["run-b"]
+        await wait_until(pilot, lambda: len(a.train) == 30 and len(b.train) == 20, "histories")
+        assert a.config["train"]["lr"] == 0.002 and b.config["train"]["lr"] == 0.001
+        await wait_until(pilot, step_card_shows(app, 30), "run-a's step card")
+        assert card(app, "state") == "following"
+        write_jsonl(
+            run_b / METRICS_FILE,
+            [step_record(n, scripted_loss(n, 2.3)) for n in range(21, 26)]
+            + [events.RunFinished(25, 25 * 128, 1.25, "max_steps").to_record()],
+        )
+        await wait_until(pilot, lambda: len(b.train) == 25, "the appended lines", tries=100)
+        assert b.finished is not None and b.last_step["step"] == 25
+        assert len(a.train) == 30
+        log = app.query_one("#event-log", RichLog)
+        await wait_until(
+            pilot, lambda: any("run-b: step 25" in s.text for s in log.lines), "the log line"
+        )
+
+
+async def test_attach_f_cycles_cards_and_d_diffs_configs(two_runs):
+    app = make_app(attach=list(two_runs), monitor=False, refresh_s=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, step_card_shows(app, 30), "run-a's step card")
+        assert app.focused_run == "run-a"
+        await pilot.press("f")
+        assert app.focused_run == "run-b"
+        await wait_until(pilot, step_card_shows(app, 20), "run-b's step card")
+        await pilot.press("f")
+        assert app.focused_run == "run-a"
+        await pilot.press("d")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfigDiffScreen), "diff screen")
+        shown = " ".join(text_of(s) for s in app.screen.query(Static))
+        assert "train.lr" in shown and "0.002" in shown and "0.001" in shown
+        assert "model.d_model" not in shown  # only differing keys are listed
+        assert app.screen.rows == [("train.lr", [0.002, 0.001])]
+
+
+async def test_attach_t_and_command_keys_send_nothing(two_runs):
+    app = make_app(attach=list(two_runs), monitor=False, refresh_s=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("t", "p", "x", "c", "plus")
+        await pilot.pause()
+        assert app.training_worker is None and app.commands_sent == []
+        assert any("read-only" in m for m in notifications(app))
+        assert app.is_running
+
+
+# ---------------------------------------------------------------------- the real engine
+async def test_real_engine_trains_to_the_end(tmp_path, text_file):
+    from h2q_tui.app.engine_link import LiveEngine
+    from h2q_tui.run_setup import RunRequest, prepare_run
+
+    run_dir = tmp_path / "real-run"
+    prepared = prepare_run(
+        RunRequest(
+            preset="tiny",
+            data=str(text_file),
+            run_dir=str(run_dir),
+            max_steps=8,
+            overrides=["train.threads=1"],
+        )
+    )
+    app = make_app(LiveEngine(prepared), monitor=False, refresh_s=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("t")
+        await wait_until(
+            pilot, lambda: card(app, "state").startswith("finished"), "the run", tries=2400
+        )
+        assert card(app, "state") == "finished (max_steps)"
+        assert card(app, "step").startswith("8 / 8")
+        await wait_until(pilot, lambda: not app.run_active, "the worker to end")
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "step"] == list(range(1, 9))
+    assert records[-1]["event"] == "run_finished"
+    checkpoints = [p for p in (run_dir / "checkpoints").iterdir() if p.is_dir()]
+    assert checkpoints and any(any(p.iterdir()) for p in checkpoints)

@@ -1,0 +1,139 @@
+"""SVG snapshots of the dashboard (pytest-textual-snapshot): scripted data only, no wall clock.
+
+Update the baselines after an intended UI change with
+``python -m pytest tests/test_snapshots.py --snapshot-update`` and look at the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fake_engine import FINAL_STEP, FakeEngine, scripted_records
+from textual.pilot import Pilot
+from textual.widgets import Static
+
+from h2q_tui.app.app import H2QApp, SnapshotTaken, make_app
+from h2q_tui.app.widgets import SystemPanel
+from h2q_tui.system.monitor import GpuReading, SystemSnapshot
+from h2q_tui.training.writers import METRICS_FILE
+
+SIZE = (160, 48)
+GIB = 1024**3
+
+
+async def wait_until(pilot: Pilot, predicate, what: str, tries: int = 200) -> None:
+    for _ in range(tries):
+        if predicate():
+            return
+        await pilot.pause(0.05)
+    assert predicate(), f"timed out waiting for {what}"
+
+
+def step_card(app: H2QApp) -> str:
+    return str(app.query_one("#card-step", Static).content)
+
+
+async def settle(pilot: Pilot) -> None:
+    """Wait until every record is folded in and drawn, then drop the toasts (they time out)."""
+    app: H2QApp = pilot.app  # type: ignore[assignment]
+    await wait_until(pilot, lambda: not app._pending and not app._dirty, "the last redraw")
+    app.clear_notifications()
+    await pilot.pause()
+
+
+def play_script(*keys: str):
+    """A run_before that trains the fake run to its end, then presses ``keys``."""
+
+    async def run_before(pilot: Pilot) -> None:
+        app: H2QApp = pilot.app  # type: ignore[assignment]
+        await pilot.press("t")
+        await wait_until(pilot, app.engine.script_done.is_set, "the script")
+        await wait_until(
+            pilot, lambda: step_card(app).startswith(f"{FINAL_STEP} / "), "the final step"
+        )
+        for key in keys:
+            await pilot.press(key)
+        await settle(pilot)
+
+    return run_before
+
+
+def fake_app(tmp_path: Path) -> H2QApp:
+    return make_app(FakeEngine(tmp_path, max_idle_s=30), monitor=False, refresh_s=0.05)
+
+
+def test_icu_pane_after_the_scripted_run(snap_compare, tmp_path):
+    app = fake_app(tmp_path)
+    assert snap_compare(app, terminal_size=SIZE, run_before=play_script())
+
+
+def test_icu_pane_in_bits_per_byte_against_tokens(snap_compare, tmp_path):
+    app = fake_app(tmp_path)
+    assert snap_compare(app, terminal_size=SIZE, run_before=play_script("u", "a"))
+    assert (app.units, app.axis) == ("bpb", "tokens")
+
+
+FAKE_SNAPSHOT = SystemSnapshot(
+    time=0.0,
+    host_cpu_percent=12.5,
+    process_cpu_percent=101.0,
+    process_rss_bytes=512 * 1024**2,
+    host_ram_used_bytes=8 * GIB,
+    host_ram_total_bytes=32 * GIB,
+    gpus=(
+        GpuReading(
+            index=0,
+            name="NVIDIA Fake GPU 24GB",
+            utilization_percent=42.0,
+            memory_used_bytes=6 * GIB,
+            memory_total_bytes=24 * GIB,
+            power_watts=123.4,
+            temperature_c=61.0,
+        ),
+    ),
+    cuda_allocated_bytes=1 * GIB,
+    cuda_reserved_bytes=2 * GIB,
+    gpu_status="1 GPU",
+)
+
+
+async def show_system_pane(pilot: Pilot) -> None:
+    app: H2QApp = pilot.app  # type: ignore[assignment]
+    app.post_message(SnapshotTaken(FAKE_SNAPSHOT))
+    await wait_until(pilot, lambda: app.snapshot is FAKE_SNAPSHOT, "the snapshot")
+    await pilot.press("2")
+    panel = app.query_one(SystemPanel)
+    await wait_until(pilot, lambda: "GPU 0" in str(panel.content), "the GPU readings")
+    await settle(pilot)
+
+
+def test_system_pane_with_one_gpu(snap_compare, tmp_path):
+    app = fake_app(tmp_path)
+    assert snap_compare(app, terminal_size=SIZE, run_before=show_system_pane)
+
+
+def test_help_screen(snap_compare, tmp_path):
+    app = fake_app(tmp_path)
+    assert snap_compare(app, press=["question_mark"], terminal_size=SIZE, run_before=settle)
+
+
+def test_attach_view_of_two_runs(snap_compare, tmp_path):
+    runs = []
+    for name, floor, lr, steps in (("run-a", 2.0, 0.002, 30), ("run-b", 2.3, 0.001, 20)):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        records = scripted_records(name, [f"train.lr={lr}"], floor=floor, steps=steps)
+        (run_dir / METRICS_FILE).write_text(
+            "".join(json.dumps(r) + "\n" for r in records), encoding="utf-8"
+        )
+        runs.append(run_dir)
+    app = make_app(attach=runs, monitor=False, refresh_s=0.05)
+
+    async def run_before(pilot: Pilot) -> None:
+        histories = app.histories.values()
+        await wait_until(pilot, lambda: all(h.records for h in histories), "both runs")
+        await wait_until(pilot, lambda: step_card(app).startswith("30 / "), "run-a's cards")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
