@@ -101,7 +101,7 @@ async def test_t_starts_training_and_cards_show_the_script(engine):
         assert app.run_active
         assert card(app, "step") == f"{FINAL_STEP} / 100\nepoch 0 · 14.2% of data"
         loss = scripted_loss(FINAL_STEP)
-        assert card(app, "train") == f"{loss:.4f} nats · {loss / math.log(2):.3f} bpb"
+        assert card(app, "train") == f"{loss:.4f} nats\n{loss / math.log(2):.3f} bits/byte"
         assert card(app, "state") == "running"
         assert card(app, "lr") == "2.000e-03"
         assert card(app, "speed") == "50 ms/step\n2,560 tok/s"

@@ -18,10 +18,10 @@ def number(value: float | int | None, fmt: str = ".3f") -> str:
 
 
 def loss_text(nats: float | None) -> str:
-    """Cross-entropy in both units, e.g. '1.2345 nats · 1.781 bpb'."""
+    """Cross-entropy in both units on two lines, e.g. '1.2345 nats\n1.781 bits/byte'."""
     if nats is None or not math.isfinite(nats):
         return NA
-    return f"{nats:.4f} nats · {bits_per_byte(nats):.3f} bpb"
+    return f"{nats:.4f} nats\n{bits_per_byte(nats):.3f} bits/byte"
 
 
 def horizon_colour(val: float | None, train: float | None) -> str:

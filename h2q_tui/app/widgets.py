@@ -21,10 +21,10 @@ CARDS = [
     ("state", "State"),
     ("step", "Step"),
     ("train", "Train CE"),
-    ("horizon", "Horizon Val · Diff"),
+    ("horizon", "Horizon val / diff"),
     ("heldout", "Held-out val"),
     ("energy", "Energy ‖h‖"),
-    ("grad", "Grad norm (pre-clip)"),
+    ("grad", "Grad norm"),
     ("speed", "Speed"),
     ("eta", "ETA"),
     ("lr", "Learning rate"),
@@ -67,10 +67,10 @@ def card_texts(h: RunHistory, state: str) -> dict[str, str | Text]:
     horizon = h.last_horizon or {}
     colour = fmt.horizon_colour(horizon.get("val_loss_nats"), horizon.get("train_loss_nats"))
     horizon_text = Text(
-        f"Val {fmt.number(horizon.get('val_loss_nats'), '.4f')} · Diff {fmt.number(horizon.get('diff_nats'), '+.4f')}",
+        f"Val  {fmt.number(horizon.get('val_loss_nats'), '.4f')}\nDiff {fmt.number(horizon.get('diff_nats'), '+.4f')}",
         style=colour,
     )
-    horizon_text.append("\nnext chunk: noisy on i.i.d. text", style="dim")
+    horizon_text.append("\nnext chunk; noisy", style="dim")
     heldout = h.last_heldout or {}
     state_text = Text(state, style="bold red" if "ALARM" in state else "bold")
     rank = model_cfg.get("rank") if model_cfg.get("family") != "gpt" else None
@@ -82,7 +82,7 @@ def card_texts(h: RunHistory, state: str) -> dict[str, str | Text]:
         "heldout": fmt.loss_text(heldout.get("val_loss_nats"))
         + (f"\n@ step {heldout['step']:,}" if heldout else ""),
         "energy": fmt.number(step.get("energy"), ".2f"),
-        "grad": fmt.number(step.get("grad_norm"), ".3f"),
+        "grad": fmt.number(step.get("grad_norm"), ".3f") + ("\nbefore clipping" if step else ""),
         "speed": (
             f"{step['step_ms']:.0f} ms/step\n{step['tokens_per_s']:,.0f} tok/s" if step else fmt.NA
         ),
