@@ -28,9 +28,17 @@ COMPRESSORS = {
 
 
 def train(
-    preset: str, seconds: float, train_file: Path, heldout: Path, out: Path, overrides: list[str]
+    preset: str,
+    seconds: float,
+    train_file: Path,
+    heldout: Path,
+    out: Path,
+    overrides: list[str],
+    reuse: bool,
 ) -> Path:
     run_dir = out / preset
+    if reuse and (run_dir / "checkpoints").is_dir():
+        return run_dir  # trained by an earlier invocation: evaluate only
     cmd = [
         sys.executable,
         "-m",
@@ -93,6 +101,9 @@ def main() -> None:
         default=[DATA / "tinystories_valid_head.txt", DATA / "wikitext2_raw_test.txt"],
     )
     parser.add_argument(
+        "--reuse", action="store_true", help="evaluate runs already in --out instead of retraining"
+    )
+    parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="passed to every run"
     )
     parser.add_argument(
@@ -105,7 +116,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for preset in args.presets:
-        run_dir = train(preset, args.seconds, args.train, args.heldout, args.out, args.overrides)
+        run_dir = train(
+            preset, args.seconds, args.train, args.heldout, args.out, args.overrides, args.reuse
+        )
         row = {"preset": preset, **summarise(run_dir)}
         row["bpb"] = {f.name: eval_bpb(run_dir, f) for f in args.eval}
         rows.append(row)

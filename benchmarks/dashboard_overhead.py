@@ -32,24 +32,34 @@ def tokens_per_second(records: list[dict]) -> float:
 
 
 def headless_trial(preset: str, steps: int, folder: Path) -> float:
-    prepared = prepare_run(RunRequest(preset=preset, run_dir=str(folder / "headless"), max_steps=steps))
+    prepared = prepare_run(
+        RunRequest(preset=preset, run_dir=str(folder / "headless"), max_steps=steps)
+    )
     records: list[dict] = []
-    Trainer(prepared.config, prepared.corpus, prepared.run_dir, lambda e: records.append(e.to_record())).run()
+    Trainer(
+        prepared.config, prepared.corpus, prepared.run_dir, lambda e: records.append(e.to_record())
+    ).run()
     return tokens_per_second(records)
 
 
 async def dashboard_trial(preset: str, steps: int, folder: Path) -> float:
-    prepared = prepare_run(RunRequest(preset=preset, run_dir=str(folder / "dashboard"), max_steps=steps))
+    prepared = prepare_run(
+        RunRequest(preset=preset, run_dir=str(folder / "dashboard"), max_steps=steps)
+    )
     app = make_app(LiveEngine(prepared), autostart=True, monitor=True)
     async with app.run_test(size=(160, 48)) as pilot:
         while not app.state.startswith("finished"):
             await pilot.pause(0.2)
     history = app.histories[app.focused_run]
-    return (history.train.tokens[-1] - history.train.tokens[0]) / (history.train.time[-1] - history.train.time[0])
+    return (history.train.tokens[-1] - history.train.tokens[0]) / (
+        history.train.time[-1] - history.train.time[0]
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="microstream-cpu")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--trials", type=int, default=2)
@@ -60,14 +70,32 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             headless.append(headless_trial(args.preset, args.steps, Path(tmp)))
             dashboard.append(asyncio.run(dashboard_trial(args.preset, args.steps, Path(tmp))))
-        print(f"trial {trial + 1}: headless {headless[-1]:,.0f} tok/s, dashboard {dashboard[-1]:,.0f} tok/s", flush=True)
+        print(
+            f"trial {trial + 1}: headless {headless[-1]:,.0f} tok/s, dashboard {dashboard[-1]:,.0f} tok/s",
+            flush=True,
+        )
     h, d = statistics.median(headless), statistics.median(dashboard)
     cost = 100 * (1 - d / h)
-    print(f"\n| mode | tokens/s (median of {args.trials}) |\n|---|---:|\n| --no-ui | {h:,.0f} |\n| dashboard | {d:,.0f} |")
-    print(f"dashboard cost: {cost:.1f} % of training throughput ({args.preset}, {args.steps} steps, {platform.machine()})")
+    print(
+        f"\n| mode | tokens/s (median of {args.trials}) |\n|---|---:|\n| --no-ui | {h:,.0f} |\n| dashboard | {d:,.0f} |"
+    )
+    print(
+        f"dashboard cost: {cost:.1f} % of training throughput ({args.preset}, {args.steps} steps, {platform.machine()})"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"preset": args.preset, "steps": args.steps, "headless_tokens_per_s": headless,
-                                    "dashboard_tokens_per_s": dashboard, "cost_percent": cost}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "steps": args.steps,
+                "headless_tokens_per_s": headless,
+                "dashboard_tokens_per_s": dashboard,
+                "cost_percent": cost,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -151,15 +151,14 @@ def run_attach(argv: list[str]) -> int:
 def run_eval(argv: list[str]) -> int:
     import torch
 
-    from h2q_tui.models import build_model, count_parameters
+    from h2q_tui.models import count_parameters
     from h2q_tui.training import checkpoint
     from h2q_tui.training.evaluate import heldout_cross_entropy
     from h2q_tui.training.events import bits_per_byte
 
     args = eval_parser().parse_args(argv)
     info = checkpoint.read_info(args.checkpoint)
-    model = build_model(info.config.model)
-    checkpoint.load_weights(info, model)
+    model = checkpoint.load_model_from(info)
     path = Path(args.data)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")

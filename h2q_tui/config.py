@@ -20,7 +20,7 @@ from h2q_tui.errors import UserError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str = "gpt"  # microstream | gpt
+    family: str = "gpt"  # microstream | h2q-transformer | qrlm | hamiltonian-llm | gpt
     vocab_size: int = 256
     d_model: int = 128
     n_layers: int = 4
@@ -34,11 +34,20 @@ class ModelConfig:
     ham_implementation: str = "fast"  # fast | reference
     checkpointing: bool = False  # activation checkpointing of each reversible branch
     final_norm: bool = False  # LayerNorm before the head (the source has none; an option)
+    attention_layout: str = "heads"  # heads | source (h2q-transformer's reshape bug, opt-in)
     ham_init: str = "source"  # source | unit: rescale each B so W starts at unit RMS gain
     # GPT baseline
     mlp_ratio: int = 4
     bias: bool = True
     tie_weights: bool = True
+    # hamiltonian-llm (SPEC §3.4)
+    momentum_beta: float = 0.9  # m_t = (β·m_{t-1} + (1-β)·v_t)·(1 - r_t)
+    separator_token: int = -1  # document separator id (r_t = separator_damping there); -1 = none
+    separator_damping: float = 0.5
+    gravity_strength: float = 0.1  # scores -= strength · g · min(|i-j|, gravity_max_distance)
+    gravity_max_distance: int = 64
+    reflex_kernel: int = 3  # causal depthwise conv of the reflex path
+    rope_base: float = 10000.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,18 @@ class TrainConfig:
     axiom_lambda: float = 0.1  # penalty weight: loss = CE + axiom_lambda * 0.01 * penalty
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     threads: int = 0  # torch intra-op threads for training; 0 = all cores
+    grad_accum: int = 1  # micro-batches per optimizer step
+    # QRLM dynamic rank growth (SPEC §3.3): from growth_start_step, every growth_interval steps,
+    # grow the FFN rank if mean(last growth_window losses) > growth_threshold x the mean of the
+    # growth_window losses that started growth_lookback steps ago; LR x growth_lr_factor.
+    rank_growth: bool = False
+    growth_start_step: int = 2000
+    growth_interval: int = 1000
+    growth_window: int = 100
+    growth_lookback: int = 2000
+    growth_threshold: float = 0.99
+    growth_max_rank: int = 64
+    growth_lr_factor: float = 0.8
     max_steps: int = 0  # 0 = no limit
     max_seconds: float = 0.0  # 0 = no limit
     seed: int = 1337
@@ -93,9 +114,10 @@ class RunConfig:
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig, "log": LogConfig}
 CHOICES = {
-    ("model", "family"): ("microstream", "gpt"),
+    ("model", "family"): ("microstream", "h2q-transformer", "qrlm", "hamiltonian-llm", "gpt"),
     ("model", "ham_implementation"): ("fast", "reference"),
     ("model", "ham_init"): ("source", "unit"),
+    ("model", "attention_layout"): ("heads", "source"),
     ("train", "loop"): ("horizon", "random"),
     ("train", "schedule"): ("constant", "cosine"),
     ("train", "precision"): ("fp32", "bf16"),
@@ -220,7 +242,7 @@ def validate(config: RunConfig) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"config key {name} must be positive, got {value}")
-    if m.family == "microstream":
+    if m.family in ("microstream", "h2q-transformer"):
         half = m.d_model // 2
         if m.d_model % 2 or half % (4 * m.factor_size):
             raise UserError(
@@ -231,5 +253,28 @@ def validate(config: RunConfig) -> None:
             raise UserError(f"model.n_heads={m.n_heads} must divide d_model/2 = {half}")
     elif m.d_model % m.n_heads:
         raise UserError(f"model.n_heads={m.n_heads} must divide model.d_model={m.d_model}")
+    if m.family == "hamiltonian-llm":
+        _validate_hamiltonian_llm(m)
     if t.loop == "horizon" and t.chunk_bytes < t.batch_size * (m.context + 1) * 2:
         raise UserError("train.chunk_bytes is too small for batch_size x context")
+
+
+def _validate_hamiltonian_llm(m: ModelConfig) -> None:
+    if (m.d_model // m.n_heads) % 2:
+        raise UserError(
+            f"model.d_model / model.n_heads = {m.d_model // m.n_heads} must be even "
+            "(rotary embeddings rotate pairs of dimensions)"
+        )
+    if m.separator_token >= m.vocab_size:
+        raise UserError(
+            f"model.separator_token={m.separator_token} must be below model.vocab_size="
+            f"{m.vocab_size} (or -1 for none)"
+        )
+    for name, value in (
+        ("model.momentum_beta", m.momentum_beta),
+        ("model.separator_damping", m.separator_damping),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"config key {name} must be between 0 and 1, got {value}")
+    if m.reflex_kernel < 1 or m.gravity_max_distance < 0:
+        raise UserError("model.reflex_kernel must be >= 1 and model.gravity_max_distance >= 0")

@@ -257,3 +257,16 @@ def test_metrics_jsonl_format(tmp_path, text_file):
     evaluation = next(r for r in records if r["event"] == "eval")
     assert evaluation["split"] in ("horizon", "heldout") and evaluation["val_bpb"] > 0
     assert records[-1]["event"] == "run_finished"
+
+
+def test_unexpected_error_is_reported_as_run_failed(tmp_path, text_file):
+    trainer, log = make_trainer(tmp_path, text_file, ["train.max_steps=10"])
+
+    def explode():
+        raise RuntimeError("disk on fire")
+
+    trainer.train_step = explode
+    with pytest.raises(RuntimeError):
+        trainer.run()
+    failed = of(log, events.RunFailed)
+    assert len(failed) == 1 and "disk on fire" in failed[0].message

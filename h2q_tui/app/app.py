@@ -165,6 +165,9 @@ class H2QApp(App[int]):
 
     def on_records_arrived(self, _: RecordsArrived) -> None:
         self._notified = False
+        self._fold_pending()
+
+    def _fold_pending(self) -> None:
         history = self.histories[self.focused_run] if not self.attached else None
         while self._pending:
             record = self._pending.popleft()
@@ -187,6 +190,8 @@ class H2QApp(App[int]):
             self.notify(record["message"], title="Alarm", severity="error", timeout=10)
         elif kind == "run_finished":
             self.state = f"finished ({record['reason']})"
+        elif kind == "run_failed":
+            self.state = "failed"
         elif kind == "checkpoint":
             self.notify(f"checkpoint saved at step {record['step']}", timeout=3)
 
@@ -202,6 +207,11 @@ class H2QApp(App[int]):
             self.query_one(SystemPanel).show(self.snapshot)
 
     def on_engine_failed(self, message: EngineFailed) -> None:
+        self._fold_pending()
+        history = self.histories[self.focused_run]
+        if history.finished is None:  # failed before the trainer could report it
+            step = (history.last_step or {}).get("step", 0)
+            history.add({"event": "run_failed", "step": step, "message": message.message})
         self.state = "failed"
         self._dirty = True
         self.push_screen(ErrorScreen(message.message))
@@ -210,8 +220,8 @@ class H2QApp(App[int]):
     def attached_state(self, h: RunHistory) -> str:
         if h.finished:
             return f"finished ({h.finished.get('reason', 'failed')})"
-        if h.alarms:
-            return f"ALARM {h.alarms[-1]['kind']}"
+        if h.alarm_active:
+            return f"ALARM {h.alarm_active['kind']}"
         return "paused" if h.paused else ("following" if h.started else "waiting for metrics.jsonl")
 
     def redraw(self, force: bool = False) -> None:

@@ -11,9 +11,18 @@ from torch import nn
 
 from h2q_tui.config import ModelConfig
 from h2q_tui.models.gpt import GPT
+from h2q_tui.models.hamiltonian_llm import HamiltonianLLM
 from h2q_tui.models.microstream import MicroStream
+from h2q_tui.models.qrlm import QRLM
 
-FAMILIES: dict[str, type[nn.Module]] = {"microstream": MicroStream, "gpt": GPT}
+# h2q-transformer is MicroStream with quaternion attention (the class reads config.family)
+FAMILIES: dict[str, type[nn.Module]] = {
+    "microstream": MicroStream,
+    "h2q-transformer": MicroStream,
+    "qrlm": QRLM,
+    "hamiltonian-llm": HamiltonianLLM,
+    "gpt": GPT,
+}
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -8,12 +8,37 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from h2q_kernels.hamiltonian import HamLinear, StructureBank, materialise_weight, orthogonality_penalty
+from h2q_kernels.hamiltonian import (
+    HamLinear,
+    StructureBank,
+    materialise_weight,
+    orthogonality_penalty,
+)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from h2q_tui.config import ModelConfig
-from h2q_tui.models.common import causal_attention, cross_entropy
+from h2q_tui.models.common import causal_attention, cross_entropy, phase_rotation
+
+
+@torch.no_grad()
+def unit_gain_init(
+    layers: list[HamLinear], residual_outputs: list[HamLinear], n_blocks: int
+) -> None:
+    """Rescale each B so ‖W‖_F = sqrt(D) (an orthogonal map's), residual outputs by 1/sqrt(2L).
+
+    The source init (orthogonal blocks, 1/sqrt(r+1) per rank) gives ‖W‖_F/sqrt(D) ≈ 2.5 at F 32,
+    R 8, so the residual stream grows block after block (benchmarks/init_gain.py measures it).
+    """
+    output_ids = {id(layer) for layer in residual_outputs}
+    for layer in layers:
+        weight = materialise_weight(
+            layer.structure_bank.block_matrices(layer.rank), layer.factors()
+        )
+        target = weight.shape[0] ** 0.5
+        if id(layer) in output_ids:
+            target /= (2 * n_blocks) ** 0.5
+        layer.B.mul_(target / weight.norm())
 
 
 class HamFactory:
@@ -32,15 +57,27 @@ class HamFactory:
 
 
 class HamAttention(nn.Module):
-    """Causal multi-head attention with q, k, v, o each a HamLinear(H)."""
+    """Causal multi-head attention with q, k, v, o each a HamLinear(H).
 
-    def __init__(self, width: int, n_heads: int, ham: HamFactory) -> None:
+    ``quaternion=True`` (h2q-transformer) applies the phase-rotation feedback to the attention
+    output before the o projection.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        n_heads: int,
+        ham: HamFactory,
+        quaternion: bool = False,
+        layout: str = "heads",
+    ) -> None:
         super().__init__()
-        self.n_heads = n_heads
+        self.n_heads, self.quaternion, self.layout = n_heads, quaternion, layout
         self.q, self.k, self.v, self.o = ham(width), ham(width), ham(width), ham(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, H)
-        return self.o(causal_attention(self.q(x), self.k(x), self.v(x), self.n_heads))
+        out = causal_attention(self.q(x), self.k(x), self.v(x), self.n_heads, self.layout)
+        return self.o(phase_rotation(out) if self.quaternion else out)
 
 
 class HamFFN(nn.Module):
@@ -57,12 +94,14 @@ class HamFFN(nn.Module):
 class ReversibleBlock(nn.Module):
     """y1 = h1 + Attn(LN1(h2)); y2 = h2 + FFN(LN2(y1)); returns [y1 | y2]."""
 
-    def __init__(self, half: int, n_heads: int, ham: HamFactory, use_checkpointing: bool) -> None:
+    def __init__(self, config: ModelConfig, ham: HamFactory) -> None:
         super().__init__()
+        half = config.d_model // 2
         self.ln1, self.ln2 = nn.LayerNorm(half), nn.LayerNorm(half)
-        self.attn = HamAttention(half, n_heads, ham)
+        quaternion = config.family == "h2q-transformer"
+        self.attn = HamAttention(half, config.n_heads, ham, quaternion, config.attention_layout)
         self.ffn = HamFFN(half, ham)
-        self.use_checkpointing = use_checkpointing
+        self.use_checkpointing = config.checkpointing
 
     def _branch(self, fn: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.use_checkpointing and self.training and torch.is_grad_enabled():
@@ -77,7 +116,10 @@ class ReversibleBlock(nn.Module):
 
 
 class MicroStream(nn.Module):
-    """Byte LM: Emb + learned positions → reversible HamLinear blocks → Linear head."""
+    """Byte LM: Emb + learned positions → reversible HamLinear blocks → Linear head.
+
+    With ``family = "h2q-transformer"`` the attention is quaternion attention (SPEC §3.2).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -88,34 +130,16 @@ class MicroStream(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Parameter(torch.randn(config.context, config.d_model) * 0.02)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(
-            ReversibleBlock(half, config.n_heads, ham, config.checkpointing)
-            for _ in range(config.n_layers)
-        )
+        self.blocks = nn.ModuleList(ReversibleBlock(config, ham) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(config.d_model) if config.final_norm else nn.Identity()
         self.head = nn.Linear(config.d_model, config.vocab_size)
         nn.init.normal_(self.tok_emb.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)  # start near uniform: CE ≈ ln V, not ~10 nats
         nn.init.zeros_(self.head.bias)
         if config.ham_init == "unit":
-            self._unit_gain_init()
+            outputs = [layer for b in self.blocks for layer in (b.attn.o, b.ffn.fc2)]
+            unit_gain_init(self.ham_layers(), outputs, len(self.blocks))
         self.energy = torch.zeros(())
-
-    @torch.no_grad()
-    def _unit_gain_init(self) -> None:
-        """Rescale each B so ‖W‖_F = sqrt(D) (an orthogonal matrix's), residual outputs by 1/sqrt(2L).
-
-        The source init (orthogonal blocks, 1/sqrt(r+1) per rank) gives W about 2.5x the RMS gain
-        of an orthogonal map at F 32, R 8, so the residual stream grows block after block.
-        """
-        for block in self.blocks:
-            for name, layer in (("q", block.attn.q), ("k", block.attn.k), ("v", block.attn.v),
-                                ("o", block.attn.o), ("fc1", block.ffn.fc1), ("fc2", block.ffn.fc2)):
-                weight = materialise_weight(layer.structure_bank.block_matrices(), layer.B)
-                target = weight.shape[0] ** 0.5
-                if name in ("o", "fc2"):
-                    target /= (2 * len(self.blocks)) ** 0.5
-                layer.B.mul_(target / weight.norm())
 
     def ham_layers(self) -> list[HamLinear]:
         return [m for m in self.modules() if isinstance(m, HamLinear)]

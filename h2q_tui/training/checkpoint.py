@@ -35,6 +35,7 @@ class CheckpointInfo:
     config: RunConfig
     step: int
     run_id: str
+    rank_growths: int = 0  # QRLM: how often the FFN rank grew before this checkpoint
 
     @property
     def state_path(self) -> Path:
@@ -87,6 +88,7 @@ def save_checkpoint(
         "step": str(step),
         "run_id": run_id,
         "config": json.dumps(config.to_dict()),
+        "rank_growths": str(state.get("rank_growths", 0)),
     }
     save_model(model, str(tmp / WEIGHTS), metadata=metadata)
     torch.save(state, tmp / STATE)
@@ -143,7 +145,24 @@ def read_info(path: str | Path) -> CheckpointInfo:
         config = from_dict(json.loads(metadata["config"]), source=str(weights))
     except json.JSONDecodeError:
         raise UserError(f"checkpoint {weights} has unreadable config metadata") from None
-    return CheckpointInfo(weights, config, int(metadata.get("step", 0)), metadata.get("run_id", ""))
+    return CheckpointInfo(
+        weights,
+        config,
+        int(metadata.get("step", 0)),
+        metadata.get("run_id", ""),
+        int(metadata.get("rank_growths", 0)),
+    )
+
+
+def load_model_from(info: CheckpointInfo) -> nn.Module:
+    """Build the checkpoint's model (with any grown rank) and load its weights, on the CPU."""
+    from h2q_tui.models import build_model
+
+    model = build_model(info.config.model)
+    for _ in range(info.rank_growths):
+        model.grow_ffn_rank()
+    load_weights(info, model)
+    return model
 
 
 def load_weights(info: CheckpointInfo, model: nn.Module) -> None:

@@ -115,6 +115,15 @@ class LearningRateChanged(Event):
 
 
 @dataclass(frozen=True)
+class RankGrown(Event):
+    name: ClassVar[str] = "rank_grown"
+    step: int
+    rank: int  # the FFN layers' Kronecker rank after growing
+    new_parameters: int
+    lr: float
+
+
+@dataclass(frozen=True)
 class AlarmRaised(Event):
     name: ClassVar[str] = "alarm"
     step: int

@@ -78,6 +78,7 @@ class RunHistory:
         self.log: list[str] = []  # the last LOG_LINES notes
         self.notes = 0  # notes ever made (the log is trimmed, this count is not)
         self.alarms: list[dict[str, Any]] = []
+        self.alarm_active: dict[str, Any] | None = None  # the last alarm, until training resumes
         self.paused = False
         self.rank: int | None = None  # set by rank_grown events (QRLM)
         self.records = 0
@@ -130,6 +131,7 @@ class RunHistory:
 
     def _on_alarm(self, r: dict[str, Any]) -> None:
         self.alarms.append(r)
+        self.alarm_active = r
         self._note(f"step {r['step']}: ALARM {r['kind']}: {r['message']}")
 
     def _on_paused(self, r: dict[str, Any]) -> None:
@@ -138,6 +140,7 @@ class RunHistory:
 
     def _on_resumed(self, r: dict[str, Any]) -> None:
         self.paused = False
+        self.alarm_active = None
         self._note(f"step {r['step']}: resumed")
 
     def _on_lr_changed(self, r: dict[str, Any]) -> None:

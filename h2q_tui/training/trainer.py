@@ -25,6 +25,7 @@ from h2q_tui.generation.thought_stream import sample_bytes
 from h2q_tui.models import build_model, count_parameters
 from h2q_tui.training import checkpoint, commands, events
 from h2q_tui.training.evaluate import heldout_cross_entropy, mean_cross_entropy
+from h2q_tui.training.growth import RankGrowthRule
 from h2q_tui.training.resources import cuda_memory, rss_bytes
 
 Emit = Callable[[events.Event], None]
@@ -118,6 +119,8 @@ class Trainer:
         self.lr_scale = 1.0
         self.chunk_loss_sum, self.chunk_steps, self.pending_horizon_val = 0.0, 0, None
         self.best_heldout, self.bad_evals = math.inf, 0
+        self.growth_rule = RankGrowthRule(t)
+        self.rank_growths = 0
         self.paused = False
         self.stop_requested: str | None = None  # set from a signal handler (no locks there)
         self._segment_start: float | None = None
@@ -141,6 +144,8 @@ class Trainer:
             "pending_horizon_val": self.pending_horizon_val,
             "best_heldout": self.best_heldout,
             "bad_evals": self.bad_evals,
+            "rank_growths": self.rank_growths,
+            "growth_rule": self.growth_rule.state_dict(),
             "run_id": self.run_id,
         }
         if torch.cuda.is_available():
@@ -148,8 +153,11 @@ class Trainer:
         return state
 
     def _restore(self, info: checkpoint.CheckpointInfo) -> None:
-        checkpoint.load_weights(info, self.model)
         state = checkpoint.load_state(info)
+        for _ in range(state.get("rank_growths", 0)):  # rebuild the grown rank first
+            self._grow()
+        self.growth_rule.load_state_dict(state.get("growth_rule", {"losses": []}))
+        checkpoint.load_weights(info, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
@@ -246,6 +254,25 @@ class Trainer:
                 )
             )
 
+    def _grow(self) -> int:
+        """Grow the FFN rank, registering the new parameters with the optimizer (state of the
+        old ones untouched); returns how many parameters were added."""
+        new = self.model.grow_ffn_rank()
+        self.optimizer.add_param_group(
+            {"params": new, "weight_decay": self.config.train.weight_decay}
+        )
+        self.rank_growths += 1
+        return sum(p.numel() for p in new)
+
+    def _maybe_grow(self, loss: float) -> None:
+        t = self.config.train
+        if not (t.rank_growth and hasattr(self.model, "grow_ffn_rank")):
+            return
+        if self.growth_rule.observe(self.step, loss, self.model.ffn_rank):
+            added = self._grow()
+            self.lr_scale *= t.growth_lr_factor
+            self.emit(events.RankGrown(self.step, self.model.ffn_rank, added, self.current_lr()))
+
     # ------------------------------------------------------------------ commands
     def _handle(self, command: object) -> str | None:
         """Apply one command; returns a stop reason when the run should end."""
@@ -297,30 +324,42 @@ class Trainer:
             return "max_seconds"
         return None
 
+    def _forward_backward(self, accum: int) -> tuple[float, int]:
+        """Accumulate gradients over ``accum`` micro-batches; returns (mean CE, tokens)."""
+        ce_sum, tokens = 0.0, 0
+        for _ in range(accum):
+            x, y = (t.to(self.device) for t in self.sampler.next_batch())
+            with self._autocast():
+                _, ce = self.model(x, y)
+            (ce / accum).backward()
+            self.sampler.advance()
+            ce_sum += float(ce.detach())
+            tokens += y.numel()
+        return ce_sum / accum, tokens
+
     def train_step(self) -> events.StepCompleted | None:
-        """One optimizer step on the sampler's next window; None if the loss was not finite."""
+        """One optimizer step on the sampler's next window(s); None if the loss was not finite."""
         started = time.perf_counter()
-        x, y = (t.to(self.device) for t in self.sampler.next_batch())
+        sampler_state = self.sampler.state_dict()
         lr = self.current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with self._autocast():
-            _, ce = self.model(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        ce_nats, tokens = self._forward_backward(self.config.train.grad_accum)
         penalty = self.model.penalty()
         aux = self.config.train.axiom_lambda * 0.01 * penalty
-        self.optimizer.zero_grad(set_to_none=True)
-        (ce + aux).backward()
+        if aux.requires_grad:
+            aux.backward()
         grad_norm = float(
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         )
-        ce_nats = float(ce.detach())
         if not (math.isfinite(ce_nats) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
+            self.sampler.load_state_dict(sampler_state)  # the same windows again after a fix
             return None
         self.optimizer.step()
-        self.sampler.advance()
         self.step += 1
-        self.tokens += y.numel()
+        self.tokens += tokens
         self.chunk_loss_sum += ce_nats
         self.chunk_steps += 1
         step_s = time.perf_counter() - started
@@ -336,7 +375,7 @@ class Trainer:
             grad_norm=grad_norm,
             energy=float(self.model.energy),
             step_ms=step_s * 1000,
-            tokens_per_s=y.numel() / step_s,
+            tokens_per_s=tokens / step_s,
             lr=lr,
             epoch=self.sampler.epoch,
             data_progress=self.sampler.progress(),
@@ -398,15 +437,25 @@ class Trainer:
         )
 
     def run(self) -> str:
-        """Train until a limit, a Stop command or a NaN; returns the finish reason."""
+        """Train until a limit, a Stop command or a NaN; returns the finish reason.
+
+        An unexpected error is reported as a RunFailed event, then raised again.
+        """
         self._segment_start = time.perf_counter()
         self.emit(self._started_event())
         self.model.train()
-        reason = None
-        while reason is None:
+        try:
+            reason = self._loop()
+        except Exception as exc:
+            self.emit(events.RunFailed(self.step, f"{type(exc).__name__}: {exc}"))
+            raise
+        return self._finish(reason)
+
+    def _loop(self) -> str:
+        while True:
             reason = self._drain_commands() or self._limit_reached()
             if reason:
-                break
+                return reason
             if (
                 isinstance(self.sampler, HorizonSampler)
                 and self.sampler.at_chunk_start()
@@ -416,10 +465,12 @@ class Trainer:
             record = self.train_step()
             if record is None:
                 reason = self._on_nan()
+                if reason:
+                    return reason
                 continue
             self.emit(record)
+            self._maybe_grow(record.train_loss_nats)
             self._after_step()
-        return self._finish(reason)
 
     def _on_nan(self) -> str | None:
         self.emit(

@@ -46,20 +46,37 @@ def quaternion_block_matrix(bank: torch.Tensor) -> torch.Tensor:
 
 
 class StructureBank(nn.Module):
-    """The parameter A of shape (R, 4, S, S), shared by every HamLinear of a model by default."""
+    """The parameter A of shape (R, 4, S, S), shared by every HamLinear of a model by default.
+
+    ``grow`` appends one more quaternion term (QRLM rank growth) as a new parameter, so an
+    optimizer can adopt it without touching the state of the existing ones.
+    """
 
     def __init__(self, sub_blocks: int, rank: int) -> None:
         super().__init__()
         self.A = nn.Parameter(rank_scaled_orthogonal_(torch.empty(rank, 4, sub_blocks, sub_blocks)))
+        self.extra = nn.ParameterList()  # grown terms, each (1, 4, S, S)
 
     @property
     def rank(self) -> int:
-        return self.A.shape[0]
+        return self.A.shape[0] + len(self.extra)
 
     @property
     def sub_blocks(self) -> int:
         return self.A.shape[-1]
 
-    def block_matrices(self) -> torch.Tensor:
-        """H(A_r) for every r, shape (R, 4S, 4S)."""
-        return quaternion_block_matrix(self.A)
+    def terms(self, rank: int | None = None) -> torch.Tensor:
+        """The first ``rank`` quaternions, shape (rank, 4, S, S)."""
+        full = torch.cat([self.A, *self.extra]) if len(self.extra) else self.A
+        return full if rank is None else full[:rank]
+
+    def block_matrices(self, rank: int | None = None) -> torch.Tensor:
+        """H(A_r) for the first ``rank`` terms (all by default), shape (rank, 4S, 4S)."""
+        return quaternion_block_matrix(self.terms(rank))
+
+    def grow(self) -> nn.Parameter:
+        """Append term r = rank: orthogonal components scaled by (r+1)^-1/2."""
+        term = torch.empty(self.rank + 1, 4, self.sub_blocks, self.sub_blocks, device=self.A.device)
+        new = nn.Parameter(rank_scaled_orthogonal_(term)[-1:].clone().to(self.A.dtype))
+        self.extra.append(new)
+        return new

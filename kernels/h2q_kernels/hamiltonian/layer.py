@@ -45,12 +45,36 @@ class HamLinear(nn.Module):
         if bank is None:
             self.bank = StructureBank(sub_blocks, rank)
         else:
-            if bank.sub_blocks != sub_blocks or bank.rank != rank:
+            if bank.sub_blocks != sub_blocks or bank.rank < rank:
                 raise ValueError("shared bank shape does not match this layer")
             self._shared_bank = (bank,)  # a tuple hides it from nn.Module registration
         self.B = nn.Parameter(rank_scaled_orthogonal_(torch.empty(rank, factor_size, factor_size)))
+        self.B_extra = nn.ParameterList()  # factors added by rank growth, each (1, F, F)
         self.bias = nn.Parameter(torch.zeros(width))
         self.implementation = implementation
+
+    @property
+    def rank(self) -> int:
+        return self.B.shape[0] + len(self.B_extra)
+
+    def factors(self) -> torch.Tensor:
+        """All B_r, shape (R, F, F)."""
+        return torch.cat([self.B, *self.B_extra]) if len(self.B_extra) else self.B
+
+    def grow_rank(self) -> list[nn.Parameter]:
+        """Add one Kronecker term (and a bank term if the bank is short); returns the new parameters.
+
+        The new B is orthogonal scaled by (rank+1)^-1/2, like the initial ones.
+        """
+        factor = self.B.shape[-1]
+        fresh = rank_scaled_orthogonal_(
+            torch.empty(self.rank + 1, factor, factor, device=self.B.device)
+        )
+        new = [nn.Parameter(fresh[-1:].clone().to(self.B.dtype))]
+        self.B_extra.append(new[0])
+        if self.structure_bank.rank < self.rank:
+            new.append(self.structure_bank.grow())
+        return new
 
     @property
     def structure_bank(self) -> StructureBank:
@@ -59,20 +83,18 @@ class HamLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = IMPLEMENTATIONS[self.implementation]
-        return kernel(x, self.structure_bank.block_matrices(), self.B, self.bias)
+        return kernel(x, self.structure_bank.block_matrices(self.rank), self.factors(), self.bias)
 
     def extra_repr(self) -> str:
-        rank, factor, _ = self.B.shape
-        return (
-            f"width={self.bias.shape[0]}, factor_size={factor}, rank={rank}, {self.implementation}"
-        )
+        factor = self.B.shape[-1]
+        return f"width={self.bias.shape[0]}, factor_size={factor}, rank={self.rank}, {self.implementation}"
 
 
 def orthogonality_penalty(layers: Iterable[HamLinear]) -> torch.Tensor:
     """Σ_layers Σ_r ‖B_rᵀB_r − I_F‖_F in fp32 (Frobenius norm, not squared; B only, never the bank)."""
     total = torch.zeros(())
     for layer in layers:
-        factors = layer.B.float()
+        factors = layer.factors().float()
         eye = torch.eye(factors.shape[-1], device=factors.device)
         gram = factors.transpose(-1, -2) @ factors  # (R, F, F)
         total = total.to(factors.device) + torch.linalg.matrix_norm(gram - eye).sum()
