@@ -1,11 +1,12 @@
 """Training throughput with the dashboard open vs headless, same preset, same process, interleaved.
 
-Each trial trains ``--steps`` steps of the preset on the embedded default corpus; the headless
-trial runs the Trainer alone, the dashboard trial runs it inside the Textual app (headless
-driver: full layout and rendering, no terminal). Tokens/s is total tokens / training seconds
-from the run's own step records (the final held-out eval and checkpoint are excluded).
+Each trial trains ``--steps`` steps of the preset on the embedded default corpus three ways:
+on the main thread as ``--no-ui`` does; on a plain worker thread with no UI (to separate the
+cost of the thread from the cost of the UI); and inside the Textual app (headless driver: full
+layout and rendering, no terminal, no key presses). Tokens/s comes from the runs' own step
+records, steps 2..N (the final held-out eval and checkpoint are excluded).
 
-    python benchmarks/dashboard_overhead.py --preset microstream-cpu --steps 150 --trials 2
+    python benchmarks/dashboard_overhead.py --preset microstream-cpu --steps 200 --trials 3
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import platform
 import statistics
 import tempfile
+import threading
 from pathlib import Path
 
 from h2q_tui.app import make_app
@@ -24,78 +26,68 @@ from h2q_tui.run_setup import RunRequest, prepare_run
 from h2q_tui.training.trainer import Trainer
 
 
-def tokens_per_second(records: list[dict]) -> float:
-    steps = [r for r in records if r.get("event") == "step"]
-    first, last = steps[0], steps[-1]
-    # skip the first step (allocator warm-up): rate over steps 2..N
-    return (last["tokens"] - first["tokens"]) / (last["time"] - first["time"])
+def tokens_per_second(steps: list[tuple[int, float]]) -> float:
+    """Rate over (tokens, time) points 2..N: the first step warms up allocators."""
+    (tokens0, time0), (tokens1, time1) = steps[0], steps[-1]
+    return (tokens1 - tokens0) / (time1 - time0)
 
 
-def headless_trial(preset: str, steps: int, folder: Path) -> float:
-    prepared = prepare_run(
-        RunRequest(preset=preset, run_dir=str(folder / "headless"), max_steps=steps)
-    )
-    records: list[dict] = []
-    Trainer(
-        prepared.config, prepared.corpus, prepared.run_dir, lambda e: records.append(e.to_record())
-    ).run()
-    return tokens_per_second(records)
+def plain_trial(preset: str, steps: int, folder: Path, in_thread: bool) -> float:
+    """The Trainer alone, on the main thread (as --no-ui) or on a plain worker thread."""
+    name = "thread" if in_thread else "main"
+    prepared = prepare_run(RunRequest(preset=preset, run_dir=str(folder / name), max_steps=steps))
+    points: list[tuple[int, float]] = []
+
+    def emit(event) -> None:
+        if event.name == "step":
+            points.append((event.tokens, event.time))
+
+    def train() -> None:
+        Trainer(prepared.config, prepared.corpus, prepared.run_dir, emit).run()
+
+    if in_thread:
+        worker = threading.Thread(target=train)
+        worker.start()
+        worker.join()
+    else:
+        train()
+    return tokens_per_second(points)
 
 
 async def dashboard_trial(preset: str, steps: int, folder: Path) -> float:
-    prepared = prepare_run(
-        RunRequest(preset=preset, run_dir=str(folder / "dashboard"), max_steps=steps)
-    )
+    prepared = prepare_run(RunRequest(preset=preset, run_dir=str(folder / "dashboard"), max_steps=steps))
     app = make_app(LiveEngine(prepared), autostart=True, monitor=True)
-    async with app.run_test(size=(160, 48)) as pilot:
+    async with app.run_test(size=(160, 48)):
         while not app.state.startswith("finished"):
-            await pilot.pause(0.2)
-    history = app.histories[app.focused_run]
-    return (history.train.tokens[-1] - history.train.tokens[0]) / (
-        history.train.time[-1] - history.train.time[0]
-    )
+            await asyncio.sleep(0.5)  # an idle user: no key presses
+    train = app.histories[app.focused_run].train
+    return tokens_per_second(list(zip(train.tokens, train.time, strict=True)))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="microstream-cpu")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-dashboard.json")
     args = parser.parse_args()
-    headless, dashboard = [], []
+    rates: dict[str, list[float]] = {"--no-ui (main thread)": [], "worker thread, no UI": [], "dashboard": []}
     for trial in range(args.trials):
         with tempfile.TemporaryDirectory() as tmp:
-            headless.append(headless_trial(args.preset, args.steps, Path(tmp)))
-            dashboard.append(asyncio.run(dashboard_trial(args.preset, args.steps, Path(tmp))))
-        print(
-            f"trial {trial + 1}: headless {headless[-1]:,.0f} tok/s, dashboard {dashboard[-1]:,.0f} tok/s",
-            flush=True,
-        )
-    h, d = statistics.median(headless), statistics.median(dashboard)
-    cost = 100 * (1 - d / h)
-    print(
-        f"\n| mode | tokens/s (median of {args.trials}) |\n|---|---:|\n| --no-ui | {h:,.0f} |\n| dashboard | {d:,.0f} |"
-    )
-    print(
-        f"dashboard cost: {cost:.1f} % of training throughput ({args.preset}, {args.steps} steps, {platform.machine()})"
-    )
+            folder = Path(tmp)
+            rates["--no-ui (main thread)"].append(plain_trial(args.preset, args.steps, folder, in_thread=False))
+            rates["worker thread, no UI"].append(plain_trial(args.preset, args.steps, folder, in_thread=True))
+            rates["dashboard"].append(asyncio.run(dashboard_trial(args.preset, args.steps, folder)))
+        print(f"trial {trial + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()), flush=True)
+    medians = {label: statistics.median(values) for label, values in rates.items()}
+    base = medians["--no-ui (main thread)"]
+    print(f"\n{args.preset}, {args.steps} steps, {args.trials} interleaved trials, {platform.machine()}")
+    print(f"| mode | tokens/s (median) | vs --no-ui |\n|---|---:|---:|")
+    for label, value in medians.items():
+        print(f"| {label} | {value:,.0f} | {100 * (value / base - 1):+.1f} % |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "preset": args.preset,
-                "steps": args.steps,
-                "headless_tokens_per_s": headless,
-                "dashboard_tokens_per_s": dashboard,
-                "cost_percent": cost,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    report = {"preset": args.preset, "steps": args.steps, "tokens_per_s": rates, "medians": medians}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

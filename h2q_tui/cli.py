@@ -47,6 +47,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-seconds", type=float, help="stop after this much training time")
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
+    parser.add_argument("--tokenizer", help="a local BPE tokenizer.json (tokenizers library); default: bytes")
 
 
 def main_parser() -> argparse.ArgumentParser:
@@ -105,6 +106,7 @@ def run_headless(args: argparse.Namespace) -> int:
         emit,
         preset=prepared.preset,
         resume_from=prepared.resume_from,
+        tokenizer=prepared.tokenizer,
     )
     print(f"run dir: {prepared.run_dir}", flush=True)
 
@@ -153,6 +155,7 @@ def run_eval(argv: list[str]) -> int:
 
     from h2q_tui.models import count_parameters
     from h2q_tui.training import checkpoint
+    from h2q_tui.data.tokenizer import BpeTokenizer
     from h2q_tui.training.evaluate import heldout_cross_entropy
     from h2q_tui.training.events import bits_per_byte
 
@@ -162,11 +165,17 @@ def run_eval(argv: list[str]) -> int:
     path = Path(args.data)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
-    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    raw = path.read_bytes()
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    unit, bytes_per_token = "byte", 1.0
+    tokenizer_file = info.weights.with_name("tokenizer.json")
+    if tokenizer_file.is_file():  # a BPE model: bits per byte = bits per token / bytes per token
+        data = BpeTokenizer(tokenizer_file).encode(raw)
+        unit, bytes_per_token = "token", len(raw) / max(1, data.numel())
     context = info.config.model.context
     if data.numel() < context + 1:
         raise UserError(
-            f"data file {path} has {data.numel()} bytes; evaluation needs at least {context + 1}"
+            f"data file {path} has {data.numel()} {unit}s; evaluation needs at least {context + 1}"
         )
     max_bytes = args.windows * context + 1 if args.windows > 0 else None
     windows = (min(data.numel(), max_bytes or data.numel()) - 1) // context
@@ -174,12 +183,13 @@ def run_eval(argv: list[str]) -> int:
         f"checkpoint {info.weights} | step {info.step} | {info.config.model.family} | "
         f"{count_parameters(model):,} parameters"
     )
-    print(f"data {path} | {data.numel():,} bytes | {windows:,} windows of {context} bytes")
+    print(f"data {path} | {len(raw):,} bytes | {windows:,} windows of {context} {unit}s")
     nats = heldout_cross_entropy(
         model, data, context, torch.device("cpu"), max_bytes, batch=args.batch
     )
-    print(f"cross-entropy {nats:.4f} nats/byte | {bits_per_byte(nats):.4f} bits/byte")
-    print(f"bpb={bits_per_byte(nats):.4f}")
+    bpb = bits_per_byte(nats) / bytes_per_token
+    print(f"cross-entropy {nats:.4f} nats/{unit} | {bpb:.4f} bits/byte")
+    print(f"bpb={bpb:.4f}")
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from h2q_tui import config as cfg
 from h2q_tui.data.sources import Corpus, load_corpus
+from h2q_tui.data.tokenizer import BpeTokenizer
 from h2q_tui.errors import UserError
 from h2q_tui.training import checkpoint
 
@@ -36,6 +37,7 @@ class RunRequest:
     max_steps: int | None = None
     max_seconds: float | None = None
     seed: int | None = None
+    tokenizer: str | None = None
 
 
 @dataclass
@@ -45,6 +47,18 @@ class PreparedRun:
     run_dir: Path
     preset: str
     resume_from: checkpoint.CheckpointInfo | None
+    tokenizer: BpeTokenizer | None = None
+
+
+def load_tokenizer(path: str | None, config: cfg.RunConfig) -> BpeTokenizer | None:
+    """The BPE tokenizer named by --tokenizer, checked against model.vocab_size."""
+    if path is None:
+        return None
+    tokenizer = BpeTokenizer(path)
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise UserError(f"tokenizer {path} has {tokenizer.vocab_size} tokens but model.vocab_size is "
+                        f"{config.model.vocab_size}; pass --set model.vocab_size={tokenizer.vocab_size}")
+    return tokenizer
 
 
 def _flag_overrides(request: RunRequest) -> list[str]:
@@ -97,7 +111,8 @@ def prepare_run(
         return _prepare_resume(request, progress)
     preset = request.preset or DEFAULT_PRESET
     config = cfg.resolve(preset, _flag_overrides(request))
-    corpus = load_corpus(request.data, request.heldout, config.eval.heldout_fraction, progress)
+    tokenizer = load_tokenizer(request.tokenizer, config)
+    corpus = load_corpus(request.data, request.heldout, config.eval.heldout_fraction, progress, tokenizer)
     check_corpus_size(config, corpus)
     run_dir = Path(
         request.run_dir or Path("runs") / f"{Path(preset).stem}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -114,9 +129,10 @@ def prepare_run(
             "data": request.data,
             "heldout": request.heldout,
             "train_sha256": fingerprint(corpus),
+            "tokenizer": str(Path(request.tokenizer).resolve()) if request.tokenizer else None,
         },
     )
-    return PreparedRun(config, corpus, run_dir, preset, None)
+    return PreparedRun(config, corpus, run_dir, preset, None, tokenizer)
 
 
 def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
@@ -130,11 +146,13 @@ def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
     if dataclasses.replace(config.model) != info.config.model:
         raise UserError("model.* keys cannot change on --resume")
     saved = _read_run_file(run_dir)
+    tokenizer = load_tokenizer(request.tokenizer or saved.get("tokenizer"), config)
     corpus = load_corpus(
         request.data or saved.get("data"),
         request.heldout or saved.get("heldout"),
         config.eval.heldout_fraction,
         progress,
+        tokenizer,
     )
     if saved.get("train_sha256") and saved["train_sha256"] != fingerprint(corpus):
         raise UserError(
@@ -143,7 +161,7 @@ def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
     check_corpus_size(config, corpus)
     target = Path(request.run_dir) if request.run_dir else run_dir
     ensure_writable(target)
-    return PreparedRun(config, corpus, target, saved.get("preset", ""), info)
+    return PreparedRun(config, corpus, target, saved.get("preset", ""), info, tokenizer)
 
 
 def _write_run_file(run_dir: Path, payload: dict) -> None:

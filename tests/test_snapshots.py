@@ -37,7 +37,7 @@ def step_card(app: H2QApp) -> str:
 async def settle(pilot: Pilot) -> None:
     """Wait until every record is folded in and drawn, then drop the toasts (they time out)."""
     app: H2QApp = pilot.app  # type: ignore[assignment]
-    await wait_until(pilot, lambda: not app._pending and not app._dirty, "the last redraw")
+    await wait_until(pilot, lambda: app.settled, "the last redraw")
     app.clear_notifications()
     await pilot.pause()
 

@@ -101,7 +101,7 @@ class H2QApp(App[int]):
         attached: AttachedRuns | None = None,
         autostart: bool = False,
         monitor: bool = True,
-        refresh_s: float = 0.25,
+        refresh_s: float = 1.0,
     ) -> None:
         super().__init__()
         self.engine, self.attached, self.autostart = engine, attached, autostart
@@ -117,6 +117,7 @@ class H2QApp(App[int]):
         self._pending: deque[dict[str, Any]] = deque()
         self._notified = False
         self._dirty = True
+        self._chart_dirty = True
         self._log_printed: dict[str, int] = dict.fromkeys(names, 0)
         self.commands_sent: list[commands.Command] = []
 
@@ -140,6 +141,8 @@ class H2QApp(App[int]):
         self.query_one("#thought-stream").border_title = "Thought Stream"
         self.query_one("#event-log").border_title = "Events"
         self.set_interval(self.refresh_s, self.redraw)
+        # the chart (plotext, pure Python) is the costly widget: it redraws 4x less often
+        self.set_interval(4 * self.refresh_s, self.redraw_chart)
         if self.attached:
             self.poll_attached()
             self.set_interval(0.5, self.poll_attached)
@@ -164,10 +167,13 @@ class H2QApp(App[int]):
             self.post_message(RecordsArrived())
 
     def on_records_arrived(self, _: RecordsArrived) -> None:
-        self._notified = False
+        # _notified stays set until the next redraw tick: at most one message per tick, so a
+        # fast training loop cannot keep the UI thread (and the GIL) busy
         self._fold_pending()
 
     def _fold_pending(self) -> None:
+        if not self._pending:
+            return
         history = self.histories[self.focused_run] if not self.attached else None
         while self._pending:
             record = self._pending.popleft()
@@ -225,13 +231,18 @@ class H2QApp(App[int]):
         return "paused" if h.paused else ("following" if h.started else "waiting for metrics.jsonl")
 
     def redraw(self, force: bool = False) -> None:
+        """Cards, Thought Stream and event log, when new records arrived."""
+        if not self.is_running:
+            return
+        self._fold_pending()
+        self._notified = False
         if not (self._dirty or force):
             return
         self._dirty = False
+        self._chart_dirty = True
         history = self.histories[self.focused_run]
         state = self.attached_state(history) if self.attached else self.state
         self.query_one(CardGrid).show(history, state)
-        self.query_one(LossChart).draw(self.histories, self.axis, self.units, self.smoothing)
         samples = history.samples[-2:]
         stream = (
             "\n".join(f"[step {s}] {text}" for s, text in samples)
@@ -240,6 +251,26 @@ class H2QApp(App[int]):
         self.query_one("#thought-stream", Static).update(stream)
         self._append_log()
         self.query_one(SystemPanel).show(self.snapshot)
+
+    def redraw_chart(self, force: bool = False) -> None:
+        if not (self._chart_dirty or force) or not self.is_running:
+            return
+        if self.query_one(TabbedContent).active != "icu":
+            return
+        self._chart_dirty = False
+        self.query_one(LossChart).draw(self.histories, self.axis, self.units, self.smoothing)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing waits to be folded in or drawn (tests and benchmarks wait on this)."""
+        chart_waiting = self._chart_dirty and self.query_one(TabbedContent).active == "icu"
+        return not (self._pending or self._dirty or chart_waiting)
+
+    def _view_changed(self) -> None:
+        """A key changed what the chart shows: redraw it now, not at the next tick."""
+        self._dirty = True
+        self.redraw()
+        self.redraw_chart(force=True)
 
     def _append_log(self) -> None:
         log = self.query_one("#event-log", RichLog)
@@ -326,19 +357,19 @@ class H2QApp(App[int]):
     # ------------------------------------------------------------------ view control
     def action_pane(self, pane: str) -> None:
         self.query_one(TabbedContent).active = pane
-        self._dirty = True
+        self._view_changed()
 
     def action_toggle_units(self) -> None:
         self.units = "bpb" if self.units == "nats" else "nats"
-        self._dirty = True
+        self._view_changed()
 
     def action_cycle_axis(self) -> None:
         self.axis = X_AXES[(X_AXES.index(self.axis) + 1) % len(X_AXES)]
-        self._dirty = True
+        self._view_changed()
 
     def action_smoothing(self, delta: float) -> None:
         self.smoothing = round(min(0.99, max(0.0, self.smoothing + delta)), 2)
-        self._dirty = True
+        self._view_changed()
 
     def action_focus_next_run(self) -> None:
         names = list(self.histories)
@@ -395,7 +426,7 @@ def make_app(
     attach: list[Path] | None = None,
     autostart: bool = False,
     monitor: bool = True,
-    refresh_s: float = 0.25,
+    refresh_s: float = 1.0,
 ) -> H2QApp:
     """The one factory used by the CLI, Pilot tests and snapshot tests."""
     attached = AttachedRuns([Path(p) for p in attach]) if attach else None

@@ -52,6 +52,7 @@ class LiveEngine:
                 preset=p.preset,
                 resume_from=p.resume_from,
                 pause_on_nan=True,
+                tokenizer=p.tokenizer,
             )
             return trainer.run()
         finally:

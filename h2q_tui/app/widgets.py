@@ -105,9 +105,17 @@ def _thin(xs: list[float], ys: list[float], limit: int) -> tuple[list[float], li
 class LossChart(PlotextPlot):
     """Train CE (raw + debiased EMA) and both validation curves, for one or several runs."""
 
+    _last_draw: tuple | None = None
+
+    def on_resize(self) -> None:
+        """Point thinning depends on the width: draw again at the new size."""
+        if self._last_draw is not None:
+            self.draw(*self._last_draw)
+
     def draw(
         self, histories: dict[str, RunHistory], axis: str, units: str, smoothing: float
     ) -> None:
+        self._last_draw = (histories, axis, units, smoothing)
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()

@@ -25,6 +25,8 @@ class Corpus:
     heldout: torch.Tensor  # (M,) uint8, never trained on
     train_source: str
     heldout_source: str
+    train_bytes_per_token: float = 1.0  # 1 for byte models; > 1 with a BPE tokenizer
+    heldout_bytes_per_token: float = 1.0
 
 
 def looks_binary(sample: bytes) -> bool:
@@ -83,6 +85,7 @@ def load_corpus(
     heldout: str | None = None,
     heldout_fraction: float = 0.05,
     progress: Callable[[int, int | None], None] | None = None,
+    tokenizer=None,
 ) -> Corpus:
     """Resolve the training and held-out bytes.
 
@@ -92,6 +95,7 @@ def load_corpus(
             (named corpora that have one) or its last ``heldout_fraction`` of bytes.
         heldout_fraction: share of the corpus tail held out when no held-out file exists.
         progress: download progress callback for named corpora.
+        tokenizer: a BpeTokenizer; None trains on raw bytes.
 
     Returns:
         The Corpus.
@@ -111,7 +115,11 @@ def load_corpus(
             f"tail {len(train_bytes) - cut} bytes of {source}",
         )
         train_bytes = train_bytes[:cut]
-    return Corpus(_to_tensor(train_bytes), _to_tensor(heldout_bytes), source, heldout_source)
+    if tokenizer is None:
+        return Corpus(_to_tensor(train_bytes), _to_tensor(heldout_bytes), source, heldout_source)
+    train_ids, heldout_ids = tokenizer.encode(train_bytes), tokenizer.encode(heldout_bytes)
+    return Corpus(train_ids, heldout_ids, source, heldout_source,
+                  len(train_bytes) / max(1, train_ids.numel()), len(heldout_bytes) / max(1, heldout_ids.numel()))
 
 
 def _resolve_train(data: str | None, progress) -> tuple[bytes, str, Path | None]:

@@ -11,21 +11,21 @@ from torch import nn
 
 
 @torch.no_grad()
-def sample_bytes(
+def sample_tokens(
     model: nn.Module,
-    prompt: bytes,
-    n_bytes: int,
+    prompt: list[int],
+    n_tokens: int,
     temperature: float,
     generator: torch.Generator,
     context: int,
     device: torch.device,
-) -> bytes:
-    """Sample ``n_bytes`` bytes after ``prompt`` (cropped to the last ``context`` bytes)."""
+) -> list[int]:
+    """Sample ``n_tokens`` token ids after ``prompt`` (cropped to the last ``context`` tokens)."""
     was_training = model.training
     model.eval()
-    tokens = list(prompt or b"\n")
+    tokens = list(prompt) or [ord("\n")]
     out = []
-    for _ in range(n_bytes):
+    for _ in range(n_tokens):
         idx = torch.tensor([tokens[-context:]], device=device)  # (1, T)
         logits, _ = model(idx)
         probs = torch.softmax(logits[0, -1].float() / max(temperature, 1e-5), dim=-1).cpu()
@@ -33,4 +33,4 @@ def sample_bytes(
         tokens.append(token)
         out.append(token)
     model.train(was_training)
-    return bytes(out)
+    return out

@@ -61,6 +61,7 @@ def save_checkpoint(
     run_id: str,
     state: dict[str, Any],
     keep: int = 3,
+    extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write a checkpoint atomically and prune all but the newest ``keep``.
 
@@ -72,6 +73,7 @@ def save_checkpoint(
         run_id: the run's id.
         state: optimizer, RNG and data state (torch tensors and plain data only).
         keep: checkpoints to keep.
+        extra_files: files copied into the checkpoint (e.g. its tokenizer.json).
 
     Returns:
         The checkpoint folder.
@@ -92,6 +94,8 @@ def save_checkpoint(
     }
     save_model(model, str(tmp / WEIGHTS), metadata=metadata)
     torch.save(state, tmp / STATE)
+    for name, source in (extra_files or {}).items():
+        shutil.copyfile(source, tmp / name)
     for file in (WEIGHTS, STATE):
         _fsync(tmp / file)
     final = root / name

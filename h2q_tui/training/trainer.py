@@ -21,7 +21,7 @@ from torch import nn
 from h2q_tui.config import RunConfig
 from h2q_tui.data.sources import Corpus
 from h2q_tui.data.streams import HorizonSampler, RandomWindowSampler
-from h2q_tui.generation.thought_stream import sample_bytes
+from h2q_tui.generation.thought_stream import sample_tokens
 from h2q_tui.models import build_model, count_parameters
 from h2q_tui.training import checkpoint, commands, events
 from h2q_tui.training.evaluate import heldout_cross_entropy, mean_cross_entropy
@@ -94,10 +94,11 @@ class Trainer:
         preset: str = "",
         resume_from: checkpoint.CheckpointInfo | None = None,
         pause_on_nan: bool = False,
+        tokenizer=None,
     ) -> None:
         self.config, self.corpus, self.run_dir, self.emit = config, corpus, Path(run_dir), emit
         self.commands: queue.Queue = command_queue or queue.Queue()
-        self.preset, self.pause_on_nan = preset, pause_on_nan
+        self.preset, self.pause_on_nan, self.tokenizer = preset, pause_on_nan, tokenizer
         t, m = config.train, config.model
         self.threads = t.threads or torch.get_num_threads()
         torch.set_num_threads(self.threads)
@@ -197,16 +198,21 @@ class Trainer:
     def save(self) -> None:
         if self.last_saved_step == self.step:
             return
+        extra = {"tokenizer.json": self.tokenizer.path} if self.tokenizer is not None else {}
         path = checkpoint.save_checkpoint(
-            self.run_dir, self.model, self.config, self.step, self.run_id, self.state_dict()
+            self.run_dir, self.model, self.config, self.step, self.run_id, self.state_dict(), extra_files=extra
         )
         size = sum(f.stat().st_size for f in path.iterdir())
         self.last_saved_step = self.step
         self.emit(events.CheckpointSaved(self.step, str(path), size))
 
+    def decode(self, ids: list[int]) -> str:
+        raw = self.tokenizer.decode(ids) if self.tokenizer is not None else bytes(ids)
+        return raw.decode("utf-8", errors="replace")
+
     def sample(self) -> None:
-        prompt = bytes(self.corpus.heldout[:16].tolist())
-        text = sample_bytes(
+        prompt = self.corpus.heldout[:16].tolist()
+        ids = sample_tokens(
             self.model,
             prompt,
             self.config.log.sample_bytes,
@@ -215,7 +221,7 @@ class Trainer:
             self.config.model.context,
             self.device,
         )
-        self.emit(events.SampleReady(self.step, (prompt + text).decode("utf-8", errors="replace")))
+        self.emit(events.SampleReady(self.step, self.decode(prompt + ids)))
 
     def evaluate_heldout(self) -> float:
         nats = heldout_cross_entropy(
@@ -233,7 +239,7 @@ class Trainer:
                 self.elapsed_s(),
                 "heldout",
                 nats,
-                events.bits_per_byte(nats),
+                events.bits_per_byte(nats) / self.corpus.heldout_bytes_per_token,
             )
         )
         self._watch_divergence(nats)
@@ -369,7 +375,7 @@ class Trainer:
             tokens=self.tokens,
             time=self.elapsed_s(),
             train_loss_nats=ce_nats,
-            train_bpb=events.bits_per_byte(ce_nats),
+            train_bpb=events.bits_per_byte(ce_nats) / self.corpus.train_bytes_per_token,
             aux_loss=float(aux.detach()),
             penalty=float(penalty.detach()),
             grad_norm=grad_norm,
@@ -401,7 +407,7 @@ class Trainer:
                 self.elapsed_s(),
                 "horizon",
                 val,
-                events.bits_per_byte(val),
+                events.bits_per_byte(val) / self.corpus.train_bytes_per_token,
                 train,
                 val - train,
             )
