@@ -55,7 +55,9 @@ def plain_trial(preset: str, steps: int, folder: Path, in_thread: bool) -> float
 
 
 async def dashboard_trial(preset: str, steps: int, folder: Path) -> float:
-    prepared = prepare_run(RunRequest(preset=preset, run_dir=str(folder / "dashboard"), max_steps=steps))
+    prepared = prepare_run(
+        RunRequest(preset=preset, run_dir=str(folder / "dashboard"), max_steps=steps)
+    )
     app = make_app(LiveEngine(prepared), autostart=True, monitor=True)
     async with app.run_test(size=(160, 48)):
         while not app.state.startswith("finished"):
@@ -65,24 +67,39 @@ async def dashboard_trial(preset: str, steps: int, folder: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="microstream-cpu")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-dashboard.json")
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {"--no-ui (main thread)": [], "worker thread, no UI": [], "dashboard": []}
+    rates: dict[str, list[float]] = {
+        "--no-ui (main thread)": [],
+        "worker thread, no UI": [],
+        "dashboard": [],
+    }
     for trial in range(args.trials):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            rates["--no-ui (main thread)"].append(plain_trial(args.preset, args.steps, folder, in_thread=False))
-            rates["worker thread, no UI"].append(plain_trial(args.preset, args.steps, folder, in_thread=True))
+            rates["--no-ui (main thread)"].append(
+                plain_trial(args.preset, args.steps, folder, in_thread=False)
+            )
+            rates["worker thread, no UI"].append(
+                plain_trial(args.preset, args.steps, folder, in_thread=True)
+            )
             rates["dashboard"].append(asyncio.run(dashboard_trial(args.preset, args.steps, folder)))
-        print(f"trial {trial + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()), flush=True)
+        print(
+            f"trial {trial + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()),
+            flush=True,
+        )
     medians = {label: statistics.median(values) for label, values in rates.items()}
     base = medians["--no-ui (main thread)"]
-    print(f"\n{args.preset}, {args.steps} steps, {args.trials} interleaved trials, {platform.machine()}")
-    print(f"| mode | tokens/s (median) | vs --no-ui |\n|---|---:|---:|")
+    print(
+        f"\n{args.preset}, {args.steps} steps, {args.trials} interleaved trials, {platform.machine()}"
+    )
+    print("| mode | tokens/s (median) | vs --no-ui |\n|---|---:|---:|")
     for label, value in medians.items():
         print(f"| {label} | {value:,.0f} | {100 * (value / base - 1):+.1f} % |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-seconds", type=float, help="stop after this much training time")
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
-    parser.add_argument("--tokenizer", help="a local BPE tokenizer.json (tokenizers library); default: bytes")
+    parser.add_argument(
+        "--tokenizer", help="a local BPE tokenizer.json (tokenizers library); default: bytes"
+    )
 
 
 def main_parser() -> argparse.ArgumentParser:
@@ -153,9 +155,9 @@ def run_attach(argv: list[str]) -> int:
 def run_eval(argv: list[str]) -> int:
     import torch
 
+    from h2q_tui.data.tokenizer import BpeTokenizer
     from h2q_tui.models import count_parameters
     from h2q_tui.training import checkpoint
-    from h2q_tui.data.tokenizer import BpeTokenizer
     from h2q_tui.training.evaluate import heldout_cross_entropy
     from h2q_tui.training.events import bits_per_byte
 

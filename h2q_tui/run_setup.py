@@ -56,8 +56,10 @@ def load_tokenizer(path: str | None, config: cfg.RunConfig) -> BpeTokenizer | No
         return None
     tokenizer = BpeTokenizer(path)
     if tokenizer.vocab_size > config.model.vocab_size:
-        raise UserError(f"tokenizer {path} has {tokenizer.vocab_size} tokens but model.vocab_size is "
-                        f"{config.model.vocab_size}; pass --set model.vocab_size={tokenizer.vocab_size}")
+        raise UserError(
+            f"tokenizer {path} has {tokenizer.vocab_size} tokens but model.vocab_size is "
+            f"{config.model.vocab_size}; pass --set model.vocab_size={tokenizer.vocab_size}"
+        )
     return tokenizer
 
 
@@ -112,7 +114,9 @@ def prepare_run(
     preset = request.preset or DEFAULT_PRESET
     config = cfg.resolve(preset, _flag_overrides(request))
     tokenizer = load_tokenizer(request.tokenizer, config)
-    corpus = load_corpus(request.data, request.heldout, config.eval.heldout_fraction, progress, tokenizer)
+    corpus = load_corpus(
+        request.data, request.heldout, config.eval.heldout_fraction, progress, tokenizer
+    )
     check_corpus_size(config, corpus)
     run_dir = Path(
         request.run_dir or Path("runs") / f"{Path(preset).stem}-{datetime.now():%Y%m%d-%H%M%S}"

@@ -13,13 +13,25 @@ from h2q_tui.training.trainer import Trainer
 
 BIG = {"hamiltonian-llm-124m", "qrlm", "microstream", "h2q-transformer", "gpt"}  # source-sized
 SMALL = [name for name in preset_names() if name not in BIG]
-FAST = ["train.batch_size=2", "model.context=32", "log.sample_interval=0", "log.sample_bytes=8",
-        "eval.heldout_bytes=2048", "train.warmup_steps=0"]
+FAST = [
+    "train.batch_size=2",
+    "model.context=32",
+    "log.sample_interval=0",
+    "log.sample_bytes=8",
+    "eval.heldout_bytes=2048",
+    "train.warmup_steps=0",
+]
 
 
 def test_the_source_presets_are_all_present():
     assert BIG <= set(preset_names())
-    assert {"microstream-cpu", "gpt-cpu", "h2q-transformer-cpu", "qrlm-cpu", "hamiltonian-llm"} <= set(SMALL)
+    assert {
+        "microstream-cpu",
+        "gpt-cpu",
+        "h2q-transformer-cpu",
+        "qrlm-cpu",
+        "hamiltonian-llm",
+    } <= set(SMALL)
 
 
 @pytest.mark.parametrize("name", SMALL)

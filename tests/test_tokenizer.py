@@ -10,9 +10,26 @@ from pathlib import Path
 import pytest
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-SMALL = ["--set", "model.d_model=64", "--set", "model.n_layers=1", "--set", "model.n_heads=2",
-         "--set", "model.context=32", "--set", "train.batch_size=2", "--set", "eval.heldout_bytes=2000",
-         "--set", "log.sample_interval=2", "--set", "log.sample_bytes=8", "--set", "train.warmup_steps=0"]
+SMALL = [
+    "--set",
+    "model.d_model=64",
+    "--set",
+    "model.n_layers=1",
+    "--set",
+    "model.n_heads=2",
+    "--set",
+    "model.context=32",
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "eval.heldout_bytes=2000",
+    "--set",
+    "log.sample_interval=2",
+    "--set",
+    "log.sample_bytes=8",
+    "--set",
+    "train.warmup_steps=0",
+]
 
 
 @pytest.fixture
@@ -22,7 +39,9 @@ def tokenizer_file(tmp_path: Path, text_file: Path) -> Path:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train([str(text_file)], trainer)
     path = tmp_path / "tokenizer.json"
     tokenizer.save(str(path))
@@ -30,8 +49,14 @@ def tokenizer_file(tmp_path: Path, text_file: Path) -> Path:
 
 
 def h2q(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "h2q_tui", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "h2q_tui", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
 
 
 def test_bpe_model_trains_evaluates_and_keeps_its_tokenizer(tmp_path, text_file, tokenizer_file):
@@ -39,11 +64,27 @@ def test_bpe_model_trains_evaluates_and_keeps_its_tokenizer(tmp_path, text_file,
 
     tokenizer = BpeTokenizer(tokenizer_file)
     sample = text_file.read_bytes()[:2000]
-    assert tokenizer.decode(tokenizer.encode(sample).tolist()) == sample  # byte-level BPE is lossless
+    assert (
+        tokenizer.decode(tokenizer.encode(sample).tolist()) == sample
+    )  # byte-level BPE is lossless
     assert tokenizer.encode(sample).numel() < len(sample)
-    trained = h2q("--no-ui", "--preset", "hamiltonian-llm", "--data", str(text_file), "--tokenizer",
-                  str(tokenizer_file), "--set", f"model.vocab_size={tokenizer.vocab_size}", *SMALL,
-                  "--max-steps", "4", "--run-dir", "run", cwd=tmp_path)
+    trained = h2q(
+        "--no-ui",
+        "--preset",
+        "hamiltonian-llm",
+        "--data",
+        str(text_file),
+        "--tokenizer",
+        str(tokenizer_file),
+        "--set",
+        f"model.vocab_size={tokenizer.vocab_size}",
+        *SMALL,
+        "--max-steps",
+        "4",
+        "--run-dir",
+        "run",
+        cwd=tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr
     assert list((tmp_path / "run" / "checkpoints").glob("step_*/tokenizer.json"))
     result = h2q("eval", "run", "--data", str(text_file), "--windows", "10", cwd=tmp_path)
@@ -54,9 +95,24 @@ def test_bpe_model_trains_evaluates_and_keeps_its_tokenizer(tmp_path, text_file,
 
 @pytest.mark.parametrize("case", ["missing", "too-small-vocab", "not-json"])
 def test_bad_tokenizer_is_one_line_exit_2(tmp_path, text_file, tokenizer_file, case):
-    path = {"missing": tmp_path / "nope.json", "too-small-vocab": tokenizer_file,
-            "not-json": text_file}[case]
-    result = h2q("--no-ui", "--preset", "hamiltonian-llm", "--data", str(text_file), "--tokenizer", str(path),
-                 "--max-steps", "1", "--run-dir", "run", cwd=tmp_path)
+    path = {
+        "missing": tmp_path / "nope.json",
+        "too-small-vocab": tokenizer_file,
+        "not-json": text_file,
+    }[case]
+    result = h2q(
+        "--no-ui",
+        "--preset",
+        "hamiltonian-llm",
+        "--data",
+        str(text_file),
+        "--tokenizer",
+        str(path),
+        "--max-steps",
+        "1",
+        "--run-dir",
+        "run",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -118,8 +118,14 @@ def load_corpus(
     if tokenizer is None:
         return Corpus(_to_tensor(train_bytes), _to_tensor(heldout_bytes), source, heldout_source)
     train_ids, heldout_ids = tokenizer.encode(train_bytes), tokenizer.encode(heldout_bytes)
-    return Corpus(train_ids, heldout_ids, source, heldout_source,
-                  len(train_bytes) / max(1, train_ids.numel()), len(heldout_bytes) / max(1, heldout_ids.numel()))
+    return Corpus(
+        train_ids,
+        heldout_ids,
+        source,
+        heldout_source,
+        len(train_bytes) / max(1, train_ids.numel()),
+        len(heldout_bytes) / max(1, heldout_ids.numel()),
+    )
 
 
 def _resolve_train(data: str | None, progress) -> tuple[bytes, str, Path | None]:

@@ -24,7 +24,9 @@ class BpeTokenizer:
         try:
             self._tokenizer = Tokenizer.from_file(str(self.path))
         except Exception as exc:  # noqa: BLE001 - the library raises a bare Exception
-            raise UserError(f"{self.path} is not a tokenizers tokenizer.json ({str(exc)[:120]})") from None
+            raise UserError(
+                f"{self.path} is not a tokenizers tokenizer.json ({str(exc)[:120]})"
+            ) from None
         self.vocab_size = self._tokenizer.get_vocab_size()
 
     def encode(self, data: bytes) -> torch.Tensor:

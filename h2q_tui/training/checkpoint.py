@@ -94,8 +94,8 @@ def save_checkpoint(
     }
     save_model(model, str(tmp / WEIGHTS), metadata=metadata)
     torch.save(state, tmp / STATE)
-    for name, source in (extra_files or {}).items():
-        shutil.copyfile(source, tmp / name)
+    for file_name, source in (extra_files or {}).items():
+        shutil.copyfile(source, tmp / file_name)
     for file in (WEIGHTS, STATE):
         _fsync(tmp / file)
     final = root / name

@@ -200,7 +200,13 @@ class Trainer:
             return
         extra = {"tokenizer.json": self.tokenizer.path} if self.tokenizer is not None else {}
         path = checkpoint.save_checkpoint(
-            self.run_dir, self.model, self.config, self.step, self.run_id, self.state_dict(), extra_files=extra
+            self.run_dir,
+            self.model,
+            self.config,
+            self.step,
+            self.run_id,
+            self.state_dict(),
+            extra_files=extra,
         )
         size = sum(f.stat().st_size for f in path.iterdir())
         self.last_saved_step = self.step

@@ -87,7 +87,7 @@ class ConsolePrinter:
             )
         else:
             self._print(
-                f"held-out @ step {e.step} | {e.val_loss_nats:.4f} nats/byte | {e.val_bpb:.4f} bits/byte"
+                f"held-out @ step {e.step} | {e.val_loss_nats:.4f} nats | {e.val_bpb:.4f} bits/byte"
             )
 
     def _on_sample(self, e: events.SampleReady) -> None:
