@@ -90,3 +90,10 @@ def test_eta_from_step_rate_and_time_budget():
     assert h2.eta_seconds() == pytest.approx(40.0)
     h.add({"event": "run_finished", "step": 10, "time": 5.0, "reason": "stopped"})
     assert h.eta_seconds() is None
+
+
+def test_rank_growth_reaches_the_rank_card_and_event_log():
+    h = RunHistory()
+    h.add(started())
+    h.add({"event": "rank_grown", "step": 600, "rank": 9, "new_parameters": 8192, "lr": 1e-3})
+    assert h.rank == 9 and "rank grown to 9" in h.log[-1]
