@@ -41,6 +41,13 @@ def unit_gain_init(
         layer.B.mul_(target / weight.norm())
 
 
+def init_embedding_and_head(tok_emb: nn.Embedding, head: nn.Linear) -> None:
+    """N(0, 0.02) embedding and head, zero head bias: start near uniform (CE ≈ ln V, not ~10 nats)."""
+    nn.init.normal_(tok_emb.weight, std=0.02)
+    nn.init.normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+
+
 class HamFactory:
     """Builds HamLinear layers of one width that share a bank (or each own one)."""
 
@@ -133,9 +140,7 @@ class MicroStream(nn.Module):
         self.blocks = nn.ModuleList(ReversibleBlock(config, ham) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(config.d_model) if config.final_norm else nn.Identity()
         self.head = nn.Linear(config.d_model, config.vocab_size)
-        nn.init.normal_(self.tok_emb.weight, std=0.02)
-        nn.init.normal_(self.head.weight, std=0.02)  # start near uniform: CE ≈ ln V, not ~10 nats
-        nn.init.zeros_(self.head.bias)
+        init_embedding_and_head(self.tok_emb, self.head)
         if config.ham_init == "unit":
             outputs = [layer for b in self.blocks for layer in (b.attn.o, b.ffn.fc2)]
             unit_gain_init(self.ham_layers(), outputs, len(self.blocks))

@@ -15,7 +15,7 @@ from torch import nn
 
 from h2q_tui.config import ModelConfig
 from h2q_tui.models.common import causal_attention, cross_entropy
-from h2q_tui.models.microstream import HamFactory, unit_gain_init
+from h2q_tui.models.microstream import HamFactory, init_embedding_and_head, unit_gain_init
 
 
 class QRLMAttention(nn.Module):
@@ -66,9 +66,7 @@ class QRLM(nn.Module):
         self.blocks = nn.ModuleList(QRLMBlock(config, ham) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(config.d_model) if config.final_norm else nn.Identity()
         self.head = nn.Linear(config.d_model, config.vocab_size)
-        nn.init.normal_(self.tok_emb.weight, std=0.02)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        init_embedding_and_head(self.tok_emb, self.head)
         if config.ham_init == "unit":
             outputs = [layer for b in self.blocks for layer in (b.attn.o_proj, b.fc2)]
             unit_gain_init(self.ham_layers(), outputs, len(self.blocks))
