@@ -1,19 +1,82 @@
-"""Pieces shared by the model families: causal attention core, phase rotation, the CE loss."""
+"""Pieces shared by the model families: decode state (KV cache), causal attention core,
+phase rotation, the CE loss.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+
+class DecodeState:
+    """What incremental decoding keeps between forward calls: per-module sequences along time.
+
+    A model called with ``state`` treats its input as positions ``state.length ...`` of a
+    sequence whose earlier positions are cached here (keys and values, or any other
+    per-position tensor a family needs), appends the new positions, and leaves its final
+    normalised hidden states in ``state.hidden``. The caller advances ``length``.
+    ``truncate(n)`` forgets everything after position n, so a decoder can branch (lookahead).
+    """
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.hidden: torch.Tensor | None = None  # (B, T, C) of the last call
+        self._seqs: dict[tuple[int, str], tuple[torch.Tensor, int]] = {}
+
+    def extend(self, module: nn.Module, name: str, new: torch.Tensor, dim: int) -> torch.Tensor:
+        """Append ``new`` to the module's cached ``name`` along ``dim``; returns the whole."""
+        key = (id(module), name)
+        if key in self._seqs:
+            new = torch.cat([self._seqs[key][0], new], dim=dim)
+        self._seqs[key] = (new, dim)
+        return new
+
+    def cached(self, module: nn.Module, name: str) -> torch.Tensor | None:
+        entry = self._seqs.get((id(module), name))
+        return entry[0] if entry is not None else None
+
+    def truncate(self, length: int) -> None:
+        """Keep positions [0, length) only."""
+        self.length = min(self.length, length)
+        for key, (seq, dim) in list(self._seqs.items()):
+            self._seqs[key] = (seq.narrow(dim, 0, self.length), dim)
+
+    def positions(self, time: int, device: torch.device) -> torch.Tensor:
+        """Absolute positions of the ``time`` new inputs."""
+        return torch.arange(self.length, self.length + time, device=device)
+
+
+def offset_of(state: DecodeState | None) -> int:
+    return state.length if state is not None else 0
+
+
+def cached_causal_mask(query_len: int, key_len: int, device: torch.device) -> torch.Tensor | None:
+    """Boolean (Tq, Tk) mask for queries that are the last Tq of Tk positions; None when Tq = 1."""
+    if query_len == 1:
+        return None
+    rows = torch.arange(key_len - query_len, key_len, device=device)[:, None]
+    return torch.arange(key_len, device=device)[None, :] <= rows
 
 
 def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, layout: str = "heads"
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_heads: int,
+    layout: str = "heads",
+    state: DecodeState | None = None,
+    owner: nn.Module | None = None,
 ) -> torch.Tensor:
     """Multi-head causal attention on (B, T, C) projections; returns (B, T, C).
 
+    With ``state`` (incremental decoding) k and v are appended to the keys and values cached
+    under ``owner`` and the queries attend to every cached position before them.
+
     ``layout="source"`` reproduces the h2q-transformer source's reshape without a transpose:
     (B, T, C) viewed as (B, nh, T, hs) puts T/nh consecutive tokens (each cut into nh pieces)
-    in each "head", so attention is confined to fixed windows of T/nh tokens. Opt-in only.
+    in each "head", so attention is confined to fixed windows of T/nh tokens. Opt-in only, and
+    it cannot be cached (the windows depend on the whole length).
     """
     batch, time, width = q.shape
     head = width // n_heads
@@ -23,6 +86,17 @@ def causal_attention(
             return t.reshape(batch, n_heads, time, head)  # the source's bug: no transpose
         return t.view(batch, time, n_heads, head).transpose(1, 2)  # (B, nh, T, hs)
 
+    if state is not None and state.length > 0:
+        if layout == "source":
+            raise ValueError("the source attention layout cannot use a KV cache")
+        keys = state.extend(owner, "k", split(k), dim=2)  # (B, nh, Tk, hs)
+        values = state.extend(owner, "v", split(v), dim=2)
+        mask = cached_causal_mask(time, keys.shape[2], q.device)
+        out = F.scaled_dot_product_attention(split(q), keys, values, attn_mask=mask)
+        return out.transpose(1, 2).reshape(batch, time, width)
+    if state is not None and layout != "source":
+        state.extend(owner, "k", split(k), dim=2)
+        state.extend(owner, "v", split(v), dim=2)
     out = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=True)
     if layout == "source":
         return out.reshape(batch, time, width)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from h2q_tui.config import ModelConfig
-from h2q_tui.models.common import causal_attention, cross_entropy
+from h2q_tui.models.common import DecodeState, causal_attention, cross_entropy, offset_of
 
 
 class SelfAttention(nn.Module):
@@ -23,9 +23,9 @@ class SelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C)
+    def forward(self, x: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
         q, k, v = self.c_attn(x).chunk(3, dim=-1)  # (B, T, C) each
-        return self.drop(self.c_proj(causal_attention(q, k, v, self.n_heads)))
+        return self.drop(self.c_proj(causal_attention(q, k, v, self.n_heads, state=state, owner=self)))
 
 
 class MLP(nn.Module):
@@ -46,8 +46,8 @@ class Block(nn.Module):
         self.ln_1, self.ln_2 = nn.LayerNorm(config.d_model), nn.LayerNorm(config.d_model)
         self.attn, self.mlp = SelfAttention(config), MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), state)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -79,13 +79,26 @@ class GPT(nn.Module):
     def penalty(self) -> torch.Tensor:
         return torch.zeros((), device=self.wte.weight.device)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        time = idx.shape[1]
-        pos = torch.arange(time, device=idx.device)
+    def input_embedding(self) -> nn.Embedding:
+        return self.wte
+
+    def residual_blocks(self) -> nn.ModuleList:
+        return self.blocks
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        state: DecodeState | None = None,
+    ):
+        time, start = idx.shape[1], offset_of(state)
+        pos = torch.arange(start, start + time, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, state)
         x = self.ln_f(x)
+        if state is not None:
+            state.hidden = x
         self.energy = x.detach().float().norm(dim=-1).mean()
         logits = self.lm_head(x)  # (B, T, V)
         return logits, cross_entropy(logits, targets)

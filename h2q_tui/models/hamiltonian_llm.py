@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from h2q_tui.config import ModelConfig
-from h2q_tui.models.common import cross_entropy
+from h2q_tui.models.common import DecodeState, cross_entropy, offset_of
 
 SCAN_BLOCK = 32  # products of at most 32 retentions per level: no division, no overflow
 
@@ -92,16 +92,29 @@ class MomentumEmbedding(nn.Module):
             return torch.zeros_like(idx, dtype=torch.bool)
         return idx == self.separator_token
 
-    def momentum(self, idx: torch.Tensor) -> torch.Tensor:
-        """m for a whole window (B, T) → (B, T, C); the scan runs in fp32 or wider."""
+    def momentum(self, idx: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        """m for a whole window (B, T) → (B, T, C); the scan runs in fp32 or wider.
+
+        With ``state`` the window continues the cached sequence: v_0 is taken against the
+        cached last E_p row and the scan starts from the cached last m.
+        """
         p = self.p_emb(idx)  # (B, T, C)
         dtype = p.dtype
         if dtype in (torch.float16, torch.bfloat16):
             p = p.float()
-        v = p - torch.cat([p[:, :1], p[:, :-1]], dim=1)  # v_0 = 0
+        cached_p = state.cached(self, "p") if state is not None and state.length else None
+        before = p[:, :1] if cached_p is None else cached_p[:, -1:].to(p.dtype)
+        v = p - torch.cat([before, p[:, :-1]], dim=1)  # v_0 = 0 at the start of a sequence
         keep = 1.0 - self.separator_damping * self.separator_mask(idx).to(p.dtype)  # (B, T)
+        retention = self.beta * keep
         with torch.autocast(device_type=p.device.type, enabled=False):
-            m = linear_scan(self.beta * keep, (1.0 - self.beta) * keep[..., None] * v)
+            m = linear_scan(retention, (1.0 - self.beta) * keep[..., None] * v)
+            if cached_p is not None:  # carry the cached m_{-1} through the retentions
+                carry = state.cached(self, "m")[:, -1:]  # (B, 1, C)
+                m = m + retention.cumprod(dim=1)[..., None] * carry
+        if state is not None:
+            state.extend(self, "p", p, dim=1)
+            state.extend(self, "m", m, dim=1)
         return m.to(dtype)
 
     def momentum_step(
@@ -125,8 +138,8 @@ class MomentumEmbedding(nn.Module):
         keep = 1.0 - self.separator_damping * is_separator.to(m_prev.dtype)[..., None]  # (B, 1)
         return (self.beta * m_prev + (1.0 - self.beta) * (token_emb - prev_token_emb)) * keep
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, C)
-        return self.q_emb(idx) + self.momentum(idx)
+    def forward(self, idx: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        return self.q_emb(idx) + self.momentum(idx, state)  # (B, T) -> (B, T, C)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -166,15 +179,20 @@ class GravityAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         distance: torch.Tensor,
         causal: torch.Tensor,
+        state: DecodeState | None = None,
     ) -> torch.Tensor:
-        """x (B, T, C) already normalised; distance (T, T) clamped |i−j|; causal (T, T) 0/−inf."""
+        """x (B, T, C) already normalised; distance (T, Tk) clamped |i−j|; causal (T, Tk)
+        0/−inf; Tk = T, or the cached length + T with ``state``."""
         batch, time, width = x.shape
         head_size = width // self.n_heads
         q, k, v = self.c_attn(x).split(width, dim=-1)  # (B, T, C) each
         q, k, v = (t.view(batch, time, self.n_heads, head_size).transpose(1, 2) for t in (q, k, v))
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)  # (B, nh, T, hs)
+        if state is not None:
+            k = state.extend(self, "k", k, dim=2)  # (B, nh, Tk, hs)
+            v = state.extend(self, "v", v, dim=2)
         gravity = F.softplus(self.gravity_net(x)).transpose(1, 2)[..., None]  # (B, nh, T, 1)
-        bias = -self.gravity_strength * gravity * distance + causal  # (B, nh, T, T)
+        bias = -self.gravity_strength * gravity * distance + causal  # (B, nh, T, Tk)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs)
@@ -200,8 +218,18 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
 
-    def _reflex(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        channels_first = F.pad(x.transpose(1, 2), (self.reflex_kernel - 1, 0))  # (B, C, T+k-1)
+    def _reflex(self, x: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        """Causal depthwise conv over the block inputs (B, T, C) -> (B, T, C)."""
+        history = self.reflex_kernel - 1
+        channels_first = x.transpose(1, 2)  # (B, C, T)
+        if state is not None:
+            before = state.cached(self, "x") if state.length else None
+            state.extend(self, "x", x, dim=1)
+            if before is not None:  # the last k-1 cached inputs stand in for the zero padding
+                before = before[:, -history:].transpose(1, 2)
+                channels_first = torch.cat([before, channels_first], dim=2)
+        pad = history + x.shape[1] - channels_first.shape[2]
+        channels_first = F.pad(channels_first, (pad, 0))  # (B, C, T+k-1)
         return F.silu(self.reflex(channels_first)).transpose(1, 2)  # (B, T, C)
 
     def forward(
@@ -210,8 +238,9 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         distance: torch.Tensor,
         causal: torch.Tensor,
+        state: DecodeState | None = None,
     ) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        x = x + self.attn(self.ln1(x), rope, distance, causal) + self._reflex(x)
+        x = x + self.attn(self.ln1(x), rope, distance, causal, state) + self._reflex(x, state)
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -257,22 +286,38 @@ class HamiltonianLLM(nn.Module):
     def penalty(self) -> torch.Tensor:
         return torch.zeros((), device=self.lm_head.weight.device)
 
-    def attention_geometry(self, time: int, device: torch.device):
-        """Rotary tables, clamped distances and the causal mask shared by every block."""
-        positions = torch.arange(time, device=device)
+    def input_embedding(self) -> nn.Embedding:
+        return self.transformer.wte.q_emb  # E_q, the source's steering table
+
+    def residual_blocks(self) -> nn.ModuleList:
+        return self.transformer.h
+
+    def attention_geometry(self, time: int, device: torch.device, start: int = 0):
+        """Rotary tables, clamped distances and the causal mask shared by every block, for
+        queries at positions start … start+T−1 over keys 0 … start+T−1."""
+        positions = torch.arange(start, start + time, device=device)  # queries
+        keys = torch.arange(start + time, device=device)
         head_size = self.config.d_model // self.config.n_heads
         rope = rotary_cos_sin(positions, head_size, self.config.rope_base)  # (T, hs) each
-        gap = (positions[:, None] - positions[None, :]).abs()  # (T, T): |i - j|
+        gap = (positions[:, None] - keys[None, :]).abs()  # (T, Tk): |i - j|
         distance = gap.clamp(max=self.config.gravity_max_distance).float()
-        future = positions[None, :] > positions[:, None]
-        causal = torch.zeros(time, time, device=device).masked_fill(future, float("-inf"))
+        future = keys[None, :] > positions[:, None]
+        causal = torch.zeros(time, len(keys), device=device).masked_fill(future, float("-inf"))
         return rope, distance, causal
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        rope, distance, causal = self.attention_geometry(idx.shape[1], idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx))  # (B, T, C)
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        state: DecodeState | None = None,
+    ):
+        geometry = self.attention_geometry(idx.shape[1], idx.device, offset_of(state))
+        x = self.transformer.drop(self.transformer.wte(idx, state))  # (B, T, C)
         for block in self.transformer.h:
-            x = block(x, rope, distance, causal)
+            x = block(x, *geometry, state)
         self.energy = x.detach().float().norm(dim=-1).mean()  # before ln_f (SPEC §2)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        x = self.transformer.ln_f(x)
+        if state is not None:
+            state.hidden = x
+        logits = self.lm_head(x)  # (B, T, V)
         return logits, cross_entropy(logits, targets)

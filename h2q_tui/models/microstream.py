@@ -11,14 +11,19 @@ import torch.nn.functional as F
 from h2q_kernels.hamiltonian import (
     HamLinear,
     StructureBank,
-    materialise_weight,
     orthogonality_penalty,
 )
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from h2q_tui.config import ModelConfig
-from h2q_tui.models.common import causal_attention, cross_entropy, phase_rotation
+from h2q_tui.models.common import (
+    DecodeState,
+    causal_attention,
+    cross_entropy,
+    offset_of,
+    phase_rotation,
+)
 
 
 @torch.no_grad()
@@ -32,9 +37,7 @@ def unit_gain_init(
     """
     output_ids = {id(layer) for layer in residual_outputs}
     for layer in layers:
-        weight = materialise_weight(
-            layer.structure_bank.block_matrices(layer.rank), layer.factors()
-        )
+        weight = layer.materialised()
         target = weight.shape[0] ** 0.5
         if id(layer) in output_ids:
             target /= (2 * n_blocks) ** 0.5
@@ -82,8 +85,11 @@ class HamAttention(nn.Module):
         self.n_heads, self.quaternion, self.layout = n_heads, quaternion, layout
         self.q, self.k, self.v, self.o = ham(width), ham(width), ham(width), ham(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, H)
-        out = causal_attention(self.q(x), self.k(x), self.v(x), self.n_heads, self.layout)
+    def forward(self, x: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        # (B, T, H) -> (B, T, H)
+        out = causal_attention(
+            self.q(x), self.k(x), self.v(x), self.n_heads, self.layout, state, owner=self
+        )
         return self.o(phase_rotation(out) if self.quaternion else out)
 
 
@@ -110,14 +116,15 @@ class ReversibleBlock(nn.Module):
         self.ffn = HamFFN(half, ham)
         self.use_checkpointing = config.checkpointing
 
-    def _branch(self, fn: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _branch(self, fn, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.use_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(lambda t: fn(norm(t)), x, use_reentrant=False)
         return fn(norm(x))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, D)
+    def forward(self, h: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
         h1, h2 = h.chunk(2, dim=-1)  # (B, T, H) each
-        y1 = h1 + self._branch(self.attn, self.ln1, h2)
+        attend = self.attn if state is None else (lambda t: self.attn(t, state))
+        y1 = h1 + self._branch(attend, self.ln1, h2)
         y2 = h2 + self._branch(self.ffn, self.ln2, y1)
         return torch.cat([y1, y2], dim=-1)
 
@@ -152,11 +159,25 @@ class MicroStream(nn.Module):
     def penalty(self) -> torch.Tensor:
         return orthogonality_penalty(self.ham_layers())
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        time = idx.shape[1]
-        h = self.drop(self.tok_emb(idx) + self.pos_emb[:time])  # (B, T, D)
+    def input_embedding(self) -> nn.Embedding:
+        return self.tok_emb
+
+    def residual_blocks(self) -> nn.ModuleList:
+        return self.blocks
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        state: DecodeState | None = None,
+    ):
+        time, start = idx.shape[1], offset_of(state)
+        h = self.drop(self.tok_emb(idx) + self.pos_emb[start : start + time])  # (B, T, D)
         for block in self.blocks:
-            h = block(h)
+            h = block(h, state)
         self.energy = h.detach().float().norm(dim=-1).mean()
-        logits = self.head(self.norm(h))  # (B, T, V)
+        h = self.norm(h)
+        if state is not None:
+            state.hidden = h
+        logits = self.head(h)  # (B, T, V)
         return logits, cross_entropy(logits, targets)

@@ -14,7 +14,7 @@ from h2q_kernels.hamiltonian import HamLinear, orthogonality_penalty
 from torch import nn
 
 from h2q_tui.config import ModelConfig
-from h2q_tui.models.common import causal_attention, cross_entropy
+from h2q_tui.models.common import DecodeState, causal_attention, cross_entropy, offset_of
 from h2q_tui.models.microstream import HamFactory, init_embedding_and_head, unit_gain_init
 
 
@@ -30,10 +30,9 @@ class QRLMAttention(nn.Module):
             ham(width),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D)
-        return self.o_proj(
-            causal_attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.n_heads)
-        )
+    def forward(self, x: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, D) each
+        return self.o_proj(causal_attention(q, k, v, self.n_heads, state=state, owner=self))
 
 
 class QRLMBlock(nn.Module):
@@ -46,8 +45,8 @@ class QRLMBlock(nn.Module):
         self.fc1, self.fc2 = ham(config.d_model), ham(config.d_model)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x)))
+    def forward(self, x: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), state))
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
 
 
@@ -92,12 +91,26 @@ class QRLM(nn.Module):
             [layer for b in self.blocks for layer in (b.attn.q_proj, b.fc1)]
         )
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        time = idx.shape[1]
-        h = self.tok_emb(idx) + self.pos_emb[:time]  # (B, T, D)
+    def input_embedding(self) -> nn.Embedding:
+        return self.tok_emb
+
+    def residual_blocks(self) -> nn.ModuleList:
+        return self.blocks
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        state: DecodeState | None = None,
+    ):
+        time, start = idx.shape[1], offset_of(state)
+        h = self.tok_emb(idx) + self.pos_emb[start : start + time]  # (B, T, D)
         self.energy = h.detach().float().norm(dim=-1).mean()  # QRLM: norm of the input embedding
         h = self.drop(h)
         for block in self.blocks:
-            h = block(h)
-        logits = self.head(self.norm(h))  # (B, T, V)
+            h = block(h, state)
+        h = self.norm(h)
+        if state is not None:
+            state.hidden = h
+        logits = self.head(h)  # (B, T, V)
         return logits, cross_entropy(logits, targets)

@@ -6,12 +6,13 @@ quaternion component, R Kronecker rank.
 
 from h2q_kernels.hamiltonian.bank import StructureBank, quaternion_block_matrix
 from h2q_kernels.hamiltonian.fast import ham_linear_fast, materialise_weight
-from h2q_kernels.hamiltonian.layer import HamLinear, orthogonality_penalty
+from h2q_kernels.hamiltonian.layer import HamLinear, frozen_weights, orthogonality_penalty
 from h2q_kernels.hamiltonian.reference import ham_linear_reference
 
 __all__ = [
     "HamLinear",
     "StructureBank",
+    "frozen_weights",
     "ham_linear_fast",
     "ham_linear_reference",
     "materialise_weight",

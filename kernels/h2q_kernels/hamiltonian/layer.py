@@ -6,13 +6,15 @@ Dimension legend: D width, F factor size, S = D / (4F) sub-blocks, R rank.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from h2q_kernels.hamiltonian.bank import StructureBank, rank_scaled_orthogonal_
-from h2q_kernels.hamiltonian.fast import ham_linear_fast
+from h2q_kernels.hamiltonian.fast import ham_linear_fast, materialise_weight
 from h2q_kernels.hamiltonian.reference import ham_linear_reference
 
 IMPLEMENTATIONS = {"fast": ham_linear_fast, "reference": ham_linear_reference}
@@ -52,6 +54,7 @@ class HamLinear(nn.Module):
         self.B_extra = nn.ParameterList()  # factors added by rank growth, each (1, F, F)
         self.bias = nn.Parameter(torch.zeros(width))
         self.implementation = implementation
+        self.frozen_weight: torch.Tensor | None = None  # set by ``frozen_weights`` (inference)
 
     @property
     def rank(self) -> int:
@@ -81,13 +84,38 @@ class HamLinear(nn.Module):
         own = self._modules.get("bank")
         return own if own is not None else self._shared_bank[0]  # type: ignore[return-value]
 
+    def materialised(self) -> torch.Tensor:
+        """W as a dense (D, D) matrix."""
+        return materialise_weight(self.structure_bank.block_matrices(self.rank), self.factors())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frozen_weight is not None:
+            return F.linear(x, self.frozen_weight, self.bias)
         kernel = IMPLEMENTATIONS[self.implementation]
         return kernel(x, self.structure_bank.block_matrices(self.rank), self.factors(), self.bias)
 
     def extra_repr(self) -> str:
         factor = self.B.shape[-1]
         return f"width={self.bias.shape[0]}, factor_size={factor}, rank={self.rank}, {self.implementation}"
+
+
+@contextmanager
+def frozen_weights(module: nn.Module) -> Iterator[None]:
+    """Within the block every HamLinear in ``module`` uses W materialised once, not per call.
+
+    For inference only (no gradients reach A or B through a frozen W). Generation calls the
+    model once per token, so building W once instead of every token saves R·D² per layer
+    and token.
+    """
+    layers = [m for m in module.modules() if isinstance(m, HamLinear)]
+    with torch.no_grad():
+        for layer in layers:
+            layer.frozen_weight = layer.materialised()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.frozen_weight = None
 
 
 def orthogonality_penalty(layers: Iterable[HamLinear]) -> torch.Tensor:

@@ -1,0 +1,206 @@
+"""Generation in the four modes of the Hamiltonian-LLM source (SPEC §6), streamed token by token.
+
+1. sample — temperature / top-k / top-p / repetition penalty (SamplingConfig);
+2. steer — sample with a steering vector (steering.py);
+3. lookahead L — least action: for each of the top candidates, action = −log p(c) + a
+   repeat penalty when c is among the recent tokens, plus the same terms along L greedy
+   steps after it; the candidate with the smallest action / (1 + L) wins;
+4. flow w — for each top candidate, potential = −log p(c) + a repeat penalty, kinetic =
+   w · (1 − cos(h_now, h_after_c)) on the final hidden state; the argmin wins.
+
+Lookahead and flow are deterministic and score raw log-probabilities (temperature 1); the
+steering vector, when set, acts in every mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from h2q_kernels.hamiltonian import frozen_weights
+from torch import nn
+
+from h2q_tui.generation.decoder import Decoder
+from h2q_tui.generation.sampling import SamplingConfig, choose_token
+from h2q_tui.generation.steering import SteerConfig, Steering, build_steering
+from h2q_tui.generation.text import Codec, TextStream
+
+MODES = ("sample", "steer", "lookahead", "flow")
+
+
+@dataclass
+class ModeConfig:
+    """Mode choice and the source's constants (lookahead L and flow w are the user's)."""
+
+    mode: str = "sample"
+    candidates: int = 5  # top-k candidates scored by lookahead and flow
+    lookahead: int = 3  # L, greedy roll-out steps
+    lookahead_penalty: float = 10.0  # added when a token is among the last ...
+    lookahead_window: int = 15  # ... 15 tokens
+    flow_weight: float = 0.5  # w, weight of the kinetic term
+    flow_penalty: float = 5.0  # added when a candidate is among the last ...
+    flow_window: int = 32  # ... 32 tokens
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.candidates < 1:
+            raise ValueError(f"candidates must be ≥ 1, got {self.candidates}")
+        if self.lookahead < 0:
+            raise ValueError(f"lookahead L must be ≥ 0, got {self.lookahead}")
+
+
+def _repeat_cost(token: int, tokens: list[int], window: int, penalty: float) -> float:
+    return penalty if token in tokens[-window:] else 0.0
+
+
+def lookahead_choice(decoder: Decoder, tokens: list[int], mode: ModeConfig) -> int:
+    """The least-action candidate after ``tokens`` (mode 3)."""
+    logits, _ = decoder(tokens)
+    log_probs = F.log_softmax(logits, dim=-1)
+    top = torch.topk(log_probs, min(mode.candidates, log_probs.numel())).indices.tolist()
+    best, best_action = top[0], float("inf")
+    for candidate in top:
+        path = tokens + [candidate]
+        action = -log_probs[candidate].item()
+        action += _repeat_cost(candidate, tokens, mode.lookahead_window, mode.lookahead_penalty)
+        for _ in range(mode.lookahead):
+            step_log_probs = F.log_softmax(decoder(path)[0], dim=-1)
+            greedy = int(torch.argmax(step_log_probs))
+            action += -step_log_probs[greedy].item()
+            action += _repeat_cost(greedy, path, mode.lookahead_window, mode.lookahead_penalty)
+            path = path + [greedy]
+        if action / (1 + mode.lookahead) < best_action:
+            best, best_action = candidate, action / (1 + mode.lookahead)
+    return best
+
+
+def flow_choice(decoder: Decoder, tokens: list[int], mode: ModeConfig) -> int:
+    """The candidate of least potential + kinetic energy after ``tokens`` (mode 4)."""
+    logits, hidden_now = decoder(tokens)
+    log_probs = F.log_softmax(logits, dim=-1)
+    top = torch.topk(log_probs, min(mode.candidates, log_probs.numel())).indices.tolist()
+    best, best_energy = top[0], float("inf")
+    for candidate in top:
+        potential = -log_probs[candidate].item()
+        potential += _repeat_cost(candidate, tokens, mode.flow_window, mode.flow_penalty)
+        _, hidden_after = decoder(tokens + [candidate])
+        cosine = F.cosine_similarity(hidden_now, hidden_after, dim=0).item()
+        energy = potential + mode.flow_weight * (1.0 - cosine)
+        if energy < best_energy:
+            best, best_energy = candidate, energy
+    return best
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    first_token_s: float = 0.0  # from the start (steering setup + prompt) to the first token
+    seconds: float = 0.0
+    forward_tokens: int = 0  # positions the model computed
+    stop_reason: str = ""  # "length", "stop" or "cancelled"
+    residual_norm: float = 0.0  # steering scale reference (0 when unsteered)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Generation:
+    """One generation request; iterate to stream text pieces, read ``stats``/``text`` after.
+
+    ``cancel()`` (from any thread) stops it before the next token.
+    """
+
+    model: nn.Module
+    codec: Codec
+    prompt: str
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    mode: ModeConfig = field(default_factory=ModeConfig)
+    steer: SteerConfig = field(default_factory=SteerConfig)
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        self.sampling.check()
+        self.mode.check()
+        if self.mode.mode == "steer" and not self.steer.active:
+            raise ValueError("mode steer needs a target word and a non-zero strength")
+        self.steer.check(len(self.model.residual_blocks()))
+        self.prompt_ids = self.codec.encode(self.prompt) or self.codec.encode("\n")
+        self.tokens: list[int] = []  # generated ids
+        self.stream = TextStream(self.codec, self.sampling.stop)
+        self.stats = GenerationStats(prompt_tokens=len(self.prompt_ids))
+        self.steering: Steering | None = None
+        self._cancelled = False
+
+    @property
+    def text(self) -> str:
+        return self.stream.output
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def __iter__(self) -> Iterator[str]:
+        was_training = self.model.training
+        self.model.eval()
+        started = time.perf_counter()
+        try:
+            with torch.no_grad(), frozen_weights(self.model):
+                self.steering = build_steering(
+                    self.model, self.steer, self.codec.encode, self.prompt_ids
+                )
+                if self.steering is not None:
+                    self.steering.attach(self.model)
+                    self.stats.residual_norm = self.steering.residual_norm
+                decoder = Decoder(self.model, self.use_cache, self.steering)
+                yield from self._loop(decoder, started)
+                self.stats.forward_tokens = decoder.forward_tokens
+        finally:
+            if self.steering is not None:
+                self.steering.detach()
+            self.model.train(was_training)
+            self.stats.seconds = time.perf_counter() - started
+
+    def _loop(self, decoder: Decoder, started: float) -> Iterator[str]:
+        generator = torch.Generator().manual_seed(self.sampling.seed)
+        self.stats.stop_reason = "length"
+        while len(self.tokens) < self.sampling.max_new_tokens:
+            if self._cancelled:
+                self.stats.stop_reason = "cancelled"
+                break
+            token = self._next_token(decoder, generator)
+            self.tokens.append(token)
+            if len(self.tokens) == 1:
+                self.stats.first_token_s = time.perf_counter() - started
+            self.stats.new_tokens = len(self.tokens)
+            piece = self.stream.push(token)
+            if piece:
+                yield piece
+            if self.stream.stopped:
+                self.stats.stop_reason = "stop"
+                return
+        tail = self.stream.finish()
+        if tail:
+            yield tail
+
+    def _next_token(self, decoder: Decoder, generator: torch.Generator) -> int:
+        context = self.prompt_ids + self.tokens
+        if self.mode.mode == "lookahead":
+            return lookahead_choice(decoder, context, self.mode)
+        if self.mode.mode == "flow":
+            return flow_choice(decoder, context, self.mode)
+        logits, _ = decoder(context)
+        return choose_token(logits, self.tokens, self.sampling, generator)
+
+
+def generate_text(model: nn.Module, codec: Codec, prompt: str, **kwargs) -> str:
+    """The whole continuation at once (tests, evaluation)."""
+    generation = Generation(model, codec, prompt, **kwargs)
+    for _ in generation:
+        pass
+    return generation.text
