@@ -1,4 +1,5 @@
-"""Command line: ``h2q-tui`` (dashboard), ``--no-ui`` (headless training), ``eval``.
+"""Command line: ``h2q-tui`` (dashboard), ``--no-ui`` (headless training), ``eval``,
+``attach``, ``generate``, ``steer-eval``.
 
 User errors exit 2 with one line on stderr; Ctrl-C during training saves and exits 130.
 """
@@ -56,7 +57,8 @@ def main_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="h2q-tui",
         description="Train, watch and compare Hamiltonian/quaternion byte LMs. "
-        "Subcommands: eval CHECKPOINT --data FILE | attach RUN_DIR [RUN_DIR ...]",
+        "Subcommands: eval CHECKPOINT --data FILE | attach RUN_DIR [RUN_DIR ...] | "
+        "generate CHECKPOINT --prompt TEXT | steer-eval CHECKPOINT --word W",
     )
     parser.add_argument(
         "--no-ui", action="store_true", help="train headless: progress lines on stdout"
@@ -195,6 +197,282 @@ def run_eval(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    """Sampling, mode and steering flags shared by ``generate`` and ``steer-eval``."""
+    from h2q_tui.generation.generate import MODES, ModeConfig
+    from h2q_tui.generation.sampling import SamplingConfig
+
+    s, m = SamplingConfig(), ModeConfig()
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--temperature", type=float, default=s.temperature, help="0 = greedy")
+    group.add_argument("--top-k", type=int, default=s.top_k, help="0 = off")
+    group.add_argument("--top-p", type=float, default=s.top_p, help="1 = off")
+    group.add_argument(
+        "--repetition-penalty", type=float, default=s.repetition_penalty, help="CTRL-style; 1 = off"
+    )
+    group.add_argument("--max-new-tokens", type=int, default=s.max_new_tokens)
+    group.add_argument("--seed", type=int, default=s.seed)
+    group.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    group.add_argument("--no-cache", action="store_true", help="recompute the context every token")
+    group = parser.add_argument_group("modes")
+    group.add_argument("--mode", choices=MODES, default="sample")
+    group.add_argument("--lookahead", type=int, default=m.lookahead, help="L of mode lookahead")
+    group.add_argument("--flow-weight", type=float, default=m.flow_weight, help="w of mode flow")
+    group = parser.add_argument_group("steering")
+    group.add_argument("--layer", type=int, default=0, help="block whose input is steered")
+    group.add_argument(
+        "--direction",
+        choices=("embedding", "contrast"),
+        default="embedding",
+        help="the word's embedding rows, or its activations minus the contrast prompt's",
+    )
+    group.add_argument("--contrast", default=" ", help="contrast prompt of --direction contrast")
+    group.add_argument(
+        "--positions",
+        choices=("all", "front"),
+        default="all",
+        help="steer every position or the prompt's",
+    )
+
+
+def _generation_settings(args: argparse.Namespace):
+    from h2q_tui.generation.generate import ModeConfig
+    from h2q_tui.generation.sampling import SamplingConfig
+    from h2q_tui.generation.steering import SteerConfig
+
+    sampling = SamplingConfig(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+    mode = ModeConfig(mode=args.mode, lookahead=args.lookahead, flow_weight=args.flow_weight)
+    steer = SteerConfig(
+        word=getattr(args, "steer", None) or getattr(args, "word", None) or "",
+        strength=getattr(args, "strength", 0.0),
+        layer=args.layer,
+        direction=args.direction,
+        contrast=args.contrast,
+        positions=args.positions,
+    )
+    return sampling, mode, steer
+
+
+def _load_for_generation(path: str):
+    """Model (eval, CPU) and codec of a checkpoint; BPE when a tokenizer.json sits beside it."""
+    from h2q_tui.data.tokenizer import BpeTokenizer
+    from h2q_tui.generation.text import Codec
+    from h2q_tui.training import checkpoint
+
+    info = checkpoint.read_info(path)
+    model = checkpoint.load_model_from(info).eval()
+    tokenizer_file = info.weights.with_name("tokenizer.json")
+    codec = Codec(BpeTokenizer(tokenizer_file) if tokenizer_file.is_file() else None)
+    return info, model, codec
+
+
+def run_generate(argv: list[str]) -> int:
+    from h2q_tui.generation.generate import Generation
+
+    parser = _Parser(
+        prog="h2q-tui generate",
+        description="Stream a continuation from a checkpoint in one of four modes "
+        "(sample, steer, lookahead, flow).",
+    )
+    parser.add_argument("checkpoint", help="checkpoint folder, model.safetensors, or run dir")
+    parser.add_argument("--prompt", default="", help="text to continue")
+    parser.add_argument("--interactive", action="store_true", help="the source's menu loop")
+    parser.add_argument("--steer", metavar="WORD", help="target word (mode steer)")
+    parser.add_argument("--strength", type=float, default=0.5, help="signed, × residual norm")
+    add_generation_flags(parser)
+    args = parser.parse_args(argv)
+    if args.steer and args.mode == "sample":
+        args.mode = "steer"  # --steer alone means steering
+    info, model, codec = _load_for_generation(args.checkpoint)
+    print(
+        f"checkpoint {info.weights.parent} | step {info.step} | {info.config.model.family}",
+        file=sys.stderr,
+    )
+    if args.interactive:
+        return _interactive(model, codec, args)
+    sampling, mode, steer = _generation_settings(args)
+    if args.mode not in ("steer",) and not args.steer:
+        steer.strength = 0.0
+    try:
+        generation = Generation(model, codec, args.prompt, sampling, mode, steer, not args.no_cache)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    _stream(generation, args.prompt)
+    return EXIT_OK
+
+
+def _stream(generation, prompt: str) -> None:
+    steer = generation.steer
+    if steer.active:
+        print(
+            f"steering towards {steer.word!r} with strength {steer.strength:+g} at layer "
+            f"{steer.layer} ({steer.direction}, {steer.positions} positions)",
+            file=sys.stderr,
+        )
+    sys.stdout.write(prompt)
+    for piece in generation:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    s = generation.stats
+    print(
+        f"{s.new_tokens} tokens in {s.seconds:.2f} s ({s.tokens_per_s:.1f} tokens/s, first token "
+        f"{1000 * s.first_token_s:.0f} ms, stop: {s.stop_reason})",
+        file=sys.stderr,
+    )
+
+
+MENU = """
+1) sample     2) steer (word + signed strength)
+3) lookahead  4) Hamiltonian flow
+Select Mode (1-4/q): """
+
+
+def _interactive(model, codec, args: argparse.Namespace) -> int:
+    """The Hamiltonian-LLM source's menu: pick a mode, answer its questions, read the text."""
+    from h2q_tui.generation.generate import Generation
+
+    sampling, mode, steer = _generation_settings(args)
+    modes = {"1": "sample", "2": "steer", "3": "lookahead", "4": "flow"}
+    try:
+        while True:
+            choice = input(MENU).strip().lower()
+            if choice in ("q", "quit", "exit"):
+                return EXIT_OK
+            if choice not in modes:
+                print("choose 1, 2, 3, 4 or q")
+                continue
+            mode.mode = modes[choice]
+            steer.strength = 0.0
+            try:
+                if mode.mode == "steer":
+                    steer.word = input("Target word: ").strip()
+                    steer.strength = float(input("Strength (e.g. 0.5 or -0.5): ") or 0.5)
+                elif mode.mode == "lookahead":
+                    mode.lookahead = int(
+                        input(f"Lookahead L [{mode.lookahead}]: ") or mode.lookahead
+                    )
+                elif mode.mode == "flow":
+                    mode.flow_weight = float(
+                        input(f"Flow weight w [{mode.flow_weight}]: ") or mode.flow_weight
+                    )
+                prompt = input("Prompt: ")
+                generation = Generation(
+                    model, codec, prompt, sampling, mode, steer, not args.no_cache
+                )
+            except ValueError as exc:
+                print(f"error: {exc}")
+                continue
+            _stream(generation, prompt)
+    except EOFError:
+        print()
+        return EXIT_OK
+
+
+def run_steer_eval(argv: list[str]) -> int:
+    import json
+
+    from h2q_tui.generation import steer_eval
+
+    parser = _Parser(
+        prog="h2q-tui steer-eval",
+        description="Measure steering: hit rate, Δ log-prob, fluency cost and repetition per "
+        "strength, beside the strength-0 row.",
+    )
+    parser.add_argument("checkpoint", help="checkpoint folder, model.safetensors, or run dir")
+    parser.add_argument("--word", required=True, help="target word")
+    parser.add_argument(
+        "--strengths", default="-1,0,0.5,1", help="comma-separated signed strengths"
+    )
+    parser.add_argument("--samples", type=int, default=16, help="seeded samples per strength")
+    parser.add_argument("--prompt", default=steer_eval.DEFAULT_PROMPT)
+    parser.add_argument(
+        "--json", metavar="PATH", help="default: steer-eval-WORD.json beside the checkpoint"
+    )
+    add_generation_flags(parser)
+    parser.set_defaults(max_new_tokens=80)
+    args = parser.parse_args(argv)
+    try:
+        strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(
+            f"--strengths must be numbers separated by commas, got {args.strengths!r}"
+        ) from None
+    if args.samples < 1:
+        raise UserError("--samples must be at least 1")
+    info, model, codec = _load_for_generation(args.checkpoint)
+    sampling, _, steer = _generation_settings(args)
+    steer.word = args.word
+    print(
+        f"checkpoint {info.weights.parent} | step {info.step} | {info.config.model.family} | "
+        f"word {args.word!r} | layer {args.layer} | {args.direction} | {args.samples} samples of "
+        f"{sampling.max_new_tokens} tokens after {args.prompt!r}",
+        file=sys.stderr,
+    )
+
+    def progress(strength: float, seed: int) -> None:
+        print(
+            f"\rstrength {strength:+.2f} sample {seed + 1}/{args.samples}",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        rows = steer_eval.evaluate_steering(
+            model, codec, steer, strengths, args.prompt, args.samples, sampling, progress
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print(file=sys.stderr)
+    print(steer_eval.format_table(rows))
+    out = (
+        Path(args.json)
+        if args.json
+        else info.weights.parent / f"steer-eval-{_slug(args.word)}.json"
+    )
+    payload = {
+        "checkpoint": str(info.weights.parent),
+        "step": info.step,
+        "family": info.config.model.family,
+        "word": args.word,
+        "prompt": args.prompt,
+        "steer": {
+            "layer": args.layer,
+            "direction": args.direction,
+            "positions": args.positions,
+            "contrast": args.contrast,
+        },
+        "sampling": {
+            "temperature": sampling.temperature,
+            "top_k": sampling.top_k,
+            "top_p": sampling.top_p,
+            "repetition_penalty": sampling.repetition_penalty,
+            "max_new_tokens": sampling.max_new_tokens,
+        },
+        "samples": args.samples,
+        "rows": steer_eval.rows_as_dicts(rows),
+    }
+    try:
+        out.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror}") from None
+    print(f"wrote {out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _slug(word: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in word)[:40] or "word"
+
+
 def _download_progress():
     """A stderr progress line for named-corpus downloads."""
 
@@ -206,7 +484,12 @@ def _download_progress():
     return report
 
 
-SUBCOMMANDS = {"eval": run_eval, "attach": run_attach}
+SUBCOMMANDS = {
+    "eval": run_eval,
+    "attach": run_attach,
+    "generate": run_generate,
+    "steer-eval": run_steer_eval,
+}
 
 
 def dispatch(argv: list[str]) -> int:

@@ -126,4 +126,3 @@ def build_steering(
     residual = layer_inputs(model, window, config.layer).norm(dim=-1).mean().item()
     front = config.front_tokens or len(prompt_ids)
     return Steering(config, config.strength * residual * direction, residual, front)
-

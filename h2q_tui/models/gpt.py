@@ -25,7 +25,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
         q, k, v = self.c_attn(x).chunk(3, dim=-1)  # (B, T, C) each
-        return self.drop(self.c_proj(causal_attention(q, k, v, self.n_heads, state=state, owner=self)))
+        return self.drop(
+            self.c_proj(causal_attention(q, k, v, self.n_heads, state=state, owner=self))
+        )
 
 
 class MLP(nn.Module):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -46,4 +48,17 @@ class ScaleLearningRate:
     factor: float
 
 
-Command = Pause | Resume | Stop | SaveNow | SampleNow | SetLearningRate | ScaleLearningRate
+@dataclass(frozen=True)
+class TakeSnapshot:
+    """Copy the model between two steps (training goes on) and hand it to ``deliver``.
+
+    ``deliver(model, step)`` runs on the training thread and must not block: post a message.
+    The copy is in eval mode with gradients off.
+    """
+
+    deliver: Callable[[Any, int], None]
+
+
+Command = (
+    Pause | Resume | Stop | SaveNow | SampleNow | SetLearningRate | ScaleLearningRate | TakeSnapshot
+)

@@ -11,6 +11,7 @@ import queue
 import time
 import uuid
 from collections.abc import Callable
+from copy import deepcopy
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,12 @@ class Trainer:
         self.last_saved_step = self.step
         self.emit(events.CheckpointSaved(self.step, str(path), size))
 
+    def snapshot(self) -> nn.Module:
+        """An independent copy of the model as it is now (eval mode, no gradients)."""
+        copy = deepcopy(self.model).eval()
+        copy.requires_grad_(False)
+        return copy
+
     def decode(self, ids: list[int]) -> str:
         raw = self.tokenizer.decode(ids) if self.tokenizer is not None else bytes(ids)
         return raw.decode("utf-8", errors="replace")
@@ -300,6 +307,8 @@ class Trainer:
             self.save()
         elif isinstance(command, commands.SampleNow):
             self.sample()
+        elif isinstance(command, commands.TakeSnapshot):
+            command.deliver(self.snapshot(), self.step)
         elif isinstance(command, (commands.SetLearningRate, commands.ScaleLearningRate)):
             base = scheduled_lr(self.config, self.step, self.elapsed_s())
             new_lr = (
