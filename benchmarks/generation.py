@@ -1,9 +1,9 @@
 """Generation speed per CPU preset: the KV cache against recomputing the context, side by side.
 
 For each preset, one process, the same (untrained, seeded) model and the same prompt:
-- "recompute (thought stream)": the dashboard's cache-less Thought Stream sampler, which
-  runs the whole window every token and rebuilds every HamLinear weight each call — the
-  source systems' way;
+- "recompute, source style": the whole window every token and every HamLinear weight
+  rebuilt on each call — how the source systems generated (and this repo's Thought
+  Stream did before the cache);
 - "recompute": ``Generation(use_cache=False)`` (whole window per token, weights frozen);
 - "KV cache": ``Generation(use_cache=True)``.
 Variants are interleaved over the repeats (this VM's speed drifts); medians are reported.
@@ -28,19 +28,22 @@ from h2q_tui.config import resolve
 from h2q_tui.generation.generate import Generation
 from h2q_tui.generation.sampling import SamplingConfig
 from h2q_tui.generation.text import Codec
-from h2q_tui.generation.thought_stream import sample_tokens
 from h2q_tui.models import build_model, count_parameters
 
 PRESETS = ["gpt-cpu", "microstream-cpu", "h2q-transformer-cpu", "qrlm-cpu", "hamiltonian-llm"]
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside."
 
 
-def thought_stream_rate(model, prompt_ids: list[int], tokens: int) -> float:
+@torch.no_grad()
+def source_style_rate(model, prompt_ids: list[int], tokens: int) -> float:
+    """Recompute the last ``context`` tokens for every new token, weights rebuilt per call."""
     generator = torch.Generator().manual_seed(0)
+    sequence = list(prompt_ids)
     started = time.perf_counter()
-    sample_tokens(
-        model, prompt_ids, tokens, 0.7, generator, model.config.context, torch.device("cpu")
-    )
+    for _ in range(tokens):
+        logits, _ = model(torch.tensor([sequence[-model.config.context :]]))
+        probs = torch.softmax(logits[0, -1] / 0.7, dim=-1)
+        sequence.append(int(torch.multinomial(probs, 1, generator=generator)))
     return tokens / (time.perf_counter() - started)
 
 
@@ -60,11 +63,11 @@ def measure(preset: str, tokens: int, repeats: int) -> dict:
     context = config.model.context
     prompt_ids = list(PROMPT.encode())
     long_prompt = (PROMPT * 20)[: context - 1]  # nearly fills the window
-    rates: dict[str, list[float]] = {"thought_stream": [], "recompute": [], "kv_cache": []}
+    rates: dict[str, list[float]] = {"source_style": [], "recompute": [], "kv_cache": []}
     first_short, first_long = [], []
     generation(model, PROMPT, 8, True)  # warm-up
     for _ in range(repeats):
-        rates["thought_stream"].append(thought_stream_rate(model, prompt_ids, tokens))
+        rates["source_style"].append(source_style_rate(model, prompt_ids, tokens))
         rates["recompute"].append(generation(model, PROMPT, tokens, False).stats.tokens_per_s)
         cached = generation(model, PROMPT, tokens, True)
         rates["kv_cache"].append(cached.stats.tokens_per_s)
@@ -104,17 +107,17 @@ def main() -> None:
         f"batch 1, fp32, {args.threads} thread(s), {platform.machine()}, median of {args.repeats}"
     )
     print(
-        "| preset | parameters | recompute, thought stream (tok/s) | recompute (tok/s) "
-        "| KV cache (tok/s) | cache vs recompute | cache vs thought stream "
+        "| preset | parameters | recompute, source style (tok/s) | recompute (tok/s) "
+        "| KV cache (tok/s) | cache vs recompute | cache vs source style "
         "| first token (ms) | first token, full-context prompt (ms) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['preset']} | {r['parameters']:,} | {r['thought_stream_tokens_per_s']:,.0f} | "
+            f"| {r['preset']} | {r['parameters']:,} | {r['source_style_tokens_per_s']:,.0f} | "
             f"{r['recompute_tokens_per_s']:,.0f} | {r['kv_cache_tokens_per_s']:,.0f} | "
             f"{r['kv_cache_tokens_per_s'] / r['recompute_tokens_per_s']:.1f}x | "
-            f"{r['kv_cache_tokens_per_s'] / r['thought_stream_tokens_per_s']:.1f}x | "
+            f"{r['kv_cache_tokens_per_s'] / r['source_style_tokens_per_s']:.1f}x | "
             f"{r['first_token_ms']:.1f} | {r['first_token_long_prompt_ms']:.1f} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

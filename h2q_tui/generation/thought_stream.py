@@ -1,13 +1,17 @@
-"""The Thought Stream: a short plain sample from the model being trained (no KV cache).
+"""The Thought Stream: a short plain sample from the model being trained, between two steps.
 
-Dimension legend: T context. It uses its own seeded generator, so sampling never disturbs
-the training RNG (a resumed run stays exact).
+It runs on the training thread, so it must be quick: it uses the KV-cached decoder and
+HamLinear weights materialised once (see generation/decoder.py), and its own generator, so
+sampling never disturbs the training RNG (a resumed run stays exact).
 """
 
 from __future__ import annotations
 
 import torch
+from h2q_kernels.hamiltonian import frozen_weights
 from torch import nn
+
+from h2q_tui.generation.decoder import Decoder
 
 
 @torch.no_grad()
@@ -17,20 +21,21 @@ def sample_tokens(
     n_tokens: int,
     temperature: float,
     generator: torch.Generator,
-    context: int,
-    device: torch.device,
 ) -> list[int]:
-    """Sample ``n_tokens`` token ids after ``prompt`` (cropped to the last ``context`` tokens)."""
+    """Sample ``n_tokens`` token ids after ``prompt`` at ``temperature`` (no other filtering)."""
     was_training = model.training
     model.eval()
     tokens = list(prompt) or [ord("\n")]
     out = []
-    for _ in range(n_tokens):
-        idx = torch.tensor([tokens[-context:]], device=device)  # (1, T)
-        logits, _ = model(idx)
-        probs = torch.softmax(logits[0, -1].float() / max(temperature, 1e-5), dim=-1).cpu()
-        token = int(torch.multinomial(probs, 1, generator=generator))
-        tokens.append(token)
-        out.append(token)
-    model.train(was_training)
+    try:
+        with frozen_weights(model):
+            decoder = Decoder(model)
+            for _ in range(n_tokens):
+                logits, _ = decoder(tokens)
+                probs = torch.softmax(logits.cpu() / max(temperature, 1e-5), dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
+                tokens.append(token)
+                out.append(token)
+    finally:
+        model.train(was_training)
     return out

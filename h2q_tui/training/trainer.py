@@ -231,8 +231,6 @@ class Trainer:
             self.config.log.sample_bytes,
             self.config.log.sample_temperature,
             self.sample_generator,
-            self.config.model.context,
-            self.device,
         )
         self.emit(events.SampleReady(self.step, self.decode(prompt + ids)))
 
