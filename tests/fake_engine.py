@@ -5,6 +5,7 @@ Every number is fixed, so Pilot and snapshot tests see the same dashboard on eve
 
 from __future__ import annotations
 
+import copy
 import math
 import queue
 import threading
@@ -135,7 +136,8 @@ class FakeEngine:
 
     ``run`` emits the script, sets ``script_done``, then answers commands from its queue
     until Stop, ``close()``, the Textual worker running it being cancelled (app exit), or
-    ``max_idle_s`` without a command.
+    ``max_idle_s`` without a command. ``TakeSnapshot`` hands ``deliver`` a copy of ``model``
+    (in eval mode, like the trainer's) at the current step; without a model it is ignored.
     """
 
     def __init__(
@@ -144,11 +146,13 @@ class FakeEngine:
         name: str = "fake-run",
         script: list[dict[str, Any]] | None = None,
         max_idle_s: float = 60.0,
+        model: Any = None,
     ) -> None:
         self.name = name
         self.run_dir = Path(run_dir)
         self.script = scripted_records() if script is None else script
         self.max_idle_s = max_idle_s
+        self.model = model
         self.commands: queue.Queue = queue.Queue()
         self.received: list[commands.Command] = []
         self.emitted: list[dict[str, Any]] = []
@@ -215,6 +219,10 @@ class FakeEngine:
         elif isinstance(command, commands.ScaleLearningRate):
             self.lr *= command.factor
             emit(events.LearningRateChanged(step, self.lr, self.lr / LR).to_record())
+        elif isinstance(command, commands.TakeSnapshot) and self.model is not None:
+            snapshot = copy.deepcopy(self.model).eval()
+            snapshot.requires_grad_(False)
+            command.deliver(snapshot, step)
         elif isinstance(command, commands.Stop):
             emit(checkpoint_record(step))
             tokens = step * TOKENS_PER_STEP

@@ -23,6 +23,7 @@ from textual.worker import Worker
 
 from h2q_tui.app import formatting as fmt
 from h2q_tui.app.engine_link import AttachedRuns, LiveEngine
+from h2q_tui.app.generate_pane import GeneratePane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, ErrorScreen, HelpScreen
 from h2q_tui.app.widgets import X_AXES, CardGrid, LossChart, SystemPanel
 from h2q_tui.system.monitor import SystemMonitor, SystemSnapshot
@@ -63,6 +64,7 @@ class H2QApp(App[int]):
         Binding("minus", "lr_down", "LR ÷1.25"),
         Binding("1", "pane('icu')", "ICU", show=False),
         Binding("2", "pane('system')", "System", show=False),
+        Binding("3", "pane('generate')", "Generate", show=False),
         Binding("u", "toggle_units", "nats/bpb"),
         Binding("a", "cycle_axis", "x axis"),
         Binding("left_square_bracket", "smoothing(-0.05)", "Smooth −", show=False),
@@ -84,6 +86,7 @@ class H2QApp(App[int]):
         ("-", "lr_down", "Lower the learning rate ÷1.25"),
         ("1", "pane('icu')", "Show the ICU pane"),
         ("2", "pane('system')", "Show the System pane"),
+        ("3", "pane('generate')", "Show the Generate pane"),
         ("u", "toggle_units", "Chart units: nats ↔ bits/byte"),
         ("a", "cycle_axis", "Chart x axis: step → tokens → wall time"),
         ("[", "smoothing(-0.05)", "Less EMA smoothing"),
@@ -91,6 +94,14 @@ class H2QApp(App[int]):
         ("f", "focus_next_run", "Cards: focus the next attached run"),
         ("d", "config_diff", "Config diff between attached runs"),
         ("e", "export", "Export charts (CSV) and screen (SVG) into the run dir"),
+        ("g / Enter", "generate_pane('generate')", "Generate: stream a continuation of the prompt"),
+        ("Esc", "generate_pane('cancel')", "Generate: cancel (or leave a text field)"),
+        ("←", "generate_pane('strength(-1)')", "Generate: steering strength −0.1 (down to −2)"),
+        ("→", "generate_pane('strength(1)')", "Generate: steering strength +0.1 (up to +2)"),
+        ("0", "generate_pane('strength_reset')", "Generate: steering strength back to 0"),
+        ("s", "generate_pane('snapshot')", "Generate: snapshot the live model (run goes on)"),
+        ("o", "generate_pane('open_checkpoint')", "Generate: load a checkpoint (path, Enter)"),
+        ("r", "generate_pane('readout')", "Generate: steering readout vs strength 0"),
         ("?", "help", "Help: every key"),
         ("q", "quit", "Quit (asks while training; saves first)"),
     ]
@@ -134,6 +145,14 @@ class H2QApp(App[int]):
                         yield RichLog(id="event-log", wrap=True, markup=False, max_lines=500)
             with TabPane("System", id="system"):
                 yield SystemPanel()
+            with TabPane("Generate", id="generate"):
+                prepared = getattr(self.engine, "prepared", None)  # LiveEngine: tokenizer
+                yield GeneratePane(
+                    live_run=self.engine.name if self.engine else None,
+                    request_snapshot=self.request_snapshot if self.engine else None,
+                    live_tokenizer=getattr(prepared, "tokenizer", None),
+                    checkpoint_hint=str(self.attached.run_dirs[0]) if self.attached else "",
+                )
         yield Footer()
 
     def on_mount(self) -> None:
@@ -331,6 +350,15 @@ class H2QApp(App[int]):
     def action_sample(self) -> None:
         self.send(commands.SampleNow())
 
+    def request_snapshot(self, deliver) -> str | None:
+        """Ask the live run for a copy of its model (Generate pane): None when asked, else why not."""
+        if self.training_worker is None:
+            return "no model yet: training has not started (press t), or load a checkpoint"
+        if not self.run_active:
+            return f"the run has finished: load its checkpoint ({self.engine.run_dir})"  # type: ignore[union-attr]
+        self.send(commands.TakeSnapshot(deliver))
+        return None
+
     def action_lr_up(self) -> None:
         self.send(commands.ScaleLearningRate(LR_STEP))
 
@@ -358,6 +386,20 @@ class H2QApp(App[int]):
     def action_pane(self, pane: str) -> None:
         self.query_one(TabbedContent).active = pane
         self._view_changed()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        pane = self.query_one(GeneratePane)
+        if event.pane.id == "generate":
+            pane.focus()  # its keys (←/→, 0, g, s, r) work at once
+        elif self.focused is not None and pane in self.focused.ancestors_with_self:
+            self.set_focus(None)  # a hidden pane keeps no keys
+
+    async def action_generate_pane(self, action: str) -> None:
+        """A Generate pane key from the command palette: show the pane, then run it there."""
+        self.action_pane("generate")
+        pane = self.query_one(GeneratePane)
+        pane.focus()
+        await pane.run_action(action)
 
     def action_toggle_units(self) -> None:
         self.units = "bpb" if self.units == "nats" else "nats"

@@ -1,0 +1,587 @@
+"""The Generate pane: prompt, mode, target word, signed steering strength, layer; streamed
+output with tokens/s; the steering readout against the strength-0 baseline.
+
+The model is one the pane owns: a snapshot copy of the live run (taken by the trainer
+between two steps without pausing it) or a checkpoint. Generation and the readout run in a
+thread worker on that copy, one at a time (the steering hooks live on the model), and stream
+back through coalesced messages, so the UI never waits on them and the training thread is
+never touched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, Input, Label, Select, Static
+from textual.worker import get_current_worker
+
+from h2q_tui.generation.generate import MODES, Generation, GenerationStats, ModeConfig
+from h2q_tui.generation.sampling import SamplingConfig
+from h2q_tui.generation.steering import SteerConfig
+from h2q_tui.generation.text import Codec
+
+DEFAULT_PROMPT = "Once upon a time"
+STRENGTH_STEP = 0.1  # ←/→ change the strength by this much
+STRENGTH_LIMIT = 2.0  # … within ±this
+BAR_HALF = 20  # cells on each side of the bar's centre: one cell per step
+READOUT_SAMPLES = 4
+READOUT_TOKENS = 60
+
+# Deliver(model, step) is called by the trainer on the training thread; the callable given to
+# the pane sends the request and returns None, or returns why no snapshot can be taken.
+Deliver = Callable[[Any, int], None]
+RequestSnapshot = Callable[[Deliver], "str | None"]
+
+# Untrained byte models emit control bytes: show them as visible symbols (␀…␟, ␡, �), keep \t \n.
+_VISIBLE = {c: 0x2400 + c for c in range(32) if c not in (9, 10)}
+_VISIBLE.update({127: 0x2421, **{c: 0xFFFD for c in range(0x80, 0xA0)}})
+
+
+def printable(text: str) -> str:
+    return text.translate(_VISIBLE)
+
+
+def strength_bar(strength: float, limit: float = STRENGTH_LIMIT, half: int = BAR_HALF) -> Text:
+    """``−2 ━━━━━━━━━━│━━━━━━━━━━ +2   strength +0.5``, filled from the centre."""
+    filled = min(half, round(abs(strength) / limit * half))
+    neg = filled if strength < 0 else 0
+    pos = filled if strength > 0 else 0
+    bar = Text()
+    bar.append(f"−{limit:g} ", style="dim")
+    bar.append("━" * (half - neg), style="grey35")
+    bar.append("━" * neg, style="bold red")
+    bar.append("│", style="bold")
+    bar.append("━" * pos, style="bold green")
+    bar.append("━" * (half - pos), style="grey35")
+    bar.append(f" +{limit:g}", style="dim")
+    bar.append(f"   strength {format_strength(strength)}", style="bold")
+    bar.append("  × residual norm   ←/→ ±0.1 · 0 resets", style="dim")
+    return bar
+
+
+def format_strength(strength: float) -> str:
+    return f"{strength:+.1f}" if strength else "0.0"
+
+
+def format_stats(stats: GenerationStats) -> str:
+    return (
+        f"{stats.new_tokens} tokens · {stats.tokens_per_s:.1f} tokens/s · first token "
+        f"{1000 * stats.first_token_s:.0f} ms · {stats.seconds:.2f} s · stop: {stats.stop_reason}"
+    )
+
+
+def describe_model(model: Any, codec: Codec) -> str:
+    family = getattr(getattr(model, "config", None), "family", type(model).__name__)
+    layers = len(model.residual_blocks())
+    params = sum(p.numel() for p in model.parameters())
+    tokens = "BPE" if codec.tokenizer is not None else "bytes"
+    return f"{family}, {layers} layers, {params:,} parameters, {tokens}"
+
+
+def short_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load_checkpoint(path: str) -> tuple[Any, Codec, str]:
+    """Model (eval) and codec of a checkpoint (a run dir means its latest), and a source line.
+
+    Raises UserError with one line for a bad path or a damaged file.
+    """
+    from h2q_tui.data.tokenizer import BpeTokenizer
+    from h2q_tui.training import checkpoint
+
+    info = checkpoint.read_info(path)
+    model = checkpoint.load_model_from(info).eval()
+    tokenizer_file = info.weights.with_name("tokenizer.json")
+    codec = Codec(BpeTokenizer(tokenizer_file) if tokenizer_file.is_file() else None)
+    return model, codec, f"checkpoint {short_path(info.weights.parent)} (step {info.step:,})"
+
+
+class _Cancelled(Exception):
+    """Raised from the readout's progress callback when its worker was cancelled."""
+
+
+class GeneratePane(Vertical, can_focus=True):
+    """Prompt → streamed continuation from a live snapshot or a checkpoint, with steering."""
+
+    BINDINGS = [
+        Binding("g", "generate", "Generate"),
+        Binding("escape", "cancel", "Cancel"),
+        Binding("left", "strength(-1)", "Strength −", show=False),
+        Binding("right", "strength(1)", "Strength +", show=False),
+        Binding("0", "strength_reset", "Strength 0", show=False),
+        Binding("s", "snapshot", "Snapshot live"),
+        Binding("o", "open_checkpoint", "Checkpoint", show=False),
+        Binding("r", "readout", "Steer readout"),
+    ]
+
+    class ModelReady(Message, bubble=False):
+        def __init__(self, model: Any, codec: Codec, source: str) -> None:
+            super().__init__()
+            self.model, self.codec, self.source = model, codec, source
+
+    class LoadFailed(Message, bubble=False):
+        def __init__(self, message: str) -> None:
+            super().__init__()
+            self.message = message
+
+    class Streamed(Message, bubble=False):
+        """Pieces wait in the pane's deque (coalesced: at most one pending)."""
+
+    class Finished(Message, bubble=False):
+        def __init__(self, gen_id: int, generation: Generation, error: str | None) -> None:
+            super().__init__()
+            self.gen_id, self.generation, self.error = gen_id, generation, error
+
+    class ReadoutProgress(Message, bubble=False):
+        def __init__(self, done: int, total: int, strength: float) -> None:
+            super().__init__()
+            self.done, self.total, self.strength = done, total, strength
+
+    class ReadoutDone(Message, bubble=False):
+        def __init__(self, text: str | None, error: str | None) -> None:
+            super().__init__()
+            self.text, self.error = text, error
+
+    def __init__(
+        self,
+        live_run: str | None = None,
+        request_snapshot: RequestSnapshot | None = None,
+        live_tokenizer: Any = None,
+        checkpoint_hint: str = "",
+        readout_samples: int = READOUT_SAMPLES,
+        readout_tokens: int = READOUT_TOKENS,
+        id: str | None = "generate-pane",  # noqa: A002 - Textual's name
+    ) -> None:
+        super().__init__(id=id)
+        self.live_run, self.request_snapshot = live_run, request_snapshot
+        self.live_codec = Codec(live_tokenizer)
+        self.checkpoint_hint = checkpoint_hint
+        self.readout_samples, self.readout_tokens = readout_samples, readout_tokens
+        self.model: Any = None
+        self.codec = Codec()
+        self.source = ""
+        self.strength_tenths = 0
+        self.busy: str | None = None  # "generating", "readout" or None
+        self.generation: Generation | None = None
+        self.output = ""  # the continuation streamed so far
+        self.last_error = ""
+        self._gen_id = 0
+        self._started = 0.0
+        self._pieces: deque[tuple[int, str]] = deque()
+        self._streamed_pending = False
+        self._model_lock = threading.Lock()  # one generation or readout on the model at a time
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        yield Static(
+            "model: none yet — s takes a snapshot of the live run, or load a checkpoint below",
+            id="gen-source",
+        )
+        with Horizontal(classes="gen-row"):
+            yield Label("checkpoint", classes="gen-label")
+            yield Input(
+                self.checkpoint_hint,
+                placeholder="checkpoint folder, model.safetensors or run dir (latest) — Enter loads",
+                id="gen-checkpoint",
+                compact=True,
+            )
+            yield Button("Snapshot live (s)", id="gen-snapshot", compact=True)
+        with Horizontal(classes="gen-row"):
+            yield Label("prompt", classes="gen-label")
+            yield Input(DEFAULT_PROMPT, id="gen-prompt", compact=True)
+            yield Button("Generate (g)", id="gen-go", variant="primary", compact=True)
+            yield Button("Cancel (Esc)", id="gen-cancel", compact=True)
+        with Horizontal(classes="gen-row"):
+            yield Label("mode", classes="gen-label")
+            options = [(mode, mode) for mode in MODES]
+            yield Select(options, value="sample", allow_blank=False, id="gen-mode", compact=True)
+            yield Label("word", classes="gen-label-short")
+            yield Input(placeholder="target word", id="gen-word", compact=True)
+            yield Label("layer", classes="gen-label-short")
+            yield Select([], prompt="no model", id="gen-layer", compact=True)
+            yield Label("L", classes="gen-label-tiny")
+            yield Input("3", id="gen-lookahead", type="integer", compact=True)
+            yield Label("w", classes="gen-label-tiny")
+            yield Input("0.5", id="gen-flow", type="number", compact=True)
+            yield Label("temp", classes="gen-label-short")
+            yield Input("0.7", id="gen-temperature", type="number", compact=True)
+            yield Label("tokens", classes="gen-label-short")
+            yield Input("200", id="gen-tokens", type="integer", compact=True)
+            yield Label("seed", classes="gen-label-short")
+            yield Input("0", id="gen-seed", type="integer", compact=True)
+        with Horizontal(classes="gen-row"):
+            yield Label("steer", classes="gen-label")
+            yield Static(strength_bar(0.0), id="gen-strength")
+        with Horizontal(classes="gen-row"):
+            yield Label("", classes="gen-label")
+            yield Button("Steering readout (r)", id="gen-readout-go", compact=True)
+            yield Static("", id="gen-readout")
+        yield Static("", id="gen-message")
+        with VerticalScroll(id="gen-output-box"):
+            yield Static("", id="gen-output")
+        yield Static("", id="gen-stats")
+
+    def on_mount(self) -> None:
+        self.query_one("#gen-output-box").border_title = "Output"
+        self.query_one("#gen-output-box").can_focus = False
+        if self.request_snapshot is None:
+            self.query_one("#gen-snapshot", Button).disabled = True
+
+    # ------------------------------------------------------------------ small helpers
+    @property
+    def strength(self) -> float:
+        return round(self.strength_tenths * STRENGTH_STEP, 1)
+
+    def say(self, message: str, error: bool = False) -> None:
+        """One line under the settings: what happened, or what went wrong."""
+        line = (message.strip().splitlines() or [""])[0]
+        self.last_error = line if error else ""
+        self.query_one("#gen-message", Static).update(Text(line, style="bold red" if error else ""))
+
+    def _value(self, widget_id: str, kind: type, name: str):
+        raw = self.query_one(f"#{widget_id}", Input).value.strip()
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+    def _layer(self) -> int:
+        value = self.query_one("#gen-layer", Select).value
+        return value if isinstance(value, int) else 0
+
+    def _word(self) -> str:
+        return self.query_one("#gen-word", Input).value.strip()
+
+    def _prompt(self) -> str:
+        return self.query_one("#gen-prompt", Input).value
+
+    def build_generation(self) -> Generation:
+        """A Generation from the widgets; ValueError (readable) for a bad setting."""
+        mode = str(self.query_one("#gen-mode", Select).value)
+        sampling = SamplingConfig(
+            temperature=self._value("gen-temperature", float, "temp"),
+            max_new_tokens=self._value("gen-tokens", int, "tokens"),
+            seed=self._value("gen-seed", int, "seed"),
+        )
+        modes = ModeConfig(
+            mode=mode,
+            lookahead=self._value("gen-lookahead", int, "L"),
+            flow_weight=self._value("gen-flow", float, "w"),
+        )
+        word = self._word()
+        # sample means plain sampling; steer, lookahead and flow steer when a word is set
+        strength = self.strength if mode == "steer" or (word and mode != "sample") else 0.0
+        steer = SteerConfig(word=word, strength=strength, layer=self._layer())
+        return Generation(self.model, self.codec, self._prompt(), sampling, modes, steer)
+
+    # ------------------------------------------------------------------ the model
+    def action_snapshot(self) -> None:
+        if self.request_snapshot is None:
+            self.say("no live run (attached runs): load a checkpoint instead", error=True)
+            return
+        why = self.request_snapshot(self._deliver)
+        if why:
+            self.say(why, error=True)
+        else:
+            self.say("snapshot requested: the trainer copies its model between two steps…")
+
+    def _deliver(self, model: Any, step: int) -> None:
+        """Called by the trainer on the training thread: post and return at once."""
+        source = f"live snapshot of run {self.live_run} at step {step:,}"
+        self.post_message(self.ModelReady(model, self.live_codec, source))
+
+    def action_open_checkpoint(self) -> None:
+        self.query_one("#gen-checkpoint", Input).focus()
+
+    def load_checkpoint(self, path: str) -> None:
+        path = path.strip()
+        if not path:
+            self.say("type a checkpoint folder, model.safetensors or run dir, then Enter", True)
+            return
+        self.say(f"loading {path}…")
+        self._load_worker(path)
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def _load_worker(self, path: str) -> None:
+        from h2q_tui.errors import UserError
+
+        try:
+            model, codec, source = load_checkpoint(path)
+        except UserError as exc:
+            self.post_message(self.LoadFailed(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - any load failure is a message, not a crash
+            self.post_message(self.LoadFailed(f"cannot load {path}: {type(exc).__name__}: {exc}"))
+        else:
+            self.post_message(self.ModelReady(model, codec, source))
+
+    def on_generate_pane_model_ready(self, message: ModelReady) -> None:
+        self.model, self.codec, self.source = message.model, message.codec, message.source
+        layers = len(self.model.residual_blocks())
+        picker = self.query_one("#gen-layer", Select)
+        keep = min(self._layer(), layers - 1)
+        picker.set_options([(str(i), i) for i in range(layers)])
+        picker.value = keep
+        self.query_one("#gen-source", Static).update(
+            Text.assemble(
+                ("model: ", "bold"),
+                (self.source, "bold cyan"),
+                (f"  ·  {describe_model(self.model, self.codec)}", "dim"),
+            )
+        )
+        self.say(f"ready: {self.source} — g or Enter in the prompt generates")
+
+    def on_generate_pane_load_failed(self, message: LoadFailed) -> None:
+        self.say(message.message, error=True)
+
+    # ------------------------------------------------------------------ strength
+    def action_strength(self, steps: int) -> None:
+        limit = round(STRENGTH_LIMIT / STRENGTH_STEP)
+        self.strength_tenths = max(-limit, min(limit, self.strength_tenths + steps))
+        self.query_one("#gen-strength", Static).update(strength_bar(self.strength))
+
+    def action_strength_reset(self) -> None:
+        self.action_strength(-self.strength_tenths)
+
+    # ------------------------------------------------------------------ generation
+    def action_generate(self) -> None:
+        if self.model is None:
+            self.say(
+                "no model yet: press s for a snapshot of the live run, or load a checkpoint", True
+            )
+            return
+        try:
+            generation = self.build_generation()
+        except ValueError as exc:
+            self.say(str(exc), error=True)
+            return
+        self._stop_current()
+        self._gen_id += 1
+        self.generation, self.busy, self.output = generation, "generating", ""
+        self._started = time.perf_counter()
+        self.query_one("#gen-output-box").border_title = f"Output · {self.source}"
+        steer = generation.steer
+        steering = (
+            f" · steered towards {steer.word!r} at {format_strength(steer.strength)} "
+            f"(layer {steer.layer})"
+            if steer.active
+            else ""
+        )
+        self.say(f"generating ({generation.mode.mode}{steering})… Esc cancels")
+        self.query_one("#gen-stats", Static).update("")
+        self._show_output()
+        self._generate_worker(generation, self._gen_id)
+
+    def _stop_current(self) -> None:
+        if self.generation is not None:
+            self.generation.cancel()
+        self.workers.cancel_group(self, "generate")
+
+    @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
+    def _generate_worker(self, generation: Generation, gen_id: int) -> None:
+        worker = get_current_worker()
+        error = None
+        with self._model_lock:
+            try:
+                if worker.is_cancelled:
+                    generation.cancel()
+                for piece in generation:
+                    self._pieces.append((gen_id, piece))
+                    if not self._streamed_pending:
+                        self._streamed_pending = True
+                        self.post_message(self.Streamed())
+                    if worker.is_cancelled:
+                        generation.cancel()
+            except Exception as exc:  # noqa: BLE001 - shown as a line in the pane
+                error = f"generation failed: {type(exc).__name__}: {exc}"
+        self.post_message(self.Finished(gen_id, generation, error))
+
+    def _drain(self) -> None:
+        self._streamed_pending = False  # before draining: a piece added now posts again
+        grew = False
+        while self._pieces:
+            gen_id, piece = self._pieces.popleft()
+            if gen_id == self._gen_id:
+                self.output += piece
+                grew = True
+        if grew:
+            self._show_output()
+
+    def _show_output(self) -> None:
+        text = Text(printable(self.generation.prompt if self.generation else ""), style="bold")
+        text.append(printable(self.output))
+        self.query_one("#gen-output", Static).update(text)
+        self.query_one("#gen-output-box", VerticalScroll).scroll_end(animate=False)
+
+    def on_generate_pane_streamed(self, _: Streamed) -> None:
+        self._drain()
+        if self.busy == "generating" and self.generation is not None:
+            tokens = self.generation.stats.new_tokens
+            seconds = max(1e-9, time.perf_counter() - self._started)
+            self.query_one("#gen-stats", Static).update(
+                f"generating… {tokens} tokens · {tokens / seconds:.1f} tokens/s"
+            )
+
+    def on_generate_pane_finished(self, message: Finished) -> None:
+        self._drain()
+        if message.gen_id != self._gen_id:
+            return  # an earlier, cancelled generation
+        self.busy = None
+        if message.error:
+            self.say(message.error, error=True)
+            return
+        self.show_stats(message.generation.stats)
+        self.say(f"done · model: {self.source}")
+
+    def show_stats(self, stats: GenerationStats) -> None:
+        self.query_one("#gen-stats", Static).update(format_stats(stats))
+
+    def action_cancel(self) -> None:
+        if self.busy is None:
+            if self.screen.focused is not self:
+                self.focus()  # Esc in a text field leaves it, so the pane's keys work again
+            return
+        what = self.busy
+        self._stop_current()
+        if what == "readout":
+            self.busy = None
+            self.query_one("#gen-readout", Static).update(Text("readout cancelled", style="dim"))
+        self.say(f"{what} cancelled")
+
+    # ------------------------------------------------------------------ steering readout
+    def action_readout(self) -> None:
+        if self.model is None:
+            self.say("no model yet: press s for a snapshot, or load a checkpoint", error=True)
+            return
+        word, strength = self._word(), self.strength
+        if not word or strength == 0.0:
+            self.say("the steering readout needs a target word and a non-zero strength (←/→)", True)
+            return
+        steer = SteerConfig(word=word, strength=strength, layer=self._layer())
+        try:
+            steer.check(len(self.model.residual_blocks()))
+            temperature = self._value("gen-temperature", float, "temp")
+        except ValueError as exc:
+            self.say(str(exc), error=True)
+            return
+        self._stop_current()
+        self._gen_id += 1  # pieces of a generation still winding down are dropped
+        self.busy = "readout"
+        self.say(
+            f"steering readout: {self.readout_samples} samples at strength 0 and "
+            f"{format_strength(strength)}… Esc cancels"
+        )
+        self._readout_worker(self.model, self.codec, steer, self._prompt(), temperature)
+
+    @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
+    def _readout_worker(
+        self, model: Any, codec: Codec, steer: SteerConfig, prompt: str, temperature: float
+    ) -> None:
+        from h2q_tui.generation.steer_eval import evaluate_steering
+
+        worker = get_current_worker()
+        samples = self.readout_samples
+        order = sorted({0.0, steer.strength})
+        total = len(order) * samples
+
+        def progress(strength: float, seed: int) -> None:
+            if worker.is_cancelled:
+                raise _Cancelled
+            done = order.index(strength) * samples + seed
+            self.post_message(self.ReadoutProgress(done, total, strength))
+
+        with self._model_lock:
+            try:
+                if worker.is_cancelled:
+                    raise _Cancelled
+                rows = evaluate_steering(
+                    model,
+                    codec,
+                    steer,
+                    [0.0, steer.strength],
+                    prompt=prompt,
+                    samples=samples,
+                    sampling=SamplingConfig(
+                        temperature=temperature, max_new_tokens=self.readout_tokens
+                    ),
+                    progress=progress,
+                )
+            except _Cancelled:
+                return
+            except Exception as exc:  # noqa: BLE001 - shown as a line in the pane
+                self.post_message(self.ReadoutDone(None, f"readout failed: {exc}"))
+                return
+        base = next(r for r in rows if r.strength == 0.0)
+        steered = next(r for r in rows if r.strength == steer.strength)
+        text = (
+            f"{steer.word!r} layer {steer.layer} at {format_strength(steer.strength)}: "
+            f"hit rate {round(steered.hit_rate * samples)}/{samples} vs "
+            f"{round(base.hit_rate * samples)}/{samples} at strength 0 · fluency "
+            f"{steered.fluency_bpb:.2f} vs {base.fluency_bpb:.2f} bits/byte "
+            f"({steered.fluency_bpb - base.fluency_bpb:+.2f}) · Δ log p(word) "
+            f"{steered.delta_logprob:+.2f} nats"
+        )
+        self.post_message(self.ReadoutDone(text, None))
+
+    def on_generate_pane_readout_progress(self, message: ReadoutProgress) -> None:
+        if self.busy != "readout":
+            return
+        self.query_one("#gen-readout", Static).update(
+            Text(
+                f"readout running: sample {message.done + 1}/{message.total} "
+                f"(strength {format_strength(message.strength)})…",
+                style="italic",
+            )
+        )
+
+    def on_generate_pane_readout_done(self, message: ReadoutDone) -> None:
+        if self.busy != "readout":
+            return
+        self.busy = None
+        if message.error:
+            self.query_one("#gen-readout", Static).update("")
+            self.say(message.error, error=True)
+            return
+        self.query_one("#gen-readout", Static).update(Text(message.text or "", style="bold"))
+        self.say(f"readout done · model: {self.source}")
+
+    # ------------------------------------------------------------------ widget events
+    @on(Input.Submitted, "#gen-checkpoint")
+    def _checkpoint_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.load_checkpoint(event.value)
+
+    @on(Input.Submitted)
+    def _settings_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "gen-checkpoint":
+            return
+        event.stop()
+        self.action_generate()
+        self.focus()  # ←/→, 0, g and r work again; Tab goes back to the fields
+
+    @on(Button.Pressed)
+    def _button(self, event: Button.Pressed) -> None:
+        event.stop()
+        actions = {
+            "gen-go": self.action_generate,
+            "gen-cancel": self.action_cancel,
+            "gen-snapshot": self.action_snapshot,
+            "gen-readout-go": self.action_readout,
+        }
+        action = actions.get(event.button.id or "")
+        if action is not None:
+            action()
