@@ -11,10 +11,12 @@ from pathlib import Path
 
 from fake_engine import FINAL_STEP, FakeEngine, scripted_records
 from textual.pilot import Pilot
-from textual.widgets import Static
+from textual.widgets import Input, Select, Static
 
 from h2q_tui.app.app import H2QApp, SnapshotTaken, make_app
+from h2q_tui.app.generate_pane import GeneratePane
 from h2q_tui.app.widgets import SystemPanel
+from h2q_tui.generation.generate import GenerationStats
 from h2q_tui.system.monitor import GpuReading, SystemSnapshot
 from h2q_tui.training.writers import METRICS_FILE
 
@@ -137,3 +139,41 @@ def test_attach_view_of_two_runs(snap_compare, tmp_path):
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+async def show_generate_pane(pilot: Pilot) -> None:
+    """Snapshot of the fake run's model, a steering readout, then a steered generation."""
+    app: H2QApp = pilot.app  # type: ignore[assignment]
+    await pilot.press("t")
+    await wait_until(pilot, app.engine.script_done.is_set, "the script")
+    await wait_until(pilot, lambda: step_card(app).startswith(f"{FINAL_STEP} / "), "the last step")
+    await pilot.press("3", "s")
+    pane = app.query_one(GeneratePane)
+    await wait_until(pilot, lambda: pane.model is not None, "the snapshot")
+    pane.query_one("#gen-mode", Select).value = "steer"
+    pane.query_one("#gen-word", Input).value = "the"
+    pane.query_one("#gen-tokens", Input).value = "60"
+    pane.readout_samples, pane.readout_tokens = 2, 8
+    await pilot.press(*["right"] * 5, "r")
+    await wait_until(pilot, lambda: pane.busy is None, "the readout")
+    await pilot.press("g")
+    await wait_until(pilot, lambda: pane.busy is None, "the generation")
+    assert not pane.last_error
+    # tokens/s and latencies come from the wall clock: show fixed numbers instead
+    pane.show_stats(
+        GenerationStats(new_tokens=60, first_token_s=0.012, seconds=0.5, stop_reason="length")
+    )
+    await settle(pilot)
+
+
+def test_generate_pane_steered_from_a_live_snapshot(snap_compare, tmp_path):
+    import torch
+
+    from h2q_tui.config import resolve
+    from h2q_tui.models import build_model
+
+    torch.manual_seed(0)  # an untrained tiny model: fixed gibberish
+    model = build_model(resolve("tiny").model)
+    engine = FakeEngine(tmp_path, max_idle_s=30, model=model)
+    app = make_app(engine, monitor=False, refresh_s=0.05)
+    assert snap_compare(app, terminal_size=SIZE, run_before=show_generate_pane)

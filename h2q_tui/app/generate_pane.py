@@ -182,6 +182,7 @@ class GeneratePane(Vertical, can_focus=True):
         self.last_error = ""
         self._gen_id = 0
         self._started = 0.0
+        self._what = ""  # mode and steering of the current generation
         self._pieces: deque[tuple[int, str]] = deque()
         self._streamed_pending = False
         self._model_lock = threading.Lock()  # one generation or readout on the model at a time
@@ -227,10 +228,17 @@ class GeneratePane(Vertical, can_focus=True):
         with Horizontal(classes="gen-row"):
             yield Label("steer", classes="gen-label")
             yield Static(strength_bar(0.0), id="gen-strength")
-        with Horizontal(classes="gen-row"):
+        with Horizontal(classes="gen-row", id="gen-readout-row"):
             yield Label("", classes="gen-label")
             yield Button("Steering readout (r)", id="gen-readout-go", compact=True)
-            yield Static("", id="gen-readout")
+            yield Static(
+                Text(
+                    "hit rate and fluency cost of the word, layer and strength above, "
+                    "against strength 0",
+                    style="dim",
+                ),
+                id="gen-readout",
+            )
         yield Static("", id="gen-message")
         with VerticalScroll(id="gen-output-box"):
             yield Static("", id="gen-output")
@@ -376,12 +384,12 @@ class GeneratePane(Vertical, can_focus=True):
         self.query_one("#gen-output-box").border_title = f"Output · {self.source}"
         steer = generation.steer
         steering = (
-            f" · steered towards {steer.word!r} at {format_strength(steer.strength)} "
-            f"(layer {steer.layer})"
+            f" towards {steer.word!r} at {format_strength(steer.strength)}, layer {steer.layer}"
             if steer.active
             else ""
         )
-        self.say(f"generating ({generation.mode.mode}{steering})… Esc cancels")
+        self._what = f"{generation.mode.mode}{steering}"
+        self.say(f"generating ({self._what})… Esc cancels")
         self.query_one("#gen-stats", Static).update("")
         self._show_output()
         self._generate_worker(generation, self._gen_id)
@@ -445,7 +453,7 @@ class GeneratePane(Vertical, can_focus=True):
             self.say(message.error, error=True)
             return
         self.show_stats(message.generation.stats)
-        self.say(f"done · model: {self.source}")
+        self.say(f"done ({self._what}) · model: {self.source}")
 
     def show_stats(self, stats: GenerationStats) -> None:
         self.query_one("#gen-stats", Static).update(format_stats(stats))
@@ -528,7 +536,7 @@ class GeneratePane(Vertical, can_focus=True):
         base = next(r for r in rows if r.strength == 0.0)
         steered = next(r for r in rows if r.strength == steer.strength)
         text = (
-            f"{steer.word!r} layer {steer.layer} at {format_strength(steer.strength)}: "
+            f"{steer.word!r} @ layer {steer.layer}, {format_strength(steer.strength)}: "
             f"hit rate {round(steered.hit_rate * samples)}/{samples} vs "
             f"{round(base.hit_rate * samples)}/{samples} at strength 0 · fluency "
             f"{steered.fluency_bpb:.2f} vs {base.fluency_bpb:.2f} bits/byte "
