@@ -398,7 +398,7 @@ def run_steer_eval(argv: list[str]) -> int:
         "--json", metavar="PATH", help="default: steer-eval-WORD.json beside the checkpoint"
     )
     add_generation_flags(parser)
-    parser.set_defaults(max_new_tokens=80)
+    parser.set_defaults(max_new_tokens=160)
     args = parser.parse_args(argv)
     try:
         strengths = [float(s) for s in args.strengths.split(",") if s.strip()]

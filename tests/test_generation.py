@@ -16,6 +16,7 @@ from h2q_tui.generation.sampling import (
     filter_top_k_top_p,
 )
 from h2q_tui.generation.steer_eval import (
+    contains_word,
     continuation_nats,
     distinct_2,
     evaluate_steering,
@@ -281,6 +282,11 @@ def test_cancel_stops_before_the_next_token():
 
 
 # ---------------------------------------------------------------------------- steer-eval pieces
+def test_a_hit_is_the_word_itself_not_letters_in_byte_soup():
+    assert contains_word("The Cat sat.", "cat") and contains_word("cat", "cat")
+    assert not contains_word("toaccaticatt", "cat") and not contains_word("cats", "cat")
+
+
 def test_repetition_measures():
     assert distinct_2("a b a b") == pytest.approx(2 / 3)
     assert distinct_2("one") == 1.0

@@ -2,7 +2,8 @@
 
 Per strength, over N samples seeded 0 … N−1 (the same seeds for every strength, so rows
 differ only by the steering):
-- hit rate: share of continuations that contain the word (case-insensitive);
+- hit rate: share of continuations that contain the word as a whole word (case-insensitive;
+  "cat" counts in "The cat sat", not in byte soup like "toaccaticat");
 - Δ log-prob: log p(word right after the prompt) steered minus unsteered, in nats;
 - fluency cost: bits per byte of the steered continuation under the *unsteered* model;
 - distinct-2: distinct word bigrams / word bigrams, averaged over samples;
@@ -12,6 +13,7 @@ differ only by the steering):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
@@ -60,6 +62,10 @@ def continuation_nats(
         total -= log_probs[rows, ids].sum().item()
         target = end
     return total
+
+
+def contains_word(text: str, word: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE) is not None
 
 
 def distinct_2(text: str) -> float:
@@ -121,7 +127,7 @@ def evaluate_steering(
         rows.append(
             SteerRow(
                 strength=strength,
-                hit_rate=sum(steer.word.lower() in t.lower() for t in texts) / samples,
+                hit_rate=sum(contains_word(t, steer.word) for t in texts) / samples,
                 delta_logprob=_steered_logprob(model, codec, config, prompt_ids, target_ids)
                 - base_logprob,
                 fluency_bpb=bits / max(1, n_bytes),
