@@ -377,6 +377,25 @@ async def test_steering_readout_compares_with_strength_0(model, engine):
         assert not pane.last_error
 
 
+async def test_steering_readout_shows_progress_and_escape_cancels_it(model, engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        pane = await give_model(pilot, model)
+        pane.readout_samples, pane.readout_tokens = 4, 1000
+        set_field(pane, "gen-word", "the")
+        await pilot.press("left", "r")
+        await wait_until(
+            pilot, lambda: "readout running: sample " in shown(app, "gen-readout"), "progress"
+        )
+        # 4 samples at each of -0.1 and 0 (sorted: -0.1 first)
+        assert "/8 (strength -0.1)…" in shown(app, "gen-readout")
+        await pilot.press("escape")
+        assert pane.busy is None and message(app) == "readout cancelled"
+        assert shown(app, "gen-readout") == "readout cancelled"
+        set_field(pane, "gen-tokens", "5")
+        assert await generate(pilot, pane)  # the cancelled readout let go of the model
+
+
 async def test_command_palette_actions_reach_the_pane(engine):
     app = live_app(engine)
     async with app.run_test(size=SIZE) as pilot:
