@@ -1,4 +1,5 @@
-"""The h2q-tui dashboard: ICU pane (cards, chart, Thought Stream, event log) and System pane.
+"""The h2q-tui dashboard: ICU pane (cards, chart, Thought Stream, event log), System pane,
+Generate pane (generate_pane.py).
 
 Training runs in a thread worker and never waits on the UI: records go into a deque and one
 coalescing message tells the UI to fold them in; widgets redraw on a timer when dirty.
