@@ -2,8 +2,10 @@
 
 Per strength, over N samples seeded 0 … N−1 (the same seeds for every strength, so rows
 differ only by the steering):
-- hit rate: share of continuations that contain the word as a whole word (case-insensitive;
-  "cat" counts in "The cat sat", not in byte soup like "toaccaticat");
+- hit rate: share of continuations that contain the word (case-insensitive, anywhere:
+  SPEC's definition; "catch" counts for "cat");
+- word hit rate: the same for the word as a whole word ("The cat sat", not "catch" or byte
+  soup like "toaccaticat") — byte-level models steered hard raise the first, not the second;
 - Δ log-prob: log p(word right after the prompt) steered minus unsteered, in nats;
 - fluency cost: bits per byte of the steered continuation under the *unsteered* model;
 - distinct-2: distinct word bigrams / word bigrams, averaged over samples;
@@ -34,6 +36,7 @@ DEFAULT_PROMPT = "Once upon a time"
 class SteerRow:
     strength: float
     hit_rate: float
+    word_hit_rate: float
     delta_logprob: float
     fluency_bpb: float
     distinct_2: float
@@ -127,7 +130,8 @@ def evaluate_steering(
         rows.append(
             SteerRow(
                 strength=strength,
-                hit_rate=sum(contains_word(t, steer.word) for t in texts) / samples,
+                hit_rate=sum(steer.word.lower() in t.lower() for t in texts) / samples,
+                word_hit_rate=sum(contains_word(t, steer.word) for t in texts) / samples,
                 delta_logprob=_steered_logprob(model, codec, config, prompt_ids, target_ids)
                 - base_logprob,
                 fluency_bpb=bits / max(1, n_bytes),
@@ -153,12 +157,12 @@ def _steered_logprob(model, codec, config, prompt_ids, target_ids) -> float:
 
 def format_table(rows: list[SteerRow]) -> str:
     lines = [
-        f"{'strength':>9} {'hit rate':>9} {'Δ logp':>8} {'fluency bpb':>12} "
+        f"{'strength':>9} {'hit rate':>9} {'word hits':>9} {'Δ logp':>8} {'fluency bpb':>12} "
         f"{'distinct-2':>10} {'longest repeat':>15}"
     ]
     for r in rows:
         lines.append(
-            f"{r.strength:>+9.2f} {r.hit_rate:>9.0%} {r.delta_logprob:>+8.2f} "
+            f"{r.strength:>+9.2f} {r.hit_rate:>9.0%} {r.word_hit_rate:>9.0%} {r.delta_logprob:>+8.2f} "
             f"{r.fluency_bpb:>12.3f} {r.distinct_2:>10.2f} {r.longest_repeat:>15.1f}"
         )
     return "\n".join(lines)
