@@ -289,14 +289,12 @@ def run_generate(argv: list[str]) -> int:
     parser.add_argument("--strength", type=float, default=0.5, help="signed, × residual norm")
     add_generation_flags(parser)
     args = parser.parse_args(argv)
-    if args.steer and args.mode == "sample":
+    if args.steer and args.strength != 0 and args.mode == "sample":
         args.mode = "steer"  # --steer alone means steering
     info, model, codec = _load_for_generation(args.checkpoint)
-    print(
-        f"checkpoint {info.weights.parent} | step {info.step} | {info.config.model.family}",
-        file=sys.stderr,
-    )
+    header = f"checkpoint {info.weights.parent} | step {info.step} | {info.config.model.family}"
     if args.interactive:
+        print(header, file=sys.stderr)
         return _interactive(model, codec, args)
     sampling, mode, steer = _generation_settings(args)
     if args.mode not in ("steer",) and not args.steer:
@@ -305,6 +303,7 @@ def run_generate(argv: list[str]) -> int:
         generation = Generation(model, codec, args.prompt, sampling, mode, steer, not args.no_cache)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    print(header, file=sys.stderr)
     _stream(generation, args.prompt)
     return EXIT_OK
 
@@ -399,7 +398,7 @@ def run_steer_eval(argv: list[str]) -> int:
     )
     add_generation_flags(parser)
     parser.set_defaults(max_new_tokens=160)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_negative_list(argv, "--strengths"))
     try:
         strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
     except ValueError:
@@ -467,6 +466,16 @@ def run_steer_eval(argv: list[str]) -> int:
         raise UserError(f"cannot write {out}: {exc.strerror}") from None
     print(f"wrote {out}", file=sys.stderr)
     return EXIT_OK
+
+
+def _glue_negative_list(argv: list[str], flag: str) -> list[str]:
+    """``FLAG -1,0,1`` → ``FLAG=-1,0,1`` (argparse would take ``-1,0,1`` for an option)."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == flag and out[i + 1].startswith("-") and out[i + 1][1:2].isdigit():
+            out[i : i + 2] = [f"{flag}={out[i + 1]}"]
+            break
+    return out
 
 
 def _slug(word: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import signal
@@ -19,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from run_cli import ENV, h2q
 
 TIMEOUT = 120
 # One torch thread: on a busy small machine, all-core OpenMP steps slow down a hundredfold.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 DATA = "data.txt"
 WORDS = (
     "the quick brown fox jumps over a lazy dog while small birds sing in old trees and "
@@ -42,14 +41,7 @@ TEXT = english_text()
 
 
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "h2q_tui", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=ENV,
-    )
+    return h2q(*args, cwd=cwd, timeout=TIMEOUT)
 
 
 def assert_user_error(result: subprocess.CompletedProcess[str], *words: str) -> None:

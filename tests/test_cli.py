@@ -4,24 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def h2q(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "h2q_tui", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=ENV,
-    )
+from run_cli import h2q
 
 
 def test_no_ui_microstream_prints_the_source_parameter_count_first(tmp_path):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from run_cli import h2q
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SMALL = [
     "--set",
     "model.d_model=64",
@@ -46,17 +43,6 @@ def tokenizer_file(tmp_path: Path, text_file: Path) -> Path:
     path = tmp_path / "tokenizer.json"
     tokenizer.save(str(path))
     return path
-
-
-def h2q(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "h2q_tui", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENV,
-    )
 
 
 def test_bpe_model_trains_evaluates_and_keeps_its_tokenizer(tmp_path, text_file, tokenizer_file):
