@@ -1,7 +1,8 @@
 """Training throughput with the dashboard open vs headless, same preset, same process, interleaved.
 
 Each trial trains ``--steps`` steps of the preset on the embedded default corpus three ways:
-on the main thread as ``--no-ui`` does; on a plain worker thread with no UI (to separate the
+on the main thread as ``--no-ui`` does (writing metrics.jsonl and progress lines); on a plain
+worker thread with no UI (to separate the
 cost of the thread from the cost of the UI); and inside the Textual app (headless driver: full
 layout and rendering, no terminal, no key presses). Tokens/s comes from the runs' own step
 records, steps 2..N (the final held-out eval and checkpoint are excluded).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import platform
 import statistics
@@ -24,6 +26,7 @@ from h2q_tui.app import make_app
 from h2q_tui.app.engine_link import LiveEngine
 from h2q_tui.run_setup import RunRequest, prepare_run
 from h2q_tui.training.trainer import Trainer
+from h2q_tui.training.writers import ConsolePrinter, JsonlWriter
 
 
 def tokens_per_second(steps: list[tuple[int, float]]) -> float:
@@ -37,13 +40,18 @@ def plain_trial(preset: str, steps: int, folder: Path, in_thread: bool) -> float
     name = "thread" if in_thread else "main"
     prepared = prepare_run(RunRequest(preset=preset, run_dir=str(folder / name), max_steps=steps))
     points: list[tuple[int, float]] = []
+    writer = JsonlWriter(prepared.run_dir)  # what --no-ui does per event: the log and a line
+    printer = ConsolePrinter(prepared.config.log.log_interval, steps, io.StringIO())
 
     def emit(event) -> None:
+        writer(event)
+        printer(event)
         if event.name == "step":
             points.append((event.tokens, event.time))
 
     def train() -> None:
         Trainer(prepared.config, prepared.corpus, prepared.run_dir, emit).run()
+        writer.close()
 
     if in_thread:
         worker = threading.Thread(target=train)

@@ -268,9 +268,12 @@ class H2QApp(App[int]):
             "\n".join(f"[step {s}] {text}" for s, text in samples)
             or "samples appear here during training"
         )
-        self.query_one("#thought-stream", Static).update(stream)
+        thought_stream = self.query_one("#thought-stream", Static)
+        if stream != thought_stream.content:
+            thought_stream.update(stream, layout=False)  # a fixed-size box: no layout pass
         self._append_log()
-        self.query_one(SystemPanel).show(self.snapshot)
+        if self.query_one(TabbedContent).active == "system":
+            self.query_one(SystemPanel).show(self.snapshot)
 
     def redraw_chart(self, force: bool = False) -> None:
         if not (self._chart_dirty or force) or not self.is_running:
@@ -389,6 +392,8 @@ class H2QApp(App[int]):
         self._view_changed()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "system":  # it is only drawn while visible
+            self.query_one(SystemPanel).show(self.snapshot)
         pane = self.query_one(GeneratePane)
         if event.pane.id == "generate":
             pane.focus()  # its keys (←/→, 0, g, s, r) work at once

@@ -41,7 +41,10 @@ class MetricCard(Static):
         self.border_title = title
 
     def show(self, text: str | Text) -> None:
-        self.update(text)
+        """New text, redrawn in place: a card's size is fixed, so no layout pass (which
+        would recompose the whole screen) and nothing at all when the text is unchanged."""
+        if text != self.content:
+            self.update(text, layout=False)
 
 
 class CardGrid(Grid):
