@@ -7,7 +7,9 @@ cost of the thread from the cost of the UI); and inside the Textual app (headles
 layout and rendering, no terminal, no key presses). Tokens/s comes from the runs' own step
 records, steps 2..N (the final held-out eval and checkpoint are excluded).
 
-    python benchmarks/dashboard_overhead.py --preset microstream-cpu --steps 200 --trials 3
+The order of the three rotates from trial to trial, so none always runs first.
+
+    python benchmarks/dashboard_overhead.py --preset microstream-cpu --steps 300 --trials 6
 """
 
 from __future__ import annotations
@@ -88,18 +90,20 @@ def main() -> None:
         "worker thread, no UI": [],
         "dashboard": [],
     }
+    runs = {
+        "--no-ui (main thread)": lambda folder: plain_trial(args.preset, args.steps, folder, False),
+        "worker thread, no UI": lambda folder: plain_trial(args.preset, args.steps, folder, True),
+        "dashboard": lambda folder: asyncio.run(dashboard_trial(args.preset, args.steps, folder)),
+    }
+    labels = list(runs)
     for trial in range(args.trials):
+        order = labels[trial % 3 :] + labels[: trial % 3]  # rotate: no mode always runs first
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            rates["--no-ui (main thread)"].append(
-                plain_trial(args.preset, args.steps, folder, in_thread=False)
-            )
-            rates["worker thread, no UI"].append(
-                plain_trial(args.preset, args.steps, folder, in_thread=True)
-            )
-            rates["dashboard"].append(asyncio.run(dashboard_trial(args.preset, args.steps, folder)))
+            for label in order:
+                rates[label].append(runs[label](Path(tmp)))
         print(
-            f"trial {trial + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()),
+            f"trial {trial + 1} ({' → '.join(order)}): "
+            + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()),
             flush=True,
         )
     medians = {label: statistics.median(values) for label, values in rates.items()}
