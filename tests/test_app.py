@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from collections.abc import Callable
@@ -17,8 +16,7 @@ from fake_engine import (
     scripted_records,
     step_record,
 )
-from rich.console import Console
-from rich.text import Text
+from pilot_helpers import text_of, wait_until
 from textual.pilot import Pilot
 from textual.widgets import RichLog, Static, TabbedContent
 
@@ -34,27 +32,6 @@ SIZE = (160, 48)
 
 
 # ---------------------------------------------------------------------- helpers
-async def wait_until(
-    pilot: Pilot, predicate: Callable[[], bool], what: str = "condition", tries: int = 200
-) -> None:
-    """Let the app run in 50 ms slices until ``predicate()`` holds (at most ``tries`` slices)."""
-    for _ in range(tries):
-        if predicate():
-            return
-        await pilot.pause(0.05)
-    assert predicate(), f"timed out waiting for {what}"
-
-
-def text_of(widget: Static) -> str:
-    """The plain text a Static shows (str, rich Text, or any rich renderable)."""
-    content = widget.content
-    if isinstance(content, (str, Text)):
-        return str(content)
-    console = Console(file=io.StringIO(), width=150, color_system=None, legacy_windows=False)
-    console.print(content)
-    return console.file.getvalue()
-
-
 def card(app: H2QApp, key: str) -> str:
     return text_of(app.query_one(f"#card-{key}", Static))
 

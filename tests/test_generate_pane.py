@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from fake_engine import FINAL_STEP, FakeEngine
-from rich.console import Console
-from rich.text import Text
+from pilot_helpers import text_of, wait_until
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static, TabbedContent
 
@@ -27,25 +24,6 @@ SIZE = (160, 48)
 
 
 # ---------------------------------------------------------------------- helpers
-async def wait_until(
-    pilot: Pilot, predicate: Callable[[], bool], what: str = "condition", tries: int = 400
-) -> None:
-    for _ in range(tries):
-        if predicate():
-            return
-        await pilot.pause(0.05)
-    assert predicate(), f"timed out waiting for {what}"
-
-
-def text_of(widget: Static) -> str:
-    content = widget.content
-    if isinstance(content, (str, Text)):
-        return str(content)
-    console = Console(file=io.StringIO(), width=150, color_system=None, legacy_windows=False)
-    console.print(content)
-    return console.file.getvalue()
-
-
 def pane_of(app: H2QApp) -> GeneratePane:
     return app.query_one(GeneratePane)
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from fake_engine import FINAL_STEP, FakeEngine, scripted_records
+from pilot_helpers import wait_until
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
 
@@ -22,14 +23,6 @@ from h2q_tui.training.writers import METRICS_FILE
 
 SIZE = (160, 48)
 GIB = 1024**3
-
-
-async def wait_until(pilot: Pilot, predicate, what: str, tries: int = 200) -> None:
-    for _ in range(tries):
-        if predicate():
-            return
-        await pilot.pause(0.05)
-    assert predicate(), f"timed out waiting for {what}"
 
 
 def step_card(app: H2QApp) -> str:
