@@ -91,6 +91,14 @@ def test_search_modes_agree_with_and_without_cache(mode):
     assert cached.tokens == recomputed.tokens
 
 
+@pytest.mark.parametrize("positions", ["all", "front"])
+def test_steered_generation_agrees_with_and_without_cache(positions):
+    model = small_model("qrlm")
+    steer = SteerConfig(word="dog", strength=0.7, layer=1, positions=positions)
+    cached = sample(model, tokens=40, steer=steer, use_cache=True)
+    assert cached.tokens == sample(model, tokens=40, steer=steer, use_cache=False).tokens
+
+
 def test_generation_past_the_context_jumps_the_window_the_same_way_cached_or_not():
     model = small_model("microstream")  # tiny: context 32
     assert window_start(32, 32) == 0 and window_start(33, 32) == 16 and window_start(49, 32) == 32
