@@ -350,7 +350,8 @@ async def test_steering_readout_compares_with_strength_0(model, engine):
         await wait_until(pilot, lambda: pane.busy is None, "the readout")
         readout = shown(app, "gen-readout")
         assert readout.startswith("'the' @ layer 0, +0.5: hit rate ")
-        assert "/2 vs " in readout and "/2 at strength 0 · fluency " in readout
+        assert "/2 vs " in readout and "/2 at strength 0 (as a whole word " in readout
+        assert "/2) · fluency " in readout
         assert "bits/byte (" in readout and "Δ log p(word)" in readout
         assert not pane.last_error
 

@@ -538,7 +538,9 @@ class GeneratePane(Vertical, can_focus=True):
         text = (
             f"{steer.word!r} @ layer {steer.layer}, {format_strength(steer.strength)}: "
             f"hit rate {round(steered.hit_rate * samples)}/{samples} vs "
-            f"{round(base.hit_rate * samples)}/{samples} at strength 0 · fluency "
+            f"{round(base.hit_rate * samples)}/{samples} at strength 0 (as a whole word "
+            f"{round(steered.word_hit_rate * samples)}/{samples} vs "
+            f"{round(base.word_hit_rate * samples)}/{samples}) · fluency "
             f"{steered.fluency_bpb:.2f} vs {base.fluency_bpb:.2f} bits/byte "
             f"({steered.fluency_bpb - base.fluency_bpb:+.2f}) · Δ log p(word) "
             f"{steered.delta_logprob:+.2f} nats"
