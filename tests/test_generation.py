@@ -126,6 +126,17 @@ def test_frozen_hamlinear_weights_match_the_per_call_weights():
     torch.testing.assert_close(frozen, plain, rtol=1e-5, atol=1e-5)
 
 
+def test_nested_frozen_weights_keep_the_outer_weights():
+    model = small_model("microstream")
+    layer = next(m for m in model.modules() if isinstance(m, HamLinear))
+    with frozen_weights(model):
+        outer = layer.frozen_weight
+        with frozen_weights(model):
+            assert layer.frozen_weight is outer  # not rebuilt
+        assert layer.frozen_weight is outer  # still frozen after the inner block
+    assert layer.frozen_weight is None
+
+
 # ---------------------------------------------------------------------------- sampling
 def test_same_seed_same_text_and_another_seed_other_text():
     model = small_model("gpt")

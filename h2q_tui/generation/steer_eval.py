@@ -109,50 +109,51 @@ def evaluate_steering(
     prompt_ids = codec.encode(prompt) or codec.encode("\n")
     target_ids = codec.encode(target_text(prompt, steer.word))
     model.eval()
-    with frozen_weights(model):
+    with torch.no_grad(), frozen_weights(model):  # W built once for every sample and score
         base_logprob = -continuation_nats(model, prompt_ids, target_ids)
-    rows = []
-    for strength in strengths:
-        config = replace(steer, strength=strength)
-        texts, bits, n_bytes = [], 0.0, 0
-        for seed in range(samples):
-            if progress is not None:
-                progress(strength, seed)
-            generation = Generation(
-                model, codec, prompt, replace(sampling, seed=seed), ModeConfig(), config
-            )
-            for _ in generation:
-                pass
-            texts.append(generation.text)
-            with frozen_weights(model):
+        rows = []
+        for strength in strengths:
+            config = replace(steer, strength=strength)
+            texts, bits, n_bytes = [], 0.0, 0
+            for seed in range(samples):
+                if progress is not None:
+                    progress(strength, seed)
+                generation = Generation(
+                    model, codec, prompt, replace(sampling, seed=seed), ModeConfig(), config
+                )
+                for _ in generation:
+                    pass
+                texts.append(generation.text)
                 bits += continuation_nats(model, prompt_ids, generation.tokens) / math.log(2)
-            n_bytes += len(generation.text.encode("utf-8"))
-        rows.append(
-            SteerRow(
-                strength=strength,
-                hit_rate=sum(steer.word.lower() in t.lower() for t in texts) / samples,
-                word_hit_rate=sum(contains_word(t, steer.word) for t in texts) / samples,
-                delta_logprob=_steered_logprob(model, codec, config, prompt_ids, target_ids)
-                - base_logprob,
-                fluency_bpb=bits / max(1, n_bytes),
-                distinct_2=sum(map(distinct_2, texts)) / samples,
-                longest_repeat=sum(map(longest_repeat, texts)) / samples,
-                samples=texts,
+                n_bytes += len(generation.text.encode("utf-8"))
+            steered_logprob = _steered_logprob(model, codec, config, prompt_ids, target_ids)
+            rows.append(
+                SteerRow(
+                    strength=strength,
+                    hit_rate=sum(steer.word.lower() in t.lower() for t in texts) / samples,
+                    word_hit_rate=sum(contains_word(t, steer.word) for t in texts) / samples,
+                    delta_logprob=(
+                        0.0 if steered_logprob is None else steered_logprob - base_logprob
+                    ),
+                    fluency_bpb=bits / max(1, n_bytes),
+                    distinct_2=sum(map(distinct_2, texts)) / samples,
+                    longest_repeat=sum(map(longest_repeat, texts)) / samples,
+                    samples=texts,
+                )
             )
-        )
     return rows
 
 
-def _steered_logprob(model, codec, config, prompt_ids, target_ids) -> float:
-    with torch.no_grad(), frozen_weights(model):
-        steering: Steering | None = build_steering(model, config, codec.encode, prompt_ids)
-        if steering is None:
-            return -continuation_nats(model, prompt_ids, target_ids)
-        steering.attach(model)
-        try:
-            return -continuation_nats(model, prompt_ids, target_ids, steering)
-        finally:
-            steering.detach()
+def _steered_logprob(model, codec, config, prompt_ids, target_ids) -> float | None:
+    """log p(target | prompt) with the steering of ``config``; None when it steers nothing."""
+    steering: Steering | None = build_steering(model, config, codec.encode, prompt_ids)
+    if steering is None:
+        return None
+    steering.attach(model)
+    try:
+        return -continuation_nats(model, prompt_ids, target_ids, steering)
+    finally:
+        steering.detach()
 
 
 def format_table(rows: list[SteerRow]) -> str:

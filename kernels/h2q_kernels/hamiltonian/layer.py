@@ -105,16 +105,17 @@ def frozen_weights(module: nn.Module) -> Iterator[None]:
 
     For inference only (no gradients reach A or B through a frozen W). Generation calls the
     model once per token, so building W once instead of every token saves R·D² per layer
-    and token.
+    and token. A nested block reuses the outer block's W and leaves it in place on exit.
     """
     layers = [m for m in module.modules() if isinstance(m, HamLinear)]
+    fresh = [layer for layer in layers if layer.frozen_weight is None]
     with torch.no_grad():
-        for layer in layers:
+        for layer in fresh:
             layer.frozen_weight = layer.materialised()
     try:
         yield
     finally:
-        for layer in layers:
+        for layer in fresh:
             layer.frozen_weight = None
 
 
