@@ -42,10 +42,6 @@ class DecodeState:
         for key, (seq, dim) in list(self._seqs.items()):
             self._seqs[key] = (seq.narrow(dim, 0, self.length), dim)
 
-    def positions(self, time: int, device: torch.device) -> torch.Tensor:
-        """Absolute positions of the ``time`` new inputs."""
-        return torch.arange(self.length, self.length + time, device=device)
-
 
 def offset_of(state: DecodeState | None) -> int:
     return state.length if state is not None else 0
@@ -86,18 +82,18 @@ def causal_attention(
             return t.reshape(batch, n_heads, time, head)  # the source's bug: no transpose
         return t.view(batch, time, n_heads, head).transpose(1, 2)  # (B, nh, T, hs)
 
-    if state is not None and state.length > 0:
-        if layout == "source":
+    q, k, v = split(q), split(k), split(v)
+    if state is not None and layout == "source":
+        if state.length:
             raise ValueError("the source attention layout cannot use a KV cache")
-        keys = state.extend(owner, "k", split(k), dim=2)  # (B, nh, Tk, hs)
-        values = state.extend(owner, "v", split(v), dim=2)
-        mask = cached_causal_mask(time, keys.shape[2], q.device)
-        out = F.scaled_dot_product_attention(split(q), keys, values, attn_mask=mask)
-        return out.transpose(1, 2).reshape(batch, time, width)
-    if state is not None and layout != "source":
-        state.extend(owner, "k", split(k), dim=2)
-        state.extend(owner, "v", split(v), dim=2)
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=True)
+    elif state is not None:
+        k = state.extend(owner, "k", k, dim=2)  # (B, nh, Tk, hs): the cached keys, then these
+        v = state.extend(owner, "v", v, dim=2)
+    if k.shape[2] == time:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:  # queries are the last T of Tk positions
+        mask = cached_causal_mask(time, k.shape[2], q.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if layout == "source":
         return out.reshape(batch, time, width)
     return out.transpose(1, 2).reshape(batch, time, width)  # (B, nh, T, hs) -> (B, T, C)
