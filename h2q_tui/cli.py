@@ -157,7 +157,6 @@ def run_attach(argv: list[str]) -> int:
 def run_eval(argv: list[str]) -> int:
     import torch
 
-    from h2q_tui.data.tokenizer import BpeTokenizer
     from h2q_tui.models import count_parameters
     from h2q_tui.training import checkpoint
     from h2q_tui.training.evaluate import heldout_cross_entropy
@@ -172,9 +171,9 @@ def run_eval(argv: list[str]) -> int:
     raw = path.read_bytes()
     data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     unit, bytes_per_token = "byte", 1.0
-    tokenizer_file = info.weights.with_name("tokenizer.json")
-    if tokenizer_file.is_file():  # a BPE model: bits per byte = bits per token / bytes per token
-        data = BpeTokenizer(tokenizer_file).encode(raw)
+    tokenizer = checkpoint.tokenizer_of(info)
+    if tokenizer is not None:  # a BPE model: bits per byte = bits per token / bytes per token
+        data = tokenizer.encode(raw)
         unit, bytes_per_token = "token", len(raw) / max(1, data.numel())
     context = info.config.model.context
     if data.numel() < context + 1:
@@ -261,21 +260,8 @@ def _generation_settings(args: argparse.Namespace):
     return sampling, mode, steer
 
 
-def _load_for_generation(path: str):
-    """Model (eval, CPU) and codec of a checkpoint; BPE when a tokenizer.json sits beside it."""
-    from h2q_tui.data.tokenizer import BpeTokenizer
-    from h2q_tui.generation.text import Codec
-    from h2q_tui.training import checkpoint
-
-    info = checkpoint.read_info(path)
-    model = checkpoint.load_model_from(info).eval()
-    tokenizer_file = info.weights.with_name("tokenizer.json")
-    codec = Codec(BpeTokenizer(tokenizer_file) if tokenizer_file.is_file() else None)
-    return info, model, codec
-
-
 def run_generate(argv: list[str]) -> int:
-    from h2q_tui.generation.generate import Generation
+    from h2q_tui.generation.generate import Generation, load_for_generation
 
     parser = _Parser(
         prog="h2q-tui generate",
@@ -291,7 +277,7 @@ def run_generate(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.steer and args.strength != 0 and args.mode == "sample":
         args.mode = "steer"  # --steer alone means steering
-    info, model, codec = _load_for_generation(args.checkpoint)
+    info, model, codec = load_for_generation(args.checkpoint)
     header = f"checkpoint {info.weights.parent} | step {info.step} | {info.config.model.family}"
     if args.interactive:
         print(header, file=sys.stderr)
@@ -380,6 +366,7 @@ def run_steer_eval(argv: list[str]) -> int:
     import json
 
     from h2q_tui.generation import steer_eval
+    from h2q_tui.generation.generate import load_for_generation
 
     parser = _Parser(
         prog="h2q-tui steer-eval",
@@ -407,7 +394,7 @@ def run_steer_eval(argv: list[str]) -> int:
         ) from None
     if args.samples < 1:
         raise UserError("--samples must be at least 1")
-    info, model, codec = _load_for_generation(args.checkpoint)
+    info, model, codec = load_for_generation(args.checkpoint)
     sampling, _, steer = _generation_settings(args)
     steer.word = args.word
     print(

@@ -26,7 +26,13 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
-from h2q_tui.generation.generate import MODES, Generation, GenerationStats, ModeConfig
+from h2q_tui.generation.generate import (
+    MODES,
+    Generation,
+    GenerationStats,
+    ModeConfig,
+    load_for_generation,
+)
 from h2q_tui.generation.sampling import SamplingConfig
 from h2q_tui.generation.steering import SteerConfig
 from h2q_tui.generation.text import Codec
@@ -101,13 +107,7 @@ def load_checkpoint(path: str) -> tuple[Any, Codec, str]:
 
     Raises UserError with one line for a bad path or a damaged file.
     """
-    from h2q_tui.data.tokenizer import BpeTokenizer
-    from h2q_tui.training import checkpoint
-
-    info = checkpoint.read_info(path)
-    model = checkpoint.load_model_from(info).eval()
-    tokenizer_file = info.weights.with_name("tokenizer.json")
-    codec = Codec(BpeTokenizer(tokenizer_file) if tokenizer_file.is_file() else None)
+    info, model, codec = load_for_generation(path)
     return model, codec, f"checkpoint {short_path(info.weights.parent)} (step {info.step:,})"
 
 

@@ -27,6 +27,7 @@ from h2q_tui.generation.decoder import Decoder
 from h2q_tui.generation.sampling import SamplingConfig, choose_token
 from h2q_tui.generation.steering import SteerConfig, Steering, build_steering
 from h2q_tui.generation.text import Codec, TextStream
+from h2q_tui.training import checkpoint
 
 MODES = ("sample", "steer", "lookahead", "flow")
 
@@ -196,6 +197,16 @@ class Generation:
             return flow_choice(decoder, context, self.mode)
         logits, _ = decoder(context)
         return choose_token(logits, self.tokens, self.sampling, generator)
+
+
+def load_for_generation(path: str) -> tuple[checkpoint.CheckpointInfo, nn.Module, Codec]:
+    """A checkpoint's info, its model (eval mode, CPU) and codec (BPE when it has a tokenizer).
+
+    Raises UserError with one line for a bad path or a damaged file.
+    """
+    info = checkpoint.read_info(path)
+    model = checkpoint.load_model_from(info).eval()
+    return info, model, Codec(checkpoint.tokenizer_of(info))
 
 
 def generate_text(model: nn.Module, codec: Codec, prompt: str, **kwargs) -> str:

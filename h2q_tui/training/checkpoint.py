@@ -21,12 +21,14 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from h2q_tui.config import RunConfig, from_dict
+from h2q_tui.data.tokenizer import BpeTokenizer
 from h2q_tui.errors import UserError
 
 FORMAT = "h2q-tui"
 FORMAT_VERSION = "1"
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
+TOKENIZER = "tokenizer.json"  # beside the weights when the model reads BPE tokens
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,12 @@ def load_model_from(info: CheckpointInfo) -> nn.Module:
         model.grow_ffn_rank()
     load_weights(info, model)
     return model
+
+
+def tokenizer_of(info: CheckpointInfo) -> BpeTokenizer | None:
+    """The BPE tokenizer saved with the checkpoint; None for a byte model."""
+    path = info.weights.with_name(TOKENIZER)
+    return BpeTokenizer(path) if path.is_file() else None
 
 
 def load_weights(info: CheckpointInfo, model: nn.Module) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 from h2q_tui.config import RunConfig
 from h2q_tui.data.sources import Corpus
 from h2q_tui.data.streams import HorizonSampler, RandomWindowSampler
+from h2q_tui.generation.text import Codec
 from h2q_tui.generation.thought_stream import sample_tokens
 from h2q_tui.models import build_model, count_parameters
 from h2q_tui.training import checkpoint, commands, events
@@ -199,7 +200,7 @@ class Trainer:
     def save(self) -> None:
         if self.last_saved_step == self.step:
             return
-        extra = {"tokenizer.json": self.tokenizer.path} if self.tokenizer is not None else {}
+        extra = {checkpoint.TOKENIZER: self.tokenizer.path} if self.tokenizer is not None else {}
         path = checkpoint.save_checkpoint(
             self.run_dir,
             self.model,
@@ -219,10 +220,6 @@ class Trainer:
         copy.requires_grad_(False)
         return copy
 
-    def decode(self, ids: list[int]) -> str:
-        raw = self.tokenizer.decode(ids) if self.tokenizer is not None else bytes(ids)
-        return raw.decode("utf-8", errors="replace")
-
     def sample(self) -> None:
         prompt = self.corpus.heldout[:16].tolist()
         ids = sample_tokens(
@@ -232,7 +229,7 @@ class Trainer:
             self.config.log.sample_temperature,
             self.sample_generator,
         )
-        self.emit(events.SampleReady(self.step, self.decode(prompt + ids)))
+        self.emit(events.SampleReady(self.step, Codec(self.tokenizer).decode(prompt + ids)))
 
     def evaluate_heldout(self) -> float:
         nats = heldout_cross_entropy(
