@@ -58,11 +58,17 @@ def _repeat_cost(token: int, tokens: list[int], window: int, penalty: float) -> 
     return penalty if token in tokens[-window:] else 0.0
 
 
-def lookahead_choice(decoder: Decoder, tokens: list[int], mode: ModeConfig) -> int:
-    """The least-action candidate after ``tokens`` (mode 3)."""
-    logits, _ = decoder(tokens)
+def _candidates(decoder: Decoder, tokens: list[int], mode: ModeConfig):
+    """Next-token log-probs (V,), the top ``mode.candidates`` ids, and the hidden state now."""
+    logits, hidden = decoder(tokens)
     log_probs = F.log_softmax(logits, dim=-1)
     top = torch.topk(log_probs, min(mode.candidates, log_probs.numel())).indices.tolist()
+    return log_probs, top, hidden
+
+
+def lookahead_choice(decoder: Decoder, tokens: list[int], mode: ModeConfig) -> int:
+    """The least-action candidate after ``tokens`` (mode 3)."""
+    log_probs, top, _ = _candidates(decoder, tokens, mode)
     best, best_action = top[0], float("inf")
     for candidate in top:
         path = tokens + [candidate]
@@ -81,9 +87,7 @@ def lookahead_choice(decoder: Decoder, tokens: list[int], mode: ModeConfig) -> i
 
 def flow_choice(decoder: Decoder, tokens: list[int], mode: ModeConfig) -> int:
     """The candidate of least potential + kinetic energy after ``tokens`` (mode 4)."""
-    logits, hidden_now = decoder(tokens)
-    log_probs = F.log_softmax(logits, dim=-1)
-    top = torch.topk(log_probs, min(mode.candidates, log_probs.numel())).indices.tolist()
+    log_probs, top, hidden_now = _candidates(decoder, tokens, mode)
     best, best_energy = top[0], float("inf")
     for candidate in top:
         potential = -log_probs[candidate].item()
