@@ -1,13 +1,17 @@
-"""Training throughput with the dashboard open vs headless, same preset, same process, interleaved.
+"""Training throughput with the dashboard open vs headless: same preset, interleaved trials.
 
-Each trial trains ``--steps`` steps of the preset on the embedded default corpus three ways:
-on the main thread as ``--no-ui`` does (writing metrics.jsonl and progress lines); on a plain
-worker thread with no UI (to separate the
-cost of the thread from the cost of the UI); and inside the Textual app (headless driver: full
-layout and rendering, no terminal, no key presses). Tokens/s comes from the runs' own step
-records, steps 2..N (the final held-out eval and checkpoint are excluded).
+Each trial trains ``--steps`` steps of the preset on the embedded default corpus three ways,
+each in a fresh process, as a user would start them:
 
-The order of the three rotates from trial to trial, so none always runs first.
+* ``--no-ui``: the real command, ``h2q-tui --no-ui --preset P --max-steps N --run-dir D``
+  (training on the main thread, writing metrics.jsonl and progress lines);
+* a plain worker thread with no UI (the cost of the thread apart from the cost of the UI);
+* the dashboard: the Textual app with the engine in its worker thread (headless driver:
+  full layout and rendering, system monitor on, no terminal, no key presses).
+
+Tokens/s comes from each run's own metrics.jsonl step records, steps 2..N (start-up, the
+final held-out eval and the checkpoint are excluded). The order of the three rotates from
+trial to trial, so none always runs first.
 
     python benchmarks/dashboard_overhead.py --preset microstream-cpu --steps 300 --trials 6
 """
@@ -16,64 +20,75 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from h2q_tui.app import make_app
-from h2q_tui.app.engine_link import LiveEngine
-from h2q_tui.run_setup import RunRequest, prepare_run
-from h2q_tui.training.trainer import Trainer
-from h2q_tui.training.writers import ConsolePrinter, JsonlWriter
+from h2q_tui.training.writers import METRICS_FILE
+
+MODES = {
+    "--no-ui": "--no-ui (main thread)",
+    "thread": "worker thread, no UI",
+    "dashboard": "dashboard",
+}
 
 
-def tokens_per_second(steps: list[tuple[int, float]]) -> float:
-    """Rate over (tokens, time) points 2..N: the first step warms up allocators."""
+def tokens_per_second(run_dir: Path) -> float:
+    """Rate over the step records 2..N of a finished run."""
+    steps = []
+    for line in (run_dir / METRICS_FILE).read_text().splitlines():
+        record = json.loads(line)
+        if record["event"] == "step":
+            steps.append((record["tokens"], record["time"]))
     (tokens0, time0), (tokens1, time1) = steps[0], steps[-1]
     return (tokens1 - tokens0) / (time1 - time0)
 
 
-def plain_trial(preset: str, steps: int, folder: Path, in_thread: bool) -> float:
-    """The Trainer alone, on the main thread (as --no-ui) or on a plain worker thread."""
-    name = "thread" if in_thread else "main"
-    prepared = prepare_run(RunRequest(preset=preset, run_dir=str(folder / name), max_steps=steps))
-    points: list[tuple[int, float]] = []
-    writer = JsonlWriter(prepared.run_dir)  # what --no-ui does per event: the log and a line
-    printer = ConsolePrinter(prepared.config.log.log_interval, steps, io.StringIO())
+def train_in_thread(preset: str, steps: int, run_dir: Path) -> None:
+    """The Trainer alone on a plain worker thread, writing the log as --no-ui does."""
+    from h2q_tui.run_setup import RunRequest, prepare_run
+    from h2q_tui.training.trainer import Trainer
+    from h2q_tui.training.writers import JsonlWriter
 
-    def emit(event) -> None:
-        writer(event)
-        printer(event)
-        if event.name == "step":
-            points.append((event.tokens, event.time))
+    prepared = prepare_run(RunRequest(preset=preset, run_dir=str(run_dir), max_steps=steps))
+    writer = JsonlWriter(prepared.run_dir)
 
     def train() -> None:
-        Trainer(prepared.config, prepared.corpus, prepared.run_dir, emit).run()
+        Trainer(prepared.config, prepared.corpus, prepared.run_dir, writer).run()
         writer.close()
 
-    if in_thread:
-        worker = threading.Thread(target=train)
-        worker.start()
-        worker.join()
-    else:
-        train()
-    return tokens_per_second(points)
+    worker = threading.Thread(target=train)
+    worker.start()
+    worker.join()
 
 
-async def dashboard_trial(preset: str, steps: int, folder: Path) -> float:
-    prepared = prepare_run(
-        RunRequest(preset=preset, run_dir=str(folder / "dashboard"), max_steps=steps)
-    )
+async def train_in_dashboard(preset: str, steps: int, run_dir: Path) -> None:
+    from h2q_tui.app import make_app
+    from h2q_tui.app.engine_link import LiveEngine
+    from h2q_tui.run_setup import RunRequest, prepare_run
+
+    prepared = prepare_run(RunRequest(preset=preset, run_dir=str(run_dir), max_steps=steps))
     app = make_app(LiveEngine(prepared), autostart=True, monitor=True)
     async with app.run_test(size=(160, 48)):
         while not app.state.startswith("finished"):
             await asyncio.sleep(0.5)  # an idle user: no key presses
-    train = app.histories[app.focused_run].train
-    return tokens_per_second(list(zip(train.tokens, train.time, strict=True)))
+
+
+def run_trial(mode: str, preset: str, steps: int, run_dir: Path) -> float:
+    """Train in a fresh process and return its tokens/s."""
+    if mode == "--no-ui":
+        command = [sys.executable, "-m", "h2q_tui", "--no-ui"]
+        command += ["--preset", preset, "--max-steps", str(steps), "--run-dir", str(run_dir)]
+    else:
+        command = [sys.executable, __file__, "--one", mode, "--preset", preset]
+        command += ["--steps", str(steps), "--run-dir", str(run_dir)]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return tokens_per_second(run_dir)
 
 
 def main() -> None:
@@ -84,39 +99,49 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-dashboard.json")
+    parser.add_argument("--one", choices=["thread", "dashboard"], help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {
-        "--no-ui (main thread)": [],
-        "worker thread, no UI": [],
-        "dashboard": [],
-    }
-    runs = {
-        "--no-ui (main thread)": lambda folder: plain_trial(args.preset, args.steps, folder, False),
-        "worker thread, no UI": lambda folder: plain_trial(args.preset, args.steps, folder, True),
-        "dashboard": lambda folder: asyncio.run(dashboard_trial(args.preset, args.steps, folder)),
-    }
-    labels = list(runs)
+    if args.one == "thread":
+        return train_in_thread(args.preset, args.steps, args.run_dir)
+    if args.one == "dashboard":
+        return asyncio.run(train_in_dashboard(args.preset, args.steps, args.run_dir))
+
+    rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+    modes = list(MODES)
     for trial in range(args.trials):
-        order = labels[trial % 3 :] + labels[: trial % 3]  # rotate: no mode always runs first
+        order = modes[trial % 3 :] + modes[: trial % 3]  # rotate: no mode always runs first
         with tempfile.TemporaryDirectory() as tmp:
-            for label in order:
-                rates[label].append(runs[label](Path(tmp)))
+            for mode in order:
+                rates[mode].append(run_trial(mode, args.preset, args.steps, Path(tmp) / mode))
         print(
             f"trial {trial + 1} ({' → '.join(order)}): "
-            + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()),
+            + ", ".join(f"{MODES[m]} {v[-1]:,.0f}" for m, v in rates.items()),
             flush=True,
         )
-    medians = {label: statistics.median(values) for label, values in rates.items()}
-    base = medians["--no-ui (main thread)"]
+    medians = {mode: statistics.median(values) for mode, values in rates.items()}
+    base = medians["--no-ui"]
+    paired = [d / n - 1 for d, n in zip(rates["dashboard"], rates["--no-ui"], strict=True)]
     print(
         f"\n{args.preset}, {args.steps} steps, {args.trials} interleaved trials, {platform.machine()}"
     )
     print("| mode | tokens/s (median) | vs --no-ui |\n|---|---:|---:|")
-    for label, value in medians.items():
-        print(f"| {label} | {value:,.0f} | {100 * (value / base - 1):+.1f} % |")
+    for mode, value in medians.items():
+        print(f"| {MODES[mode]} | {value:,.0f} | {100 * (value / base - 1):+.1f} % |")
+    print(
+        f"dashboard vs --no-ui trial by trial: median {100 * statistics.median(paired):+.1f} %"
+        f" ({', '.join(f'{100 * p:+.1f}' for p in paired)})"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"preset": args.preset, "steps": args.steps, "tokens_per_s": rates, "medians": medians}
+    report = {
+        "preset": args.preset,
+        "steps": args.steps,
+        "tokens_per_s": {MODES[m]: v for m, v in rates.items()},
+        "medians": {MODES[m]: v for m, v in medians.items()},
+        "dashboard_vs_no_ui_per_trial": paired,
+    }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

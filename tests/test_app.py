@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -449,3 +452,29 @@ async def test_real_engine_trains_to_the_end(tmp_path, text_file):
     assert records[-1]["event"] == "run_finished"
     checkpoints = [p for p in (run_dir / "checkpoints").iterdir() if p.is_dir()]
     assert checkpoints and any(any(p.iterdir()) for p in checkpoints)
+
+
+def run_openmp_probe(text_file: Path, run_dir: Path, *flags: str) -> dict[str, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    probe = Path(__file__).with_name("openmp_probe.py")
+    out = subprocess.run(
+        [sys.executable, str(probe), str(text_file), str(run_dir), *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=True,
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_a_run_leaves_no_openmp_team_behind(tmp_path, text_file):
+    """A parallel op on the UI thread or on Textual's pooled worker threads would leave an
+    OpenMP team there for the life of the app, and libgomp then throttles the training
+    thread's team (h2q_tui/system/threads.py)."""
+    control = run_openmp_probe(text_file, tmp_path / "control", "--main-omp")
+    assert control["after"] > control["start"], control  # the probe sees a UI-thread team
+    real = run_openmp_probe(text_file, tmp_path / "real")
+    assert real["during"] > real["start"], real  # training did run parallel regions
+    assert real["after"] == real["start"], real  # and its team ended with the run

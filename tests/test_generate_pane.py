@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,26 @@ async def test_generating_streams_text_shows_tokens_per_s_and_repeats_with_a_see
         assert await generate(pilot, pane) != first
         set_field(pane, "gen-seed", "0")
         assert await generate(pilot, pane) == first
+
+
+async def test_generation_runs_on_a_thread_that_ends(model, engine):
+    """Not on Textual's pooled executor threads: an OpenMP team made there would outlive the
+    generation and slow the training thread (h2q_tui/system/threads.py)."""
+    threads: set[threading.Thread] = set()
+    forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        threads.add(threading.current_thread())
+        return forward(*args, **kwargs)
+
+    model.forward = recording_forward
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        pane = await give_model(pilot, model)
+        set_field(pane, "gen-tokens", "5")
+        assert await generate(pilot, pane)
+    assert threads and all(t.name == "h2q-generate_worker" for t in threads)
+    assert not any(t.is_alive() for t in threads)
 
 
 async def test_a_long_generation_streams_and_escape_cancels_it(model, engine):

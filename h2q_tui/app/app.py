@@ -28,6 +28,7 @@ from h2q_tui.app.generate_pane import GeneratePane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, ErrorScreen, HelpScreen
 from h2q_tui.app.widgets import X_AXES, CardGrid, LossChart, SystemPanel
 from h2q_tui.system.monitor import SystemMonitor, SystemSnapshot
+from h2q_tui.system.threads import run_on_own_thread
 from h2q_tui.training import commands
 from h2q_tui.training.history import RunHistory
 
@@ -310,8 +311,8 @@ class H2QApp(App[int]):
         return self.training_worker is not None and not self.training_worker.is_finished
 
     def _train(self) -> None:
-        try:
-            self.engine.run(self.on_record)  # type: ignore[union-attr]
+        try:  # on a thread that ends with the run: see h2q_tui/system/threads.py
+            run_on_own_thread(self.engine.run, self.on_record)  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - a worker error becomes a modal, never a dead app
             self.post_message(EngineFailed(f"{type(exc).__name__}: {exc}"))
 

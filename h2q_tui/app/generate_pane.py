@@ -36,6 +36,7 @@ from h2q_tui.generation.generate import (
 from h2q_tui.generation.sampling import SamplingConfig
 from h2q_tui.generation.steering import SteerConfig
 from h2q_tui.generation.text import Codec
+from h2q_tui.system.threads import on_own_thread
 
 DEFAULT_PROMPT = "Once upon a time"
 STRENGTH_STEP = 0.1  # ←/→ change the strength by this much
@@ -325,6 +326,7 @@ class GeneratePane(Vertical, can_focus=True):
         self._load_worker(path)
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    @on_own_thread
     def _load_worker(self, path: str) -> None:
         from h2q_tui.errors import UserError
 
@@ -400,6 +402,7 @@ class GeneratePane(Vertical, can_focus=True):
         self.workers.cancel_group(self, "generate")
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
+    @on_own_thread
     def _generate_worker(self, generation: Generation, gen_id: int) -> None:
         worker = get_current_worker()
         error = None
@@ -496,6 +499,7 @@ class GeneratePane(Vertical, can_focus=True):
         self._readout_worker(self.model, self.codec, steer, self._prompt(), temperature)
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
+    @on_own_thread
     def _readout_worker(
         self, model: Any, codec: Codec, steer: SteerConfig, prompt: str, temperature: float
     ) -> None:
