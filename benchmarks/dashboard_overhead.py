@@ -49,19 +49,25 @@ def tokens_per_second(run_dir: Path) -> float:
     return (tokens1 - tokens0) / (time1 - time0)
 
 
-def train_in_thread(preset: str, steps: int, run_dir: Path) -> None:
-    """The Trainer alone on a plain worker thread, writing the log as --no-ui does."""
+def prepare(preset: str, steps: int, run_dir: Path):
     from h2q_tui.run_setup import RunRequest, prepare_run
+
+    return prepare_run(RunRequest(preset=preset, run_dir=str(run_dir), max_steps=steps))
+
+
+def train_plain(prepared, on_thread: bool) -> None:
+    """The Trainer alone, writing metrics.jsonl as --no-ui does: here, or on a new thread."""
     from h2q_tui.training.trainer import Trainer
     from h2q_tui.training.writers import JsonlWriter
 
-    prepared = prepare_run(RunRequest(preset=preset, run_dir=str(run_dir), max_steps=steps))
     writer = JsonlWriter(prepared.run_dir)
 
     def train() -> None:
         Trainer(prepared.config, prepared.corpus, prepared.run_dir, writer).run()
         writer.close()
 
+    if not on_thread:
+        return train()
     worker = threading.Thread(target=train)
     worker.start()
     worker.join()
@@ -70,13 +76,24 @@ def train_in_thread(preset: str, steps: int, run_dir: Path) -> None:
 async def train_in_dashboard(preset: str, steps: int, run_dir: Path) -> None:
     from h2q_tui.app import make_app
     from h2q_tui.app.engine_link import LiveEngine
-    from h2q_tui.run_setup import RunRequest, prepare_run
 
-    prepared = prepare_run(RunRequest(preset=preset, run_dir=str(run_dir), max_steps=steps))
-    app = make_app(LiveEngine(prepared), autostart=True, monitor=True)
+    app = make_app(LiveEngine(prepare(preset, steps, run_dir)), autostart=True, monitor=True)
     async with app.run_test(size=(160, 48)):
         while not app.state.startswith("finished"):
             await asyncio.sleep(0.5)  # an idle user: no key presses
+
+
+def in_fresh_process(script: str, mode: str, preset: str, steps: int, run_dir: Path) -> str:
+    """Run ``script --one MODE`` (one run of a benchmark's mode) in a new process; its stdout."""
+    command = [sys.executable, script, "--one", mode, "--preset", preset]
+    command += ["--steps", str(steps), "--run-dir", str(run_dir)]
+    return subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+
+
+def rotated(modes: list[str], trial: int) -> list[str]:
+    """The trial's order of the modes: rotated, so no mode always runs first."""
+    shift = trial % len(modes)
+    return modes[shift:] + modes[:shift]
 
 
 def run_trial(mode: str, preset: str, steps: int, run_dir: Path) -> float:
@@ -84,10 +101,9 @@ def run_trial(mode: str, preset: str, steps: int, run_dir: Path) -> float:
     if mode == "--no-ui":
         command = [sys.executable, "-m", "h2q_tui", "--no-ui"]
         command += ["--preset", preset, "--max-steps", str(steps), "--run-dir", str(run_dir)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     else:
-        command = [sys.executable, __file__, "--one", mode, "--preset", preset]
-        command += ["--steps", str(steps), "--run-dir", str(run_dir)]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        in_fresh_process(__file__, mode, preset, steps, run_dir)
     return tokens_per_second(run_dir)
 
 
@@ -103,14 +119,13 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one == "thread":
-        return train_in_thread(args.preset, args.steps, args.run_dir)
+        return train_plain(prepare(args.preset, args.steps, args.run_dir), on_thread=True)
     if args.one == "dashboard":
         return asyncio.run(train_in_dashboard(args.preset, args.steps, args.run_dir))
 
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
-    modes = list(MODES)
     for trial in range(args.trials):
-        order = modes[trial % 3 :] + modes[: trial % 3]  # rotate: no mode always runs first
+        order = rotated(list(MODES), trial)
         with tempfile.TemporaryDirectory() as tmp:
             for mode in order:
                 rates[mode].append(run_trial(mode, args.preset, args.steps, Path(tmp) / mode))

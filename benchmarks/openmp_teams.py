@@ -20,13 +20,10 @@ import json
 import platform
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 from pathlib import Path
 
-from dashboard_overhead import tokens_per_second
+from dashboard_overhead import in_fresh_process, prepare, rotated, tokens_per_second, train_plain
 
 MODES = {
     "main": "main thread",
@@ -38,26 +35,11 @@ MODES = {
 def train(preset: str, steps: int, run_dir: Path, mode: str) -> dict[str, float]:
     import torch
 
-    from h2q_tui.run_setup import RunRequest, prepare_run
-    from h2q_tui.training.trainer import Trainer
-    from h2q_tui.training.writers import JsonlWriter
-
-    prepared = prepare_run(RunRequest(preset=preset, run_dir=str(run_dir), max_steps=steps))
-    writer = JsonlWriter(prepared.run_dir)
+    prepared = prepare(preset, steps, run_dir)
     if mode == "thread-after-main-omp":
         torch.ones(1 << 22).mul_(2.0)  # one parallel region: the main thread now has a team
     before = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
-
-    def run() -> None:
-        Trainer(prepared.config, prepared.corpus, prepared.run_dir, writer).run()
-        writer.close()
-
-    if mode == "main":
-        run()
-    else:
-        worker = threading.Thread(target=run)
-        worker.start()
-        worker.join()
+    train_plain(prepared, on_thread=mode != "main")
     switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - before
     return {"tokens_per_s": tokens_per_second(run_dir), "switches_per_step": switches / steps}
 
@@ -78,14 +60,11 @@ def main() -> None:
         return
 
     results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
-    modes = list(MODES)
     for trial in range(args.trials):
-        order = modes[trial % 3 :] + modes[: trial % 3]
         with tempfile.TemporaryDirectory() as tmp:
-            for mode in order:
-                command = [sys.executable, __file__, "--one", mode, "--preset", args.preset]
-                command += ["--steps", str(args.steps), "--run-dir", str(Path(tmp) / mode)]
-                out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            for mode in rotated(list(MODES), trial):
+                run_dir = Path(tmp) / mode
+                out = in_fresh_process(__file__, mode, args.preset, args.steps, run_dir)
                 results[mode].append(json.loads(out.splitlines()[-1]))
         print(
             f"trial {trial + 1}: "
