@@ -51,6 +51,15 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokenizer", help="a local BPE tokenizer.json (tokenizers library); default: bytes"
     )
+    add_device_flag(parser)
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N (default: auto)",
+    )
 
 
 def main_parser() -> argparse.ArgumentParser:

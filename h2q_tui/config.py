@@ -64,7 +64,7 @@ class TrainConfig:
     warmup_steps: int = 0
     schedule: str = "constant"  # constant | cosine (over max_steps, else over max_seconds)
     axiom_lambda: float = 0.1  # penalty weight: loss = CE + axiom_lambda * 0.01 * penalty
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "auto"  # auto (fast bf16 hardware: bf16, else fp32) | fp32 | bf16 | fp16
     threads: int = 0  # torch intra-op threads for training; 0 = all cores
     grad_accum: int = 1  # micro-batches per optimizer step
     # QRLM dynamic rank growth (SPEC §3.3): from growth_start_step, every growth_interval steps,
@@ -99,6 +99,7 @@ class LogConfig:
     sample_bytes: int = 200
     sample_temperature: float = 0.8
     checkpoint_interval: int = 1000  # steps between checkpoints (0 = only at the end)
+    keep_checkpoints: int = 3  # newest step_* folders kept (the best held-out one is kept apart)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ CHOICES = {
     ("model", "attention_layout"): ("heads", "source"),
     ("train", "loop"): ("horizon", "random"),
     ("train", "schedule"): ("constant", "cosine"),
-    ("train", "precision"): ("fp32", "bf16"),
+    ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
 }
 
 

@@ -38,6 +38,7 @@ class RunRequest:
     max_seconds: float | None = None
     seed: int | None = None
     tokenizer: str | None = None
+    device: str = "auto"
 
 
 @dataclass

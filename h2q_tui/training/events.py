@@ -42,6 +42,9 @@ class RunStarted(Event):
     start_step: int
     time: float
     started_at: str
+    precision: str = "fp32"  # fp32 | bf16 | fp16, as chosen for this machine
+    precision_reason: str = ""  # e.g. "this CPU has no fast bf16 (no AMX, no AVX512-BF16)"
+    machine: str = ""  # CPU model (and GPU) the run trains on
 
 
 @dataclass(frozen=True)
@@ -132,12 +135,32 @@ class AlarmRaised(Event):
 
 
 @dataclass(frozen=True)
+class NoticeGiven(Event):
+    """A status a person should see at once ("stopping: saving checkpoint…")."""
+
+    name: ClassVar[str] = "notice"
+    step: int
+    message: str
+
+
+@dataclass(frozen=True)
+class ProgressReported(Event):
+    """Progress of a long task between steps (held-out eval, horizon validation)."""
+
+    name: ClassVar[str] = "progress"
+    step: int
+    task: str  # "held-out eval" | "horizon validation" | ...
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class RunFinished(Event):
     name: ClassVar[str] = "run_finished"
     step: int
     tokens: int
     time: float
-    reason: str  # max_steps | max_seconds | stopped | interrupted
+    reason: str  # max_steps | max_seconds | stopped | interrupted | terminated | hangup | nan | ...
 
 
 @dataclass(frozen=True)
