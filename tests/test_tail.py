@@ -81,3 +81,43 @@ def test_replaced_file_restarts_even_when_not_smaller(tmp_path: Path) -> None:
     append(fresh, '{"run": 2}\n{"run": 2, "step": 1}\n')
     fresh.replace(path)
     assert tailer.read_new() == [{"run": 2}, {"run": 2, "step": 1}]
+
+
+def test_valid_json_with_bad_fields_is_passed_on_for_the_reader_to_judge(tmp_path: Path) -> None:
+    # The tailer only splits lines; RunHistory.add validates and counts bad records.
+    path = tmp_path / "metrics.jsonl"
+    append(path, '{"event": "step"}\n{"event": "step", "step": NaN}\n{"step": Infinity}\n')
+    tailer = JsonlTailer(path)
+    records = tailer.read_new()
+    assert records[0] == {"event": "step"} and records[1]["step"] != records[1]["step"]
+    assert len(records) == 3 and tailer.skipped_lines == 0
+
+
+def test_hostile_lines_are_skipped_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    deep = "[" * 100_000 + "]" * 100_000  # RecursionError inside json
+    huge_int = '{"step": ' + "9" * 5000 + "}"  # beyond int's default digit limit
+    path.write_bytes(
+        b"\xff\xfe garbage\n"
+        + deep.encode()
+        + b"\n"
+        + huge_int.encode()
+        + b"\n"
+        + b'{"text": "\xe9t\xe9"}\n'  # Latin-1, not UTF-8: still an object
+        + b"null\n42\n"
+    )
+    tailer = JsonlTailer(path)
+    records = tailer.read_new()
+    assert len(records) == 1 and records[0]["text"].startswith("\ufffd")
+    assert tailer.skipped_lines == 5
+
+
+def test_an_unreadable_path_gives_nothing_and_says_why(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.mkdir()  # a directory where the log should be
+    tailer = JsonlTailer(path)
+    assert tailer.read_new() == []
+    assert tailer.read_error is not None and "metrics.jsonl" in tailer.read_error
+    path.rmdir()
+    append(path, '{"a": 1}\n')
+    assert tailer.read_new() == [{"a": 1}] and tailer.read_error is None

@@ -17,11 +17,12 @@ def number(value: float | int | None, fmt: str = ".3f") -> str:
     return format(value, fmt)
 
 
-def loss_text(nats: float | None) -> str:
-    """Cross-entropy in both units on two lines, e.g. '1.2345 nats\n1.781 bits/byte'."""
+def loss_text(nats: float | None, short: bool = False) -> str:
+    """Cross-entropy in both units on two lines, e.g. '1.2345 nats\n1.781 bits/byte'
+    (``short``: '1.781 bpb', for small terminals)."""
     if nats is None or not math.isfinite(nats):
         return NA
-    return f"{nats:.4f} nats\n{bits_per_byte(nats):.3f} bits/byte"
+    return f"{nats:.4f} nats\n{bits_per_byte(nats):.3f} " + ("bpb" if short else "bits/byte")
 
 
 def horizon_colour(val: float | None, train: float | None) -> str:

@@ -54,47 +54,73 @@ class CardGrid(Grid):
         for key, title in CARDS:
             yield MetricCard(key, title)
 
-    def show(self, history: RunHistory, state: str) -> None:
-        for key, text in card_texts(history, state).items():
+    def show(self, history: RunHistory, state: str, compact: bool = False) -> None:
+        for key, text in card_texts(history, state, compact).items():
             self.query_one(f"#card-{key}", MetricCard).show(text)
 
 
-def card_texts(h: RunHistory, state: str) -> dict[str, str | Text]:
-    """The text of every card, from the history alone (deterministic for snapshots)."""
+def card_texts(h: RunHistory, state: str, compact: bool = False) -> dict[str, str | Text]:
+    """The text of every card, from the history alone (deterministic for snapshots).
+
+    ``compact`` (small terminals): at most two lines of at most 17 characters per card.
+    Any reading may be missing or null (old or foreign logs): it shows n/a.
+    """
     step = h.last_step or {}
     train_cfg = h.config.get("train", {})
     model_cfg = h.config.get("model", {})
     max_steps = train_cfg.get("max_steps") or 0
-    progress = f"epoch {step['epoch']} · {100 * step['data_progress']:.1f}% of data" if step else ""
+    at_step = step.get("step", (h.started or {}).get("start_step", 0))
     total = f" / {max_steps:,}" if max_steps else ""
+    progress = ""
+    if step:
+        share = fmt.number(_times(step.get("data_progress"), 100), ".1f")
+        epoch = fmt.number(step.get("epoch"), "d")
+        progress = f"epoch {epoch} · {share}%" + ("" if compact else " of data")
     horizon = h.last_horizon or {}
     colour = fmt.horizon_colour(horizon.get("val_loss_nats"), horizon.get("train_loss_nats"))
     horizon_text = Text(
         f"Val  {fmt.number(horizon.get('val_loss_nats'), '.4f')}\nDiff {fmt.number(horizon.get('diff_nats'), '+.4f')}",
         style=colour,
     )
-    horizon_text.append("\nnext chunk; noisy", style="dim")
+    if not compact:
+        horizon_text.append("\nnext chunk; noisy", style="dim")
     heldout = h.last_heldout or {}
+    heldout_nats = heldout.get("val_loss_nats")
+    if compact:
+        heldout_text = fmt.loss_text(heldout_nats, short=True) + (
+            f" @{heldout['step']:,}" if heldout else ""
+        )
+    else:
+        heldout_text = fmt.loss_text(heldout_nats) + (
+            f"\n@ step {heldout['step']:,}" if heldout else ""
+        )
     state_text = Text(state, style="bold red" if "ALARM" in state else "bold")
     rank = model_cfg.get("rank") if model_cfg.get("family") != "gpt" else None
+    speed = fmt.NA
+    if step.get("step_ms") is not None or step.get("tokens_per_s") is not None:
+        speed = (
+            f"{fmt.number(step.get('step_ms'), ',.0f')} ms/step\n"
+            f"{fmt.number(step.get('tokens_per_s'), ',.0f')} tok/s"
+        )
     return {
         "state": state_text,
-        "step": f"{step.get('step', 0):,}{total}\n{progress}",
-        "train": fmt.loss_text(step.get("train_loss_nats")),
+        "step": f"{at_step:,}{total}\n{progress}",
+        "train": fmt.loss_text(step.get("train_loss_nats"), short=compact),
         "horizon": horizon_text,
-        "heldout": fmt.loss_text(heldout.get("val_loss_nats"))
-        + (f"\n@ step {heldout['step']:,}" if heldout else ""),
+        "heldout": heldout_text,
         "energy": fmt.number(step.get("energy"), ".2f"),
         "grad": fmt.number(step.get("grad_norm"), ".3f") + ("\nbefore clipping" if step else ""),
-        "speed": (
-            f"{step['step_ms']:.0f} ms/step\n{step['tokens_per_s']:,.0f} tok/s" if step else fmt.NA
-        ),
+        "speed": speed,
         "eta": fmt.duration(h.eta_seconds()),
         "lr": fmt.number(step.get("lr"), ".3e"),
         "rank": str(h.rank if h.rank is not None else (rank if rank is not None else fmt.NA)),
         "penalty": fmt.number(step.get("aux_loss"), ".4f")
-        + (f"\nraw {step['penalty']:.2f}" if step else ""),
+        + (f"\nraw {fmt.number(step.get('penalty'), '.2f')}" if step else ""),
     }
+
+
+def _times(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
 
 
 def _thin(xs: list[float], ys: list[float], limit: int) -> tuple[list[float], list[float]]:

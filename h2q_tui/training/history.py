@@ -6,12 +6,161 @@ The same ``add(record)`` serves a live run (``event.to_record()``) and an attach
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 LOG_LINES = 200
 SAMPLES = 20
+NOTICE_SECONDS = 10.0  # a notice stays on the status line this long (training time), if nothing ends it
+
+
+# ---------------------------------------------------------------- what a valid record is
+# Another process writes metrics.jsonl, and anything can end up in a file: every record is
+# checked against its event's fields before the history (and so any widget) reads it.
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> bool:
+    """An int >= 0 (steps, tokens, bytes)."""
+    return _is_int(value) and value >= 0
+
+
+def _finite(value: Any) -> bool:
+    """A finite number (time is an axis: it must be plottable)."""
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _reading(value: Any) -> bool:
+    """A measured number: NaN/Inf are written as null, and a NaN from Python's json is kept."""
+    return value is None or _is_int(value) or isinstance(value, float)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _optional_count(value: Any) -> bool:
+    return value is None or _count(value)
+
+
+def _mapping(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _split(value: Any) -> bool:
+    return value in ("horizon", "heldout")
+
+
+def _config(value: Any) -> bool:
+    """The run's config: an object of sections, and the keys the dashboard computes with."""
+    if not isinstance(value, dict):
+        return False
+    if not all(isinstance(value.get(s, {}), dict) for s in ("model", "train", "eval", "log")):
+        return False
+    train = value.get("train", {})
+    limits_ok = all(
+        train.get(key) is None or _finite(train[key]) for key in ("max_steps", "max_seconds")
+    )
+    rank = value.get("model", {}).get("rank")
+    return limits_ok and (rank is None or _is_int(rank))
+
+
+Check = Callable[[Any], bool]
+# event -> (required fields, optional fields): field -> check. Unknown events pass unchecked
+# (a newer engine may add some) and are ignored; unknown fields are ignored.
+RECORD_FIELDS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
+    "run_started": (
+        {"run_id": _text, "config": _config},
+        {
+            "n_params": _count,
+            "preset": _text,
+            "train_source": _text,
+            "heldout_source": _text,
+            "train_bytes": _count,
+            "heldout_bytes": _count,
+            "device": _text,
+            "threads": _is_int,
+            "start_step": _count,
+            "time": _finite,
+            "started_at": _text,
+            "precision": _text,
+            "precision_reason": _text,
+            "machine": _text,
+        },
+    ),
+    "step": (
+        {"step": _count, "tokens": _count, "time": _finite, "train_loss_nats": _reading},
+        {
+            **dict.fromkeys(
+                ("train_bpb", "aux_loss", "penalty", "grad_norm", "energy"), _reading
+            ),
+            **dict.fromkeys(("step_ms", "tokens_per_s", "lr", "data_progress"), _reading),
+            "epoch": _count,
+            "rss_bytes": _optional_count,
+            "cuda_allocated_bytes": _optional_count,
+            "cuda_reserved_bytes": _optional_count,
+        },
+    ),
+    "eval": (
+        {
+            "step": _count,
+            "tokens": _count,
+            "time": _finite,
+            "split": _split,
+            "val_loss_nats": _reading,
+        },
+        dict.fromkeys(("val_bpb", "train_loss_nats", "diff_nats"), _reading),
+    ),
+    "sample": ({"step": _count, "text": _text}, {}),
+    "checkpoint": ({"step": _count, "path": _text, "checkpoint_bytes": _count}, {}),
+    "paused": ({"step": _count}, {}),
+    "resumed": ({"step": _count}, {}),
+    "lr_changed": ({"step": _count, "lr": _finite}, {"lr_scale": _reading}),
+    "rank_grown": (
+        {"step": _count, "rank": _count},
+        {"new_parameters": _is_int, "lr": _reading},
+    ),
+    "alarm": ({"step": _count, "kind": _text, "message": _text}, {}),
+    "notice": ({"step": _count, "message": _text}, {}),
+    "progress": ({"step": _count, "task": _text, "done": _count, "total": _count}, {}),
+    "run_finished": (
+        {"step": _count, "time": _finite, "reason": _text},
+        {"tokens": _count},
+    ),
+    "run_failed": ({"step": _count, "message": _text}, {"extra": _mapping}),
+}
+
+
+def record_problem(record: Any) -> str | None:
+    """Why this record cannot be shown (e.g. "step: 'step' is missing"), or None if it can."""
+    if not isinstance(record, dict):
+        return f"not a JSON object: {type(record).__name__}"
+    event = record.get("event")
+    if not isinstance(event, str):
+        return "no event name"
+    if event not in RECORD_FIELDS:
+        return None
+    required, optional = RECORD_FIELDS[event]
+    for name, check in required.items():
+        if name not in record:
+            return f"{event}: {name!r} is missing"
+        if not check(record[name]):
+            return f"{event}: {name!r} is {_shown(record[name])}"
+    for name, check in optional.items():
+        if name in record and not check(record[name]):
+            return f"{event}: {name!r} is {_shown(record[name])}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 30 else text[:27] + "..."
 
 
 @dataclass
@@ -41,6 +190,12 @@ class Curve:
             for column in (self.step, self.tokens, self.time, self.value):
                 del column[1::2]
             self.stride *= 2
+
+    def drop_after(self, step: int) -> None:
+        """Forget the points after ``step`` (a resume logs those steps again)."""
+        keep = bisect.bisect_right(self.step, step)
+        for column in (self.step, self.tokens, self.time, self.value):
+            del column[keep:]
 
     def x(self, axis: str) -> list[float]:
         return {"step": self.step, "tokens": self.tokens, "time": self.time}[axis]
@@ -81,18 +236,45 @@ class RunHistory:
         self.alarm_active: dict[str, Any] | None = None  # the last alarm, until training resumes
         self.paused = False
         self.rank: int | None = None  # set by rank_grown events (QRLM)
-        self.records = 0
+        self.notice: dict[str, Any] | None = None  # the last notice, until something ends it
+        self._notice_until = math.inf  # training time at which the notice goes
+        self.progress: dict[str, Any] | None = None  # a long task between steps, while it runs
+        self.records = 0  # records seen, bad ones included
+        self.bad_records = 0  # valid JSON that is not a valid record: skipped
+        self.last_problem: str | None = None  # why the last bad record was skipped
 
     @property
     def config(self) -> dict[str, Any]:
         return (self.started or {}).get("config", {})
 
-    def add(self, record: dict[str, Any]) -> None:
-        """Fold one metrics record into the history."""
+    @property
+    def precision_text(self) -> str | None:
+        """e.g. "precision fp32 — this CPU has no fast bf16 (…)"; None for logs without it."""
+        started = self.started or {}
+        if not started.get("precision"):
+            return None
+        reason = started.get("precision_reason")
+        return f"precision {started['precision']}" + (f" — {reason}" if reason else "")
+
+    def add(self, record: dict[str, Any]) -> bool:
+        """Fold one metrics record into the history; False (and counted) if it is not valid."""
         self.records += 1
-        handler = getattr(self, f"_on_{record.get('event')}", None)
+        problem = record_problem(record)
+        if problem is not None:
+            self.bad_records += 1
+            self.last_problem = problem
+            return False
+        handler = getattr(self, f"_on_{record['event']}", None)
         if handler is not None:
             handler(record)
+        return True
+
+    def note(self, text: str) -> None:
+        """A line for the event log that no record made (e.g. where a replayed history came from)."""
+        self._note(text)
+
+    def _end_notice(self) -> None:
+        self.notice, self._notice_until = None, math.inf
 
     def _note(self, text: str) -> None:
         self.notes += 1
@@ -101,17 +283,37 @@ class RunHistory:
 
     def _on_run_started(self, r: dict[str, Any]) -> None:
         self.started, self.finished = r, None
-        resumed = f" (resumed at step {r['start_step']})" if r.get("start_step") else ""
-        self._note(
-            f"run {r['run_id']} started{resumed}: {r['n_params']:,} parameters on {r['device']}"
-        )
+        self.paused, self.alarm_active, self.progress = False, None, None
+        start = r.get("start_step") or 0
+        for curve in (self.train, self.heldout, self.horizon):
+            curve.drop_after(start)  # steps after the checkpoint are trained (and logged) again
+        for name in ("last_step", "last_heldout", "last_horizon"):
+            if (getattr(self, name) or {}).get("step", 0) > start:
+                setattr(self, name, None)
+        resumed = f" (resumed at step {start})" if start else ""
+        size = f": {r['n_params']:,} parameters" if "n_params" in r else ""
+        device = f" on {r['device']}" if "device" in r else ""
+        precision = f", {self.precision_text}" if self.precision_text else ""
+        self._note(f"run {r['run_id']} started{resumed}{size}{device}{precision}")
 
     def _on_step(self, r: dict[str, Any]) -> None:
-        self.last_step = r
+        self.last_step, self.progress = r, None
         loss = r["train_loss_nats"]
         self.train.append(r["step"], r["tokens"], r["time"], math.nan if loss is None else loss)
+        if self.notice is not None and self._notice_until == math.inf:
+            self._notice_until = r["time"] + NOTICE_SECONDS  # counted from the next step on
+        elif r["time"] >= self._notice_until:
+            self._end_notice()
+
+    def _on_notice(self, r: dict[str, Any]) -> None:
+        self.notice, self._notice_until = r, math.inf
+        self._note(f"step {r['step']}: {r['message']}")
+
+    def _on_progress(self, r: dict[str, Any]) -> None:
+        self.progress = r
 
     def _on_eval(self, r: dict[str, Any]) -> None:
+        self.progress = None
         value = math.nan if r["val_loss_nats"] is None else r["val_loss_nats"]
         if r["split"] == "heldout":
             self.last_heldout = r
@@ -135,11 +337,13 @@ class RunHistory:
         self._note(f"step {r['step']}: ALARM {r['kind']}: {r['message']}")
 
     def _on_paused(self, r: dict[str, Any]) -> None:
-        self.paused = True
+        self.paused, self.progress = True, None
+        self._end_notice()
         self._note(f"step {r['step']}: paused")
 
     def _on_resumed(self, r: dict[str, Any]) -> None:
         self.paused = False
+        self._end_notice()
         self.alarm_active = None
         self._note(f"step {r['step']}: resumed")
 
@@ -147,15 +351,17 @@ class RunHistory:
         self._note(f"step {r['step']}: learning rate set to {r['lr']:.3e}")
 
     def _on_rank_grown(self, r: dict[str, Any]) -> None:
-        self.rank = r.get("rank")
-        self._note(f"step {r['step']}: rank grown to {r.get('rank')}")
+        self.rank = r["rank"]
+        self._note(f"step {r['step']}: rank grown to {r['rank']}")
 
     def _on_run_finished(self, r: dict[str, Any]) -> None:
-        self.finished = r
+        self.finished, self.progress = r, None
+        self._end_notice()
         self._note(f"step {r['step']}: run finished ({r['reason']}) after {r['time']:.0f} s")
 
     def _on_run_failed(self, r: dict[str, Any]) -> None:
-        self.finished = r
+        self.finished, self.progress = r, None
+        self._end_notice()
         self._note(f"step {r['step']}: run FAILED: {r['message']}")
 
     def eta_seconds(self) -> float | None:

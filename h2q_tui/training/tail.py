@@ -9,12 +9,19 @@ from typing import Any
 
 
 class JsonlTailer:
-    """Return the complete new JSON-object lines of a growing file on each read_new() call."""
+    """Return the complete new JSON-object lines of a growing file on each read_new() call.
+
+    Never raises for what is in (or happens to) the file: a line that is not a JSON object
+    is skipped and counted in ``skipped_lines``; a file that cannot be read (a directory,
+    no permission) gives nothing and says why in ``read_error`` until it can be read again.
+    Whether an object is a valid record is for the reader to decide (``RunHistory.add``).
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.offset_bytes = 0
         self.skipped_lines = 0
+        self.read_error: str | None = None
         self._file_id: tuple[int, int] | None = None
 
     def read_new(self) -> list[dict[str, Any]]:
@@ -33,9 +40,15 @@ class JsonlTailer:
                 stat = os.fstat(handle.fileno())
                 self._restart_if_replaced((stat.st_dev, stat.st_ino), stat.st_size)
                 handle.seek(self.offset_bytes)
-                return handle.read()
+                data = handle.read()
         except FileNotFoundError:
+            self.read_error = None  # not written yet: nothing is wrong
             return b""
+        except OSError as exc:
+            self.read_error = f"cannot read {self.path}: {exc.strerror or exc}"
+            return b""
+        self.read_error = None
+        return data
 
     def _restart_if_replaced(self, file_id: tuple[int, int], size_bytes: int) -> None:
         """Go back to offset 0 when the file shrank or is a different file than before."""
@@ -62,6 +75,6 @@ class JsonlTailer:
         """The JSON object on this line, or None if it is not one."""
         try:
             value = json.loads(line)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError, MemoryError):
             return None
         return value if isinstance(value, dict) else None
