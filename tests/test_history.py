@@ -146,7 +146,9 @@ def test_bad_records_are_skipped_counted_and_explained():
     assert h.config["train"]["max_steps"] == 100  # the bad run_started records changed nothing
     assert h.last_problem == "no event name"
     h2 = RunHistory()
-    h2.add({"event": "step", "step": 1, "tokens": 1, "time": 0.1, "train_loss_nats": 2.0, "lr": "fast"})
+    h2.add(
+        {"event": "step", "step": 1, "tokens": 1, "time": 0.1, "train_loss_nats": 2.0, "lr": "fast"}
+    )
     assert h2.last_problem == "step: 'lr' is 'fast'"
     h2.add({"event": "eval", "step": 1, "tokens": 1, "time": 0.1, "val_loss_nats": 2.0})
     assert h2.last_problem == "eval: 'split' is missing"
@@ -224,7 +226,13 @@ def test_notices_show_until_what_they_announce_happens():
 def test_a_notice_nothing_ends_goes_after_ten_seconds_of_training():
     h = RunHistory()
     h.add(started())
-    h.add({"event": "notice", "step": 300, "message": "resuming from step_00000300 (latest was corrupt)"})
+    h.add(
+        {
+            "event": "notice",
+            "step": 300,
+            "message": "resuming from step_00000300 (latest was corrupt)",
+        }
+    )
     h.add(step(301, time=100.0))
     h.add(step(302, time=109.0))
     assert h.notice is not None
@@ -240,8 +248,16 @@ def test_progress_shows_until_the_next_step_or_eval():
     h.add(step(1))
     assert h.progress is None
     h.add({"event": "progress", "step": 1, "task": "held-out eval", "done": 12, "total": 48})
-    h.add({"event": "eval", "split": "heldout", "step": 1, "tokens": 10, "time": 0.5,
-           "val_loss_nats": 2.5})
+    h.add(
+        {
+            "event": "eval",
+            "split": "heldout",
+            "step": 1,
+            "tokens": 10,
+            "time": 0.5,
+            "val_loss_nats": 2.5,
+        }
+    )
     assert h.progress is None
 
 
@@ -250,8 +266,16 @@ def test_a_resume_replaces_the_steps_logged_after_its_checkpoint():
     h.add(started())
     for n in range(1, 11):
         h.add(step(n, loss=3.0))
-    h.add({"event": "eval", "split": "heldout", "step": 8, "tokens": 80, "time": 4.0,
-           "val_loss_nats": 2.9})
+    h.add(
+        {
+            "event": "eval",
+            "split": "heldout",
+            "step": 8,
+            "tokens": 80,
+            "time": 4.0,
+            "val_loss_nats": 2.9,
+        }
+    )
     h.add({"event": "run_finished", "step": 10, "time": 5.0, "reason": "interrupted"})
     h.add({**started(), "start_step": 6})  # the last checkpoint was at step 6
     assert h.train.step == [1, 2, 3, 4, 5, 6] and len(h.heldout) == 0

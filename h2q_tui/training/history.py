@@ -14,7 +14,8 @@ from typing import Any
 
 LOG_LINES = 200
 SAMPLES = 20
-NOTICE_SECONDS = 10.0  # a notice stays on the status line this long (training time), if nothing ends it
+# a notice nothing ends (no pause, stop, ...) leaves the status line after this much training time
+NOTICE_SECONDS = 10.0
 
 
 # ---------------------------------------------------------------- what a valid record is
@@ -97,9 +98,7 @@ RECORD_FIELDS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "step": (
         {"step": _count, "tokens": _count, "time": _finite, "train_loss_nats": _reading},
         {
-            **dict.fromkeys(
-                ("train_bpb", "aux_loss", "penalty", "grad_norm", "energy"), _reading
-            ),
+            **dict.fromkeys(("train_bpb", "aux_loss", "penalty", "grad_norm", "energy"), _reading),
             **dict.fromkeys(("step_ms", "tokens_per_s", "lr", "data_progress"), _reading),
             "epoch": _count,
             "rss_bytes": _optional_count,
