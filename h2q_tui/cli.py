@@ -7,6 +7,8 @@ User errors exit 2 with one line on stderr; Ctrl-C during training saves and exi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -110,7 +112,10 @@ def run_headless(args: argparse.Namespace) -> int:
 
     def emit(event) -> None:
         writer(event)
-        printer(event)
+        try:
+            printer(event)
+        except OSError:  # the terminal is gone (SIGHUP, closed SSH): keep training and saving
+            printer.stream = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the run
 
     trainer = Trainer(
         prepared.config,
@@ -120,22 +125,47 @@ def run_headless(args: argparse.Namespace) -> int:
         preset=prepared.preset,
         resume_from=prepared.resume_from,
         tokenizer=prepared.tokenizer,
+        device=prepared.device,
     )
     print(f"run dir: {prepared.run_dir}", flush=True)
-
-    def on_sigint(signum, frame) -> None:
-        trainer.stop_requested = "interrupted"
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        reason = trainer.run()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        writer.close()
-    if reason == "interrupted":
-        return EXIT_INTERRUPTED
+    with stop_signals_save(trainer):
+        try:
+            reason = trainer.run()
+        finally:
+            writer.close()
+    if reason in STOP_EXIT_CODES:
+        return STOP_EXIT_CODES[reason]
     return 1 if reason == "nan" else EXIT_OK
+
+
+# Stop signals finish the run like Ctrl-C: checkpoint, run_finished with the reason, then exit
+# 128 + the signal number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP: closed terminal, dropped SSH).
+STOP_REASONS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hangup"}
+STOP_EXIT_CODES = {reason: 128 + int(sig) for sig, reason in STOP_REASONS.items()}
+
+
+@contextlib.contextmanager
+def stop_signals_save(trainer):
+    """While training: SIGINT/SIGTERM/SIGHUP ask the trainer to stop after this step and save.
+
+    The handler only sets a flag and writes one line with os.write (no locks, no buffered I/O);
+    a second signal of any kind aborts at once.
+    """
+
+    def on_signal(signum, frame) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt  # a second signal: give up on saving
+        trainer.stop_requested = STOP_REASONS[signal.Signals(signum)]
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+            os.write(2, f"\n{name}: stopping after this step, then saving a checkpoint…\n".encode())
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_REASONS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_dashboard(args: argparse.Namespace) -> int:

@@ -18,7 +18,8 @@ from h2q_tui import config as cfg
 from h2q_tui.data.sources import Corpus, load_corpus
 from h2q_tui.data.tokenizer import BpeTokenizer
 from h2q_tui.errors import UserError
-from h2q_tui.training import checkpoint
+from h2q_tui.system import hardware
+from h2q_tui.training import checkpoint, memory, run_lock
 
 DEFAULT_PRESET = "microstream-cpu"
 RUN_FILE = "run.json"
@@ -49,11 +50,18 @@ class PreparedRun:
     preset: str
     resume_from: checkpoint.CheckpointInfo | None
     tokenizer: BpeTokenizer | None = None
+    device: str = "auto"
+    warnings: list[str] = field(default_factory=list)  # one line each, for stderr or the log
 
 
 def load_tokenizer(path: str | None, config: cfg.RunConfig) -> BpeTokenizer | None:
     """The BPE tokenizer named by --tokenizer, checked against model.vocab_size."""
     if path is None:
+        if config.model.vocab_size < 256:
+            raise UserError(
+                f"model.vocab_size={config.model.vocab_size} is too small for a byte model: "
+                "bytes need 256 (pass --set model.vocab_size=256, or --tokenizer for BPE)"
+            )
         return None
     tokenizer = BpeTokenizer(path)
     if tokenizer.vocab_size > config.model.vocab_size:
@@ -110,11 +118,13 @@ def prepare_run(
     request: RunRequest, progress: Callable[[int, int | None], None] | None = None
 ) -> PreparedRun:
     """Resolve a new or resumed run; raises UserError for any bad input before training starts."""
+    hardware.resolve_device(request.device)  # a bad --device fails before any data is read
     if request.resume:
         return _prepare_resume(request, progress)
     preset = request.preset or DEFAULT_PRESET
     config = cfg.resolve(preset, _flag_overrides(request))
     tokenizer = load_tokenizer(request.tokenizer, config)
+    memory.check_training_memory(config, hardware.resolve_device(request.device))
     corpus = load_corpus(
         request.data, request.heldout, config.eval.heldout_fraction, progress, tokenizer
     )
@@ -122,11 +132,12 @@ def prepare_run(
     run_dir = Path(
         request.run_dir or Path("runs") / f"{Path(preset).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     )
+    ensure_writable(run_dir)
+    run_lock.acquire(run_dir)
     if (run_dir / "checkpoints").exists():
         raise UserError(
             f"run dir {run_dir} already holds a run; use --resume {run_dir} or another --run-dir"
         )
-    ensure_writable(run_dir)
     _write_run_file(
         run_dir,
         {
@@ -137,12 +148,46 @@ def prepare_run(
             "tokenizer": str(Path(request.tokenizer).resolve()) if request.tokenizer else None,
         },
     )
-    return PreparedRun(config, corpus, run_dir, preset, None, tokenizer)
+    warnings = leakage_warnings(request.data, request.heldout)
+    return PreparedRun(
+        config, corpus, run_dir, preset, None, tokenizer, request.device, warnings=warnings
+    )
+
+
+def resume_source(path: str | Path) -> tuple[Path, Path]:
+    """(run dir, checkpoint path) of ``--resume``: a run dir (its latest sound checkpoint), or
+    one of its ``checkpoints/step_N`` folders (or that folder's model.safetensors)."""
+    path = Path(path)
+    folder = path.parent if path.is_file() else path
+    if not (folder / checkpoint.WEIGHTS).is_file():
+        return folder, folder
+    if folder.parent.name == "checkpoints":
+        return folder.parent.parent, folder
+    raise UserError(
+        f"--resume {path}: a lone checkpoint folder; resume its run dir or a "
+        "RUN/checkpoints/step_N folder, or evaluate it with h2q-tui eval"
+    )
+
+
+def _set_aside_later_steps(run_dir: Path, step: int) -> str:
+    """Resuming from an earlier step: move the later step_* folders out of the way."""
+    root = run_dir / "checkpoints"
+    later = [p for p in root.glob("step_*") if p.name > f"step_{step:08d}"]
+    if not later:
+        return ""
+    aside = root / f"superseded-{datetime.now():%Y%m%d-%H%M%S}"
+    aside.mkdir()
+    for folder in later:
+        os.rename(folder, aside / folder.name)
+    return f"resuming from step {step}: the {len(later)} later checkpoint(s) moved to {aside}"
 
 
 def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
-    run_dir = Path(request.resume)  # type: ignore[arg-type]
-    info = checkpoint.read_info(run_dir)
+    run_dir, source = resume_source(request.resume)  # type: ignore[arg-type]
+    target = Path(request.run_dir) if request.run_dir else run_dir
+    if target.is_dir():
+        run_lock.acquire(target)
+    info = checkpoint.read_info(source, need_state=True)
     if request.preset:
         raise UserError("--preset cannot change on --resume (the checkpoint holds the config)")
     data = cfg.apply_overrides(info.config.to_dict(), _flag_overrides(request))
@@ -152,6 +197,7 @@ def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
         raise UserError("model.* keys cannot change on --resume")
     saved = _read_run_file(run_dir)
     tokenizer = load_tokenizer(request.tokenizer or saved.get("tokenizer"), config)
+    memory.check_training_memory(config, hardware.resolve_device(request.device))
     corpus = load_corpus(
         request.data or saved.get("data"),
         request.heldout or saved.get("heldout"),
@@ -164,9 +210,18 @@ def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
             f"training data differs from the data of run {run_dir}; resume needs the same --data"
         )
     check_corpus_size(config, corpus)
-    target = Path(request.run_dir) if request.run_dir else run_dir
     ensure_writable(target)
-    return PreparedRun(config, corpus, target, saved.get("preset", ""), info, tokenizer)
+    run_lock.acquire(target)
+    checkpoint.remove_leftovers(target / "checkpoints", owner=True)
+    if target == run_dir and source != run_dir:
+        aside = _set_aside_later_steps(run_dir, info.step)
+        if aside:
+            info = dataclasses.replace(info, note="; ".join(n for n in (info.note, aside) if n))
+    warnings = leakage_warnings(request.data or saved.get("data"), request.heldout or saved.get("heldout"))
+    return PreparedRun(
+        config, corpus, target, saved.get("preset", ""), info, tokenizer, request.device,
+        warnings=warnings,
+    )
 
 
 def _write_run_file(run_dir: Path, payload: dict) -> None:
@@ -176,10 +231,41 @@ def _write_run_file(run_dir: Path, payload: dict) -> None:
 
 
 def _read_run_file(run_dir: Path) -> dict:
+    """run.json as a dict of strings (or None) per key; a damaged file is a one-line UserError."""
     path = run_dir / RUN_FILE
     if not path.is_file():
         return {}
+    fix = "move it away and pass --data (and --heldout, --tokenizer) to resume"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"{path} is unreadable; pass --data explicitly to resume") from None
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: bad JSON or not UTF-8
+        raise UserError(f"{path} is unreadable: {fix}") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} holds a JSON {type(saved).__name__}, not an object: {fix}")
+    for key, value in saved.items():
+        if value is not None and not isinstance(value, str):
+            raise UserError(
+                f"{path}: {key!r} must be a string, got {type(value).__name__}: {fix}"
+            )
+    return saved
+
+
+def leakage_warnings(data: str | None, heldout: str | None) -> list[str]:
+    """A warning when the held-out file is the training file (or inside its directory)."""
+    if not data or not heldout:
+        return []
+    train, held = Path(data), Path(heldout)
+    try:
+        if train.is_file() and held.is_file() and os.path.samefile(train, held):
+            return [
+                "--heldout is the training file: the held-out loss measures memorisation, "
+                "not generalisation"
+            ]
+        if train.is_dir() and held.is_file() and held.resolve().is_relative_to(train.resolve()):
+            return [
+                f"--heldout is inside the training directory {train}: the held-out loss "
+                "measures memorisation, not generalisation"
+            ]
+    except OSError:
+        return []
+    return []

@@ -204,7 +204,9 @@ def test_nan_loss_raises_an_alarm_and_keeps_the_last_checkpoint(tmp_path, text_f
     assert trainer.run() == "nan"
     alarm = of(log, events.AlarmRaised)[0]
     assert alarm.kind == "nan" and alarm.step == 4
-    assert checkpoint.read_info(trainer.run_dir).step == 4
+    # the poisoned weights of step 4 were never saved: latest stays the step-2 checkpoint
+    assert checkpoint.read_info(trainer.run_dir).step == 2
+    assert not (trainer.run_dir / "checkpoints" / "step_00000004").exists()
 
 
 def test_cosine_schedule_warms_up_and_decays_to_min_lr():

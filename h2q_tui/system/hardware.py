@@ -149,6 +149,13 @@ def gpu_names() -> list[str]:
     return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
 
 
+def machine_summary(device: torch.device | None = None) -> str:
+    """The CPU model, and the GPU when ``device`` is a CUDA device (for run_started)."""
+    if device is not None and device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} on {cpu_model()}"
+    return f"{cpu_model()} ({torch_capability()})"
+
+
 def machine_info() -> dict[str, object]:
     """The machine a figure was measured on: CPU, torch capability, bf16 speed class, GPUs."""
     fast, why = cpu_fast_bf16()

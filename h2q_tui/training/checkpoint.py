@@ -7,14 +7,18 @@ renamed into place, so a crash or Ctrl-C mid-write never touches the last good o
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
+import re
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
@@ -22,13 +26,17 @@ from torch import nn
 
 from h2q_tui.config import RunConfig, from_dict
 from h2q_tui.data.tokenizer import BpeTokenizer
-from h2q_tui.errors import UserError
+from h2q_tui.errors import UserError, write_error
+from h2q_tui.training import run_lock
 
 FORMAT = "h2q-tui"
 FORMAT_VERSION = "1"
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 TOKENIZER = "tokenizer.json"  # beside the weights when the model reads BPE tokens
+LATEST = "latest"
+BEST = "best"  # the checkpoint with the best held-out loss, kept apart from pruning
+STEP_NAME = re.compile(r"step_\d{8}")
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class CheckpointInfo:
     step: int
     run_id: str
     rank_growths: int = 0  # QRLM: how often the FFN rank grew before this checkpoint
+    note: str = ""  # set when a damaged latest was skipped: which one was used instead, and why
 
     @property
     def state_path(self) -> Path:
@@ -52,7 +61,46 @@ def _fsync(path: Path) -> None:
 def _write_pointer(root: Path, name: str) -> None:
     tmp = root / f".latest.{os.getpid()}"
     tmp.write_text(name + "\n", encoding="utf-8")
-    os.replace(tmp, root / "latest")
+    os.replace(tmp, root / LATEST)
+
+
+def tensor_checksums(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """CRC-32 of each tensor's bytes (catches flipped bits on disk)."""
+    return {name: _crc(tensor) for name, tensor in tensors.items()}
+
+
+def _crc(tensor: torch.Tensor) -> str:
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
+
+
+def _file_crc(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            crc = zlib.crc32(block, crc)
+    return f"{crc & 0xFFFFFFFF:08x}"
+
+
+def remove_leftovers(root: Path, owner: bool = False) -> list[Path]:
+    """Remove temporary folders/files that dead writers left in ``root``.
+
+    ``owner``: this process holds the run-dir lock, so every leftover but its own is dead.
+    Otherwise only those whose PID no longer runs are removed.
+    """
+    removed = []
+    for path in [*root.glob(".tmp-*"), *root.glob(".old-*"), *root.glob(".latest.*")]:
+        pid = re.search(r"(\d+)$", path.name)
+        if pid and int(pid.group(1)) == os.getpid():
+            continue
+        if pid and not owner and psutil.pid_exists(int(pid.group(1))):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def save_checkpoint(
@@ -64,6 +112,8 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 3,
     extra_files: dict[str, Path] | None = None,
+    name: str | None = None,
+    extra_metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write a checkpoint atomically and prune all but the newest ``keep``.
 
@@ -74,18 +124,57 @@ def save_checkpoint(
         step: optimizer steps taken.
         run_id: the run's id.
         state: optimizer, RNG and data state (torch tensors and plain data only).
-        keep: checkpoints to keep.
+        keep: step_* checkpoints to keep.
         extra_files: files copied into the checkpoint (e.g. its tokenizer.json).
+        name: folder name (default ``step_NNNNNNNN``, which also moves ``latest``); ``best``
+            is written the same way but leaves ``latest`` and pruning alone.
+        extra_metadata: more string metadata (e.g. the held-out loss of ``best``).
 
     Returns:
         The checkpoint folder.
+
+    Raises:
+        UserError: the disk is full or the folder is not writable; no partial folder is left
+            and the last good checkpoint is untouched.
     """
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:08d}"
+    name = name or f"step_{step:08d}"
     tmp = root / f".tmp-{name}-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(root, owner=run_lock.holds(run_dir))
+        _write_folder(tmp, model, config, step, run_id, state, extra_files, extra_metadata)
+        final = root / name
+        _move_into_place(tmp, final)
+        if name.startswith("step_"):
+            _write_pointer(root, name)
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(f"checkpoint {name}", root, _as_os_error(exc, root)) from None
+    if name.startswith("step_"):
+        for stale in sorted(root.glob("step_*"))[: -max(1, keep)]:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _as_os_error(exc: BaseException, root: Path) -> OSError:
+    """torch.save and safetensors report a full disk as RuntimeError/SafetensorError."""
+    if isinstance(exc, OSError):
+        return exc
+    try:
+        full = shutil.disk_usage(root).free < (1 << 20) or "space" in str(exc).lower()
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    raise exc
+
+
+def _write_folder(tmp, model, config, step, run_id, state, extra_files, extra_metadata) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    with open(tmp / STATE, "wb") as handle:  # Python file I/O: a full disk is an OSError
+        torch.save(state, handle)
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -93,51 +182,112 @@ def save_checkpoint(
         "run_id": run_id,
         "config": json.dumps(config.to_dict()),
         "rank_growths": str(state.get("rank_growths", 0)),
+        "checksums": json.dumps(tensor_checksums(model.state_dict())),
+        "state_crc32": _file_crc(tmp / STATE),
+        **(extra_metadata or {}),
     }
     save_model(model, str(tmp / WEIGHTS), metadata=metadata)
-    torch.save(state, tmp / STATE)
     for file_name, source in (extra_files or {}).items():
         shutil.copyfile(source, tmp / file_name)
     for file in (WEIGHTS, STATE):
         _fsync(tmp / file)
-    final = root / name
-    if final.exists():  # same step saved twice: swap, never leave a gap without a good copy
-        old = root / f".old-{name}-{os.getpid()}"
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    if final.exists():  # same name saved twice: swap, never leave a gap without a good copy
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    _write_pointer(root, name)
-    for stale in sorted(root.glob("step_*"))[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
+
+
+def checkpoint_problem(weights: Path, need_state: bool = False) -> str | None:
+    """Why the checkpoint at ``weights`` cannot be trusted (None when it is sound).
+
+    Reads the safetensors header and every tensor, and compares them with the per-tensor
+    CRC-32s in its metadata (checkpoints written before checksums existed pass on the header).
+    """
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != FORMAT or "config" not in metadata:
+                return "not an h2q-tui checkpoint (no config metadata)"
+            expected = json.loads(metadata.get("checksums", "{}"))
+            if not isinstance(expected, dict):
+                return "unreadable checksums metadata"
+            for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                if name in expected and _crc(handle.get_tensor(name)) != expected[name]:
+                    return f"damaged: tensor {name} does not match its checksum"
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        return f"corrupt or truncated ({_first_line(exc)})"
+    state = weights.with_name(STATE)
+    if need_state and not state.is_file():
+        return f"missing its {STATE}"
+    crc = metadata.get("state_crc32")
+    if crc and state.is_file() and _file_crc(state) != crc:
+        return f"damaged: {STATE} does not match its checksum"
+    return None
+
+
+def _pointer_target(root: Path) -> tuple[Path | None, str | None]:
+    """The folder ``latest`` names, or (None, why it cannot be used)."""
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None, None
+    try:
+        name = pointer.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None, f"{pointer} is unreadable"
+    if not STEP_NAME.fullmatch(name):
+        return None, f"{pointer} names {name[:40]!r}, not a step_NNNNNNNN folder of {root}"
+    if not (root / name / WEIGHTS).is_file():
+        return None, f"{pointer} names {name}, which holds no {WEIGHTS}"
+    return root / name, None
+
+
+def resolve_checkpoint(path: str | Path, need_state: bool = False) -> tuple[Path, str]:
+    """(weights file, note) from a run dir, a checkpoint folder or a .safetensors file.
+
+    A run dir means its ``latest``; when that is missing or damaged, the newest sound
+    ``step_*`` checkpoint is used and the note says which and why. A folder or file named
+    directly must itself be sound.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    direct = path if path.is_file() else path / WEIGHTS
+    if direct.is_file():
+        problem = checkpoint_problem(direct, need_state)
+        if problem:
+            raise UserError(f"checkpoint {direct} is {problem}")
+        return direct, ""
+    root = path / "checkpoints"
+    target, pointer_problem = _pointer_target(root)
+    steps = sorted(root.glob("step_*/" + WEIGHTS), reverse=True) if root.is_dir() else []
+    candidates = ([target / WEIGHTS] if target else []) + [s for s in steps if s.parent != target]
+    if not candidates:
+        raise UserError(f"no checkpoint in {path} (expected {WEIGHTS} or checkpoints/step_*/)")
+    first_problem = pointer_problem
+    for weights in candidates:
+        problem = checkpoint_problem(weights, need_state)
+        if problem is None:
+            if first_problem is None:
+                return weights, ""
+            return weights, f"{first_problem}; using {weights.parent.name}, the newest sound one"
+        first_problem = first_problem or f"{weights.parent.name} is {problem}"
+    raise UserError(f"no sound checkpoint in {root}: {first_problem}")
 
 
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint's weights file from a run dir, a checkpoint folder or a .safetensors file."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise UserError(f"checkpoint not found: {path}")
-    if (path / WEIGHTS).is_file():
-        return path / WEIGHTS
-    root = path / "checkpoints"
-    pointer = root / "latest"
-    if pointer.is_file():
-        candidate = root / pointer.read_text(encoding="utf-8").strip() / WEIGHTS
-        if candidate.is_file():
-            return candidate
-    steps = sorted(root.glob("step_*/" + WEIGHTS)) if root.is_dir() else []
-    if not steps:
-        raise UserError(f"no checkpoint in {path} (expected {WEIGHTS} or checkpoints/step_*/)")
-    return steps[-1]
+    return resolve_checkpoint(path)[0]
 
 
-def read_info(path: str | Path) -> CheckpointInfo:
-    """Read a checkpoint's metadata (config, step) without loading its tensors."""
-    weights = find_checkpoint(path)
+def read_info(path: str | Path, need_state: bool = False) -> CheckpointInfo:
+    """Read a sound checkpoint's metadata (config, step); ``note`` says if latest was skipped."""
+    weights, note = resolve_checkpoint(path, need_state)
     try:
         with safe_open(str(weights), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -157,6 +307,7 @@ def read_info(path: str | Path) -> CheckpointInfo:
         int(metadata.get("step", 0)),
         metadata.get("run_id", ""),
         int(metadata.get("rank_growths", 0)),
+        note=note,
     )
 
 

@@ -25,6 +25,7 @@ from h2q_tui.data.streams import HorizonSampler, RandomWindowSampler
 from h2q_tui.generation.text import Codec
 from h2q_tui.generation.thought_stream import sample_tokens
 from h2q_tui.models import build_model, count_parameters
+from h2q_tui.system import hardware
 from h2q_tui.training import checkpoint, commands, events
 from h2q_tui.training.evaluate import heldout_cross_entropy, mean_cross_entropy
 from h2q_tui.training.growth import RankGrowthRule
@@ -33,12 +34,7 @@ from h2q_tui.training.resources import cuda_memory, rss_bytes
 Emit = Callable[[events.Event], None]
 DIVERGENCE_NATS = 1.0  # held-out CE this far above its best ...
 DIVERGENCE_EVALS = 3  # ... for this many evals in a row raises an alarm
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+STOP_SIGNALS = {"interrupted": "Ctrl-C", "terminated": "SIGTERM", "hangup": "SIGHUP"}
 
 
 def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.AdamW:
@@ -97,6 +93,7 @@ class Trainer:
         resume_from: checkpoint.CheckpointInfo | None = None,
         pause_on_nan: bool = False,
         tokenizer=None,
+        device: str = "auto",
     ) -> None:
         self.config, self.corpus, self.run_dir, self.emit = config, corpus, Path(run_dir), emit
         self.commands: queue.Queue = command_queue or queue.Queue()
@@ -105,10 +102,12 @@ class Trainer:
         self.threads = t.threads or torch.get_num_threads()
         torch.set_num_threads(self.threads)
         torch.manual_seed(t.seed)
-        self.device = pick_device()
+        self.device = hardware.resolve_device(device)
+        self.precision = hardware.choose_precision(t.precision, self.device)
         self.model = build_model(m).to(self.device)
         self.optimizer = build_optimizer(self.model, config)
-        self.autocast_dtype = torch.bfloat16 if t.precision == "bf16" else None
+        self.autocast_dtype = self.precision.autocast_dtype
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision.needs_grad_scaler else None
         if t.loop == "horizon":
             self.sampler: HorizonSampler | RandomWindowSampler = HorizonSampler(
                 corpus.train, t.batch_size, m.context, t.chunk_bytes
@@ -128,6 +127,8 @@ class Trainer:
         self.stop_requested: str | None = None  # set from a signal handler (no locks there)
         self._segment_start: float | None = None
         self.last_saved_step = -1
+        self.poisoned: str | None = None  # why the weights cannot be saved (non-finite)
+        self.resume_note = resume_from.note if resume_from is not None else ""
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -153,6 +154,8 @@ class Trainer:
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
         return state
 
     def _restore(self, info: checkpoint.CheckpointInfo) -> None:
@@ -167,6 +170,8 @@ class Trainer:
         self.sample_generator.set_state(state["sample_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         for key in (
             "step",
             "tokens",
@@ -194,11 +199,35 @@ class Trainer:
 
     def _autocast(self):
         return torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.autocast_dtype is not None
+            self.device.type,
+            dtype=self.autocast_dtype or torch.bfloat16,
+            enabled=self.autocast_dtype is not None,
         )
 
-    def save(self) -> None:
-        if self.last_saved_step == self.step:
+    def notice(self, message: str) -> None:
+        self.emit(events.NoticeGiven(self.step, message))
+
+    def weights_problem(self) -> str | None:
+        """Why the current weights must not be saved: non-finite values, or a non-finite loss
+        on one held-out window (a huge but finite update poisons the next forward)."""
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        if not bool(torch.isfinite(torch.stack(norms)).all()):
+            return "the weights hold NaN/Inf"
+        window = self.corpus.heldout[: self.config.model.context + 1].long().unsqueeze(0)
+        nats = mean_cross_entropy(
+            self.model, [(window[:, :-1], window[:, 1:])], self.device, self.autocast_dtype
+        )
+        if not math.isfinite(nats):
+            return "the weights give a NaN/Inf loss"
+        return None
+
+    def save(self, name: str | None = None, extra_metadata: dict[str, str] | None = None) -> None:
+        """Write a checkpoint of the current step (``name="best"``: the best held-out one)."""
+        if self.last_saved_step == self.step and name is None:
+            return
+        problem = self.poisoned or self.weights_problem()
+        if problem:
+            self._poison(problem)
             return
         extra = {checkpoint.TOKENIZER: self.tokenizer.path} if self.tokenizer is not None else {}
         path = checkpoint.save_checkpoint(
@@ -208,11 +237,29 @@ class Trainer:
             self.step,
             self.run_id,
             self.state_dict(),
+            keep=self.config.log.keep_checkpoints,
             extra_files=extra,
+            name=name,
+            extra_metadata=extra_metadata,
         )
         size = sum(f.stat().st_size for f in path.iterdir())
-        self.last_saved_step = self.step
+        if name is None:
+            self.last_saved_step = self.step
         self.emit(events.CheckpointSaved(self.step, str(path), size))
+
+    def _poison(self, problem: str) -> None:
+        """Bad weights: never saved; the last good checkpoint stays ``latest``."""
+        first = self.poisoned is None
+        self.poisoned = problem
+        if first:
+            self.emit(
+                events.AlarmRaised(
+                    self.step,
+                    "nan",
+                    f"{problem} after step {self.step}; nothing is saved from now on and the "
+                    "last good checkpoint stays latest (lower train.lr and --resume)",
+                )
+            )
 
     def snapshot(self) -> nn.Module:
         """An independent copy of the model as it is now (eval mode, no gradients)."""
@@ -231,7 +278,20 @@ class Trainer:
         )
         self.emit(events.SampleReady(self.step, Codec(self.tokenizer).decode(prompt + ids)))
 
-    def evaluate_heldout(self) -> float:
+    def _progress(self, task: str):
+        """A ``progress(done, total)`` callback that emits ProgressReported at most every 0.5 s."""
+        last = [0.0]
+
+        def report(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if done < total and now - last[0] < 0.5:
+                return
+            last[0] = now
+            self.emit(events.ProgressReported(self.step, task, done, total))
+
+        return report
+
+    def evaluate_heldout(self, final: bool = False) -> float:
         nats = heldout_cross_entropy(
             self.model,
             self.corpus.heldout,
@@ -239,6 +299,7 @@ class Trainer:
             self.device,
             self.config.eval.heldout_bytes,
             autocast_dtype=self.autocast_dtype,
+            progress=self._progress("final held-out eval" if final else "held-out eval"),
         )
         self.emit(
             events.EvalCompleted(
@@ -256,6 +317,7 @@ class Trainer:
     def _watch_divergence(self, nats: float) -> None:
         if nats < self.best_heldout:
             self.best_heldout, self.bad_evals = nats, 0
+            self.save(checkpoint.BEST, {"heldout_loss_nats": f"{nats:.6f}"})
             return
         self.bad_evals = self.bad_evals + 1 if nats > self.best_heldout + DIVERGENCE_NATS else 0
         if self.bad_evals == DIVERGENCE_EVALS:
@@ -347,14 +409,15 @@ class Trainer:
             x, y = (t.to(self.device) for t in self.sampler.next_batch())
             with self._autocast():
                 _, ce = self.model(x, y)
-            (ce / accum).backward()
+            (ce / accum if self.scaler is None else self.scaler.scale(ce / accum)).backward()
             self.sampler.advance()
             ce_sum += float(ce.detach())
             tokens += y.numel()
         return ce_sum / accum, tokens
 
     def train_step(self) -> events.StepCompleted | None:
-        """One optimizer step on the sampler's next window(s); None if the loss was not finite."""
+        """One optimizer step on the sampler's next window(s); None if the loss was not finite
+        (the step is skipped) or the update left non-finite weights (the run is poisoned)."""
         started = time.perf_counter()
         sampler_state = self.sampler.state_dict()
         lr = self.current_lr()
@@ -365,7 +428,9 @@ class Trainer:
         penalty = self.model.penalty()
         aux = self.config.train.axiom_lambda * 0.01 * penalty
         if aux.requires_grad:
-            aux.backward()
+            (aux if self.scaler is None else self.scaler.scale(aux)).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         grad_norm = float(
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         )
@@ -373,7 +438,14 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.sampler.load_state_dict(sampler_state)  # the same windows again after a fix
             return None
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        if not bool(torch.isfinite(torch.stack(norms)).all()):
+            self._poison("the update left NaN/Inf weights")
         self.step += 1
         self.tokens += tokens
         self.chunk_loss_sum += ce_nats
@@ -402,9 +474,13 @@ class Trainer:
 
     def _horizon_validate(self) -> None:
         fraction = self.config.eval.horizon_val_fraction
-        batches = self.sampler.horizon_val_batches(fraction)  # type: ignore[union-attr]
+        batches = list(self.sampler.horizon_val_batches(fraction))  # type: ignore[union-attr]
         self.pending_horizon_val = mean_cross_entropy(
-            self.model, batches, self.device, self.autocast_dtype
+            self.model,
+            batches,
+            self.device,
+            self.autocast_dtype,
+            progress=self._progress("horizon validation (next chunk)"),
         )
 
     def _horizon_chunk_done(self) -> None:
@@ -450,6 +526,9 @@ class Trainer:
             start_step=self.step,
             time=self.elapsed_before_s,
             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            precision=self.precision.name,
+            precision_reason=self.precision.reason,
+            machine=hardware.machine_summary(self.device),
         )
 
     def run(self) -> str:
@@ -459,6 +538,9 @@ class Trainer:
         """
         self._segment_start = time.perf_counter()
         self.emit(self._started_event())
+        for message in (self.precision.warning, self.resume_note):
+            if message:
+                self.notice(message)
         self.model.train()
         try:
             reason = self._loop()
@@ -487,6 +569,10 @@ class Trainer:
             self.emit(record)
             self._maybe_grow(record.train_loss_nats)
             self._after_step()
+            if self.poisoned:
+                if not self.pause_on_nan:
+                    return "nan"
+                self._handle(commands.Pause())
 
     def _on_nan(self) -> str | None:
         self.emit(
@@ -504,11 +590,14 @@ class Trainer:
 
     def _finish(self, reason: str) -> str:
         if reason != "nan":
+            if reason in STOP_SIGNALS:
+                self.notice(f"stopping ({STOP_SIGNALS[reason]}): final eval, then saving a checkpoint…")
             if (
                 self.config.eval.heldout_interval == 0
                 or self.step % self.config.eval.heldout_interval
             ):
-                self.evaluate_heldout()
+                self.evaluate_heldout(final=True)
+            self.notice(f"saving checkpoint at step {self.step}…")
             self.save()
         self.emit(events.RunFinished(self.step, self.tokens, self.elapsed_s(), reason))
         return reason

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import IO
 
+from h2q_tui.errors import UserError, write_error
 from h2q_tui.training import events
 
 METRICS_FILE = "metrics.jsonl"
@@ -23,18 +27,52 @@ def _clean(value):
 
 
 class JsonlWriter:
-    """Appends one JSON object per event to RUN_DIR/metrics.jsonl, flushed per line for tailers."""
+    """Appends one JSON object per event to RUN_DIR/metrics.jsonl, one whole line per write.
+
+    Each record is a single ``os.write`` on an O_APPEND descriptor, so tailers never see a
+    half-written record. A write that fails (disk full) is cut back off the file, so the log
+    never keeps a torn last line that would swallow the next record; the error is raised once
+    as a one-line UserError and later records are dropped. A torn last line left by a killed
+    process is closed with a newline on open.
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / METRICS_FILE
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        try:
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._close_torn_line()
+        except OSError as exc:
+            raise write_error(METRICS_FILE, self.path.parent, exc) from None
+        self.failed: UserError | None = None
+
+    def _close_torn_line(self) -> None:
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return
+        with open(self.path, "rb") as handle:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":
+                os.write(self._fd, b"\n")
 
     def __call__(self, event: events.Event) -> None:
-        self._handle.write(json.dumps(_clean(event.to_record()), separators=(",", ":")) + "\n")
-        self._handle.flush()
+        if self._fd is None or self.failed is not None:
+            return
+        line = (json.dumps(_clean(event.to_record()), separators=(",", ":")) + "\n").encode()
+        size = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, "short write (disk full?)")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
+            self.failed = write_error(METRICS_FILE, self.path.parent, exc)
+            raise self.failed from None
 
     def close(self) -> None:
-        self._handle.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class ConsolePrinter:

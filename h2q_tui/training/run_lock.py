@@ -1,0 +1,62 @@
+"""One writer per run dir: an OS file lock on ``RUN_DIR/.lock``, held for the life of the process.
+
+A second process on the same run dir (a fresh start or a resume) fails at once with the PID
+of the holder instead of interleaving its steps into the same ``metrics.jsonl``. The lock is
+``flock`` on an open file, so the kernel releases it when the holder exits, even on kill -9.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from h2q_tui.errors import UserError
+
+LOCK_FILE = ".lock"
+_held: dict[Path, int] = {}  # resolved run dir → open file descriptor holding its lock
+
+
+def acquire(run_dir: Path) -> None:
+    """Lock ``run_dir`` for this process (again is a no-op), or raise naming the holder."""
+    key = Path(run_dir).resolve()
+    if key in _held:
+        return
+    path = key / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"cannot write run dir {run_dir}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_pid(fd)
+        os.close(fd)
+        raise UserError(
+            f"run dir {run_dir} is in use by another h2q-tui process (PID {holder}); "
+            "wait for it to finish, stop it, or use another --run-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held[key] = fd
+
+
+def holds(run_dir: Path) -> bool:
+    """Whether this process holds the lock of ``run_dir``."""
+    return Path(run_dir).resolve() in _held
+
+
+def release(run_dir: Path) -> None:
+    """Give the lock back (the process's exit does this too)."""
+    fd = _held.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 32).decode("ascii", errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "unknown"
