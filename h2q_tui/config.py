@@ -7,6 +7,7 @@ overrides a preset value (the value is parsed as TOML, falling back to a plain s
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -138,11 +139,25 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.toml"))
 
 
+def _show(value: Any, limit: int = 60) -> str:
+    """A value as one short line for an error message (repr, newlines escaped, cut)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _name(text: Any) -> str:
+    """A section or key name for a message: as typed when plain, else its repr."""
+    return text if isinstance(text, str) and text.isprintable() and len(text) <= 60 else _show(text)
+
+
 def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
     name = f"{section}.{key}"
     expected = annotation if isinstance(annotation, type) else typing.get_origin(annotation)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise UserError(f"config key {name} is far too large, got {_show(value)}") from None
     if (
         expected is types.UnionType
         or not isinstance(value, expected)
@@ -150,21 +165,31 @@ def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
     ):
         raise UserError(
             f"config key {name} must be {getattr(annotation, '__name__', annotation)}, "
-            f"got {type(value).__name__} {value!r}"
+            f"got {type(value).__name__} {_show(value)}"
         )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key {name} must be a finite number, got {value}")
     allowed = CHOICES.get((section, key))
     if allowed and value not in allowed:
-        raise UserError(f"config key {name} must be one of {', '.join(allowed)}, got {value!r}")
+        raise UserError(
+            f"config key {name} must be one of {', '.join(allowed)}, got {_show(value)}"
+        )
     return value
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
     """Build a RunConfig, rejecting unknown sections/keys and wrong types by name."""
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{source}: the config must be a table of sections ({', '.join(SECTIONS)}), "
+            f"got {type(data).__name__} {_show(data)}"
+        )
     sections: dict[str, Any] = {}
     for section, values in data.items():
         if section not in SECTIONS:
             raise UserError(
-                f"{source}: unknown config section [{section}] (known: {', '.join(SECTIONS)})"
+                f"{source}: unknown config section [{_name(section)}] "
+                f"(known: {', '.join(SECTIONS)})"
             )
         if not isinstance(values, dict):
             raise UserError(f"{source}: [{section}] must be a table")
@@ -173,7 +198,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
         kwargs = {}
         for key, value in values.items():
             if key not in hints:
-                raise UserError(f"{source}: unknown config key {section}.{key}")
+                raise UserError(f"{source}: unknown config key {section}.{_name(key)}")
             kwargs[key] = _coerce(section, key, value, hints[key])
         sections[section] = cls(**kwargs)
     return RunConfig(**sections)
@@ -229,53 +254,205 @@ def resolve(preset: str, overrides: list[str] | None = None) -> RunConfig:
     return config
 
 
+# ----------------------------------------------------------------------------- validation
+BIG = 2**62  # "no practical limit" for counts of steps and bytes (and far from int64 overflow)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key may take; ``low_open``/``high_open`` exclude the bound."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""  # what the key means, appended to the error
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        low = (
+            f"{'>' if self.low_open else '>='} {_number(self.low)}" if self.low is not None else ""
+        )
+        high = (
+            f"{'<' if self.high_open else '<='} {_number(self.high)}"
+            if self.high is not None and self.high < BIG
+            else ""
+        )
+        if low and high and not (self.low_open or self.high_open):
+            return f"between {_number(self.low)} and {_number(self.high)}"
+        return " and ".join(part for part in (low, high) if part)
+
+
+def _number(value: float | None) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def _int(low: int, high: int = BIG, note: str = "") -> Range:
+    return Range(low, high, note=note)
+
+
+def _positive(note: str = "", high: float | None = None) -> Range:
+    return Range(0.0, high, low_open=True, note=note)
+
+
+def _non_negative(note: str = "", high: float | None = None) -> Range:
+    return Range(0.0, high, note=note)
+
+
+def _fraction(note: str = "", high_open: bool = True) -> Range:
+    return Range(0.0, 1.0, low_open=True, high_open=high_open, note=note)
+
+
+# One rule per numeric key of every section (tests/test_config_fuzz.py checks none is missing).
+# The upper bounds of sizes are far beyond any machine (the memory check refuses much less);
+# they keep every product of sizes far from int64 overflow.
+RANGES: dict[tuple[str, str], Range] = {
+    ("model", "vocab_size"): _int(1, 2**24, "256 for bytes, the tokenizer's size for BPE"),
+    ("model", "d_model"): _int(1, 2**20, "model width"),
+    ("model", "n_layers"): _int(1, 2**16),
+    ("model", "n_heads"): _int(1, 2**16),
+    ("model", "context"): _int(1, 2**24, "tokens per window"),
+    ("model", "dropout"): Range(0.0, 1.0, high_open=True, note="a probability"),
+    ("model", "factor_size"): _int(1, 2**16),
+    ("model", "rank"): _int(1, 2**12),
+    ("model", "mlp_ratio"): _int(1, 2**10),
+    ("model", "momentum_beta"): Range(0.0, 1.0),
+    ("model", "separator_token"): _int(-1, 2**24 - 1, "-1 = none"),
+    ("model", "separator_damping"): Range(0.0, 1.0),
+    ("model", "gravity_strength"): _non_negative(),
+    ("model", "gravity_max_distance"): _int(0, 2**31),
+    ("model", "reflex_kernel"): _int(1, 2**16),
+    ("model", "rope_base"): Range(1.0, low_open=True, note="10000 in the source"),
+    ("train", "batch_size"): _int(1, 2**24),
+    ("train", "chunk_bytes"): _int(1),
+    ("train", "lr"): _positive("the peak learning rate"),
+    ("train", "min_lr"): _non_negative("the cosine schedule's floor"),
+    ("train", "weight_decay"): _non_negative(),
+    ("train", "beta1"): Range(0.0, 1.0, high_open=True, note="AdamW beta1"),
+    ("train", "beta2"): Range(0.0, 1.0, high_open=True, note="AdamW beta2"),
+    ("train", "grad_clip"): _positive("the largest gradient norm; 1e9 in effect turns it off"),
+    ("train", "warmup_steps"): _int(0),
+    ("train", "axiom_lambda"): _non_negative(),
+    ("train", "threads"): _int(0, 4096, "0 = all cores"),
+    ("train", "grad_accum"): _int(1, 2**20, "micro-batches per optimizer step"),
+    ("train", "growth_start_step"): _int(0),
+    ("train", "growth_interval"): _int(1),
+    ("train", "growth_window"): _int(1),
+    ("train", "growth_lookback"): _int(1),
+    ("train", "growth_threshold"): _non_negative(),
+    ("train", "growth_max_rank"): _int(1, 2**12),
+    ("train", "growth_lr_factor"): _positive(),
+    ("train", "max_steps"): _int(0, note="0 = no limit; --max-steps sets it"),
+    ("train", "max_seconds"): _non_negative("0 = no limit; --max-seconds sets it"),
+    ("train", "seed"): _int(0, note="--seed sets it"),
+    ("eval", "heldout_interval"): _int(0, note="0 = only at the end"),
+    ("eval", "heldout_bytes"): _int(1),
+    ("eval", "heldout_fraction"): _fraction("the share of the corpus held out"),
+    ("eval", "horizon_val_fraction"): _fraction(high_open=False),
+    ("eval", "random_val_interval"): _int(0),
+    ("log", "log_interval"): _int(0),
+    ("log", "sample_interval"): _int(0, note="0 = never"),
+    ("log", "sample_bytes"): _int(1, 2**20),
+    ("log", "sample_temperature"): _positive(),
+    ("log", "checkpoint_interval"): _int(0, note="0 = only at the end"),
+    ("log", "keep_checkpoints"): _int(1, 2**20, "step_* checkpoints kept"),
+}
+
+
+def _check_value(section: str, key: str, value: Any) -> None:
+    """A numeric key's value is finite and inside its Range (bools and strings pass)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    name = f"{section}.{key}"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key {name} must be a finite number, got {value}")
+    rule = RANGES.get((section, key))
+    if rule is not None and not rule.holds(value):
+        note = f" ({rule.note})" if rule.note else ""
+        raise UserError(f"config key {name} must be {rule.describe()}{note}, got {_show(value)}")
+
+
+def _check_section(section: str, values: Any) -> None:
+    for f in dataclasses.fields(values):
+        _check_value(section, f.name, getattr(values, f.name))
+
+
 def validate(config: RunConfig) -> None:
-    """Cross-field checks that a single type check cannot express."""
-    m, t = config.model, config.train
-    positive = {
-        "model.d_model": m.d_model,
-        "model.n_layers": m.n_layers,
-        "model.n_heads": m.n_heads,
-        "model.context": m.context,
-        "train.batch_size": t.batch_size,
-        "model.vocab_size": m.vocab_size,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise UserError(f"config key {name} must be positive, got {value}")
+    """Every numeric key inside its range, then the rules that tie keys together."""
+    for section in SECTIONS:
+        _check_section(section, getattr(config, section))
+    validate_model(config.model)
+    m, t, e = config.model, config.train, config.eval
+    if t.schedule == "cosine" and t.min_lr > t.lr:
+        raise UserError(
+            f"config key train.min_lr={t.min_lr:g} is above train.lr={t.lr:g}: the cosine "
+            "schedule decays from lr to min_lr; lower train.min_lr"
+        )
+    if t.growth_lookback < t.growth_window:
+        raise UserError(
+            f"config key train.growth_lookback={t.growth_lookback} must be >= "
+            f"train.growth_window={t.growth_window} (the past window starts that many steps back)"
+        )
+    if t.loop == "horizon" and t.chunk_bytes < t.batch_size * (m.context + 1) * 2:
+        raise UserError(
+            f"train.chunk_bytes={t.chunk_bytes:,} is too small for batch_size x context: the "
+            f"horizon loop needs at least {t.batch_size * (m.context + 1) * 2:,}"
+        )
+    if e.heldout_bytes < m.context + 1:
+        raise UserError(
+            f"config key eval.heldout_bytes={e.heldout_bytes} is shorter than one window: it "
+            f"must be at least model.context + 1 = {m.context + 1}"
+        )
+
+
+def _divisors(width: int, near: int) -> str:
+    """'model.n_heads = 2, 4 or 8': the divisors of ``width`` closest to ``near``."""
+    found = [d for d in range(1, min(width, 4096) + 1) if width % d == 0]
+    closest = sorted(sorted(found, key=lambda d: abs(d - near))[:3])
+    return "model.n_heads = " + " or ".join(
+        [", ".join(map(str, closest[:-1])), str(closest[-1])]
+        if len(closest) > 1
+        else [str(closest[0])]
+    )
+
+
+def validate_model(m: ModelConfig) -> None:
+    """The model section alone: ranges, and the shapes each family can build."""
+    _check_section("model", m)
     if m.family in ("microstream", "h2q-transformer"):
         half = m.d_model // 2
         if m.d_model % 2 or half % (4 * m.factor_size):
             raise UserError(
-                f"model.d_model={m.d_model}: microstream needs d_model/2 to be a multiple of "
+                f"model.d_model={m.d_model}: {m.family} needs d_model/2 to be a multiple of "
                 f"4 x model.factor_size ({4 * m.factor_size})"
             )
         if half % m.n_heads:
-            raise UserError(f"model.n_heads={m.n_heads} must divide d_model/2 = {half}")
-    elif m.d_model % m.n_heads:
-        raise UserError(f"model.n_heads={m.n_heads} must divide model.d_model={m.d_model}")
-    if m.family == "hamiltonian-llm":
-        _validate_hamiltonian_llm(m)
-    if t.loop == "horizon" and t.chunk_bytes < t.batch_size * (m.context + 1) * 2:
-        raise UserError("train.chunk_bytes is too small for batch_size x context")
-
-
-def _validate_hamiltonian_llm(m: ModelConfig) -> None:
-    if (m.d_model // m.n_heads) % 2:
-        raise UserError(
-            f"model.d_model / model.n_heads = {m.d_model // m.n_heads} must be even "
-            "(rotary embeddings rotate pairs of dimensions)"
-        )
+            raise UserError(
+                f"model.n_heads={m.n_heads} must divide d_model/2 = {half} ({m.family} attends "
+                f"over half the width): use {_divisors(half, m.n_heads)}"
+            )
+    else:
+        if m.d_model % m.n_heads:
+            raise UserError(
+                f"model.n_heads={m.n_heads} must divide model.d_model={m.d_model}: use "
+                f"{_divisors(m.d_model, m.n_heads)}"
+            )
+        if m.family == "qrlm" and m.d_model % (4 * m.factor_size):
+            raise UserError(
+                f"model.d_model={m.d_model}: qrlm needs d_model to be a multiple of "
+                f"4 x model.factor_size ({4 * m.factor_size})"
+            )
     if m.separator_token >= m.vocab_size:
         raise UserError(
             f"model.separator_token={m.separator_token} must be below model.vocab_size="
             f"{m.vocab_size} (or -1 for none)"
         )
-    for name, value in (
-        ("model.momentum_beta", m.momentum_beta),
-        ("model.separator_damping", m.separator_damping),
-    ):
-        if not 0.0 <= value <= 1.0:
-            raise UserError(f"config key {name} must be between 0 and 1, got {value}")
-    if m.reflex_kernel < 1 or m.gravity_max_distance < 0:
-        raise UserError("model.reflex_kernel must be >= 1 and model.gravity_max_distance >= 0")
+    if m.family == "hamiltonian-llm" and (m.d_model // m.n_heads) % 2:
+        raise UserError(
+            f"model.d_model / model.n_heads = {m.d_model // m.n_heads} must be even "
+            "(rotary embeddings rotate pairs of dimensions)"
+        )

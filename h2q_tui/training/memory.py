@@ -1,0 +1,135 @@
+"""Will a model fit? Estimates of training and inference memory, checked before allocating.
+
+The parameter count is exact and free: the model is built on ``torch.device("meta")`` (shapes
+only, no storage) with one and with two layers, and the per-layer difference is extrapolated
+to ``n_layers`` (every family repeats identical blocks; a shared structure bank is outside
+them). Training needs, in fp32:
+
+    params x (4 weights + 4 gradients + 8 AdamW moments) bytes
+    + batch x context x (n_layers x d_model x ACTIVATION_FLOATS + 3 x vocab_size) x 4 bytes
+
+``ACTIVATION_FLOATS`` (12) is the number of d_model-wide floats per token and layer that the
+backward pass keeps, kept at the low end of what one fp32 step measured (peak RSS over the
+steady state, batch 16, context 256: microstream/h2q-transformer 13-16, gpt and qrlm ~25,
+hamiltonian-llm ~64), so the check refuses only runs that cannot fit; ``3 x vocab`` is the
+logits, their softmax and gradient. A run is refused when the estimate exceeds the memory
+available now (``psutil.virtual_memory().available``, or the free memory of the CUDA device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import psutil
+import torch
+
+from h2q_tui.config import ModelConfig, RunConfig
+from h2q_tui.errors import UserError
+
+ACTIVATION_FLOATS = 12
+TRAIN_BYTES_PER_PARAM = 4 + 4 + 8  # fp32 weights, gradients, AdamW exp_avg + exp_avg_sq
+WEIGHT_BYTES_PER_PARAM = 4
+
+
+def _meta_parameters(config: ModelConfig, rank_growths: int = 0) -> int:
+    from h2q_tui.models import build_model, count_parameters
+
+    with torch.device("meta"):
+        model = build_model(config)
+        for _ in range(rank_growths):
+            model.grow_ffn_rank()
+    return count_parameters(model)
+
+
+def parameter_count(config: ModelConfig, rank_growths: int = 0) -> int:
+    """Trainable parameters of ``config``'s model, without allocating any of them.
+
+    Raises:
+        UserError: the model cannot be built from this config (the builder's reason).
+    """
+    try:
+        if config.n_layers <= 2:
+            return _meta_parameters(config, rank_growths)
+        one = _meta_parameters(dataclasses.replace(config, n_layers=1), rank_growths)
+        two = _meta_parameters(dataclasses.replace(config, n_layers=2), rank_growths)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any builder failure is a config problem here
+        raise UserError(
+            f"model.* config cannot be built ({config.family}): {_first_line(exc)}"
+        ) from None
+    return one + (two - one) * (config.n_layers - 1)
+
+
+def training_bytes(config: RunConfig, params: int | None = None) -> int:
+    """Estimated peak bytes of one training step (see the module docstring)."""
+    m, t = config.model, config.train
+    params = parameter_count(m) if params is None else params
+    per_token = m.n_layers * m.d_model * ACTIVATION_FLOATS + 3 * m.vocab_size
+    return params * TRAIN_BYTES_PER_PARAM + t.batch_size * m.context * per_token * 4
+
+
+def available_bytes(device: torch.device | str = "cpu") -> tuple[int, str]:
+    """(bytes free now, where): the machine's available RAM, or a CUDA device's free memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free), f"{torch.cuda.get_device_name(device)} has"
+    return int(psutil.virtual_memory().available), "this machine has"
+
+
+def check_training_memory(config: RunConfig, device: torch.device | str = "cpu") -> int:
+    """Refuse a run whose training step cannot fit in memory; returns the estimate in bytes.
+
+    Raises:
+        UserError: "model needs ~37.2 GB to train (1.9 B parameters); this machine has
+            21.3 GB available: ..."
+    """
+    params = parameter_count(config.model)
+    need = training_bytes(config, params)
+    have, where = available_bytes(device)
+    if need > have:
+        raise UserError(
+            f"model needs ~{gigabytes(need)} to train ({parameters(params)}); {where} "
+            f"{gigabytes(have)} available: lower model.d_model, model.n_layers, "
+            "train.batch_size or model.context"
+        )
+    return need
+
+
+def check_weights_memory(
+    config: ModelConfig, rank_growths: int = 0, device: torch.device | str = "cpu", what: str = ""
+) -> int:
+    """Refuse to load a checkpoint whose fp32 weights alone exceed the available memory."""
+    params = parameter_count(config, rank_growths)
+    need = params * WEIGHT_BYTES_PER_PARAM
+    have, where = available_bytes(device)
+    if need > have:
+        raise UserError(
+            f"{what or 'the model'} needs ~{gigabytes(need)} for its weights "
+            f"({parameters(params)}); {where} {gigabytes(have)} available"
+        )
+    return need
+
+
+def gigabytes(count: int) -> str:
+    """37.2 GB (or MB below 0.1 GB, TB from 1000 GB)."""
+    if count >= 1e12:
+        return f"{count / 1e12:,.1f} TB"
+    return f"{count / 1e9:.1f} GB" if count >= 1e8 else f"{count / 1e6:.1f} MB"
+
+
+def parameters(count: int) -> str:
+    """1.9 B parameters, 45.2 M parameters, 77,320 parameters."""
+    if count >= 10**12:
+        return f"{count / 1e12:,.1f} T parameters"
+    if count >= 10**9:
+        return f"{count / 1e9:.1f} B parameters"
+    if count >= 10**7:
+        return f"{count / 1e6:.1f} M parameters"
+    return f"{count:,} parameters"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:160] if lines else type(exc).__name__
