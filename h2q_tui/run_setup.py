@@ -217,9 +217,17 @@ def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
         aside = _set_aside_later_steps(run_dir, info.step)
         if aside:
             info = dataclasses.replace(info, note="; ".join(n for n in (info.note, aside) if n))
-    warnings = leakage_warnings(request.data or saved.get("data"), request.heldout or saved.get("heldout"))
+    warnings = leakage_warnings(
+        request.data or saved.get("data"), request.heldout or saved.get("heldout")
+    )
     return PreparedRun(
-        config, corpus, target, saved.get("preset", ""), info, tokenizer, request.device,
+        config,
+        corpus,
+        target,
+        saved.get("preset", ""),
+        info,
+        tokenizer,
+        request.device,
         warnings=warnings,
     )
 
@@ -244,9 +252,7 @@ def _read_run_file(run_dir: Path) -> dict:
         raise UserError(f"{path} holds a JSON {type(saved).__name__}, not an object: {fix}")
     for key, value in saved.items():
         if value is not None and not isinstance(value, str):
-            raise UserError(
-                f"{path}: {key!r} must be a string, got {type(value).__name__}: {fix}"
-            )
+            raise UserError(f"{path}: {key!r} must be a string, got {type(value).__name__}: {fix}")
     return saved
 
 
