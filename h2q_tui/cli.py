@@ -1,5 +1,5 @@
 """Command line: ``h2q-tui`` (dashboard), ``--no-ui`` (headless training), ``eval``,
-``attach``, ``generate``, ``steer-eval``.
+``attach``, ``generate``, ``steer-eval``, ``presets``; ``--version``.
 
 User errors exit 2 with one line on stderr; Ctrl-C during training saves and exits 130.
 """
@@ -18,13 +18,78 @@ from h2q_tui.errors import UserError
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default, unless the text already says it or there is none.
+
+    Text with line breaks (the main help's list of subcommands) is printed as written.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return "\n".join(indent + line for line in self._split_lines(text, width - len(indent)))
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        text = " ".join(text.split())  # never break inside a flag such as --no-ui
+        return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or (isinstance(default, (str, list, tuple)) and len(default) == 0)
+        ):
+            return text
+        if isinstance(default, str) and not default.strip():
+            return text + f" (default: {default!r})"  # make a blank default visible
+        return text + " (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit 2, like every other user error
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+def version_text() -> str:
+    """``h2q-tui 0.1.0 (torch 2.x, Python 3.x)``: the package metadata's version first."""
+    import platform
+
+    import torch
+
+    from h2q_tui import __version__
+
+    return f"h2q-tui {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, imported lazily so that ``--help`` does not pay for torch."""
+
+    def __init__(
+        self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None
+    ):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_text())
+        parser.exit(EXIT_OK)
+
+
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", help="preset name (see presets/) or a .toml path")
+    parser.add_argument(
+        "--preset",
+        help="preset name (list them: h2q-tui presets) or a .toml path (default: microstream-cpu)",
+    )
     parser.add_argument(
         "--data", help="text file, directory of text files, or tinystories|wikitext2|shakespeare"
     )
@@ -67,10 +132,12 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
 def main_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="h2q-tui",
-        description="Train, watch and compare Hamiltonian/quaternion byte LMs. "
-        "Subcommands: eval CHECKPOINT --data FILE | attach RUN_DIR [RUN_DIR ...] | "
-        "generate CHECKPOINT --prompt TEXT | steer-eval CHECKPOINT --word W",
+        usage="h2q-tui [--no-ui] [options]  |  h2q-tui SUBCOMMAND ...",
+        description="Train, watch and compare Hamiltonian/quaternion byte LMs. Without a "
+        "subcommand: the dashboard (press t to train), or headless training with --no-ui.",
+        epilog=subcommands_epilog(),
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument(
         "--no-ui", action="store_true", help="train headless: progress lines on stdout"
     )
@@ -97,6 +164,7 @@ def eval_parser() -> argparse.ArgumentParser:
         help="evaluate only the first N context windows (default: whole file)",
     )
     parser.add_argument("--batch", type=int, default=32, help="windows per forward pass")
+    add_device_flag(parser)
     return parser
 
 
@@ -107,6 +175,8 @@ def run_headless(args: argparse.Namespace) -> int:
 
     request = RunRequest(**{k: getattr(args, k) for k in RunRequest.__dataclass_fields__})
     prepared = prepare_run(request, progress=_download_progress())
+    for warning in prepared.warnings:  # e.g. --heldout is the training file
+        print(f"h2q-tui: warning: {warning}", file=sys.stderr, flush=True)
     writer = JsonlWriter(prepared.run_dir)
     printer = ConsolePrinter(prepared.config.log.log_interval, prepared.config.train.max_steps)
 
@@ -169,18 +239,17 @@ def stop_signals_save(trainer):
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    from h2q_tui.app import make_app
+    from h2q_tui.app import make_app, run_app
     from h2q_tui.app.engine_link import LiveEngine
     from h2q_tui.run_setup import RunRequest, prepare_run
 
     request = RunRequest(**{k: getattr(args, k) for k in RunRequest.__dataclass_fields__})
     engine = LiveEngine(prepare_run(request, progress=_download_progress()))
-    result = make_app(engine, autostart=args.autostart).run()
-    return result or EXIT_OK
+    return run_app(make_app(engine, autostart=args.autostart))  # non-zero if the app crashed
 
 
 def run_attach(argv: list[str]) -> int:
-    from h2q_tui.app import make_app
+    from h2q_tui.app import make_app, run_app
 
     parser = _Parser(
         prog="h2q-tui attach", description="The dashboard on runs other processes are writing."
@@ -190,24 +259,44 @@ def run_attach(argv: list[str]) -> int:
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
             raise UserError(f"run dir not found: {run_dir}")
-    return make_app(attach=args.run_dirs).run() or EXIT_OK
+    return run_app(make_app(attach=args.run_dirs))  # non-zero if the app crashed
 
 
 def run_eval(argv: list[str]) -> int:
+    import math
+
     import torch
 
     from h2q_tui.models import count_parameters
+    from h2q_tui.progress_bar import WindowProgressBar
+    from h2q_tui.system import hardware
     from h2q_tui.training import checkpoint
     from h2q_tui.training.evaluate import heldout_cross_entropy
     from h2q_tui.training.events import bits_per_byte
 
     args = eval_parser().parse_args(argv)
+    if args.batch < 1:
+        raise UserError(f"--batch must be at least 1 (windows per forward pass), got {args.batch}")
+    if args.windows < 0:
+        raise UserError(f"--windows must be >= 0 (0 = the whole file), got {args.windows}")
+    if not Path(args.data).is_file():
+        raise UserError(f"data file not found: {args.data}")
+    device = hardware.resolve_device(args.device)
     info = checkpoint.read_info(args.checkpoint)
-    model = checkpoint.load_model_from(info)
+    say_note(info)
+    model = checkpoint.load_model_from(info).to(device)
     path = Path(args.data)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read data file {path}: {exc.strerror or exc}") from None
+    if not raw:
+        raise UserError(
+            f"data file {path} is empty; evaluation needs at least "
+            f"{info.config.model.context + 1} bytes"
+        )
     data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     unit, bytes_per_token = "byte", 1.0
     tokenizer = checkpoint.tokenizer_of(info)
@@ -226,13 +315,41 @@ def run_eval(argv: list[str]) -> int:
         f"{count_parameters(model):,} parameters"
     )
     print(f"data {path} | {len(raw):,} bytes | {windows:,} windows of {context} {unit}s")
+    bar = WindowProgressBar(windows, args.batch)  # on stderr; stdout keeps the results
     nats = heldout_cross_entropy(
-        model, data, context, torch.device("cpu"), max_bytes, batch=args.batch
+        model, data, context, device, max_bytes, batch=args.batch, progress=bar
     )
+    if not math.isfinite(nats):
+        raise UserError(
+            f"checkpoint {info.weights} gives a non-finite loss ({nats}): its weights diverged "
+            "or are damaged; evaluate an earlier checkpoint"
+        )
     bpb = bits_per_byte(nats) / bytes_per_token
     print(f"cross-entropy {nats:.4f} nats/{unit} | {bpb:.4f} bits/byte")
     print(f"bpb={bpb:.4f}")
     return EXIT_OK
+
+
+def load_for_decoding(args: argparse.Namespace):
+    """Load CHECKPOINT for batch-1 decoding: --threads torch threads, on --device."""
+    import torch
+
+    from h2q_tui.generation.generate import load_for_generation
+    from h2q_tui.system import hardware
+
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    device = hardware.resolve_device(args.device)
+    info, model, codec = load_for_generation(args.checkpoint)
+    say_note(info)
+    return info, model.to(device), codec
+
+
+def say_note(info) -> None:
+    """Tell the user when a damaged latest checkpoint was skipped."""
+    if info.note:
+        print(f"note: {info.note}", file=sys.stderr)
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
@@ -248,12 +365,24 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--repetition-penalty", type=float, default=s.repetition_penalty, help="CTRL-style; 1 = off"
     )
-    group.add_argument("--max-new-tokens", type=int, default=s.max_new_tokens)
-    group.add_argument("--seed", type=int, default=s.seed)
+    group.add_argument(
+        "--max-new-tokens", type=int, default=s.max_new_tokens, help="tokens to generate"
+    )
+    group.add_argument("--seed", type=int, default=s.seed, help="sampling seed")
     group.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     group.add_argument("--no-cache", action="store_true", help="recompute the context every token")
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for decoding (1: batch-1 decoding of these small models is fastest "
+        "on one thread, and leaves the other cores to training)",
+    )
+    add_device_flag(group)
     group = parser.add_argument_group("modes")
-    group.add_argument("--mode", choices=MODES, default="sample")
+    group.add_argument(
+        "--mode", choices=MODES, default="sample", help="how the next token is picked"
+    )
     group.add_argument("--lookahead", type=int, default=m.lookahead, help="L of mode lookahead")
     group.add_argument("--flow-weight", type=float, default=m.flow_weight, help="w of mode flow")
     group = parser.add_argument_group("steering")
@@ -271,6 +400,50 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="steer every position or the prompt's",
     )
+
+
+def _check_decoding_args(args: argparse.Namespace) -> None:
+    """The sampling, mode and steering flags of generate/steer-eval, before any model loads."""
+    import math
+
+    floats = ["temperature", "top_p", "repetition_penalty", "flow_weight"]
+    for name in floats + (["strength"] if getattr(args, "strength", None) is not None else []):
+        if not math.isfinite(getattr(args, name)):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number")
+    checks = [
+        (args.temperature >= 0, f"--temperature must be >= 0 (0 = greedy), got {args.temperature}"),
+        (args.top_k >= 0, f"--top-k must be >= 0 (0 = off), got {args.top_k}"),
+        (0 < args.top_p <= 1, f"--top-p must be > 0 and <= 1 (1 = off), got {args.top_p}"),
+        (
+            args.repetition_penalty > 0,
+            f"--repetition-penalty must be > 0 (1 = off), got {args.repetition_penalty}",
+        ),
+        (
+            args.max_new_tokens >= 1,
+            f"--max-new-tokens must be at least 1, got {args.max_new_tokens}",
+        ),
+        (args.lookahead >= 0, f"--lookahead must be >= 0, got {args.lookahead}"),
+        (args.layer >= 0, f"--layer must be >= 0 (0 = the embedding output), got {args.layer}"),
+        (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
+        (all(args.stop), "--stop needs a non-empty string"),
+        (
+            args.direction != "contrast" or bool(args.contrast),
+            "--contrast needs a non-empty prompt with --direction contrast",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def _check_layer(args: argparse.Namespace, info, model) -> None:
+    """--layer names one of the model's blocks."""
+    blocks = len(model.residual_blocks())
+    if args.layer >= blocks:
+        raise UserError(
+            f"--layer {args.layer} is out of range: layer must be in 0..{blocks - 1} (this "
+            f"{info.config.model.family} model has {blocks} blocks)"
+        )
 
 
 def _generation_settings(args: argparse.Namespace):
@@ -300,7 +473,7 @@ def _generation_settings(args: argparse.Namespace):
 
 
 def run_generate(argv: list[str]) -> int:
-    from h2q_tui.generation.generate import Generation, load_for_generation
+    from h2q_tui.generation.generate import Generation
 
     parser = _Parser(
         prog="h2q-tui generate",
@@ -311,12 +484,22 @@ def run_generate(argv: list[str]) -> int:
     parser.add_argument("--prompt", default="", help="text to continue")
     parser.add_argument("--interactive", action="store_true", help="the source's menu loop")
     parser.add_argument("--steer", metavar="WORD", help="target word (mode steer)")
-    parser.add_argument("--strength", type=float, default=0.5, help="signed, × residual norm")
+    parser.add_argument(
+        "--strength", type=float, help="signed, × residual norm (default 0.5; needs --steer)"
+    )
     add_generation_flags(parser)
     args = parser.parse_args(argv)
+    _check_decoding_args(args)
+    if args.steer is not None and not args.steer.strip():
+        raise UserError("--steer needs a target word, got an empty one")
+    if args.strength is not None and args.steer is None:
+        raise UserError("--strength needs --steer WORD (the word to steer towards)")
+    if args.strength is None:
+        args.strength = 0.5
     if args.steer and args.strength != 0 and args.mode == "sample":
         args.mode = "steer"  # --steer alone means steering
-    info, model, codec = load_for_generation(args.checkpoint)
+    info, model, codec = load_for_decoding(args)
+    _check_layer(args, info, model)
     header = f"checkpoint {info.weights.parent} | step {info.step} | {info.config.model.family}"
     if args.interactive:
         print(header, file=sys.stderr)
@@ -403,9 +586,9 @@ def _interactive(model, codec, args: argparse.Namespace) -> int:
 
 def run_steer_eval(argv: list[str]) -> int:
     import json
+    import math
 
     from h2q_tui.generation import steer_eval
-    from h2q_tui.generation.generate import load_for_generation
 
     parser = _Parser(
         prog="h2q-tui steer-eval",
@@ -418,7 +601,9 @@ def run_steer_eval(argv: list[str]) -> int:
         "--strengths", default="-1,0,0.5,1", help="comma-separated signed strengths"
     )
     parser.add_argument("--samples", type=int, default=16, help="seeded samples per strength")
-    parser.add_argument("--prompt", default=steer_eval.DEFAULT_PROMPT)
+    parser.add_argument(
+        "--prompt", default=steer_eval.DEFAULT_PROMPT, help="the prompt every sample continues"
+    )
     parser.add_argument(
         "--json", metavar="PATH", help="default: steer-eval-WORD.json beside the checkpoint"
     )
@@ -433,7 +618,13 @@ def run_steer_eval(argv: list[str]) -> int:
         ) from None
     if args.samples < 1:
         raise UserError("--samples must be at least 1")
-    info, model, codec = load_for_generation(args.checkpoint)
+    if not all(math.isfinite(s) for s in strengths):
+        raise UserError(f"--strengths must be finite numbers, got {args.strengths!r}")
+    if not args.word.strip():
+        raise UserError("--word needs a target word, got an empty one")
+    _check_decoding_args(args)
+    info, model, codec = load_for_decoding(args)
+    _check_layer(args, info, model)
     sampling, _, steer = _generation_settings(args)
     steer.word = args.word
     print(
@@ -519,12 +710,43 @@ def _download_progress():
     return report
 
 
+def run_presets(argv: list[str]) -> int:
+    from h2q_tui.presets_list import format_table, summaries
+
+    _Parser(
+        prog="h2q-tui presets",
+        description="The bundled presets: name, model family, parameter count (counted on "
+        "torch's meta device, so nothing is allocated) and the first line of the preset's "
+        "comment. Use one with --preset NAME.",
+    ).parse_args(argv)
+    print(format_table(summaries()))
+    return EXIT_OK
+
+
 SUBCOMMANDS = {
     "eval": run_eval,
     "attach": run_attach,
     "generate": run_generate,
     "steer-eval": run_steer_eval,
+    "presets": run_presets,
 }
+
+SUBCOMMAND_USAGE = {
+    "eval": ("CHECKPOINT --data FILE", "cross-entropy of a checkpoint on a file (last line bpb=…)"),
+    "attach": ("RUN_DIR [RUN_DIR ...]", "the dashboard on runs other processes write"),
+    "generate": ("CHECKPOINT --prompt TEXT", "stream a continuation (sample/steer/lookahead/flow)"),
+    "steer-eval": ("CHECKPOINT --word W", "measure what steering does, per strength"),
+    "presets": ("", "list the bundled presets with their parameter counts"),
+}
+
+
+def subcommands_epilog() -> str:
+    """The main --help's list of subcommands (each has its own --help)."""
+    lines = ["subcommands (h2q-tui SUBCOMMAND --help for each):"]
+    for name in SUBCOMMANDS:
+        usage, summary = SUBCOMMAND_USAGE.get(name, ("", ""))
+        lines.append(f"  {f'{name} {usage}'.strip():<42} {summary}")
+    return "\n".join(lines)
 
 
 def dispatch(argv: list[str]) -> int:
