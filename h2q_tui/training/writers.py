@@ -8,6 +8,8 @@ import json
 import math
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -76,17 +78,41 @@ class JsonlWriter:
 
 
 class ConsolePrinter:
-    """One readable line per log interval, in the spirit of the source heartbeat."""
+    """Readable ``--no-ui`` lines, in the spirit of the source heartbeat.
+
+    A step line every ``log_interval`` steps, for the first step of a run (or resume), and
+    whenever ``heartbeat_s`` seconds of wall time have passed since the last line printed,
+    so a slow model still shows a sign of life every 10 s. Notices ("stopping: saving
+    checkpoint…") are printed at once; progress of long tasks between steps ("held-out eval
+    12/48") once such a task has run ``progress_interval_s`` seconds, and then at most that
+    often. ``clock`` is injectable for tests.
+    """
 
     def __init__(
-        self, log_interval: int, max_steps: int = 0, stream: IO[str] | None = None
+        self,
+        log_interval: int,
+        max_steps: int = 0,
+        stream: IO[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        heartbeat_s: float = 10.0,
+        progress_interval_s: float = 2.0,
     ) -> None:
         self.log_interval, self.max_steps = max(1, log_interval), max_steps
         self.stream = stream or sys.stdout
+        self.clock, self.heartbeat_s, self.progress_interval_s = (
+            clock,
+            heartbeat_s,
+            progress_interval_s,
+        )
         self._loss_sum, self._loss_count = 0.0, 0
+        self._last_line = clock()
+        self._first_step_pending = True
+        # task -> (when it began or was last printed, last done, printed yet): throttling
+        self._progress: dict[str, tuple[float, int, bool]] = {}
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
+        self._last_line = self.clock()
 
     def __call__(self, event: events.Event) -> None:
         handler = getattr(self, f"_on_{event.name}", None)
@@ -94,6 +120,7 @@ class ConsolePrinter:
             handler(event)
 
     def _on_run_started(self, e: events.RunStarted) -> None:
+        self._first_step_pending = True
         self._print(f"parameters: {e.n_params:,}")
         model = e.config["model"]
         self._print(
@@ -102,12 +129,23 @@ class ConsolePrinter:
             f"held-out {e.heldout_source} ({e.heldout_bytes:,} bytes)"
             + (f" | resumed at step {e.start_step}" if e.start_step else "")
         )
+        precision = f"precision {e.precision}" + (
+            f" — {e.precision_reason}" if e.precision_reason else ""
+        )
+        self._print(precision + (f" | machine {e.machine}" if e.machine else ""))
 
     def _on_step(self, e: events.StepCompleted) -> None:
         self._loss_sum += e.train_loss_nats
         self._loss_count += 1
-        if e.step % self.log_interval:
+        due = (
+            e.step % self.log_interval == 0
+            or self._first_step_pending
+            or self.clock() - self._last_line >= self.heartbeat_s
+        )
+        if not due:
             return
+        self._first_step_pending = False
+        self._progress.clear()  # a task's progress lines belong to the wait before this step
         mean = self._loss_sum / self._loss_count
         self._loss_sum, self._loss_count = 0.0, 0
         total = f"/{self.max_steps}" if self.max_steps else ""
@@ -116,6 +154,26 @@ class ConsolePrinter:
             f"pen {e.aux_loss:.4f} | grad {e.grad_norm:.2f} | energy {e.energy:.1f} | {e.step_ms:.0f} ms | "
             f"{e.tokens_per_s:,.0f} tok/s | lr {e.lr:.2e} | epoch {e.epoch} {100 * e.data_progress:.1f}%"
         )
+
+    def _on_notice(self, e: events.NoticeGiven) -> None:
+        self._print(e.message)
+
+    def _on_progress(self, e: events.ProgressReported) -> None:
+        now = self.clock()
+        state = self._progress.get(e.task)
+        if state is None or e.done < state[1]:  # a new run of this task
+            state = (now, -1, False)
+        last_print, _, printed = state
+        total = f"/{e.total:,}" if e.total else ""
+        if e.total and e.done >= e.total:  # finished: close what was shown, if anything was
+            if printed:
+                self._print(f"{e.task}: {e.done:,}{total} done")
+            self._progress.pop(e.task, None)
+            return
+        if now - last_print >= self.progress_interval_s:
+            self._print(f"{e.task}: {e.done:,}{total}")
+            last_print, printed = now, True
+        self._progress[e.task] = (last_print, e.done, printed)
 
     def _on_eval(self, e: events.EvalCompleted) -> None:
         if e.split == "horizon":

@@ -1,0 +1,84 @@
+"""``h2q-tui presets``: one line per bundled preset — name, family, parameters, description.
+
+Parameters are counted on a model built on the ``meta`` device (shapes only, no memory, no
+initialisation), so even the 124 M-parameter preset lists instantly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from h2q_tui import config
+from h2q_tui.errors import UserError
+
+
+@dataclass(frozen=True)
+class PresetSummary:
+    name: str
+    family: str
+    n_params: int | None  # None when the preset cannot be built (the problem is in description)
+    description: str
+
+
+def description_of(path: Path) -> str:
+    """The first comment line of a preset TOML, without its ``#``."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    for line in lines:
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("#"):
+            return ""
+        text = stripped.lstrip("#").strip()
+        if text:
+            return text
+    return ""
+
+
+def count_on_meta(model_config: config.ModelConfig) -> int:
+    """Trainable parameters of the model ``model_config`` describes, without allocating it."""
+    import torch
+
+    from h2q_tui.models import build_model, count_parameters
+
+    with torch.device("meta"):
+        model = build_model(model_config)
+    return count_parameters(model)
+
+
+def summarize(name: str) -> PresetSummary:
+    path = config.presets_dir() / f"{name}.toml"
+    description = description_of(path)
+    try:
+        run_config = config.from_dict(config.load_preset(name), source=name)
+        family = run_config.model.family
+        n_params: int | None = count_on_meta(run_config.model)
+    except (UserError, ValueError, TypeError, RuntimeError) as exc:
+        return PresetSummary(name, "?", None, f"cannot build: {exc}")
+    return PresetSummary(name, family, n_params, description)
+
+
+def summaries() -> list[PresetSummary]:
+    return [summarize(name) for name in config.preset_names()]
+
+
+def format_table(rows: list[PresetSummary]) -> str:
+    """Aligned plain text, one preset per line (no header wrapping, grep-friendly)."""
+    if not rows:
+        return "no bundled presets found"
+    counts = [f"{r.n_params:,}" if r.n_params is not None else "?" for r in rows]
+    name_w = max(len("preset"), *(len(r.name) for r in rows))
+    family_w = max(len("family"), *(len(r.family) for r in rows))
+    count_w = max(len("parameters"), *(len(c) for c in counts))
+    lines = [
+        f"{'preset':<{name_w}}  {'family':<{family_w}}  {'parameters':>{count_w}}  description"
+    ]
+    for row, count in zip(rows, counts, strict=True):
+        lines.append(
+            f"{row.name:<{name_w}}  {row.family:<{family_w}}  {count:>{count_w}}  {row.description}"
+        )
+    return "\n".join(lines)
