@@ -25,6 +25,7 @@ STEP_S = 0.05
 TRAIN_BYTES = 36_000
 LR = 2e-3
 CHECKPOINT_BYTES = 1_234_567
+PRECISION_REASON = "this CPU has no fast bf16 (no AMX, no AVX512-BF16)"
 
 
 def scripted_loss(step: int, floor: float = 2.0, scale: float = 3.5) -> float:
@@ -85,7 +86,7 @@ def checkpoint_record(step: int) -> dict[str, Any]:
 
 
 def run_started_record(
-    run_id: str = "fake00000001", overrides: list[str] | None = None
+    run_id: str = "fake00000001", overrides: list[str] | None = None, start_step: int = 0
 ) -> dict[str, Any]:
     config = resolve("tiny", ["train.max_steps=100", *(overrides or [])]).to_dict()
     return events.RunStarted(
@@ -99,9 +100,12 @@ def run_started_record(
         heldout_bytes=4_000,
         device="cpu",
         threads=1,
-        start_step=0,
-        time=0.0,
+        start_step=start_step,
+        time=round(start_step * STEP_S, 4),
         started_at="2024-01-01T00:00:00+00:00",
+        precision="fp32",
+        precision_reason=PRECISION_REASON,
+        machine="Fake CPU 2.0GHz",
     ).to_record()
 
 
@@ -136,7 +140,9 @@ class FakeEngine:
 
     ``run`` emits the script, sets ``script_done``, then answers commands from its queue
     until Stop, ``close()``, the Textual worker running it being cancelled (app exit), or
-    ``max_idle_s`` without a command. ``TakeSnapshot`` hands ``deliver`` a copy of ``model``
+    ``max_idle_s`` without a command. Commands wait while ``answering`` is cleared (a test
+    can look at the dashboard between a key and the engine's answer). ``previous`` stands
+    for a resumed run's metrics.jsonl (``previous_records``, as LiveEngine has). ``TakeSnapshot`` hands ``deliver`` a copy of ``model``
     (in eval mode, like the trainer's) at the current step; without a model it is ignored.
     """
 
@@ -147,6 +153,8 @@ class FakeEngine:
         script: list[dict[str, Any]] | None = None,
         max_idle_s: float = 60.0,
         model: Any = None,
+        previous: list[dict[str, Any]] | None = None,
+        resume_step: int | None = None,
     ) -> None:
         self.name = name
         self.run_dir = Path(run_dir)
@@ -161,6 +169,12 @@ class FakeEngine:
         self._closed = threading.Event()
         self.paused = False
         self.lr = LR
+        self.previous, self.resume_step = previous, resume_step
+        self.answering = threading.Event()
+        self.answering.set()
+
+    def previous_records(self) -> tuple[list[dict[str, Any]], int]:
+        return list(self.previous or []), 0
 
     def send(self, command: commands.Command) -> None:
         self.commands.put(command)
@@ -197,6 +211,9 @@ class FakeEngine:
                 command = self.commands.get(timeout=0.05)
             except queue.Empty:
                 continue
+            while not self.answering.wait(timeout=0.05):  # a test holds the answer back
+                if self._closed.is_set() or _worker_cancelled():
+                    return "closed"
             idle_since = time.monotonic()
             self.received.append(command)
             reason = self._handle(command, emit)

@@ -22,8 +22,10 @@ from fake_engine import (
 from pilot_helpers import text_of, wait_until
 from textual.pilot import Pilot
 from textual.widgets import RichLog, Static, TabbedContent
+from textual.widgets._footer import FooterKey
 
 from h2q_tui.app.app import H2QApp, SnapshotTaken, make_app
+from h2q_tui.app.generate_pane import GeneratePane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, HelpScreen
 from h2q_tui.app.widgets import SystemPanel
 from h2q_tui.system.monitor import SystemSnapshot
@@ -79,7 +81,7 @@ async def test_t_starts_training_and_cards_show_the_script(engine):
         assert card(app, "step") == "0\n"  # no run_started yet: no max_steps
         await start_and_play(pilot, engine)
         assert app.run_active
-        assert card(app, "step") == f"{FINAL_STEP} / 100\nepoch 0 · 14.2% of data"
+        assert card(app, "step") == f"{FINAL_STEP} / 100\nepoch 0 · 14.2%"
         loss = scripted_loss(FINAL_STEP)
         assert card(app, "train") == f"{loss:.4f} nats\n{loss / math.log(2):.3f} bits/byte"
         assert card(app, "state") == "running"
@@ -413,14 +415,65 @@ async def test_attach_f_cycles_cards_and_d_diffs_configs(two_runs):
         assert app.screen.rows == [("train.lr", [0.002, 0.001])]
 
 
+def footer_actions(app: H2QApp) -> set[str]:
+    return {key.action for key in app.query(FooterKey)}
+
+
+ENGINE_KEYS = {"start", "toggle_pause", "stop", "save", "sample", "lr_up", "lr_down"}
+
+
 async def test_attach_t_and_command_keys_send_nothing(two_runs):
     app = make_app(attach=list(two_runs), monitor=False, refresh_s=0.05)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("t", "p", "x", "c", "plus")
+        await pilot.press("t", "p", "x", "c", "n", "plus", "minus")
         await pilot.pause()
         assert app.training_worker is None and app.commands_sent == []
-        assert any("read-only" in m for m in notifications(app))
         assert app.is_running
+        assert any("read-only" in m for m in notifications(app))
+        assert "read-only" in text_of(app.query_one("#status-line", Static))
+
+
+async def test_attach_offers_only_what_works_on_an_attached_run(two_runs):
+    app = make_app(attach=list(two_runs), monitor=False, refresh_s=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, step_card_shows(app, 30), "run-a's step card")
+        await wait_until(pilot, lambda: "help" in footer_actions(app), "the footer")
+        shown = footer_actions(app)
+        assert not shown & ENGINE_KEYS, shown
+        assert {"toggle_units", "cycle_axis", "export", "help", "quit"} <= shown
+        assert {"focus_next_run", "config_diff"} <= shown  # two runs: comparing is the point
+        # help and the command palette list the same: no training keys, no live snapshot
+        available = {action for _, action, _ in app.available_actions()}
+        assert not available & ENGINE_KEYS and "generate_pane('snapshot')" not in available
+        for kept in ("pane('icu')", "smoothing(0.05)", "focus_next_run", "config_diff"):
+            assert kept in available
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), "help screen")
+        help_text = " ".join(" ".join(text_of(s) for s in app.screen.query(Static)).split())
+        assert "Stop training" not in help_text and "Start training" not in help_text
+        assert "Chart units" in help_text and "Config diff" in help_text
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, HelpScreen), "help to close")
+        palette = [c.help for c in app.get_system_commands(app.screen)]
+        assert "key: x" not in palette and "key: s" not in palette and "key: u" in palette
+        # the Generate pane has no live run to snapshot: its s key and button are gone
+        await pilot.press("3")
+        pane = app.query_one(GeneratePane)
+        await wait_until(pilot, lambda: "generate" in footer_actions(app), "the pane's keys")
+        assert "snapshot" not in footer_actions(app)
+        assert not app.query_one("#gen-snapshot").display
+        await pilot.press("s")
+        await pilot.pause()
+        assert pane.model is None and app.is_running
+
+
+async def test_live_footer_offers_the_training_keys(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: "help" in footer_actions(app), "the footer")
+        assert ENGINE_KEYS | {"help", "quit"} <= footer_actions(app)
+        assert not {"focus_next_run", "config_diff"} & footer_actions(app)  # one run
+        assert len(app.available_actions()) == len(H2QApp.ACTIONS)
 
 
 # ---------------------------------------------------------------------- the real engine
@@ -478,3 +531,322 @@ def test_a_run_leaves_no_openmp_team_behind(tmp_path, text_file):
     real = run_openmp_probe(text_file, tmp_path / "real")
     assert real["during"] > real["start"], real  # training did run parallel regions
     assert real["after"] == real["start"], real  # and its team ended with the run
+
+
+# ---------------------------------------------------------------------- bad records
+BAD_LINES = [
+    '{"event": "step"}',
+    '{"event": "step", "step": 1, "tokens": 1, "time": 0.1, "train_loss_nats": 2.0, "lr": "fast"}',
+    '{"event": "step", "step": NaN, "tokens": 1, "time": 0.1, "train_loss_nats": 2.0}',
+    '{"event": "step", "step": null, "tokens": 1, "time": 0.1, "train_loss_nats": 2.0}',
+    '{"event": "step", "step": "7", "tokens": 1, "time": 0.1, "train_loss_nats": 2.0}',
+    '{"event": "eval", "step": 5, "tokens": 5, "time": 0.5, "val_loss_nats": 2.5}',
+    '{"event": "run_started", "run_id": "x"}',
+    '{"event": "run_started", "run_id": "x", "config": [1, 2, 3]}',
+    '{"event": "checkpoint", "step": 3}',
+    '{"event": "alarm", "step": 3}',
+    '{"event": "run_finished", "step": 3}',
+    '{"no_event": true}',
+]
+NOT_JSON = ["not json at all", "[1, 2]", '{"torn": ']
+
+
+def status(app: H2QApp) -> str:
+    return text_of(app.query_one("#status-line", Static))
+
+
+def log_text(app: H2QApp) -> str:
+    """The event log as one line of words (the log wraps its lines at its width)."""
+    return " ".join(
+        " ".join(line.text for line in app.query_one("#event-log", RichLog).lines).split()
+    )
+
+
+async def test_attach_skips_and_counts_bad_records_and_keeps_running(tmp_path):
+    run = tmp_path / "bad-run"
+    run.mkdir()
+    good = [json.dumps(r) for r in scripted_records(steps=10)]
+    lines = good[:3] + BAD_LINES + NOT_JSON + good[3:]
+    (run / METRICS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    app = make_app(attach=[run], monitor=False, refresh_s=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        history = app.histories["bad-run"]
+        await wait_until(pilot, step_card_shows(app, 10), "the good records")
+        assert history.bad_records == len(BAD_LINES) and len(history.train) == 10
+        await wait_until(pilot, lambda: "12 bad records skipped" in status(app), "the count")
+        assert "3 unparsable lines skipped" in status(app)
+        await wait_until(pilot, lambda: "skipped 12 bad records" in log_text(app), "log line")
+        assert "skipped 3 lines that are not JSON objects" in log_text(app)
+        write_jsonl(run / METRICS_FILE, [{"event": "step", "step": "eleven"}])
+        await wait_until(pilot, lambda: "13 bad records skipped" in status(app), "one more")
+        await wait_until(pilot, lambda: "'step' is 'eleven'" in log_text(app), "its reason")
+        assert "skipped 1 bad record (last: step: 'step' is 'eleven')" in log_text(app)
+        for key in ("1", "2", "3", "1", "u", "a", "f", "d", "escape", "e"):
+            await pilot.press(key)
+        await pilot.pause()
+        assert app.is_running and app.return_code is None
+
+
+async def test_attach_on_a_log_of_nothing_but_bad_records(tmp_path):
+    run = tmp_path / "junk"
+    run.mkdir()
+    (run / METRICS_FILE).write_text("\n".join(BAD_LINES * 3) + "\n", encoding="utf-8")
+    app = make_app(attach=[run], monitor=False, refresh_s=0.05)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: "36 bad records skipped" in status(app), "the count")
+        assert card(app, "state") == "waiting for metrics.jsonl"
+        await pilot.press("2", "1", "u", "a")
+        await pilot.pause()
+        assert app.is_running
+
+
+async def test_live_engine_records_that_are_bad_are_skipped_too(tmp_path):
+    engine = FakeEngine(tmp_path, script=[*scripted_records(steps=3), {"event": "alarm"}])
+    app = live_app(engine)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("t")
+            await wait_until(pilot, lambda: "1 bad record skipped" in status(app), "the count")
+            assert card(app, "state") == "running"  # the bad alarm changed nothing
+    finally:
+        engine.close()
+
+
+# ---------------------------------------------------------------------- crashes exit non-zero
+class CrashingApp(H2QApp):
+    def on_mount(self) -> None:
+        raise RuntimeError("boom")
+
+
+def test_run_app_returns_non_zero_when_the_app_crashes(tmp_path):
+    from h2q_tui.app import run_app
+
+    app = CrashingApp(attached=None, monitor=False)
+    assert run_app(app, headless=True) == 1
+    quits = make_app(FakeEngine(tmp_path), monitor=False)
+    quits.call_later(quits.exit, 0)
+    assert run_app(quits, headless=True) == 0
+
+
+def test_attach_exits_non_zero_when_the_dashboard_crashes(tmp_path, two_runs):
+    code = (
+        "import sys\n"
+        "from h2q_tui.app.app import H2QApp\n"
+        "def boom(self):\n"
+        "    raise RuntimeError('boom in the dashboard')\n"
+        "H2QApp.redraw_chart = boom\n"
+        "from h2q_tui.cli import main\n"
+        "sys.exit(main(['attach', sys.argv[1]]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(two_runs[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TEXTUAL": "headless", "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 1, (out.returncode, out.stderr[-2000:])
+    assert "boom in the dashboard" in out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------- notices, progress, precision
+async def test_precision_shows_on_the_status_line_system_pane_and_event_log(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_and_play(pilot, engine)
+        expected = "precision fp32 — this CPU has no fast bf16 (no AMX, no AVX512-BF16)"
+        await wait_until(pilot, lambda: expected in status(app), "the precision")
+        assert expected in log_text(app)
+        await pilot.press("2")
+        panel = app.query_one(SystemPanel)
+        await wait_until(pilot, lambda: "Precision" in text_of(panel), "the run rows")
+        assert "fp32 — this CPU has no fast bf16" in text_of(panel)
+        assert "Fake CPU 2.0GHz" in text_of(panel)
+
+
+async def test_a_log_without_precision_shows_none(tmp_path):
+    record = scripted_records(steps=2)
+    for key in ("precision", "precision_reason", "machine"):
+        del record[0][key]
+    engine = FakeEngine(tmp_path, script=record)
+    app = live_app(engine)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("t")
+            await wait_until(pilot, step_card_shows(app, 2), "step 2")
+            assert "precision" not in status(app)
+    finally:
+        engine.close()
+
+
+async def test_notices_show_at_once_on_the_status_line_and_in_the_event_log(tmp_path):
+    notice = events.NoticeGiven(10, "resuming from step_00000300 (latest was corrupt)")
+    engine = FakeEngine(tmp_path, script=[*scripted_records(steps=10), notice.to_record()])
+    app = make_app(engine, monitor=False, refresh_s=60)  # no redraw tick: only "at once"
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("t")
+            await wait_until(pilot, lambda: notice.message in status(app), "the notice", 100)
+            await pilot.press("2")  # the status line is under every pane
+            assert app.query_one("#status-line").region.height == 1
+            await pilot.press("1")
+            app.redraw(force=True)
+            assert f"step 10: {notice.message}" in log_text(app)
+    finally:
+        engine.close()
+
+
+async def test_progress_shows_before_step_one(tmp_path):
+    progress = [
+        events.ProgressReported(0, "horizon validation", done, 8).to_record() for done in (1, 3)
+    ]
+    engine = FakeEngine(tmp_path, script=[scripted_records()[0], *progress])
+    app = live_app(engine)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("t")
+            await wait_until(
+                pilot, lambda: "horizon validation: 3/8 windows" in status(app), "progress"
+            )
+            assert card(app, "state") == "running"
+    finally:
+        engine.close()
+
+
+async def test_pressing_t_says_what_happens_before_the_first_record(tmp_path):
+    engine = FakeEngine(tmp_path, script=[])
+    engine.answering.clear()
+    app = live_app(engine)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            assert "press t to train" in status(app)
+            await pilot.press("t")
+            await pilot.pause()
+            # the fake sends nothing: as the real engine while it reads data and builds a model
+            assert app.state == "starting…"
+            await wait_until(pilot, lambda: "starting: reading the data" in status(app), "hint")
+    finally:
+        engine.close()
+
+
+async def test_pause_and_stop_say_so_at_once_until_the_engine_confirms(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_and_play(pilot, engine)
+        engine.answering.clear()  # the trainer is busy with a step
+        await pilot.press("p")
+        assert "pausing after this step" in status(app)  # no tick needed
+        engine.answering.set()
+        await wait_until(pilot, lambda: card(app, "state") == "paused", "paused")
+        await wait_until(pilot, lambda: "pausing" not in status(app), "the pause to clear it")
+        engine.answering.clear()
+        await pilot.press("x")
+        assert "stopping: saving checkpoint…" in status(app)
+        await pilot.pause(0.2)
+        assert "stopping: saving checkpoint…" in status(app)
+        engine.answering.set()
+        await wait_until(pilot, lambda: card(app, "state") == "finished (stopped)", "finished")
+        await wait_until(pilot, lambda: "stopping" not in status(app), "finish to clear it")
+
+
+async def test_an_engine_notice_equal_to_the_keys_text_shows_once(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_and_play(pilot, engine)
+        engine.answering.clear()
+        await pilot.press("p")
+        app.on_record(events.NoticeGiven(FINAL_STEP, "pausing after this step").to_record())
+        await wait_until(pilot, lambda: app.histories["fake-run"].notice is not None, "notice")
+        assert status(app).count("pausing after this step") == 1
+        engine.answering.set()
+
+
+# ---------------------------------------------------------------------- resume shows the history
+def resumed_script(resume_step: int, final: int) -> list[dict]:
+    from fake_engine import run_started_record
+
+    records = [run_started_record(start_step=resume_step)]
+    records += [step_record(n, scripted_loss(n) - 0.1) for n in range(resume_step + 1, final + 1)]
+    return records
+
+
+async def test_resume_shows_the_runs_history_before_training(tmp_path):
+    previous = scripted_records(steps=30) + [
+        events.RunFinished(30, 30 * 128, 1.5, "interrupted").to_record()
+    ]
+    engine = FakeEngine(tmp_path, previous=previous, resume_step=20, script=resumed_script(20, 40))
+    app = live_app(engine)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            history = app.histories["fake-run"]
+            await wait_until(pilot, lambda: len(history.train) == 30, "the old steps")
+            assert card(app, "state") == "idle — press t to resume from step 20"
+            assert "history from metrics.jsonl: 30 steps (to step 30)" in log_text(app)
+            await pilot.press("t")
+            await wait_until(pilot, step_card_shows(app, 40), "the resumed run")
+            assert history.train.step == list(range(1, 41))  # 21..30 once, from the resume
+            assert history.train.value[25] == scripted_loss(26) - 0.1
+            assert card(app, "state") == "running"
+    finally:
+        engine.close()
+
+
+async def test_live_engine_replays_a_resumed_runs_metrics_jsonl(tmp_path):
+    from types import SimpleNamespace
+
+    from h2q_tui.app.engine_link import LiveEngine
+
+    run_dir = tmp_path / "resumed"
+    run_dir.mkdir()
+    write_jsonl(run_dir / METRICS_FILE, scripted_records(steps=25))
+    with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+        handle.write('{"event": "step", "step": "x"}\nnot json\n{"event": "step", "st')  # torn
+    prepared = SimpleNamespace(run_dir=run_dir, resume_from=SimpleNamespace(step=20))
+    engine = LiveEngine(prepared)  # type: ignore[arg-type]
+    records, skipped = engine.previous_records()
+    assert len(records) == len(scripted_records(steps=25)) + 1 and skipped == 1
+    app = make_app(engine, monitor=False, refresh_s=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        history = app.histories["resumed"]
+        await wait_until(pilot, lambda: len(history.train) == 25, "the replayed steps")
+        await wait_until(pilot, step_card_shows(app, 25), "the step card")
+        assert card(app, "state") == "idle — press t to resume from step 20"
+        assert "1 bad record skipped" in status(app) and "1 unparsable line" in status(app)
+    fresh = LiveEngine(SimpleNamespace(run_dir=run_dir, resume_from=None))  # type: ignore[arg-type]
+    assert fresh.previous_records() == ([], 0)
+
+
+# ---------------------------------------------------------------------- small terminals
+def inside(region, outer) -> bool:
+    return region.width > 0 and region.height > 0 and outer.contains_region(region)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30), (160, 48)])
+async def test_every_pane_fits_and_no_number_wraps(engine, size):
+    from h2q_tui.app.widgets import CARDS, card_texts
+
+    app = live_app(engine)
+    async with app.run_test(size=size) as pilot:
+        await start_and_play(pilot, engine)
+        await wait_until(pilot, lambda: app.settled, "the last redraw")
+        screen = app.screen.region
+        for selector in ("CardGrid", "LossChart", "#thought-stream", "#event-log"):
+            assert inside(app.query_one(selector).region, screen), (selector, size)
+        status_line = app.query_one("#status-line")
+        assert inside(status_line.region, screen) and status_line.region.height == 1
+        texts = card_texts(app.histories["fake-run"], "running", app.compact)
+        for key, _title in CARDS:
+            box = app.query_one(f"#card-{key}")
+            assert inside(box.region, screen), (key, size)
+            lines = str(texts[key]).split("\n")
+            assert len(lines) <= box.content_region.height, (key, lines, size)
+            if key != "state":  # words may wrap; numbers may not
+                assert max(map(len, lines)) <= box.content_region.width, (key, lines, size)
+            assert len(str(box.border_title)) <= box.region.width - 2, (key, size)
+        chart = app.query_one("LossChart").region
+        assert chart.height >= 8 and chart.width >= 40, (chart, size)
+        for pane in ("2", "3"):
+            await pilot.press(pane)
+            await pilot.pause()
+            assert app.query_one("#status-line").region.height == 1
+        assert {"help", "quit"} <= footer_actions(app)

@@ -8,15 +8,18 @@ coalescing message tells the UI to fold them in; widgets redraw on a timer when 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Container, Horizontal, Vertical
+from textual.events import Key, Resize
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabPane
@@ -33,6 +36,17 @@ from h2q_tui.training import commands
 from h2q_tui.training.history import RunHistory
 
 LR_STEP = 1.25  # raise/lower keys multiply the LR by this (or its inverse)
+# below either size the cards go compact (4 x 3 on narrow screens, two lines each): 80x24 works
+COMPACT_WIDTH, COMPACT_HEIGHT = 120, 40
+# actions that act on a run this process trains: off (hidden, refused) when attached
+ENGINE_ACTIONS = frozenset({"start", "toggle_pause", "stop", "save", "sample", "lr_up", "lr_down"})
+ENGINE_PALETTE_ACTIONS = frozenset({"generate_pane('snapshot')"})
+ENGINE_KEYS = frozenset({"t", "p", "space", "x", "c", "n", "plus", "equals_sign", "minus"})
+COMPARE_KEYS = ("f", "d")  # shown in the footer when several runs are attached
+PAUSING = "pausing after this step"
+# records folded in (and the status line drawn) as soon as they arrive, not at the next tick
+AT_ONCE = frozenset({"notice", "progress", "paused", "resumed", "alarm", "run_finished"})
+STOPPING = "stopping: saving checkpoint…"
 
 
 class RecordsArrived(Message):
@@ -56,12 +70,18 @@ class H2QApp(App[int]):
 
     CSS_PATH = "app.tcss"
     TITLE = "h2q-tui"
+    # the screen gets -narrow/-wide and -short/-tall classes: app.tcss goes compact with them
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (COMPACT_WIDTH, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (COMPACT_HEIGHT, "-tall")]
+    # the footer shows them in this order as far as the width allows: help and quit come early
     BINDINGS = [
         Binding("t", "start", "Train"),
-        Binding("p,space", "toggle_pause", "Pause/resume"),
+        Binding("p,space", "toggle_pause", "Pause"),
         Binding("x", "stop", "Stop+save"),
-        Binding("c", "save", "Save now"),
-        Binding("n", "sample", "Sample now"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+        Binding("c", "save", "Save"),
+        Binding("n", "sample", "Sample"),
         Binding("plus,equals_sign", "lr_up", "LR ×1.25"),
         Binding("minus", "lr_down", "LR ÷1.25"),
         Binding("1", "pane('icu')", "ICU", show=False),
@@ -74,8 +94,6 @@ class H2QApp(App[int]):
         Binding("f", "focus_next_run", "Next run", show=False),
         Binding("d", "config_diff", "Config diff", show=False),
         Binding("e", "export", "Export"),
-        Binding("question_mark", "help", "Help"),
-        Binding("q", "quit", "Quit"),
     ]
     # (keys shown in help, action, description): the help screen and the command palette
     ACTIONS = [
@@ -133,6 +151,18 @@ class H2QApp(App[int]):
         self._chart_dirty = True
         self._log_printed: dict[str, int] = dict.fromkeys(names, 0)
         self.commands_sent: list[commands.Command] = []
+        self.pending: str | None = None  # what a key asked for, until the engine confirms it
+        self._save_asked = False  # c was pressed: toast the checkpoint when it is saved
+        if attached and len(attached.names) > 1:
+            for (
+                key
+            ) in COMPARE_KEYS:  # this instance's copy of the bindings: the class keeps its own
+                bindings = self._bindings.key_to_bindings.get(key, [])
+                self._bindings.key_to_bindings[key] = [
+                    dataclasses.replace(b, show=True) for b in bindings
+                ]
+        self.replay_skipped_lines = 0  # unparsable lines in the replayed metrics.jsonl
+        self._bad_noted: dict[str, tuple[int, int]] = dict.fromkeys(names, (0, 0))
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -141,10 +171,13 @@ class H2QApp(App[int]):
             with TabPane("ICU", id="icu"):
                 with Vertical(id="icu-body"):
                     yield CardGrid()
-                    yield LossChart()
-                    with Horizontal(id="streams"):
-                        yield Static(id="thought-stream")
-                        yield RichLog(id="event-log", wrap=True, markup=False, max_lines=500)
+                    with Container(id="chart-row"):  # side by side on small terminals
+                        yield LossChart()
+                        with Horizontal(id="streams"):
+                            yield Static(id="thought-stream")
+                            yield RichLog(
+                                id="event-log", wrap=True, markup=False, max_lines=500, min_width=20
+                            )
             with TabPane("System", id="system"):
                 yield SystemPanel()
             with TabPane("Generate", id="generate"):
@@ -155,6 +188,7 @@ class H2QApp(App[int]):
                     live_tokenizer=getattr(prepared, "tokenizer", None),
                     checkpoint_hint=str(self.attached.run_dirs[0]) if self.attached else "",
                 )
+        yield Static(id="status-line")  # under every pane: notices show wherever one looks
         yield Footer()
 
     def on_mount(self) -> None:
@@ -167,6 +201,8 @@ class H2QApp(App[int]):
         if self.attached:
             self.poll_attached()
             self.set_interval(0.5, self.poll_attached)
+        else:
+            self.replay_history()
         if self.use_monitor:
             self.monitor = SystemMonitor(
                 on_snapshot=lambda snap: self.post_message(SnapshotTaken(snap))
@@ -181,9 +217,10 @@ class H2QApp(App[int]):
 
     # ------------------------------------------------------------------ data in
     def on_record(self, record: dict[str, Any]) -> None:
-        """Called on the training thread: never blocks, posts at most one pending message."""
+        """Called on the training thread: never blocks, posts at most one pending message
+        per tick, except for the rare records a person must see at once (notices...)."""
         self._pending.append(record)
-        if not self._notified:
+        if not self._notified or record.get("event") in AT_ONCE:
             self._notified = True
             self.post_message(RecordsArrived())
 
@@ -198,13 +235,50 @@ class H2QApp(App[int]):
         history = self.histories[self.focused_run] if not self.attached else None
         while self._pending:
             record = self._pending.popleft()
-            if history is not None:
-                history.add(record)
+            if history is not None and history.add(record):  # bad records: counted, not read
                 self._track_state(record)
         self._dirty = True
+        self.draw_status()  # notices and progress show at once, not at the next tick
+
+    def replay_history(self) -> None:
+        """A resumed run's metrics.jsonl, before training starts: the chart shows the steps
+        before the resume (the resume's run_started drops the steps it trains again)."""
+        previous = getattr(self.engine, "previous_records", None)
+        if previous is None:
+            return
+        records, skipped = previous()
+        if not records and not skipped:
+            return
+        history = self.histories[self.focused_run]
+        for record in records:
+            history.add(record)
+        self.replay_skipped_lines = skipped
+        last = history.last_step["step"] if history.last_step else 0
+        history.note(f"history from metrics.jsonl: {len(history.train):,} steps (to step {last:,})")
+        self._note_bad(self.focused_run, history, skipped)
+        if history.finished is not None or history.started is not None:
+            resume_step = getattr(self.engine, "resume_step", None)
+            at = f" from step {resume_step:,}" if resume_step is not None else ""
+            self.state = f"idle — press t to resume{at}"
+        self._dirty = True
+
+    def _note_bad(self, name: str, history: RunHistory, skipped_lines: int) -> None:
+        """One event-log line each time more bad records or unparsable lines were skipped."""
+        bad_before, lines_before = self._bad_noted[name]
+        if history.bad_records > bad_before:
+            count = history.bad_records - bad_before
+            history.note(
+                f"skipped {count} bad record{'s' * (count != 1)} (last: {history.last_problem})"
+            )
+        if skipped_lines > lines_before:
+            count = skipped_lines - lines_before
+            history.note(f"skipped {count} line{'s' * (count != 1)} that are not JSON objects")
+        self._bad_noted[name] = (history.bad_records, skipped_lines)
 
     def _track_state(self, record: dict[str, Any]) -> None:
         kind = record.get("event")
+        if kind in ("paused", "resumed", "run_finished", "run_failed"):
+            self.pending = None  # what the key asked for has happened
         if kind == "paused":
             if not self.state.startswith("ALARM nan"):  # a NaN alarm pauses: keep saying so
                 self.state = "paused"
@@ -219,19 +293,24 @@ class H2QApp(App[int]):
             self.state = f"finished ({record['reason']})"
         elif kind == "run_failed":
             self.state = "failed"
-        elif kind == "checkpoint":
+        elif kind == "checkpoint" and self._save_asked:  # periodic ones: the event log only
+            self._save_asked = False
             self.notify(f"checkpoint saved at step {record['step']}", timeout=3)
 
     def poll_attached(self) -> None:
-        for name, records in self.attached.read_new().items():  # type: ignore[union-attr]
+        attached = self.attached
+        for name, records in attached.read_new().items():  # type: ignore[union-attr]
+            history = self.histories[name]
             for record in records:
-                self.histories[name].add(record)
+                history.add(record)  # a bad record is skipped and counted there
+            self._note_bad(name, history, attached.tailers[name].skipped_lines)  # type: ignore[union-attr]
             self._dirty = self._dirty or bool(records)
+        self.draw_status()
 
     def on_snapshot_taken(self, message: SnapshotTaken) -> None:
         self.snapshot = message.snapshot
         if self.query_one(TabbedContent).active == "system":
-            self.query_one(SystemPanel).show(self.snapshot)
+            self.query_one(SystemPanel).show(self.snapshot, self.histories[self.focused_run])
 
     def on_engine_failed(self, message: EngineFailed) -> None:
         self._fold_pending()
@@ -244,6 +323,70 @@ class H2QApp(App[int]):
         self.push_screen(ErrorScreen(message.message))
 
     # ------------------------------------------------------------------ drawing
+    @property
+    def compact(self) -> bool:
+        """A small terminal (80x24 and up to COMPACT_*): cards of two short lines."""
+        width, height = self.size
+        return width < COMPACT_WIDTH or height < COMPACT_HEIGHT
+
+    def on_resize(self, event: Resize) -> None:
+        self._dirty = True  # card texts depend on the size
+        self.query_one(Footer).compact = event.size.width < COMPACT_WIDTH  # fits more keys
+
+    def skipped(self) -> tuple[int, int, str | None]:
+        """Bad records, unparsable lines and a read error, over every run shown."""
+        bad = sum(h.bad_records for h in self.histories.values())
+        if self.attached:
+            tailers = self.attached.tailers.values()
+            lines = sum(t.skipped_lines for t in tailers)
+            errors = [t.read_error for t in tailers if t.read_error]
+            return bad, lines, errors[0] if errors else None
+        return bad, self.replay_skipped_lines, None
+
+    def status_text(self) -> Text:
+        """The status line: what is happening now (a key's request, an engine notice, the
+        progress of a long task), bad input skipped, and the run's precision."""
+        h = self.histories[self.focused_run]
+        now: list[str] = [self.pending] if self.pending else []
+        if h.notice is not None and h.notice["message"] != self.pending:
+            now.append(h.notice["message"])
+        if h.progress is not None:
+            now.append(fmt.progress_text(h.progress))
+        if not now and self.state == "starting…":
+            now.append("starting: reading the data and building the model…")
+        elif not now and self.run_active and h.last_step is None and h.finished is None:
+            now.append("preparing step 1…")
+        text = Text(no_wrap=True, overflow="ellipsis", end="")
+        for part in now:
+            text.append(" · " if text else "")
+            text.append(part, style="bold yellow")
+        bad, lines, error = self.skipped()
+        for count, what in ((bad, "bad record"), (lines, "unparsable line")):
+            if count:
+                text.append(" · " if text else "")
+                text.append(f"{count:,} {what}{'s' * (count != 1)} skipped", style="bold red")
+        if error:
+            text.append(" · " if text else "")
+            text.append(error, style="bold red")
+        if h.precision_text:
+            text.append(" · " if text else "")
+            text.append(h.precision_text, style="dim")
+        if not text:
+            if self.engine is not None and self.training_worker is None:
+                text.append("press t to train · ? lists every key", style="dim")
+        if self.attached:
+            text.append(" · " if text else "")
+            text.append("read-only view: ? lists the keys that work here", style="dim")
+        return text
+
+    def draw_status(self) -> None:
+        if not self.is_running:
+            return
+        line = self.query_one("#status-line", Static)
+        text = self.status_text()
+        if text != line.content:
+            line.update(text, layout=False)  # one fixed line: no layout pass
+
     def attached_state(self, h: RunHistory) -> str:
         if h.finished:
             return f"finished ({h.finished.get('reason', 'failed')})"
@@ -263,7 +406,8 @@ class H2QApp(App[int]):
         self._chart_dirty = True
         history = self.histories[self.focused_run]
         state = self.attached_state(history) if self.attached else self.state
-        self.query_one(CardGrid).show(history, state)
+        self.query_one(CardGrid).show(history, state, self.compact)
+        self.draw_status()
         samples = history.samples[-2:]
         stream = (
             "\n".join(f"[step {s}] {text}" for s, text in samples)
@@ -274,7 +418,7 @@ class H2QApp(App[int]):
             thought_stream.update(stream, layout=False)  # a fixed-size box: no layout pass
         self._append_log()
         if self.query_one(TabbedContent).active == "system":
-            self.query_one(SystemPanel).show(self.snapshot)
+            self.query_one(SystemPanel).show(self.snapshot, self.histories[self.focused_run])
 
     def redraw_chart(self, force: bool = False) -> None:
         if not (self._chart_dirty or force) or not self.is_running:
@@ -298,6 +442,8 @@ class H2QApp(App[int]):
 
     def _append_log(self) -> None:
         log = self.query_one("#event-log", RichLog)
+        if log.scrollable_content_region.width < 10:  # hidden, or not laid out yet: wrapped
+            return  # at min_width the lines would stay that narrow; the next redraw writes them
         for name, history in self.histories.items():
             new = history.notes - self._log_printed[name]  # history.log is trimmed: count notes
             prefix = f"{name}: " if len(self.histories) > 1 else ""
@@ -341,16 +487,43 @@ class H2QApp(App[int]):
         self.engine.send(command)  # type: ignore[union-attr]
         return True
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Attached runs are read-only: their training keys leave the footer and do nothing."""
+        if self.attached and action in ENGINE_ACTIONS:
+            return False
+        return True
+
+    def on_key(self, event: Key) -> None:
+        """A training key on an attached run is off (check_action): say why once it is pressed."""
+        if self.attached and event.key in ENGINE_KEYS:
+            self.notify(
+                "attached runs are read-only: train with h2q-tui or --no-ui, then attach",
+                severity="warning",
+            )
+
+    def available_actions(self) -> list[tuple[str, str, str]]:
+        """ACTIONS that can act here (help screen, command palette)."""
+        if not self.attached:
+            return list(self.ACTIONS)
+        off = ENGINE_ACTIONS | ENGINE_PALETTE_ACTIONS
+        return [a for a in self.ACTIONS if a[1] not in off]
+
+    def _say_pending(self, text: str) -> None:
+        """Show at once what a key asked for, until the record that confirms it arrives."""
+        self.pending = text
+        self.draw_status()
+
     def action_toggle_pause(self) -> None:
         paused = self.histories[self.focused_run].paused  # an ALARM is not always paused
-        self.send(commands.Resume() if paused else commands.Pause())
+        if self.send(commands.Resume() if paused else commands.Pause()):
+            self._say_pending("resuming…" if paused else PAUSING)
 
     def action_stop(self) -> None:
         if self.send(commands.Stop()):
-            self.notify("stopping: saving a checkpoint…")
+            self._say_pending(STOPPING)
 
     def action_save(self) -> None:
-        self.send(commands.SaveNow())
+        self._save_asked = self.send(commands.SaveNow())
 
     def action_sample(self) -> None:
         self.send(commands.SampleNow())
@@ -378,8 +551,8 @@ class H2QApp(App[int]):
         async def answered(yes: bool | None) -> None:
             if not yes:
                 return
-            self.send(commands.Stop())
-            self.notify("saving a checkpoint, then quitting…")
+            if self.send(commands.Stop()):
+                self._say_pending(f"{STOPPING} then quitting")
             await self.training_worker.wait()  # type: ignore[union-attr]
             self.exit(0)
 
@@ -394,7 +567,9 @@ class H2QApp(App[int]):
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.pane.id == "system":  # it is only drawn while visible
-            self.query_one(SystemPanel).show(self.snapshot)
+            self.query_one(SystemPanel).show(self.snapshot, self.histories[self.focused_run])
+        if event.pane.id == "icu":
+            self.call_after_refresh(self._append_log)  # what came while another pane showed
         pane = self.query_one(GeneratePane)
         if event.pane.id == "generate":
             pane.focus()  # its keys (←/→, 0, g, s, r) work at once
@@ -431,7 +606,7 @@ class H2QApp(App[int]):
         self.push_screen(ConfigDiffScreen(list(configs), fmt.config_diff(configs)))
 
     def action_help(self) -> None:
-        keys = [(key, description) for key, _, description in self.ACTIONS]
+        keys = [(key, description) for key, _, description in self.available_actions()]
         self.push_screen(HelpScreen([*keys, ("ctrl+p", "Command palette: these actions, themes")]))
 
     def export_dir(self) -> Path:
@@ -449,7 +624,7 @@ class H2QApp(App[int]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for key, action, description in self.ACTIONS:
+        for key, action, description in self.available_actions():
             yield SystemCommand(
                 description, f"key: {key}", lambda action=action: self.run_action(action)
             )
@@ -468,6 +643,15 @@ def write_chart_csv(path: Path, histories: dict[str, RunHistory]) -> None:
             ):
                 for row in zip(curve.step, curve.tokens, curve.time, curve.value, strict=True):
                     out.writerow([name, series, *row])
+
+
+def run_app(app: App, **run_options: Any) -> int:
+    """Run the dashboard to its end: its exit code, non-zero when Textual ended with an
+    unhandled exception (Textual has then printed the traceback and set return_code 1)."""
+    result = app.run(**run_options)
+    if app.return_code:
+        return app.return_code
+    return result if isinstance(result, int) else 0
 
 
 def make_app(

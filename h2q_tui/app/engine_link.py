@@ -28,6 +28,22 @@ class LiveEngine:
         self.run_dir = prepared.run_dir
         self.commands: queue.Queue = queue.Queue()
 
+    @property
+    def resume_step(self) -> int | None:
+        """The step a resumed run continues from (None for a fresh run)."""
+        resume_from = self.prepared.resume_from
+        return None if resume_from is None else resume_from.step
+
+    def previous_records(self) -> tuple[list[dict[str, Any]], int]:
+        """A resumed run's metrics.jsonl as it stands before training (records, unparsable
+        lines), so the dashboard shows the steps before the resume; nothing for a fresh run.
+        Call it before ``run``: from then on the trainer appends to the file."""
+        if self.prepared.resume_from is None:
+            return [], 0
+        tailer = JsonlTailer(self.run_dir / METRICS_FILE)
+        records = tailer.read_new()  # complete lines only; never raises for the file's content
+        return records, tailer.skipped_lines
+
     def send(self, command: commands.Command) -> None:
         self.commands.put(command)
 
@@ -71,6 +87,7 @@ class AttachedRuns:
         }
 
     def read_new(self) -> dict[str, list[dict[str, Any]]]:
+        """New records of every run; bad lines are counted in each tailer's skipped_lines."""
         return {name: tailer.read_new() for name, tailer in self.tailers.items()}
 
 

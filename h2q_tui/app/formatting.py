@@ -25,6 +25,13 @@ def loss_text(nats: float | None, short: bool = False) -> str:
     return f"{nats:.4f} nats\n{bits_per_byte(nats):.3f} " + ("bpb" if short else "bits/byte")
 
 
+def progress_text(record: dict[str, Any]) -> str:
+    """A progress record as a status, e.g. 'held-out eval: 12/48 windows'."""
+    task = record["task"]
+    unit = " windows" if "eval" in task or "validation" in task else ""
+    return f"{task}: {record['done']:,}/{record['total']:,}{unit}"
+
+
 def horizon_colour(val: float | None, train: float | None) -> str:
     """Green when Val < Train, red when Val > Train + 0.5, else neutral."""
     if val is None or train is None or not (math.isfinite(val) and math.isfinite(train)):

@@ -22,6 +22,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.events import Key
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static
 from textual.worker import get_current_worker
@@ -191,7 +192,9 @@ class GeneratePane(Vertical, can_focus=True):
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
         yield Static(
-            "model: none yet — s takes a snapshot of the live run, or load a checkpoint below",
+            "model: none yet — s takes a snapshot of the live run, or load a checkpoint below"
+            if self.request_snapshot is not None
+            else "model: none yet — load a checkpoint below (o, a path, Enter)",
             id="gen-source",
         )
         with Horizontal(classes="gen-row"):
@@ -216,7 +219,9 @@ class GeneratePane(Vertical, can_focus=True):
             yield Input(placeholder="target word", id="gen-word", compact=True)
             yield Label("layer", classes="gen-label-short")
             yield Select([], prompt="no model", id="gen-layer", compact=True)
-            yield Label("L", classes="gen-label-tiny")
+        with Horizontal(classes="gen-row"):  # a row of its own: 80 columns hold it
+            yield Label("decoding", classes="gen-label")
+            yield Label("L", classes="gen-label-tiny gen-first")
             yield Input("3", id="gen-lookahead", type="integer", compact=True)
             yield Label("w", classes="gen-label-tiny")
             yield Input("0.5", id="gen-flow", type="number", compact=True)
@@ -248,8 +253,17 @@ class GeneratePane(Vertical, can_focus=True):
     def on_mount(self) -> None:
         self.query_one("#gen-output-box").border_title = "Output"
         self.query_one("#gen-output-box").can_focus = False
-        if self.request_snapshot is None:
-            self.query_one("#gen-snapshot", Button).disabled = True
+        if self.request_snapshot is None:  # attached runs: no live model to copy
+            self.query_one("#gen-snapshot", Button).display = False
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """No live run (attach): the snapshot key leaves the footer."""
+        return not (action == "snapshot" and self.request_snapshot is None)
+
+    def on_key(self, event: Key) -> None:
+        if event.key == "s" and self.request_snapshot is None:  # its binding is off: say why
+            event.stop()
+            self.action_snapshot()
 
     # ------------------------------------------------------------------ small helpers
     @property

@@ -17,6 +17,7 @@ from h2q_tui.training.history import Curve, RunHistory, debiased_ema
 
 RUN_COLOURS = ["cyan", "orange", "green", "magenta", "yellow", "blue", "red", "white"]
 X_AXES = ("step", "tokens", "time")
+SHORT_CHART = 16  # rows: below this the chart has no title (its axis labels say the same)
 CARDS = [
     ("state", "State"),
     ("step", "Step"),
@@ -31,6 +32,7 @@ CARDS = [
     ("rank", "Rank"),
     ("penalty", "Penalty (aux)"),
 ]
+COMPACT_TITLES = {"horizon": "Horizon val/diff"}  # what else would be cut at 80 columns
 
 
 class MetricCard(Static):
@@ -54,7 +56,14 @@ class CardGrid(Grid):
         for key, title in CARDS:
             yield MetricCard(key, title)
 
+    _compact: bool | None = None
+
     def show(self, history: RunHistory, state: str, compact: bool = False) -> None:
+        if compact != self._compact:
+            self._compact = compact
+            for key, title in CARDS:
+                card = self.query_one(f"#card-{key}", MetricCard)
+                card.border_title = COMPACT_TITLES.get(key, title) if compact else title
         for key, text in card_texts(history, state, compact).items():
             self.query_one(f"#card-{key}", MetricCard).show(text)
 
@@ -75,7 +84,7 @@ def card_texts(h: RunHistory, state: str, compact: bool = False) -> dict[str, st
     if step:
         share = fmt.number(_times(step.get("data_progress"), 100), ".1f")
         epoch = fmt.number(step.get("epoch"), "d")
-        progress = f"epoch {epoch} · {share}%" + ("" if compact else " of data")
+        progress = f"epoch {epoch} · {share}%"  # of the epoch's data ("of data" wrapped at 160)
     horizon = h.last_horizon or {}
     colour = fmt.horizon_colour(horizon.get("val_loss_nats"), horizon.get("train_loss_nats"))
     horizon_text = Text(
@@ -191,7 +200,8 @@ class LossChart(PlotextPlot):
             )
         plt.xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[axis])
         plt.ylabel("bits/byte" if units == "bpb" else "nats/byte")
-        plt.title(f"cross-entropy ({units}) vs {axis}")
+        if self.size.height >= SHORT_CHART:  # a short chart keeps its rows for the curves
+            plt.title(f"cross-entropy ({units}) vs {axis}")
         self.refresh()
 
     @staticmethod
@@ -217,12 +227,36 @@ class LossChart(PlotextPlot):
 class SystemPanel(Static):
     """Host, process and GPU readings; anything unavailable shows n/a."""
 
-    def show(self, snap: SystemSnapshot | None) -> None:
-        self.update(system_text(snap))
+    def show(self, snap: SystemSnapshot | None, history: RunHistory | None = None) -> None:
+        self.update(system_text(snap, history))
 
 
-def system_text(snap: SystemSnapshot | None) -> Text:
+def run_rows(h: RunHistory | None) -> list[tuple[str, str]]:
+    """What the run trains on, from its run_started record (old logs lack some of it)."""
+    started = (h.started if h else None) or {}
+    if not started:
+        return []
+    rows = []
+    if started.get("precision"):
+        rows.append(("Precision", h.precision_text.removeprefix("precision ")))  # type: ignore[union-attr]
+    if started.get("machine"):
+        rows.append(("Machine", started["machine"]))
+    if "device" in started:
+        threads = started.get("threads")
+        plural = "s" * (threads != 1)
+        rows.append(
+            ("Device", started["device"] + (f" · {threads} thread{plural}" if threads else ""))
+        )
+    return rows
+
+
+def system_text(snap: SystemSnapshot | None, history: RunHistory | None = None) -> Text:
     text = Text()
+    for label, value in run_rows(history):
+        text.append(f"{label:<18}", style="bold")
+        text.append(f"{value}\n")
+    if text:
+        text.append("\n")
     if snap is None:
         text.append("collecting system readings…", style="dim")
         return text
