@@ -195,6 +195,11 @@ def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
     cfg.validate(config)
     if dataclasses.replace(config.model) != info.config.model:
         raise UserError("model.* keys cannot change on --resume")
+    if config.train.loop != info.config.train.loop:
+        raise UserError(
+            f"train.loop cannot change on --resume (the data position saved is the "
+            f"{info.config.train.loop} loop's)"
+        )
     saved = _read_run_file(run_dir)
     tokenizer = load_tokenizer(request.tokenizer or saved.get("tokenizer"), config)
     memory.check_training_memory(config, hardware.resolve_device(request.device))

@@ -274,3 +274,340 @@ def test_ctrl_c_saves_a_loadable_checkpoint(workdir: Path) -> None:
     result = cli(workdir, "eval", "run", "--data", DATA)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1].startswith("bpb="), result.stdout
+
+
+# ----------------------------------------------------------------------------- issue 11 item 6
+# Every config key has a range (h2q_tui/config.py RANGES); these go through the real CLI,
+# tests/test_config_fuzz.py covers every key in-process.
+def sets(*overrides: str) -> tuple[str, ...]:
+    return tuple(arg for override in overrides for arg in ("--set", override))
+
+
+def family(name: str, *overrides: str) -> tuple[str, ...]:
+    return sets(f'model.family="{name}"', *overrides)
+
+
+CONFIG_CASES = [
+    # the values the issue found
+    (sets("train.lr=-1"), ["train.lr", "> 0"], "lr-negative"),
+    (sets("train.lr=nan"), ["train.lr", "finite"], "lr-nan"),
+    (sets("train.lr=inf"), ["train.lr", "finite"], "lr-inf"),
+    (sets("train.lr=-inf"), ["train.lr", "finite"], "lr-minus-inf"),
+    (sets("train.grad_accum=0"), ["train.grad_accum"], "grad-accum-0"),
+    (sets("model.factor_size=0"), ["model.factor_size"], "factor-size-0"),
+    (sets("model.factor_size=3"), ["model.factor_size", "multiple"], "factor-size-no-fit"),
+    (sets("train.threads=-1"), ["train.threads"], "threads-negative"),
+    (sets("model.dropout=2.0"), ["model.dropout", "< 1"], "dropout-2"),
+    (sets("model.dropout=-0.1"), ["model.dropout"], "dropout-negative"),
+    (sets("model.vocab_size=100"), ["model.vocab_size", "256"], "vocab-100-bytes"),
+    # n_heads must divide the width each family splits into heads
+    (sets("model.n_heads=3"), ["model.n_heads", "d_model/2"], "heads-microstream"),
+    (family("h2q-transformer", "model.n_heads=3"), ["model.n_heads", "d_model/2"], "heads-h2q"),
+    (family("qrlm", "model.n_heads=3"), ["model.n_heads", "model.d_model"], "heads-qrlm"),
+    (family("gpt", "model.n_heads=3"), ["model.n_heads", "model.d_model"], "heads-gpt"),
+    (family("hamiltonian-llm", "model.n_heads=3"), ["model.n_heads"], "heads-hllm"),
+    (family("hamiltonian-llm", "model.n_heads=128"), ["even"], "head-size-odd-hllm"),
+    (family("qrlm", "model.factor_size=48"), ["qrlm", "model.factor_size"], "factor-qrlm"),
+    # negative sizes
+    *[
+        (sets(f"{key}=-1"), [key], f"negative-{key}")
+        for key in (
+            "model.d_model",
+            "model.n_layers",
+            "model.n_heads",
+            "model.context",
+            "model.vocab_size",
+            "model.rank",
+            "model.mlp_ratio",
+            "model.reflex_kernel",
+            "model.gravity_max_distance",
+            "train.batch_size",
+            "train.chunk_bytes",
+            "eval.heldout_bytes",
+            "log.sample_bytes",
+        )
+    ],
+    (sets("train.batch_size=0"), ["train.batch_size"], "batch-0"),
+    (sets("train.weight_decay=-0.1"), ["train.weight_decay"], "weight-decay-negative"),
+    (sets("train.grad_clip=-1"), ["train.grad_clip"], "grad-clip-negative"),
+    (sets("train.grad_clip=0"), ["train.grad_clip", "1e9"], "grad-clip-0-would-zero-grads"),
+    (sets("train.beta1=1.0"), ["train.beta1", "< 1"], "beta1-1"),
+    (sets("train.beta2=-0.5"), ["train.beta2"], "beta2-negative"),
+    (sets("train.beta2=1.5"), ["train.beta2"], "beta2-1.5"),
+    (sets('train.schedule="cosine"', "train.min_lr=1"), ["train.min_lr", "train.lr"], "min-lr"),
+    (sets("train.warmup_steps=-1"), ["train.warmup_steps"], "warmup-negative"),
+    (sets("train.axiom_lambda=-1"), ["train.axiom_lambda"], "axiom-lambda-negative"),
+    (sets("train.seed=-1"), ["train.seed"], "seed-negative"),
+    (sets("eval.heldout_interval=-1"), ["eval.heldout_interval"], "heldout-interval"),
+    (sets("eval.random_val_interval=-1"), ["eval.random_val_interval"], "random-val-interval"),
+    (sets("eval.heldout_fraction=0"), ["eval.heldout_fraction"], "heldout-fraction-0"),
+    (sets("eval.heldout_fraction=1.5"), ["eval.heldout_fraction"], "heldout-fraction-1.5"),
+    (sets("eval.horizon_val_fraction=0"), ["eval.horizon_val_fraction"], "horizon-fraction-0"),
+    (sets("eval.heldout_bytes=10"), ["eval.heldout_bytes", "model.context"], "heldout-bytes"),
+    (sets("log.log_interval=-1"), ["log.log_interval"], "log-interval"),
+    (sets("log.sample_interval=-1"), ["log.sample_interval"], "sample-interval"),
+    (sets("log.checkpoint_interval=-1"), ["log.checkpoint_interval"], "checkpoint-interval"),
+    (sets("log.keep_checkpoints=0"), ["log.keep_checkpoints"], "keep-checkpoints-0"),
+    (sets("log.sample_temperature=0"), ["log.sample_temperature", "> 0"], "temperature-0"),
+    (sets("log.sample_temperature=-1"), ["log.sample_temperature"], "temperature-negative"),
+    (sets("model.rank=0"), ["model.rank"], "rank-0"),
+    (sets("model.momentum_beta=1.5"), ["model.momentum_beta"], "momentum-beta"),
+    (sets("model.separator_damping=-1"), ["model.separator_damping"], "separator-damping"),
+    (sets("model.separator_token=300"), ["model.separator_token"], "separator-token"),
+    (sets("model.gravity_strength=-1"), ["model.gravity_strength"], "gravity-strength"),
+    (sets("model.rope_base=0.5"), ["model.rope_base"], "rope-base"),
+    # QRLM rank growth
+    (sets("train.growth_interval=0"), ["train.growth_interval"], "growth-interval-0"),
+    (sets("train.growth_window=0"), ["train.growth_window"], "growth-window-0"),
+    (
+        sets("train.growth_window=10", "train.growth_lookback=5"),
+        ["train.growth_lookback", "train.growth_window"],
+        "growth-lookback-short",
+    ),
+    (sets("train.growth_lr_factor=0"), ["train.growth_lr_factor"], "growth-lr-factor-0"),
+    (sets("train.growth_threshold=-1"), ["train.growth_threshold"], "growth-threshold"),
+    (sets("train.growth_max_rank=0"), ["train.growth_max_rank"], "growth-max-rank-0"),
+    (sets("train.growth_start_step=-5"), ["train.growth_start_step"], "growth-start"),
+    # flags that become train.* overrides
+    (("--max-steps", "-1"), ["train.max_steps", "--max-steps"], "max-steps-negative"),
+    (("--max-seconds", "-5"), ["train.max_seconds", "--max-seconds"], "max-seconds-negative"),
+    (("--max-seconds", "nan"), ["train.max_seconds", "finite"], "max-seconds-nan"),
+    (("--seed", "-3"), ["train.seed", "--seed"], "seed-flag-negative"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), [pytest.param(a, w, id=i) for a, w, i in CONFIG_CASES])
+def test_config_value_out_of_range(workdir: Path, args: tuple[str, ...], words: list[str]) -> None:
+    result = cli(workdir, "--no-ui", *TINY, "--max-steps", "1", "--run-dir", "new-run", *args)
+    assert_user_error(result, *words)
+    assert not (workdir / "new-run").exists(), "a rejected run must not leave a run dir behind"
+
+
+def test_model_too_large_for_memory_is_refused_before_allocating(workdir: Path) -> None:
+    started = time.monotonic()
+    result = cli(
+        workdir,
+        *("--no-ui", "--preset", "gpt", "--data", DATA, "--run-dir", "new-run"),
+        *sets("model.d_model=65536", "model.n_layers=64"),
+    )
+    assert_user_error(result, "model needs ~", "to train", "parameters", "available")
+    assert time.monotonic() - started < 60, "the check must not allocate the model"
+    assert not (workdir / "new-run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        pytest.param(("--data", "empty.txt"), ["empty.txt", "empty"], id="empty-data"),
+        pytest.param(("--data", "short.txt"), ["short.txt", "at least"], id="data-short"),
+        pytest.param(("--data", DATA, "--batch", "0"), ["--batch"], id="batch-0"),
+        pytest.param(("--data", DATA, "--windows", "-1"), ["--windows"], id="windows-negative"),
+    ],
+)
+def test_eval_bad_flags(run_dir: Path, args: tuple[str, ...], words: list[str]) -> None:
+    before = checkpoint_hashes(run_dir)
+    assert_user_error(cli(run_dir.parent, "eval", "run", *args), *words)
+    assert checkpoint_hashes(run_dir) == before
+
+
+GENERATE = ("generate", "run", "--prompt", "the", "--max-new-tokens", "4")
+STEER_EVAL = ("steer-eval", "run", "--samples", "1", "--max-new-tokens", "4")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        pytest.param((*GENERATE, "--strength", "1"), ["--strength", "--steer"], id="strength"),
+        pytest.param((*GENERATE, "--steer", ""), ["--steer", "empty"], id="steer-empty"),
+        pytest.param((*GENERATE, "--steer", "  "), ["--steer", "empty"], id="steer-blank"),
+        pytest.param((*GENERATE, "--max-new-tokens", "0"), ["--max-new-tokens"], id="tokens-0"),
+        pytest.param((*GENERATE, "--max-new-tokens", "-3"), ["--max-new-tokens"], id="tokens-neg"),
+        pytest.param((*GENERATE, "--temperature", "-1"), ["--temperature"], id="temperature"),
+        pytest.param((*GENERATE, "--temperature", "nan"), ["--temperature", "finite"], id="t-nan"),
+        pytest.param((*GENERATE, "--top-p", "0"), ["--top-p"], id="top-p-0"),
+        pytest.param((*GENERATE, "--top-p", "1.5"), ["--top-p"], id="top-p-1.5"),
+        pytest.param((*GENERATE, "--top-k", "-1"), ["--top-k"], id="top-k"),
+        pytest.param((*GENERATE, "--repetition-penalty", "0"), ["--repetition-penalty"], id="rep"),
+        pytest.param((*GENERATE, "--layer", "2"), ["--layer", "0..1"], id="layer-past-end"),
+        pytest.param((*GENERATE, "--layer", "-1"), ["--layer"], id="layer-negative"),
+        pytest.param((*GENERATE, "--stop", ""), ["--stop"], id="stop-empty"),
+        pytest.param((*GENERATE, "--lookahead", "-1"), ["--lookahead"], id="lookahead"),
+        pytest.param((*STEER_EVAL, "--word", ""), ["--word", "empty"], id="word-empty"),
+        pytest.param((*STEER_EVAL, "--word", "cat", "--layer", "5"), ["--layer"], id="se-layer"),
+        pytest.param(
+            (*STEER_EVAL, "--word", "cat", "--strengths", "1,nan"), ["--strengths"], id="se-nan"
+        ),
+        pytest.param((*STEER_EVAL, "--word", "cat", "--top-p", "2"), ["--top-p"], id="se-top-p"),
+    ],
+)
+def test_generation_bad_flags(run_dir: Path, args: tuple[str, ...], words: list[str]) -> None:
+    before = checkpoint_hashes(run_dir)
+    assert_user_error(cli(run_dir.parent, *args), *words)
+    assert checkpoint_hashes(run_dir) == before
+
+
+def rewrite_metadata(weights: Path, **changes: str | None) -> None:
+    """Re-save the same tensors with changed safetensors metadata (None removes a key)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    for key, value in changes.items():
+        if value is None:
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
+    save_file(load_file(str(weights)), str(weights), metadata=metadata)
+
+
+def edit_config(weights: Path, **model_keys) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        config = json.loads(handle.metadata()["config"])
+    config["model"].update(model_keys)
+    rewrite_metadata(weights, config=json.dumps(config))
+
+
+def replace_state(weights: Path, state) -> None:
+    """A state.pt of our own (its checksum entry dropped, so the structure check is reached)."""
+    import torch
+
+    torch.save(state, weights.with_name("state.pt"))
+    rewrite_metadata(weights, state_crc32=None)
+
+
+BOTH = (EVAL, RESUME)
+
+
+@pytest.mark.parametrize(
+    ("damage", "commands", "words"),
+    [
+        pytest.param(
+            lambda w: rewrite_metadata(w, config="[1, 2]"), BOTH, ["config", "list"], id="list"
+        ),
+        pytest.param(
+            lambda w: rewrite_metadata(w, config="42"), BOTH, ["config", "int"], id="number"
+        ),
+        pytest.param(
+            lambda w: rewrite_metadata(w, config='"hello"'), BOTH, ["config", "str"], id="string"
+        ),
+        pytest.param(
+            lambda w: rewrite_metadata(w, step="sixty"), BOTH, ["step", "'sixty'"], id="step"
+        ),
+        pytest.param(
+            lambda w: rewrite_metadata(w, step="-4"), BOTH, ["step", "'-4'"], id="step-negative"
+        ),
+        pytest.param(
+            lambda w: rewrite_metadata(w, rank_growths="x"),
+            BOTH,
+            ["rank_growths", "'x'"],
+            id="rank-growths-x",
+        ),
+        pytest.param(
+            lambda w: rewrite_metadata(w, rank_growths="2"),
+            BOTH,
+            ["rank_growths", "does not match"],
+            id="rank-growths-not-qrlm",
+        ),
+        pytest.param(
+            lambda w: edit_config(w, family="gpt"), BOTH, ["does not match"], id="family-gpt"
+        ),
+        pytest.param(
+            lambda w: edit_config(w, family="qrlm"), BOTH, ["does not match"], id="family-qrlm"
+        ),
+        pytest.param(
+            lambda w: edit_config(w, family="hamiltonian-llm"),
+            BOTH,
+            ["does not match"],
+            id="family-hamiltonian-llm",
+        ),
+        pytest.param(
+            lambda w: edit_config(w, factor_size=48),
+            BOTH,
+            ["does not match", "model.factor_size"],
+            id="config-cannot-build",
+        ),
+        pytest.param(
+            lambda w: edit_config(w, d_model=256),
+            BOTH,
+            ["does not match", "in the file"],
+            id="wider-than-its-weights",
+        ),
+        pytest.param(
+            lambda w: edit_config(w, d_model="wide"), BOTH, ["model.d_model", "int"], id="type"
+        ),
+        pytest.param(
+            lambda w: edit_config(w, d_model=65536, vocab_size=2**24),
+            (EVAL,),
+            ["needs ~", "weights", "available"],
+            id="too-large-to-load",
+        ),
+        pytest.param(
+            lambda w: replace_state(w, {"step": 3}), (RESUME,), ["state.pt", "lacks"], id="state"
+        ),
+        pytest.param(
+            lambda w: replace_state(w, [1, 2]), (RESUME,), ["state.pt", "list"], id="state-list"
+        ),
+    ],
+)
+def test_malformed_checkpoint(run_dir: Path, damage, commands, words: list[str]) -> None:
+    damage(latest_checkpoint(run_dir) / "model.safetensors")
+    before = checkpoint_hashes(run_dir)
+    for command in commands:
+        assert_user_error(cli(run_dir.parent, *command), *words)
+    assert checkpoint_hashes(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        pytest.param("[1, 2]", ["run.json", "list"], id="list"),
+        pytest.param('"runs/x"', ["run.json", "str"], id="string"),
+        pytest.param('{"data": 5}', ["run.json", "'data'"], id="wrong-field-type"),
+        pytest.param(b"\xff\xfe{", ["run.json", "unreadable"], id="not-utf8"),
+    ],
+)
+def test_malformed_run_json_on_resume(run_dir: Path, content, words: list[str]) -> None:
+    path = run_dir / "run.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = checkpoint_hashes(run_dir)
+    assert_user_error(cli(run_dir.parent, *RESUME), *words)
+    assert checkpoint_hashes(run_dir) == before
+
+
+def test_resume_cannot_change_the_loop(run_dir: Path) -> None:
+    result = cli(run_dir.parent, *RESUME, "--set", 'train.loop="random"')
+    assert_user_error(result, "train.loop", "--resume")
+
+
+def test_build_failure_is_one_line(trained_run: Path, monkeypatch) -> None:
+    """A builder that raises (a config the validation let through) is a 'does not match' line."""
+    from h2q_tui import models
+    from h2q_tui.errors import UserError
+    from h2q_tui.training import checkpoint
+
+    info = checkpoint.read_info(trained_run)
+
+    def broken(config):
+        raise ValueError("width 96 is not a multiple of 4 x factor_size 32\nsecond line")
+
+    monkeypatch.setattr(models, "build_model", broken)
+    with pytest.raises(UserError, match="does not match") as caught:
+        checkpoint.load_model_from(info)
+    assert "\n" not in str(caught.value)
+
+
+def test_heldout_equal_to_data_warns_and_trains(workdir: Path) -> None:
+    (workdir / "link.txt").symlink_to(workdir / DATA)
+    result = cli(
+        workdir, "--no-ui", *TINY, "--heldout", "link.txt", "--max-steps", "1", "--run-dir", "run"
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        "h2q-tui: warning: --heldout is the training file: the held-out loss measures "
+        "memorisation, not generalisation"
+    ], result.stderr
+    assert (workdir / "run" / "checkpoints" / "latest").is_file()

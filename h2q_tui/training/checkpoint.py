@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from h2q_tui.config import RunConfig, from_dict
+from h2q_tui.config import RANGES, RunConfig, from_dict, validate_model
 from h2q_tui.data.tokenizer import BpeTokenizer
 from h2q_tui.errors import UserError, write_error
 from h2q_tui.training import run_lock
@@ -298,26 +298,73 @@ def read_info(path: str | Path, need_state: bool = False) -> CheckpointInfo:
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise UserError(f"{weights} is not an h2q-tui checkpoint (no config metadata)")
     try:
-        config = from_dict(json.loads(metadata["config"]), source=str(weights))
+        raw = json.loads(metadata["config"])
     except json.JSONDecodeError:
         raise UserError(f"checkpoint {weights} has unreadable config metadata") from None
+    try:
+        config = from_dict(raw, source="its config")
+    except UserError as exc:
+        raise UserError(f"checkpoint {weights} has bad config metadata: {exc}") from None
+    try:
+        validate_model(config.model)
+    except UserError as exc:
+        raise UserError(
+            f"checkpoint {weights}: its config does not match a model this version can build "
+            f"({exc})"
+        ) from None
+    step = _metadata_count(metadata, "step", weights)
+    rank_growths = _metadata_count(metadata, "rank_growths", weights)
+    if rank_growths and config.model.family != "qrlm":
+        raise UserError(
+            f"checkpoint {weights}: rank_growths={rank_growths} does not match its "
+            f"{config.model.family} config (only qrlm grows its rank)"
+        )
+    if config.model.rank + rank_growths > RANGES["model", "rank"].high:
+        raise UserError(f"checkpoint {weights}: rank_growths={rank_growths} is implausibly large")
     return CheckpointInfo(
-        weights,
-        config,
-        int(metadata.get("step", 0)),
-        metadata.get("run_id", ""),
-        int(metadata.get("rank_growths", 0)),
-        note=note,
+        weights, config, step, metadata.get("run_id", ""), rank_growths, note=note
     )
 
 
-def load_model_from(info: CheckpointInfo) -> nn.Module:
-    """Build the checkpoint's model (with any grown rank) and load its weights, on the CPU."""
-    from h2q_tui.models import build_model
+def _metadata_count(metadata: dict[str, str], key: str, weights: Path) -> int:
+    """A whole-number metadata entry (0 when absent), or a one-line UserError."""
+    text = metadata.get(key, "0")
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UserError(
+            f"checkpoint {weights} has bad {key} metadata {text[:40]!r} (expected a whole "
+            "number >= 0): the file was damaged or not written by h2q-tui"
+        )
+    return value
 
-    model = build_model(info.config.model)
-    for _ in range(info.rank_growths):
-        model.grow_ffn_rank()
+
+def load_model_from(info: CheckpointInfo) -> nn.Module:
+    """Build the checkpoint's model (with any grown rank) and load its weights, on the CPU.
+
+    A model too large for this machine's memory is refused before anything is allocated
+    (h2q_tui/training/memory.py).
+    """
+    from h2q_tui.models import build_model
+    from h2q_tui.training import memory
+
+    mismatch = (
+        f"checkpoint {info.weights}: its config does not match a model this version can build"
+    )
+    try:
+        memory.check_weights_memory(
+            info.config.model, info.rank_growths, what=f"checkpoint {info.weights}"
+        )
+    except memory.ModelBuildError as exc:
+        raise UserError(f"{mismatch} ({exc})") from None
+    try:
+        model = build_model(info.config.model)
+        for _ in range(info.rank_growths):
+            model.grow_ffn_rank()
+    except Exception as exc:  # noqa: BLE001 - any builder failure means a config we cannot use
+        raise UserError(f"{mismatch} ({_first_line(exc)})") from None
     load_weights(info, model)
     return model
 
@@ -329,7 +376,22 @@ def tokenizer_of(info: CheckpointInfo) -> BpeTokenizer | None:
 
 
 def load_weights(info: CheckpointInfo, model: nn.Module) -> None:
-    """Load the checkpoint's weights into ``model`` (strict)."""
+    """Load the checkpoint's weights into ``model`` (strict: same names, same shapes)."""
+    try:
+        with safe_open(str(info.weights), framework="pt") as handle:
+            shapes = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"checkpoint {info.weights} is corrupt or truncated ({_first_line(exc)})"
+        ) from None
+    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    wrong = sorted(name for name, shape in shapes.items() if expected.get(name, shape) != shape)
+    if wrong:
+        raise UserError(
+            f"checkpoint {info.weights} does not match its model: {wrong[0]} is "
+            f"{shapes[wrong[0]]} in the file but {expected[wrong[0]]} in the model built from "
+            f"its config ({len(wrong)} tensor(s) differ)"
+        )
     try:
         missing, unexpected = load_model(model, str(info.weights), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
@@ -350,12 +412,83 @@ def load_state(info: CheckpointInfo) -> dict[str, Any]:
             f"checkpoint {info.weights.parent} has no {STATE}; it can be evaluated but not resumed"
         )
     try:
-        return torch.load(info.state_path, map_location="cpu", weights_only=True)
+        state = torch.load(info.state_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         reason = "not a torch state file"  # torch's own text advises weights_only=False: wrong here
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
         reason = _first_line(exc)
+    else:
+        problem = _state_problem(state, info.step)
+        if problem is None:
+            return state
+        raise UserError(
+            f"checkpoint state {info.state_path} {problem}: it cannot be resumed (h2q-tui eval "
+            "and generate still read the weights)"
+        )
     raise UserError(f"checkpoint state {info.state_path} is corrupt or truncated ({reason})")
+
+
+_NUMBER = (int, float)
+STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "optimizer": dict,
+    "sampler": dict,
+    "torch_rng": torch.Tensor,
+    "sample_rng": torch.Tensor,
+    "step": int,
+    "tokens": int,
+    "elapsed_s": _NUMBER,
+    "lr_scale": _NUMBER,
+    "chunk_loss_sum": _NUMBER,
+    "chunk_steps": int,
+    "pending_horizon_val": (int, float, type(None)),
+    "best_heldout": _NUMBER,
+    "bad_evals": int,
+    "run_id": str,
+}
+OPTIONAL_STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "rank_growths": int,
+    "growth_rule": dict,
+}
+SAMPLER_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "horizon": {"epoch": int, "chunk": int, "window": int},
+    "random": {"generator": torch.Tensor, "windows_drawn": int},
+}
+
+
+def _wrong_fields(values: dict, fields: dict[str, type | tuple[type, ...]], required: bool):
+    missing = [key for key in fields if required and key not in values]
+    wrong = [
+        key
+        for key, kind in fields.items()
+        if key in values
+        and (not isinstance(values[key], kind) or (kind is int and isinstance(values[key], bool)))
+    ]
+    return missing, wrong
+
+
+def _state_problem(state: Any, step: int) -> str | None:
+    """Why a loaded state.pt cannot restore a trainer (None when its structure is sound)."""
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not the trainer's state"
+    missing, wrong = _wrong_fields(state, STATE_FIELDS, required=True)
+    more_missing, more_wrong = _wrong_fields(state, OPTIONAL_STATE_FIELDS, required=False)
+    if missing:
+        return f"lacks {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
+    if wrong or more_wrong:
+        return f"has a bad {(wrong + more_wrong)[0]} entry"
+    optimizer, sampler = state["optimizer"], state["sampler"]
+    if not isinstance(optimizer.get("param_groups"), list) or not isinstance(
+        optimizer.get("state"), dict
+    ):
+        return "has a bad optimizer entry"
+    fields = SAMPLER_FIELDS.get(sampler.get("kind"))
+    if fields is None or any(_wrong_fields(sampler, fields, required=True)):
+        return "has a bad sampler entry"
+    if not isinstance(state.get("growth_rule", {"losses": []}).get("losses"), list):
+        return "has a bad growth_rule entry"
+    if state["step"] != step:
+        return f"is for step {state['step']}, but its weights are step {step}"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

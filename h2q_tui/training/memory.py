@@ -3,7 +3,9 @@
 The parameter count is exact and free: the model is built on ``torch.device("meta")`` (shapes
 only, no storage) with one and with two layers, and the per-layer difference is extrapolated
 to ``n_layers`` (every family repeats identical blocks; a shared structure bank is outside
-them). Training needs, in fp32:
+them). The first meta build in a process takes ~2 s (torch imports its meta kernels and
+torch._dynamo, which training imports anyway); later ones take milliseconds. Training needs,
+in fp32:
 
     params x (4 weights + 4 gradients + 8 AdamW moments) bytes
     + batch x context x (n_layers x d_model x ACTIVATION_FLOATS + 3 x vocab_size) x 4 bytes
@@ -31,6 +33,10 @@ TRAIN_BYTES_PER_PARAM = 4 + 4 + 8  # fp32 weights, gradients, AdamW exp_avg + ex
 WEIGHT_BYTES_PER_PARAM = 4
 
 
+class ModelBuildError(UserError):
+    """The model builder refused the config (its reason is the message)."""
+
+
 def _meta_parameters(config: ModelConfig, rank_growths: int = 0) -> int:
     from h2q_tui.models import build_model, count_parameters
 
@@ -55,10 +61,30 @@ def parameter_count(config: ModelConfig, rank_growths: int = 0) -> int:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - any builder failure is a config problem here
-        raise UserError(
+        raise ModelBuildError(
             f"model.* config cannot be built ({config.family}): {_first_line(exc)}"
         ) from None
     return one + (two - one) * (config.n_layers - 1)
+
+
+def parameter_bound(config: ModelConfig, rank_growths: int = 0) -> int:
+    """A quick upper bound of ``parameter_count`` for every family (arithmetic only).
+
+    Per layer: dense attention + MLP ((4 + 2 x mlp_ratio) d^2), six HamLinear layers with
+    their own factors and banks (R x (F^2 + 4 S^2) + d each, S = d / 4F), and small per-width
+    terms; outside the layers: three vocab x d tables, the position table and a shared bank.
+    """
+    d, rank = config.d_model, config.rank + rank_growths
+    bank = rank * 4 * (d // (4 * config.factor_size)) ** 2
+    ham = 6 * (rank * config.factor_size**2 + bank + d)
+    dense = (4 + 2 * config.mlp_ratio) * d * d
+    per_layer = dense + ham + d * (config.n_heads + config.reflex_kernel + 16)
+    return config.n_layers * per_layer + 3 * config.vocab_size * d + config.context * d + bank
+
+
+def _surely_fits(need_bound: int, have: int) -> bool:
+    """True when even the upper bound uses at most half the memory: skip the exact count."""
+    return need_bound <= have // 2
 
 
 def training_bytes(config: RunConfig, params: int | None = None) -> int:
@@ -85,9 +111,12 @@ def check_training_memory(config: RunConfig, device: torch.device | str = "cpu")
         UserError: "model needs ~37.2 GB to train (1.9 B parameters); this machine has
             21.3 GB available: ..."
     """
+    have, where = available_bytes(device)
+    bound = training_bytes(config, parameter_bound(config.model))
+    if _surely_fits(bound, have):  # the common case: no meta build (its first costs ~2 s)
+        return bound
     params = parameter_count(config.model)
     need = training_bytes(config, params)
-    have, where = available_bytes(device)
     if need > have:
         raise UserError(
             f"model needs ~{gigabytes(need)} to train ({parameters(params)}); {where} "
@@ -100,10 +129,18 @@ def check_training_memory(config: RunConfig, device: torch.device | str = "cpu")
 def check_weights_memory(
     config: ModelConfig, rank_growths: int = 0, device: torch.device | str = "cpu", what: str = ""
 ) -> int:
-    """Refuse to load a checkpoint whose fp32 weights alone exceed the available memory."""
+    """Refuse to build a model whose fp32 weights alone exceed the available memory.
+
+    Raises:
+        ModelBuildError: the config cannot be built at all.
+        UserError: it can, but its weights do not fit.
+    """
+    have, where = available_bytes(device)
+    bound = parameter_bound(config, rank_growths) * WEIGHT_BYTES_PER_PARAM
+    if _surely_fits(bound, have):
+        return bound
     params = parameter_count(config, rank_growths)
     need = params * WEIGHT_BYTES_PER_PARAM
-    have, where = available_bytes(device)
     if need > have:
         raise UserError(
             f"{what or 'the model'} needs ~{gigabytes(need)} for its weights "
