@@ -69,6 +69,27 @@ def test_icu_pane_in_bits_per_byte_against_tokens(snap_compare, tmp_path):
     assert (app.units, app.axis) == ("bpb", "tokens")
 
 
+def test_icu_pane_at_80x24(snap_compare, tmp_path):
+    """The smallest common terminal: compact cards, chart beside the streams, no wrapping."""
+    app = fake_app(tmp_path)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=play_script())
+
+
+def test_attach_at_80x24_with_bad_records(snap_compare, tmp_path):
+    run_dir = tmp_path / "run-a"
+    run_dir.mkdir()
+    lines = [json.dumps(r) for r in scripted_records("run-a", steps=30)]
+    lines[5:5] = ['{"event": "step"}', '{"event": "step", "step": NaN}', "not json"]
+    (run_dir / METRICS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    app = make_app(attach=[run_dir], monitor=False, refresh_s=0.05)
+
+    async def run_before(pilot: Pilot) -> None:
+        await wait_until(pilot, lambda: step_card(app).startswith("30 / "), "the cards")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
 FAKE_SNAPSHOT = SystemSnapshot(
     time=0.0,
     host_cpu_percent=12.5,

@@ -272,7 +272,12 @@ class H2QApp(App[int]):
             )
         if skipped_lines > lines_before:
             count = skipped_lines - lines_before
-            history.note(f"skipped {count} line{'s' * (count != 1)} that are not JSON objects")
+            what = (
+                "line that is not a JSON object"
+                if count == 1
+                else "lines that are not JSON objects"
+            )
+            history.note(f"skipped {count} {what}")
         self._bad_noted[name] = (history.bad_records, skipped_lines)
 
     def _track_state(self, record: dict[str, Any]) -> None:
