@@ -2,7 +2,9 @@
 
 Prints one table (preset, parameters, steps, tokens seen, tokens/s, held-out bits/byte per
 file) beside the compressor baselines and writes it as JSON. Every figure comes from the
-runs' own metrics.jsonl and from ``h2q-tui eval`` on the named files.
+runs' own metrics.jsonl and from ``h2q-tui eval`` on the named files. The machine (CPU
+model, torch capability, fast bf16 or not) heads the table and is in the JSON, and each row
+says the precision its run trained in (``train.precision = "auto"`` picks it per machine).
 
     python benchmarks/cpu_presets.py --presets gpt-cpu microstream-cpu --seconds 600
 """
@@ -11,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from h2q_tui.system import hardware
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -83,6 +86,8 @@ def summarise(run_dir: Path) -> dict:
         "train_seconds": steps[-1]["time"],
         "tokens_per_s": steps[-1]["tokens"] / steps[-1]["time"],
         "threads": started["threads"],
+        "precision": started.get("precision", "?"),  # runs older than precision auto lack it
+        "precision_reason": started.get("precision_reason", ""),
     }
 
 
@@ -125,8 +130,7 @@ def main() -> None:
         print(f"done {preset}: {row}", file=sys.stderr, flush=True)
     print_table(rows, args.eval)
     report = {
-        "machine": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
+        "machine": hardware.machine_info(),
         "seconds": args.seconds,
         "train": str(args.train),
         "heldout": str(args.heldout),
@@ -140,18 +144,21 @@ def main() -> None:
 
 def print_table(rows: list[dict], files: list[Path]) -> None:
     heads = " | ".join(f"{f.stem} bpb" for f in files)
-    print(f"| preset | parameters | steps | tokens seen | tokens/s | {heads} |")
-    print("|---|---:|---:|---:|---:|" + "---:|" * len(files))
+    print(f"\nmachine: {hardware.machine_line()}")
+    print(f"| preset | parameters | precision | steps | tokens seen | tokens/s | {heads} |")
+    print("|---|---:|---|---:|---:|---:|" + "---:|" * len(files))
     for r in rows:
         cells = " | ".join(f"{r['bpb'][f.name]:.3f}" for f in files)
         print(
-            f"| {r['preset']} | {r['n_params']:,} | {r['steps']:,} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | {cells} |"
+            f"| {r['preset']} | {r['n_params']:,} | {r['precision']} | {r['steps']:,} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | {cells} |"
         )
     for label, index in (("gzip -9", 0), ("bzip2 -9", 1)):
         cells = " | ".join(
             f"{COMPRESSORS[f.name][index]:.3f}" if f.name in COMPRESSORS else "n/a" for f in files
         )
-        print(f"| {label} | | | | | {cells} |")
+        print(f"| {label} | | | | | | {cells} |")
+    for reason in sorted({r["precision_reason"] for r in rows if r["precision_reason"]}):
+        print(f"precision: {reason}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ each in a fresh process, as a user would start them:
 
 Tokens/s comes from each run's own metrics.jsonl step records, steps 2..N (start-up, the
 final held-out eval and the checkpoint are excluded). The order of the three rotates from
-trial to trial, so none always runs first.
+trial to trial, so none always runs first. The machine and the precision the runs chose
+(``train.precision = "auto"``, from their run_started records) head the table and are in
+the JSON.
 
     python benchmarks/dashboard_overhead.py --preset microstream-cpu --steps 300 --trials 6
 """
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from h2q_tui.system import hardware
 from h2q_tui.training.writers import METRICS_FILE
 
 MODES = {
@@ -47,6 +49,16 @@ def tokens_per_second(run_dir: Path) -> float:
             steps.append((record["tokens"], record["time"]))
     (tokens0, time0), (tokens1, time1) = steps[0], steps[-1]
     return (tokens1 - tokens0) / (time1 - time0)
+
+
+def run_precision(run_dir: Path) -> str:
+    """The precision a finished run trained in, e.g. "fp32 — this CPU has no fast bf16 (…)"."""
+    for line in (run_dir / METRICS_FILE).read_text().splitlines():
+        record = json.loads(line)
+        if record["event"] == "run_started":
+            name, reason = record.get("precision", "?"), record.get("precision_reason", "")
+            return f"{name} — {reason}" if reason else name
+    return "?"
 
 
 def prepare(preset: str, steps: int, run_dir: Path):
@@ -124,11 +136,13 @@ def main() -> None:
         return asyncio.run(train_in_dashboard(args.preset, args.steps, args.run_dir))
 
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+    precisions: set[str] = set()
     for trial in range(args.trials):
         order = rotated(list(MODES), trial)
         with tempfile.TemporaryDirectory() as tmp:
             for mode in order:
                 rates[mode].append(run_trial(mode, args.preset, args.steps, Path(tmp) / mode))
+                precisions.add(run_precision(Path(tmp) / mode))
         print(
             f"trial {trial + 1} ({' → '.join(order)}): "
             + ", ".join(f"{MODES[m]} {v[-1]:,.0f}" for m, v in rates.items()),
@@ -137,8 +151,10 @@ def main() -> None:
     medians = {mode: statistics.median(values) for mode, values in rates.items()}
     base = medians["--no-ui"]
     paired = [d / n - 1 for d, n in zip(rates["dashboard"], rates["--no-ui"], strict=True)]
+    print(f"\nmachine: {hardware.machine_line()}")
     print(
-        f"\n{args.preset}, {args.steps} steps, {args.trials} interleaved trials, {platform.machine()}"
+        f"{args.preset}, {args.steps} steps, {args.trials} interleaved trials, "
+        f"precision {' / '.join(sorted(precisions))}"
     )
     print("| mode | tokens/s (median) | vs --no-ui |\n|---|---:|---:|")
     for mode, value in medians.items():
@@ -151,6 +167,8 @@ def main() -> None:
     report = {
         "preset": args.preset,
         "steps": args.steps,
+        "machine": hardware.machine_info(),
+        "precision": sorted(precisions),
         "tokens_per_s": {MODES[m]: v for m, v in rates.items()},
         "medians": {MODES[m]: v for m, v in medians.items()},
         "dashboard_vs_no_ui_per_trial": paired,

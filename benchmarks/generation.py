@@ -9,6 +9,7 @@ For each preset, one process, the same (untrained, seeded) model and the same pr
 Variants are interleaved over the repeats (this VM's speed drifts); medians are reported.
 First-token latency is prompt encoding + prefill + the first choice, for a short and a
 full-context prompt. Speed does not depend on the weights' values, so no checkpoint is needed.
+Decoding runs in fp32 (no autocast) whatever the CPU; the table and the JSON name the machine.
 
     python benchmarks/generation.py [--presets ...] [--tokens 256] [--repeats 3] [--threads 1]
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +29,7 @@ from h2q_tui.generation.generate import Generation
 from h2q_tui.generation.sampling import SamplingConfig
 from h2q_tui.generation.text import Codec
 from h2q_tui.models import build_model, count_parameters
+from h2q_tui.system import hardware
 
 PRESETS = ["gpt-cpu", "microstream-cpu", "h2q-transformer-cpu", "qrlm-cpu", "hamiltonian-llm"]
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside."
@@ -102,9 +103,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [measure(preset, args.tokens, args.repeats) for preset in args.presets]
+    print(f"machine: {hardware.machine_line()}")
     print(
         f"generation, {args.tokens} new tokens after a {rows[0]['prompt_tokens']}-byte prompt, "
-        f"batch 1, fp32, {args.threads} thread(s), {platform.machine()}, median of {args.repeats}"
+        f"batch 1, fp32, {args.threads} thread(s), median of {args.repeats}"
     )
     print(
         "| preset | parameters | recompute, source style (tok/s) | recompute (tok/s) "
@@ -121,7 +123,12 @@ def main() -> None:
             f"{r['first_token_ms']:.1f} | {r['first_token_long_prompt_ms']:.1f} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"threads": args.threads, "machine": platform.machine(), "rows": rows}
+    payload = {
+        "threads": args.threads,
+        "precision": "fp32",
+        "machine": hardware.machine_info(),
+        "rows": rows,
+    }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
 

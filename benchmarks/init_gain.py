@@ -1,6 +1,9 @@
 """Energy (mean ‖h‖ before the head) and cross-entropy at initialisation, source vs unit HamLinear init.
 
 python benchmarks/init_gain.py [--preset microstream-cpu]
+
+fp32 forward passes on 8 windows of the embedded corpus; the table and the JSON name the
+machine (the figures do not depend on it beyond float rounding).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from h2q_kernels.hamiltonian import materialise_weight
 from h2q_tui.config import resolve
 from h2q_tui.data.sources import default_corpus_bytes
 from h2q_tui.models import build_model
+from h2q_tui.system import hardware
 
 
 @torch.no_grad()
@@ -56,14 +60,17 @@ def main() -> None:
         for init in ("source", "unit")
         for norm in (False, True)
     ]
-    print(f"{args.preset} at init (ln 256 = 5.545 nats):")
+    print(f"machine: {hardware.machine_line()}")
+    print(f"{args.preset} at init, fp32 (ln 256 = 5.545 nats):")
     print("| ham_init | final_norm | mean ‖W‖_F/√D | energy | CE nats |\n|---|---|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['ham_init']} | {r['final_norm']} | {r['mean_w_gain']:.2f} | {r['energy']:.1f} | {r['ce_nats']:.3f} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"preset": args.preset, "rows": rows}, indent=2) + "\n")
+    report = {"preset": args.preset, "machine": hardware.machine_info(), "rows": rows}
+    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

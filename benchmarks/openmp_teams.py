@@ -8,7 +8,8 @@ fine; a training thread started after the main thread has run any parallel op is
 
 Each mode trains ``--steps`` steps of the preset in a fresh process and reports tokens/s
 (metrics.jsonl step records 2..N) and the process's voluntary context switches per step
-(sleeps: the throttled workers show up here). Modes rotate from trial to trial.
+(sleeps: the throttled workers show up here). Modes rotate from trial to trial. The machine
+and the precision the runs chose head the table and are in the JSON.
 
     python benchmarks/openmp_teams.py --preset microstream-cpu --steps 150 --trials 4
 """
@@ -17,13 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import tempfile
 from pathlib import Path
 
-from dashboard_overhead import in_fresh_process, prepare, rotated, tokens_per_second, train_plain
+from dashboard_overhead import (
+    in_fresh_process,
+    prepare,
+    rotated,
+    run_precision,
+    tokens_per_second,
+    train_plain,
+)
+
+from h2q_tui.system import hardware
 
 MODES = {
     "main": "main thread",
@@ -41,7 +50,11 @@ def train(preset: str, steps: int, run_dir: Path, mode: str) -> dict[str, float]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
     train_plain(prepared, on_thread=mode != "main")
     switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - before
-    return {"tokens_per_s": tokens_per_second(run_dir), "switches_per_step": switches / steps}
+    return {
+        "tokens_per_s": tokens_per_second(run_dir),
+        "switches_per_step": switches / steps,
+        "precision": run_precision(run_dir),
+    }
 
 
 def main() -> None:
@@ -72,7 +85,12 @@ def main() -> None:
             flush=True,
         )
     base = statistics.median(r["tokens_per_s"] for r in results["main"])
-    print(f"\n{args.preset}, {args.steps} steps, {args.trials} trials, {platform.machine()}")
+    precisions = sorted({r["precision"] for rows in results.values() for r in rows})
+    print(f"\nmachine: {hardware.machine_line()}")
+    print(
+        f"{args.preset}, {args.steps} steps, {args.trials} trials, "
+        f"precision {' / '.join(precisions)}"
+    )
     print("| training runs on | tokens/s (median) | vs main | sleeps per step (median) |")
     print("|---|---:|---:|---:|")
     for mode, rows in results.items():
@@ -80,7 +98,13 @@ def main() -> None:
         sleeps = statistics.median(r["switches_per_step"] for r in rows)
         print(f"| {MODES[mode]} | {rate:,.0f} | {100 * (rate / base - 1):+.1f} % | {sleeps:,.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"preset": args.preset, "steps": args.steps, "trials": results}
+    payload = {
+        "preset": args.preset,
+        "steps": args.steps,
+        "machine": hardware.machine_info(),
+        "precision": precisions,
+        "trials": results,
+    }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
 
