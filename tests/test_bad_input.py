@@ -202,25 +202,25 @@ RESUME = ("--no-ui", "--resume", "run", "--max-steps", "6")
             "model.safetensors",
             garbage,
             EVAL,
-            ["model.safetensors", "corrupt"],
+            ["step_00000003", "corrupt"],
             id="garbage-weights-eval",
         ),
         pytest.param(
             "model.safetensors",
             garbage,
             RESUME,
-            ["model.safetensors", "corrupt"],
+            ["step_00000003", "corrupt"],
             id="garbage-weights-resume",
         ),
         pytest.param(
             "model.safetensors",
             truncate,
             EVAL,
-            ["model.safetensors", "truncated"],
+            ["step_00000003", "truncated"],
             id="truncated-weights-eval",
         ),
         pytest.param(
-            "state.pt", garbage, RESUME, ["state.pt", "corrupt"], id="garbage-state-resume"
+            "state.pt", garbage, RESUME, ["state.pt", "damaged"], id="garbage-state-resume"
         ),
         pytest.param(
             None,
