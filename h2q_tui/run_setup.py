@@ -117,7 +117,20 @@ def fingerprint(corpus: Corpus) -> str:
 def prepare_run(
     request: RunRequest, progress: Callable[[int, int | None], None] | None = None
 ) -> PreparedRun:
-    """Resolve a new or resumed run; raises UserError for any bad input before training starts."""
+    """Resolve a new or resumed run; raises UserError for any bad input before training starts.
+
+    The run dir is locked for this process; a refused request gives back a lock it took.
+    """
+    held_before = run_lock.held()
+    try:
+        return _prepare(request, progress)
+    except BaseException:
+        for run_dir in run_lock.held() - held_before:
+            run_lock.release(run_dir, remove=True)
+        raise
+
+
+def _prepare(request: RunRequest, progress) -> PreparedRun:
     hardware.resolve_device(request.device)  # a bad --device fails before any data is read
     if request.resume:
         return _prepare_resume(request, progress)

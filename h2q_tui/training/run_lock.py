@@ -46,10 +46,19 @@ def holds(run_dir: Path) -> bool:
     return Path(run_dir).resolve() in _held
 
 
-def release(run_dir: Path) -> None:
-    """Give the lock back (the process's exit does this too)."""
-    fd = _held.pop(Path(run_dir).resolve(), None)
+def held() -> set[Path]:
+    """The run dirs this process holds."""
+    return set(_held)
+
+
+def release(run_dir: Path, remove: bool = False) -> None:
+    """Give the lock back (the process's exit does this too); ``remove`` deletes the lock file
+    (a refused command leaves the folder as it found it)."""
+    key = Path(run_dir).resolve()
+    fd = _held.pop(key, None)
     if fd is not None:
+        if remove:
+            (key / LOCK_FILE).unlink(missing_ok=True)
         os.close(fd)
 
 
