@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -780,7 +781,7 @@ async def test_resume_shows_the_runs_history_before_training(tmp_path):
         async with app.run_test(size=SIZE) as pilot:
             history = app.histories["fake-run"]
             await wait_until(pilot, lambda: len(history.train) == 30, "the old steps")
-            assert card(app, "state") == "idle — press t to resume from step 20"
+            assert card(app, "state") == "idle — t resumes at step 20"
             assert "history from metrics.jsonl: 30 steps (to step 30)" in log_text(app)
             await pilot.press("t")
             await wait_until(pilot, step_card_shows(app, 40), "the resumed run")
@@ -810,13 +811,30 @@ async def test_live_engine_replays_a_resumed_runs_metrics_jsonl(tmp_path):
         history = app.histories["resumed"]
         await wait_until(pilot, lambda: len(history.train) == 25, "the replayed steps")
         await wait_until(pilot, step_card_shows(app, 25), "the step card")
-        assert card(app, "state") == "idle — press t to resume from step 20"
+        assert card(app, "state") == "idle — t resumes at step 20"
         assert "1 bad record skipped" in status(app) and "1 unparsable line" in status(app)
+    app = make_app(engine, monitor=False, refresh_s=60)  # the chart must not wait for a tick
+    async with app.run_test(size=SIZE) as pilot:
+        chart = app.query_one("LossChart")
+        await wait_until(pilot, lambda: chart._last_draw is not None, "the chart", tries=40)
+        assert len(chart._last_draw[0]["resumed"].train) == 25
     fresh = LiveEngine(SimpleNamespace(run_dir=run_dir, resume_from=None))  # type: ignore[arg-type]
     assert fresh.previous_records() == ([], 0)
 
 
 # ---------------------------------------------------------------------- small terminals
+STATES = [
+    "idle — press t to train",
+    "idle — t resumes at step 1,234,567",
+    "starting…",
+    "ALARM nan — paused",
+    "ALARM divergence",
+    "finished (max_seconds)",
+    "finished (interrupted)",
+    "waiting for metrics.jsonl",
+]
+
+
 def inside(region, outer) -> bool:
     return region.width > 0 and region.height > 0 and outer.contains_region(region)
 
@@ -843,6 +861,10 @@ async def test_every_pane_fits_and_no_number_wraps(engine, size):
             if key != "state":  # words may wrap; numbers may not
                 assert max(map(len, lines)) <= box.content_region.width, (key, lines, size)
             assert len(str(box.border_title)) <= box.region.width - 2, (key, size)
+        state_box = app.query_one("#card-state").content_region
+        for state in STATES:  # words may wrap, but the whole state stays in its card
+            wrapped = textwrap.wrap(state, state_box.width)
+            assert len(wrapped) <= state_box.height, (state, wrapped, size)
         chart = app.query_one("LossChart").region
         assert chart.height >= 8 and chart.width >= 40, (chart, size)
         for pane in ("2", "3"):

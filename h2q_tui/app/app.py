@@ -208,6 +208,9 @@ class H2QApp(App[int]):
                 on_snapshot=lambda snap: self.post_message(SnapshotTaken(snap))
             ).start()
         self.redraw(force=True)
+        self.call_after_refresh(
+            self.redraw_chart
+        )  # a replayed or attached history: now, not in 4 s
         if self.autostart:
             self.action_start()
 
@@ -258,8 +261,8 @@ class H2QApp(App[int]):
         self._note_bad(self.focused_run, history, skipped)
         if history.finished is not None or history.started is not None:
             resume_step = getattr(self.engine, "resume_step", None)
-            at = f" from step {resume_step:,}" if resume_step is not None else ""
-            self.state = f"idle — press t to resume{at}"
+            at = f" at step {resume_step:,}" if resume_step is not None else ""
+            self.state = f"idle — t resumes{at}"
         self._dirty = True
 
     def _note_bad(self, name: str, history: RunHistory, skipped_lines: int) -> None:
