@@ -245,7 +245,10 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
     request = RunRequest(**{k: getattr(args, k) for k in RunRequest.__dataclass_fields__})
     engine = LiveEngine(prepare_run(request, progress=_download_progress()))
-    return run_app(make_app(engine, autostart=args.autostart))  # non-zero if the app crashed
+    try:
+        return run_app(make_app(engine, autostart=args.autostart))  # non-zero if it crashed
+    finally:
+        engine.request_stop("stopped")  # an app that died mid-run: the trainer saves and ends
 
 
 def run_attach(argv: list[str]) -> int:
@@ -284,7 +287,7 @@ def run_eval(argv: list[str]) -> int:
     device = hardware.resolve_device(args.device)
     info = checkpoint.read_info(args.checkpoint)
     say_note(info)
-    model = checkpoint.load_model_from(info).to(device)
+    model = checkpoint.load_model_from(info, device)  # a crystallized one decodes on the device
     path = Path(args.data)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -347,14 +350,17 @@ def load_for_decoding(args: argparse.Namespace):
 
 
 def say_note(info) -> None:
-    """Tell the user when a damaged latest checkpoint was skipped."""
+    """Tell the user when a damaged latest checkpoint was skipped, and what a crystallized
+    checkpoint is ("int8 of run X step N, 3.8× smaller")."""
     if info.note:
         print(f"note: {info.note}", file=sys.stderr)
+    if getattr(info, "crystal", None) is not None:
+        print(f"loaded {info.describe()}", file=sys.stderr)
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     """Sampling, mode and steering flags shared by ``generate`` and ``steer-eval``."""
-    from h2q_tui.generation.generate import MODES, ModeConfig
+    from h2q_tui.generation.generate import DECODE_THREADS, MODES, ModeConfig
     from h2q_tui.generation.sampling import SamplingConfig
 
     s, m = SamplingConfig(), ModeConfig()
@@ -374,7 +380,7 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--threads",
         type=int,
-        default=1,
+        default=DECODE_THREADS,
         help="torch threads for decoding (1: batch-1 decoding of these small models is fastest "
         "on one thread, and leaves the other cores to training)",
     )
@@ -685,6 +691,76 @@ def run_steer_eval(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def run_crystallize(argv: list[str]) -> int:
+    from h2q_tui.crystal import crystallize
+    from h2q_tui.crystal.codecs import METHOD_HELP
+
+    parser = _Parser(
+        prog="h2q-tui crystallize",
+        description="Compress a checkpoint (int8, int4, Kronecker rank, SVD, ...) into "
+        "crystallized checkpoints every command loads, and measure each on held-out text "
+        "beside the original; or, with --tensors-only, any safetensors file tensor by tensor.",
+    )
+    parser.add_argument(
+        "checkpoint",
+        help="checkpoint folder, model.safetensors or run dir (with --tensors-only: any "
+        "safetensors file)",
+    )
+    parser.add_argument(
+        "--method",
+        required=True,
+        help=f"comma-separated methods, or sweep (the standard ladder): {METHOD_HELP}",
+    )
+    parser.add_argument(
+        "--data",
+        help="held-out text to measure on (default: the last 5%% of the embedded corpus)",
+    )
+    parser.add_argument(
+        "--out",
+        help="folder for the crystallized checkpoints, one <method>/ each (default: RUN/crystal, "
+        "or crystal/ beside the checkpoint folder)",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="default: crystallize.json in --out (tensors-only: <file stem>.tensors.json here)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="tensor-name globs left at full precision (repeatable)",
+    )
+    parser.add_argument(
+        "--windows", type=int, default=0, help="measure on the first N windows (default: all)"
+    )
+    parser.add_argument("--batch", type=int, default=32, help="windows per forward pass")
+    parser.add_argument(
+        "--tensors-only",
+        action="store_true",
+        help="any safetensors file: per-tensor bytes and reconstruction error, no model",
+    )
+    add_device_flag(parser)
+    args = parser.parse_args(argv)
+    crystallize.run(
+        crystallize.Request(
+            checkpoint=args.checkpoint,
+            method=args.method,
+            data=args.data,
+            out=args.out,
+            json=args.json,
+            keep=args.keep,
+            windows=args.windows,
+            batch=args.batch,
+            device=args.device,
+            tensors_only=args.tensors_only,
+        )
+    )
+    return EXIT_OK
+
+
 def _glue_negative_list(argv: list[str], flag: str) -> list[str]:
     """``FLAG -1,0,1`` → ``FLAG=-1,0,1`` (argparse would take ``-1,0,1`` for an option)."""
     out = list(argv)
@@ -728,6 +804,7 @@ SUBCOMMANDS = {
     "attach": run_attach,
     "generate": run_generate,
     "steer-eval": run_steer_eval,
+    "crystallize": run_crystallize,
     "presets": run_presets,
 }
 
@@ -736,6 +813,7 @@ SUBCOMMAND_USAGE = {
     "attach": ("RUN_DIR [RUN_DIR ...]", "the dashboard on runs other processes write"),
     "generate": ("CHECKPOINT --prompt TEXT", "stream a continuation (sample/steer/lookahead/flow)"),
     "steer-eval": ("CHECKPOINT --word W", "measure what steering does, per strength"),
+    "crystallize": ("CHECKPOINT --method M", "compress a checkpoint, measure the cost"),
     "presets": ("", "list the bundled presets with their parameter counts"),
 }
 

@@ -251,3 +251,51 @@ def test_a_torn_last_line_of_a_killed_writer_is_closed_on_open(tmp_path):
     tailer = JsonlTailer(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in tailer.read_new()] == [1, 2]
     assert tailer.skipped_lines == 1
+
+
+@pytest.mark.parametrize(("signum", "code", "reason"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGHUP, 129, "hangup")])  # fmt: skip
+def test_a_stop_signal_under_the_dashboard_saves_then_exits(workdir, signum, code, reason):
+    """The dashboard in a real pseudo-terminal, training; then `kill` or a dropped session."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    os.set_blocking(master, False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "h2q_tui", *TINY, "--run-dir", "run", "--autostart"],
+        cwd=workdir,
+        env={**ENV, "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"},
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    metrics = workdir / "run" / "metrics.jsonl"
+
+    def drain() -> None:
+        try:
+            while os.read(master, 65536):
+                pass
+        except OSError:
+            pass
+
+    try:
+        deadline = time.monotonic() + 90
+        while not (metrics.is_file() and metrics.read_text().count('"event":"step"') >= 5):
+            assert time.monotonic() < deadline and proc.poll() is None, "no training steps"
+            drain()
+            time.sleep(0.2)
+        proc.send_signal(signum)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            drain()
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.wait() == code
+    finished = records(workdir / "run")[-1]
+    assert finished["event"] == "run_finished" and finished["reason"] == reason
+    assert latest_step(workdir / "run") == finished["step"] > 0

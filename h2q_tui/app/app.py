@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import signal
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ from h2q_tui.app import formatting as fmt
 from h2q_tui.app.engine_link import AttachedRuns, LiveEngine
 from h2q_tui.app.generate_pane import GeneratePane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, ErrorScreen, HelpScreen
+from h2q_tui.app.signals import exit_code, install_stop_signals
 from h2q_tui.app.widgets import X_AXES, CardGrid, LossChart, SystemPanel
 from h2q_tui.system.monitor import SystemMonitor, SystemSnapshot
 from h2q_tui.system.threads import run_on_own_thread
@@ -211,6 +213,8 @@ class H2QApp(App[int]):
         self.call_after_refresh(
             self.redraw_chart
         )  # a replayed or attached history: now, not in 4 s
+        if self.engine is not None:
+            install_stop_signals(self)
         if self.autostart:
             self.action_start()
 
@@ -550,6 +554,15 @@ class H2QApp(App[int]):
 
     def action_lr_down(self) -> None:
         self.send(commands.ScaleLearningRate(1 / LR_STEP))
+
+    async def stop_on_signal(self, signum: int, reason: str) -> None:
+        """SIGTERM/SIGHUP: the trainer stops after its step and saves, then the app exits
+        128 + signum (what --no-ui does). The request goes to the trainer directly."""
+        if self.run_active:
+            self.engine.request_stop(reason)  # type: ignore[union-attr]
+            self._say_pending(f"{signal.Signals(signum).name}: {STOPPING} then quitting")
+            await self.training_worker.wait()  # type: ignore[union-attr]
+        self.exit(exit_code(signum))
 
     async def action_quit(self) -> None:
         if not self.run_active:

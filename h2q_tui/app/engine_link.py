@@ -27,6 +27,14 @@ class LiveEngine:
         self.name = prepared.run_dir.name
         self.run_dir = prepared.run_dir
         self.commands: queue.Queue = queue.Queue()
+        self.trainer = None  # set while ``run`` trains
+        self.stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step and save (safe from a signal handler: no locks)."""
+        self.stop_reason = reason
+        if self.trainer is not None:
+            self.trainer.stop_requested = reason
 
     @property
     def resume_step(self) -> int | None:
@@ -69,7 +77,10 @@ class LiveEngine:
                 resume_from=p.resume_from,
                 pause_on_nan=True,
                 tokenizer=p.tokenizer,
+                device=p.device,
             )
+            trainer.stop_requested = self.stop_reason
+            self.trainer = trainer
             return trainer.run()
         finally:
             writer.close()

@@ -33,6 +33,7 @@ from h2q_tui.generation.generate import (
     GenerationStats,
     ModeConfig,
     load_for_generation,
+    use_decoding_threads,
 )
 from h2q_tui.generation.sampling import SamplingConfig
 from h2q_tui.generation.steering import SteerConfig
@@ -418,6 +419,7 @@ class GeneratePane(Vertical, can_focus=True):
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
     @on_own_thread
     def _generate_worker(self, generation: Generation, gen_id: int) -> None:
+        use_decoding_threads()
         worker = get_current_worker()
         error = None
         with self._model_lock:
@@ -519,6 +521,7 @@ class GeneratePane(Vertical, can_focus=True):
     ) -> None:
         from h2q_tui.generation.steer_eval import evaluate_steering
 
+        use_decoding_threads()
         worker = get_current_worker()
         samples = self.readout_samples
         order = sorted({0.0, steer.strength})

@@ -419,6 +419,8 @@ class Trainer:
         """One optimizer step on the sampler's next window(s); None if the loss was not finite
         (the step is skipped) or the update left non-finite weights (the run is poisoned)."""
         started = time.perf_counter()
+        if torch.get_num_threads() != self.threads:  # a decoder on another thread changed it
+            torch.set_num_threads(self.threads)
         sampler_state = self.sampler.state_dict()
         lr = self.current_lr()
         for group in self.optimizer.param_groups:
