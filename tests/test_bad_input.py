@@ -44,6 +44,34 @@ def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return h2q(*args, cwd=cwd, timeout=TIMEOUT)
 
 
+def cli_in_process(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The same entry point as the ``h2q-tui`` script (``h2q_tui.cli.main``), called in this
+    process so that the ~150 parametrized cases below do not each pay a torch import in a fresh
+    interpreter; its stdout/stderr and exit code are captured as a subprocess's would be. An
+    exception escaping ``main`` fails the test, as a traceback would. Each family of cases
+    also runs its first case through a real subprocess (``test_each_family_in_a_subprocess``).
+    """
+    import contextlib
+    import io
+    import os
+
+    import torch
+
+    from h2q_tui.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous_dir, previous_threads = os.getcwd(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.chdir(previous_dir)
+        torch.set_num_threads(previous_threads)
+    return subprocess.CompletedProcess(["h2q-tui", *args], code, out.getvalue(), err.getvalue())
+
+
 def assert_user_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
     """Exit 2 and exactly one non-empty stderr line that contains every word."""
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
@@ -378,7 +406,9 @@ CONFIG_CASES = [
 
 @pytest.mark.parametrize(("args", "words"), [pytest.param(a, w, id=i) for a, w, i in CONFIG_CASES])
 def test_config_value_out_of_range(workdir: Path, args: tuple[str, ...], words: list[str]) -> None:
-    result = cli(workdir, "--no-ui", *TINY, "--max-steps", "1", "--run-dir", "new-run", *args)
+    result = cli_in_process(
+        workdir, "--no-ui", *TINY, "--max-steps", "1", "--run-dir", "new-run", *args
+    )
     assert_user_error(result, *words)
     assert not (workdir / "new-run").exists(), "a rejected run must not leave a run dir behind"
 
@@ -406,7 +436,7 @@ def test_model_too_large_for_memory_is_refused_before_allocating(workdir: Path) 
 )
 def test_eval_bad_flags(run_dir: Path, args: tuple[str, ...], words: list[str]) -> None:
     before = checkpoint_hashes(run_dir)
-    assert_user_error(cli(run_dir.parent, "eval", "run", *args), *words)
+    assert_user_error(cli_in_process(run_dir.parent, "eval", "run", *args), *words)
     assert checkpoint_hashes(run_dir) == before
 
 
@@ -442,7 +472,7 @@ STEER_EVAL = ("steer-eval", "run", "--samples", "1", "--max-new-tokens", "4")
 )
 def test_generation_bad_flags(run_dir: Path, args: tuple[str, ...], words: list[str]) -> None:
     before = checkpoint_hashes(run_dir)
-    assert_user_error(cli(run_dir.parent, *args), *words)
+    assert_user_error(cli_in_process(run_dir.parent, *args), *words)
     assert checkpoint_hashes(run_dir) == before
 
 
@@ -556,7 +586,7 @@ def test_malformed_checkpoint(run_dir: Path, damage, commands, words: list[str])
     damage(latest_checkpoint(run_dir) / "model.safetensors")
     before = checkpoint_hashes(run_dir)
     for command in commands:
-        assert_user_error(cli(run_dir.parent, *command), *words)
+        assert_user_error(cli_in_process(run_dir.parent, *command), *words)
     assert checkpoint_hashes(run_dir) == before
 
 
@@ -611,3 +641,18 @@ def test_heldout_equal_to_data_warns_and_trains(workdir: Path) -> None:
         "memorisation, not generalisation"
     ], result.stderr
     assert (workdir / "run" / "checkpoints" / "latest").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        pytest.param(("--no-ui", *TINY, "--max-steps", "1", *sets("train.lr=nan")), ["train.lr", "finite"], id="config"),
+        pytest.param(("eval", "run", "--data", DATA, "--batch", "0"), ["--batch"], id="eval"),
+        pytest.param((*GENERATE, "--strength", "1"), ["--strength", "--steer"], id="generate"),
+    ],
+)  # fmt: skip
+def test_each_family_in_a_subprocess(
+    run_dir: Path, args: tuple[str, ...], words: list[str]
+) -> None:
+    """The in-process runner above and the real script agree: one line, exit 2."""
+    assert_user_error(cli(run_dir.parent, *args), *words)
