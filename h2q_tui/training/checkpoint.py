@@ -47,6 +47,15 @@ class CheckpointInfo:
     run_id: str
     rank_growths: int = 0  # QRLM: how often the FFN rank grew before this checkpoint
     note: str = ""  # set when a damaged latest was skipped: which one was used instead, and why
+    # a crystallized checkpoint (h2q_tui/crystal/stored.py): its method, source and size; the
+    # config above already carries the layout's overrides (rank truncation: rank, shared_bank)
+    crystal: Any = None
+
+    def describe(self) -> str:
+        """What was loaded, for eval/generate/steer-eval: ``int8 of run X step N, 3.8× smaller``."""
+        if self.crystal is not None:
+            return self.crystal.describe()
+        return f"run {self.run_id} step {self.step}" if self.run_id else f"step {self.step}"
 
     @property
     def state_path(self) -> Path:
@@ -217,17 +226,44 @@ def checkpoint_problem(weights: Path, need_state: bool = False) -> str | None:
             expected = json.loads(metadata.get("checksums", "{}"))
             if not isinstance(expected, dict):
                 return "unreadable checksums metadata"
+            crystal = _crystal_problem(metadata)
+            if crystal:
+                return crystal
             for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
                 if name in expected and _crc(handle.get_tensor(name)) != expected[name]:
                     return f"damaged: tensor {name} does not match its checksum"
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         return f"corrupt or truncated ({_first_line(exc)})"
     state = weights.with_name(STATE)
+    if need_state and _is_crystallized(metadata):
+        return (
+            f"a crystallized checkpoint ({metadata.get('h2q.crystal.method', '?')}): eval, "
+            "generate and steer-eval load it, training cannot resume from it"
+        )
     if need_state and not state.is_file():
         return f"missing its {STATE}"
     crc = metadata.get("state_crc32")
     if crc and state.is_file() and _file_crc(state) != crc:
         return f"damaged: {STATE} does not match its checksum"
+    return None
+
+
+def _is_crystallized(metadata: dict[str, str]) -> bool:
+    from h2q_tui.crystal.policy import is_crystallized
+
+    return is_crystallized(metadata)
+
+
+def _crystal_problem(metadata: dict[str, str]) -> str | None:
+    """Why a crystallized file's layout cannot be read (None when it can, or it is not one)."""
+    if not _is_crystallized(metadata):
+        return None
+    from h2q_tui.crystal.policy import read_layout
+
+    try:
+        read_layout(metadata)
+    except ValueError as exc:
+        return f"a damaged crystallized file ({_first_line(exc)})"
     return None
 
 
@@ -321,9 +357,33 @@ def read_info(path: str | Path, need_state: bool = False) -> CheckpointInfo:
         )
     if config.model.rank + rank_growths > RANGES["model", "rank"].high:
         raise UserError(f"checkpoint {weights}: rank_growths={rank_growths} is implausibly large")
-    return CheckpointInfo(
-        weights, config, step, metadata.get("run_id", ""), rank_growths, note=note
+    run_id = metadata.get("run_id", "")
+    crystal = None
+    if _is_crystallized(metadata):
+        config, rank_growths, crystal = _crystal_info(metadata, weights, config, step, run_id)
+    return CheckpointInfo(weights, config, step, run_id, rank_growths, note=note, crystal=crystal)
+
+
+def _crystal_info(metadata, weights: Path, config: RunConfig, step: int, run_id: str):
+    """(config with the layout's overrides, rank_growths, CrystalOrigin) of a crystallized file."""
+    import dataclasses
+
+    from h2q_tui.crystal import stored
+
+    try:
+        origin = stored.origin(metadata, weights, step, run_id)
+        model = dataclasses.replace(config.model, **stored.config_overrides(origin))
+        validate_model(model)
+    except (ValueError, TypeError, UserError) as exc:
+        raise UserError(
+            f"checkpoint {weights} is a damaged crystallized file ({_first_line(exc)})"
+        ) from None
+    growths = origin.overrides.get(
+        "rank_growths", _metadata_count(metadata, "rank_growths", weights)
     )
+    if isinstance(growths, bool) or not isinstance(growths, int) or growths < 0:
+        raise UserError(f"checkpoint {weights} is a damaged crystallized file (bad rank_growths)")
+    return dataclasses.replace(config, model=model), growths, origin
 
 
 def _metadata_count(metadata: dict[str, str], key: str, weights: Path) -> int:
@@ -341,11 +401,14 @@ def _metadata_count(metadata: dict[str, str], key: str, weights: Path) -> int:
     return value
 
 
-def load_model_from(info: CheckpointInfo) -> nn.Module:
+def load_model_from(info: CheckpointInfo, device: torch.device | str | None = None) -> nn.Module:
     """Build the checkpoint's model (with any grown rank) and load its weights, on the CPU.
 
-    A model too large for this machine's memory is refused before anything is allocated
-    (h2q_tui/training/memory.py).
+    A crystallized checkpoint (``info.crystal``) is decoded at load: its stored tensors are
+    read onto ``device`` (default the CPU) and turned back into float weights there, in the
+    model its config and layout overrides build. ``device``: where the model ends up (the CPU
+    when None). A model too large for this machine's memory is refused before anything is
+    allocated (h2q_tui/training/memory.py).
     """
     from h2q_tui.models import build_model
     from h2q_tui.training import memory
@@ -365,7 +428,9 @@ def load_model_from(info: CheckpointInfo) -> nn.Module:
             model.grow_ffn_rank()
     except Exception as exc:  # noqa: BLE001 - any builder failure means a config we cannot use
         raise UserError(f"{mismatch} ({_first_line(exc)})") from None
-    load_weights(info, model)
+    if device is not None:
+        model = model.to(device)
+    load_weights(info, model, device)
     return model
 
 
@@ -375,8 +440,16 @@ def tokenizer_of(info: CheckpointInfo) -> BpeTokenizer | None:
     return BpeTokenizer(path) if path.is_file() else None
 
 
-def load_weights(info: CheckpointInfo, model: nn.Module) -> None:
-    """Load the checkpoint's weights into ``model`` (strict: same names, same shapes)."""
+def load_weights(
+    info: CheckpointInfo, model: nn.Module, device: torch.device | str | None = None
+) -> None:
+    """Load the checkpoint's weights into ``model`` (strict: same names, same shapes).
+
+    A crystallized checkpoint is decoded on ``device`` (default the CPU) first.
+    """
+    if info.crystal is not None:
+        _load_crystallized(info, model, device or "cpu")
+        return
     try:
         with safe_open(str(info.weights), framework="pt") as handle:
             shapes = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
@@ -403,6 +476,42 @@ def load_weights(info: CheckpointInfo, model: nn.Module) -> None:
             f"checkpoint {info.weights} does not match its model: missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]}"
         )
+
+
+def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
+    """Decode a crystallized file on ``device`` and load it strictly into ``model``."""
+    from h2q_tui.crystal import stored
+
+    try:
+        state_dict, _ = stored.decode_file(info.weights, device)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"checkpoint {info.weights} is a corrupt crystallized file ({_first_line(exc)})"
+        ) from None
+    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = sorted(
+        name
+        for name, tensor in state_dict.items()
+        if name in expected and list(tensor.shape) != expected[name]
+    )
+    if missing or unexpected or wrong:
+        detail = (
+            f"{wrong[0]} is {list(state_dict[wrong[0]].shape)} decoded but {expected[wrong[0]]} "
+            "in the model built from its config"
+            if wrong
+            else f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+        raise UserError(
+            f"crystallized checkpoint {info.weights} does not match its model: {detail}"
+        )
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise UserError(
+            f"crystallized checkpoint {info.weights} does not match its model ({_first_line(exc)})"
+        ) from None
 
 
 def load_state(info: CheckpointInfo) -> dict[str, Any]:
