@@ -17,7 +17,7 @@ import torch
 from run_cli import h2q
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_bad_input import assert_user_error, checkpoint_hashes, english_text
+from test_bad_input import assert_user_error, checkpoint_hashes, cli_in_process, english_text
 
 from h2q_tui import cli
 from h2q_tui.crystal import measure, stored
@@ -62,6 +62,11 @@ def work(trained: Path, tmp_path: Path) -> Path:
         shutil.copytree(trained / name, tmp_path / name)
     shutil.copyfile(trained / DATA, tmp_path / DATA)
     return tmp_path
+
+
+def in_process(*args: str, cwd: Path):
+    """``h2q(*args, cwd=...)`` through the CLI entry point in this process (no torch start-up)."""
+    return cli_in_process(cwd, *args)
 
 
 def crystallize(work: Path, capsys, *args: str) -> tuple[dict, str, str]:
@@ -203,7 +208,8 @@ def test_rank_truncation_loads_with_its_overrides(work: Path, capsys) -> None:
 
 
 def test_crystallized_folder_loads_in_eval_generate_and_steer_eval(work: Path, capsys) -> None:
-    """The acceptance case: the real CLI, the table's bits/byte, the loaded line."""
+    """The acceptance case: eval gives the table's bits/byte on the same windows, and eval,
+    generate and steer-eval say what they loaded."""
     document, _, _ = crystallize(
         work,
         capsys,
@@ -215,9 +221,9 @@ def test_crystallized_folder_loads_in_eval_generate_and_steer_eval(work: Path, c
         "--windows",
         WINDOWS,
     )
-    for row in document["rows"][1:]:
-        folder = row["path"]
-        result = h2q("eval", folder, "--data", DATA, "--windows", WINDOWS, cwd=work)
+    for row, run in zip(document["rows"][1:], (in_process, h2q), strict=True):
+        folder = row["path"]  # rank:1 goes through a real subprocess, int8 in-process
+        result = run("eval", folder, "--data", DATA, "--windows", WINDOWS, cwd=work)
         assert result.returncode == 0, result.stderr
         assert f"bpb={row['bits_per_byte']:.4f}" in result.stdout
         assert f"loaded {row['method']} of run " in result.stderr
@@ -358,50 +364,50 @@ def test_tensors_only_on_any_safetensors_file(tmp_path: Path, capsys) -> None:
 
 
 # ----------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize(
-    ("run", "args", "words"),
-    [
-        pytest.param("ms", ("--method", "int7"), ["int7", "unknown method"], id="unknown-method"),
-        pytest.param("ms", ("--method", "rank:2"), ["rank:2", "R = 2"], id="k-out-of-range"),
-        pytest.param("gpt", ("--method", "rank:1"), ["rank:1", "HamLinear"], id="rank-on-gpt"),
-        pytest.param("ms", ("--method", "svd:0.5"), ["svd:0.5", "dense"], id="svd-on-microstream"),
-        pytest.param(
-            "ms",
-            ("--method", "int8", "--data", "missing.txt"),
-            ["missing.txt", "not found"],
-            id="missing-data",
-        ),
-        pytest.param(
-            "ms",
-            ("--method", "int8", "--out", "ms/checkpoints/step_00000003/c"),
-            ["--out", "inside the source checkpoint"],
-            id="out-inside-source",
-        ),
-    ],
-)
+BAD_INPUT = [
+    pytest.param("ms", ("--method", "int7"), ["int7", "unknown method"], id="unknown-method"),
+    pytest.param("ms", ("--method", "rank:2"), ["rank:2", "R = 2"], id="k-out-of-range"),
+    pytest.param("ms", ("--method", "rank:0"), ["rank:0", "at least 1"], id="k-zero"),
+    pytest.param("gpt", ("--method", "rank:1"), ["rank:1", "HamLinear"], id="rank-on-gpt"),
+    pytest.param("ms", ("--method", "svd:0.5"), ["svd:0.5", "dense"], id="svd-on-microstream"),
+    pytest.param(
+        "ms",
+        ("--method", "int8", "--data", "missing.txt"),
+        ["missing.txt", "not found"],
+        id="missing-data",
+    ),
+    pytest.param(
+        "ms",
+        ("--method", "int8", "--out", "ms/checkpoints/step_00000003/c"),
+        ["--out", "inside the source checkpoint"],
+        id="out-inside-source",
+    ),
+    pytest.param("ms", ("--method", "int8,sweep"), ["sweep", "alone"], id="sweep-and-more"),
+    pytest.param("ms", ("--method", "int8", "--windows", "-1"), ["--windows"], id="windows"),
+    pytest.param("ms", ("--method", "int8", "--batch", "0"), ["--batch"], id="batch"),
+    pytest.param("ms", ("--method", ""), ["empty method"], id="empty-method"),
+]
+
+
+@pytest.mark.parametrize(("run", "args", "words"), BAD_INPUT)
 def test_bad_input(work: Path, run: str, args: tuple[str, ...], words: list[str]) -> None:
+    """Through the CLI entry point in-process (test_bad_input.cli_in_process); the cases in
+    test_bad_input_in_a_subprocess run the installed way too."""
     before = checkpoint_hashes(work / run)
-    assert_user_error(h2q("crystallize", run, *args, cwd=work), *words)
+    assert_user_error(in_process("crystallize", run, *args, cwd=work), *words)
     assert checkpoint_hashes(work / run) == before
     assert not (work / run / "crystal").exists()
 
 
 @pytest.mark.parametrize(
-    ("args", "words"),
-    [
-        pytest.param(("--method", "rank:0"), ["rank:0", "at least 1"], id="k-zero"),
-        pytest.param(("--method", "int8,sweep"), ["sweep", "alone"], id="sweep-and-more"),
-        pytest.param(("--method", "int8", "--windows", "-1"), ["--windows"], id="windows"),
-        pytest.param(("--method", "int8", "--batch", "0"), ["--batch"], id="batch"),
-        pytest.param(("--method", ""), ["empty method"], id="empty-method"),
-    ],
+    ("run", "args", "words"),
+    [case for case in BAD_INPUT if case.id in ("rank-on-gpt", "out-inside-source")],
 )
-def test_more_bad_flags_in_process(work: Path, capsys, args, words) -> None:
-    before = checkpoint_hashes(work / "ms")
-    assert cli.main(["crystallize", str(work / "ms"), *args]) == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and all(word in lines[0] for word in words), lines
-    assert checkpoint_hashes(work / "ms") == before and not (work / "ms" / "crystal").exists()
+def test_bad_input_in_a_subprocess(work: Path, run: str, args, words) -> None:
+    before = checkpoint_hashes(work / run)
+    assert_user_error(h2q("crystallize", run, *args, cwd=work), *words)
+    assert checkpoint_hashes(work / run) == before
+    assert not (work / run / "crystal").exists()
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "foreign"])
@@ -413,7 +419,9 @@ def test_corrupt_or_foreign_safetensors(work: Path, kind: str) -> None:
         save_file({"w": torch.zeros(4, 4)}, str(path), metadata={"format": "pt"})
     before = path.read_bytes()
     words = ["bad.safetensors"] + (["corrupt"] if kind == "corrupt" else ["--tensors-only"])
-    assert_user_error(h2q("crystallize", "bad.safetensors", "--method", "int8", cwd=work), *words)
+    run = h2q if kind == "corrupt" else in_process
+    result = run("crystallize", "bad.safetensors", "--method", "int8", cwd=work)
+    assert_user_error(result, *words)
     assert path.read_bytes() == before and not (work / "crystal").exists()
 
 
@@ -463,3 +471,94 @@ def test_every_family_loads_crystallized(tmp_path: Path, capsys, family, growths
             for name, tensor in loaded.state_dict().items():
                 assert tensor.shape == expected[name].shape, name
         assert math.isfinite(row["bits_per_byte"]) and 0 <= row["same_top1"] <= 1
+
+
+def test_a_bpe_model_keeps_its_tokenizer(tmp_path: Path, capsys, text_file: Path) -> None:
+    from test_tokenizer import SMALL
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tokenizer.train(
+        [str(text_file)], trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet)
+    )
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    code = cli.main(
+        [
+            "--no-ui",
+            "--preset",
+            "gpt",
+            "--data",
+            str(text_file),
+            "--tokenizer",
+            str(tmp_path / "tokenizer.json"),
+            "--set",
+            f"model.vocab_size={tokenizer.get_vocab_size()}",
+            *SMALL,
+            "--max-steps",
+            "2",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert code == 0
+    capsys.readouterr()
+    document, out, _ = crystallize(
+        tmp_path,
+        capsys,
+        str(tmp_path / "run"),
+        "--method",
+        "int8",
+        "--data",
+        str(text_file),
+        "--windows",
+        "6",
+    )
+    row = document["rows"][1]
+    folder = Path(row["path"])
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "tokenizer.json"]
+    assert row["bytes"] == sum(p.stat().st_size for p in folder.iterdir())
+    source = Path(document["source"]["checkpoint"])
+    assert document["rows"][0]["bytes"] == sum(
+        (source / n).stat().st_size for n in ("model.safetensors", "tokenizer.json")
+    )
+    assert document["data"]["bytes_per_token"] > 1 and "tokens" in out
+    assert cli.main(["eval", str(folder), "--data", str(text_file), "--windows", "6"]) == 0
+    assert f"bpb={row['bits_per_byte']:.4f}" in capsys.readouterr().out
+
+
+def test_settings_that_save_no_bytes_say_so(work: Path, capsys) -> None:
+    _, _, err = crystallize(
+        work,
+        capsys,
+        str(work / "gpt"),
+        "--method",
+        "svd:1000",
+        "--windows",
+        "2",
+        "--data",
+        str(work / DATA),
+    )
+    assert "note: svd:1000 saves no bytes on" in err and "break-even" in err
+    assert "note: svd:1000 saves no bytes on disk" in err
+
+
+def test_an_already_crystallized_checkpoint_is_refused(work: Path, capsys) -> None:
+    crystallize(
+        work,
+        capsys,
+        str(work / "ms"),
+        "--method",
+        "int8",
+        "--windows",
+        "2",
+        "--data",
+        str(work / DATA),
+    )
+    folder = work / "ms" / "crystal" / "int8"
+    assert cli.main(["crystallize", str(folder), "--method", "int4-g32"]) == 2
+    assert "already crystallized (int8)" in capsys.readouterr().err
+    assert cli.main(["crystallize", str(folder), "--method", "int8", "--tensors-only"]) == 2
+    assert "already crystallized" in capsys.readouterr().err
