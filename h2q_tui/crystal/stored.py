@@ -66,7 +66,12 @@ class CrystalOrigin:
     def describe(self) -> str:
         """``int8 of run 20250101-120000 step 1000, 3.8× smaller (decoded to float at load)``."""
         run = f"run {self.run_id}" if self.run_id else f"checkpoint {self.source}"
-        size = f"{self.ratio:.1f}× smaller" if self.ratio else "size of its source unknown"
+        if not self.ratio:
+            size = "size of its source unknown"
+        elif self.ratio >= 1:
+            size = f"{self.ratio:.1f}× smaller"
+        else:
+            size = f"{1 / self.ratio:.1f}× larger"
         return f"{self.method} of {run} step {self.step}, {size} (decoded to float at load)"
 
 
