@@ -86,13 +86,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 def choose_precision(requested: str, device: torch.device) -> PrecisionChoice:
     """The precision for ``requested`` (auto|fp32|bf16|fp16) on ``device``, with its reason."""
     if requested not in PRECISIONS:
-        raise UserError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+        raise UserError(
+            f"train.precision must be one of {', '.join(PRECISIONS)}, got {requested!r}"
+        )
     if device.type == "cuda":
         return _cuda_precision(requested, device)
     fast, why = cpu_fast_bf16()
     if requested == "auto":
-        return PrecisionChoice("bf16", f"{why}: bf16 autocast") if fast else PrecisionChoice(
-            "fp32", why
+        return (
+            PrecisionChoice("bf16", f"{why}: bf16 autocast")
+            if fast
+            else PrecisionChoice("fp32", why)
         )
     if requested == "fp16":
         return PrecisionChoice(
