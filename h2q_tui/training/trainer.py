@@ -593,7 +593,9 @@ class Trainer:
     def _finish(self, reason: str) -> str:
         if reason != "nan":
             if reason in STOP_SIGNALS:
-                self.notice(f"stopping ({STOP_SIGNALS[reason]}): final eval, then saving a checkpoint…")
+                self.notice(
+                    f"stopping ({STOP_SIGNALS[reason]}): final eval, then saving a checkpoint…"
+                )
             if (
                 self.config.eval.heldout_interval == 0
                 or self.step % self.config.eval.heldout_interval
