@@ -1,5 +1,5 @@
 """The h2q-tui dashboard: ICU pane (cards, chart, Thought Stream, event log), System pane,
-Generate pane (generate_pane.py).
+Generate pane (generate_pane.py), Crystal pane (crystal_pane.py).
 
 Training runs in a thread worker and never waits on the UI: records go into a deque and one
 coalescing message tells the UI to fold them in; widgets redraw on a timer when dirty.
@@ -27,6 +27,7 @@ from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabP
 from textual.worker import Worker
 
 from h2q_tui.app import formatting as fmt
+from h2q_tui.app.crystal_pane import CrystalPane
 from h2q_tui.app.engine_link import AttachedRuns, LiveEngine
 from h2q_tui.app.generate_pane import GeneratePane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, ErrorScreen, HelpScreen
@@ -42,7 +43,7 @@ LR_STEP = 1.25  # raise/lower keys multiply the LR by this (or its inverse)
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 40
 # actions that act on a run this process trains: off (hidden, refused) when attached
 ENGINE_ACTIONS = frozenset({"start", "toggle_pause", "stop", "save", "sample", "lr_up", "lr_down"})
-ENGINE_PALETTE_ACTIONS = frozenset({"generate_pane('snapshot')"})
+ENGINE_PALETTE_ACTIONS = frozenset({"generate_pane('snapshot')", "crystal_pane('snapshot')"})
 ENGINE_KEYS = frozenset({"t", "p", "space", "x", "c", "n", "plus", "equals_sign", "minus"})
 COMPARE_KEYS = ("f", "d")  # shown in the footer when several runs are attached
 PAUSING = "pausing after this step"
@@ -89,6 +90,7 @@ class H2QApp(App[int]):
         Binding("1", "pane('icu')", "ICU", show=False),
         Binding("2", "pane('system')", "System", show=False),
         Binding("3", "pane('generate')", "Generate", show=False),
+        Binding("4", "pane('crystal')", "Crystal", show=False),
         Binding("u", "toggle_units", "nats/bpb"),
         Binding("a", "cycle_axis", "x axis"),
         Binding("left_square_bracket", "smoothing(-0.05)", "Smooth −", show=False),
@@ -109,6 +111,7 @@ class H2QApp(App[int]):
         ("1", "pane('icu')", "Show the ICU pane"),
         ("2", "pane('system')", "Show the System pane"),
         ("3", "pane('generate')", "Show the Generate pane"),
+        ("4", "pane('crystal')", "Show the Crystal pane (crystallize + measure)"),
         ("u", "toggle_units", "Chart units: nats ↔ bits/byte"),
         ("a", "cycle_axis", "Chart x axis: step → tokens → wall time"),
         ("[", "smoothing(-0.05)", "Less EMA smoothing"),
@@ -124,6 +127,11 @@ class H2QApp(App[int]):
         ("s", "generate_pane('snapshot')", "Generate: snapshot the live model (run goes on)"),
         ("o", "generate_pane('open_checkpoint')", "Generate: load a checkpoint (path, Enter)"),
         ("r", "generate_pane('readout')", "Generate: steering readout vs strength 0"),
+        ("s", "crystal_pane('snapshot')", "Crystal: snapshot the live model as the source"),
+        ("o", "crystal_pane('open_checkpoint')", "Crystal: a checkpoint as source (path, Enter)"),
+        ("r", "crystal_pane('run')", "Crystal: crystallize + measure the ticked methods"),
+        ("Esc", "crystal_pane('cancel')", "Crystal: cancel the sweep (rows so far stay)"),
+        ("g / Enter", "crystal_pane('open_in_generate')", "Crystal: open the row in Generate"),
         ("?", "help", "Help: every key"),
         ("q", "quit", "Quit (asks while training; saves first)"),
     ]
@@ -188,6 +196,12 @@ class H2QApp(App[int]):
                     live_run=self.engine.name if self.engine else None,
                     request_snapshot=self.request_snapshot if self.engine else None,
                     live_tokenizer=getattr(prepared, "tokenizer", None),
+                    checkpoint_hint=str(self.attached.run_dirs[0]) if self.attached else "",
+                )
+            with TabPane("Crystal", id="crystal"):
+                yield CrystalPane(
+                    engine=self.engine,
+                    request_snapshot=self.request_snapshot if self.engine else None,
                     checkpoint_hint=str(self.attached.run_dirs[0]) if self.attached else "",
                 )
         yield Static(id="status-line")  # under every pane: notices show wherever one looks
@@ -591,16 +605,25 @@ class H2QApp(App[int]):
             self.query_one(SystemPanel).show(self.snapshot, self.histories[self.focused_run])
         if event.pane.id == "icu":
             self.call_after_refresh(self._append_log)  # what came while another pane showed
-        pane = self.query_one(GeneratePane)
-        if event.pane.id == "generate":
-            pane.focus()  # its keys (←/→, 0, g, s, r) work at once
-        elif self.focused is not None and pane in self.focused.ancestors_with_self:
+        panes = {"generate": self.query_one(GeneratePane), "crystal": self.query_one(CrystalPane)}
+        if event.pane.id in panes:
+            panes[event.pane.id].focus()  # its keys (g, s, r…) work at once
+        elif self.focused is not None and any(
+            pane in self.focused.ancestors_with_self for pane in panes.values()
+        ):
             self.set_focus(None)  # a hidden pane keeps no keys
 
     async def action_generate_pane(self, action: str) -> None:
         """A Generate pane key from the command palette: show the pane, then run it there."""
         self.action_pane("generate")
         pane = self.query_one(GeneratePane)
+        pane.focus()
+        await pane.run_action(action)
+
+    async def action_crystal_pane(self, action: str) -> None:
+        """A Crystal pane key from the command palette: show the pane, then run it there."""
+        self.action_pane("crystal")
+        pane = self.query_one(CrystalPane)
         pane.focus()
         await pane.run_action(action)
 

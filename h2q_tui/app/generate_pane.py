@@ -340,6 +340,12 @@ class GeneratePane(Vertical, can_focus=True):
         self.say(f"loading {path}…")
         self._load_worker(path)
 
+    def load_path(self, path: str) -> None:
+        """Load a checkpoint folder (e.g. a crystallized one from the Crystal pane)."""
+        self.query_one("#gen-checkpoint", Input).value = path
+        self.focus()
+        self.load_checkpoint(path)
+
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     @on_own_thread
     def _load_worker(self, path: str) -> None:
