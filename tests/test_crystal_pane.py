@@ -150,13 +150,14 @@ async def test_a_sweep_fills_rows_whose_bytes_are_the_files_and_g_opens_one(work
         assert threads and all(t.name == "h2q-sweep_worker" for t in threads)
         assert not any(t.is_alive() for t in threads)
 
-        table = pane.query_one("#cry-table")
-        table.move_cursor(row=1)
+        pane.focus()
+        await pilot.press("down")  # the pane's ↑/↓ move the table's cursor: row 1 is int8
+        assert pane.selected_row().method == "int8"
         await pilot.press("g")
         generate = app.query_one(GeneratePane)
         assert app.query_one(TabbedContent).active == "generate"
         await wait_until(pilot, lambda: generate.model is not None, "the crystallized model")
-        assert "int8" in generate.source
+        assert "int8 of run" in generate.source and "smaller" in generate.source
         generate.query_one("#gen-tokens", Input).value = "8"
         generate.focus()
         await pilot.press("g")

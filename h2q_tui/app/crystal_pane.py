@@ -147,6 +147,11 @@ def load_source(path: str, out: Path | None = None, out_note: str = "") -> Sourc
     )
 
 
+def one_line(text: str, style: str = "") -> Text:
+    """A fixed one-line Static: cut with … at the width, never wrapped."""
+    return Text(text, style=style, no_wrap=True, overflow="ellipsis", end="")
+
+
 def short(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -188,7 +193,8 @@ class CrystalPane(Vertical, can_focus=True):
     .cry-row Label { width: 11; padding: 0 1 0 0; color: $text-muted; }
     .cry-row Input { width: 1fr; }
     .cry-row Button { margin-left: 2; min-width: 14; }
-    #cry-windows { width: 8; }
+    #cry-windows { width: 6; }
+    .cry-row Label.cry-short { width: auto; margin-left: 2; }
     #cry-body { height: 1fr; }
     #cry-methods { width: 26; height: 1fr; border: round $secondary 60%; }
     #cry-results { width: 1fr; }
@@ -202,6 +208,8 @@ class CrystalPane(Vertical, can_focus=True):
         Binding("s", "snapshot", "Snapshot live"),
         Binding("g", "open_in_generate", "Open in Generate"),
         Binding("o", "open_checkpoint", "Checkpoint", show=False),
+        Binding("up", "row(-1)", "Row up", show=False),
+        Binding("down", "row(1)", "Row down", show=False),
     ]
 
     class SnapshotArrived(Message, bubble=False):
@@ -285,7 +293,7 @@ class CrystalPane(Vertical, can_focus=True):
                 yield ParetoPlot(id="cry-plot")
 
     def on_mount(self) -> None:
-        self.query_one("#cry-methods").border_title = "methods (space ticks)"
+        self.query_one("#cry-methods").border_title = "methods (space)"
         table = self.query_one("#cry-table", DataTable)
         table.add_columns(*COLUMNS)
         if self.request_snapshot is None:
@@ -302,10 +310,11 @@ class CrystalPane(Vertical, can_focus=True):
     def say(self, message: str, error: bool = False) -> None:
         line = (message.strip().splitlines() or [""])[0]
         self.last_error = line if error else ""
-        self.query_one("#cry-message", Static).update(Text(line, style="bold red" if error else ""))
+        style = "bold red" if error else ""
+        self.query_one("#cry-message", Static).update(one_line(line, style))
 
     def progress_line(self, text: str) -> None:
-        self.query_one("#cry-progress", Static).update(Text(text, style="italic"))
+        self.query_one("#cry-progress", Static).update(one_line(text, "italic"))
 
     # ------------------------------------------------------------------ the source
     def action_open_checkpoint(self) -> None:
@@ -420,7 +429,12 @@ class CrystalPane(Vertical, can_focus=True):
         ticks = set(DEFAULT_TICKS) | set(ranks[:1]) | {m for m in ranks if m.endswith("+int8")}
         picker.add_options([(m, m, m in ticks) for m in source.methods])
         self.query_one("#cry-source", Static).update(
-            Text.assemble(("source: ", "bold"), (source.describe, "bold cyan"))
+            Text.assemble(
+                ("source: ", "bold"),
+                (source.describe, "bold cyan"),
+                no_wrap=True,
+                overflow="ellipsis",
+            )
         )
         skipped = f" · {'; '.join(source.skipped)}" if source.skipped else ""
         self.say(f"ready: {source.out_note} — tick methods (space), r runs{skipped}")
@@ -565,9 +579,8 @@ class CrystalPane(Vertical, can_focus=True):
         }
         (source.out_root / "crystal-pane.json").write_text(json.dumps(summary, indent=2) + "\n")
         return (
-            f"done: {len(rows)} methods · original {base.bits_per_byte:.4f} bits/byte on "
-            f"{heldout.describe()} · * Pareto front · "
-            "select a row, g opens it in Generate"
+            f"done: {len(rows)} methods · ↑/↓ + g opens a row in Generate · original {base.bits_per_byte:.4f} bits/byte on "
+            f"{heldout.describe()} · * Pareto front"
         )
 
     def on_crystal_pane_progress(self, message: Progress) -> None:
@@ -608,6 +621,12 @@ class CrystalPane(Vertical, can_focus=True):
         if not self.rows or table.cursor_row < 0 or table.cursor_row >= len(self.rows):
             return None
         return self.rows[table.cursor_row]
+
+    def action_row(self, step: int) -> None:
+        """↑/↓ on the pane move the table's cursor (the row g opens)."""
+        table = self.query_one("#cry-table", DataTable)
+        if self.rows:
+            table.move_cursor(row=max(0, min(len(self.rows) - 1, table.cursor_row + step)))
 
     def action_open_in_generate(self) -> None:
         from h2q_tui.app.generate_pane import GeneratePane

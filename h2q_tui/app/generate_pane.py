@@ -111,7 +111,12 @@ def load_checkpoint(path: str) -> tuple[Any, Codec, str]:
     Raises UserError with one line for a bad path or a damaged file.
     """
     info, model, codec = load_for_generation(path)
-    return model, codec, f"checkpoint {short_path(info.weights.parent)} (step {info.step:,})"
+    crystal = f" · {info.describe()}" if info.crystal is not None else ""  # int8 of run X…
+    return (
+        model,
+        codec,
+        f"checkpoint {short_path(info.weights.parent)} (step {info.step:,}){crystal}",
+    )
 
 
 class _Cancelled(Exception):
