@@ -31,7 +31,7 @@ from h2q_tui.app.crystal_pane import CrystalPane
 from h2q_tui.app.engine_link import AttachedRuns, LiveEngine
 from h2q_tui.app.generate_pane import GeneratePane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, ErrorScreen, HelpScreen
-from h2q_tui.app.signals import exit_code, install_stop_signals
+from h2q_tui.app.signals import exit_code, exit_soon, install_stop_signals
 from h2q_tui.app.widgets import X_AXES, CardGrid, LossChart, SystemPanel
 from h2q_tui.system.monitor import SystemMonitor, SystemSnapshot
 from h2q_tui.system.threads import run_on_own_thread
@@ -576,6 +576,7 @@ class H2QApp(App[int]):
             self.engine.request_stop(reason)  # type: ignore[union-attr]
             self._say_pending(f"{signal.Signals(signum).name}: {STOPPING} then quitting")
             await self.training_worker.wait()  # type: ignore[union-attr]
+        exit_soon(exit_code(signum))  # a closed terminal can hang Textual's own shutdown
         self.exit(exit_code(signum))
 
     async def action_quit(self) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import threading
 from typing import Any
 
 STOP_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hangup"}
@@ -30,3 +32,15 @@ def install_stop_signals(app: Any) -> None:
 
 def exit_code(signum: int) -> int:
     return 128 + int(signum)
+
+
+def exit_soon(code: int, after_s: float = 3.0) -> None:
+    """End the process with ``code`` if a normal exit has not happened within ``after_s``.
+
+    Called once the checkpoint is written and metrics.jsonl closed: after SIGHUP the terminal
+    is gone, and Textual's shutdown can wait forever on it (seen: a closed tmux session left
+    the process spinning after it had saved).
+    """
+    timer = threading.Timer(after_s, os._exit, args=(code,))
+    timer.daemon = True
+    timer.start()
