@@ -43,7 +43,7 @@ from h2q_tui.crystal import stored
 from h2q_tui.crystal.codecs import Step, method_name, parse_method, stored_bytes
 from h2q_tui.crystal.kronecker import model_rank
 from h2q_tui.crystal.policy import Crystal, encode_state_dict, plan, tied_names
-from h2q_tui.errors import UserError
+from h2q_tui.errors import UserError, write_error
 
 SWEEP = "sweep"
 BASE_METHODS = ("bf16", "int8", "int4-g128", "int4-g32")
@@ -173,12 +173,7 @@ def check_out(out: Path, weights: Path) -> Path:
 
 
 def _write_failed(what: str, where: Path, exc: OSError) -> UserError:
-    if exc.errno == errno.ENOSPC:
-        return UserError(
-            f"disk full while writing {what} in {where}: free some space (the source "
-            "checkpoint is untouched)"
-        )
-    return UserError(f"cannot write {what} in {where}: {exc.strerror or exc}")
+    return write_error(what, where, exc, " (the source checkpoint is untouched)")
 
 
 def write_crystal(

@@ -207,11 +207,14 @@ class Trainer:
     def notice(self, message: str) -> None:
         self.emit(events.NoticeGiven(self.step, message))
 
+    def _weights_finite(self) -> bool:
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        return bool(torch.isfinite(torch.stack(norms)).all())
+
     def weights_problem(self) -> str | None:
         """Why the current weights must not be saved: non-finite values, or a non-finite loss
         on one held-out window (a huge but finite update poisons the next forward)."""
-        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
-        if not bool(torch.isfinite(torch.stack(norms)).all()):
+        if not self._weights_finite():
             return "the weights hold NaN/Inf"
         window = self.corpus.heldout[: self.config.model.context + 1].long().unsqueeze(0)
         nats = mean_cross_entropy(
@@ -445,8 +448,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
-        if not bool(torch.isfinite(torch.stack(norms)).all()):
+        if not self._weights_finite():
             self._poison("the update left NaN/Inf weights")
         self.step += 1
         self.tokens += tokens
