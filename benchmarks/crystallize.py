@@ -27,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+from h2q_tui import checkpoints
 from h2q_tui.crystal import crystallize
 from h2q_tui.errors import UserError
 from h2q_tui.system import hardware
-from h2q_tui.training import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinystories_valid_head.txt"
@@ -56,7 +56,7 @@ def load_seconds(path: str | Path, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        checkpoint.load_model_from(checkpoint.read_info(path))
+        checkpoints.load_model_from(checkpoints.read_info(path))
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 

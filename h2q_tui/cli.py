@@ -270,10 +270,10 @@ def run_eval(argv: list[str]) -> int:
 
     import torch
 
+    from h2q_tui import checkpoints
     from h2q_tui.models import count_parameters
     from h2q_tui.progress_bar import WindowProgressBar
     from h2q_tui.system import hardware
-    from h2q_tui.training import checkpoint
     from h2q_tui.training.evaluate import heldout_cross_entropy
     from h2q_tui.training.events import bits_per_byte
 
@@ -285,9 +285,9 @@ def run_eval(argv: list[str]) -> int:
     if not Path(args.data).is_file():
         raise UserError(f"data file not found: {args.data}")
     device = hardware.resolve_device(args.device)
-    info = checkpoint.read_info(args.checkpoint)
+    info = checkpoints.read_info(args.checkpoint)
     say_note(info)
-    model = checkpoint.load_model_from(info, device)  # a crystallized one decodes on the device
+    model = checkpoints.load_model_from(info, device)  # a crystallized one decodes on the device
     path = Path(args.data)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -302,7 +302,7 @@ def run_eval(argv: list[str]) -> int:
         )
     data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     unit, bytes_per_token = "byte", 1.0
-    tokenizer = checkpoint.tokenizer_of(info)
+    tokenizer = checkpoints.tokenizer_of(info)
     if tokenizer is not None:  # a BPE model: bits per byte = bits per token / bytes per token
         data = tokenizer.encode(raw)
         unit, bytes_per_token = "token", len(raw) / max(1, data.numel())

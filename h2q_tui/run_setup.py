@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from h2q_tui import checkpoints
 from h2q_tui import config as cfg
+from h2q_tui.checkpoints import run_lock
 from h2q_tui.data.sources import Corpus, load_corpus
 from h2q_tui.data.tokenizer import BpeTokenizer
 from h2q_tui.errors import UserError
-from h2q_tui.system import hardware
-from h2q_tui.training import checkpoint, memory, run_lock
+from h2q_tui.system import hardware, memory
 
 DEFAULT_PRESET = "microstream-cpu"
 RUN_FILE = "run.json"
@@ -48,7 +49,7 @@ class PreparedRun:
     corpus: Corpus
     run_dir: Path
     preset: str
-    resume_from: checkpoint.CheckpointInfo | None
+    resume_from: checkpoints.CheckpointInfo | None
     tokenizer: BpeTokenizer | None = None
     device: str = "auto"
     warnings: list[str] = field(default_factory=list)  # one line each, for stderr or the log
@@ -172,7 +173,7 @@ def resume_source(path: str | Path) -> tuple[Path, Path]:
     one of its ``checkpoints/step_N`` folders (or that folder's model.safetensors)."""
     path = Path(path)
     folder = path.parent if path.is_file() else path
-    if not (folder / checkpoint.WEIGHTS).is_file():
+    if not (folder / checkpoints.WEIGHTS).is_file():
         return folder, folder
     if folder.parent.name == "checkpoints":
         return folder.parent.parent, folder
@@ -200,7 +201,7 @@ def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
     target = Path(request.run_dir) if request.run_dir else run_dir
     if target.is_dir():
         run_lock.acquire(target)
-    info = checkpoint.read_info(source, need_state=True)
+    info = checkpoints.read_info(source, need_state=True)
     if request.preset:
         raise UserError("--preset cannot change on --resume (the checkpoint holds the config)")
     data = cfg.apply_overrides(info.config.to_dict(), _flag_overrides(request))
@@ -230,7 +231,7 @@ def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
     check_corpus_size(config, corpus)
     ensure_writable(target)
     run_lock.acquire(target)
-    checkpoint.remove_leftovers(target / "checkpoints", owner=True)
+    checkpoints.remove_leftovers(target / "checkpoints", owner=True)
     if target == run_dir and source != run_dir:
         aside = _set_aside_later_steps(run_dir, info.step)
         if aside:

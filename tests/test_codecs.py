@@ -35,9 +35,12 @@ from h2q_tui.crystal.codecs import (
     decode_svd,
     encode_bf16,
     encode_fp16,
+    encode_group_int,
     encode_int4,
     encode_int8,
     encode_svd,
+    pack_bits,
+    unpack_bits,
     unpack_int4,
 )
 from h2q_tui.models import build_model
@@ -146,6 +149,35 @@ def test_int4_error_at_most_half_the_group_scale(group, shape):
     assert (stored["min"].float() <= lows).all()
 
 
+@pytest.mark.parametrize("bits", [4, 5, 6])
+def test_bit_packing_is_exact_on_a_known_tensor(bits):
+    codes = torch.arange(64, dtype=torch.uint8) % (1 << bits)
+    packed = pack_bits(codes, bits)
+    assert packed.numel() == 64 * bits // 8
+    assert torch.equal(unpack_bits(packed, bits), codes.long())
+    # least significant bits first: code i sits at bits B·i … of the little-endian word
+    word = sum(int(packed[j]) << (8 * j) for j in range(bits))
+    assert [(word >> (bits * i)) & ((1 << bits) - 1) for i in range(8)] == codes[:8].tolist()
+    if bits == 4:  # the generic packing is exactly int4's low-nibble-first layout
+        assert torch.equal(unpack_int4(packed), codes.long())
+
+
+@pytest.mark.parametrize("bits", [5, 6])
+@pytest.mark.parametrize("group", [32, 128])
+def test_int5_int6_error_at_most_half_the_group_scale(bits, group):
+    w = torch.randn(7, 90, generator=_gen(bits)) * 0.05
+    stored, meta = encode_group_int(w, bits, group)
+    groups = -(-w.numel() // group)
+    assert meta["codec"] == f"int{bits}" and stored["packed"].numel() == groups * group * bits // 8
+    w_hat = decode_chain(stored, meta)
+    scale = stored["scale"].float().repeat_interleave(group)[: w.numel()]
+    error = (w.reshape(-1) - w_hat.reshape(-1)).abs()
+    assert (error <= scale / 2 + FP32_SLACK * w.abs().reshape(-1) + 1e-9).all()
+    # one more bit halves the step: int6's error is well under int4's on the same tensor
+    int4_error = (w - decode_int4(*encode_int4(w, group=group))).norm()
+    assert (w - w_hat).norm() < int4_error / (2 ** (bits - 4)) * 1.3
+
+
 def test_int4_refuses_other_groups():
     with pytest.raises(ValueError, match="32, 64 or 128"):
         encode_int4(torch.zeros(64), group=48)
@@ -207,6 +239,9 @@ def test_parse_method_accepts_the_documented_forms():
         "int8",
         "int4-g32",
         "int4-g128",
+        "int5-g64",
+        "int6-g128",
+        "svd:0.25+int6-g32",
         "svd:0.25+int8",
         "svd:1.0",
         "rank:2+int4-g32",
@@ -229,6 +264,9 @@ def test_parse_method_accepts_the_documented_forms():
         ("svd", None, "rank K"),
         ("int4-g48", None, "32, 64 or 128"),
         ("int4", None, "needs a group"),
+        ("int6", None, "int6 needs a group"),
+        ("int5-g16", None, "32, 64 or 128"),
+        ("int7-g32", None, "unknown method 'int7-g32'"),
         ("int8+svd:4", None, "comes first"),
         ("bf16+int8", None, "comes last"),
         ("svd:4+rank:2", None, "comes first"),

@@ -215,11 +215,11 @@ async def test_escape_cancels_between_methods(work, engine):
 
 
 async def test_a_live_snapshot_is_saved_in_the_run_dir_and_crystallized(work, engine):
+    from h2q_tui import checkpoints
     from h2q_tui.config import resolve
-    from h2q_tui.training import checkpoint
 
-    info = checkpoint.read_info(work / "run")
-    engine.model = checkpoint.load_model_from(info).eval()
+    info = checkpoints.read_info(work / "run")
+    engine.model = checkpoints.load_model_from(info).eval()
     engine.prepared = type("Prepared", (), {"config": resolve("tiny"), "tokenizer": None})()
     app = make_app(engine, monitor=False, refresh_s=0.05)
     async with app.run_test(size=SIZE) as pilot:

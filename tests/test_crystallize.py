@@ -19,11 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_bad_input import assert_user_error, checkpoint_hashes, cli_in_process, english_text
 
-from h2q_tui import cli
+from h2q_tui import checkpoints, cli
 from h2q_tui.crystal import measure, stored
 from h2q_tui.crystal.crystallize import mark_pareto, slug
 from h2q_tui.errors import UserError
-from h2q_tui.training import checkpoint
 from h2q_tui.training.evaluate import heldout_cross_entropy
 from h2q_tui.training.events import bits_per_byte
 
@@ -80,8 +79,8 @@ def crystallize(work: Path, capsys, *args: str) -> tuple[dict, str, str]:
 
 # ----------------------------------------------------------------------------- measure
 def test_a_checkpoint_against_itself_gives_kld_0_and_top1_100(trained: Path) -> None:
-    info = checkpoint.read_info(trained / "ms")
-    base, same = checkpoint.load_model_from(info), checkpoint.load_model_from(info)
+    info = checkpoints.read_info(trained / "ms")
+    base, same = checkpoints.load_model_from(info), checkpoints.load_model_from(info)
     heldout = measure.load_heldout(trained / DATA, info.config.model.context, windows=20)
     calls = []
     result = measure.compare(
@@ -100,8 +99,8 @@ def test_a_checkpoint_against_itself_gives_kld_0_and_top1_100(trained: Path) -> 
 
 
 def test_a_perturbed_model_shows_a_cost(trained: Path) -> None:
-    info = checkpoint.read_info(trained / "gpt")
-    base, noisy = checkpoint.load_model_from(info), checkpoint.load_model_from(info)
+    info = checkpoints.read_info(trained / "gpt")
+    base, noisy = checkpoints.load_model_from(info), checkpoints.load_model_from(info)
     with torch.no_grad():
         for parameter in noisy.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
@@ -152,7 +151,7 @@ def test_sweep_writes_loadable_folders_whose_bytes_are_the_table(work: Path, cap
         assert files == ["model.safetensors"], files  # no state.pt, no tokenizer (a byte model)
         assert row["bytes"] == sum(p.stat().st_size for p in folder.iterdir())
         assert f"{row['bytes']:,}" in out
-        assert checkpoint.checkpoint_problem(folder / "model.safetensors") is None
+        assert checkpoints.checkpoint_problem(folder / "model.safetensors") is None
         with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
             meta = handle.metadata()
         assert {"format", "config", "step", "run_id", "checksums", stored.SOURCE_KEY} <= set(meta)
@@ -179,9 +178,9 @@ def test_crystallized_gpt_loads_and_its_tied_head_stays_tied(work: Path, capsys)
     )
     assert "rank" not in err  # an explicit list: no ladder notes
     folder = work / "c" / "svd-0.5+int8"
-    info = checkpoint.read_info(folder)
+    info = checkpoints.read_info(folder)
     assert info.crystal.method == "svd:0.5+int8" and "smaller" in info.describe()
-    model = checkpoint.load_model_from(info)
+    model = checkpoints.load_model_from(info)
     assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
     stored_names = load_file(folder / "model.safetensors")
     assert not any(name.startswith("lm_head") for name in stored_names)
@@ -199,10 +198,10 @@ def test_rank_truncation_loads_with_its_overrides(work: Path, capsys) -> None:
         "--data",
         str(work / DATA),
     )
-    info = checkpoint.read_info(work / "ms" / "crystal" / "rank-1+int8")
+    info = checkpoints.read_info(work / "ms" / "crystal" / "rank-1+int8")
     assert info.config.model.rank == 1 and info.rank_growths == 0
     assert info.crystal.overrides["rank"] == 1
-    model = checkpoint.load_model_from(info)
+    model = checkpoints.load_model_from(info)
     banks = [t for name, t in model.state_dict().items() if name.endswith("bank.A")]
     assert banks and all(bank.shape[0] == 1 for bank in banks)
 
@@ -267,9 +266,9 @@ def test_a_flipped_bit_in_a_crystallized_file_is_caught(work: Path, capsys) -> N
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0x10
     weights.write_bytes(bytes(data))
-    assert "does not match its checksum" in checkpoint.checkpoint_problem(weights)
+    assert "does not match its checksum" in checkpoints.checkpoint_problem(weights)
     with pytest.raises(UserError, match="checksum"):
-        checkpoint.read_info(weights.parent)
+        checkpoints.read_info(weights.parent)
 
 
 def test_a_crystallized_folder_cannot_be_resumed(work: Path, capsys) -> None:
@@ -285,7 +284,7 @@ def test_a_crystallized_folder_cannot_be_resumed(work: Path, capsys) -> None:
         str(work / DATA),
     )
     with pytest.raises(UserError, match="crystallized checkpoint .*cannot resume"):
-        checkpoint.read_info(work / "ms" / "crystal" / "bf16", need_state=True)
+        checkpoints.read_info(work / "ms" / "crystal" / "bf16", need_state=True)
 
 
 def test_decoding_at_load_costs_little(work: Path, capsys) -> None:
@@ -308,7 +307,7 @@ def test_decoding_at_load_costs_little(work: Path, capsys) -> None:
         times = []
         for _ in range(3):
             started = time.perf_counter()
-            checkpoint.load_model_from(checkpoint.read_info(path))
+            checkpoints.load_model_from(checkpoints.read_info(path))
             times.append(time.perf_counter() - started)
         return sorted(times)[1]
 
@@ -446,7 +445,7 @@ def test_every_family_loads_crystallized(tmp_path: Path, capsys, family, growths
     for _ in range(growths):
         model.grow_ffn_rank()
     config = RunConfig(model=model_config)
-    checkpoint.save_checkpoint(tmp_path / "run", model, config, 5, "r1", {"rank_growths": growths})
+    checkpoints.save_checkpoint(tmp_path / "run", model, config, 5, "r1", {"rank_growths": growths})
     (tmp_path / DATA).write_bytes(english_text(4000))
     document, out, _ = crystallize(
         tmp_path,
@@ -462,8 +461,8 @@ def test_every_family_loads_crystallized(tmp_path: Path, capsys, family, growths
         "4",
     )
     for row in document["rows"][1:]:
-        info = checkpoint.read_info(row["path"])
-        loaded = checkpoint.load_model_from(info)
+        info = checkpoints.read_info(row["path"])
+        loaded = checkpoints.load_model_from(info)
         rank = row["method"].startswith("rank")
         assert info.rank_growths == (0 if rank else growths)
         if row["method"] == "int8":

@@ -8,11 +8,12 @@ import queue
 import pytest
 import torch
 
+from h2q_tui import checkpoints
 from h2q_tui.config import resolve
 from h2q_tui.data.sources import load_corpus
 from h2q_tui.models import build_model, count_parameters
 from h2q_tui.models.common import causal_attention, phase_rotation
-from h2q_tui.training import checkpoint, commands, events
+from h2q_tui.training import commands, events
 from h2q_tui.training.trainer import Trainer
 from h2q_tui.training.writers import JsonlWriter
 
@@ -193,7 +194,7 @@ def test_resume_after_growth_is_exact_and_eval_loads_the_grown_model(tmp_path, t
         emit=interrupt,
     )
     first.run()
-    info = checkpoint.read_info(tmp_path / "b")
+    info = checkpoints.read_info(tmp_path / "b")
     assert info.rank_growths == 2
     second, log_c = qrlm_trainer(
         tmp_path, text_file, [FORCE_PLATEAU, f"train.max_steps={total}"], name="b", resume=info
@@ -205,5 +206,5 @@ def test_resume_after_growth_is_exact_and_eval_loads_the_grown_model(tmp_path, t
         return [e.train_loss_nats for e in log if isinstance(e, events.StepCompleted)]
 
     assert losses(log_b) + losses(log_c) == losses(log_a)
-    model = checkpoint.load_model_from(checkpoint.read_info(tmp_path / "b"))
+    model = checkpoints.load_model_from(checkpoints.read_info(tmp_path / "b"))
     assert model.ffn_rank == 4

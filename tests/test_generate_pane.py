@@ -286,7 +286,7 @@ async def test_bad_checkpoint_paths_show_one_line_errors(engine, tmp_path):
 
 
 async def test_a_run_dir_loads_its_latest_checkpoint(model, engine, tmp_path):
-    from h2q_tui.training.checkpoint import save_checkpoint
+    from h2q_tui.checkpoints import save_checkpoint
 
     run_dir = tmp_path / "saved-run"
     config = resolve("tiny")

@@ -8,11 +8,12 @@ import math
 import pytest
 import torch
 
+from h2q_tui import checkpoints
 from h2q_tui.config import ModelConfig, resolve
 from h2q_tui.data.sources import load_corpus
 from h2q_tui.models import build_model, count_parameters
 from h2q_tui.models.hamiltonian_llm import MomentumEmbedding, linear_scan
-from h2q_tui.training import checkpoint, events
+from h2q_tui.training import events
 from h2q_tui.training.trainer import Trainer
 
 SEPARATOR = 3
@@ -215,9 +216,9 @@ def test_byte_preset_trains_and_round_trips_a_checkpoint(tmp_path, text_file):
     losses = [e.train_loss_nats for e in log if isinstance(e, events.StepCompleted)]
     assert len(losses) == 12 and all(math.isfinite(x) for x in losses)
     assert sum(losses[-3:]) / 3 < losses[0] - 0.3  # starts near ln 256 and learns
-    info = checkpoint.read_info(trainer.run_dir)
+    info = checkpoints.read_info(trainer.run_dir)
     clone = build_model(info.config.model)
-    checkpoint.load_weights(info, clone)
+    checkpoints.load_weights(info, clone)
     assert clone.lm_head.weight is clone.transformer.wte.q_emb.weight
     for (name, p), q in zip(
         trainer.model.state_dict().items(), clone.state_dict().values(), strict=True

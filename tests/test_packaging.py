@@ -83,3 +83,16 @@ def test_engine_does_not_import_ui_libraries():
         print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')))
     """)
     assert out == "[]"
+
+
+def test_checkpoint_readers_do_not_import_training():
+    """Generation, crystallization and checkpoint I/O sit below training (issue 12, item 6)."""
+    out = _python("""
+        import sys
+        import h2q_tui.checkpoints, h2q_tui.generation.generate, h2q_tui.generation.steer_eval
+        import h2q_tui.crystal.crystallize, h2q_tui.crystal.measure, h2q_tui.crystal.stored
+        from h2q_tui import checkpoints
+        checkpoints.read_info  # the public API is importable from the package
+        print(sorted(m for m in sys.modules if m.startswith(('h2q_tui.training', 'h2q_tui.app'))))
+    """)
+    assert out == "[]"

@@ -6,9 +6,10 @@ import queue
 
 import pytest
 
+from h2q_tui import checkpoints
 from h2q_tui.config import preset_names, resolve
 from h2q_tui.data.sources import load_corpus
-from h2q_tui.training import checkpoint, commands, events
+from h2q_tui.training import commands, events
 from h2q_tui.training.trainer import Trainer
 
 BIG = {"hamiltonian-llm-124m", "qrlm", "microstream", "h2q-transformer", "gpt"}  # source-sized
@@ -50,9 +51,9 @@ def test_small_preset_trains_resumes_and_samples(tmp_path, text_file, name):
     Trainer(config, corpus, tmp_path / "run", emit, q, preset=name).run()
     assert [e.step for e in log if isinstance(e, events.StepCompleted)] == [1, 2]
     assert [e for e in log if isinstance(e, events.SampleReady)][0].text
-    info = checkpoint.read_info(tmp_path / "run")
+    info = checkpoints.read_info(tmp_path / "run")
     resumed: list[events.Event] = []
     Trainer(config, corpus, tmp_path / "run", resumed.append, preset=name, resume_from=info).run()
     assert [e.step for e in resumed if isinstance(e, events.StepCompleted)] == [3]
-    model = checkpoint.load_model_from(checkpoint.read_info(tmp_path / "run"))
+    model = checkpoints.load_model_from(checkpoints.read_info(tmp_path / "run"))
     assert model is not None

@@ -9,9 +9,10 @@ import queue
 import pytest
 import torch
 
+from h2q_tui import checkpoints
 from h2q_tui.config import resolve
 from h2q_tui.data.sources import load_corpus
-from h2q_tui.training import checkpoint, commands, events
+from h2q_tui.training import commands, events
 from h2q_tui.training.trainer import Trainer, scheduled_lr
 from h2q_tui.training.writers import JsonlWriter
 
@@ -133,7 +134,7 @@ def test_resume_is_exact(tmp_path, text_file, overrides, split_at):
         command_queue=q,
     )
     assert first.run() == "interrupted"
-    info = checkpoint.read_info(tmp_path / "b")
+    info = checkpoints.read_info(tmp_path / "b")
     assert info.step == split_at
     second, log_c = make_trainer(
         tmp_path, text_file, [*overrides, f"train.max_steps={total}"], resume=info, name="b"
@@ -160,11 +161,11 @@ def test_checkpoint_round_trips_shared_bank_and_tied_weights(tmp_path, text_file
             name=f"rt{len(preset_overrides)}",
         )
         trainer.run()
-        info = checkpoint.read_info(trainer.run_dir)
+        info = checkpoints.read_info(trainer.run_dir)
         from h2q_tui.models import build_model
 
         clone = build_model(info.config.model)
-        checkpoint.load_weights(info, clone)
+        checkpoints.load_weights(info, clone)
         for (name, p), q in zip(
             trainer.model.state_dict().items(), clone.state_dict().values(), strict=True
         ):
@@ -205,7 +206,7 @@ def test_nan_loss_raises_an_alarm_and_keeps_the_last_checkpoint(tmp_path, text_f
     alarm = of(log, events.AlarmRaised)[0]
     assert alarm.kind == "nan" and alarm.step == 4
     # the poisoned weights of step 4 were never saved: latest stays the step-2 checkpoint
-    assert checkpoint.read_info(trainer.run_dir).step == 2
+    assert checkpoints.read_info(trainer.run_dir).step == 2
     assert not (trainer.run_dir / "checkpoints" / "step_00000004").exists()
 
 

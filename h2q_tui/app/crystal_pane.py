@@ -59,6 +59,7 @@ class Source:
     skipped: list[str]
     out_root: Path
     out_note: str  # where the folders go, for the screen
+    about: Any = None  # h2q_tui.crystal.crystallize.Source: what each folder records of it
 
 
 @dataclass
@@ -116,12 +117,18 @@ def row_cells(row: SweepRow) -> list[str | Text]:
 def load_source(path: str, out: Path | None = None, out_note: str = "") -> Source:
     """The checkpoint at ``path`` (a run dir means its latest) with the methods that apply to
     its model; UserError (one line) for a bad path, a damaged or already crystallized file."""
-    from h2q_tui.crystal.crystallize import check_out, cpu_state_dict, default_out, sweep_methods
+    from h2q_tui import checkpoints
+    from h2q_tui.crystal.crystallize import (
+        check_out,
+        cpu_state_dict,
+        default_out,
+        describe_source,
+        sweep_methods,
+    )
     from h2q_tui.crystal.policy import tied_names
     from h2q_tui.errors import UserError
-    from h2q_tui.training import checkpoint
 
-    info = checkpoint.read_info(path)
+    info = checkpoints.read_info(path)
     if info.crystal is not None:
         raise UserError(
             f"{info.weights.parent} is already crystallized ({info.crystal.method}): "
@@ -129,7 +136,7 @@ def load_source(path: str, out: Path | None = None, out_note: str = "") -> Sourc
         )
     out = out if out is not None else default_out(info.weights)
     check_out(out, info.weights)
-    base = checkpoint.load_model_from(info).eval()
+    base = checkpoints.load_model_from(info).eval()
     state_dict = cpu_state_dict(base)
     aliases = tied_names(state_dict)
     methods, skipped = sweep_methods({k: v for k, v in state_dict.items() if k not in aliases})
@@ -144,6 +151,7 @@ def load_source(path: str, out: Path | None = None, out_note: str = "") -> Sourc
         skipped,
         out,
         out_note or f"folders go to {short(out)}/",
+        describe_source(info, base, state_dict),
     )
 
 
@@ -372,21 +380,21 @@ class CrystalPane(Vertical, can_focus=True):
     @work(thread=True, exclusive=True, group="source", exit_on_error=False)
     @on_own_thread
     def _snapshot_worker(self, model: Any, step: int, live: dict[str, Any]) -> None:
+        from h2q_tui import checkpoints
         from h2q_tui.config import RunConfig
         from h2q_tui.errors import UserError
-        from h2q_tui.training import checkpoint
 
         def save_and_load() -> Source:
             config = live["config"] or RunConfig(model=model.config)  # as Trainer.save
             name = f"live-step_{step:08d}"
-            extra = {checkpoint.TOKENIZER: Path(live["tokenizer"])} if live["tokenizer"] else {}
+            extra = {checkpoints.TOKENIZER: Path(live["tokenizer"])} if live["tokenizer"] else {}
             run_dir = live["run_dir"]
             roots = [Path(run_dir) / "crystal"] if run_dir else []
             roots.append(Path(tempfile.mkdtemp(prefix="h2q-crystal-")))
             problem = ""
             for root in roots:
                 try:
-                    folder = checkpoint.save_checkpoint(
+                    folder = checkpoints.save_checkpoint(
                         root,
                         model,
                         config,
@@ -493,51 +501,25 @@ class CrystalPane(Vertical, can_focus=True):
 
     def _sweep(self, source: Source, methods: list[str], data: str | None, windows: int) -> str:
         """One method at a time (the command's steps): encode, write, load, measure, post."""
-        from safetensors import safe_open
-
-        from h2q_tui.crystal import measure, stored
-        from h2q_tui.crystal.crystallize import _crystallize_one, _unique, resolve_methods
-        from h2q_tui.training import checkpoint
+        from h2q_tui import checkpoints
+        from h2q_tui.crystal import measure
+        from h2q_tui.crystal.crystallize import crystallize_method, resolve_methods
 
         worker = get_current_worker()
         info = source.info
         heldout = measure.load_heldout(
-            data, info.config.model.context, checkpoint.tokenizer_of(info), windows
+            data, info.config.model.context, checkpoints.tokenizer_of(info), windows
         )
         parsed, _ = resolve_methods(",".join(methods), source.state_dict)
-        folder = Path(source.path)
-        source_bytes = stored.model_files_bytes(folder)
-        unique = _unique(source.state_dict)
-        weights = sum(t.numel() for t in unique.values())
-        tokenizer = folder / stored.TOKENIZER
-        with safe_open(str(info.weights), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        about = {
-            "checkpoint": str(folder),
-            "run_id": info.run_id,
-            "step": info.step,
-            "family": info.config.model.family,
-            "bytes": source_bytes,
-            "weights": weights,
-        }
+        source_bytes = source.about.bytes
         rows, base = [], None
         for index, steps in enumerate(parsed):
             if worker.is_cancelled:
                 raise _Cancelled
             name = methods[index]
             self.post_message(self.Progress(f"{index + 1}/{len(parsed)} {name}: encoding…"))
-            row, model = _crystallize_one(
-                steps,
-                source.state_dict,
-                (),
-                source.out_root,
-                metadata,
-                about,
-                tokenizer if tokenizer.is_file() else None,
-                source_bytes,
-                weights,
-                "cpu",
-                io.StringIO(),
+            row, model = crystallize_method(
+                steps, source.about, source.state_dict, (), source.out_root, "cpu", io.StringIO()
             )
 
             def progress(done: int, total: int, index=index, name=name) -> None:
@@ -573,7 +555,7 @@ class CrystalPane(Vertical, can_focus=True):
             rows.append(done)
             self.post_message(self.RowDone(done))
         summary = {
-            "source": about,
+            "source": source.about.as_dict(),
             "data": heldout.describe(),
             "rows": [r.__dict__ for r in rows],
         }

@@ -27,6 +27,11 @@ cast back):
   q[2i] | q[2i+1] << 4), ``scale`` and ``min`` fp16 per group. The fp16 minimum is rounded
   down and the scale up from (max − min16)/15, so the 16 levels min16 + q·scale cover the
   group and |w − ŵ| ≤ scale/2 (+ fp32 arithmetic, ~1e-7 relative).
+- ``int5-gG``, ``int6-gG``: the same with 2^B levels (scale from (max − min16)/(2^B − 1)) and
+  the codes bit-packed, eight codes into B bytes, least significant bits first (code i
+  occupies bits B·i … B·i + B − 1 of the little-endian 8-byte word); for B = 4 that is exactly
+  the int4 layout. Between int8 and int4 the way llama.cpp's q5/q6 are: half and a quarter of
+  int4's error for 1 and 2 more bits per weight.
 - ``svd:K`` / ``svd:F``: truncated SVD of a 2-D matrix (m, n), stored as ``u`` = U_k·√S_k
   (m, k) and ``v`` = √S_k·V_kᵀ (k, n) in fp32; ‖w − ŵ‖_F = sqrt(Σ_{i>k} σ_i²) exactly (up to
   fp32). An integer is the rank k, a float F in (0, 1] a fraction of the break-even rank
@@ -52,14 +57,23 @@ from typing import Any
 import torch
 
 INT4_GROUPS = (32, 64, 128)
+GROUP_BITS = (4, 5, 6)  # the group-wise asymmetric codecs: int4-gG, int5-gG, int6-gG
 FP16_MAX = 65504.0
 PART_SEPARATOR = "::"
 METHOD_HELP = (
-    "bf16, fp16, int8, int4-g32, int4-g64, int4-g128, rank:K, rank-shared:K, svd:K, svd:F "
+    "bf16, fp16, int8, int6-gG, int5-gG, int4-gG (G = 32, 64 or 128, e.g. int4-g32), rank:K, "
+    "rank-shared:K, svd:K, svd:F "
     "(0 < F <= 1), or a structural one then a numeric one joined by '+', e.g. svd:0.5+int8"
 )
 STRUCTURAL = ("rank", "rank-shared", "svd")  # change which numbers are stored; at most one, first
-NUMERIC = ("bf16", "fp16", "int8", "int4")  # change how they are stored; at most one, last
+NUMERIC = (
+    "bf16",
+    "fp16",
+    "int8",
+    "int4",
+    "int5",
+    "int6",
+)  # change how they are stored; at most one, last
 
 Stored = dict[str, torch.Tensor]
 Meta = dict[str, Any]
@@ -197,12 +211,28 @@ def decode_int8(stored: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> 
     return (q.float() * scale.float()[:, None]).reshape(shape).to(dtype)
 
 
-# ----------------------------------------------------------------------------- int4
+# ----------------------------------------------------------------------------- int4/5/6
 def encode_int4(tensor: torch.Tensor, group: int = 64) -> tuple[Stored, Meta]:
     """Asymmetric per group of ``group`` flattened values, two 4-bit codes per byte (low first)."""
+    return encode_group_int(tensor, 4, group)
+
+
+def encode_int5(tensor: torch.Tensor, group: int = 64) -> tuple[Stored, Meta]:
+    return encode_group_int(tensor, 5, group)
+
+
+def encode_int6(tensor: torch.Tensor, group: int = 64) -> tuple[Stored, Meta]:
+    return encode_group_int(tensor, 6, group)
+
+
+def encode_group_int(tensor: torch.Tensor, bits: int, group: int) -> tuple[Stored, Meta]:
+    """Asymmetric per group of ``group`` flattened values, ``bits``-bit codes bit-packed."""
+    codec = f"int{bits}"
+    if bits not in GROUP_BITS:
+        raise ValueError(f"{codec}: bits must be 4, 5 or 6")
     if group not in INT4_GROUPS:
-        raise ValueError(f"int4-g{group}: group size must be 32, 64 or 128")
-    flat = _check_float(tensor, "int4").reshape(-1)
+        raise ValueError(f"{codec}-g{group}: group size must be 32, 64 or 128")
+    flat = _check_float(tensor, codec).reshape(-1)
     count = flat.numel()
     pad = (-count) % group
     if count and pad:  # repeat the last value: the tail group's min and max stay its own
@@ -212,18 +242,36 @@ def encode_int4(tensor: torch.Tensor, group: int = 64) -> tuple[Stored, Meta]:
         low, high = groups.amin(dim=1), groups.amax(dim=1)
     else:
         low = high = torch.zeros(0)
-    minimum = _fp16_rounded(low, up=False, codec="int4")  # ≤ the group's minimum
-    scale = _fp16_rounded((high - minimum.float()) / 15.0, up=True, codec="int4")
+    top = (1 << bits) - 1
+    minimum = _fp16_rounded(low, up=False, codec=codec)  # ≤ the group's minimum
+    scale = _fp16_rounded((high - minimum.float()) / float(top), up=True, codec=codec)
     divisor = scale.float().clamp_min(torch.finfo(torch.float32).tiny)[:, None]
-    q = torch.round((groups - minimum.float()[:, None]) / divisor).clamp_(0, 15).to(torch.uint8)
-    pairs = q.reshape(-1, 2)
-    packed = pairs[:, 0] | (pairs[:, 1] << 4)  # low nibble = even index
-    meta = {**_base_meta("int4", tensor), "group": group}
+    q = torch.round((groups - minimum.float()[:, None]) / divisor).clamp_(0, top).to(torch.uint8)
+    meta = {**_base_meta(codec, tensor), "group": group}
     return {
-        "packed": packed.contiguous(),
+        "packed": pack_bits(q.reshape(-1), bits),
         "scale": scale.contiguous(),
         "min": minimum.contiguous(),
     }, meta
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes < 2^bits, a multiple of 8 of them → uint8 bytes, eight codes per ``bits``
+    bytes, least significant bits first."""
+    words = torch.zeros(codes.numel() // 8, dtype=torch.int64)
+    for i, column in enumerate(codes.reshape(-1, 8).to(torch.int64).unbind(dim=1)):
+        words |= column << (bits * i)
+    parts = [(words >> (8 * j)) & 0xFF for j in range(bits)]
+    return torch.stack(parts, dim=1).to(torch.uint8).reshape(-1).contiguous()
+
+
+def unpack_bits(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """The inverse of :func:`pack_bits`: uint8 bytes → codes (8 per ``bits`` bytes)."""
+    words = torch.zeros(packed.numel() // bits, dtype=torch.int64)
+    for j, column in enumerate(packed.reshape(-1, bits).to(torch.int64).unbind(dim=1)):
+        words |= column << (8 * j)
+    mask = (1 << bits) - 1
+    return torch.stack([(words >> (bits * i)) & mask for i in range(8)], dim=1).reshape(-1)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
@@ -231,21 +279,31 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(-1)
 
 
-def decode_int4(stored: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> torch.Tensor:
+def decode_group_int(stored: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> torch.Tensor:
+    codec = str(meta.get("codec", ""))
+    bits = int(codec[3:]) if codec in ("int4", "int5", "int6") else 0
     shape, dtype = _meta_shape(meta)
     packed, scale, minimum = _need(stored, meta, "packed", "scale", "min")
     group = int(meta.get("group", 0))
     n_groups = -(-shape.numel() // group) if group in INT4_GROUPS else -1
     if (
-        packed.dtype != torch.uint8
-        or packed.numel() * 2 != n_groups * group
+        bits not in GROUP_BITS
+        or packed.dtype != torch.uint8
+        or packed.numel() * 8 != n_groups * group * bits
         or scale.shape != (n_groups,)
         or minimum.shape != (n_groups,)
     ):
-        raise CrystalFormatError("int4: stored packed/scale/min do not match the metadata")
-    codes = unpack_int4(packed.reshape(-1)).float().reshape(n_groups, group)
+        raise CrystalFormatError(f"{codec}: stored packed/scale/min do not match the metadata")
+    if bits == 4:
+        codes = unpack_int4(packed.reshape(-1))
+    else:
+        codes = unpack_bits(packed.reshape(-1), bits)
+    codes = codes.float().reshape(n_groups, group)
     values = minimum.float()[:, None] + codes * scale.float()[:, None]
     return values.reshape(-1)[: shape.numel()].reshape(shape).to(dtype)
+
+
+decode_int4 = decode_group_int
 
 
 # ----------------------------------------------------------------------------- svd
@@ -331,7 +389,9 @@ CODECS: dict[str, Codec] = {
     "bf16": Codec("bf16", encode_bf16, decode_cast),
     "fp16": Codec("fp16", encode_fp16, decode_cast),
     "int8": Codec("int8", encode_int8, decode_int8),
-    "int4": Codec("int4", encode_int4, decode_int4),
+    "int4": Codec("int4", encode_int4, decode_group_int),
+    "int5": Codec("int5", encode_int5, decode_group_int),
+    "int6": Codec("int6", encode_int6, decode_group_int),
     "svd": Codec("svd", encode_svd, decode_svd, factor_parts=("u", "v")),
 }
 
@@ -345,8 +405,8 @@ class Step:
     value: int | float | None = None
 
     def __str__(self) -> str:
-        if self.name == "int4":
-            return f"int4-g{self.value}"
+        if self.name in ("int4", "int5", "int6"):
+            return f"{self.name}-g{self.value}"
         if self.name == "svd" and isinstance(self.value, float):
             return f"svd:{self.value!r}"  # repr keeps a decimal point or exponent: 1.0, not 1
         if self.value is not None:
@@ -359,7 +419,7 @@ class Step:
 
     def params(self) -> dict[str, Any]:
         """Keyword arguments of the codec's encode (tensor codecs only)."""
-        if self.name == "int4":
+        if self.name in ("int4", "int5", "int6"):
             return {"group": self.value}
         if self.name == "svd":
             return (
@@ -379,16 +439,18 @@ _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")
 def _parse_step(text: str, rank: int | None) -> Step:
     if text in ("bf16", "fp16", "int8"):
         return Step(text)
-    if text.startswith("int4"):
-        match = re.fullmatch(r"int4-g(\d+)", text)
+    if re.fullmatch(r"int[456](-.*)?", text):
+        bits = text[3]
+        match = re.fullmatch(r"int[456]-g(\d+)", text)
         if not match:
             raise ValueError(
-                f"unknown method {text!r}: int4 needs a group, int4-g32, int4-g64 or int4-g128"
+                f"unknown method {text!r}: int{bits} needs a group, int{bits}-g32, "
+                f"int{bits}-g64 or int{bits}-g128"
             )
         group = int(match.group(1))
         if group not in INT4_GROUPS:
             raise ValueError(f"{text}: group size must be 32, 64 or 128")
-        return Step("int4", group)
+        return Step(f"int{bits}", group)
     name, colon, value = text.partition(":")
     if name in ("rank", "rank-shared"):
         if not colon or not _INT.fullmatch(value):
@@ -422,7 +484,7 @@ def parse_method(text: str, rank: int | None = None) -> tuple[Step, ...]:
     """``"svd:0.5+int8"`` → (Step("svd", 0.5), Step("int8")); one-line ValueError otherwise.
 
     At most one structural step (rank, rank-shared, svd), first; at most one numeric step
-    (bf16, fp16, int8, int4-gG), last. An integer after ``svd:`` is a rank, a decimal a
+    (bf16, fp16, int8, int6-gG, int5-gG, int4-gG), last. An integer after ``svd:`` is a rank, a decimal a
     fraction. ``rank``: the model's Kronecker rank R, when known, bounds rank:K to K < R.
     """
     stripped = text.strip()
@@ -440,7 +502,7 @@ def parse_method(text: str, rank: int | None = None) -> tuple[Step, ...]:
         )
     if len(numeric) > 1 or (numeric and numeric[0] != len(steps) - 1):
         raise ValueError(
-            f"{stripped}: at most one numeric step (bf16, fp16, int8, int4-gG), and it comes last"
+            f"{stripped}: at most one numeric step (bf16, fp16, int8, intB-gG), and it comes last"
         )
     return steps
 

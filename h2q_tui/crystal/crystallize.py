@@ -4,7 +4,7 @@ For each method: encode the source's weights (:func:`h2q_tui.crystal.policy.enco
 write ``OUT/<slug>/`` atomically (a temporary folder renamed into place: model.safetensors
 with the source's metadata, the layout, fresh per-tensor CRC-32s of the stored tensors and
 the source's size; a copy of tokenizer.json when the source has one; no state.pt), load it
-back the way every command does (``checkpoint.read_info`` + ``load_model_from``, decoding at
+back the way every command does (``checkpoints.read_info`` + ``load_model_from``, decoding at
 load), and measure it against the source on the same held-out windows
 (:mod:`h2q_tui.crystal.measure`). One table row per method beside the original:
 
@@ -46,7 +46,7 @@ from h2q_tui.crystal.policy import Crystal, encode_state_dict, plan, tied_names
 from h2q_tui.errors import UserError, write_error
 
 SWEEP = "sweep"
-BASE_METHODS = ("bf16", "int8", "int4-g128", "int4-g32")
+BASE_METHODS = ("bf16", "int8", "int6-g128", "int5-g64", "int4-g128", "int4-g32")
 SVD_LADDER = ("svd:0.75", "svd:0.5", "svd:0.25", "svd:0.5+int8", "svd:0.25+int8")
 SOURCE_METADATA = ("format", "format_version", "step", "run_id", "config", "rank_growths")
 JSON_NAME = "crystallize.json"
@@ -78,9 +78,10 @@ def sweep_methods(
 ) -> tuple[list[str], list[str]]:
     """The standard ladder for this state_dict, and one line per ladder that does not apply.
 
-    bf16, int8, int4-g128, int4-g32; for HamLinear models rank:K and rank-shared:K at K ≈ 3R/4,
-    R/2, R/4 (K < R) and rank:R/2 with int8 and int4-g32; for models with dense matrices
-    (besides embeddings and head) svd:0.75/0.5/0.25 of the break-even rank and svd:F+int8.
+    bf16, int8, int6-g128, int5-g64, int4-g128, int4-g32; for HamLinear models rank:K and
+    rank-shared:K at K ≈ 3R/4, R/2, R/4 (K < R) and rank:R/2 with int8, int5-g64 and int4-g32;
+    for models with dense matrices (besides embeddings and head) svd:0.75/0.5/0.25 of the
+    break-even rank and svd:F+int8.
     """
     methods, skipped = list(BASE_METHODS), []
     try:
@@ -98,7 +99,7 @@ def sweep_methods(
         for k in ks:
             methods += [f"rank:{k}", f"rank-shared:{k}"]
         middle = max(1, rank // 2)
-        methods += [f"rank:{middle}+int8", f"rank:{middle}+int4-g32"]
+        methods += [f"rank:{middle}+{m}" for m in ("int8", "int5-g64", "int4-g32")]
     try:
         plan(state_dict, parse_method("svd:0.5"), keep)
     except ValueError as exc:
@@ -187,17 +188,17 @@ def write_crystal(
     """Write ``out/name/`` atomically (temporary folder + rename) and return it."""
     from safetensors.torch import save_file
 
-    from h2q_tui.training import checkpoint
+    from h2q_tui import checkpoints
 
     final = out / name
     tmp = out / f".tmp-{name}-{os.getpid()}"
     metadata = {key: source_metadata[key] for key in SOURCE_METADATA if key in source_metadata}
     metadata.update(crystal.metadata)
-    metadata["checksums"] = json.dumps(checkpoint.tensor_checksums(crystal.tensors))
+    metadata["checksums"] = json.dumps(checkpoints.tensor_checksums(crystal.tensors))
     metadata[stored.SOURCE_KEY] = json.dumps(source)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint.remove_leftovers(out)
+        checkpoints.remove_leftovers(out)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         tensors = {key: value.detach().cpu().contiguous() for key, value in crystal.tensors.items()}
@@ -373,10 +374,10 @@ def run(
     err: IO[str] | None = None,
 ) -> dict[str, Any]:
     """The ``crystallize`` command: returns the JSON document it wrote."""
+    from h2q_tui import checkpoints
     from h2q_tui.crystal import measure
     from h2q_tui.models import count_parameters
     from h2q_tui.system import hardware
-    from h2q_tui.training import checkpoint
 
     err = err if err is not None else sys.stderr
     if request.tensors_only:
@@ -394,7 +395,7 @@ def run(
     device = hardware.resolve_device(request.device)
     started = time.perf_counter()
     try:
-        info = checkpoint.read_info(request.checkpoint)
+        info = checkpoints.read_info(request.checkpoint)
     except UserError as exc:
         text = str(exc)
         if "not an h2q-tui checkpoint" in text:
@@ -408,38 +409,18 @@ def run(
     out_root = check_out(
         Path(request.out) if request.out else default_out(info.weights), info.weights
     )
-    base = checkpoint.load_model_from(info, device).eval()
+    base = checkpoints.load_model_from(info, device).eval()
     state_dict = cpu_state_dict(base)
     methods, skipped = resolve_methods(request.method, state_dict, request.keep)
     heldout = measure.load_heldout(
-        request.data, info.config.model.context, checkpoint.tokenizer_of(info), request.windows
+        request.data, info.config.model.context, checkpoints.tokenizer_of(info), request.windows
     )
     load_seconds = time.perf_counter() - started
     for line in skipped:
         print(f"note: {line}", file=err)
 
-    folder = source_folder(info.weights)
-    source_bytes = stored.model_files_bytes(folder)
-    unique = _unique(state_dict)
-    weights = sum(t.numel() for t in unique.values())
-    tokenizer = folder / stored.TOKENIZER
-    tokenizer = tokenizer if tokenizer.is_file() else None
-    from safetensors import safe_open
-
-    with safe_open(str(info.weights), framework="pt") as handle:  # the header only
-        source_metadata = handle.metadata() or {}
-    source = {
-        "checkpoint": str(folder),
-        "run_id": info.run_id,
-        "step": info.step,
-        "family": info.config.model.family,
-        "bytes": source_bytes,
-        "files": {
-            n: (folder / n).stat().st_size for n in stored.MODEL_FILES if (folder / n).is_file()
-        },
-        "weights": weights,
-        "parameters": count_parameters(base),
-    }
+    source = describe_source(info, base, state_dict)
+    source_bytes, weights = source.bytes, source.weights
     out(
         f"checkpoint {info.weights} | step {info.step} | {info.config.model.family} | "
         f"{count_parameters(base):,} parameters | {source_bytes:,} bytes"
@@ -448,11 +429,11 @@ def run(
 
     original = Row(
         method="original",
-        path=str(folder),
+        path=str(source.folder),
         bytes=source_bytes,
-        files=source["files"],
+        files=source.files,
         ratio=1.0,
-        bits_per_weight=8 * stored_bytes(unique) / max(1, weights),
+        bits_per_weight=8 * stored_bytes(_unique(state_dict)) / max(1, weights),
         bits_per_byte=0.0,
         seconds=load_seconds,
     )
@@ -463,18 +444,8 @@ def run(
         batch_methods = methods[first : first + group]
         models, batch_rows = [], []
         for steps in batch_methods:
-            row, model = _crystallize_one(
-                steps,
-                state_dict,  # tied tensors included: encoding stores them once
-                request.keep,
-                out_root,
-                source_metadata,
-                source,
-                tokenizer,
-                source_bytes,
-                weights,
-                device,
-                err,
+            row, model = crystallize_method(
+                steps, source, state_dict, request.keep, out_root, device, err
             )
             models.append(model)
             batch_rows.append(row)
@@ -506,7 +477,7 @@ def run(
             print(f"note: {note}", file=err)
     document = {
         "command": "crystallize",
-        "source": source,
+        "source": source.as_dict(),
         "data": {
             "source": heldout.source,
             "bytes": heldout.n_bytes,
@@ -537,22 +508,68 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
         raise _write_failed(path.name, path.parent, exc) from None
 
 
-def _crystallize_one(
+@dataclass
+class Source:
+    """What every crystallized folder of one checkpoint records about it, read once."""
+
+    info: Any  # h2q_tui.checkpoints.CheckpointInfo
+    folder: Path
+    bytes: int  # the checkpoint's model files on disk
+    files: dict[str, int]
+    weights: int  # distinct weights (tied tensors counted once)
+    parameters: int
+    metadata: dict[str, str]  # the source file's safetensors metadata
+    tokenizer: Path | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.folder),
+            "run_id": self.info.run_id,
+            "step": self.info.step,
+            "family": self.info.config.model.family,
+            "bytes": self.bytes,
+            "files": self.files,
+            "weights": self.weights,
+            "parameters": self.parameters,
+        }
+
+
+def describe_source(info: Any, model: torch.nn.Module, state_dict: dict[str, torch.Tensor]):
+    """The :class:`Source` of a loaded (not crystallized) checkpoint."""
+    from safetensors import safe_open
+
+    from h2q_tui.models import count_parameters
+
+    folder = source_folder(info.weights)
+    with safe_open(str(info.weights), framework="pt") as handle:  # the header only
+        metadata = handle.metadata() or {}
+    tokenizer = folder / stored.TOKENIZER
+    return Source(
+        info=info,
+        folder=folder,
+        bytes=stored.model_files_bytes(folder),
+        files={
+            n: (folder / n).stat().st_size for n in stored.MODEL_FILES if (folder / n).is_file()
+        },
+        weights=sum(t.numel() for t in _unique(state_dict).values()),
+        parameters=count_parameters(model),
+        metadata=metadata,
+        tokenizer=tokenizer if tokenizer.is_file() else None,
+    )
+
+
+def crystallize_method(
     steps,
-    state_dict,
-    keep,
-    out_root,
-    source_metadata,
-    source,
-    tokenizer,
-    source_bytes,
-    weights,
+    source: Source,
+    state_dict: dict[str, torch.Tensor],
+    keep: Sequence[str],
+    out_root: Path,
     device,
-    err,
+    err: IO[str],
 ) -> tuple[Row, torch.nn.Module]:
     """Encode, write, load back (decoding) one method: its row (without the comparison) and
     the loaded model."""
-    from h2q_tui.training import checkpoint
+    from h2q_tui import checkpoints
 
     name = method_name(steps)
     started = time.perf_counter()
@@ -561,23 +578,25 @@ def _crystallize_one(
     except ValueError as exc:
         raise method_error(name, exc) from None
     encoded = time.perf_counter()
-    folder = write_crystal(out_root, slug(name), crystal, source_metadata, source, tokenizer)
+    folder = write_crystal(
+        out_root, slug(name), crystal, source.metadata, source.as_dict(), source.tokenizer
+    )
     written = time.perf_counter()
-    info = checkpoint.read_info(folder)
-    model = checkpoint.load_model_from(info, device).eval()
+    info = checkpoints.read_info(folder)
+    model = checkpoints.load_model_from(info, device).eval()
     loaded = time.perf_counter()
     files = folder_bytes(folder)
     total = sum(files.values())
     notes = list(crystal.notes)
-    if total >= source_bytes:
-        notes.append(f"{name} saves no bytes on disk: {total:,} bytes against {source_bytes:,}")
+    if total >= source.bytes:
+        notes.append(f"{name} saves no bytes on disk: {total:,} bytes against {source.bytes:,}")
     row = Row(
         method=name,
         path=str(folder),
         bytes=total,
         files=files,
-        ratio=source_bytes / total,
-        bits_per_weight=8 * crystal.bytes_after / max(1, weights),
+        ratio=source.bytes / total,
+        bits_per_weight=8 * crystal.bytes_after / max(1, source.weights),
         bits_per_byte=0.0,
         seconds=loaded - started,
         encode_seconds=encoded - started,

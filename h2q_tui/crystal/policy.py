@@ -12,7 +12,8 @@ match them with fnmatch, case-sensitive):
   embeddings, the head and position tables (any dotted part of the name containing ``emb``,
   or equal to ``wte``, ``wpe``, ``head``, ``lm_head`` or ending in ``_head``); an error when
   no tensor qualifies (microstream and qrlm have none: their linear maps are HamLinear).
-- ``int8`` / ``int4-gG`` apply to every float tensor with ≥ 2 dimensions: 2-D weights
+- ``int8`` / ``int6-gG`` / ``int5-gG`` / ``int4-gG`` apply to every float tensor with ≥ 2
+  dimensions: 2-D weights
   *including* embeddings, head and position tables, HamLinear factor stacks (R, F, F), conv
   kernels, and the factors a structural step produced.
 - ``bf16`` / ``fp16`` apply to every float tensor, 1-D ones included.
@@ -86,7 +87,7 @@ def step_applies(step: Step, name: str, tensor: torch.Tensor) -> bool:
         return False
     if step.name in ("bf16", "fp16"):
         return not is_bank(name)
-    if step.name in ("int8", "int4"):
+    if step.name in ("int8", "int4", "int5", "int6"):
         return tensor.ndim >= 2 and not is_bank(name)
     if step.name == "svd":
         return tensor.ndim == 2 and min(tensor.shape) >= 2 and not is_embedding_or_head(name)

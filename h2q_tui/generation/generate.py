@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from h2q_kernels.hamiltonian import frozen_weights
 from torch import nn
 
+from h2q_tui import checkpoints
 from h2q_tui.generation.decoder import Decoder
 from h2q_tui.generation.sampling import SamplingConfig, choose_token
 from h2q_tui.generation.steering import SteerConfig, Steering, build_steering
 from h2q_tui.generation.text import Codec, TextStream
-from h2q_tui.training import checkpoint
 
 MODES = ("sample", "steer", "lookahead", "flow")
 
@@ -215,14 +215,14 @@ def use_decoding_threads(threads: int = DECODE_THREADS) -> None:
     torch.set_num_threads(threads)
 
 
-def load_for_generation(path: str) -> tuple[checkpoint.CheckpointInfo, nn.Module, Codec]:
+def load_for_generation(path: str) -> tuple[checkpoints.CheckpointInfo, nn.Module, Codec]:
     """A checkpoint's info, its model (eval mode, CPU) and codec (BPE when it has a tokenizer).
 
     Raises UserError with one line for a bad path or a damaged file.
     """
-    info = checkpoint.read_info(path)
-    model = checkpoint.load_model_from(info).eval()
-    return info, model, Codec(checkpoint.tokenizer_of(info))
+    info = checkpoints.read_info(path)
+    model = checkpoints.load_model_from(info).eval()
+    return info, model, Codec(checkpoints.tokenizer_of(info))
 
 
 def generate_text(model: nn.Module, codec: Codec, prompt: str, **kwargs) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from h2q_tui import checkpoints
 from h2q_tui.config import RunConfig
 from h2q_tui.data.sources import Corpus
 from h2q_tui.data.streams import HorizonSampler, RandomWindowSampler
@@ -26,7 +27,7 @@ from h2q_tui.generation.text import Codec
 from h2q_tui.generation.thought_stream import sample_tokens
 from h2q_tui.models import build_model, count_parameters
 from h2q_tui.system import hardware
-from h2q_tui.training import checkpoint, commands, events
+from h2q_tui.training import commands, events
 from h2q_tui.training.evaluate import heldout_cross_entropy, mean_cross_entropy
 from h2q_tui.training.growth import RankGrowthRule
 from h2q_tui.training.resources import cuda_memory, rss_bytes
@@ -90,7 +91,7 @@ class Trainer:
         command_queue: queue.Queue | None = None,
         *,
         preset: str = "",
-        resume_from: checkpoint.CheckpointInfo | None = None,
+        resume_from: checkpoints.CheckpointInfo | None = None,
         pause_on_nan: bool = False,
         tokenizer=None,
         device: str = "auto",
@@ -158,12 +159,12 @@ class Trainer:
             state["grad_scaler"] = self.scaler.state_dict()
         return state
 
-    def _restore(self, info: checkpoint.CheckpointInfo) -> None:
-        state = checkpoint.load_state(info)
+    def _restore(self, info: checkpoints.CheckpointInfo) -> None:
+        state = checkpoints.load_state(info)
         for _ in range(state.get("rank_growths", 0)):  # rebuild the grown rank first
             self._grow()
         self.growth_rule.load_state_dict(state.get("growth_rule", {"losses": []}))
-        checkpoint.load_weights(info, self.model)
+        checkpoints.load_weights(info, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
@@ -232,8 +233,8 @@ class Trainer:
         if problem:
             self._poison(problem)
             return
-        extra = {checkpoint.TOKENIZER: self.tokenizer.path} if self.tokenizer is not None else {}
-        path = checkpoint.save_checkpoint(
+        extra = {checkpoints.TOKENIZER: self.tokenizer.path} if self.tokenizer is not None else {}
+        path = checkpoints.save_checkpoint(
             self.run_dir,
             self.model,
             self.config,
@@ -320,7 +321,7 @@ class Trainer:
     def _watch_divergence(self, nats: float) -> None:
         if nats < self.best_heldout:
             self.best_heldout, self.bad_evals = nats, 0
-            self.save(checkpoint.BEST, {"heldout_loss_nats": f"{nats:.6f}"})
+            self.save(checkpoints.BEST, {"heldout_loss_nats": f"{nats:.6f}"})
             return
         self.bad_evals = self.bad_evals + 1 if nats > self.best_heldout + DIVERGENCE_NATS else 0
         if self.bad_evals == DIVERGENCE_EVALS:

@@ -1,0 +1,238 @@
+"""Loading a checkpoint: its metadata (config, step, crystallized layout), the model with its
+weights (crystallized folders decoded at load), its tokenizer and the trainer state.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model
+from torch import nn
+
+from h2q_tui.checkpoints.find import is_crystallized, resolve_checkpoint
+from h2q_tui.checkpoints.layout import FORMAT, STATE, TOKENIZER, CheckpointInfo, first_line
+from h2q_tui.checkpoints.state import state_problem
+from h2q_tui.config import RANGES, RunConfig, from_dict, validate_model
+from h2q_tui.data.tokenizer import BpeTokenizer
+from h2q_tui.errors import UserError
+
+
+def read_info(path: str | Path, need_state: bool = False) -> CheckpointInfo:
+    """Read a sound checkpoint's metadata (config, step); ``note`` says if latest was skipped."""
+    weights, note = resolve_checkpoint(path, need_state)
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(
+            f"checkpoint {weights} is corrupt or truncated ({first_line(exc)})"
+        ) from None
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise UserError(f"{weights} is not an h2q-tui checkpoint (no config metadata)")
+    try:
+        raw = json.loads(metadata["config"])
+    except json.JSONDecodeError:
+        raise UserError(f"checkpoint {weights} has unreadable config metadata") from None
+    try:
+        config = from_dict(raw, source="its config")
+    except UserError as exc:
+        raise UserError(f"checkpoint {weights} has bad config metadata: {exc}") from None
+    try:
+        validate_model(config.model)
+    except UserError as exc:
+        raise UserError(
+            f"checkpoint {weights}: its config does not match a model this version can build "
+            f"({exc})"
+        ) from None
+    step = _metadata_count(metadata, "step", weights)
+    rank_growths = _metadata_count(metadata, "rank_growths", weights)
+    if rank_growths and config.model.family != "qrlm":
+        raise UserError(
+            f"checkpoint {weights}: rank_growths={rank_growths} does not match its "
+            f"{config.model.family} config (only qrlm grows its rank)"
+        )
+    if config.model.rank + rank_growths > RANGES["model", "rank"].high:
+        raise UserError(f"checkpoint {weights}: rank_growths={rank_growths} is implausibly large")
+    run_id = metadata.get("run_id", "")
+    crystal = None
+    if is_crystallized(metadata):
+        config, rank_growths, crystal = _crystal_info(metadata, weights, config, step, run_id)
+    return CheckpointInfo(weights, config, step, run_id, rank_growths, note=note, crystal=crystal)
+
+
+def _crystal_info(metadata, weights: Path, config: RunConfig, step: int, run_id: str):
+    """(config with the layout's overrides, rank_growths, CrystalOrigin) of a crystallized file."""
+    import dataclasses
+
+    from h2q_tui.crystal import stored
+
+    try:
+        origin = stored.origin(metadata, weights, step, run_id)
+        model = dataclasses.replace(config.model, **stored.config_overrides(origin))
+        validate_model(model)
+    except (ValueError, TypeError, UserError) as exc:
+        raise UserError(
+            f"checkpoint {weights} is a damaged crystallized file ({first_line(exc)})"
+        ) from None
+    growths = origin.overrides.get(
+        "rank_growths", _metadata_count(metadata, "rank_growths", weights)
+    )
+    if isinstance(growths, bool) or not isinstance(growths, int) or growths < 0:
+        raise UserError(f"checkpoint {weights} is a damaged crystallized file (bad rank_growths)")
+    return dataclasses.replace(config, model=model), growths, origin
+
+
+def _metadata_count(metadata: dict[str, str], key: str, weights: Path) -> int:
+    """A whole-number metadata entry (0 when absent), or a one-line UserError."""
+    text = metadata.get(key, "0")
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UserError(
+            f"checkpoint {weights} has bad {key} metadata {text[:40]!r} (expected a whole "
+            "number >= 0): the file was damaged or not written by h2q-tui"
+        )
+    return value
+
+
+def load_model_from(info: CheckpointInfo, device: torch.device | str | None = None) -> nn.Module:
+    """Build the checkpoint's model (with any grown rank) and load its weights, on the CPU.
+
+    A crystallized checkpoint (``info.crystal``) is decoded at load: its stored tensors are
+    read onto ``device`` (default the CPU) and turned back into float weights there, in the
+    model its config and layout overrides build. ``device``: where the model ends up (the CPU
+    when None). A model too large for this machine's memory is refused before anything is
+    allocated (h2q_tui/system/memory.py).
+    """
+    from h2q_tui.models import build_model
+    from h2q_tui.system import memory
+
+    mismatch = (
+        f"checkpoint {info.weights}: its config does not match a model this version can build"
+    )
+    try:
+        memory.check_weights_memory(
+            info.config.model, info.rank_growths, what=f"checkpoint {info.weights}"
+        )
+    except memory.ModelBuildError as exc:
+        raise UserError(f"{mismatch} ({exc})") from None
+    try:
+        model = build_model(info.config.model)
+        for _ in range(info.rank_growths):
+            model.grow_ffn_rank()
+    except Exception as exc:  # noqa: BLE001 - any builder failure means a config we cannot use
+        raise UserError(f"{mismatch} ({first_line(exc)})") from None
+    if device is not None:
+        model = model.to(device)
+    load_weights(info, model, device)
+    return model
+
+
+def tokenizer_of(info: CheckpointInfo) -> BpeTokenizer | None:
+    """The BPE tokenizer saved with the checkpoint; None for a byte model."""
+    path = info.weights.with_name(TOKENIZER)
+    return BpeTokenizer(path) if path.is_file() else None
+
+
+def load_weights(
+    info: CheckpointInfo, model: nn.Module, device: torch.device | str | None = None
+) -> None:
+    """Load the checkpoint's weights into ``model`` (strict: same names, same shapes).
+
+    A crystallized checkpoint is decoded on ``device`` (default the CPU) first.
+    """
+    if info.crystal is not None:
+        _load_crystallized(info, model, device or "cpu")
+        return
+    try:
+        with safe_open(str(info.weights), framework="pt") as handle:
+            shapes = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"checkpoint {info.weights} is corrupt or truncated ({first_line(exc)})"
+        ) from None
+    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    wrong = sorted(name for name, shape in shapes.items() if expected.get(name, shape) != shape)
+    if wrong:
+        raise UserError(
+            f"checkpoint {info.weights} does not match its model: {wrong[0]} is "
+            f"{shapes[wrong[0]]} in the file but {expected[wrong[0]]} in the model built from "
+            f"its config ({len(wrong)} tensor(s) differ)"
+        )
+    try:
+        missing, unexpected = load_model(model, str(info.weights), strict=False)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"checkpoint {info.weights} is corrupt or truncated ({first_line(exc)})"
+        ) from None
+    if missing or unexpected:
+        raise UserError(
+            f"checkpoint {info.weights} does not match its model: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
+
+
+def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
+    """Decode a crystallized file on ``device`` and load it strictly into ``model``."""
+    from h2q_tui.crystal import stored
+
+    try:
+        state_dict, _ = stored.decode_file(info.weights, device)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"checkpoint {info.weights} is a corrupt crystallized file ({first_line(exc)})"
+        ) from None
+    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = sorted(
+        name
+        for name, tensor in state_dict.items()
+        if name in expected and list(tensor.shape) != expected[name]
+    )
+    if missing or unexpected or wrong:
+        detail = (
+            f"{wrong[0]} is {list(state_dict[wrong[0]].shape)} decoded but {expected[wrong[0]]} "
+            "in the model built from its config"
+            if wrong
+            else f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+        raise UserError(
+            f"crystallized checkpoint {info.weights} does not match its model: {detail}"
+        )
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise UserError(
+            f"crystallized checkpoint {info.weights} does not match its model ({first_line(exc)})"
+        ) from None
+
+
+def load_state(info: CheckpointInfo) -> dict[str, Any]:
+    """The optimizer/RNG/data state beside the weights (loaded without running pickle code)."""
+    if not info.state_path.is_file():
+        raise UserError(
+            f"checkpoint {info.weights.parent} has no {STATE}; it can be evaluated but not resumed"
+        )
+    try:
+        state = torch.load(info.state_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        reason = "not a torch state file"  # torch's own text advises weights_only=False: wrong here
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
+        reason = first_line(exc)
+    else:
+        problem = state_problem(state, info.step)
+        if problem is None:
+            return state
+        raise UserError(
+            f"checkpoint state {info.state_path} {problem}: it cannot be resumed (h2q-tui eval "
+            "and generate still read the weights)"
+        )
+    raise UserError(f"checkpoint state {info.state_path} is corrupt or truncated ({reason})")
