@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from h2q_tui.errors import UserError
@@ -52,7 +53,7 @@ class _HelpFormatter(argparse.HelpFormatter):
         return text + " (default: %(default)s)"
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
@@ -130,7 +131,7 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def main_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="h2q-tui",
         usage="h2q-tui [--no-ui] [options]  |  h2q-tui SUBCOMMAND ...",
         description="Train, watch and compare Hamiltonian/quaternion byte LMs. Without a "
@@ -149,7 +150,7 @@ def main_parser() -> argparse.ArgumentParser:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="h2q-tui eval",
         description="Cross-entropy of a checkpoint on a file, in nats and bits per byte.",
     )
@@ -254,7 +255,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
 def run_attach(argv: list[str]) -> int:
     from h2q_tui.app import make_app, run_app
 
-    parser = _Parser(
+    parser = Parser(
         prog="h2q-tui attach", description="The dashboard on runs other processes are writing."
     )
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run dirs holding metrics.jsonl")
@@ -481,7 +482,7 @@ def _generation_settings(args: argparse.Namespace):
 def run_generate(argv: list[str]) -> int:
     from h2q_tui.generation.generate import Generation
 
-    parser = _Parser(
+    parser = Parser(
         prog="h2q-tui generate",
         description="Stream a continuation from a checkpoint in one of four modes "
         "(sample, steer, lookahead, flow).",
@@ -596,7 +597,7 @@ def run_steer_eval(argv: list[str]) -> int:
 
     from h2q_tui.generation import steer_eval
 
-    parser = _Parser(
+    parser = Parser(
         prog="h2q-tui steer-eval",
         description="Measure steering: hit rate, Δ log-prob, fluency cost and repetition per "
         "strength, beside the strength-0 row.",
@@ -695,7 +696,7 @@ def run_crystallize(argv: list[str]) -> int:
     from h2q_tui.crystal import crystallize
     from h2q_tui.crystal.codecs import METHOD_HELP
 
-    parser = _Parser(
+    parser = Parser(
         prog="h2q-tui crystallize",
         description="Compress a checkpoint (int8, int4, Kronecker rank, SVD, ...) into "
         "crystallized checkpoints every command loads, and measure each on held-out text "
@@ -789,7 +790,7 @@ def _download_progress():
 def run_presets(argv: list[str]) -> int:
     from h2q_tui.presets_list import format_table, summaries
 
-    _Parser(
+    Parser(
         prog="h2q-tui presets",
         description="The bundled presets: name, model family, parameter count (counted on "
         "torch's meta device, so nothing is allocated) and the first line of the preset's "
@@ -797,6 +798,18 @@ def run_presets(argv: list[str]) -> int:
     ).parse_args(argv)
     print(format_table(summaries()))
     return EXIT_OK
+
+
+def lazy_command(module: str, function: str = "main") -> Callable[[list[str]], int]:
+    """A subcommand whose parser and logic live in its own package (``module.main(argv)``),
+    imported only when it runs, so cli.py stays a thin table."""
+
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(argv)
+
+    return run
 
 
 SUBCOMMANDS = {
