@@ -15,8 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from h2q_tui.errors import UserError
+from h2q_tui.system.budget import add_budget_flags
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_MEMORY = 3  # --no-ui stopped above --memory-budget / --vram-budget (checkpoint saved)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -119,6 +121,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokenizer", help="a local BPE tokenizer.json (tokenizers library); default: bytes"
     )
+    add_budget_flags(parser)
     add_device_flag(parser)
 
 
@@ -206,6 +209,9 @@ def run_headless(args: argparse.Namespace) -> int:
             writer.close()
     if reason in STOP_EXIT_CODES:
         return STOP_EXIT_CODES[reason]
+    if reason == "memory":  # one line: what was over, where the checkpoint is, what to do
+        print(f"h2q-tui: stopped: {trainer.budget_stop_message}", file=sys.stderr, flush=True)
+        return EXIT_MEMORY
     return 1 if reason == "nan" else EXIT_OK
 
 
@@ -692,76 +698,6 @@ def run_steer_eval(argv: list[str]) -> int:
     return EXIT_OK
 
 
-def run_crystallize(argv: list[str]) -> int:
-    from h2q_tui.crystal import crystallize
-    from h2q_tui.crystal.codecs import METHOD_HELP
-
-    parser = Parser(
-        prog="h2q-tui crystallize",
-        description="Compress a checkpoint (int8, int4, Kronecker rank, SVD, ...) into "
-        "crystallized checkpoints every command loads, and measure each on held-out text "
-        "beside the original; or, with --tensors-only, any safetensors file tensor by tensor.",
-    )
-    parser.add_argument(
-        "checkpoint",
-        help="checkpoint folder, model.safetensors or run dir (with --tensors-only: any "
-        "safetensors file)",
-    )
-    parser.add_argument(
-        "--method",
-        required=True,
-        help=f"comma-separated methods, or sweep (the standard ladder): {METHOD_HELP}",
-    )
-    parser.add_argument(
-        "--data",
-        help="held-out text to measure on (default: the last 5%% of the embedded corpus)",
-    )
-    parser.add_argument(
-        "--out",
-        help="folder for the crystallized checkpoints, one <method>/ each (default: RUN/crystal, "
-        "or crystal/ beside the checkpoint folder)",
-    )
-    parser.add_argument(
-        "--json",
-        metavar="PATH",
-        help="default: crystallize.json in --out (tensors-only: <file stem>.tensors.json here)",
-    )
-    parser.add_argument(
-        "--keep",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="PATTERN",
-        help="tensor-name globs left at full precision (repeatable)",
-    )
-    parser.add_argument(
-        "--windows", type=int, default=0, help="measure on the first N windows (default: all)"
-    )
-    parser.add_argument("--batch", type=int, default=32, help="windows per forward pass")
-    parser.add_argument(
-        "--tensors-only",
-        action="store_true",
-        help="any safetensors file: per-tensor bytes and reconstruction error, no model",
-    )
-    add_device_flag(parser)
-    args = parser.parse_args(argv)
-    crystallize.run(
-        crystallize.Request(
-            checkpoint=args.checkpoint,
-            method=args.method,
-            data=args.data,
-            out=args.out,
-            json=args.json,
-            keep=args.keep,
-            windows=args.windows,
-            batch=args.batch,
-            device=args.device,
-            tensors_only=args.tensors_only,
-        )
-    )
-    return EXIT_OK
-
-
 def _glue_negative_list(argv: list[str], flag: str) -> list[str]:
     """``FLAG -1,0,1`` → ``FLAG=-1,0,1`` (argparse would take ``-1,0,1`` for an option)."""
     out = list(argv)
@@ -817,7 +753,7 @@ SUBCOMMANDS = {
     "attach": run_attach,
     "generate": run_generate,
     "steer-eval": run_steer_eval,
-    "crystallize": run_crystallize,
+    "crystallize": lazy_command("h2q_tui.crystal.command"),
     "presets": run_presets,
 }
 

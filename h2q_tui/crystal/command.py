@@ -1,0 +1,75 @@
+"""The ``crystallize`` subcommand's flags (the logic is :mod:`h2q_tui.crystal.crystallize`)."""
+
+from __future__ import annotations
+
+
+def main(argv: list[str]) -> int:
+    """``h2q-tui crystallize``: parse the flags, run :func:`h2q_tui.crystal.crystallize.run`."""
+    from h2q_tui.cli import Parser, add_device_flag
+    from h2q_tui.crystal import crystallize
+    from h2q_tui.crystal.codecs import METHOD_HELP
+
+    parser = Parser(
+        prog="h2q-tui crystallize",
+        description="Compress a checkpoint (int8, int4, Kronecker rank, SVD, ...) into "
+        "crystallized checkpoints every command loads, and measure each on held-out text "
+        "beside the original; or, with --tensors-only, any safetensors file tensor by tensor.",
+    )
+    parser.add_argument(
+        "checkpoint",
+        help="checkpoint folder, model.safetensors or run dir (with --tensors-only: any "
+        "safetensors file)",
+    )
+    parser.add_argument(
+        "--method",
+        required=True,
+        help=f"comma-separated methods, or sweep (the standard ladder): {METHOD_HELP}",
+    )
+    parser.add_argument(
+        "--data",
+        help="held-out text to measure on (default: the last 5%% of the embedded corpus)",
+    )
+    parser.add_argument(
+        "--out",
+        help="folder for the crystallized checkpoints, one <method>/ each (default: RUN/crystal, "
+        "or crystal/ beside the checkpoint folder)",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="default: crystallize.json in --out (tensors-only: <file stem>.tensors.json here)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="tensor-name globs left at full precision (repeatable)",
+    )
+    parser.add_argument(
+        "--windows", type=int, default=0, help="measure on the first N windows (default: all)"
+    )
+    parser.add_argument("--batch", type=int, default=32, help="windows per forward pass")
+    parser.add_argument(
+        "--tensors-only",
+        action="store_true",
+        help="any safetensors file: per-tensor bytes and reconstruction error, no model",
+    )
+    add_device_flag(parser)
+    args = parser.parse_args(argv)
+    crystallize.run(
+        crystallize.Request(
+            checkpoint=args.checkpoint,
+            method=args.method,
+            data=args.data,
+            out=args.out,
+            json=args.json,
+            keep=args.keep,
+            windows=args.windows,
+            batch=args.batch,
+            device=args.device,
+            tensors_only=args.tensors_only,
+        )
+    )
+    return 0
