@@ -67,6 +67,10 @@ class TrainConfig:
     axiom_lambda: float = 0.1  # penalty weight: loss = CE + axiom_lambda * 0.01 * penalty
     precision: str = "auto"  # auto (fast bf16 hardware: bf16, else fp32) | fp32 | bf16 | fp16
     threads: int = 0  # torch intra-op threads for training; 0 = all cores
+    # per-process memory budget (--memory-budget / --vram-budget; h2q_tui/system/budget.py):
+    # "2GB" (10^9), "1.5GiB" (2^30); "" = none. 90 %: alarm; 100 %: checkpoint, then pause/stop
+    memory_budget: str = ""  # this process's RSS
+    vram_budget: str = ""  # CUDA memory reserved by this process
     grad_accum: int = 1  # micro-batches per optimizer step
     # QRLM dynamic rank growth (SPEC §3.3): from growth_start_step, every growth_interval steps,
     # grow the FFN rank if mean(last growth_window losses) > growth_threshold x the mean of the
@@ -387,6 +391,11 @@ def validate(config: RunConfig) -> None:
         _check_section(section, getattr(config, section))
     validate_model(config.model)
     m, t, e = config.model, config.train, config.eval
+    from h2q_tui.system.budget import parse_size  # no torch: config stays light
+
+    for key in ("memory_budget", "vram_budget"):
+        if getattr(t, key):
+            parse_size(getattr(t, key), f"config key train.{key}")
     if t.schedule == "cosine" and t.min_lr > t.lr:
         raise UserError(
             f"config key train.min_lr={t.min_lr:g} is above train.lr={t.lr:g}: the cosine "

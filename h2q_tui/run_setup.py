@@ -41,6 +41,8 @@ class RunRequest:
     seed: int | None = None
     tokenizer: str | None = None
     device: str = "auto"
+    memory_budget: str | None = None  # --memory-budget: train.memory_budget
+    vram_budget: str | None = None  # --vram-budget: train.vram_budget
 
 
 @dataclass
@@ -80,6 +82,14 @@ def _flag_overrides(request: RunRequest) -> list[str]:
         if request.max_seconds is not None
         else None,
         f"train.seed={request.seed}" if request.seed is not None else None,
+        *(
+            f"train.{key}={json.dumps(value)}"  # a TOML string, however the size is written
+            for key, value in (
+                ("memory_budget", request.memory_budget),
+                ("vram_budget", request.vram_budget),
+            )
+            if value is not None
+        ),
     ]
     return request.overrides + [f for f in flags if f]
 

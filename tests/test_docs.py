@@ -46,4 +46,5 @@ def test_every_docs_page_names_the_machine_of_its_figures(doc: Path):
     text = doc.read_text(encoding="utf-8")
     tables = text.count("\n|---")
     assert tables, f"{doc.name} has no tables"
-    assert text.count("Machine:") >= 1 and "Intel with AMX bf16" in text
+    assert text.count("Machine:") >= 1, f"{doc.name} does not say which machine measured it"
+    assert any(cpu in text for cpu in ("Intel", "AMD EPYC")), f"{doc.name} names no CPU"

@@ -129,6 +129,20 @@ def test_system_pane_with_one_gpu(snap_compare, tmp_path):
     assert snap_compare(app, terminal_size=SIZE, run_before=show_system_pane)
 
 
+def test_system_pane_at_80x24_with_a_memory_budget(snap_compare, tmp_path):
+    """The budget bar (512 MiB of 560MB: 96 %, the alarm colour) and the machine's RAM apart."""
+    script = scripted_records(overrides=['train.memory_budget="560MB"'])
+    app = make_app(
+        FakeEngine(tmp_path, script=script, max_idle_s=30), monitor=False, refresh_s=0.05
+    )
+
+    async def run_before(pilot: Pilot) -> None:
+        await play_script()(pilot)
+        await show_system_pane(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
 def test_help_screen(snap_compare, tmp_path):
     app = fake_app(tmp_path)
     assert snap_compare(app, press=["question_mark"], terminal_size=SIZE, run_before=settle)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -11,6 +12,7 @@ from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from h2q_tui.app import formatting as fmt
+from h2q_tui.system.budget import MemoryBudget, Reading
 from h2q_tui.system.monitor import SystemSnapshot, format_bytes, format_value
 from h2q_tui.training.events import LN2
 from h2q_tui.training.history import Curve, RunHistory, debiased_ema
@@ -225,10 +227,22 @@ class LossChart(PlotextPlot):
 
 
 class SystemPanel(Static):
-    """Host, process and GPU readings; anything unavailable shows n/a."""
+    """Host, process and GPU readings; this process's memory against its budget as a bar;
+    the thread counts of training and generation. Anything unavailable shows n/a."""
+
+    def __init__(self, engine: Any = None) -> None:
+        super().__init__()
+        prepared = getattr(engine, "prepared", None)  # LiveEngine: the budget before step 1
+        self.live = engine is not None  # attached: the snapshot is this viewer, not the run
+        self.budget = MemoryBudget.from_config(prepared.config.train) if prepared else None
+        self.train_threads = prepared.config.train.threads if prepared else None
 
     def show(self, snap: SystemSnapshot | None, history: RunHistory | None = None) -> None:
-        self.update(system_text(snap, history))
+        self.update(system_text(snap, history, self.budget, self.live, self.train_threads))
+
+
+BAR_WIDTH = 16
+BUDGET_STYLES = {"ok": "green", "alarm": "bold yellow", "over": "bold red", "none": ""}
 
 
 def run_rows(h: RunHistory | None) -> list[tuple[str, str]]:
@@ -242,15 +256,56 @@ def run_rows(h: RunHistory | None) -> list[tuple[str, str]]:
     if started.get("machine"):
         rows.append(("Machine", started["machine"]))
     if "device" in started:
-        threads = started.get("threads")
-        plural = "s" * (threads != 1)
-        rows.append(
-            ("Device", started["device"] + (f" · {threads} thread{plural}" if threads else ""))
-        )
+        rows.append(("Device", started["device"]))
     return rows
 
 
-def system_text(snap: SystemSnapshot | None, history: RunHistory | None = None) -> Text:
+def budget_bar(reading: Reading, flag: str = "--memory-budget") -> Text:
+    """``████████░░░░ 312.5 MB of 400MB · 78 %`` coloured by state (ok, >= 90 %, > 100 %);
+    without a budget the reading and "no budget set"."""
+    text = Text()
+    if reading.limit is None:
+        text.append(format_bytes(reading.used))
+        text.append(f" · no budget set ({flag} SIZE)", style="dim")
+        return text
+    style = BUDGET_STYLES[reading.state]
+    if reading.used is None:
+        text.append(f"n/a of {reading.limit.text} budget")
+        return text
+    fraction = reading.fraction or 0.0
+    filled = min(BAR_WIDTH, round(fraction * BAR_WIDTH))
+    text.append("█" * filled, style=style or None)
+    text.append("░" * (BAR_WIDTH - filled), style="dim")
+    text.append(f" {reading.size(reading.used)} of {reading.limit.text} · ")
+    text.append(f"{100 * fraction:.0f} %", style=style or None)
+    if reading.state == "over":
+        text.append(" OVER", style=style)
+    return text
+
+
+def thread_counts(history: RunHistory | None, configured: int | None) -> str:
+    """Training's torch intra-op threads (the run's, else what it will take) and decoding's."""
+    from h2q_tui.generation.generate import DECODE_THREADS
+
+    threads = ((history.started if history else None) or {}).get("threads")
+    if threads is None and configured is not None:
+        import torch
+
+        threads = configured or torch.get_num_threads()  # 0: the trainer takes torch's count
+    training = fmt.NA if threads is None else str(threads)
+    return f"training {training} · generation {DECODE_THREADS} (batch-1 decoding)"
+
+
+def system_text(
+    snap: SystemSnapshot | None,
+    history: RunHistory | None = None,
+    budget: MemoryBudget | None = None,
+    live: bool = True,
+    train_threads: int | None = None,
+) -> Text:
+    """The System pane. ``budget``: the live run's (else the run's config says it); ``live``:
+    the snapshot's process is the one that trains (attached: the run's RSS comes from its
+    step records)."""
     text = Text()
     for label, value in run_rows(history):
         text.append(f"{label:<18}", style="bold")
@@ -260,19 +315,38 @@ def system_text(snap: SystemSnapshot | None, history: RunHistory | None = None) 
     if snap is None:
         text.append("collecting system readings…", style="dim")
         return text
+    if budget is None or not budget.is_set:
+        budget = MemoryBudget.from_config(history.config.get("train", {}) if history else {})
     ram = f"{format_bytes(snap.host_ram_used_bytes)} / {format_bytes(snap.host_ram_total_bytes)}"
-    rows = [
+    rss, vram = budget.readings(snap.process_rss_bytes, snap.cuda_reserved_bytes)[0], None
+    if snap.cuda_reserved_bytes is not None or budget.vram is not None:
+        vram = budget.readings(None, snap.cuda_reserved_bytes)[1]
+    rows: list[tuple[str, str | Text]] = [
         ("Host CPU", f"{format_value(snap.host_cpu_percent)} %"),
-        ("Host RAM", ram),
+        ("Host RAM", f"{ram} used (the whole machine; no budget)"),
         ("This process CPU", f"{format_value(snap.process_cpu_percent)} %"),
-        ("This process RSS", format_bytes(snap.process_rss_bytes)),
+    ]
+    if live:
+        rows.append(("This process RSS", budget_bar(rss)))
+    else:
+        step = (history.last_step if history else None) or {}
+        rows.append(("This process RSS", f"{format_bytes(snap.process_rss_bytes)} (this viewer)"))
+        run_rss = budget.readings(step.get("rss_bytes"))[0]
+        at = f" @{step['step']:,}" if step else ""
+        rows.append((f"Run RSS{at}", budget_bar(run_rss)))
+    rows += [
         ("CUDA allocated", format_bytes(snap.cuda_allocated_bytes)),
-        ("CUDA reserved", format_bytes(snap.cuda_reserved_bytes)),
+        (
+            "CUDA reserved",
+            budget_bar(vram, "--vram-budget") if vram is not None else fmt.NA,
+        ),
+        ("Threads", thread_counts(history, train_threads)),
         ("GPUs", snap.gpu_status),
     ]
     for label, value in rows:
         text.append(f"{label:<18}", style="bold")
-        text.append(f"{value}\n")
+        text.append(value)
+        text.append("\n")
     for gpu in snap.gpus:
         text.append(f"\nGPU {gpu.index} {gpu.name or fmt.NA}\n", style="bold cyan")
         mem = f"{format_bytes(gpu.memory_used_bytes)} / {format_bytes(gpu.memory_total_bytes)}"

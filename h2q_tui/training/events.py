@@ -130,8 +130,17 @@ class RankGrown(Event):
 class AlarmRaised(Event):
     name: ClassVar[str] = "alarm"
     step: int
-    kind: str  # "nan" | "divergence"
+    kind: str  # "nan" | "divergence" | "memory" (>= 90 % of a budget) | "memory_over" (> 100 %)
     message: str
+
+
+@dataclass(frozen=True)
+class MemoryAlarmRaised(AlarmRaised):
+    """An ``alarm`` record about a memory budget, with the figures beside the message."""
+
+    resource: str = "RAM"  # RAM (this process's RSS) | VRAM (CUDA memory reserved)
+    used_bytes: int = 0
+    budget_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ from h2q_tui.generation.text import Codec
 from h2q_tui.generation.thought_stream import sample_tokens
 from h2q_tui.models import build_model, count_parameters
 from h2q_tui.system import hardware
+from h2q_tui.system.budget import BudgetWatch, MemoryBudget, cuda_memory, rss_bytes
 from h2q_tui.training import commands, events
 from h2q_tui.training.evaluate import heldout_cross_entropy, mean_cross_entropy
 from h2q_tui.training.growth import RankGrowthRule
-from h2q_tui.training.resources import cuda_memory, rss_bytes
 
 Emit = Callable[[events.Event], None]
 DIVERGENCE_NATS = 1.0  # held-out CE this far above its best ...
@@ -79,7 +79,8 @@ class Trainer:
         command_queue: commands drained between steps (None: none expected).
         preset: the preset's name, recorded in RunStarted.
         resume_from: a checkpoint to continue exactly.
-        pause_on_nan: pause on a NaN/Inf loss (dashboard) instead of finishing (headless).
+        pause_on_nan: someone can resume (the dashboard): pause on a NaN/Inf loss, and above
+            the memory budget after saving, instead of finishing (headless).
     """
 
     def __init__(
@@ -129,6 +130,10 @@ class Trainer:
         self._segment_start: float | None = None
         self.last_saved_step = -1
         self.poisoned: str | None = None  # why the weights cannot be saved (non-finite)
+        self.budget = MemoryBudget.from_config(t)  # checked after every step, on its readings
+        self.budget_watch = BudgetWatch()
+        self.budget_stop_message = ""  # why a headless run stopped at the budget (one line)
+        self.last_checkpoint: str | None = None  # path of the last step checkpoint written
         self.resume_note = resume_from.note if resume_from is not None else ""
         if resume_from is not None:
             self._restore(resume_from)
@@ -249,6 +254,7 @@ class Trainer:
         size = sum(f.stat().st_size for f in path.iterdir())
         if name is None:
             self.last_saved_step = self.step
+            self.last_checkpoint = str(path)
         self.emit(events.CheckpointSaved(self.step, str(path), size))
 
     def _poison(self, problem: str) -> None:
@@ -572,12 +578,69 @@ class Trainer:
                     return reason
                 continue
             self.emit(record)
+            if self._watch_memory(record):  # above the budget: saved; paused or stopping
+                reason = "memory" if not self.paused else self._drain_commands()
+                if reason:  # while paused: a Stop, or a signal
+                    return reason
             self._maybe_grow(record.train_loss_nats)
             self._after_step()
             if self.poisoned:
                 if not self.pause_on_nan:
                     return "nan"
                 self._handle(commands.Pause())
+
+    def _watch_memory(self, record: events.StepCompleted) -> bool:
+        """Compare this step's readings with the budget (free: they are already taken).
+
+        From 90 %: one ``alarm`` (kind ``memory``), raised again only after the reading fell
+        back under 85 %. Above 100 %: an ``alarm`` (kind ``memory_over``) saying what is over
+        and by how much, a checkpoint, then a pause (the dashboard: p resumes) or, headless,
+        the run stops (``budget_stop_message`` says why) instead of meeting the OOM killer.
+        True when it was above the budget (saved; paused, or to stop when not paused).
+        """
+        if not self.budget.is_set:
+            return False
+        readings = self.budget.readings(record.rss_bytes, record.cuda_reserved_bytes)
+        over = None
+        for level, reading in self.budget_watch.observe(readings):
+            if level == "over":
+                over = reading
+                continue
+            self._memory_alarm(
+                "memory",
+                reading,
+                f"{reading.describe()}: past 90 %; above 100 % training saves a checkpoint and "
+                + ("pauses" if self.pause_on_nan else "stops"),
+            )
+        if over is None:
+            return False
+        then = "pausing (p resumes)" if self.pause_on_nan else "stopping"
+        self._memory_alarm(
+            "memory_over", over, f"{over.describe()} after step {self.step}: saving, then {then}"
+        )
+        self.save()
+        if self.pause_on_nan:
+            self._handle(commands.Pause())
+            return True
+        saved = (
+            f"checkpoint {self.last_checkpoint}"
+            if self.last_checkpoint and self.last_saved_step == self.step
+            else "no checkpoint of this step (see the log)"
+        )
+        flag = "--vram-budget" if over.resource == "VRAM" else "--memory-budget"
+        self.budget_stop_message = (
+            f"{over.describe()} at step {self.step}; {saved}; continue with "
+            f"--resume {self.run_dir} and a larger {flag}, or lower train.batch_size"
+        )
+        return True
+
+    def _memory_alarm(self, kind: str, reading, message: str) -> None:
+        limit = reading.limit.limit if reading.limit else 0
+        self.emit(
+            events.MemoryAlarmRaised(
+                self.step, kind, message, reading.resource, reading.used or 0, limit
+            )
+        )
 
     def _on_nan(self) -> str | None:
         self.emit(
@@ -594,7 +657,9 @@ class Trainer:
         return "nan"
 
     def _finish(self, reason: str) -> str:
-        if reason != "nan":
+        if reason == "memory":  # saved already; a final eval would only allocate more
+            self.notice(self.budget_stop_message)
+        elif reason != "nan":
             if reason in STOP_SIGNALS:
                 self.notice(
                     f"stopping ({STOP_SIGNALS[reason]}): final eval, then saving a checkpoint…"
