@@ -50,6 +50,7 @@ PAUSING = "pausing after this step"
 # records folded in (and the status line drawn) as soon as they arrive, not at the next tick
 AT_ONCE = frozenset({"notice", "progress", "paused", "resumed", "alarm", "run_finished"})
 STOPPING = "stopping: saving checkpoint…"
+PAUSING_ALARMS = ("ALARM nan", "ALARM memory_over")  # states of alarms the trainer pauses on
 
 
 class RecordsArrived(Message):
@@ -189,7 +190,7 @@ class H2QApp(App[int]):
                                 id="event-log", wrap=True, markup=False, max_lines=500, min_width=20
                             )
             with TabPane("System", id="system"):
-                yield SystemPanel()
+                yield SystemPanel(engine=self.engine)  # its budget and thread counts
             with TabPane("Generate", id="generate"):
                 prepared = getattr(self.engine, "prepared", None)  # LiveEngine: tokenizer
                 yield GeneratePane(
@@ -306,13 +307,13 @@ class H2QApp(App[int]):
         if kind in ("paused", "resumed", "run_finished", "run_failed"):
             self.pending = None  # what the key asked for has happened
         if kind == "paused":
-            if not self.state.startswith("ALARM nan"):  # a NaN alarm pauses: keep saying so
+            if not self.state.startswith(PAUSING_ALARMS):  # they pause: keep saying so
                 self.state = "paused"
         elif kind in ("resumed", "run_started"):
             self.state = "running"
         elif kind == "alarm":
             self.state = f"ALARM {record['kind']}" + (
-                " — paused" if record["kind"] == "nan" else ""
+                " — paused" if record["kind"] in ("nan", "memory_over") else ""
             )
             self.notify(record["message"], title="Alarm", severity="error", timeout=10)
         elif kind == "run_finished":
