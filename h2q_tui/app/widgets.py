@@ -233,9 +233,10 @@ class SystemPanel(Static):
     def __init__(self, engine: Any = None) -> None:
         super().__init__()
         prepared = getattr(engine, "prepared", None)  # LiveEngine: the budget before step 1
+        config = getattr(prepared, "config", None)
         self.live = engine is not None  # attached: the snapshot is this viewer, not the run
-        self.budget = MemoryBudget.from_config(prepared.config.train) if prepared else None
-        self.train_threads = prepared.config.train.threads if prepared else None
+        self.budget = MemoryBudget.from_config(config.train) if config else None
+        self.train_threads = config.train.threads if config else None
 
     def show(self, snap: SystemSnapshot | None, history: RunHistory | None = None) -> None:
         self.update(system_text(snap, history, self.budget, self.live, self.train_threads))
