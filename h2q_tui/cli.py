@@ -755,6 +755,8 @@ SUBCOMMANDS = {
     "steer-eval": run_steer_eval,
     "crystallize": lazy_command("h2q_tui.crystal.command"),
     "presets": run_presets,
+    "serve": lazy_command("h2q_tui.ollama.command", "serve_main"),
+    "ollama": lazy_command("h2q_tui.ollama.command", "ollama_main"),
 }
 
 SUBCOMMAND_USAGE = {
@@ -764,6 +766,8 @@ SUBCOMMAND_USAGE = {
     "steer-eval": ("CHECKPOINT --word W", "measure what steering does, per strength"),
     "crystallize": ("CHECKPOINT --method M", "compress a checkpoint, measure the cost"),
     "presets": ("", "list the bundled presets with their parameter counts"),
+    "serve": ("CHECKPOINT_OR_RUN_DIR ...", "serve models through the Ollama API"),
+    "ollama": ("list|pull|generate ...", "talk to an Ollama server ($OLLAMA_HOST)"),
 }
 
 

@@ -160,6 +160,14 @@ def test_latest_may_only_name_a_checkpoint_of_its_own_folder(workdir, pointer):
     assert "using step_00000004" in result.stderr
 
 
+@pytest.mark.parametrize("name", ["run/checkpoints/latest", "run/checkpoints"])
+def test_the_latest_pointer_or_checkpoints_folder_named_directly_means_the_run(workdir, name):
+    small_run(workdir, "run", 4)
+    result = h2q("eval", name, "--data", "data.txt", "--windows", "2", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "step 4" in result.stderr + result.stdout
+
+
 def test_resume_from_a_step_folder_continues_that_run_from_that_step(workdir):
     run = small_run(workdir, "run", 8)
     result = h2q("--no-ui", "--resume", "run/checkpoints/step_00000004", "--max-steps", "6", cwd=workdir)  # fmt: skip

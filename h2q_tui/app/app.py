@@ -30,6 +30,7 @@ from h2q_tui.app import formatting as fmt
 from h2q_tui.app.crystal_pane import CrystalPane
 from h2q_tui.app.engine_link import AttachedRuns, LiveEngine
 from h2q_tui.app.generate_pane import GeneratePane
+from h2q_tui.app.ollama_pane import OllamaPane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, ErrorScreen, HelpScreen
 from h2q_tui.app.signals import exit_code, exit_soon, install_stop_signals
 from h2q_tui.app.widgets import X_AXES, CardGrid, LossChart, SystemPanel
@@ -92,6 +93,7 @@ class H2QApp(App[int]):
         Binding("2", "pane('system')", "System", show=False),
         Binding("3", "pane('generate')", "Generate", show=False),
         Binding("4", "pane('crystal')", "Crystal", show=False),
+        Binding("5", "pane('ollama')", "Ollama", show=False),
         Binding("u", "toggle_units", "nats/bpb"),
         Binding("a", "cycle_axis", "x axis"),
         Binding("left_square_bracket", "smoothing(-0.05)", "Smooth −", show=False),
@@ -113,6 +115,7 @@ class H2QApp(App[int]):
         ("2", "pane('system')", "Show the System pane"),
         ("3", "pane('generate')", "Show the Generate pane"),
         ("4", "pane('crystal')", "Show the Crystal pane (crystallize + measure)"),
+        ("5", "pane('ollama')", "Show the Ollama pane (an Ollama model vs a local one)"),
         ("u", "toggle_units", "Chart units: nats ↔ bits/byte"),
         ("a", "cycle_axis", "Chart x axis: step → tokens → wall time"),
         ("[", "smoothing(-0.05)", "Less EMA smoothing"),
@@ -203,6 +206,13 @@ class H2QApp(App[int]):
                 yield CrystalPane(
                     engine=self.engine,
                     request_snapshot=self.request_snapshot if self.engine else None,
+                    checkpoint_hint=str(self.attached.run_dirs[0]) if self.attached else "",
+                )
+            with TabPane("Ollama", id="ollama"):
+                yield OllamaPane(
+                    live_run=self.engine.name if self.engine else None,
+                    request_snapshot=self.request_snapshot if self.engine else None,
+                    live_tokenizer=getattr(prepared, "tokenizer", None),
                     checkpoint_hint=str(self.attached.run_dirs[0]) if self.attached else "",
                 )
         yield Static(id="status-line")  # under every pane: notices show wherever one looks
@@ -607,7 +617,11 @@ class H2QApp(App[int]):
             self.query_one(SystemPanel).show(self.snapshot, self.histories[self.focused_run])
         if event.pane.id == "icu":
             self.call_after_refresh(self._append_log)  # what came while another pane showed
-        panes = {"generate": self.query_one(GeneratePane), "crystal": self.query_one(CrystalPane)}
+        panes = {
+            "generate": self.query_one(GeneratePane),
+            "crystal": self.query_one(CrystalPane),
+            "ollama": self.query_one(OllamaPane),
+        }
         if event.pane.id in panes:
             panes[event.pane.id].focus()  # its keys (g, s, r…) work at once
         elif self.focused is not None and any(

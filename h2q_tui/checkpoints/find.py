@@ -103,6 +103,10 @@ def resolve_checkpoint(path: str | Path, need_state: bool = False) -> tuple[Path
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
+    if path.name == LATEST and path.is_file() and path.parent.name == "checkpoints":
+        path = path.parent.parent  # the pointer file itself: what it points at, as for its run
+    elif path.name == "checkpoints" and path.is_dir() and not (path / WEIGHTS).is_file():
+        path = path.parent
     direct = path if path.is_file() else path / WEIGHTS
     if direct.is_file():
         problem = checkpoint_problem(direct, need_state)

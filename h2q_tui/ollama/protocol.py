@@ -1,0 +1,279 @@
+"""What the server and the bridge share: ``OLLAMA_HOST``, durations, options, model names and
+the chat template. Pure Python (no torch, no HTTP), so the client side stays light.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11434
+NDJSON = "application/x-ndjson"
+BUSY = "server busy, please try again.  maximum pending requests exceeded"  # Ollama's 503
+
+
+# ----------------------------------------------------------------------------- OLLAMA_HOST
+def parse_host(value: str | None) -> str:
+    """The base URL an Ollama client talks to, from ``OLLAMA_HOST`` (or ``--host``).
+
+    The official client's rules: empty → ``http://127.0.0.1:11434``; no scheme → ``http``
+    and port 11434; ``http://`` without a port → 80, ``https://`` → 443; ``:PORT`` alone →
+    127.0.0.1; IPv6 addresses keep (or get) their brackets; a path is kept without its
+    trailing slash.
+    """
+    text = (value or "").strip()
+    scheme, sep, rest = text.partition("://")
+    port = DEFAULT_PORT
+    if not sep:
+        scheme, rest = "http", text
+    elif scheme == "http":
+        port = 80
+    elif scheme == "https":
+        port = 443
+    split = urllib.parse.urlsplit(f"{scheme}://{rest}")
+    host = split.hostname or DEFAULT_HOST
+    try:
+        port = split.port or port
+    except ValueError:
+        raise ValueError(f"bad port in {value!r}") from None
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass  # a host name
+    path = split.path.strip("/")
+    return f"{scheme}://{host}:{port}" + (f"/{path}" if path else "")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (the addresses only this machine reaches)."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+# ----------------------------------------------------------------------------- durations
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds of a ``keep_alive``: a number of seconds or a Go duration (``5m``, ``1h30m``,
+    ``300ms``); negative means forever (None). ValueError for anything else."""
+    if isinstance(value, bool):
+        raise ValueError(f"keep_alive must be a duration such as '5m' or seconds, got {value}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        try:
+            seconds = sign * float(body)  # "300": seconds
+        except ValueError:
+            pos, seconds = 0, 0.0
+            for match in _PART.finditer(body):
+                if match.start() != pos:
+                    break
+                seconds += float(match.group(1)) * _UNITS[match.group(2)]
+                pos = match.end()
+            if pos != len(body) or not body:
+                raise ValueError(
+                    f"keep_alive {value!r} is not a duration (e.g. '5m', '30s', '1h', 0, -1)"
+                ) from None
+            seconds *= sign
+    else:
+        raise ValueError(f"keep_alive must be a duration such as '5m' or seconds, got {value!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"keep_alive must be finite, got {value!r}")
+    return None if seconds < 0 else seconds
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "forever"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
+
+
+# ----------------------------------------------------------------------------- names
+_PART_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
+NAME = re.compile(rf"{_PART_NAME}(?::{_PART_NAME})?")
+MAX_NAME = 200
+
+
+def normalize_name(name: Any) -> str:
+    """``name:tag`` (tag ``latest`` when absent); ValueError for a malformed name (``../x``)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("model is required")
+    if len(name) > MAX_NAME or not NAME.fullmatch(name) or ".." in name:
+        shown = name if len(name) <= 60 else name[:57] + "…"
+        raise ValueError(f"invalid model name {shown!r}: expected name or name:tag")
+    return name if ":" in name else f"{name}:latest"
+
+
+def safe_name(text: str) -> str:
+    """A folder or run name made into a model-name part: other characters become ``-``."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-.+_")
+    cleaned = re.sub(r"\.{2,}", ".", cleaned)
+    return cleaned or "model"
+
+
+# ----------------------------------------------------------------------------- options
+MAX_PREDICT = 4096  # the server's default cap: byte models have no end-of-text token
+
+
+@dataclass(frozen=True)
+class Options:
+    """The options a request may give (``None``: the server's default)."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    num_predict: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    repeat_penalty: float | None = None
+    steer: str = ""  # ours: steering towards a word (other servers ignore these three)
+    strength: float = 0.0
+    layer: int = 0
+
+
+_FLOATS = ("temperature", "top_p", "repeat_penalty", "strength")
+_INTS = ("top_k", "num_predict", "seed", "layer")
+
+
+def _number(name: str, value: Any, integer: bool) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"option {name!r} must be {kind}, got {json.dumps(value)[:40]}")
+    if not math.isfinite(value):
+        raise ValueError(f"option {name!r} must be finite")
+    if integer:
+        if value != int(value):
+            raise ValueError(f"option {name!r} must be an integer, got {value}")
+        return int(value)
+    return float(value)
+
+
+def parse_options(raw: Any, max_predict: int = MAX_PREDICT) -> Options:
+    """Options from a request's ``options`` object; ValueError (one line) for a wrong type or
+    range. Options this server does not use (``num_ctx``, ``mirostat``…) are ignored, as
+    Ollama ignores those a model does not take. ``num_predict`` -1 or -2 ("no limit", "fill
+    the context") mean the server's cap, ``max_predict``."""
+    if raw is None:
+        return Options()
+    if not isinstance(raw, Mapping):
+        raise ValueError("options must be an object")
+    values: dict[str, Any] = {}
+    for name in _FLOATS + _INTS:
+        if raw.get(name) is not None:
+            values[name] = _number(name, raw[name], name in _INTS)
+    if raw.get("stop") is not None:
+        stop = raw["stop"]
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, Sequence) or not all(isinstance(s, str) for s in stop):
+            raise ValueError("option 'stop' must be a string or a list of strings")
+        values["stop"] = tuple(s for s in stop if s)
+    if raw.get("steer") is not None:
+        if not isinstance(raw["steer"], str):
+            raise ValueError("option 'steer' must be a word (a string)")
+        values["steer"] = raw["steer"]
+    options = Options(**values)
+    checks = [
+        (options.temperature is not None and options.temperature < 0, "temperature must be ≥ 0"),
+        (options.top_k is not None and options.top_k < 0, "top_k must be ≥ 0"),
+        (options.top_p is not None and not 0 < options.top_p <= 1, "top_p must be in (0, 1]"),
+        (
+            options.repeat_penalty is not None and options.repeat_penalty <= 0,
+            "repeat_penalty must be > 0",
+        ),
+        (options.layer < 0, "layer must be ≥ 0"),
+        (options.strength != 0 and not options.steer, "strength needs a steer word"),
+    ]
+    if options.num_predict is not None:
+        if options.num_predict in (-1, -2):
+            options = Options(**{**options.__dict__, "num_predict": max_predict})
+        elif not 0 <= options.num_predict <= max_predict:
+            checks.append(
+                (
+                    True,
+                    f"num_predict must be in 0..{max_predict} (or -1), got {options.num_predict}",
+                )
+            )
+    for failed, message in checks:
+        if failed:
+            raise ValueError(f"invalid option: {message}")
+    return options
+
+
+# ----------------------------------------------------------------------------- chat
+CHAT_TEMPLATE = """\
+{system}                      (the system messages, joined by blank lines, then a blank line)
+User: {content}               (one line per message: User, Assistant or Tool, then its text)
+Assistant: {content}
+Assistant:                    (the model continues from here; it stops at a new 'User:' line)
+"""
+CHAT_STOPS = ("\nUser:",)
+ROLES = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
+
+
+def render_chat(messages: Any) -> str:
+    """The plain prompt of a chat (see :data:`CHAT_TEMPLATE`); ValueError for bad messages."""
+    if not isinstance(messages, list):
+        raise ValueError("messages must be a list")
+    system, lines = [], []
+    for message in messages:
+        if not isinstance(message, Mapping):
+            raise ValueError("each message must be an object with role and content")
+        role, content = message.get("role"), message.get("content") or ""
+        if not isinstance(content, str):
+            raise ValueError("a message's content must be a string")
+        if role == "system":
+            system.append(content)
+        elif role in ROLES:
+            lines.append(f"{ROLES[role]}: {content}\n")
+        else:
+            raise ValueError(
+                f"unknown message role {str(role)[:20]!r} (system, user, assistant, tool)"
+            )
+    head = "\n\n".join(system) + "\n\n" if system else ""
+    return head + "".join(lines) + "Assistant:"
+
+
+# ----------------------------------------------------------------------------- stats
+def tokens_per_s(eval_count: Any, eval_duration: Any) -> float | None:
+    """``eval_count / eval_duration · 1e9`` when both are there and positive, else None."""
+    if not isinstance(eval_count, (int, float)) or not isinstance(eval_duration, (int, float)):
+        return None
+    if eval_duration <= 0 or isinstance(eval_count, bool):
+        return None
+    return eval_count / eval_duration * 1e9
+
+
+def ndjson(obj: Mapping[str, Any]) -> bytes:
+    """One NDJSON line: compact JSON (no NaN), then ``\\n``."""
+    return (
+        json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    )
