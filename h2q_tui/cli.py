@@ -496,6 +496,18 @@ def run_generate(argv: list[str]) -> int:
     parser.add_argument("checkpoint", help="checkpoint folder, model.safetensors, or run dir")
     parser.add_argument("--prompt", default="", help="text to continue")
     parser.add_argument("--interactive", action="store_true", help="the source's menu loop")
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="CHECKPOINT is a run dir: regenerate each time training saves a new checkpoint "
+        "(swapped into the running model in place); Ctrl+C stops",
+    )
+    parser.add_argument(
+        "--follow-seconds",
+        type=float,
+        metavar="S",
+        help="with --follow: stop after S seconds (default: until Ctrl+C)",
+    )
     parser.add_argument("--steer", metavar="WORD", help="target word (mode steer)")
     parser.add_argument(
         "--strength", type=float, help="signed, × residual norm (default 0.5; needs --steer)"
@@ -511,6 +523,10 @@ def run_generate(argv: list[str]) -> int:
         args.strength = 0.5
     if args.steer and args.strength != 0 and args.mode == "sample":
         args.mode = "steer"  # --steer alone means steering
+    if args.follow_seconds is not None and not args.follow:
+        raise UserError("--follow-seconds needs --follow")
+    if args.follow:
+        return _generate_following(args)
     info, model, codec = load_for_decoding(args)
     _check_layer(args, info, model)
     header = f"checkpoint {info.weights.parent} | step {info.step} | {info.config.model.family}"
@@ -526,6 +542,48 @@ def run_generate(argv: list[str]) -> int:
         raise UserError(str(exc)) from None
     print(header, file=sys.stderr)
     _stream(generation, args.prompt)
+    return EXIT_OK
+
+
+def _generate_following(args: argparse.Namespace) -> int:
+    """``generate RUN --follow``: the same prompt and seed again on every new checkpoint."""
+    from h2q_tui.checkpoints import tokenizer_of
+    from h2q_tui.generation.follow import RunFollower, follow
+    from h2q_tui.generation.generate import Generation, use_decoding_threads
+    from h2q_tui.generation.text import Codec
+
+    if args.interactive:
+        raise UserError("--follow and --interactive do not go together")
+    if args.follow_seconds is not None and args.follow_seconds <= 0:
+        raise UserError(f"--follow-seconds must be > 0, got {args.follow_seconds:g}")
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    use_decoding_threads(args.threads)
+    follower = RunFollower(args.checkpoint)
+    sampling, mode, steer = _generation_settings(args)
+    if args.mode not in ("steer",) and not args.steer:
+        steer.strength = 0.0
+
+    def regenerate(model, info, swapped) -> None:
+        _check_layer(args, info, model)
+        try:
+            generation = Generation(
+                model, Codec(tokenizer_of(info)), args.prompt, sampling, mode, steer,
+                not args.no_cache,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        _stream(generation, args.prompt)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        taken = follow(follower, regenerate, say, args.follow_seconds)
+    except KeyboardInterrupt:
+        print("stopped following", file=sys.stderr)
+        return EXIT_OK
+    say(f"followed {follower.run_dir} for {args.follow_seconds:g} s: {taken} checkpoint(s)")
     return EXIT_OK
 
 
