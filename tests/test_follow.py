@@ -141,3 +141,28 @@ def test_bad_follow_flags_are_one_line(run, tmp_path, args, message):
     assert result.stderr.strip().splitlines() == [f"h2q-tui: error: {message}"] or (
         message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     )
+
+
+async def test_the_generate_pane_follows_an_attached_run(run):
+    from pilot_helpers import text_of, wait_until
+    from textual.widgets import Static
+
+    from h2q_tui.app.app import make_app
+    from h2q_tui.app.generate_pane import GeneratePane
+
+    app = make_app(attach=[run], monitor=False, refresh_s=0.05)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("3")
+        pane = app.query_one(GeneratePane)
+        source = lambda: text_of(pane.query_one("#gen-source", Static))  # noqa: E731
+        await pilot.press("f")
+        await wait_until(pilot, lambda: "now step 10, loaded in" in source(), "the first load")
+        await wait_until(pilot, lambda: pane.busy is None and pane.output, "a generation")
+        model, first_output = pane.model, pane.output
+        point_latest(run, 20)
+        await wait_until(pilot, lambda: "now step 20, swapped in" in source(), "the swap")
+        assert pane.model is model  # swapped in place, not rebuilt
+        await wait_until(pilot, lambda: pane.busy is None and pane.output != first_output)
+        await pilot.press("f")
+        assert "stopped following" in text_of(pane.query_one("#gen-message", Static))
+        assert pane.follower is None

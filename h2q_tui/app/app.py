@@ -201,6 +201,7 @@ class H2QApp(App[int]):
                     request_snapshot=self.request_snapshot if self.engine else None,
                     live_tokenizer=getattr(prepared, "tokenizer", None),
                     checkpoint_hint=str(self.attached.run_dirs[0]) if self.attached else "",
+                    follow_hint=str(self._follow_dir() or ""),
                 )
             with TabPane("Crystal", id="crystal"):
                 yield CrystalPane(
@@ -564,6 +565,13 @@ class H2QApp(App[int]):
 
     def action_sample(self) -> None:
         self.send(commands.SampleNow())
+
+    def _follow_dir(self) -> Path | None:
+        """The run dir the Generate pane's follow mode watches: the live run's, else the
+        first attached one."""
+        if self.engine is not None:
+            return getattr(self.engine, "run_dir", None)
+        return self.attached.run_dirs[0] if self.attached else None
 
     def request_snapshot(self, deliver) -> str | None:
         """Ask the live run for a copy of its model (Generate pane): None when asked, else why not."""

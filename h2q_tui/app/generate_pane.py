@@ -6,6 +6,11 @@ between two steps without pausing it) or a checkpoint. Generation and the readou
 thread worker on that copy, one at a time (the steering hooks live on the model), and stream
 back through coalesced messages, so the UI never waits on them and the training thread is
 never touched.
+
+Follow mode (``f``) watches a run dir (the live run's, the attached one's, or the one typed
+in the checkpoint box) and swaps each new complete checkpoint into the model in place
+between two generations (h2q_tui/generation/follow.py), then generates again: a live look
+at how the run learns. The source line says which step is in use and how long the swap took.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ STRENGTH_LIMIT = 2.0  # … within ±this
 BAR_HALF = 20  # cells on each side of the bar's centre: one cell per step
 READOUT_SAMPLES = 4
 READOUT_TOKENS = 60
+REPAINT_S = 0.1  # streamed text repaints at most this often (a repaint per token slows decoding)
+FOLLOW_POLL_S = 1.0  # how often follow mode looks at the run's checkpoints/latest
 
 # Deliver(model, step) is called by the trainer on the training thread; the callable given to
 # the pane sends the request and returns None, or returns why no snapshot can be taken.
@@ -135,6 +142,7 @@ class GeneratePane(Vertical, can_focus=True):
         Binding("s", "snapshot", "Snapshot live"),
         Binding("o", "open_checkpoint", "Checkpoint", show=False),
         Binding("r", "readout", "Steer readout"),
+        Binding("f", "follow", "Follow run"),
     ]
 
     class ModelReady(Message, bubble=False):
@@ -155,6 +163,16 @@ class GeneratePane(Vertical, can_focus=True):
             super().__init__()
             self.gen_id, self.generation, self.error = gen_id, generation, error
 
+    class FollowTaken(Message, bubble=False):
+        def __init__(self, swapped: Any, codec: Codec) -> None:
+            super().__init__()
+            self.swapped, self.codec = swapped, codec
+
+    class FollowSaid(Message, bubble=False):
+        def __init__(self, text: str, error: bool = False) -> None:
+            super().__init__()
+            self.text, self.error = text, error
+
     class ReadoutProgress(Message, bubble=False):
         def __init__(self, done: int, total: int, strength: float) -> None:
             super().__init__()
@@ -171,6 +189,7 @@ class GeneratePane(Vertical, can_focus=True):
         request_snapshot: RequestSnapshot | None = None,
         live_tokenizer: Any = None,
         checkpoint_hint: str = "",
+        follow_hint: str = "",
         readout_samples: int = READOUT_SAMPLES,
         readout_tokens: int = READOUT_TOKENS,
         id: str | None = "generate-pane",  # noqa: A002 - Textual's name
@@ -179,6 +198,12 @@ class GeneratePane(Vertical, can_focus=True):
         self.live_run, self.request_snapshot = live_run, request_snapshot
         self.live_codec = Codec(live_tokenizer)
         self.checkpoint_hint = checkpoint_hint
+        self.follow_hint = follow_hint  # the run dir f follows when the box names none
+        self.follower: Any = None  # RunFollower while following
+        self._follow_timer: Any = None
+        self._followed_model: Any = None  # the model the follower loaded: swaps go into it
+        self._follow_waiting_said = False
+        self._posted_at = 0.0
         self.readout_samples, self.readout_tokens = readout_samples, readout_tokens
         self.model: Any = None
         self.codec = Codec()
@@ -320,6 +345,8 @@ class GeneratePane(Vertical, can_focus=True):
 
     # ------------------------------------------------------------------ the model
     def action_snapshot(self) -> None:
+        if self.follower is not None:
+            self.stop_following()  # the snapshot is the model now
         if self.request_snapshot is None:
             self.say("no live run (attached runs): load a checkpoint instead", error=True)
             return
@@ -342,6 +369,8 @@ class GeneratePane(Vertical, can_focus=True):
         if not path:
             self.say("type a checkpoint folder, model.safetensors or run dir, then Enter", True)
             return
+        if self.follower is not None:
+            self.stop_following()  # the checkpoint asked for is the model now
         self.say(f"loading {path}…")
         self._load_worker(path)
 
@@ -439,8 +468,10 @@ class GeneratePane(Vertical, can_focus=True):
                     generation.cancel()
                 for piece in generation:
                     self._pieces.append((gen_id, piece))
-                    if not self._streamed_pending:
-                        self._streamed_pending = True
+                    now = time.perf_counter()
+                    if not self._streamed_pending and now - self._posted_at >= REPAINT_S:
+                        self._streamed_pending = True  # Finished drains what is left
+                        self._posted_at = now
                         self.post_message(self.Streamed())
                     if worker.is_cancelled:
                         generation.cancel()
@@ -600,6 +631,82 @@ class GeneratePane(Vertical, can_focus=True):
             return
         self.query_one("#gen-readout", Static).update(Text(message.text or "", style="bold"))
         self.say(f"readout done · model: {self.source}")
+
+    # ------------------------------------------------------------------ follow mode
+    def action_follow(self) -> None:
+        from h2q_tui.errors import UserError
+        from h2q_tui.generation.follow import RunFollower
+
+        if self.follower is not None:
+            self.stop_following()
+            self.say("stopped following: the model stays as it is")
+            return
+        typed = self.query_one("#gen-checkpoint", Input).value.strip()
+        target = typed if typed and not Path(typed, "model.safetensors").is_file() else ""
+        target = target or self.follow_hint
+        if not target:
+            self.say("nothing to follow: type a run dir in the checkpoint box, then f", True)
+            return
+        try:
+            self.follower = RunFollower(target, consumer="generate pane")
+        except UserError as exc:
+            self.say(str(exc), error=True)
+            return
+        self._followed_model, self._follow_waiting_said = None, False
+        self.say(f"following {short_path(self.follower.run_dir)}: each new checkpoint is "
+                 "swapped in and generated from · f stops")  # fmt: skip
+        self._follow_timer = self.set_interval(FOLLOW_POLL_S, self._follow_tick)
+        self._follow_tick()
+
+    def stop_following(self) -> None:
+        if self._follow_timer is not None:
+            self._follow_timer.stop()
+        self.follower = self._follow_timer = None
+        self.workers.cancel_group(self, "follow")
+
+    def _follow_tick(self) -> None:
+        if self.follower is not None:
+            self._follow_worker(self.follower)
+
+    @work(thread=True, exclusive=True, group="follow", exit_on_error=False)
+    @on_own_thread
+    def _follow_worker(self, follower: Any) -> None:
+        from h2q_tui.checkpoints import tokenizer_of
+        from h2q_tui.errors import UserError
+
+        info = follower.poll()
+        if info is None:
+            if self._followed_model is None and not self._follow_waiting_said:
+                self._follow_waiting_said = True
+                self.post_message(
+                    self.FollowSaid(
+                        f"following {short_path(follower.run_dir)}: waiting for "
+                        "its first complete checkpoint…"
+                    )  # fmt: skip
+                )
+            return
+        use_decoding_threads()
+        with self._model_lock:  # between two generations, never during one
+            try:
+                swapped = follower.take(self._followed_model, info)
+                codec = Codec(tokenizer_of(info))
+            except UserError as exc:
+                self.post_message(self.FollowSaid(str(exc), error=True))
+                return
+        self._followed_model = swapped.model
+        self.post_message(self.FollowTaken(swapped, codec))
+
+    def on_generate_pane_follow_said(self, message: FollowSaid) -> None:
+        self.say(message.text, message.error)
+
+    def on_generate_pane_follow_taken(self, message: FollowTaken) -> None:
+        if self.follower is None:
+            return  # stopped meanwhile
+        swapped = message.swapped
+        source = f"following {short_path(self.follower.run_dir)} · {swapped.line()}"
+        self.on_generate_pane_model_ready(self.ModelReady(swapped.model, message.codec, source))
+        if self.busy != "readout":
+            self.action_generate()
 
     # ------------------------------------------------------------------ widget events
     @on(Input.Submitted, "#gen-checkpoint")
