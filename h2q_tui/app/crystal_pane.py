@@ -35,6 +35,7 @@ from textual.widgets import Button, DataTable, Input, Label, SelectionList, Stat
 from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
+from h2q_tui.app.hotstart_panel import HotStartPanel, generation_source_of
 from h2q_tui.system.threads import on_own_thread
 
 BATCH = 32  # windows per forward pass
@@ -215,6 +216,7 @@ class CrystalPane(Vertical, can_focus=True):
         Binding("escape", "cancel", "Cancel"),
         Binding("s", "snapshot", "Snapshot live"),
         Binding("g", "open_in_generate", "Open in Generate"),
+        Binding("h", "hotstart", "Hot start"),
         Binding("o", "open_checkpoint", "Checkpoint", show=False),
         Binding("up", "row(-1)", "Row up", show=False),
         Binding("down", "row(1)", "Row down", show=False),
@@ -299,6 +301,7 @@ class CrystalPane(Vertical, can_focus=True):
             with Vertical(id="cry-results"):
                 yield DataTable(id="cry-table", cursor_type="row", zebra_stripes=True)
                 yield ParetoPlot(id="cry-plot")
+        yield HotStartPanel(lambda: generation_source_of(self.app))
 
     def on_mount(self) -> None:
         self.query_one("#cry-methods").border_title = "methods (space)"
@@ -609,6 +612,21 @@ class CrystalPane(Vertical, can_focus=True):
         table = self.query_one("#cry-table", DataTable)
         if self.rows:
             table.move_cursor(row=max(0, min(len(self.rows) - 1, table.cursor_row + step)))
+
+    def action_hotstart(self) -> None:
+        """Time load → first token of the selected row's folder (else the source checkpoint)."""
+        row = self.selected_row()
+        path = row.path if row is not None else self.source.path if self.source else ""
+        path = path or self.query_one("#cry-checkpoint", Input).value.strip()
+        if not path or not Path(path).exists():
+            self.say("hotstart needs a checkpoint on disk: type one above, or crystallize a "
+                     "snapshot first", error=True)  # fmt: skip
+            return
+        why = self.query_one(HotStartPanel).measure(path)
+        if why:
+            self.say(why, error=True)
+        else:
+            self.say(f"hotstart: timing {path} (fresh processes take a few seconds)…")
 
     def action_open_in_generate(self) -> None:
         from h2q_tui.app.generate_pane import GeneratePane

@@ -37,7 +37,6 @@ from h2q_tui.generation.generate import (
     Generation,
     GenerationStats,
     ModeConfig,
-    load_for_generation,
     use_decoding_threads,
 )
 from h2q_tui.generation.sampling import SamplingConfig
@@ -117,7 +116,9 @@ def load_checkpoint(path: str) -> tuple[Any, Codec, str]:
 
     Raises UserError with one line for a bad path or a damaged file.
     """
-    info, model, codec = load_for_generation(path)
+    from h2q_tui.hotstart.recorded import load_recorded
+
+    info, model, codec, _ = load_recorded(path, "generate pane")
     crystal = f" · {info.describe()}" if info.crystal is not None else ""  # int8 of run X…
     return (
         model,

@@ -289,15 +289,12 @@ class OllamaPane(Vertical, can_focus=True):
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     @on_own_thread
     def _load_worker(self, path: str) -> None:
-        from h2q_tui import checkpoints
         from h2q_tui.errors import UserError
-        from h2q_tui.generation.text import Codec
+        from h2q_tui.hotstart.recorded import load_recorded
 
         started = time.perf_counter()
         try:
-            info = checkpoints.read_info(path)
-            model = checkpoints.load_model_from(info).eval()
-            codec = Codec(checkpoints.tokenizer_of(info))
+            info, model, codec, _ = load_recorded(path, "ollama pane")
         except UserError as exc:
             self.post_message(self.Said(str(exc), error=True))
             return

@@ -25,6 +25,7 @@ from h2q_tui.checkpoints.layout import (
 )
 from h2q_tui.checkpoints.load import (
     load_model_from,
+    load_model_fast,
     load_state,
     load_weights,
     read_info,
@@ -46,6 +47,7 @@ __all__ = [
     "file_crc",
     "find_checkpoint",
     "load_model_from",
+    "load_model_fast",
     "load_state",
     "load_weights",
     "read_info",

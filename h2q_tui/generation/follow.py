@@ -106,27 +106,31 @@ class RunFollower:
     def take(self, model: nn.Module | None, info: checkpoints.CheckpointInfo) -> Swapped:
         """Put ``info``'s weights in front of the generator: in ``model`` when it can be
         swapped in place, else a freshly loaded model. Records the event."""
+        from h2q_tui.hotstart.recorded import load_recorded
+
         previous = self.info
-        started = time.perf_counter()
-        kind = "swap" if model is not None and can_swap(model, info, previous) else "load"
-        if kind == "swap":
+        note = f"step {previous.step:,} → {info.step:,}" if previous else ""
+        if model is not None and can_swap(model, info, previous):
+            kind, started = "swap", time.perf_counter()
             swap_weights(model, info)
-        else:
-            model = checkpoints.load_model_from(info).eval()
-        seconds = time.perf_counter() - started
-        self.info = info
-        timeline.record(
-            timeline.LoadEvent(
-                kind=kind,
-                what=info.describe(),
-                path=str(info.weights.parent),
-                step=info.step,
-                total_s=seconds,
-                phases={"copy" if kind == "swap" else "load": seconds},
-                consumer=self.consumer,
-                note=f"step {previous.step:,} → {info.step:,}" if previous else "",
+            seconds = time.perf_counter() - started
+            timeline.record(
+                timeline.LoadEvent(
+                    kind="swap",
+                    what=info.describe(),
+                    path=str(info.weights.parent),
+                    step=info.step,
+                    total_s=seconds,
+                    phases={"copy": seconds},
+                    consumer=self.consumer,
+                    note=note,
+                )
             )
-        )
+        else:
+            kind = "load"
+            info, model, _, event = load_recorded(info.weights.parent, self.consumer, note=note)
+            seconds = event.total_s
+        self.info = info
         return Swapped(info, model, kind, seconds, previous.step if previous else None)
 
 

@@ -1,0 +1,431 @@
+"""``h2q-tui hotstart CHECKPOINT``: load → first token, by phase, cold and warm, measured.
+
+Each repeat of the fresh-process figure runs ``python -m h2q_tui.hotstart.probe`` as a user
+starts ``h2q-tui generate``: the process start, ``import torch``, the h2q-tui imports, then
+the load phases (:mod:`h2q_tui.hotstart.phases`) up to the first token, then tokens/s over
+64 tokens. Beside it the same load in this process (torch already imported: what the
+Generate pane or ``serve`` pays), and the naive path as the anchor (the model built and
+initialised on the CPU, a pickle ``torch.load`` of its state_dict, ``load_state_dict``).
+
+``--cold`` drops the file's pages before every repeat and checks with mincore that they are
+gone (:mod:`h2q_tui.hotstart.cold`); where they stay (tmpfs, a mapping held elsewhere) it
+says "cold unavailable (why)" and labels the figures warm.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from h2q_tui.errors import UserError
+
+PHASE_ORDER = (
+    "start",
+    "python",
+    "import_torch",
+    "import_h2q",
+    "info",
+    "build",
+    "read",
+    "assign",
+    "first_forward",
+    "first_token",
+    "rest",
+)
+PHASE_HELP = {
+    "start": "process start (spawn → interpreter → probe)",
+    "python": "probe's own imports",
+    "import_torch": "import torch",
+    "import_h2q": "import h2q-tui, safetensors",
+    "info": "find checkpoint, read metadata",
+    "build": "build the model",
+    "read": "read the weights",
+    "assign": "weights into the model",
+    "first_forward": "first forward (prompt)",
+    "first_token": "sample the first token",
+    "rest": "the rest",
+}
+# (key, heading, fresh process?, method)
+COLUMNS = (
+    ("fresh", "fresh process", True, "fast"),
+    ("in_process", "in-process", False, "fast"),
+    ("naive_in_process", "naive in-process", False, "naive"),
+    ("naive_fresh", "naive fresh", True, "naive"),
+)
+PROBE_TIMEOUT_S = 600.0
+
+
+@dataclass
+class Request:
+    """What to measure (the command's flags)."""
+
+    checkpoint: str
+    repeats: int = 3
+    cold: bool = False
+    prompt: str = "Once upon a time"
+    json: str | None = None
+    rate_tokens: int = 64
+    columns: tuple[str, ...] = tuple(key for key, *_ in COLUMNS)
+    threads: int = 1
+
+
+def main(argv: list[str]) -> int:
+    """``h2q-tui hotstart``: parse the flags, measure, print the table (and write --json)."""
+    from h2q_tui.cli import Parser
+
+    parser = Parser(
+        prog="h2q-tui hotstart",
+        description="Time loading a checkpoint up to its first generated token, by phase: "
+        "in fresh processes (as a user starts generate), in this process (what the Generate "
+        "pane and serve pay) and the naive pickle path as the anchor; median and range over "
+        "--repeats, warm (file in the page cache) or --cold.",
+    )
+    parser.add_argument("checkpoint", help="checkpoint folder, model.safetensors or run dir")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of every figure")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="drop the file's pages from the page cache before every repeat (checked with "
+        "mincore; impossible on tmpfs)",
+    )
+    parser.add_argument("--prompt", default="Once upon a time", help="text to continue")
+    parser.add_argument("--json", metavar="PATH", help="write every figure here as JSON")
+    parser.add_argument(
+        "--in-process-only", action="store_true", help="skip the fresh-process figures"
+    )
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive anchor")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads for decoding, as generate"
+    )
+    args = parser.parse_args(argv)
+    columns = tuple(
+        key
+        for key, _, fresh, method in COLUMNS
+        if not (fresh and args.in_process_only) and not (method == "naive" and args.no_naive)
+    )
+    request = Request(
+        checkpoint=args.checkpoint,
+        repeats=args.repeats,
+        cold=args.cold,
+        prompt=args.prompt,
+        json=args.json,
+        columns=columns,
+        threads=args.threads,
+    )
+    report = measure(request)
+    print(format_report(report))
+    if request.json:
+        write_json(report, request.json)
+        print(f"wrote {request.json}")
+    return 0
+
+
+def check_request(request: Request) -> None:
+    """Bad flags as one-line UserErrors, before anything is loaded."""
+    if request.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {request.repeats}")
+    if request.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {request.threads}")
+    if not request.prompt:
+        raise UserError("--prompt needs some text to continue")
+    if request.json:
+        parent = Path(request.json).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise UserError(f"--json {request.json}: folder {parent} does not exist")
+
+
+def warm_up(path: Path) -> None:
+    """Read the whole file once, so that its pages are in the page cache."""
+    with open(path, "rb") as handle:
+        while handle.read(1 << 22):
+            pass
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _summary(samples: list[dict]) -> dict[str, object]:
+    names = [name for name in PHASE_ORDER if any(name in s["phases"] for s in samples)]
+    return {
+        "phases": {
+            name: summarise([s["phases"].get(name, 0.0) for s in samples]) for name in names
+        },
+        "total_s": summarise([s["total_s"] for s in samples]),
+        "tokens_per_s": summarise([s["tokens_per_s"] for s in samples]),
+        "cold": all(s["cold"] for s in samples),
+        "samples": samples,
+    }
+
+
+def run_probe(
+    checkpoint: Path,
+    method: str,
+    pickle_path: Path | None,
+    prompt: str,
+    rate_tokens: int,
+    threads: int,
+) -> dict[str, object]:
+    """One fresh process up to its first token (then its tokens/s): phases and total.
+
+    ``start`` is the time from just before the spawn to the probe's first line, on the
+    system-wide monotonic clock both processes share; ``rest`` the time from the probe's
+    first token to its report arriving here. The phases add up to ``total_s``.
+    """
+    command = [sys.executable, "-m", "h2q_tui.hotstart.probe", str(checkpoint)]
+    command += ["--method", method, "--prompt", prompt, "--rate-tokens", str(rate_tokens)]
+    command += ["--threads", str(threads)]
+    if pickle_path is not None:
+        command += ["--pickle", str(pickle_path)]
+    env = {**os.environ, "H2Q_HOTSTART_SPAWN_WALL": repr(time.time())}
+    spawn_wall = float(env["H2Q_HOTSTART_SPAWN_WALL"])
+    began = time.perf_counter()
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        first = process.stdout.readline()
+        arrived = time.perf_counter()
+        second = process.stdout.readline()
+        _, errors = process.communicate(timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise UserError(f"the fresh-process probe took over {PROBE_TIMEOUT_S:.0f} s") from None
+    if process.returncode != 0 or not first.strip():
+        lines = [line for line in (errors or "").strip().splitlines() if line.strip()]
+        why = lines[-1] if lines else f"exit status {process.returncode}"
+        raise UserError(f"the fresh-process probe failed: {why.removeprefix('error: ')}")
+    head, tail = json.loads(first), json.loads(second or "{}")
+    child = dict(head["phases"])
+    if _shared_monotonic_clock():
+        start = head["started_perf"] - began
+    else:
+        start = head["started_wall"] - spawn_wall
+    total = arrived - began
+    start = min(max(start, 0.0), max(total - head["span_s"], 0.0))
+    rest = max(total - start - sum(child.values()), 0.0)
+    child_rest = child.pop("rest", 0.0)
+    phases = {"start": start, **child, "rest": rest + child_rest}
+    return {
+        "phases": phases,
+        "total_s": sum(phases.values()),
+        "tokens_per_s": float(tail.get("tokens_per_s", 0.0)),
+        "rate_tokens": int(tail.get("rate_tokens", 0)),
+    }
+
+
+def _shared_monotonic_clock() -> bool:
+    """perf_counter is CLOCK_MONOTONIC (one clock for every process) on Linux."""
+    return "CLOCK_MONOTONIC" in time.get_clock_info("perf_counter").implementation
+
+
+def run_in_process(
+    checkpoint: Path, method: str, pickle_path: Path | None, prompt: str, rate_tokens: int
+) -> dict[str, object]:
+    """One load up to its first token in this process (torch already imported)."""
+    from h2q_tui.hotstart import phases
+
+    info, model, _, times = phases.load_for_first_token(
+        checkpoint, prompt, method, pickle_path, rate_tokens
+    )
+    del model
+    gc.collect()  # drops the file's mappings, so that the next cold drop can work
+    return {**times.to_dict(), "what": info.describe(), "step": info.step}
+
+
+def _pickle_folder() -> tempfile.TemporaryDirectory:
+    """A temporary folder for the naive path's pickle, on a disk when one is at hand."""
+    from h2q_tui.hotstart import cold
+
+    default = tempfile.TemporaryDirectory(prefix="h2q-hotstart-")
+    if not cold.in_memory_filesystem(default.name):
+        return default
+    for candidate in ("/var/tmp", str(Path.home())):
+        if Path(candidate).is_dir() and not cold.in_memory_filesystem(candidate):
+            try:
+                alternative = tempfile.TemporaryDirectory(prefix="h2q-hotstart-", dir=candidate)
+            except OSError:
+                continue
+            default.cleanup()
+            return alternative
+    return default
+
+
+def measure(request: Request) -> dict[str, object]:
+    """Every figure the request asks for, as a JSON-ready report."""
+    from h2q_tui import checkpoints
+    from h2q_tui.hotstart import cold, timeline
+    from h2q_tui.hotstart.phases import write_pickle_state
+    from h2q_tui.system import hardware
+
+    check_request(request)
+    info = checkpoints.read_info(request.checkpoint)
+    weights = info.weights
+    checkpoints.load_model_from(info)  # a damaged file fails here, in one line, not in a probe
+    gc.collect()
+    unavailable = cold.drop_file_cache(weights) if request.cold else None
+    is_cold = request.cold and unavailable is None
+    report: dict[str, object] = {
+        "checkpoint": str(weights),
+        "what": info.describe(),
+        "family": info.config.model.family,
+        "step": info.step,
+        "file_bytes": weights.stat().st_size,
+        "machine": hardware.cpu_model(),
+        "machine_info": hardware.machine_info(),
+        "machine_line": hardware.machine_line(),
+        "repeats": request.repeats,
+        "prompt": request.prompt,
+        "rate_tokens": request.rate_tokens,
+        "threads": request.threads,
+        "cold_requested": request.cold,
+        "cold": is_cold,
+        "cold_unavailable": unavailable,
+        "cache": cache_label(request.cold, unavailable),
+        "columns": {},
+    }
+    folder = _pickle_folder() if any("naive" in key for key in request.columns) else None
+    try:
+        pickle_path = write_pickle_state(info, folder.name) if folder else None
+        gc.collect()
+        for key, heading, fresh, method in COLUMNS:
+            if key not in request.columns:
+                continue
+            # the naive path reads the safetensors metadata too: both files go cold
+            targets = [weights, pickle_path] if method == "naive" else [weights]
+            samples = []
+            for _ in range(request.repeats):
+                sample_cold = all([_prepare_cache(path, is_cold) for path in targets])
+                if fresh:
+                    sample = run_probe(
+                        weights,
+                        method,
+                        pickle_path if method == "naive" else None,
+                        request.prompt,
+                        request.rate_tokens,
+                        request.threads,
+                    )
+                else:
+                    sample = run_in_process(
+                        weights,
+                        method,
+                        pickle_path if method == "naive" else None,
+                        request.prompt,
+                        request.rate_tokens,
+                    )
+                    timeline.record(
+                        timeline.LoadEvent(
+                            kind="load",
+                            what=info.describe(),
+                            path=str(weights),
+                            step=info.step,
+                            total_s=sample["total_s"],
+                            phases=dict(sample["phases"]),
+                            cold=sample_cold,
+                            consumer="hotstart",
+                            note=f"{method} path, in-process",
+                        )
+                    )
+                sample["cold"] = sample_cold
+                samples.append(sample)
+            report["columns"][key] = {"heading": heading, "method": method, **_summary(samples)}
+    finally:
+        if folder is not None:
+            folder.cleanup()
+    return report
+
+
+def _prepare_cache(path: Path, cold_wanted: bool) -> bool:
+    """Drop ``path``'s pages (cold) or read it in (warm); True when it is now cold."""
+    from h2q_tui.hotstart import cold
+
+    if cold_wanted:
+        return cold.drop_file_cache(path) is None
+    warm_up(path)
+    return False
+
+
+def cache_label(requested: bool, unavailable: str | None) -> str:
+    if not requested:
+        return "warm (the file in the page cache)"
+    if unavailable:
+        return f"cold unavailable ({unavailable}): the figures are warm"
+    return "cold (the file's pages dropped before every repeat, checked with mincore)"
+
+
+def _cell(summary: dict[str, float] | None, scale: float = 1000.0, digits: int = 1) -> str:
+    if summary is None:
+        return "—"
+    median, low, high = (scale * summary[k] for k in ("median", "min", "max"))
+    return f"{median:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+
+
+def format_report(report: dict[str, object]) -> str:
+    """The readable table: one row per phase, one column per way of loading."""
+    columns = report["columns"]
+    headings = [column["heading"] for column in columns.values()]
+    rows: list[list[str]] = []
+    for name in PHASE_ORDER:
+        if not any(name in column["phases"] for column in columns.values()):
+            continue
+        rows.append(
+            [f"{name}", *(_cell(column["phases"].get(name)) for column in columns.values())]
+        )
+    rows.append(["total → first token", *(_cell(c["total_s"]) for c in columns.values())])
+    rows.append(
+        [
+            f"tokens/s ({report['rate_tokens']} tokens)",
+            *(_cell(c["tokens_per_s"], 1.0) for c in columns.values()),
+        ]
+    )
+    label_width = max(len(row[0]) for row in rows)
+    widths = [
+        max(len(headings[i]), *(len(row[i + 1]) for row in rows)) for i in range(len(headings))
+    ]
+    lines = [
+        f"hotstart {report['checkpoint']}",
+        f"  {report['what']} · {report['file_bytes'] / 1e6:.1f} MB",
+        f"  machine: {report['machine_line']}",
+        f"  cache: {report['cache']}",
+        f"  median (min–max) of {report['repeats']} repeat(s), ms; {report['threads']} "
+        "decoding thread(s)",
+        "",
+        "  ".join(
+            [" " * label_width, *(h.rjust(w) for h, w in zip(headings, widths, strict=True))]
+        ),
+    ]
+    for row in rows:
+        cells = (cell.rjust(w) for cell, w in zip(row[1:], widths, strict=True))
+        lines.append("  ".join([row[0].ljust(label_width), *cells]))
+    if report.get("cold_unavailable"):
+        lines.append(f"cold unavailable ({report['cold_unavailable']})")
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, object], path: str | Path) -> None:
+    try:
+        Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write --json {path}: {exc.strerror or exc}") from None
+
+
+def run_as_script(argv: list[str]) -> int:
+    """``python -m h2q_tui.hotstart.command``: :func:`main` with the CLI's error handling."""
+    try:
+        return main(argv)
+    except UserError as exc:
+        print(f"h2q-tui: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run_as_script(sys.argv[1:]))

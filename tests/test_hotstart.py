@@ -1,0 +1,302 @@
+"""``h2q-tui hotstart``: load → first token by phase, the fast loader, the page-cache helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from h2q_tui import checkpoints
+from h2q_tui.checkpoints.load import load_model_fast
+from h2q_tui.config import ModelConfig, RunConfig
+from h2q_tui.hotstart import cold, command, phases, timeline
+from h2q_tui.models import build_model
+
+MAIN = (
+    "from h2q_tui.hotstart.command import run_as_script; import sys; "
+    "sys.exit(run_as_script(sys.argv[1:]))"
+)
+SMALL = {"d_model": 64, "n_layers": 2, "n_heads": 2, "context": 16, "factor_size": 8, "rank": 3}
+
+
+def save_small(root: Path, family: str, growths: int = 0, **overrides) -> Path:
+    """An untrained small checkpoint of ``family`` (no training): its run dir."""
+    model_config = ModelConfig(family=family, **{**SMALL, **overrides})
+    torch.manual_seed(0)
+    model = build_model(model_config)
+    for _ in range(growths):
+        model.grow_ffn_rank()
+    run = root / f"{family}-{growths}-{len(overrides)}"
+    config = RunConfig(model=model_config)
+    checkpoints.save_checkpoint(run, model, config, 7, "r1", {"rank_growths": growths})
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return save_small(tmp_path_factory.mktemp("hot"), "microstream")
+
+
+def in_subprocess(*args: str) -> tuple[int, str, str]:
+    """The command in a fresh ``python -c``: exit status, stdout, stderr."""
+    result = subprocess.run(
+        [sys.executable, "-c", MAIN, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def assert_phases_add_up(sample: dict) -> None:
+    named = {k: v for k, v in sample["phases"].items() if k != "rest"}
+    assert named and all(v > 0 for v in named.values()), sample["phases"]
+    assert sample["phases"].get("rest", 0.0) >= 0
+    assert math.isclose(sum(sample["phases"].values()), sample["total_s"], rel_tol=1e-9)
+
+
+# ----------------------------------------------------------------------------- fast loader
+@pytest.mark.parametrize(
+    ("family", "growths", "overrides"),
+    [
+        pytest.param("microstream", 0, {}, id="microstream"),
+        pytest.param("microstream", 0, {"shared_bank": False}, id="microstream-own-banks"),
+        pytest.param("microstream", 0, {"ham_init": "unit", "final_norm": True}, id="unit"),
+        pytest.param("h2q-transformer", 0, {}, id="h2q-transformer"),
+        pytest.param("qrlm", 1, {}, id="qrlm-grown"),
+        pytest.param("gpt", 0, {}, id="gpt-tied"),
+        pytest.param("gpt", 0, {"tie_weights": False}, id="gpt-untied"),
+        pytest.param("hamiltonian-llm", 0, {}, id="hamiltonian-llm"),
+    ],
+)
+def test_fast_loader_equals_the_normal_loader(tmp_path, family, growths, overrides) -> None:
+    info = checkpoints.read_info(save_small(tmp_path, family, growths, **overrides))
+    normal, fast = checkpoints.load_model_from(info).eval(), load_model_fast(info).eval()
+    assert type(fast) is type(normal)
+    normal_state, fast_state = normal.state_dict(), fast.state_dict()
+    assert list(fast_state) == list(normal_state)
+    for name, tensor in normal_state.items():
+        assert torch.equal(fast_state[name], tensor), name
+        assert fast_state[name].dtype == tensor.dtype and fast_state[name].device.type == "cpu"
+    # tied and shared tensors stay one parameter
+    assert len(list(fast.parameters())) == len(list(normal.parameters()))
+    assert all(p.requires_grad for p in fast.parameters())
+    if family in ("gpt", "hamiltonian-llm"):
+        head = fast.lm_head.weight
+        embedding = fast.input_embedding().weight
+        assert (head is embedding) == (head is embedding) is overrides.get("tie_weights", True)
+    idx = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(fast(idx)[0], normal(idx)[0])
+    assert fast.energy.device.type == "cpu"
+    # generation, token for token
+    from h2q_tui.generation.generate import generate_text
+    from h2q_tui.generation.sampling import SamplingConfig
+    from h2q_tui.generation.text import Codec
+
+    texts = [
+        generate_text(m, Codec(), "Once", sampling=SamplingConfig(max_new_tokens=12, seed=3))
+        for m in (normal, fast)
+    ]
+    assert texts[0] == texts[1]
+
+
+def test_fast_loader_refuses_a_file_that_does_not_match(tmp_path) -> None:
+    from h2q_tui.errors import UserError
+
+    info = checkpoints.read_info(save_small(tmp_path, "gpt"))
+    from h2q_tui.checkpoints import load
+
+    skeleton = load.build_unfilled(info)
+    tensors = load.read_tensors(info)
+    tensors.pop("wpe.weight")
+    with pytest.raises(UserError, match="does not match its model: missing"):
+        load.assign_weights(info, skeleton, tensors)
+    tensors = load.read_tensors(info)
+    tensors["wpe.weight"] = torch.zeros(3, 3)
+    with pytest.raises(UserError, match="wpe.weight is \\[3, 3\\] in the file"):
+        load.assign_weights(info, load.build_unfilled(info), tensors)
+
+
+def test_fast_loader_takes_the_normal_path_for_a_crystallized_checkpoint(tmp_path, capsys):
+    from h2q_tui.crystal.command import main as crystallize
+
+    run = save_small(tmp_path, "gpt")
+    data = tmp_path / "heldout.txt"
+    data.write_bytes(b"Once upon a time there was a little cat. " * 100)
+    out = tmp_path / "crystal"
+    assert crystallize([str(run), "--method", "int8", "--data", str(data), "--out", str(out)]) == 0
+    capsys.readouterr()
+    folder = next(path.parent for path in out.rglob("model.safetensors"))
+    info = checkpoints.read_info(folder)
+    assert info.crystal is not None
+    normal, fast = checkpoints.load_model_from(info), load_model_fast(info)
+    for name, tensor in normal.state_dict().items():
+        assert torch.equal(fast.state_dict()[name], tensor), name
+    _, _, _, times = phases.load_for_first_token(folder, "Once", rate_tokens=4)
+    assert "build" in times.phases and "read" in times.phases and "assign" not in times.phases
+
+
+# ----------------------------------------------------------------------------- phases
+@pytest.mark.parametrize("method", ["fast", "naive"])
+def test_in_process_phases_are_positive_and_add_up(run_dir, tmp_path, method) -> None:
+    info = checkpoints.read_info(run_dir)
+    pickle_path = phases.write_pickle_state(info, tmp_path) if method == "naive" else None
+    _, model, _, times = phases.load_for_first_token(
+        run_dir, "Once upon", method, pickle_path, rate_tokens=8
+    )
+    assert list(times.phases) == [
+        "info",
+        "build",
+        "read",
+        "assign",
+        "first_forward",
+        "first_token",
+        "rest",
+    ]
+    assert_phases_add_up({"phases": times.phases, "total_s": times.total_s})
+    assert times.tokens_per_s > 0 and times.rate_tokens == 8
+    assert not model.training
+
+
+def test_a_fresh_process_times_its_start_and_imports(run_dir) -> None:
+    info = checkpoints.read_info(run_dir)
+    sample = command.run_probe(info.weights, "fast", None, "Once", 4, 1)
+    assert list(sample["phases"])[:4] == ["start", "python", "import_torch", "import_h2q"]
+    assert_phases_add_up(sample)
+    assert sample["phases"]["import_torch"] > 0.05  # a real import, not a cached module
+    assert sample["tokens_per_s"] > 0 and sample["rate_tokens"] == 4
+
+
+def test_the_command_prints_a_table_writes_json_and_records_loads(run_dir, tmp_path, capsys):
+    timeline.clear()
+    out = tmp_path / "hot.json"
+    argv = [str(run_dir), "--repeats", "2", "--in-process-only", "--json", str(out)]
+    assert command.main(argv) == 0
+    printed = capsys.readouterr().out
+    for words in ("in-process", "naive in-process", "first_forward", "total → first token"):
+        assert words in printed
+    assert "warm" in printed and "tokens/s" in printed
+    report = json.loads(out.read_text())
+    assert report["checkpoint"] == str(checkpoints.read_info(run_dir).weights)
+    assert report["machine"] and report["machine_info"]["cpu_model"] == report["machine"]
+    assert report["repeats"] == 2 and report["cold"] is False
+    assert set(report["columns"]) == {"in_process", "naive_in_process"}
+    for column in report["columns"].values():
+        assert len(column["samples"]) == 2
+        for sample in column["samples"]:
+            assert_phases_add_up(sample)
+            assert sample["cold"] is False
+        phase = column["phases"]["read"]
+        assert phase["min"] <= phase["median"] <= phase["max"]
+    events = [e for e in timeline.events() if e.consumer == "hotstart"]
+    assert len(events) == 4 and all(e.kind == "load" and e.cold is False for e in events)
+    assert events[0].step == 7 and "build" in events[0].phases
+
+
+@pytest.mark.slow
+def test_the_command_with_fresh_processes(run_dir, tmp_path) -> None:
+    out = tmp_path / "hot.json"
+    code, printed, errors = in_subprocess(str(run_dir), "--repeats", "1", "--json", str(out))
+    assert code == 0, errors
+    report = json.loads(out.read_text())
+    assert set(report["columns"]) == {"fresh", "in_process", "naive_in_process", "naive_fresh"}
+    assert "import_torch" in printed
+
+
+# ----------------------------------------------------------------------------- page cache
+def test_cold_on_tmpfs_says_cold_unavailable(run_dir, capsys) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or cold.in_memory_filesystem(shm) != "tmpfs":
+        pytest.skip("/dev/shm is absent or not tmpfs")
+    target = shm / f"h2q-hotstart-test-{os.getpid()}"
+    shutil.copytree(run_dir, target)
+    try:
+        argv = [str(target), "--cold", "--repeats", "1", "--in-process-only", "--no-naive"]
+        assert command.main(argv) == 0
+        printed = capsys.readouterr().out
+        assert "cold unavailable" in printed and "tmpfs" in printed
+        report = command.measure(
+            command.Request(str(target), repeats=1, cold=True, columns=("in_process",))
+        )
+        assert report["cold"] is False and "tmpfs" in report["cold_unavailable"]
+        assert all(not s["cold"] for s in report["columns"]["in_process"]["samples"])
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def test_dropping_a_files_pages_on_a_disk(tmp_path) -> None:
+    if cold.in_memory_filesystem(tmp_path):
+        pytest.skip(f"{tmp_path} is in memory")
+    path = tmp_path / "blob.bin"
+    path.write_bytes(os.urandom(1 << 20))
+    command.warm_up(path)
+    assert cold.residency(path).fraction > 0.9
+    why = cold.drop_file_cache(path)
+    if why is not None:
+        pytest.skip(f"this file system keeps the pages: {why}")
+    assert cold.residency(path).fraction <= cold.RESIDENT_LIMIT
+
+
+def test_a_mapping_held_elsewhere_keeps_the_pages_and_is_reported(tmp_path) -> None:
+    import mmap
+
+    if cold.in_memory_filesystem(tmp_path):
+        pytest.skip(f"{tmp_path} is in memory")
+    path = tmp_path / "blob.bin"
+    path.write_bytes(os.urandom(1 << 20))
+    with open(path, "rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
+        try:
+            assert sum(mapping[i] for i in range(0, len(mapping), mmap.PAGESIZE)) >= 0
+            why = cold.drop_file_cache(path)
+            assert why is not None and "stayed resident" in why
+        finally:
+            mapping.close()
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input_is_one_line_and_exit_2(tmp_path, run_dir) -> None:
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "model.safetensors").write_bytes(b"\x00not a safetensors file" * 10)
+    empty_run = tmp_path / "empty-run"
+    (empty_run / "checkpoints").mkdir(parents=True)
+    cases = [
+        ([str(tmp_path / "missing")], "missing"),
+        ([str(corrupt)], "corrupt"),
+        ([str(empty_run)], "checkpoint"),
+        ([str(run_dir), "--repeats", "0"], "--repeats must be at least 1"),
+        ([str(run_dir), "--repeats", "-2"], "--repeats must be at least 1"),
+        ([str(run_dir), "--json", str(tmp_path / "no" / "such" / "x.json")], "does not exist"),
+    ]
+    for argv, words in cases:
+        code, printed, errors = in_process_main(argv)
+        assert code == 2, (argv, errors)
+        assert len(errors.strip().splitlines()) == 1 and words in errors, (argv, errors)
+        assert printed == ""
+
+
+def in_process_main(argv: list[str]) -> tuple[int, str, str]:
+    """command.run_as_script in this process, with its output captured."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = command.run_as_script(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_bad_input_in_a_subprocess(tmp_path) -> None:
+    code, printed, errors = in_subprocess(str(tmp_path / "nowhere"), "--repeats", "1")
+    assert code == 2 and printed == ""
+    assert len(errors.strip().splitlines()) == 1 and "nowhere" in errors
