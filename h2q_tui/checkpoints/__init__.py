@@ -24,8 +24,8 @@ from h2q_tui.checkpoints.layout import (
     tensor_crc,
 )
 from h2q_tui.checkpoints.load import (
-    load_model_from,
     load_model_fast,
+    load_model_from,
     load_state,
     load_weights,
     read_info,
