@@ -376,11 +376,13 @@ async def test_the_server_keeps_serving_after_bad_input(asgi) -> None:
 # ----------------------------------------------------------------------------- --follow
 async def test_follow_swaps_in_the_newest_checkpoint_between_requests(tmp_path) -> None:
     run = make_run(tmp_path, "live", steps=(5,))
-    app = Server(Registry.discover([run], follow=True)).app
+    registry = Registry.discover([run], follow=True)
+    app = Server(registry).app
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     request = {"model": "live", "prompt": "Once", "stream": False, "options": OPTIONS}
     async with httpx.AsyncClient(transport=transport, base_url="http://serve") as http:
         before = (await http.post(GEN, json=request)).json()
+        model = registry.get("live:latest").model
         step = (await http.post("/api/show", json={"model": "live"})).json()["model_info"]
         assert step["h2q.step"] == 5
         config = resolve("tiny")
@@ -394,6 +396,7 @@ async def test_follow_swaps_in_the_newest_checkpoint_between_requests(tmp_path) 
     assert swapped["load_duration"] > warm["load_duration"]
     event = timeline.latest("serve")
     assert event.kind == "swap" and event.step == 9 and "5 → 9" in event.note
+    assert registry.get("live:latest").model is model and "copy" in event.phases  # in place
 
 
 def test_follow_waits_for_a_run_without_checkpoints(tmp_path) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import json
 import struct
 import time
@@ -256,12 +255,17 @@ class Entry:
         except UserError as exc:
             self.error = str(exc)
             raise
+        from h2q_tui.generation.follow import can_swap, swap_weights
+
         timings: dict[str, float] = {}
-        if "timings" in inspect.signature(checkpoints.load_model_from).parameters:
-            model = checkpoints.load_model_from(info, device, timings=timings)
-        else:  # a version without per-phase timings
-            model = checkpoints.load_model_from(info, device)
-        model = model.eval()
+        if kind == "swap" and self.model is not None and can_swap(self.model, info, previous):
+            swapped = time.perf_counter()
+            swap_weights(self.model, info)  # in place, between two requests (the gate is held)
+            model = self.model
+            timings["copy"] = time.perf_counter() - swapped
+        else:
+            kind = "load" if kind == "swap" else kind  # another shape: a model of its own
+            model = checkpoints.load_model_from(info, device).eval()
         codec = Codec(checkpoints.tokenizer_of(info))
         total = time.perf_counter() - started
         self.model, self.codec = model, codec
