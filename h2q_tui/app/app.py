@@ -44,7 +44,9 @@ LR_STEP = 1.25  # raise/lower keys multiply the LR by this (or its inverse)
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 40
 # actions that act on a run this process trains: off (hidden, refused) when attached
 ENGINE_ACTIONS = frozenset({"start", "toggle_pause", "stop", "save", "sample", "lr_up", "lr_down"})
-ENGINE_PALETTE_ACTIONS = frozenset({"generate_pane('snapshot')", "crystal_pane('snapshot')"})
+ENGINE_PALETTE_ACTIONS = frozenset(
+    {"generate_pane('snapshot')", "crystal_pane('snapshot')", "ollama_pane('snapshot')"}
+)
 ENGINE_KEYS = frozenset({"t", "p", "space", "x", "c", "n", "plus", "equals_sign", "minus"})
 COMPARE_KEYS = ("f", "d")  # shown in the footer when several runs are attached
 PAUSING = "pausing after this step"
@@ -131,11 +133,17 @@ class H2QApp(App[int]):
         ("s", "generate_pane('snapshot')", "Generate: snapshot the live model (run goes on)"),
         ("o", "generate_pane('open_checkpoint')", "Generate: load a checkpoint (path, Enter)"),
         ("r", "generate_pane('readout')", "Generate: steering readout vs strength 0"),
+        ("f", "generate_pane('follow')", "Generate: follow the run (swap in each new checkpoint)"),
         ("s", "crystal_pane('snapshot')", "Crystal: snapshot the live model as the source"),
         ("o", "crystal_pane('open_checkpoint')", "Crystal: a checkpoint as source (path, Enter)"),
         ("r", "crystal_pane('run')", "Crystal: crystallize + measure the ticked methods"),
         ("Esc", "crystal_pane('cancel')", "Crystal: cancel the sweep (rows so far stay)"),
         ("g / Enter", "crystal_pane('open_in_generate')", "Crystal: open the row in Generate"),
+        ("h", "crystal_pane('hotstart')", "Crystal: hot start of the row (load → first token)"),
+        ("r", "ollama_pane('run')", "Ollama: the prompt on the Ollama and the local model"),
+        ("l", "ollama_pane('refresh')", "Ollama: probe the server again, list its models"),
+        ("s", "ollama_pane('snapshot')", "Ollama: snapshot the live model as the local one"),
+        ("Esc", "ollama_pane('cancel')", "Ollama: cancel both sides"),
         ("?", "help", "Help: every key"),
         ("q", "quit", "Quit (asks while training; saves first)"),
     ]
@@ -648,6 +656,13 @@ class H2QApp(App[int]):
         """A Crystal pane key from the command palette: show the pane, then run it there."""
         self.action_pane("crystal")
         pane = self.query_one(CrystalPane)
+        pane.focus()
+        await pane.run_action(action)
+
+    async def action_ollama_pane(self, action: str) -> None:
+        """An Ollama pane key from the command palette: show the pane, then run it there."""
+        self.action_pane("ollama")
+        pane = self.query_one(OllamaPane)
         pane.focus()
         await pane.run_action(action)
 
