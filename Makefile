@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 ARGS    ?=
 
-.PHONY: run test test-all lint bench clean
+.PHONY: run test test-all lint bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,10 +17,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)            ## set up, then train on the embedded default corpus
 	$(BIN)/h2q-tui $(ARGS)
 
-test: $(STAMP)           ## set up, then run the test suite (slow tests excluded)
+test: $(STAMP) browser   ## set up, then run the test suite (slow tests excluded)
 	$(BIN)/python -m pytest -m "not slow"
 
-test-all: $(STAMP)       ## every test, slow ones included
+browser:                 ## Debian's chromium for the browser test of h2q-tui web (skipped without it)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "note: chromium not installed (needs root and apt-get): the browser test will skip"
+
+test-all: $(STAMP) browser ## every test, slow ones included
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -816,6 +816,7 @@ SUBCOMMANDS = {
     "presets": run_presets,
     "serve": lazy_command("h2q_tui.ollama.command", "serve_main"),
     "ollama": lazy_command("h2q_tui.ollama.command", "ollama_main"),
+    "web": lazy_command("h2q_tui.web.command"),
 }
 
 SUBCOMMAND_USAGE = {
@@ -828,6 +829,7 @@ SUBCOMMAND_USAGE = {
     "presets": ("", "list the bundled presets with their parameter counts"),
     "serve": ("CHECKPOINT_OR_RUN_DIR ...", "serve models through the Ollama API"),
     "ollama": ("list|pull|generate ...", "talk to an Ollama server ($OLLAMA_HOST)"),
+    "web": ("[RUN_DIR ...] [--port 8000]", "the dashboard in a browser (attach, textual-serve)"),
 }
 
 

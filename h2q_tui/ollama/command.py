@@ -6,13 +6,13 @@ server that cannot be reached or answers with an error.
 
 from __future__ import annotations
 
-import errno
 import socket
 import sys
 
 from h2q_tui.cli import Parser, add_device_flag
 from h2q_tui.errors import UserError
 from h2q_tui.ollama import protocol
+from h2q_tui.system import net
 
 
 # ----------------------------------------------------------------------------- serve
@@ -58,31 +58,7 @@ def serve_parser() -> Parser:
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port; UserError (one line) when it cannot be had."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except socket.gaierror as exc:
-        raise UserError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise UserError(
-                f"port {port} on {host} is in use (another Ollama or h2q-tui serve?): "
-                "stop it or pick another --port"
-            ) from None
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise UserError(
-                f"not allowed to bind {host}:{port} (ports below 1024 need root)"
-            ) from None
-        raise UserError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
-    return sock
+    return net.bind(host, port, holder="another Ollama or h2q-tui serve?")
 
 
 def serve_main(argv: list[str]) -> int:
@@ -124,7 +100,7 @@ def serve_main(argv: list[str]) -> int:
     for entry in registry.entries.values():
         what = entry.describe or entry.error
         print(f"  {entry.name:<32} {entry.family:<16} {what}", flush=True)
-    if not protocol.is_loopback(args.host):
+    if not net.is_loopback(args.host):
         print(
             f"h2q-tui serve: warning: --host {args.host} accepts connections from other "
             "machines and there is no authentication: anyone who can reach this port can use "

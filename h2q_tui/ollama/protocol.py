@@ -52,17 +52,6 @@ def parse_host(value: str | None) -> str:
     return f"{scheme}://{host}:{port}" + (f"/{path}" if path else "")
 
 
-def is_loopback(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1 (the addresses only this machine reaches)."""
-    name = host.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 # ----------------------------------------------------------------------------- durations
 _UNITS = {
     "ns": 1e-9,
