@@ -5,13 +5,19 @@ For each preset, one process, the same (untrained, seeded) model and the same pr
   rebuilt on each call — how the source systems generated (and this repo's Thought
   Stream did before the cache);
 - "recompute": ``Generation(use_cache=False)`` (whole window per token, weights frozen);
-- "KV cache": ``Generation(use_cache=True)``.
-Variants are interleaved over the repeats (this VM's speed drifts); medians are reported.
+- "KV cache, today's form": ``Generation(use_cache=True)`` under ``reference_decoding()`` —
+  the model forward with a DecodeState (``torch.cat`` per token) and reference sampling, the
+  cached form before issue 15 item 4;
+- "KV cache": ``Generation(use_cache=True)`` — the decoder's step program (preallocated
+  caches, fused q/k/v, direct torch calls; h2q_tui/generation/decoder.py).
+Variants are interleaved over the repeats (this VM's speed drifts); medians are reported,
+and the ratio of the two cached forms is the median of the per-repeat ratios.
 First-token latency is prompt encoding + prefill + the first choice, for a short and a
 full-context prompt. Speed does not depend on the weights' values, so no checkpoint is needed.
 Decoding runs in fp32 (no autocast) whatever the CPU; the table and the JSON name the machine.
 
-    python benchmarks/generation.py [--presets ...] [--tokens 256] [--repeats 3] [--threads 1]
+    python benchmarks/generation.py [--presets ...] [--tokens 256] [--repeats 5] [--threads 1]
+        [--no-recompute] [--levers]
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from pathlib import Path
 import torch
 
 from h2q_tui.config import resolve
+from h2q_tui.generation import decoder, sampling
+from h2q_tui.generation.decoder import reference_decoding
 from h2q_tui.generation.generate import Generation
 from h2q_tui.generation.sampling import SamplingConfig
 from h2q_tui.generation.text import Codec
@@ -48,32 +56,87 @@ def source_style_rate(model, prompt_ids: list[int], tokens: int) -> float:
     return tokens / (time.perf_counter() - started)
 
 
-def generation(model, prompt: str, tokens: int, use_cache: bool) -> Generation:
+def generation(
+    model, prompt: str, tokens: int, use_cache: bool, reference: bool = False
+) -> Generation:
+    """One sampled generation (the default SamplingConfig: T 0.7, top-k 50, penalty 1.2)."""
     run = Generation(
         model, Codec(), prompt, SamplingConfig(max_new_tokens=tokens, seed=0), use_cache=use_cache
     )
-    for _ in run:
-        pass
+    if reference:
+        with reference_decoding():
+            list(run)
+    else:
+        list(run)
     return run
 
 
-def measure(preset: str, tokens: int, repeats: int) -> dict:
+LEVERS = {  # name: (step program, fast sampling, inference_mode)
+    "today": (False, False, False),
+    "fast sampling": (False, True, False),
+    "step program": (True, False, False),
+    "both (the default)": (True, True, False),
+    "both + inference_mode": (True, True, True),
+}
+
+
+def lever_rate(model, tokens: int, levers: tuple[bool, bool, bool]) -> float:
+    """tokens/s of one cached generation with the levers set (module flags, restored after)."""
+    program, fast_sampling, inference = levers
+    before = decoder.FAST_DECODING, sampling.FAST_SAMPLING
+    decoder.FAST_DECODING, sampling.FAST_SAMPLING = program, fast_sampling
+    try:
+        if inference:
+            with torch.inference_mode():
+                return generation(model, PROMPT, tokens, True).stats.tokens_per_s
+        return generation(model, PROMPT, tokens, True).stats.tokens_per_s
+    finally:
+        decoder.FAST_DECODING, sampling.FAST_SAMPLING = before
+
+
+def measure_levers(preset: str, tokens: int, repeats: int) -> dict:
+    """Each lever of the cached decoder alone and together, interleaved, medians."""
+    torch.manual_seed(0)
+    model = build_model(resolve(preset).model).eval()
+    rates: dict[str, list[float]] = {name: [] for name in LEVERS}
+    for levers in LEVERS.values():  # warm-up
+        lever_rate(model, 8, levers)
+    for _ in range(repeats):
+        for name, levers in LEVERS.items():
+            rates[name].append(lever_rate(model, tokens, levers))
+    return {"preset": preset, **{k: statistics.median(v) for k, v in rates.items()}, "runs": rates}
+
+
+def measure(preset: str, tokens: int, repeats: int, recompute: bool) -> dict:
     config = resolve(preset)
     torch.manual_seed(0)
     model = build_model(config.model).eval()
     context = config.model.context
     prompt_ids = list(PROMPT.encode())
     long_prompt = (PROMPT * 20)[: context - 1]  # nearly fills the window
-    rates: dict[str, list[float]] = {"source_style": [], "recompute": [], "kv_cache": []}
-    first_short, first_long = [], []
-    generation(model, PROMPT, 8, True)  # warm-up
+    names = ["kv_cache_today", "kv_cache"]
+    if recompute:
+        names = ["source_style", "recompute", *names]
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    first: dict[str, list[float]] = {"today": [], "new": [], "today_long": [], "new_long": []}
+    same_tokens = True
+    today = generation(model, PROMPT, 8, True, reference=True)  # warm-up, both forms
+    same_tokens &= today.tokens == generation(model, PROMPT, 8, True).tokens
     for _ in range(repeats):
-        rates["source_style"].append(source_style_rate(model, prompt_ids, tokens))
-        rates["recompute"].append(generation(model, PROMPT, tokens, False).stats.tokens_per_s)
-        cached = generation(model, PROMPT, tokens, True)
-        rates["kv_cache"].append(cached.stats.tokens_per_s)
-        first_short.append(cached.stats.first_token_s)
-        first_long.append(generation(model, long_prompt, 1, True).stats.first_token_s)
+        if recompute:
+            rates["source_style"].append(source_style_rate(model, prompt_ids, tokens))
+            rates["recompute"].append(generation(model, PROMPT, tokens, False).stats.tokens_per_s)
+        today = generation(model, PROMPT, tokens, True, reference=True)
+        new = generation(model, PROMPT, tokens, True)
+        same_tokens &= today.tokens == new.tokens
+        rates["kv_cache_today"].append(today.stats.tokens_per_s)
+        rates["kv_cache"].append(new.stats.tokens_per_s)
+        first["today"].append(today.stats.first_token_s)
+        first["new"].append(new.stats.first_token_s)
+        long_today = generation(model, long_prompt, 1, True, reference=True).stats.first_token_s
+        first["today_long"].append(long_today)
+        first["new_long"].append(generation(model, long_prompt, 1, True).stats.first_token_s)
+    ratios = [n / t for n, t in zip(rates["kv_cache"], rates["kv_cache_today"], strict=True)]
     return {
         "preset": preset,
         "family": config.model.family,
@@ -83,9 +146,11 @@ def measure(preset: str, tokens: int, repeats: int) -> dict:
         "prompt_tokens": len(prompt_ids),
         "long_prompt_tokens": len(long_prompt.encode()),
         **{f"{k}_tokens_per_s": statistics.median(v) for k, v in rates.items()},
-        "first_token_ms": 1000 * statistics.median(first_short),
-        "first_token_long_prompt_ms": 1000 * statistics.median(first_long),
+        "kv_cache_speedup": statistics.median(ratios),
+        "same_tokens": same_tokens,
+        **{f"first_token_{k}_ms": 1000 * statistics.median(v) for k, v in first.items()},
         "repeats": repeats,
+        "runs": rates,
     }
 
 
@@ -95,39 +160,74 @@ def main() -> None:
     )
     parser.add_argument("--presets", nargs="+", default=PRESETS)
     parser.add_argument("--tokens", type=int, default=256, help="new tokens per generation")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 suits batch-1 decoding)"
+    )
+    parser.add_argument(
+        "--no-recompute",
+        dest="recompute",
+        action="store_false",
+        help="only the two cached forms (skip the slow recomputing variants)",
+    )
+    parser.add_argument(
+        "--levers", action="store_true", help="also each lever alone (a second table)"
     )
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-generation.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [measure(preset, args.tokens, args.repeats) for preset in args.presets]
+    levers = [measure_levers(p, args.tokens, args.repeats) for p in args.presets if args.levers]
+    rows = [measure(p, args.tokens, args.repeats, args.recompute) for p in args.presets]
     print(f"machine: {hardware.machine_line()}")
     print(
-        f"generation, {args.tokens} new tokens after a {rows[0]['prompt_tokens']}-byte prompt, "
-        f"batch 1, fp32, {args.threads} thread(s), median of {args.repeats}"
+        f"batch-1 decoding, {args.tokens} new tokens after a {rows[0]['prompt_tokens']}-byte "
+        f"prompt, fp32, {args.threads} thread(s), interleaved, median of {args.repeats}"
     )
     print(
-        "| preset | parameters | recompute, source style (tok/s) | recompute (tok/s) "
-        "| KV cache (tok/s) | cache vs recompute | cache vs source style "
-        "| first token (ms) | first token, full-context prompt (ms) |"
+        "| preset | parameters | KV cache, today's form (tok/s) | KV cache, step program "
+        "(tok/s) | speed-up | same tokens | first token today / new (ms) "
+        "| full-context prompt today / new (ms) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|:-:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['preset']} | {r['parameters']:,} | {r['source_style_tokens_per_s']:,.0f} | "
-            f"{r['recompute_tokens_per_s']:,.0f} | {r['kv_cache_tokens_per_s']:,.0f} | "
-            f"{r['kv_cache_tokens_per_s'] / r['recompute_tokens_per_s']:.1f}x | "
-            f"{r['kv_cache_tokens_per_s'] / r['source_style_tokens_per_s']:.1f}x | "
-            f"{r['first_token_ms']:.1f} | {r['first_token_long_prompt_ms']:.1f} |"
+            f"| {r['preset']} | {r['parameters']:,} | {r['kv_cache_today_tokens_per_s']:,.0f} | "
+            f"{r['kv_cache_tokens_per_s']:,.0f} | {r['kv_cache_speedup']:.2f}x | "
+            f"{'yes' if r['same_tokens'] else 'NO'} | "
+            f"{r['first_token_today_ms']:.1f} / {r['first_token_new_ms']:.1f} | "
+            f"{r['first_token_today_long_ms']:.1f} / {r['first_token_new_long_ms']:.1f} |"
         )
+    if args.recompute:
+        print()
+        print(
+            "| preset | recompute, source style (tok/s) | recompute (tok/s) | KV cache (tok/s) "
+            "| cache vs recompute | cache vs source style |"
+        )
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in rows:
+            cached = r["kv_cache_tokens_per_s"]
+            print(
+                f"| {r['preset']} | {r['source_style_tokens_per_s']:,.0f} | "
+                f"{r['recompute_tokens_per_s']:,.0f} | {cached:,.0f} | "
+                f"{cached / r['recompute_tokens_per_s']:.1f}x | "
+                f"{cached / r['source_style_tokens_per_s']:.1f}x |"
+            )
+    if levers:
+        print()
+        print("levers, KV cache tok/s (× today's form), interleaved, median of", args.repeats)
+        print("| preset | " + " | ".join(LEVERS) + " |")
+        print("|---|" + "---:|" * len(LEVERS))
+        for r in levers:
+            cells = [f"{r[name]:,.0f} ({r[name] / r['today']:.2f}×)" for name in LEVERS]
+            print(f"| {r['preset']} | " + " | ".join(cells) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "threads": args.threads,
         "precision": "fp32",
         "machine": hardware.machine_info(),
+        "machine_line": hardware.machine_line(),
         "rows": rows,
+        "levers": levers,
     }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -872,3 +872,27 @@ async def test_every_pane_fits_and_no_number_wraps(engine, size):
             await pilot.pause()
             assert app.query_one("#status-line").region.height == 1
         assert {"help", "quit"} <= footer_actions(app)
+
+
+# ---------------------------------------------------------------------- the chart widget
+async def test_the_chart_zooms_with_its_keys_and_keeps_the_zoom_as_records_arrive(engine):
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_and_play(pilot, engine)
+        chart = app.query_one("LossChart")
+        await wait_until(pilot, lambda: chart._datasets, "the curves")
+        labels = [label for label in chart._labels if label]
+        assert labels == ["train raw", "train (EMA 0.60)", "held-out", "horizon"]
+        full = (chart._x_min, chart._x_max)
+        received = len(engine.received)
+        chart.focus()
+        await pilot.press("+")  # the chart's own key while it has focus, not LR ×1.25
+        zoomed = (chart._x_min, chart._x_max)
+        assert zoomed[1] - zoomed[0] < full[1] - full[0]
+        assert len(engine.received) == received  # no LR command went to the engine
+        app._view_changed()  # a redraw with every curve, as a new record brings
+        await pilot.pause()
+        assert (chart._x_min, chart._x_max) == zoomed
+        await pilot.press("r")
+        await pilot.pause()
+        assert chart._x_max - chart._x_min == pytest.approx(full[1] - full[0], rel=0.05)

@@ -160,17 +160,19 @@ async def test_generating_streams_text_shows_tokens_per_s_and_repeats_with_a_see
         assert await generate(pilot, pane) == first
 
 
-async def test_generation_runs_on_a_thread_that_ends(model, engine):
+async def test_generation_runs_on_a_thread_that_ends(model, engine, monkeypatch):
     """Not on Textual's pooled executor threads: an OpenMP team made there would outlive the
     generation and slow the training thread (h2q_tui/system/threads.py)."""
+    import h2q_tui.app.generate_pane as generate_pane
+
     threads: set[threading.Thread] = set()
-    forward = model.forward
+    set_threads = generate_pane.use_decoding_threads
 
-    def recording_forward(*args, **kwargs):
+    def recording(*args, **kwargs):  # the worker's first call, on the thread that decodes
         threads.add(threading.current_thread())
-        return forward(*args, **kwargs)
+        return set_threads(*args, **kwargs)
 
-    model.forward = recording_forward
+    monkeypatch.setattr(generate_pane, "use_decoding_threads", recording)
     app = live_app(engine)
     async with app.run_test(size=SIZE) as pilot:
         pane = await give_model(pilot, model)

@@ -232,7 +232,7 @@ class H2QApp(App[int]):
         self.query_one("#thought-stream").border_title = "Thought Stream"
         self.query_one("#event-log").border_title = "Events"
         self.set_interval(self.refresh_s, self.redraw)
-        # the chart (plotext, pure Python) is the costly widget: it redraws 4x less often
+        # the chart (textual-plot, pure Python) is the costly widget: it redraws 4x less often
         self.set_interval(4 * self.refresh_s, self.redraw_chart)
         if self.attached:
             self.poll_attached()

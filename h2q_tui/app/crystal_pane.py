@@ -33,7 +33,7 @@ from textual.events import Key
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, SelectionList, Static
 from textual.worker import get_current_worker
-from textual_plotext import PlotextPlot
+from textual_plot import HiResMode, LegendLocation, PlotWidget
 
 from h2q_tui.app.hotstart_panel import HotStartPanel, generation_source_of
 from h2q_tui.system.threads import on_own_thread
@@ -168,27 +168,24 @@ def short(path: Path) -> str:
         return str(path)
 
 
-class ParetoPlot(PlotextPlot):
+class ParetoPlot(PlotWidget):
     """Δ bits/byte against the compression ratio; the Pareto front joined and marked."""
 
     def draw(self, rows: list[SweepRow]) -> None:
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
+        self.clear()
         measured = [r for r in rows if r.delta is not None and r.method != "original"]
         others = [r for r in measured if not r.pareto]
         front = sorted((r for r in measured if r.pareto), key=lambda r: r.ratio)
         if others:
-            plt.scatter([r.ratio for r in others], [r.delta for r in others], color="gray")
+            xs, ys = [r.ratio for r in others], [r.delta for r in others]
+            self.scatter(xs, ys, "○", "grey62", None, "other methods")
         if front:
             xs, ys = [r.ratio for r in front], [r.delta for r in front]
-            plt.plot(xs, ys, color="green", marker="braille")
-            plt.scatter(xs, ys, color="green", marker="●", label="Pareto front")
-        plt.xlabel("ratio (× smaller)")
-        plt.ylabel("Δ bits/byte")
-        if self.size.height >= 12:
-            plt.title("Δ bits/byte vs compression ratio")
-        self.refresh()
+            self.plot(xs, ys, "green", HiResMode.BRAILLE)
+            self.scatter(xs, ys, "●", "bold green", None, "Pareto front")
+        self.set_xlabel("ratio (× smaller)")
+        self.set_ylabel("Δ bits/byte")
+        self.show_legend(LegendLocation.TOPRIGHT, is_visible=self.size.height >= 12)
 
 
 class CrystalPane(Vertical, can_focus=True):

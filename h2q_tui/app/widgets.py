@@ -9,7 +9,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.widgets import Static
-from textual_plotext import PlotextPlot
+from textual_plot import HiResMode, LegendLocation, PlotWidget
 
 from h2q_tui.app import formatting as fmt
 from h2q_tui.system.budget import MemoryBudget, Reading
@@ -17,9 +17,9 @@ from h2q_tui.system.monitor import SystemSnapshot, format_bytes, format_value
 from h2q_tui.training.events import LN2
 from h2q_tui.training.history import Curve, RunHistory, debiased_ema
 
-RUN_COLOURS = ["cyan", "orange", "green", "magenta", "yellow", "blue", "red", "white"]
+RUN_COLOURS = ["cyan", "orange1", "green", "magenta", "yellow", "blue", "red", "white"]
 X_AXES = ("step", "tokens", "time")
-SHORT_CHART = 16  # rows: below this the chart has no title (its axis labels say the same)
+SMALL_CHART = (70, 14)  # columns, rows: below either the chart has no legend
 CARDS = [
     ("state", "State"),
     ("step", "Step"),
@@ -135,15 +135,21 @@ def _times(value: float | None, factor: float) -> float | None:
 
 
 def _thin(xs: list[float], ys: list[float], limit: int) -> tuple[list[float], list[float]]:
-    """At most ``limit`` points, finite values only (plotext draws NaN badly)."""
+    """At most ``limit`` points (the last always kept), finite values only."""
     pairs = [(x, y) for x, y in zip(xs, ys, strict=False) if math.isfinite(y)]
     stride = max(1, math.ceil(len(pairs) / max(1, limit)))
     pairs = pairs[::stride] + ([pairs[-1]] if pairs and (len(pairs) - 1) % stride else [])
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-class LossChart(PlotextPlot):
-    """Train CE (raw + debiased EMA) and both validation curves, for one or several runs."""
+class LossChart(PlotWidget):
+    """Train CE (raw + debiased EMA) and both validation curves, for one or several runs.
+
+    On textual-plot's PlotWidget: braille lines (2×4 dots a cell), nice ticks, and zoom/pan
+    with the mouse (wheel, drag) or, with the chart focused, ``+``/``-``, the arrows and
+    ``r`` to reset. A zoom survives the redraws that new records bring (the widget keeps
+    the user's limits; only unzoomed axes follow the data).
+    """
 
     _last_draw: tuple | None = None
 
@@ -156,74 +162,38 @@ class LossChart(PlotextPlot):
         self, histories: dict[str, RunHistory], axis: str, units: str, smoothing: float
     ) -> None:
         self._last_draw = (histories, axis, units, smoothing)
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
+        self.clear()
         scale = 1 / LN2 if units == "bpb" else 1.0
-        limit = max(20, 2 * self.size.width)
+        limit = max(20, 4 * self.size.width)  # braille: 2 dots a column
         several = len(histories) > 1
         for index, (name, h) in enumerate(histories.items()):
             colour = RUN_COLOURS[index % len(RUN_COLOURS)]
             prefix = f"{name} " if several else ""
-            self._series(
-                plt,
-                h.train,
-                axis,
-                scale,
-                limit,
-                None if several else "gray",
-                f"{prefix}train raw" if not several else None,
-            )
+            if not several:
+                self._line(h.train, axis, scale, limit, "grey50", "train raw")
             smooth = Curve(h.train.max_points)
             smooth.step, smooth.tokens, smooth.time = h.train.step, h.train.tokens, h.train.time
             smooth.value = debiased_ema(h.train.value, smoothing)
-            self._series(
-                plt, smooth, axis, scale, limit, colour, f"{prefix}train (EMA {smoothing:.2f})"
-            )
-            self._series(
-                plt,
-                h.heldout,
-                axis,
-                scale,
-                limit,
-                "green" if not several else colour,
-                f"{prefix}held-out",
-                marker="dot",
-            )
-            self._series(
-                plt,
-                h.horizon,
-                axis,
-                scale,
-                limit,
-                "orange" if not several else colour,
-                f"{prefix}horizon",
-                marker="x",
-            )
-        plt.xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[axis])
-        plt.ylabel("bits/byte" if units == "bpb" else "nats/byte")
-        if self.size.height >= SHORT_CHART:  # a short chart keeps its rows for the curves
-            plt.title(f"cross-entropy ({units}) vs {axis}")
-        self.refresh()
+            self._line(smooth, axis, scale, limit, colour, f"{prefix}train (EMA {smoothing:.2f})")
+            held, horizon = ("green", "orange1") if not several else (colour, colour)
+            self._points(h.heldout, axis, scale, limit, held, "•", f"{prefix}held-out")
+            self._points(h.horizon, axis, scale, limit, horizon, "x", f"{prefix}horizon")
+        self.set_xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[axis])
+        self.set_ylabel("bits/byte" if units == "bpb" else "nats/byte")
+        small = self.size.width < SMALL_CHART[0] or self.size.height < SMALL_CHART[1]
+        self.margin_top = 1 if small else 2  # a small chart keeps its rows for the curves
+        # the legend would hide a small chart; the curves keep their colours (README, ?)
+        self.show_legend(LegendLocation.TOPRIGHT, is_visible=not small)
 
-    @staticmethod
-    def _series(
-        plt,
-        curve: Curve,
-        axis: str,
-        scale: float,
-        limit: int,
-        colour,
-        label,
-        marker: str = "braille",
-    ) -> None:
+    def _line(self, curve: Curve, axis: str, scale: float, limit: int, colour, label) -> None:
         xs, ys = _thin(curve.x(axis), curve.value, limit)
-        if not xs:
-            return
-        kwargs = {"marker": marker, "label": label} if label else {"marker": marker}
-        if colour:
-            kwargs["color"] = colour
-        plt.plot(xs, [y * scale for y in ys], **kwargs)
+        if xs:
+            self.plot(xs, [y * scale for y in ys], colour, HiResMode.BRAILLE, label)
+
+    def _points(self, curve: Curve, axis, scale, limit, colour, marker: str, label) -> None:
+        xs, ys = _thin(curve.x(axis), curve.value, limit)
+        if xs:
+            self.scatter(xs, [y * scale for y in ys], marker, f"bold {colour}", None, label)
 
 
 class SystemPanel(Static):

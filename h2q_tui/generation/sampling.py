@@ -5,10 +5,13 @@ Dimension legend: V vocabulary.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+
+FAST_SAMPLING = True  # decoder.reference_decoding() turns it off (today's form)
 
 
 @dataclass
@@ -65,13 +68,95 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
+class _GeneratedMask:
+    """A (V,) bool mask of the tokens in a growing ``generated`` list, updated by appends.
+
+    Kept per thread for the last list seen; any change other than an append rebuilds it.
+    """
+
+    def __init__(self) -> None:
+        self.tokens: list[int] | None = None  # the caller's list (held, so its id stays)
+        self.prefix: list[int] = []  # what the mask holds
+        self.mask: torch.Tensor | None = None
+
+    def of(self, generated: list[int], size: int) -> torch.Tensor:
+        seen = len(self.prefix)
+        reuse = (
+            self.tokens is generated
+            and self.mask is not None
+            and self.mask.numel() == size
+            and len(generated) >= seen
+            and generated[:seen] == self.prefix
+        )
+        if not reuse:
+            self.tokens, self.prefix = generated, []
+            self.mask, seen = torch.zeros(size, dtype=torch.bool), 0
+        for token in generated[seen:]:
+            self.mask[token] = True
+        self.prefix.extend(generated[seen:])
+        return self.mask
+
+
+_masks = threading.local()
+
+
+def _generated_mask(generated: list[int], size: int) -> torch.Tensor:
+    if not hasattr(_masks, "mask"):
+        _masks.mask = _GeneratedMask()
+    return _masks.mask.of(generated, size)
+
+
 def choose_token(
     logits: torch.Tensor,
     generated: list[int],
     config: SamplingConfig,
     generator: torch.Generator,
 ) -> int:
-    """One token id from next-token logits (V,) under ``config``."""
+    """One token id from next-token logits (V,) under ``config``.
+
+    The same draw as :func:`choose_token_reference` (the same probabilities over all V
+    tokens, hence the same generator state), with fewer small ops: the repetition penalty
+    reads a mask of the generated tokens that grows by one entry per token (instead of a
+    tensor built from the whole list each time), the fills are out of place on tensors that
+    are new anyway, and it all runs under ``torch.inference_mode``. The top-k cut stays a
+    full-vocabulary mask: a draw among the k survivors alone would consume the generator
+    differently.
+    """
+    if not FAST_SAMPLING:
+        return choose_token_reference(logits, generated, config, generator)
+    with torch.inference_mode():  # no autograd or version-counter bookkeeping per op
+        return _choose(logits, generated, config, generator)
+
+
+def _choose(
+    logits: torch.Tensor, generated: list[int], config: SamplingConfig, generator: torch.Generator
+) -> int:
+    """choose_token's fast form (inside inference mode)."""
+    logits = logits.float().cpu()
+    penalty = config.repetition_penalty
+    if penalty != 1.0 and generated:
+        mask = _generated_mask(generated, logits.numel())
+        penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+        logits = torch.where(mask, penalised, logits)
+    if config.temperature == 0:
+        return int(torch.argmax(logits))
+    logits = logits / config.temperature
+    if 0 < config.top_k < logits.numel():
+        kth = torch.topk(logits, config.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        logits = filter_top_k_top_p(logits, 0, config.top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def choose_token_reference(
+    logits: torch.Tensor,
+    generated: list[int],
+    config: SamplingConfig,
+    generator: torch.Generator,
+) -> int:
+    """choose_token in today's form (copies, boolean index puts): the reference of the tests."""
     logits = apply_repetition_penalty(logits.float().cpu(), generated, config.repetition_penalty)
     if config.temperature == 0:
         return int(torch.argmax(logits))

@@ -121,6 +121,7 @@ class Job:
             target=self._run, name=f"h2q-serve-generate-{Job.counter}", daemon=True
         )
         self.finished = False
+        self._ended_event = asyncio.Event()  # set once request_done ran (keep-alive applied)
 
     def start(self) -> None:
         self.server.jobs.add(self)
@@ -161,6 +162,12 @@ class Job:
         self.server.jobs.discard(self)
         self.server.ended.append((self.thread.name, self.generation.stats.stop_reason))
         self.server.request_done(self.entry, self.lease, self.keep_alive)
+        self._ended_event.set()
+
+    async def ended(self) -> None:
+        """Wait until the thread is done and the model's keep-alive is applied, so that a
+        client reading the final object sees /api/ps as it now is (keep_alive 0: unloaded)."""
+        await self._ended_event.wait()
 
     async def next_batch(self) -> list[tuple[str, Any]]:
         """What arrived since the last call (waits for at least one item)."""
@@ -588,6 +595,7 @@ class Server:
                     elif kind == "error":
                         lines.append(protocol.ndjson({"error": value}))
                     else:
+                        await job.ended()
                         lines.append(protocol.ndjson(self._final(job, chat, timing, "")))
                 yield b"".join(lines)
         finally:
@@ -610,6 +618,7 @@ class Server:
                     elif kind == "error":
                         raise ApiError(500, value)
                     else:
+                        await job.ended()
                         return JSONResponse(self._final(job, chat, timing, "".join(parts)))
         finally:
             job.cancel()
