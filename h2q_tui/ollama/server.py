@@ -108,7 +108,10 @@ class Job:
 
     counter = 0
 
-    def __init__(self, server: Server, entry: Entry, lease: Lease, generation, keep_alive) -> None:
+    def __init__(
+        self, server: Server, entry: Entry, lease: Lease, generation, keep_alive,
+        wake_per_piece: bool = True,
+    ) -> None:  # fmt: skip
         Job.counter += 1
         self.server, self.entry, self.lease = server, entry, lease
         self.generation, self.keep_alive = generation, keep_alive
@@ -121,6 +124,9 @@ class Job:
             target=self._run, name=f"h2q-serve-generate-{Job.counter}", daemon=True
         )
         self.finished = False
+        # "stream": false reads the pieces only at the end: waking the event loop for each
+        # would take the GIL from the decoder once a token for nothing
+        self.wake_per_piece = wake_per_piece
         self._ended_event = asyncio.Event()  # set once request_done ran (keep-alive applied)
 
     def start(self) -> None:
@@ -133,7 +139,7 @@ class Job:
     def _put(self, item: tuple[str, Any]) -> None:
         with self._lock:
             self._items.append(item)
-            if self._woken:
+            if self._woken or (item[0] == "piece" and not self.wake_per_piece):
                 return
             self._woken = True
         try:
@@ -518,7 +524,7 @@ class Server:
         except BaseException:
             self.request_done(entry, lease, keep_alive)
             raise
-        job = Job(self, entry, lease, generation, keep_alive)
+        job = Job(self, entry, lease, generation, keep_alive, wake_per_piece=stream)
         job.start()
         timing = (started, load_s)
         if stream:
@@ -588,10 +594,11 @@ class Server:
         try:
             async for items in job.batches():
                 lines = []
+                stamp = iso(time.time()).encode()  # one batch goes out in one write: one time
                 for kind, value in items:
                     if kind == "piece":  # the line _head() would give, built faster
                         text = json.dumps(value, ensure_ascii=False).encode()
-                        lines.append(head + iso(time.time()).encode() + middle + text + tail)
+                        lines.append(head + stamp + middle + text + tail)
                     elif kind == "error":
                         lines.append(protocol.ndjson({"error": value}))
                     else:
