@@ -116,6 +116,16 @@ def _pointer_target(root: Path) -> tuple[Path | None, str | None]:
     return root / name, None
 
 
+def named_run_dir(path: Path) -> Path:
+    """The run dir meant when ``RUN/checkpoints/latest`` (the pointer file itself) or
+    ``RUN/checkpoints`` is named; any other path as it is. Nothing needs to exist yet."""
+    if path.name == LATEST and path.parent.name == "checkpoints" and not path.is_dir():
+        return path.parent.parent
+    if path.name == "checkpoints" and not (path / WEIGHTS).is_file():
+        return path.parent
+    return path
+
+
 def resolve_checkpoint(path: str | Path, need_state: bool = False) -> tuple[Path, str]:
     """(weights file, note) from a run dir, a checkpoint folder or a .safetensors file.
 
@@ -126,10 +136,7 @@ def resolve_checkpoint(path: str | Path, need_state: bool = False) -> tuple[Path
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
-    if path.name == LATEST and path.is_file() and path.parent.name == "checkpoints":
-        path = path.parent.parent  # the pointer file itself: what it points at, as for its run
-    elif path.name == "checkpoints" and path.is_dir() and not (path / WEIGHTS).is_file():
-        path = path.parent
+    path = named_run_dir(path)
     direct = path if path.is_file() else path / WEIGHTS
     if direct.is_file():
         problem = checkpoint_problem(direct, need_state)
@@ -151,6 +158,17 @@ def resolve_checkpoint(path: str | Path, need_state: bool = False) -> tuple[Path
             return weights, f"{first_problem}; using {weights.parent.name}, the newest sound one"
         first_problem = first_problem or f"{weights.parent.name} is {problem}"
     raise UserError(f"no sound checkpoint in {root}: {first_problem}")
+
+
+def candidate_weights(path: str | Path) -> Path | None:
+    """The weights file :func:`resolve_checkpoint` tries first, unchecked (no checksum pass,
+    so nothing is read): for looking at a file's page-cache state before loading it."""
+    path = named_run_dir(Path(path))
+    direct = path if path.is_file() else path / WEIGHTS
+    if direct.is_file():
+        return direct
+    target, _ = _pointer_target(path / "checkpoints")
+    return target / WEIGHTS if target else None
 
 
 def find_checkpoint(path: str | Path) -> Path:

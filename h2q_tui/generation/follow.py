@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from h2q_tui import checkpoints
+from h2q_tui.checkpoints.find import named_run_dir
 from h2q_tui.checkpoints.layout import LATEST
 from h2q_tui.errors import UserError
 from h2q_tui.hotstart import timeline
@@ -50,11 +51,7 @@ class RunFollower:
     """Hands out each new complete checkpoint of one run dir (poll from any one thread)."""
 
     def __init__(self, run_dir: str | Path, consumer: str = "generate --follow") -> None:
-        self.run_dir = Path(run_dir)
-        if self.run_dir.name == LATEST and self.run_dir.parent.name == "checkpoints":
-            self.run_dir = self.run_dir.parent.parent  # RUN/checkpoints/latest named directly
-        elif self.run_dir.name == "checkpoints":
-            self.run_dir = self.run_dir.parent
+        self.run_dir = named_run_dir(Path(run_dir))
         if self.run_dir.is_file() or (self.run_dir / "model.safetensors").is_file():
             raise UserError(
                 f"{self.run_dir} is a checkpoint, not a run dir: --follow needs the folder a "

@@ -30,12 +30,14 @@ def cache_state(path: str | Path) -> bool | None:
 
 def load_recorded(path: str | Path, consumer: str, kind: str = "load", note: str = ""):
     """(info, model in eval mode, codec, LoadEvent) of ``path``; raises UserError."""
-    from h2q_tui import checkpoints
+    from h2q_tui.checkpoints.find import candidate_weights
 
-    weights, _ = checkpoints.resolve_checkpoint(path)
-    cold = cache_state(weights)
+    weights = candidate_weights(path)  # unverified: read_info's checksum pass would warm it
+    cold = cache_state(weights) if weights is not None else None
     clock = Clock()
     info, model, codec = load_timed(path, "fast", None, clock)
+    if weights != info.weights:
+        cold = None  # another checkpoint was taken (the first was damaged): state unknown
     total = clock.elapsed
     phases = dict(clock.phases)
     rest = total - sum(phases.values())

@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from h2q_tui.checkpoints.find import named_run_dir
 from h2q_tui.checkpoints.layout import LATEST, STEP_NAME, TOKENIZER, WEIGHTS
 from h2q_tui.errors import UserError
 from h2q_tui.ollama.protocol import safe_name
@@ -367,10 +368,8 @@ class Registry:
 
 def _names_of(path: Path) -> list[tuple[str, str, Path, bool]]:
     """(name, tag, path for read_info, is a run dir) of one argument."""
-    if path.name == "latest" and path.is_file() and path.parent.name == "checkpoints":
-        return _names_of(path.parent.parent)  # RUN/checkpoints/latest: the run
-    if path.name == "checkpoints" and path.is_dir() and not (path / WEIGHTS).is_file():
-        return _names_of(path.parent)  # RUN/checkpoints: the run
+    if path.exists() and named_run_dir(path) != path:  # RUN/checkpoints[/latest]: the run
+        return _names_of(named_run_dir(path))
     if path.is_file():
         folder = path.parent
         if path.name == WEIGHTS:
