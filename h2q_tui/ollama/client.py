@@ -160,18 +160,9 @@ class Stream:
         for line in response.iter_lines():
             if self._cancelled.is_set():
                 return
-            if not line.strip():
+            part = read_line(line)
+            if part is None:
                 continue
-            try:
-                part = json.loads(line)
-            except ValueError:
-                raise ServerError(
-                    f"the server sent a line that is not JSON: {line[:80]!r}"
-                ) from None
-            if not isinstance(part, dict):
-                raise ServerError(f"the server sent {line[:80]!r}, not an object")
-            if part.get("error"):  # before done: a mid-stream error has no done
-                raise ServerError(str(part["error"]))
             piece = self._piece(part)
             if piece:
                 if self.result.first_token_s is None:
@@ -338,16 +329,9 @@ class OllamaClient:
         with self._stream("POST", "/api/pull", {"model": model, "stream": True}) as response:
             try:
                 for line in response.iter_lines():
-                    if not line.strip():
+                    part = read_line(line)
+                    if part is None:
                         continue
-                    try:
-                        part = json.loads(line)
-                    except ValueError:
-                        raise ServerError(
-                            f"the server sent a line that is not JSON: {line[:80]!r}"
-                        ) from None
-                    if part.get("error"):
-                        raise ServerError(str(part["error"]))
                     progress = PullProgress(
                         str(part.get("status", "")),
                         _ns(part, "completed"),
@@ -389,6 +373,23 @@ class OllamaClient:
         if keep_alive is not None:
             payload["keep_alive"] = keep_alive
         return Stream(self, "/api/chat", payload, chat=True)
+
+
+def read_line(line: str) -> dict[str, Any] | None:
+    """One NDJSON line as an object, None for a blank line; ServerError for a line that is
+    not a JSON object, or one that carries ``error`` (checked before ``done``: a mid-stream
+    error has no done)."""
+    if not line.strip():
+        return None
+    try:
+        part = json.loads(line)
+    except ValueError:
+        raise ServerError(f"the server sent a line that is not JSON: {line[:80]!r}") from None
+    if not isinstance(part, dict):
+        raise ServerError(f"the server sent {line[:80]!r}, not an object")
+    if part.get("error"):
+        raise ServerError(str(part["error"]))
+    return part
 
 
 def first_line(exc: BaseException) -> str:
