@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -173,18 +174,62 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def run_headless(args: argparse.Namespace) -> int:
-    from h2q_tui.run_setup import RunRequest, prepare_run
+    from h2q_tui.system import hardware
+    from h2q_tui.training import distributed
+
+    world = distributed.join(hardware.resolve_device(args.device))  # one process without torchrun
+    try:
+        code = _train_headless(args, world)
+    except BaseException:
+        world.close(wait=False)  # an error: leave at once (the others' collectives then fail)
+        raise
+    world.close(wait=code != EXIT_USAGE)  # an agreed end: wait for rank 0's last save first
+    return code
+
+
+def _prepare_on_every_rank(request, world):
+    """Rank 0 prepares the run (lock, run.json, resume bookkeeping) and tells the others its
+    run dir; they then read the same config, data and checkpoint without writing anything.
+    None on a rank other than 0 when rank 0 refused the request (it says why)."""
+    from h2q_tui.checkpoints import run_lock
+    from h2q_tui.run_setup import prepare_run
+
+    if world.is_main:
+        try:
+            prepared = prepare_run(request, progress=_download_progress())
+            try:
+                world.check_batch(prepared.config.train.batch_size)
+            except UserError:
+                run_lock.release(prepared.run_dir)
+                raise
+        except UserError:
+            world.share(None)
+            raise
+        world.share(str(prepared.run_dir))
+        return prepared
+    run_dir = world.share(None)
+    if run_dir is None:
+        return None
+    return prepare_run(dataclasses.replace(request, run_dir=run_dir), writes=False)
+
+
+def _train_headless(args: argparse.Namespace, world) -> int:
+    from h2q_tui.run_setup import RunRequest
     from h2q_tui.training.trainer import Trainer
     from h2q_tui.training.writers import ConsolePrinter, JsonlWriter
 
     request = RunRequest(**{k: getattr(args, k) for k in RunRequest.__dataclass_fields__})
-    prepared = prepare_run(request, progress=_download_progress())
+    prepared = _prepare_on_every_rank(request, world)
+    if prepared is None:
+        return EXIT_USAGE
     for warning in prepared.warnings:  # e.g. --heldout is the training file
         print(f"h2q-tui: warning: {warning}", file=sys.stderr, flush=True)
-    writer = JsonlWriter(prepared.run_dir)
+    writer = JsonlWriter(prepared.run_dir) if world.is_main else None
     printer = ConsolePrinter(prepared.config.log.log_interval, prepared.config.train.max_steps)
 
     def emit(event) -> None:
+        if writer is None:  # a rank other than 0: rank 0 logs the run
+            return
         writer(event)
         try:
             printer(event)
@@ -200,13 +245,18 @@ def run_headless(args: argparse.Namespace) -> int:
         resume_from=prepared.resume_from,
         tokenizer=prepared.tokenizer,
         device=prepared.device,
+        world=world,
     )
-    print(f"run dir: {prepared.run_dir}", flush=True)
+    if world.is_main:
+        print(f"run dir: {prepared.run_dir}", flush=True)
+        if world.distributed:
+            print(f"training on {world.describe()}; rank 0 writes the log", flush=True)
     with stop_signals_save(trainer):
         try:
             reason = trainer.run()
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
     if reason in STOP_EXIT_CODES:
         return STOP_EXIT_CODES[reason]
     if reason == "memory":  # one line: what was over, where the checkpoint is, what to do
@@ -848,6 +898,12 @@ def dispatch(argv: list[str]) -> int:
     args = main_parser().parse_args(argv)
     if args.no_ui:
         return run_headless(args)
+    from h2q_tui.training.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise UserError(
+            "under torchrun the trainer runs headless: add --no-ui (watch it with h2q-tui attach RUN_DIR)"
+        )
     return run_dashboard(args)
 
 

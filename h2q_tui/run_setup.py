@@ -126,25 +126,31 @@ def fingerprint(corpus: Corpus) -> str:
 
 
 def prepare_run(
-    request: RunRequest, progress: Callable[[int, int | None], None] | None = None
+    request: RunRequest,
+    progress: Callable[[int, int | None], None] | None = None,
+    *,
+    writes: bool = True,
 ) -> PreparedRun:
     """Resolve a new or resumed run; raises UserError for any bad input before training starts.
 
     The run dir is locked for this process; a refused request gives back a lock it took.
+    ``writes=False`` (the other ranks of a torchrun job, after rank 0 prepared the same
+    request with its run dir filled in): read config, data and checkpoint only — no lock, no
+    run.json, nothing moved or removed.
     """
     held_before = run_lock.held()
     try:
-        return _prepare(request, progress)
+        return _prepare(request, progress, writes)
     except BaseException:
         for run_dir in run_lock.held() - held_before:
             run_lock.release(run_dir, remove=True)
         raise
 
 
-def _prepare(request: RunRequest, progress) -> PreparedRun:
+def _prepare(request: RunRequest, progress, writes: bool = True) -> PreparedRun:
     hardware.resolve_device(request.device)  # a bad --device fails before any data is read
     if request.resume:
-        return _prepare_resume(request, progress)
+        return _prepare_resume(request, progress, writes)
     preset = request.preset or DEFAULT_PRESET
     config = cfg.resolve(preset, _flag_overrides(request))
     tokenizer = load_tokenizer(request.tokenizer, config)
@@ -156,6 +162,8 @@ def _prepare(request: RunRequest, progress) -> PreparedRun:
     run_dir = Path(
         request.run_dir or Path("runs") / f"{Path(preset).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     )
+    if not writes:
+        return PreparedRun(config, corpus, run_dir, preset, None, tokenizer, request.device)
     ensure_writable(run_dir)
     run_lock.acquire(run_dir)
     if (run_dir / "checkpoints").exists():
@@ -206,10 +214,10 @@ def _set_aside_later_steps(run_dir: Path, step: int) -> str:
     return f"resuming from step {step}: the {len(later)} later checkpoint(s) moved to {aside}"
 
 
-def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
+def _prepare_resume(request: RunRequest, progress, writes: bool = True) -> PreparedRun:
     run_dir, source = resume_source(request.resume)  # type: ignore[arg-type]
     target = Path(request.run_dir) if request.run_dir else run_dir
-    if target.is_dir():
+    if target.is_dir() and writes:
         run_lock.acquire(target)
     info = checkpoints.read_info(source, need_state=True)
     if request.preset:
@@ -239,6 +247,10 @@ def _prepare_resume(request: RunRequest, progress) -> PreparedRun:
             f"training data differs from the data of run {run_dir}; resume needs the same --data"
         )
     check_corpus_size(config, corpus)
+    if not writes:
+        return PreparedRun(
+            config, corpus, target, saved.get("preset", ""), info, tokenizer, request.device
+        )
     ensure_writable(target)
     run_lock.acquire(target)
     checkpoints.remove_leftovers(target / "checkpoints", owner=True)

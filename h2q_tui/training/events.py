@@ -45,6 +45,7 @@ class RunStarted(Event):
     precision: str = "fp32"  # fp32 | bf16 | fp16, as chosen for this machine
     precision_reason: str = ""  # e.g. "this CPU has no fast bf16 (no AMX, no AVX512-BF16)"
     machine: str = ""  # CPU model (and GPU) the run trains on
+    processes: int = 1  # torchrun ranks training together (DistributedDataParallel)
 
 
 @dataclass(frozen=True)

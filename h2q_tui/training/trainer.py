@@ -6,6 +6,7 @@ queue between steps; it never waits on a consumer.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import time
@@ -29,6 +30,7 @@ from h2q_tui.models import build_model, count_parameters
 from h2q_tui.system import hardware
 from h2q_tui.system.budget import BudgetWatch, MemoryBudget, cuda_memory, rss_bytes
 from h2q_tui.training import commands, events
+from h2q_tui.training.distributed import SINGLE, World
 from h2q_tui.training.evaluate import heldout_cross_entropy, mean_cross_entropy
 from h2q_tui.training.growth import RankGrowthRule
 
@@ -81,6 +83,8 @@ class Trainer:
         resume_from: a checkpoint to continue exactly.
         pause_on_nan: someone can resume (the dashboard): pause on a NaN/Inf loss, and above
             the memory budget after saving, instead of finishing (headless).
+        world: this process's rank in a torchrun job (see training/distributed.py): it trains
+            on its rows of each global batch; only rank 0 evaluates, samples and saves.
     """
 
     def __init__(
@@ -96,15 +100,18 @@ class Trainer:
         pause_on_nan: bool = False,
         tokenizer=None,
         device: str = "auto",
+        world: World = SINGLE,
     ) -> None:
         self.config, self.corpus, self.run_dir, self.emit = config, corpus, Path(run_dir), emit
+        self.world = world
+        world.check_batch(config.train.batch_size)
         self.commands: queue.Queue = command_queue or queue.Queue()
         self.preset, self.pause_on_nan, self.tokenizer = preset, pause_on_nan, tokenizer
         t, m = config.train, config.model
         self.threads = t.threads or torch.get_num_threads()
         torch.set_num_threads(self.threads)
         torch.manual_seed(t.seed)
-        self.device = hardware.resolve_device(device)
+        self.device = world.device(hardware.resolve_device(device))
         self.precision = hardware.choose_precision(t.precision, self.device)
         self.model = build_model(m).to(self.device)
         self.optimizer = build_optimizer(self.model, config)
@@ -137,6 +144,7 @@ class Trainer:
         self.resume_note = resume_from.note if resume_from is not None else ""
         if resume_from is not None:
             self._restore(resume_from)
+        self.forward_model = world.wrap(self.model)  # what training calls (DDP when distributed)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -157,6 +165,7 @@ class Trainer:
             "rank_growths": self.rank_growths,
             "growth_rule": self.growth_rule.state_dict(),
             "run_id": self.run_id,
+            "world_size": self.world.size,
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -192,6 +201,22 @@ class Trainer:
             setattr(self, key, state[key])
         self.elapsed_before_s = state["elapsed_s"]
         self.last_saved_step = self.step
+        trained_on = state.get("world_size", 1)
+        if trained_on != self.world.size:
+            self.resume_note = "; ".join(
+                n for n in (self.resume_note, self._world_change_note(trained_on)) if n
+            )
+
+    def _world_change_note(self, trained_on: int) -> str:
+        def count(n: int) -> str:
+            return f"{n} process{'es' if n > 1 else ''}"
+
+        return (
+            f"this run trained on {count(trained_on)} and resumes on {count(self.world.size)}: "
+            f"allowed — the global batch ({self.config.train.batch_size} windows) and its data "
+            "order do not depend on the process count, so the curve goes on within float "
+            f"rounding (bit-exact only on {count(trained_on)})"
+        )
 
     # ------------------------------------------------------------------ helpers
     def elapsed_s(self) -> float:
@@ -231,8 +256,9 @@ class Trainer:
         return None
 
     def save(self, name: str | None = None, extra_metadata: dict[str, str] | None = None) -> None:
-        """Write a checkpoint of the current step (``name="best"``: the best held-out one)."""
-        if self.last_saved_step == self.step and name is None:
+        """Write a checkpoint of the current step (``name="best"``: the best held-out one).
+        Rank 0 alone writes (the other ranks hold the same weights)."""
+        if not self.world.is_main or (self.last_saved_step == self.step and name is None):
             return
         problem = self.poisoned or self.weights_problem()
         if problem:
@@ -278,6 +304,8 @@ class Trainer:
         return copy
 
     def sample(self) -> None:
+        if not self.world.is_main:
+            return
         prompt = self.corpus.heldout[:16].tolist()
         ids = sample_tokens(
             self.model,
@@ -302,6 +330,8 @@ class Trainer:
         return report
 
     def evaluate_heldout(self, final: bool = False) -> float:
+        if not self.world.is_main:  # rank 0 evaluates; the others have nothing to report
+            return math.nan
         nats = heldout_cross_entropy(
             self.model,
             self.corpus.heldout,
@@ -357,6 +387,7 @@ class Trainer:
         if self.growth_rule.observe(self.step, loss, self.model.ffn_rank):
             added = self._grow()
             self.lr_scale *= t.growth_lr_factor
+            self.forward_model = self.world.wrap(self.model)  # DDP must see the new factors
             self.emit(events.RankGrown(self.step, self.model.ffn_rank, added, self.current_lr()))
 
     # ------------------------------------------------------------------ commands
@@ -412,18 +443,32 @@ class Trainer:
             return "max_seconds"
         return None
 
-    def _forward_backward(self, accum: int) -> tuple[float, int]:
-        """Accumulate gradients over ``accum`` micro-batches; returns (mean CE, tokens)."""
+    def _forward_backward(self, accum: int) -> tuple[float, int, torch.Tensor, torch.Tensor]:
+        """Accumulate gradients over ``accum`` micro-batches of this rank's rows; returns
+        (mean CE, tokens, penalty, aux). The weighted penalty joins the last micro-batch's
+        backward (one backward per forward, as DDP needs; the weights do not change between)."""
         ce_sum, tokens = 0.0, 0
-        for _ in range(accum):
-            x, y = (t.to(self.device) for t in self.sampler.next_batch())
-            with self._autocast():
-                _, ce = self.model(x, y)
-            (ce / accum if self.scaler is None else self.scaler.scale(ce / accum)).backward()
+        rows = self.world.rows(self.config.train.batch_size)
+        for i in range(accum):
+            last = i == accum - 1
+            x, y = (t[rows].to(self.device) for t in self.sampler.next_batch())
+            sync = contextlib.nullcontext()
+            if not last and self.world.distributed:  # average the gradients once, at the end
+                sync = self.forward_model.no_sync()
+            with sync:
+                with self._autocast():
+                    _, ce = self.forward_model(x, y)
+                loss = ce / accum
+                if last:
+                    penalty = self.model.penalty()
+                    aux = self.config.train.axiom_lambda * 0.01 * penalty
+                    if aux.requires_grad:
+                        loss = loss + aux
+                (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             self.sampler.advance()
             ce_sum += float(ce.detach())
             tokens += y.numel()
-        return ce_sum / accum, tokens
+        return ce_sum / accum, tokens, penalty, aux
 
     def train_step(self) -> events.StepCompleted | None:
         """One optimizer step on the sampler's next window(s); None if the loss was not finite
@@ -436,11 +481,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        ce_nats, tokens = self._forward_backward(self.config.train.grad_accum)
-        penalty = self.model.penalty()
-        aux = self.config.train.axiom_lambda * 0.01 * penalty
-        if aux.requires_grad:
-            (aux if self.scaler is None else self.scaler.scale(aux)).backward()
+        ce_nats, tokens, penalty, aux = self._forward_backward(self.config.train.grad_accum)
+        if self.world.distributed:  # the global batch's mean CE and token count
+            ce_sum, all_tokens = self.world.sum([ce_nats, tokens], self.device)
+            ce_nats, tokens = ce_sum / self.world.size, int(all_tokens)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = float(
@@ -540,6 +584,7 @@ class Trainer:
             precision=self.precision.name,
             precision_reason=self.precision.reason,
             machine=hardware.machine_summary(self.device),
+            processes=self.world.size,
         )
 
     def run(self) -> str:
@@ -562,11 +607,12 @@ class Trainer:
 
     def _loop(self) -> str:
         while True:
-            reason = self._drain_commands() or self._limit_reached()
+            reason = self.world.agree(self._drain_commands() or self._limit_reached(), self.device)
             if reason:
                 return reason
             if (
-                isinstance(self.sampler, HorizonSampler)
+                self.world.is_main
+                and isinstance(self.sampler, HorizonSampler)
                 and self.sampler.at_chunk_start()
                 and self.pending_horizon_val is None
             ):
@@ -578,13 +624,16 @@ class Trainer:
                     return reason
                 continue
             self.emit(record)
-            if self._watch_memory(record):  # above the budget: saved; paused or stopping
+            over = self.world.is_main and self._watch_memory(record)  # rank 0's own RSS
+            if self.budget.is_set:
+                over = self.world.any(over, self.device)
+            if over:  # above the budget: saved; paused or stopping
                 reason = "memory" if not self.paused else self._drain_commands()
                 if reason:  # while paused: a Stop, or a signal
                     return reason
             self._maybe_grow(record.train_loss_nats)
             self._after_step()
-            if self.poisoned:
+            if self.world.any(bool(self.poisoned), self.device):
                 if not self.pause_on_nan:
                     return "nan"
                 self._handle(commands.Pause())
