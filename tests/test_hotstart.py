@@ -153,18 +153,49 @@ def test_in_process_phases_are_positive_and_add_up(run_dir, tmp_path, method) ->
     _, model, _, times = phases.load_for_first_token(
         run_dir, "Once upon", method, pickle_path, rate_tokens=8
     )
-    assert list(times.phases) == [
-        "info",
-        "build",
-        "read",
-        "assign",
-        "first_forward",
-        "first_token",
-        "rest",
-    ]
+    if method == "fast":  # mapped first, checksums summed beside build/assign/forward
+        order = ["info", "read", "build", "assign", "first_forward", "first_token"]
+        order.append("verify_wait")
+        assert times.overlapped["verify"] > 0
+    else:  # checksums first (in info), built as training does, pickle, load_state_dict
+        order = ["info", "build", "read", "assign", "first_forward", "first_token"]
+        assert times.overlapped == {}
+    assert list(times.phases) == [*order, "rest"]
     assert_phases_add_up({"phases": times.phases, "total_s": times.total_s})
     assert times.tokens_per_s > 0 and times.rate_tokens == 8
     assert not model.training
+
+
+def damage_a_tensor(weights: Path) -> None:
+    """Flip one byte of the last tensor's data (the header stays readable)."""
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+def test_the_overlapped_checksum_pass_refuses_a_damaged_file(tmp_path) -> None:
+    from h2q_tui.errors import UserError
+
+    run = save_small(tmp_path, "gpt")
+    folder = checkpoints.read_info(run).weights.parent
+    damage_a_tensor(folder / "model.safetensors")
+    with pytest.raises(UserError, match="damaged"):
+        phases.load_for_first_token(folder, "Once", rate_tokens=2)
+    with pytest.raises(UserError, match="damaged"):
+        phases.load_timed(folder)
+
+
+def test_a_run_dir_whose_latest_is_damaged_loads_the_one_before(tmp_path) -> None:
+    model_config = ModelConfig(family="gpt", **SMALL)
+    torch.manual_seed(0)
+    model = build_model(model_config)
+    run = tmp_path / "run"
+    for step in (3, 7):
+        checkpoints.save_checkpoint(run, model, RunConfig(model=model_config), step, "r1", {})
+    damage_a_tensor(checkpoints.read_info(run).weights)
+    info, _, _, times = phases.load_for_first_token(run, "Once", rate_tokens=2)
+    assert info.step == 3 and "step" in info.note
+    assert_phases_add_up({"phases": times.phases, "total_s": times.total_s})
 
 
 def test_a_fresh_process_times_its_start_and_imports(run_dir) -> None:

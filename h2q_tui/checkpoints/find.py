@@ -4,8 +4,12 @@ damaged), a checkpoint folder, or a ``.safetensors`` file, each checked against 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import threading
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,11 +30,21 @@ from h2q_tui.errors import UserError
 CRC_THREADS = 2  # checksum threads (zlib, no OpenMP); more gain nothing on these machines
 
 
-def checkpoint_problem(weights: Path, need_state: bool = False) -> str | None:
+def checkpoint_problem(
+    weights: Path,
+    need_state: bool = False,
+    tensors: Mapping | None = None,
+    threads: int = CRC_THREADS,
+    on_sums: Callable[[SharedSums], None] | None = None,
+) -> str | None:
     """Why the checkpoint at ``weights`` cannot be trusted (None when it is sound).
 
     Reads the safetensors header and every tensor, and compares them with the per-tensor
     CRC-32s in its metadata (checkpoints written before checksums existed pass on the header).
+    ``tensors``: the file's tensors as a loader already mapped them (``read_tensors``), summed
+    instead of mapping the file a second time (names it lacks are read from the file);
+    ``threads``: checksum threads at most; ``on_sums`` is handed the pass's
+    :class:`SharedSums` before it starts, so that other threads can take tensors from it.
     """
     try:
         with safe_open(str(weights), framework="pt") as handle:
@@ -44,7 +58,9 @@ def checkpoint_problem(weights: Path, need_state: bool = False) -> str | None:
             if crystal:
                 return crystal
             names = [name for name in handle.keys() if name in expected]  # noqa: SIM118
-            damaged = _first_mismatch(names, [handle.get_tensor(n) for n in names], expected)
+            given = tensors or {}
+            read = [given[n] if n in given else handle.get_tensor(n) for n in names]
+            damaged = _first_mismatch(names, read, expected, threads, on_sums)
             if damaged is not None:
                 return f"damaged: tensor {damaged} does not match its checksum"
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -63,22 +79,100 @@ def checkpoint_problem(weights: Path, need_state: bool = False) -> str | None:
     return None
 
 
-def _first_mismatch(names: list[str], tensors: list, expected: dict[str, str]) -> str | None:
+def _first_mismatch(
+    names: list[str],
+    tensors: list,
+    expected: dict[str, str],
+    threads: int = CRC_THREADS,
+    on_sums: Callable[[SharedSums], None] | None = None,
+) -> str | None:
     """The first name whose tensor's CRC-32 differs from ``expected`` (None: all match).
 
     The tensors are views of the memory-mapped file; zlib releases the GIL while it sums,
     so two threads (ended when the pool closes) halve the wait on a 2-core machine.
     """
-    workers = max(1, min(CRC_THREADS, os.cpu_count() or 1, len(tensors)))
+    sums = SharedSums(tensors)
+    if on_sums is not None:
+        on_sums(sums)
+    workers = max(1, min(threads, os.cpu_count() or 1, len(tensors)))
     if workers == 1:
-        crcs = [tensor_crc(t) for t in tensors]
+        sums.run()
     else:
         with ThreadPoolExecutor(workers, thread_name_prefix="h2q-crc") as pool:
-            crcs = list(pool.map(tensor_crc, tensors))
-    for name, crc in zip(names, crcs, strict=True):
+            list(pool.map(lambda _: sums.run(), range(workers)))
+    for name, crc in zip(names, sums.crcs, strict=True):
         if crc != expected[name]:
             return name
     return None
+
+
+class SharedSums:
+    """The CRC-32s of a list of tensors, summed by every thread that calls :meth:`run`.
+
+    Each caller takes the next tensor not yet taken (largest first, so that the last ones
+    taken are small and the callers finish together) until none is left; ``crcs`` is in
+    the order of the list. Taking is ``next`` on an ``itertools.count``, atomic under the GIL.
+    """
+
+    def __init__(self, tensors: list) -> None:
+        self._tensors = tensors
+        self._order = sorted(range(len(tensors)), key=lambda i: -tensors[i].nbytes)
+        self._taken = itertools.count()
+        self.crcs: list[str | None] = [None] * len(tensors)
+
+    def run(self) -> None:
+        while (turn := next(self._taken)) < len(self._order):
+            index = self._order[turn]
+            self.crcs[index] = tensor_crc(self._tensors[index])
+
+
+class BackgroundCheck:
+    """:func:`checkpoint_problem` on a thread of its own, beside a load of the same file.
+
+    A loader that maps the file itself (``read_tensors``) starts it with those tensors, goes
+    on building the model and running it, and calls :meth:`wait` before it hands anything
+    computed from the weights to its caller: a load verified this way never returns a model
+    (or a token) from a file that fails its checksums. One checksum thread, so that the
+    loader keeps the other core, and the loader's thread takes its share of what is left
+    when it comes to wait; zlib releases the GIL while it sums, and the thread runs no
+    torch op that could start an OpenMP team (h2q_tui/system/threads.py). The thread ends
+    with the check.
+    """
+
+    def __init__(self, weights: Path, tensors: Mapping | None = None, need_state: bool = False):
+        self.weights = weights
+        self.seconds = 0.0  # how long the check itself ran, on its thread
+        self._tensors = tensors
+        self._need_state = need_state
+        self._problem: str | None = None
+        self._sums: SharedSums | None = None  # the pass's tensors, once it has mapped them
+        self._thread = threading.Thread(target=self._run, name="h2q-verify", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._problem = checkpoint_problem(
+                self.weights, self._need_state, self._tensors, 1, self._publish
+            )
+        except Exception as exc:  # noqa: BLE001 - a check that cannot finish is a failed check
+            self._problem = f"unverifiable ({first_line(exc)})"
+        finally:
+            self._tensors = None  # the loader owns the mapping; do not keep it alive
+            self.seconds = time.perf_counter() - started
+
+    def _publish(self, sums: SharedSums) -> None:
+        self._sums = sums
+
+    def wait(self) -> str | None:
+        """Why the file cannot be trusted, or None, once the check is done. The caller's
+        thread sums the tensors not yet taken meanwhile (:class:`SharedSums`), so that the
+        wait is halved on a 2-core machine, then joins the check's thread."""
+        if self._sums is not None:
+            self._sums.run()
+        self._thread.join()
+        self._sums = None  # the loader owns the mapping; do not keep it alive
+        return self._problem
 
 
 def is_crystallized(metadata: dict[str, str]) -> bool:

@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 from torch import nn
 
-from h2q_tui.checkpoints.find import is_crystallized, resolve_checkpoint
+from h2q_tui.checkpoints.find import candidate_weights, is_crystallized, resolve_checkpoint
 from h2q_tui.checkpoints.layout import FORMAT, STATE, TOKENIZER, CheckpointInfo, first_line
 from h2q_tui.checkpoints.state import state_problem
 from h2q_tui.config import RANGES, RunConfig, from_dict, validate_model
@@ -25,6 +25,23 @@ from h2q_tui.errors import UserError
 def read_info(path: str | Path, need_state: bool = False) -> CheckpointInfo:
     """Read a sound checkpoint's metadata (config, step); ``note`` says if latest was skipped."""
     weights, note = resolve_checkpoint(path, need_state)
+    return info_of(weights, note)
+
+
+def read_info_unverified(path: str | Path) -> CheckpointInfo | None:
+    """The metadata of the checkpoint :func:`read_info` tries first, without its checksum pass
+    (None when there is no such candidate: a run dir without a usable ``latest``).
+
+    Only for a loader that verifies the same file beside its load (``BackgroundCheck``) and
+    takes :func:`read_info`'s path when that fails: what :func:`read_info` would return when
+    the candidate is sound. Raises UserError for metadata it cannot use.
+    """
+    weights = candidate_weights(path)
+    return None if weights is None else info_of(weights, "")
+
+
+def info_of(weights: Path, note: str = "") -> CheckpointInfo:
+    """The CheckpointInfo of the weights file ``weights`` (its checksums not checked here)."""
     try:
         with safe_open(str(weights), framework="pt") as handle:
             metadata = handle.metadata() or {}

@@ -33,25 +33,29 @@ PHASE_ORDER = (
     "import_torch",
     "import_h2q",
     "info",
-    "build",
     "read",
+    "build",
     "assign",
     "first_forward",
     "first_token",
+    "verify_wait",
     "rest",
 )
+OVERLAPPED_ORDER = ("verify",)  # ran on another thread beside the phases: not in the total
 PHASE_HELP = {
     "start": "process start (spawn → interpreter → probe)",
     "python": "probe's own imports",
     "import_torch": "import torch",
     "import_h2q": "import h2q-tui, safetensors",
-    "info": "find checkpoint, read metadata",
-    "build": "build the model",
+    "info": "find checkpoint, read metadata (naive: and verify checksums)",
     "read": "read the weights",
+    "build": "build the model",
     "assign": "weights into the model",
     "first_forward": "first forward (prompt)",
     "first_token": "sample the first token",
+    "verify_wait": "wait for the checksum pass (fast path)",
     "rest": "the rest",
+    "verify": "checksum pass, on its own thread beside the phases (not in the total)",
 }
 # (key, heading, fresh process?, method)
 COLUMNS = (
@@ -155,9 +159,14 @@ def summarise(values: list[float]) -> dict[str, float]:
 
 def _summary(samples: list[dict]) -> dict[str, object]:
     names = [name for name in PHASE_ORDER if any(name in s["phases"] for s in samples)]
+    beside = [n for n in OVERLAPPED_ORDER if any(n in s.get("overlapped", {}) for s in samples)]
     return {
         "phases": {
             name: summarise([s["phases"].get(name, 0.0) for s in samples]) for name in names
+        },
+        "overlapped": {
+            name: summarise([s.get("overlapped", {}).get(name, 0.0) for s in samples])
+            for name in beside
         },
         "total_s": summarise([s["total_s"] for s in samples]),
         "tokens_per_s": summarise([s["tokens_per_s"] for s in samples]),
@@ -217,6 +226,7 @@ def run_probe(
     phases = {"start": start, **child, "rest": rest + child_rest}
     return {
         "phases": phases,
+        "overlapped": dict(head.get("overlapped", {})),
         "total_s": sum(phases.values()),
         "tokens_per_s": float(tail.get("tokens_per_s", 0.0)),
         "rate_tokens": int(tail.get("rate_tokens", 0)),
@@ -330,6 +340,7 @@ def measure(request: Request) -> dict[str, object]:
                             step=info.step,
                             total_s=sample["total_s"],
                             phases=dict(sample["phases"]),
+                            overlapped=dict(sample.get("overlapped", {})),
                             cold=sample_cold,
                             consumer="hotstart",
                             note=f"{method} path, in-process",
@@ -381,6 +392,14 @@ def format_report(report: dict[str, object]) -> str:
             [f"{name}", *(_cell(column["phases"].get(name)) for column in columns.values())]
         )
     rows.append(["total → first token", *(_cell(c["total_s"]) for c in columns.values())])
+    for name in OVERLAPPED_ORDER:
+        if any(name in column.get("overlapped", {}) for column in columns.values()):
+            rows.append(
+                [
+                    f"{name} (overlapped)",
+                    *(_cell(c.get("overlapped", {}).get(name)) for c in columns.values()),
+                ]
+            )
     rows.append(
         [
             f"tokens/s ({report['rate_tokens']} tokens)",
@@ -406,6 +425,12 @@ def format_report(report: dict[str, object]) -> str:
     for row in rows:
         cells = (cell.rjust(w) for cell, w in zip(row[1:], widths, strict=True))
         lines.append("  ".join([row[0].ljust(label_width), *cells]))
+    if any(column.get("overlapped") for column in columns.values()):
+        lines.append(
+            "verify (overlapped): the checksum pass over every tensor, on a thread of its own "
+            "beside read, build, assign and the first forward (not in the total, which "
+            "includes verify_wait: the wait for it before the first token is handed over)"
+        )
     if report.get("cold_unavailable"):
         lines.append(f"cold unavailable ({report['cold_unavailable']})")
     return "\n".join(lines)

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             "started_perf": STARTED,
             "started_wall": STARTED_WALL,
             "phases": running.phases,
+            "overlapped": running.overlapped,
             "span_s": running.elapsed,
         }
         print(json.dumps(line), flush=True)

@@ -2,7 +2,8 @@
 
 :func:`load_recorded` loads a checkpoint the fast way (h2q_tui/hotstart/phases.py:
 built without init, memory-mapped safetensors assigned without a copy; crystallized
-folders decoded) and records a :class:`~h2q_tui.hotstart.timeline.LoadEvent` with its
+folders decoded; the checksum pass beside the load, waited for before the model is
+returned) and records a :class:`~h2q_tui.hotstart.timeline.LoadEvent` with its
 phases and whether the file was in the page cache beforehand (``mincore``: cold when at
 most 5 % of its pages were resident, warm when at least 95 %, unknown between or where
 it cannot be checked).
@@ -54,6 +55,7 @@ def load_recorded(path: str | Path, consumer: str, kind: str = "load", note: str
             cold=cold,
             consumer=consumer,
             note=note,
+            overlapped=dict(clock.overlapped),
         )
     )
     return info, model, codec, event
