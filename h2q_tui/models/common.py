@@ -4,9 +4,20 @@ phase rotation, the CE loss.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# Attention backend for bf16 training on the CPU: "math" (matmuls and a softmax, which
+# autocast runs on AMX) or "flash" (PyTorch's CPU flash-attention kernel). Measured by
+# ``python benchmarks/mfu.py --levers`` (docs/performance.md, "MFU"): the flash kernel's
+# bf16 backward took 46 % of a source-shaped MicroStream step on an Intel AMX CPU, and the
+# math path trains that step 1.2x and gpt-cpu 1.4x faster there; in fp32 flash stays
+# (the math path was 0.9x). A module attribute so that the benchmark can set it per run.
+CPU_BF16_TRAINING_ATTENTION = "math"
 
 
 class DecodeState:
@@ -90,13 +101,27 @@ def causal_attention(
         k = state.extend(owner, "k", k, dim=2)  # (B, nh, Tk, hs): the cached keys, then these
         v = state.extend(owner, "v", v, dim=2)
     if k.shape[2] == time:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        with _training_backend(q):
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:  # queries are the last T of Tk positions
         mask = cached_causal_mask(time, k.shape[2], q.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if layout == "source":
         return out.reshape(batch, time, width)
     return out.transpose(1, 2).reshape(batch, time, width)  # (B, nh, T, hs) -> (B, T, C)
+
+
+def _training_backend(q: torch.Tensor):
+    """sdpa_kernel([MATH]) for bf16 training on the CPU (CPU_BF16_TRAINING_ATTENTION),
+    else a no-op context: every other case keeps PyTorch's own choice."""
+    if (
+        CPU_BF16_TRAINING_ATTENTION == "math"
+        and q.device.type == "cpu"
+        and q.dtype == torch.bfloat16
+        and torch.is_grad_enabled()
+    ):
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
 
 
 def phase_rotation(y: torch.Tensor) -> torch.Tensor:

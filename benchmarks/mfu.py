@@ -1,0 +1,255 @@
+"""Model FLOPs utilisation of a training step, against this CPU's own matmul peak at the
+model's shapes.
+
+For each preset and precision: one training step (forward, backward, AdamW) at the preset's
+batch x context is timed (median of ``--repeats`` after a warm-up step). Its FLOPs are
+counted by PyTorch's ``FlopCounterMode`` (matmuls and attention, forward and backward), and
+every matrix product it runs (``mm``, ``addmm``, ``bmm``, ``baddbmm``: shapes and dtype as
+the kernels see them, after autocast) is recorded; that counted step runs attention on
+PyTorch's flash kernel whatever the timed steps use, so the FLOPs are the model's work. The *peak* is those same products
+replayed alone, back to back, each at its best of ``--peak-repeats``: the FLOP/s this
+machine reaches on exactly the model's matmuls, in the precision in use. Then
+
+    MFU = (step FLOPs / step time) / peak
+
+so 100 % is a step as fast as its matrix products alone; what is missing is everything
+else (materialising HamLinear weights, LayerNorm, GELU, residuals, attention's softmax,
+the optimizer, Python). The machine heads the table and is in the JSON.
+
+    python benchmarks/mfu.py [--presets microstream,microstream-cpu,gpt-cpu] [--repeats 3]
+    python benchmarks/mfu.py --levers     # bf16: attention on PyTorch's flash kernel vs the
+                                          # math path (the default since it was measured)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from h2q_tui.config import resolve
+from h2q_tui.models import build_model, common
+from h2q_tui.system import hardware
+
+PRESETS = "microstream,microstream-cpu,gpt-cpu,h2q-transformer-cpu,qrlm-cpu,hamiltonian-llm"
+aten = torch.ops.aten
+MATMULS = {
+    aten.mm.default: "mm",
+    aten.addmm.default: "addmm",
+    aten.bmm.default: "bmm",
+    aten.baddbmm.default: "baddbmm",
+}
+
+
+class MatmulRecorder(TorchDispatchMode):
+    """Counts each (kind, shapes, dtype) of matrix product dispatched while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kind = MATMULS.get(func)
+        if kind is not None:
+            operands = args[1:3] if kind in ("addmm", "baddbmm") else args[:2]
+            shapes = tuple(tuple(t.shape) for t in operands)
+            self.seen[(kind, shapes, str(operands[0].dtype).replace("torch.", ""))] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def matmul_flops(shapes: tuple) -> int:
+    """2·m·k·n (times the batch for bmm) for operands of ``shapes``."""
+    (a, b) = shapes
+    batch = a[0] if len(a) == 3 else 1
+    return 2 * batch * a[-2] * a[-1] * b[-1]
+
+
+def replay_seconds(kind: str, shapes: tuple, dtype: str, repeats: int) -> float:
+    """Best time of one product of these shapes alone (contiguous random operands)."""
+    a = torch.randn(shapes[0], dtype=getattr(torch, dtype))
+    b = torch.randn(shapes[1], dtype=getattr(torch, dtype))
+    run = torch.bmm if len(shapes[0]) == 3 else torch.mm
+    run(a, b)  # warm the kernel
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run(a, b)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def training_step(preset: str, precision: str):
+    """(model, optimizer, inputs, step function, tokens per step) for ``preset``."""
+    config = resolve(preset)
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(config.model))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    idx = torch.randint(0, config.model.vocab_size, (config.train.batch_size, config.model.context))
+    penalty_weight = config.train.axiom_lambda
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            _, loss = model(idx, idx)
+        optimizer.zero_grad(set_to_none=True)
+        total = loss + penalty_weight * model.penalty() if penalty_weight else loss
+        total.backward()
+        optimizer.step()
+
+    return step, config.train.batch_size * config.model.context
+
+
+def measure(preset: str, precision: str, repeats: int, peak_repeats: int) -> dict:
+    step, tokens = training_step(preset, precision)
+    step()  # warm-up: allocators, kernels
+    # counted (not timed) with attention on the flash kernel: FLOPs are the model's work
+    # (the math path also multiplies the masked half of each T x T product), and the
+    # recorded products, the peak's shapes, are then the model's own linear maps
+    counter, recorder = FlopCounterMode(display=False), MatmulRecorder()
+    chosen, common.CPU_BF16_TRAINING_ATTENTION = common.CPU_BF16_TRAINING_ATTENTION, "flash"
+    try:
+        with counter, recorder:
+            step()
+    finally:
+        common.CPU_BF16_TRAINING_ATTENTION = chosen
+    flops = counter.get_total_flops()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    step_s = statistics.median(times)
+    mm_flops = sum(matmul_flops(shapes) * n for (_, shapes, _), n in recorder.seen.items())
+    mm_seconds = sum(
+        replay_seconds(kind, shapes, dtype, peak_repeats) * n
+        for (kind, shapes, dtype), n in recorder.seen.items()
+    )
+    peak = mm_flops / mm_seconds
+    achieved = flops / step_s
+    return {
+        "preset": preset,
+        "precision": precision,
+        "tokens_per_step": tokens,
+        "step_s": step_s,
+        "step_times_s": times,
+        "tokens_per_s": tokens / step_s,
+        "flops_per_step": flops,
+        "flops_per_token": flops / tokens,
+        "matmul_flops_per_step": mm_flops,
+        "matmul_shapes": len(recorder.seen),
+        "matmul_alone_s": mm_seconds,
+        "peak_gflops": peak / 1e9,
+        "achieved_gflops": achieved / 1e9,
+        "mfu": achieved / peak,
+    }
+
+
+def levers(args) -> None:
+    """bf16 attention backends side by side: flash kernel against the math path."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"machine: {hardware.machine_line()}")
+    print(
+        f"{torch.get_num_threads()} threads; bf16 autocast; tokens/s median over {args.trials} "
+        f"alternating trials (each the median of {args.repeats} steps)"
+    )
+    print("| preset | attention: flash kernel | math path | math / flash | MFU flash → math |")
+    print("|---|---:|---:|---:|---:|")
+    rows = []
+    for preset in args.presets.split(","):
+        trials: dict[str, list[dict]] = {"flash": [], "math": []}
+        for _ in range(args.trials):
+            for backend in ("flash", "math"):
+                common.CPU_BF16_TRAINING_ATTENTION = backend
+                trials[backend].append(measure(preset, "bf16", args.repeats, args.peak_repeats))
+        common.CPU_BF16_TRAINING_ATTENTION = "math"
+        rate = {b: statistics.median(r["tokens_per_s"] for r in t) for b, t in trials.items()}
+        # one yardstick for both: the flash run's FLOPs per token (the math path also
+        # computes the masked half of each T x T product, which is not model work) and its
+        # matmul peak; so MFU moves exactly as tokens/s does
+        work = statistics.median(r["flops_per_token"] for r in trials["flash"])
+        peak = statistics.median(r["peak_gflops"] for r in trials["flash"]) * 1e9
+        mfu = {b: rate[b] * work / peak for b in trials}
+        rows.append({"preset": preset, "tokens_per_s": rate, "mfu": mfu, "trials": trials})
+        print(
+            f"| {preset} | {rate['flash']:,.0f} | {rate['math']:,.0f} | "
+            f"{rate['math'] / rate['flash']:.2f}x | {100 * mfu['flash']:.0f} % → "
+            f"{100 * mfu['math']:.0f} % |",
+            flush=True,
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out.with_name(args.out.stem + "-levers.json")
+    report = {"benchmark": "mfu levers", "machine": hardware.machine_info(), "rows": rows}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--presets", default=PRESETS, help="comma-separated")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peak-repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="0: every core")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "bench-mfu.json")
+    parser.add_argument(
+        "--levers",
+        action="store_true",
+        help="bf16 only: each preset with attention on the flash kernel and on the math path, "
+        "alternating, --trials times",
+    )
+    parser.add_argument("--trials", type=int, default=3)
+    args = parser.parse_args()
+    if args.levers:
+        levers(args)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fast_bf16, _ = hardware.cpu_fast_bf16()
+    print(f"machine: {hardware.machine_line()}")
+    print(
+        f"{torch.get_num_threads()} threads; one training step per preset, median of {args.repeats}"
+    )
+    print(
+        "| preset | precision | tokens/s | MFLOP/token | model GFLOP/s | "
+        "matmul peak at its shapes GFLOP/s | MFU |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    rows = []
+    for preset in args.presets.split(","):
+        for precision in args.precisions.split(","):
+            row = measure(preset, precision, args.repeats, args.peak_repeats)
+            rows.append(row)
+            label = precision if precision == "fp32" else "bf16 autocast"
+            if precision == "bf16" and not fast_bf16:
+                label += " (no fast bf16 here)"
+            print(
+                f"| {preset} | {label} | {row['tokens_per_s']:,.0f} | "
+                f"{row['flops_per_token'] / 1e6:.1f} | {row['achieved_gflops']:.0f} | "
+                f"{row['peak_gflops']:.0f} | {100 * row['mfu']:.0f} % |",
+                flush=True,
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "mfu",
+        "machine": hardware.machine_info(),
+        "machine_line": hardware.machine_line(),
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
