@@ -320,11 +320,16 @@ def first_token(
         began = time.perf_counter()
         for _ in generation:
             if first_at is None and generation.tokens:
-                first_at = began + generation.stats.first_token_s
+                # when the caller has the first piece: always after the prompt's forward
+                # (the generation's own first_token_s counts from a later start than
+                # ``began``, which could put it before the forward and make a phase 0)
+                first_at = time.perf_counter()
                 reached_first_token()
         ended = time.perf_counter()
         if first_at is None:  # no piece was emitted at all (a partial UTF-8 sequence)
             first_at = began + generation.stats.first_token_s
+            if forward_done:
+                first_at = max(first_at, forward_done[0])
             reached_first_token()
     except ChecksumFailed:
         raise
