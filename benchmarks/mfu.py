@@ -152,10 +152,22 @@ def measure(preset: str, precision: str, repeats: int, peak_repeats: int) -> dic
     }
 
 
+def write_report(path: Path, benchmark: str, rows: list[dict]) -> None:
+    """The rows as JSON at ``path``, with the machine and thread count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": benchmark,
+        "machine": hardware.machine_info(),
+        "machine_line": hardware.machine_line(),
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def levers(args) -> None:
     """bf16 attention backends side by side: flash kernel against the math path."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     print(f"machine: {hardware.machine_line()}")
     print(
         f"{torch.get_num_threads()} threads; bf16 autocast; tokens/s median over {args.trials} "
@@ -185,11 +197,7 @@ def levers(args) -> None:
             f"{100 * mfu['math']:.0f} % |",
             flush=True,
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    out = args.out.with_name(args.out.stem + "-levers.json")
-    report = {"benchmark": "mfu levers", "machine": hardware.machine_info(), "rows": rows}
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.out.with_name(args.out.stem + "-levers.json"), "mfu levers", rows)
 
 
 def main() -> None:
@@ -210,11 +218,11 @@ def main() -> None:
     )
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.levers:
         levers(args)
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
     fast_bf16, _ = hardware.cpu_fast_bf16()
     print(f"machine: {hardware.machine_line()}")
     print(
@@ -239,16 +247,7 @@ def main() -> None:
                 f"{row['peak_gflops']:.0f} | {100 * row['mfu']:.0f} % |",
                 flush=True,
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "mfu",
-        "machine": hardware.machine_info(),
-        "machine_line": hardware.machine_line(),
-        "threads": torch.get_num_threads(),
-        "rows": rows,
-    }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, "mfu", rows)
 
 
 if __name__ == "__main__":

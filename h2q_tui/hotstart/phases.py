@@ -336,8 +336,9 @@ def first_token(
     except Exception:
         # weights that fail their checksums can make the forward fail (NaN logits): the
         # checksum verdict comes first, so that such a file is refused like any other
-        if check is not None and check.wait() is not None:
-            raise ChecksumFailed(check.wait()) from None
+        problem = check.wait() if check is not None else None
+        if problem is not None:
+            raise ChecksumFailed(problem) from None
         raise
     counted = max(len(generation.tokens) - 1, 0)
     rate = counted / (ended - first_at) if counted and ended > first_at else 0.0
