@@ -12,7 +12,9 @@ server do not share one interpreter), then, through the bridge client
 2. the same generation in this process (``Generation`` on one torch thread, the server's
    decoding setting), interleaved with the API requests so that other load on the machine
    slows both alike, tokens/s measured the same way ((new tokens − 1) over first token →
-   last token): the API overhead is 1 − median API / median in-process;
+   last token): the API overhead is 1 − median API / median in-process; and once more
+   writing one line-sized chunk per token to a loopback TCP connection that another process
+   reads (the floor: one send per token, what any server that flushes each token pays);
 3. ``--clients`` concurrent streaming clients × ``--requests`` each: requests/s, total
    tokens/s, first-token p50/p99, errors.
 
@@ -21,6 +23,10 @@ tokens/s. The machine line heads the output and the JSON (``--json``, default
 ``runs/bench-serve-<name>.json``) records it.
 
     python benchmarks/serve.py [CHECKPOINT] [--clients 8] [--requests 25] [--num-predict 64]
+                               [--stacks direct,uvloop,asyncio]
+
+``--stacks`` starts one server per ``h2q-tui serve --stack`` value and measures them side by
+side (single streams interleaved).
 
 Without CHECKPOINT a tiny-preset checkpoint with random weights is written to a temporary
 folder (its speed is what matters here, not its text).
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -57,21 +64,12 @@ def tiny_checkpoint(root: Path) -> Path:
     return run
 
 
-def start_server(checkpoint: Path, queue: int) -> tuple[subprocess.Popen, str, str]:
-    """``h2q-tui serve`` on a free port; (process, base URL, served name)."""
+def start_server(checkpoint: Path, queue: int, stack: str) -> tuple[subprocess.Popen, str, str]:
+    """``h2q-tui serve --stack STACK`` on a free port; (process, base URL, served name)."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    command = [sys.executable, "-m", "h2q_tui", "serve", str(checkpoint), "--port", "0"]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "h2q_tui",
-            "serve",
-            str(checkpoint),
-            "--port",
-            "0",
-            "--queue",
-            str(queue),
-        ],
+        [*command, "--queue", str(queue), "--stack", stack],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -120,24 +118,90 @@ class InProcess:
         self.options = options
         self.rate()  # warm-up
 
-    def rate(self) -> float:
-        """(new tokens − 1) over first token → last token."""
+    def rate(self, sink: socket.socket | None = None) -> float:
+        """(new tokens − 1) over first token → last token; with ``sink``, each token also
+        writes one line-sized chunk to it (the floor: what flushing per token costs here)."""
         from h2q_tui.generation.generate import Generation
         from h2q_tui.generation.sampling import SamplingConfig
 
         o = self.options
         sampling = SamplingConfig(max_new_tokens=o["num_predict"], seed=o["seed"])
         generation = Generation(self.model, self.codec, PROMPT, sampling=sampling)
+        chunk = b"60\r\n" + b"x" * 96 + b"\r\n"  # the size of one streamed line
         first = last = 0.0
         for _ in generation:
+            if sink is not None:
+                os.write(sink.fileno(), chunk)
             last = time.perf_counter()
             first = first or last
         return (generation.stats.new_tokens - 1) / (last - first)
 
 
+class Reader:
+    """A loopback TCP connection read by another process as fast as the bytes come (as a
+    streaming client reads): ``sock`` is the sending end."""
+
+    def __init__(self) -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        code = f"import socket\nc = socket.create_connection(('127.0.0.1', {port}))\n"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code + "while c.recv(1 << 20): pass"]
+        )
+        self.sock, _ = listener.accept()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as uvicorn's
+        listener.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.process.wait(10)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def concurrent(url: str, name: str, options: dict, clients: int, requests: int) -> dict:
+    """``clients`` threads × ``requests`` streaming requests each."""
+    from h2q_tui.ollama.client import BridgeError, OllamaClient
+
+    results: list[dict] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with OllamaClient(url) as client:
+            for _ in range(requests):
+                try:
+                    row = one_request(client, name, options)
+                except BridgeError as exc:
+                    with lock:
+                        errors.append(str(exc))
+                    continue
+                with lock:
+                    results.append(row)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    firsts = [r["first_token_s"] for r in results if r["first_token_s"] is not None]
+    return {
+        "clients": clients,
+        "requests_per_client": requests,
+        "requests_ok": len(results),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "requests_per_s": len(results) / elapsed,
+        "total_tokens_per_s": sum(r["eval_count"] or 0 for r in results) / elapsed,
+        "first_token_p50_ms": 1000 * percentile(firsts, 0.5) if firsts else None,
+        "first_token_p99_ms": 1000 * percentile(firsts, 0.99) if firsts else None,
+        "seconds": elapsed,
+    }
 
 
 def main() -> None:
@@ -151,100 +215,101 @@ def main() -> None:
         "--single", type=int, default=12, help="sequential requests (each beside one in-process)"
     )
     parser.add_argument("--num-predict", type=int, default=64)
+    parser.add_argument(
+        "--stacks",
+        default="fast",
+        help="serve --stack values, comma-separated, measured side by side (e.g. fast,plain)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from h2q_tui.ollama.client import BridgeError, OllamaClient
+    from h2q_tui.ollama.client import OllamaClient
     from h2q_tui.system import hardware
 
+    stacks = [s for s in args.stacks.split(",") if s]
     temp = tempfile.TemporaryDirectory()
     checkpoint = args.checkpoint or tiny_checkpoint(Path(temp.name))
     options = {"num_predict": args.num_predict, "seed": 1}
-    process, url, name = start_server(checkpoint, queue=args.clients * 2)
+    servers = {}
     try:
-        with OllamaClient(url) as client:
+        for stack in stacks:
+            servers[stack] = start_server(checkpoint, queue=args.clients * 2, stack=stack)
+        clients = {stack: OllamaClient(url) for stack, (_, url, _) in servers.items()}
+        for client in clients.values():
             client.probe()
-            local_run = InProcess(checkpoint, options)
-            single, local = [], []
-            for _ in range(args.single):  # interleaved, so a busy machine slows both alike
-                single.append(one_request(client, name, options))
-                local.append(local_run.rate())
-
-        results: list[dict] = []
-        errors: list[str] = []
-        lock = threading.Lock()
-
-        def worker() -> None:
-            with OllamaClient(url) as client:
-                for _ in range(args.requests):
-                    try:
-                        row = one_request(client, name, options)
-                    except BridgeError as exc:
-                        with lock:
-                            errors.append(str(exc))
-                        continue
-                    with lock:
-                        results.append(row)
-
-        started = time.perf_counter()
-        threads = [threading.Thread(target=worker) for _ in range(args.clients)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - started
+        local_run, reader = InProcess(checkpoint, options), Reader()
+        single: dict[str, list[dict]] = {stack: [] for stack in stacks}
+        local, floor = [], []
+        for _ in range(args.single):  # interleaved, so a busy machine slows all alike
+            for stack, client in clients.items():
+                single[stack].append(one_request(client, servers[stack][2], options))
+            local.append(local_run.rate())
+            floor.append(local_run.rate(reader.sock))
+        reader.close()
+        for client in clients.values():
+            client.close()
+        loaded = {
+            stack: concurrent(url, name, options, args.clients, args.requests)
+            for stack, (_, url, name) in servers.items()
+        }
     finally:
-        process.terminate()
-        process.wait(10)
+        for process, _, _ in servers.values():
+            process.terminate()
+            process.wait(10)
         temp.cleanup()
 
-    hot = single[1:]
-    api_rate = statistics.median(r["client_tokens_per_s"] for r in hot)
-    server_rate = statistics.median(r["server_tokens_per_s"] for r in hot)
-    local_rate = statistics.median(local)
-    overhead = 1 - api_rate / local_rate
-    firsts = [r["first_token_s"] for r in results if r["first_token_s"] is not None]
-    tokens = sum(r["eval_count"] or 0 for r in results)
-    summary = {
+    name = next(iter(servers.values()))[2]
+    local_rate, floor_rate = statistics.median(local), statistics.median(floor)
+    print(f"machine: {hardware.machine_line()}")
+    print(
+        f"serve {checkpoint if args.checkpoint else 'tiny (random weights)'} as {name}: "
+        f"{args.num_predict} tokens per request; in process {local_rate:,.0f} tok/s "
+        f"(median of {len(local)}, one torch thread)"
+    )
+    print(
+        f"floor: the same, writing each token to a loopback TCP reader: {floor_rate:,.0f} "
+        f"tok/s, {100 * (1 - floor_rate / local_rate):+.1f} % (what any per-token flush costs "
+        "on this machine)"
+    )
+    report = {
         "checkpoint": str(checkpoint if args.checkpoint else "tiny (random weights)"),
         "name": name,
         "num_predict": args.num_predict,
-        "cold_load_ms": 1000 * single[0]["load_s"],
-        "hot_load_ms": 1000 * statistics.median(r["load_s"] for r in hot),
-        "first_token_ms": 1000 * statistics.median(r["first_token_s"] for r in hot),
-        "api_tokens_per_s": api_rate,
-        "server_tokens_per_s": server_rate,
         "in_process_tokens_per_s": local_rate,
-        "api_overhead": overhead,
-        "clients": args.clients,
-        "requests_per_client": args.requests,
-        "requests_ok": len(results),
-        "errors": len(errors),
-        "error_examples": errors[:3],
-        "requests_per_s": len(results) / elapsed,
-        "total_tokens_per_s": tokens / elapsed,
-        "concurrent_first_token_p50_ms": 1000 * percentile(firsts, 0.5) if firsts else None,
-        "concurrent_first_token_p99_ms": 1000 * percentile(firsts, 0.99) if firsts else None,
-        "seconds": elapsed,
+        "floor_tokens_per_s": floor_rate,
+        "floor_overhead": 1 - floor_rate / local_rate,
+        "stacks": {},
     }
-    print(f"machine: {hardware.machine_line()}")
-    print(f"serve {summary['checkpoint']} as {name}: {args.num_predict} tokens per request")
-    print(
-        f"single stream: cold load {summary['cold_load_ms']:.1f} ms, hot start "
-        f"{summary['hot_load_ms']:.3f} ms, first token {summary['first_token_ms']:.1f} ms, "
-        f"{api_rate:,.0f} tok/s through the API (server says {server_rate:,.0f}) vs "
-        f"{local_rate:,.0f} in process: overhead {100 * overhead:+.1f} % (target ≤ 10 %)"
-    )
-    print(
-        f"{args.clients} clients × {args.requests} requests: {len(results)} ok, "
-        f"{len(errors)} errors, {summary['requests_per_s']:.2f} requests/s, "
-        f"{summary['total_tokens_per_s']:,.0f} tokens/s in all, first token p50 "
-        f"{summary['concurrent_first_token_p50_ms']:.0f} ms / p99 "
-        f"{summary['concurrent_first_token_p99_ms']:.0f} ms"
-    )
+    for stack in stacks:
+        hot = single[stack][1:]
+        api_rate = statistics.median(r["client_tokens_per_s"] for r in hot)
+        row = {
+            "cold_load_ms": 1000 * single[stack][0]["load_s"],
+            "hot_load_ms": 1000 * statistics.median(r["load_s"] for r in hot),
+            "first_token_ms": 1000 * statistics.median(r["first_token_s"] for r in hot),
+            "api_tokens_per_s": api_rate,
+            "server_tokens_per_s": statistics.median(r["server_tokens_per_s"] for r in hot),
+            "api_overhead": 1 - api_rate / local_rate,
+            "concurrent": loaded[stack],
+        }
+        report["stacks"][stack] = row
+        c = row["concurrent"]
+        print(
+            f"--stack {stack}: cold load {row['cold_load_ms']:.1f} ms, hot start "
+            f"{row['hot_load_ms']:.3f} ms, first token {row['first_token_ms']:.1f} ms, "
+            f"{api_rate:,.0f} tok/s through the API (server says "
+            f"{row['server_tokens_per_s']:,.0f}): overhead {100 * row['api_overhead']:+.1f} % "
+            f"(target ≤ 10 %)"
+        )
+        print(
+            f"  {c['clients']} clients × {c['requests_per_client']} requests: "
+            f"{c['requests_ok']} ok, {c['errors']} errors, {c['requests_per_s']:.2f} "
+            f"requests/s, {c['total_tokens_per_s']:,.0f} tokens/s in all, first token p50 "
+            f"{c['first_token_p50_ms']:.0f} ms / p99 {c['first_token_p99_ms']:.0f} ms"
+        )
     out = args.json or REPO / "runs" / f"bench-serve-{name.split(':')[0]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": hardware.machine_info(), **summary}, indent=2) + "\n")
+    out.write_text(json.dumps({"machine": hardware.machine_info(), **report}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

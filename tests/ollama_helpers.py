@@ -45,12 +45,18 @@ def crystallize_int8(run: Path) -> Path:
 
 
 class LiveServer:
-    """An ASGI app on a real uvicorn, 127.0.0.1 and a free port, in a thread."""
+    """An ASGI app on a real uvicorn, 127.0.0.1 and a free port, in a thread; ``stack`` as
+    ``h2q-tui serve --stack`` (default: serve's own, where the generation thread writes)."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, stack: str = "direct") -> None:
         import uvicorn
 
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        from h2q_tui.ollama.command import stack as uvicorn_stack
+
+        loop, http, _ = uvicorn_stack(stack)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", loop=loop, http=http
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
         self.url = ""

@@ -22,7 +22,7 @@ from h2q_tui.checkpoints import save_checkpoint
 from h2q_tui.config import resolve
 from h2q_tui.hotstart import timeline
 from h2q_tui.models import build_model
-from h2q_tui.ollama import protocol
+from h2q_tui.ollama import direct, protocol
 from h2q_tui.ollama.models import Registry
 from h2q_tui.ollama.server import ServeConfig, Server
 
@@ -45,11 +45,12 @@ def run(tmp_path_factory) -> Path:
     return run
 
 
-@pytest.fixture(scope="module")
-def served(run):
-    """(Server, base URL) of ``serve RUN`` on a real uvicorn."""
+@pytest.fixture(scope="module", params=["direct", "uvloop"])
+def served(run, request):
+    """(Server, base URL) of ``serve RUN`` on a real uvicorn: on serve's default stack (the
+    generation thread writes each piece to the socket) and with every piece through the loop."""
     server = Server(Registry.discover([run]))
-    with LiveServer(server.app) as live:
+    with LiveServer(server.app, stack=request.param) as live:
         yield server, live.url
 
 
@@ -152,9 +153,10 @@ def test_response_errors_on_404_and_mid_stream(served, client) -> None:
 
 
 # ----------------------------------------------------------------------------- the wire
-def test_ndjson_framing_per_token_flush_and_integer_durations(served) -> None:
+def test_ndjson_framing_per_token_flush_and_integer_durations(served, request) -> None:
     server, url = served
     model = loaded(server, url)
+    direct_before = server.direct_streams
     with (
         hooked(model, delay_s=0.02) as calls,
         httpx.stream(
@@ -179,6 +181,35 @@ def test_ndjson_framing_per_token_flush_and_integer_durations(served) -> None:
     assert final["total_duration"] >= final["prompt_eval_duration"] + final["eval_duration"]
     assert final["eval_duration"] >= 19 * 0.02e9  # measured: 19 forwards of ≥ 20 ms
     assert final["load_duration"] < 0.05e9  # already loaded: a hot start
+    # serve's default stack: the generation thread wrote the pieces; through the loop: not
+    direct = request.node.callspec.params["served"] == "direct"
+    assert server.direct_streams == direct_before + direct
+
+
+def test_pieces_made_before_the_thread_takes_the_socket_go_first(
+    served, monkeypatch, request
+) -> None:
+    """The loop hands the socket over late (it sleeps first): the pieces queued meanwhile are
+    written before the thread's own, and the text is the one "stream": false gives."""
+    server, url = served
+    model = loaded(server, url)
+    handed = direct.socket_of
+
+    def late(scope):
+        time.sleep(0.15)  # blocks the loop while the generation queues pieces
+        return handed(scope)
+
+    monkeypatch.setattr(direct, "socket_of", late)
+    direct_before = server.direct_streams
+    payload = {"model": "tiny", "prompt": "Once", "options": {"num_predict": 40, "seed": 3}}
+    with hooked(model, delay_s=0.01):
+        whole = httpx.post(f"{url}/api/generate", json={**payload, "stream": False}, timeout=30)
+        streamed = httpx.post(f"{url}/api/generate", json=payload, timeout=30)
+    lines = [json.loads(line) for line in streamed.content.splitlines()]
+    assert "".join(line["response"] for line in lines) == whole.json()["response"]
+    assert lines[-1]["done"] and lines[-1]["eval_count"] == 40 and len(lines) <= 41
+    direct_stack = request.node.callspec.params["served"] == "direct"
+    assert server.direct_streams == direct_before + direct_stack
 
 
 def test_generation_decodes_on_one_thread_that_ends(served) -> None:
@@ -434,6 +465,7 @@ def test_a_port_in_use_is_one_line_and_exit_2(run, capsys) -> None:
         (["RUN/checkpoints/step_00000005", "--follow"], "--follow needs a run dir"),
         (["RUN", "--queue", "-1"], "--queue"),
         (["RUN", "--bogus"], "unrecognized arguments"),
+        (["RUN", "--stack", "fast"], "invalid choice"),
     ],
 )
 def test_bad_serve_arguments(run, capsys, args, words) -> None:

@@ -150,6 +150,10 @@ class Generation:
     def cancel(self) -> None:
         self._cancelled = True
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
     def __iter__(self) -> Iterator[str]:
         was_training = self.model.training
         self.model.eval()

@@ -8,14 +8,25 @@ from __future__ import annotations
 
 import socket
 import sys
+from typing import Any
 
 from h2q_tui.cli import Parser, add_device_flag
 from h2q_tui.errors import UserError
 from h2q_tui.ollama import protocol
 from h2q_tui.system import net
 
-
 # ----------------------------------------------------------------------------- serve
+# uvicorn (loop, http) per --stack. Through the event loop, every streamed token wakes the
+# loop thread, which holds the GIL while the decoder wants it; "direct" lets the generation
+# thread write each token's chunk to the socket itself (h2q_tui/ollama/direct.py). Measured
+# side by side by benchmarks/serve.py --stacks direct,uvloop,asyncio.
+STACKS = {
+    "direct": ("uvloop", "httptools"),
+    "uvloop": ("uvloop", "httptools"),
+    "asyncio": ("asyncio", "h11"),
+}
+
+
 def serve_parser() -> Parser:
     parser = Parser(
         prog="h2q-tui serve",
@@ -52,8 +63,39 @@ def serve_parser() -> Parser:
         help="most tokens one request may ask for (num_predict -1 means this)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn)")
+    parser.add_argument(
+        "--stack",
+        choices=sorted(STACKS),
+        default="direct",
+        help="how streamed tokens leave: direct = the generation thread writes each to the "
+        "socket (uvloop + httptools; the default), uvloop = every token through uvicorn's "
+        "event loop (uvloop + httptools), asyncio = through the loop on asyncio + h11 (pure "
+        "Python). benchmarks/serve.py --stacks compares them",
+    )
     add_device_flag(parser)
     return parser
+
+
+def stack(name: str) -> tuple[str, Any, str]:
+    """(uvicorn loop, uvicorn http, label) for --stack NAME; the asyncio stack, with a
+    notice, where uvloop or httptools is missing."""
+    loop, http = STACKS[name]
+    try:
+        if loop == "uvloop":
+            import uvloop  # noqa: F401
+        if name == "direct":
+            from h2q_tui.ollama.direct import Protocol  # imports httptools
+
+            return loop, Protocol, f"{loop} + {http}, tokens written by their thread"
+        if http == "httptools":
+            import httptools  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"h2q-tui serve: {exc.name} is not installed: using asyncio + h11 (slower streaming)",
+            file=sys.stderr,
+        )
+        loop, http = STACKS["asyncio"]
+    return loop, http, f"{loop} + {http}"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -87,13 +129,17 @@ def serve_main(argv: list[str]) -> int:
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     url = protocol.parse_host(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    loop, http, label = stack(args.stack)
     config = ServeConfig(
-        keep_alive=keep_alive, queue=args.queue, max_predict=args.max_predict, device=device
+        keep_alive=keep_alive,
+        queue=args.queue,
+        max_predict=args.max_predict,
+        device=device,
     )
     app = make_app(registry, config)
     print(
         f"h2q-tui serve: {len(registry.entries)} model(s) on {url} · keep-alive "
-        f"{protocol.format_duration(keep_alive)} · {device}"
+        f"{protocol.format_duration(keep_alive)} · {device} · {label}"
         + (" · --follow" if args.follow else ""),
         flush=True,
     )
@@ -115,7 +161,11 @@ def serve_main(argv: list[str]) -> int:
     )
     server = uvicorn.Server(
         uvicorn.Config(
-            app, log_level="info" if args.access_log else "warning", access_log=args.access_log
+            app,
+            loop=loop,
+            http=http,
+            log_level="info" if args.access_log else "warning",
+            access_log=args.access_log,
         )
     )
     try:

@@ -48,7 +48,7 @@ from starlette.routing import Route
 
 from h2q_tui import __version__
 from h2q_tui.errors import UserError
-from h2q_tui.ollama import protocol
+from h2q_tui.ollama import direct, protocol
 from h2q_tui.ollama.models import Entry, Lease, Registry, iso
 
 MAX_BODY = 1 << 20  # bytes; far more than any prompt these models can read
@@ -99,11 +99,13 @@ def run_thread(fn: Callable[..., Any], *args: Any, name: str = "h2q-serve-load")
 
 
 class Job:
-    """One generation on a thread of its own; its pieces reach the event loop in batches.
+    """One generation on a thread of its own; its pieces reach the client one of two ways.
 
-    The thread appends each piece to a deque and wakes the loop only when it is not already
-    woken, so the loop drains whatever has arrived in one go (one write of several NDJSON
-    lines, each still one object per piece, none held back).
+    Through the loop: the thread appends each piece to a deque and wakes the loop only when
+    it is not already woken, so the loop drains whatever has arrived in one go (one write of
+    several NDJSON lines, each still one object per piece, none held back). Direct (after
+    ``go_direct``): the thread writes each piece's line to the socket itself
+    (h2q_tui/ollama/direct.py) and wakes the loop only for the end or an error.
     """
 
     counter = 0
@@ -128,6 +130,11 @@ class Job:
         # would take the GIL from the decoder once a token for nothing
         self.wake_per_piece = wake_per_piece
         self._ended_event = asyncio.Event()  # set once request_done ran (keep-alive applied)
+        self._writer: direct.ChunkWriter | None = None  # set by go_direct, then thread-owned
+        self._line: Callable[[str], bytes] | None = None
+        self._pending = b""  # lines queued before go_direct, written first
+        self._over = False  # the thread has ended: no going direct any more
+        self.direct = False
 
     def start(self) -> None:
         self.server.jobs.add(self)
@@ -136,12 +143,31 @@ class Job:
     def cancel(self) -> None:
         self.generation.cancel()  # before its next token; the thread then ends
 
+    def go_direct(self, writer: direct.ChunkWriter, line: Callable[[str], bytes]) -> bool:
+        """Hand the socket to the generation thread (False: keep streaming through the loop,
+        and the writer is closed). Pieces already queued go out first, in order."""
+        with self._lock:
+            if self._over or any(kind != "piece" for kind, _ in self._items):
+                writer.close()
+                return False
+            self._pending = b"".join(line(value) for _, value in self._items)
+            self._items.clear()
+            self._writer, self._line, self.direct = writer, line, True
+            return True
+
     def _put(self, item: tuple[str, Any]) -> None:
         with self._lock:
-            self._items.append(item)
-            if self._woken or (item[0] == "piece" and not self.wake_per_piece):
-                return
-            self._woken = True
+            writer = self._writer if item[0] == "piece" else None
+            if writer is None:
+                self._items.append(item)
+                if self._woken or (item[0] == "piece" and not self.wake_per_piece):
+                    return
+                self._woken = True
+        if writer is not None:  # this thread alone writes once direct
+            payload, self._pending = self._pending + self._line(item[1]), b""
+            if not writer.write(payload):
+                self.generation.cancel()  # the client went away
+            return
         try:
             self.loop.call_soon_threadsafe(self._ready.set)
         except RuntimeError:  # the loop is closed: nobody is listening
@@ -158,6 +184,13 @@ class Job:
         except Exception as exc:  # noqa: BLE001 - one error line for the client
             self._put(("error", f"generation failed: {type(exc).__name__}: {exc}"))
         finally:
+            with self._lock:
+                self._over = True
+                writer, self._writer = self._writer, None
+            if writer is not None:
+                if self._pending:  # queued before going direct, and nothing came after
+                    writer.write(self._pending)
+                writer.close()
             try:
                 self.loop.call_soon_threadsafe(self._ended)
             except RuntimeError:
@@ -226,6 +259,7 @@ class Server:
         for entry in registry.entries.values():
             entry.gate.limit = self.config.queue
         self.jobs: set[Job] = set()
+        self.direct_streams = 0  # streams whose pieces the generation thread wrote itself
         self.ended: deque[tuple[str, str]] = deque(maxlen=200)  # (thread, stop reason)
         self._reaper: asyncio.Task | None = None
         self.app = Starlette(
@@ -528,7 +562,7 @@ class Server:
         job.start()
         timing = (started, load_s)
         if stream:
-            return NdjsonResponse(self._stream(job, chat, timing), job)
+            return NdjsonResponse(self._stream(request.scope, job, chat, timing), job)
         return await self._collect(request, job, chat, timing)
 
     def _generation(self, entry: Entry, prompt: str, context: list[int], options, chat: bool):
@@ -585,20 +619,34 @@ class Server:
             "eval_duration": _ns(stats.seconds - first) if stats.new_tokens else 0,
         }
 
-    async def _stream(self, job: Job, chat: bool, timing) -> AsyncIterator[bytes]:
-        head = b'{"model":' + json.dumps(job.entry.name).encode() + b',"created_at":"'
+    @staticmethod
+    def _piece_line(entry: Entry, chat: bool) -> Callable[[str], bytes]:
+        """The NDJSON line _head() would give for one piece, built faster (it runs once a
+        token, on the decoder's thread when streaming direct)."""
+        head = b'{"model":' + json.dumps(entry.name).encode() + b',"created_at":"'
         if chat:
             middle, tail = b'","message":{"role":"assistant","content":', b'},"done":false}\n'
         else:
             middle, tail = b'","response":', b',"done":false}\n'
+        dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+        def line(text: str) -> bytes:
+            return b"".join((head, iso(time.time()).encode(), middle, dumps(text).encode(), tail))
+
+        return line
+
+    async def _stream(self, scope, job: Job, chat: bool, timing) -> AsyncIterator[bytes]:
+        line = self._piece_line(job.entry, chat)
         try:
+            fd = direct.socket_of(scope)  # on serve's default stack (direct.Protocol)
+            if fd is not None:  # the head is out: the generation thread writes the pieces
+                writer = direct.ChunkWriter(fd, lambda: job.generation.cancelled)
+                self.direct_streams += job.go_direct(writer, line)
             async for items in job.batches():
                 lines = []
-                stamp = iso(time.time()).encode()  # one batch goes out in one write: one time
                 for kind, value in items:
-                    if kind == "piece":  # the line _head() would give, built faster
-                        text = json.dumps(value, ensure_ascii=False).encode()
-                        lines.append(head + stamp + middle + text + tail)
+                    if kind == "piece":
+                        lines.append(line(value))
                     elif kind == "error":
                         lines.append(protocol.ndjson({"error": value}))
                     else:
