@@ -17,8 +17,8 @@ else (materialising HamLinear weights, LayerNorm, GELU, residuals, attention's s
 the optimizer, Python). The machine heads the table and is in the JSON.
 
     python benchmarks/mfu.py [--presets microstream,microstream-cpu,gpt-cpu] [--repeats 3]
-    python benchmarks/mfu.py --levers     # bf16: attention on PyTorch's flash kernel vs the
-                                          # math path (the default since it was measured)
+    python benchmarks/mfu.py --levers     # bf16: attention on PyTorch's flash kernel, its
+                                          # math path, and the matmul path (the default)
 """
 
 from __future__ import annotations
@@ -166,35 +166,46 @@ def write_report(path: Path, benchmark: str, rows: list[dict]) -> None:
     print(f"wrote {path}")
 
 
+BACKENDS = ("flash", "math", "matmul")  # common.CPU_BF16_TRAINING_ATTENTION values
+
+
 def levers(args) -> None:
-    """bf16 attention backends side by side: flash kernel against the math path."""
+    """bf16 attention paths side by side: the flash kernel, PyTorch's math path, and ours."""
     print(f"machine: {hardware.machine_line()}")
     print(
         f"{torch.get_num_threads()} threads; bf16 autocast; tokens/s median over {args.trials} "
         f"alternating trials (each the median of {args.repeats} steps)"
     )
-    print("| preset | attention: flash kernel | math path | math / flash | MFU flash → math |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| preset | attention: flash kernel | math path | matmul (default) | math / flash | "
+        "matmul / flash | MFU flash → math → matmul |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     rows = []
+    chosen = common.CPU_BF16_TRAINING_ATTENTION
     for preset in args.presets.split(","):
-        trials: dict[str, list[dict]] = {"flash": [], "math": []}
-        for _ in range(args.trials):
-            for backend in ("flash", "math"):
-                common.CPU_BF16_TRAINING_ATTENTION = backend
-                trials[backend].append(measure(preset, "bf16", args.repeats, args.peak_repeats))
-        common.CPU_BF16_TRAINING_ATTENTION = "math"
+        trials: dict[str, list[dict]] = {b: [] for b in BACKENDS}
+        try:
+            for _ in range(args.trials):
+                for backend in BACKENDS:
+                    common.CPU_BF16_TRAINING_ATTENTION = backend
+                    row = measure(preset, "bf16", args.repeats, args.peak_repeats)
+                    trials[backend].append(row)
+        finally:
+            common.CPU_BF16_TRAINING_ATTENTION = chosen
         rate = {b: statistics.median(r["tokens_per_s"] for r in t) for b, t in trials.items()}
-        # one yardstick for both: the flash run's FLOPs per token (the math path also
-        # computes the masked half of each T x T product, which is not model work) and its
+        # one yardstick for all: the flash run's FLOPs per token (the other paths also
+        # compute the masked half of each T x T product, which is not model work) and its
         # matmul peak; so MFU moves exactly as tokens/s does
         work = statistics.median(r["flops_per_token"] for r in trials["flash"])
         peak = statistics.median(r["peak_gflops"] for r in trials["flash"]) * 1e9
         mfu = {b: rate[b] * work / peak for b in trials}
         rows.append({"preset": preset, "tokens_per_s": rate, "mfu": mfu, "trials": trials})
         print(
-            f"| {preset} | {rate['flash']:,.0f} | {rate['math']:,.0f} | "
-            f"{rate['math'] / rate['flash']:.2f}x | {100 * mfu['flash']:.0f} % → "
-            f"{100 * mfu['math']:.0f} % |",
+            f"| {preset} | {rate['flash']:,.0f} | {rate['math']:,.0f} | {rate['matmul']:,.0f} | "
+            f"{rate['math'] / rate['flash']:.2f}x | {rate['matmul'] / rate['flash']:.2f}x | "
+            + " → ".join(f"{100 * mfu[b]:.0f} %" for b in BACKENDS)
+            + " |",
             flush=True,
         )
     write_report(args.out.with_name(args.out.stem + "-levers.json"), "mfu levers", rows)
@@ -213,8 +224,8 @@ def main() -> None:
     parser.add_argument(
         "--levers",
         action="store_true",
-        help="bf16 only: each preset with attention on the flash kernel and on the math path, "
-        "alternating, --trials times",
+        help="bf16 only: each preset with attention on the flash kernel, the math path and "
+        "the matmul path, alternating, --trials times",
     )
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()

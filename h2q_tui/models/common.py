@@ -5,19 +5,22 @@ phase rotation, the CE loss.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# Attention backend for bf16 training on the CPU: "math" (matmuls and a softmax, which
-# autocast runs on AMX) or "flash" (PyTorch's CPU flash-attention kernel). Measured by
-# ``python benchmarks/mfu.py --levers`` (docs/performance.md, "MFU"): the flash kernel's
-# bf16 backward took 46 % of a source-shaped MicroStream step on an Intel AMX CPU, and the
-# math path trains that step 1.2x and gpt-cpu 1.4x faster there; in fp32 flash stays
-# (the math path was 0.9x). A module attribute so that the benchmark can set it per run.
-CPU_BF16_TRAINING_ATTENTION = "math"
+# Attention for bf16 training on the CPU: "matmul" (two bf16 matmuls around an fp32
+# softmax, written out here), "math" (PyTorch's math SDPA backend, which on the CPU computes
+# bf16 attention in fp32) or "flash" (PyTorch's CPU flash-attention kernel). Measured by
+# ``python benchmarks/mfu.py --levers`` (docs/performance.md, "MFU"): the flash kernel's bf16
+# backward took 46 % of a source-shaped MicroStream step on an Intel AMX CPU; the math path
+# was 1.2x faster, and "matmul" faster again; its error against fp32 is that of the flash
+# kernel (tests/test_mfu.py). fp32 keeps flash (the math path was 0.9x). A module attribute
+# so that the benchmark can set it per run.
+CPU_BF16_TRAINING_ATTENTION = "matmul"
 
 
 class DecodeState:
@@ -100,7 +103,9 @@ def causal_attention(
     elif state is not None:
         k = state.extend(owner, "k", k, dim=2)  # (B, nh, Tk, hs): the cached keys, then these
         v = state.extend(owner, "v", v, dim=2)
-    if k.shape[2] == time:
+    if k.shape[2] == time and use_matmul_attention(q):
+        out = matmul_attention(q, k, v)
+    elif k.shape[2] == time:
         with _training_backend(q):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:  # queries are the last T of Tk positions
@@ -111,17 +116,45 @@ def causal_attention(
     return out.transpose(1, 2).reshape(batch, time, width)  # (B, nh, T, hs) -> (B, T, C)
 
 
+def _bf16_cpu_training(q: torch.Tensor) -> bool:
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+
+
+def use_matmul_attention(q: torch.Tensor) -> bool:
+    """Whether this attention call takes ``matmul_attention`` (bf16 CPU training)."""
+    return CPU_BF16_TRAINING_ATTENTION == "matmul" and _bf16_cpu_training(q)
+
+
 def _training_backend(q: torch.Tensor):
-    """sdpa_kernel([MATH]) for bf16 training on the CPU (CPU_BF16_TRAINING_ATTENTION),
-    else a no-op context: every other case keeps PyTorch's own choice."""
-    if (
-        CPU_BF16_TRAINING_ATTENTION == "math"
-        and q.device.type == "cpu"
-        and q.dtype == torch.bfloat16
-        and torch.is_grad_enabled()
-    ):
+    """sdpa_kernel([MATH]) for bf16 training on the CPU when CPU_BF16_TRAINING_ATTENTION is
+    "math", else a no-op context: every other case keeps PyTorch's own choice."""
+    if CPU_BF16_TRAINING_ATTENTION == "math" and _bf16_cpu_training(q):
         return sdpa_kernel([SDPBackend.MATH])
     return contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=8)
+def _causal_bias(length: int, device: torch.device) -> torch.Tensor:
+    """(T, T) fp32: 0 on and below the diagonal, -inf above."""
+    return torch.full((length, length), float("-inf"), device=device).triu(1)
+
+
+def matmul_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Attention on (B, nh, T, hs): softmax(q kᵀ / sqrt(hs) + bias) v, the bias causal unless
+    given (any shape broadcasting to (B, nh, T, Tk)), with both products in q's dtype (bf16:
+    AMX) and the scaling, bias and softmax in fp32."""
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, nh, T, Tk)
+    bias = _causal_bias(q.shape[2], q.device) if bias is None else bias.float()
+    weights = torch.softmax(scores + bias, dim=-1)
+    if dropout_p:
+        weights = F.dropout(weights, dropout_p)
+    return weights.to(v.dtype) @ v
 
 
 def phase_rotation(y: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from h2q_tui.config import ModelConfig
-from h2q_tui.models.common import DecodeState, cross_entropy, offset_of
+from h2q_tui.models.common import (
+    DecodeState,
+    cross_entropy,
+    matmul_attention,
+    offset_of,
+    use_matmul_attention,
+)
 
 SCAN_BLOCK = 32  # products of at most 32 retentions per level: no division, no overflow
 
@@ -193,9 +199,14 @@ class GravityAttention(nn.Module):
             v = state.extend(self, "v", v, dim=2)
         gravity = F.softplus(self.gravity_net(x)).transpose(1, 2)[..., None]  # (B, nh, T, 1)
         bias = -self.gravity_strength * gravity * distance + causal  # (B, nh, T, Tk)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, hs)
+        dropout = self.dropout if self.training else 0.0
+        if use_matmul_attention(q):  # bf16 CPU training (h2q_tui/models/common.py)
+            y = matmul_attention(q, k, v, bias, dropout)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout
+            )
+        # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(batch, time, width)  # (B, T, C)
         return self.drop(self.c_proj(y))
 
