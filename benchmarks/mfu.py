@@ -17,8 +17,9 @@ else (materialising HamLinear weights, LayerNorm, GELU, residuals, attention's s
 the optimizer, Python). The machine heads the table and is in the JSON.
 
     python benchmarks/mfu.py [--presets microstream,microstream-cpu,gpt-cpu] [--repeats 3]
-    python benchmarks/mfu.py --levers     # bf16: attention on PyTorch's flash kernel, its
-                                          # math path, and the matmul path (the default)
+    python benchmarks/mfu.py --lever attention  # bf16: attention on PyTorch's flash kernel,
+                                                # its math path, the matmul path (default)
+    python benchmarks/mfu.py --lever batched    # HamLinear W per layer vs one batched product
 """
 
 from __future__ import annotations
@@ -166,49 +167,72 @@ def write_report(path: Path, benchmark: str, rows: list[dict]) -> None:
     print(f"wrote {path}")
 
 
-BACKENDS = ("flash", "math", "matmul")  # common.CPU_BF16_TRAINING_ATTENTION values
+def _levers() -> dict[str, tuple[object, str, tuple, tuple[str, ...]]]:
+    """name → (module, attribute, values measured side by side, precisions)."""
+    from h2q_kernels.hamiltonian import batched
+
+    return {
+        # bf16 attention: the flash kernel, PyTorch's math path, ours (the default)
+        "attention": (
+            common,
+            "CPU_BF16_TRAINING_ATTENTION",
+            ("flash", "math", "matmul"),
+            ("bf16",),
+        ),
+        # every HamLinear W per layer (before) or in one batched product with fused q/k/v
+        "batched": (batched, "ENABLED", (False, True), ("fp32", "bf16")),
+    }
 
 
 def levers(args) -> None:
-    """bf16 attention paths side by side: the flash kernel, PyTorch's math path, and ours."""
+    """One lever's settings side by side, alternating, per preset and precision."""
+    module, attribute, values, precisions = _levers()[args.lever]
+    chosen = getattr(module, attribute)
+    names = [str(v) for v in values]
     print(f"machine: {hardware.machine_line()}")
     print(
-        f"{torch.get_num_threads()} threads; bf16 autocast; tokens/s median over {args.trials} "
-        f"alternating trials (each the median of {args.repeats} steps)"
+        f"lever {args.lever} ({module.__name__}.{attribute}); {torch.get_num_threads()} threads; "
+        f"tokens/s median over {args.trials} alternating trials (each the median of "
+        f"{args.repeats} steps); the current setting is {chosen!r}"
     )
     print(
-        "| preset | attention: flash kernel | math path | matmul (default) | math / flash | "
-        "matmul / flash | MFU flash → math → matmul |"
+        f"| preset | precision | {' | '.join(names)} | {names[-1]} / {names[0]} | "
+        f"MFU {' → '.join(names)} |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|" + "---:|" * (len(values) + 2))
     rows = []
-    chosen = common.CPU_BF16_TRAINING_ATTENTION
     for preset in args.presets.split(","):
-        trials: dict[str, list[dict]] = {b: [] for b in BACKENDS}
-        try:
-            for _ in range(args.trials):
-                for backend in BACKENDS:
-                    common.CPU_BF16_TRAINING_ATTENTION = backend
-                    row = measure(preset, "bf16", args.repeats, args.peak_repeats)
-                    trials[backend].append(row)
-        finally:
-            common.CPU_BF16_TRAINING_ATTENTION = chosen
-        rate = {b: statistics.median(r["tokens_per_s"] for r in t) for b, t in trials.items()}
-        # one yardstick for all: the flash run's FLOPs per token (the other paths also
-        # compute the masked half of each T x T product, which is not model work) and its
-        # matmul peak; so MFU moves exactly as tokens/s does
-        work = statistics.median(r["flops_per_token"] for r in trials["flash"])
-        peak = statistics.median(r["peak_gflops"] for r in trials["flash"]) * 1e9
-        mfu = {b: rate[b] * work / peak for b in trials}
-        rows.append({"preset": preset, "tokens_per_s": rate, "mfu": mfu, "trials": trials})
-        print(
-            f"| {preset} | {rate['flash']:,.0f} | {rate['math']:,.0f} | {rate['matmul']:,.0f} | "
-            f"{rate['math'] / rate['flash']:.2f}x | {rate['matmul'] / rate['flash']:.2f}x | "
-            + " → ".join(f"{100 * mfu[b]:.0f} %" for b in BACKENDS)
-            + " |",
-            flush=True,
-        )
-    write_report(args.out.with_name(args.out.stem + "-levers.json"), "mfu levers", rows)
+        for precision in precisions:
+            trials: dict[str, list[dict]] = {n: [] for n in names}
+            try:
+                for _ in range(args.trials):
+                    for value, name in zip(values, names, strict=True):
+                        setattr(module, attribute, value)
+                        trials[name].append(
+                            measure(preset, precision, args.repeats, args.peak_repeats)
+                        )
+            finally:
+                setattr(module, attribute, chosen)
+            rate = {n: statistics.median(r["tokens_per_s"] for r in t) for n, t in trials.items()}
+            # one yardstick for all: the first setting's FLOPs per token (counted with flash
+            # attention, so the masked half of each T x T product is not model work) and its
+            # matmul peak; so MFU moves exactly as tokens/s does
+            work = statistics.median(r["flops_per_token"] for r in trials[names[0]])
+            peak = statistics.median(r["peak_gflops"] for r in trials[names[0]]) * 1e9
+            mfu = {n: rate[n] * work / peak for n in names}
+            rows.append(
+                {"preset": preset, "precision": precision, "tokens_per_s": rate, "mfu": mfu,
+                 "trials": trials}
+            )  # fmt: skip
+            print(
+                f"| {preset} | {precision} | "
+                + " | ".join(f"{rate[n]:,.0f}" for n in names)
+                + f" | {rate[names[-1]] / rate[names[0]]:.2f}x | "
+                + " → ".join(f"{100 * mfu[n]:.0f} %" for n in names)
+                + " |",
+                flush=True,
+            )
+    write_report(args.out.with_name(f"{args.out.stem}-lever-{args.lever}.json"), "mfu lever", rows)
 
 
 def main() -> None:
@@ -222,16 +246,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0: every core")
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-mfu.json")
     parser.add_argument(
-        "--levers",
-        action="store_true",
-        help="bf16 only: each preset with attention on the flash kernel, the math path and "
-        "the matmul path, alternating, --trials times",
+        "--lever",
+        choices=["attention", "batched"],
+        help="one lever's settings side by side, alternating, --trials times: attention "
+        "(bf16: flash kernel, math path, matmul path) or batched (HamLinear weights per "
+        "layer or in one batched product, fp32 and bf16)",
     )
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.levers:
+    if args.lever:
         levers(args)
         return
     fast_bf16, _ = hardware.cpu_fast_bf16()

@@ -152,3 +152,62 @@ def test_shared_bank_is_not_a_submodule_of_the_layer():
     assert layer.structure_bank is bank
     own = HamLinear(128, 32, 8)
     assert "bank.A" in dict(own.named_parameters())
+
+
+# ----------------------------------------------------------------------------- batched weights
+def _loss_and_grads(model, idx, bf16: bool, batched: bool):
+    from h2q_kernels.hamiltonian import batched as batched_module
+
+    model.zero_grad(set_to_none=True)
+    batched_module.ENABLED = batched
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits, loss = model(idx, idx)
+        loss.backward()
+    finally:
+        batched_module.ENABLED = True
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logits.float().detach(), grads
+
+
+@pytest.mark.parametrize(
+    "preset, overrides, grow",
+    [
+        ("tiny", [], False),  # MicroStream, one shared bank
+        ("tiny", ["model.shared_bank=false"], False),  # a bank per layer
+        ("qrlm-cpu", ["model.d_model=128", "model.n_layers=2"], True),  # FFN rank grown
+    ],
+)
+@pytest.mark.parametrize("bf16", [False, True])
+def test_batched_step_weights_equal_the_per_layer_form(preset, overrides, grow, bf16) -> None:
+    """One batched product for every W (and fused q/k/v): the same logits and gradients as
+    each layer building its own W, in fp32 and in bf16 autocast."""
+    from h2q_tui.config import resolve
+    from h2q_tui.models import build_model
+
+    config = resolve(preset, overrides).model
+    torch.manual_seed(0)
+    model = build_model(config)
+    if grow:
+        model.grow_ffn_rank()  # FFN layers now rank 9, attention rank 8: two groups
+    idx = torch.randint(0, config.vocab_size, (2, 16))
+    got = _loss_and_grads(model, idx, bf16, batched=True)
+    want = _loss_and_grads(model, idx, bf16, batched=False)
+    tol = {"atol": 2e-2, "rtol": 2e-2} if bf16 else {"atol": 1e-5, "rtol": 1e-4}
+    torch.testing.assert_close(got[0], want[0], **tol)
+    assert got[1].keys() == want[1].keys() and len(got[1]) > 4
+    for name in want[1]:
+        torch.testing.assert_close(got[1][name], want[1][name], **tol, msg=name)
+
+
+def test_fused_weight_stacks_the_step_weights() -> None:
+    from h2q_kernels.hamiltonian import fused_weight, step_weights
+
+    bank = StructureBank(2, 2)
+    layers = [HamLinear(32, 4, 2, bank=bank) for _ in range(4)]
+    assert fused_weight(*layers[:3]) is None  # outside step_weights
+    with step_weights(layers):
+        qkv = fused_weight(*layers[:3])
+        assert qkv.shape == (96, 32)
+        torch.testing.assert_close(qkv[32:64], layers[1].materialised())
+    assert all(layer.step_weight is None for layer in layers)

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from h2q_kernels.hamiltonian import (
     HamLinear,
     StructureBank,
+    fused_weight,
     orthogonality_penalty,
+    step_weights,
 )
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -66,6 +68,17 @@ class HamFactory:
         )
 
 
+def project_qkv(
+    x: torch.Tensor, q: HamLinear, k: HamLinear, v: HamLinear
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q(x), k(x), v(x): one matmul on their stacked weights within ``step_weights``."""
+    weight = fused_weight(q, k, v)
+    if weight is None:
+        return q(x), k(x), v(x)
+    bias = torch.cat([q.bias, k.bias, v.bias])
+    return F.linear(x, weight, bias).split(q.bias.shape[0], dim=-1)
+
+
 class HamAttention(nn.Module):
     """Causal multi-head attention with q, k, v, o each a HamLinear(H).
 
@@ -87,9 +100,8 @@ class HamAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
         # (B, T, H) -> (B, T, H)
-        out = causal_attention(
-            self.q(x), self.k(x), self.v(x), self.n_heads, self.layout, state, owner=self
-        )
+        q, k, v = project_qkv(x, self.q, self.k, self.v)
+        out = causal_attention(q, k, v, self.n_heads, self.layout, state, owner=self)
         return self.o(phase_rotation(out) if self.quaternion else out)
 
 
@@ -173,8 +185,12 @@ class MicroStream(nn.Module):
     ):
         time, start = idx.shape[1], offset_of(state)
         h = self.drop(self.tok_emb(idx) + self.pos_emb[start : start + time])  # (B, T, D)
-        for block in self.blocks:
-            h = block(h, state)
+        # every W in one batched product; not under activation checkpointing, whose
+        # recomputation in backward runs outside this block
+        checkpointed = self.config.checkpointing and self.training and torch.is_grad_enabled()
+        with step_weights([] if checkpointed else self.ham_layers()):
+            for block in self.blocks:
+                h = block(h, state)
         self.energy = h.detach().float().norm(dim=-1).mean()
         h = self.norm(h)
         if state is not None:

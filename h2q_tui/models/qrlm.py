@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from h2q_kernels.hamiltonian import HamLinear, orthogonality_penalty
+from h2q_kernels.hamiltonian import HamLinear, orthogonality_penalty, step_weights
 from torch import nn
 
 from h2q_tui.config import ModelConfig
 from h2q_tui.models.common import DecodeState, causal_attention, cross_entropy, offset_of
-from h2q_tui.models.microstream import HamFactory, init_embedding_and_head, unit_gain_init
+from h2q_tui.models.microstream import (
+    HamFactory,
+    init_embedding_and_head,
+    project_qkv,
+    unit_gain_init,
+)
 
 
 class QRLMAttention(nn.Module):
@@ -31,7 +36,7 @@ class QRLMAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, D) each
+        q, k, v = project_qkv(x, self.q_proj, self.k_proj, self.v_proj)  # (B, T, D) each
         return self.o_proj(causal_attention(q, k, v, self.n_heads, state=state, owner=self))
 
 
@@ -107,8 +112,9 @@ class QRLM(nn.Module):
         h = self.tok_emb(idx) + self.pos_emb[start : start + time]  # (B, T, D)
         self.energy = h.detach().float().norm(dim=-1).mean()  # QRLM: norm of the input embedding
         h = self.drop(h)
-        for block in self.blocks:
-            h = block(h, state)
+        with step_weights(self.ham_layers()):  # every W in one batched product
+            for block in self.blocks:
+                h = block(h, state)
         h = self.norm(h)
         if state is not None:
             state.hidden = h

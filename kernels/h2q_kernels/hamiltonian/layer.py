@@ -55,6 +55,8 @@ class HamLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(width))
         self.implementation = implementation
         self.frozen_weight: torch.Tensor | None = None  # set by ``frozen_weights`` (inference)
+        # set by ``batched.step_weights`` for one forward: W as a view of a batched stack
+        self.step_weight: torch.Tensor | None = None
 
     @property
     def rank(self) -> int:
@@ -91,6 +93,8 @@ class HamLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.frozen_weight is not None:
             return F.linear(x, self.frozen_weight, self.bias)
+        if self.step_weight is not None:
+            return F.linear(x, self.step_weight, self.bias)
         kernel = IMPLEMENTATIONS[self.implementation]
         return kernel(x, self.structure_bank.block_matrices(self.rank), self.factors(), self.bias)
 
