@@ -204,16 +204,27 @@ def _load(
     else:
         tensors = checkpoint_load.read_tensors(info)
         clock.lap("read")
-        model = checkpoint_load.build_unfilled(info)
-        clock.lap("build")
-        if model is None:  # a builder that needs its init: the normal path
-            model = checkpoints.load_model_from(info)
-            clock.lap("assign")
-        else:
-            checkpoint_load.assign_weights(info, model, tensors)
-            clock.lap("assign")
+        model, _ = _fill(info, tensors, clock)
         del tensors
     return info, model.eval(), codec, None
+
+
+def _fill(
+    info: CheckpointInfo, tensors, clock: Clock, before_init: Callable[[], None] | None = None
+) -> tuple[nn.Module, bool]:
+    """The model with ``tensors`` assigned; a builder that needs its init takes the normal
+    path instead (after ``before_init``). Returns (model, whether that normal path ran)."""
+    model = checkpoint_load.build_unfilled(info)
+    clock.lap("build")
+    normal = model is None
+    if normal:
+        if before_init is not None:
+            before_init()
+        model = checkpoints.load_model_from(info)
+    else:
+        checkpoint_load.assign_weights(info, model, tensors)
+    clock.lap("assign")
+    return model, normal
 
 
 def _load_overlapped(
@@ -236,17 +247,10 @@ def _load_overlapped(
         return None
     check = BackgroundCheck(info.weights, tensors)  # sums the very tensors the model gets
     clock.lap("read")
-    try:
-        model = checkpoint_load.build_unfilled(info)
-        clock.lap("build")
-        if model is None:  # a builder that needs its init: verified first, normal path
-            _confirm(check, clock)
-            model = checkpoints.load_model_from(info)
-            clock.lap("assign")
+    try:  # a builder that needs its init: verified first, then the normal path
+        model, normal = _fill(info, tensors, clock, before_init=lambda: _confirm(check, clock))
+        if normal:
             check = None
-        else:
-            checkpoint_load.assign_weights(info, model, tensors)
-            clock.lap("assign")
     except ChecksumFailed:
         return None
     except UserError:
