@@ -56,7 +56,11 @@ def step_weights(layers: Sequence[HamLinear]) -> Iterator[None]:
     taken: list[HamLinear] = []
     try:
         for group in groups.values():
-            stack = _stacked_weights(group)
+            # built in the parameters' dtype: under autocast the einsum's bmm would run in
+            # bf16, whose backward here (M 16, N 8, K 10^5) crashes oneDNN's AMX matmul on
+            # one thread (SIGFPE, torch 2.13.0)
+            with torch.autocast("cpu", enabled=False):
+                stack = _stacked_weights(group)
             if cast is not None and stack.device.type == "cpu":
                 stack = stack.to(cast)  # once, instead of once per layer and call
             # unbind, not stack[i]: its backward stacks the L gradients once, where each
