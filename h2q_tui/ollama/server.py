@@ -134,7 +134,6 @@ class Job:
         self._line: Callable[[str], bytes] | None = None
         self._pending = b""  # lines queued before go_direct, written first
         self._over = False  # the thread has ended: no going direct any more
-        self.direct = False
 
     def start(self) -> None:
         self.server.jobs.add(self)
@@ -152,7 +151,7 @@ class Job:
                 return False
             self._pending = b"".join(line(value) for _, value in self._items)
             self._items.clear()
-            self._writer, self._line, self.direct = writer, line, True
+            self._writer, self._line = writer, line
             return True
 
     def _put(self, item: tuple[str, Any]) -> None:
