@@ -14,7 +14,8 @@ server do not share one interpreter), then, through the bridge client
    slows both alike, tokens/s measured the same way ((new tokens − 1) over first token →
    last token): the API overhead is 1 − median API / median in-process; and once more
    writing one line-sized chunk per token to a loopback TCP connection that another process
-   reads (the floor: one send per token, what any server that flushes each token pays);
+   reads (the floor: one send per token, what any server that flushes each token pays),
+   and one ``"stream": false`` request (the server's decoding rate without sends);
 3. ``--clients`` concurrent streaming clients × ``--requests`` each: requests/s, total
    tokens/s, first-token p50/p99, errors.
 
@@ -162,6 +163,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def whole(url: str, name: str, options: dict) -> float:
+    """One ``"stream": false`` request: the server's decoding rate with no per-token sends,
+    (eval_count − 1) / eval_duration (eval_duration runs from the first token to the end)."""
+    import httpx
+
+    body = {"model": name, "prompt": PROMPT, "stream": False, "options": options}
+    final = httpx.post(f"{url}/api/generate", json=body, timeout=120).json()
+    return (final["eval_count"] - 1) / final["eval_duration"] * 1e9
+
+
 def concurrent(url: str, name: str, options: dict, clients: int, requests: int) -> dict:
     """``clients`` threads × ``requests`` streaming requests each."""
     from h2q_tui.ollama.client import BridgeError, OllamaClient
@@ -239,12 +250,14 @@ def main() -> None:
             client.probe()
         local_run, reader = InProcess(checkpoint, options), Reader()
         single: dict[str, list[dict]] = {stack: [] for stack in stacks}
-        local, floor = [], []
+        local, floor, unstreamed = [], [], []
+        first_url, first_name = servers[stacks[0]][1], servers[stacks[0]][2]
         for _ in range(args.single):  # interleaved, so a busy machine slows all alike
             for stack, client in clients.items():
                 single[stack].append(one_request(client, servers[stack][2], options))
             local.append(local_run.rate())
             floor.append(local_run.rate(reader.sock))
+            unstreamed.append(whole(first_url, first_name, options))
         reader.close()
         for client in clients.values():
             client.close()
@@ -260,6 +273,7 @@ def main() -> None:
 
     name = next(iter(servers.values()))[2]
     local_rate, floor_rate = statistics.median(local), statistics.median(floor)
+    unstreamed_rate = statistics.median(unstreamed[1:])
     print(f"machine: {hardware.machine_line()}")
     print(
         f"serve {checkpoint if args.checkpoint else 'tiny (random weights)'} as {name}: "
@@ -278,6 +292,7 @@ def main() -> None:
         "in_process_tokens_per_s": local_rate,
         "floor_tokens_per_s": floor_rate,
         "floor_overhead": 1 - floor_rate / local_rate,
+        "unstreamed_server_tokens_per_s": unstreamed_rate,
         "stacks": {},
     }
     for stack in stacks:

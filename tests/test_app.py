@@ -896,3 +896,20 @@ async def test_the_chart_zooms_with_its_keys_and_keeps_the_zoom_as_records_arriv
         await pilot.press("r")
         await pilot.pause()
         assert chart._x_max - chart._x_min == pytest.approx(full[1] - full[0], rel=0.05)
+
+
+def test_plot_axes_survive_a_degenerate_range() -> None:
+    """textual-plot raised "math domain error" (log10 of a zero tick spacing) on an axis
+    too narrow for its float spacing, which killed the dashboard; our formatter gives one
+    tick there and textual-plot's own ticks everywhere else."""
+    from textual_plot.axis_formatter import NumericAxisFormatter
+
+    from h2q_tui.app.widgets import SafeAxisFormatter
+
+    safe = SafeAxisFormatter()
+    assert safe.get_ticks_and_labels(4096.0, 4096.0) == ([4096.0], ["4096"])
+    assert safe.get_ticks_and_labels(8e15, 8e15 + 2) == ([8e15], ["8e+15"])
+    assert safe.get_ticks_and_labels(float("nan"), 1.0) == ([], [])
+    assert safe.get_ticks_and_labels(1.0, 2.0) == NumericAxisFormatter().get_ticks_and_labels(
+        1.0, 2.0
+    )

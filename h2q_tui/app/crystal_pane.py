@@ -36,6 +36,7 @@ from textual.worker import get_current_worker
 from textual_plot import HiResMode, LegendLocation, PlotWidget
 
 from h2q_tui.app.hotstart_panel import HotStartPanel, generation_source_of
+from h2q_tui.app.widgets import safe_axes
 from h2q_tui.system.threads import on_own_thread
 
 BATCH = 32  # windows per forward pass
@@ -170,6 +171,9 @@ def short(path: Path) -> str:
 
 class ParetoPlot(PlotWidget):
     """Δ bits/byte against the compression ratio; the Pareto front joined and marked."""
+
+    def on_mount(self) -> None:
+        safe_axes(self)
 
     def draw(self, rows: list[SweepRow]) -> None:
         self.clear()

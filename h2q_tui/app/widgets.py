@@ -10,6 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.widgets import Static
 from textual_plot import HiResMode, LegendLocation, PlotWidget
+from textual_plot.axis_formatter import NumericAxisFormatter
 
 from h2q_tui.app import formatting as fmt
 from h2q_tui.system.budget import MemoryBudget, Reading
@@ -142,6 +143,32 @@ def _thin(xs: list[float], ys: list[float], limit: int) -> tuple[list[float], li
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+class SafeAxisFormatter(NumericAxisFormatter):
+    """textual-plot's numeric ticks, without its ValueError on a degenerate axis: a range
+    too narrow for the float spacing (or not finite) once killed the dashboard with "math
+    domain error" from ``log10`` of a zero tick spacing. Such an axis gets one tick."""
+
+    def get_ticks(self, min_: float, max_: float, max_ticks: int = 8) -> list[float]:
+        if not (math.isfinite(min_) and math.isfinite(max_)) or max_ <= min_:
+            return [min_] if math.isfinite(min_) else []
+        ticks = super().get_ticks(min_, max_, max_ticks)
+        if len(ticks) >= 2 and not ticks[1] - ticks[0] > 0:
+            return ticks[:1]
+        return ticks
+
+    def get_labels_for_ticks(self, ticks) -> list[str]:
+        if len(ticks) >= 2 and not ticks[1] - ticks[0] > 0:
+            return [f"{tick:g}" for tick in ticks]
+        if len(ticks) == 1:
+            return [f"{ticks[0]:g}"]
+        return super().get_labels_for_ticks(ticks)
+
+
+def safe_axes(plot: PlotWidget) -> None:
+    plot.set_x_formatter(SafeAxisFormatter())
+    plot.set_y_formatter(SafeAxisFormatter())
+
+
 class LossChart(PlotWidget):
     """Train CE (raw + debiased EMA) and both validation curves, for one or several runs.
 
@@ -152,6 +179,9 @@ class LossChart(PlotWidget):
     """
 
     _last_draw: tuple | None = None
+
+    def on_mount(self) -> None:
+        safe_axes(self)
 
     def on_resize(self) -> None:
         """Point thinning depends on the width: draw again at the new size."""
