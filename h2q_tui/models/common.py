@@ -13,11 +13,11 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # Attention for bf16 training on the CPU: "matmul" (two bf16 matmuls around an fp32
-# softmax, written out here), "math" (PyTorch's math SDPA backend, which on the CPU computes
-# bf16 attention in fp32) or "flash" (PyTorch's CPU flash-attention kernel). Measured by
-# ``python benchmarks/mfu.py --levers`` (docs/performance.md, "MFU"): the flash kernel's bf16
-# backward took 46 % of a source-shaped MicroStream step on an Intel AMX CPU; the math path
-# was 1.2x faster, and "matmul" faster again; its error against fp32 is that of the flash
+# softmax, written out here), "math" (PyTorch's math SDPA backend) or "flash" (PyTorch's CPU
+# flash-attention kernel). Measured by ``python benchmarks/mfu.py --lever attention``
+# (docs/performance.md, "MFU"): the flash kernel's bf16 backward took 46 % of a
+# source-shaped MicroStream step on an Intel AMX CPU; the math path was 1.2x faster, and
+# "matmul" 1.15-1.28x faster than the math path; its error against fp32 is that of the flash
 # kernel (tests/test_mfu.py). fp32 keeps flash (the math path was 0.9x). A module attribute
 # so that the benchmark can set it per run.
 CPU_BF16_TRAINING_ATTENTION = "matmul"

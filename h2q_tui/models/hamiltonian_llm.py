@@ -201,12 +201,11 @@ class GravityAttention(nn.Module):
         bias = -self.gravity_strength * gravity * distance + causal  # (B, nh, T, Tk)
         dropout = self.dropout if self.training else 0.0
         if use_matmul_attention(q):  # bf16 CPU training (h2q_tui/models/common.py)
-            y = matmul_attention(q, k, v, bias, dropout)
+            y = matmul_attention(q, k, v, bias, dropout)  # (B, nh, T, hs)
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout
             )
-        # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(batch, time, width)  # (B, T, C)
         return self.drop(self.c_proj(y))
 

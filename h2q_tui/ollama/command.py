@@ -131,10 +131,7 @@ def serve_main(argv: list[str]) -> int:
     url = protocol.parse_host(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     loop, http, label = stack(args.stack)
     config = ServeConfig(
-        keep_alive=keep_alive,
-        queue=args.queue,
-        max_predict=args.max_predict,
-        device=device,
+        keep_alive=keep_alive, queue=args.queue, max_predict=args.max_predict, device=device
     )
     app = make_app(registry, config)
     print(

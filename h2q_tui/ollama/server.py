@@ -131,7 +131,7 @@ class Job:
         self.wake_per_piece = wake_per_piece
         self._ended_event = asyncio.Event()  # set once request_done ran (keep-alive applied)
         self._writer: direct.ChunkWriter | None = None  # set by go_direct, then thread-owned
-        self._line: Callable[[str], bytes] | None = None
+        self._line: Callable[..., bytes] | None = None
         self._pending = b""  # lines queued before go_direct, written first
         self._over = False  # the thread has ended: no going direct any more
 
@@ -142,14 +142,15 @@ class Job:
     def cancel(self) -> None:
         self.generation.cancel()  # before its next token; the thread then ends
 
-    def go_direct(self, writer: direct.ChunkWriter, line: Callable[[str], bytes]) -> bool:
+    def go_direct(self, writer: direct.ChunkWriter, line: Callable[..., bytes]) -> bool:
         """Hand the socket to the generation thread (False: keep streaming through the loop,
         and the writer is closed). Pieces already queued go out first, in order."""
         with self._lock:
             if self._over or any(kind != "piece" for kind, _ in self._items):
                 writer.close()
                 return False
-            self._pending = b"".join(line(value) for _, value in self._items)
+            stamp = iso(time.time()).encode()  # they leave in one write: one time
+            self._pending = b"".join(line(value, stamp) for _, value in self._items)
             self._items.clear()
             self._writer, self._line = writer, line
             return True
@@ -619,9 +620,10 @@ class Server:
         }
 
     @staticmethod
-    def _piece_line(entry: Entry, chat: bool) -> Callable[[str], bytes]:
+    def _piece_line(entry: Entry, chat: bool) -> Callable[..., bytes]:
         """The NDJSON line _head() would give for one piece, built faster (it runs once a
-        token, on the decoder's thread when streaming direct)."""
+        token, on the decoder's thread when streaming direct). Lines that leave in one write
+        may share one ``stamp`` (created_at, formatted once)."""
         head = b'{"model":' + json.dumps(entry.name).encode() + b',"created_at":"'
         if chat:
             middle, tail = b'","message":{"role":"assistant","content":', b'},"done":false}\n'
@@ -629,8 +631,9 @@ class Server:
             middle, tail = b'","response":', b',"done":false}\n'
         dumps = json.JSONEncoder(ensure_ascii=False).encode
 
-        def line(text: str) -> bytes:
-            return b"".join((head, iso(time.time()).encode(), middle, dumps(text).encode(), tail))
+        def line(text: str, stamp: bytes | None = None) -> bytes:
+            stamp = stamp or iso(time.time()).encode()
+            return b"".join((head, stamp, middle, dumps(text).encode(), tail))
 
         return line
 
@@ -643,9 +646,10 @@ class Server:
                 self.direct_streams += job.go_direct(writer, line)
             async for items in job.batches():
                 lines = []
+                stamp = iso(time.time()).encode()  # one batch goes out in one write: one time
                 for kind, value in items:
                     if kind == "piece":
-                        lines.append(line(value))
+                        lines.append(line(value, stamp))
                     elif kind == "error":
                         lines.append(protocol.ndjson({"error": value}))
                     else:

@@ -21,7 +21,7 @@ import torch
 from h2q_kernels.hamiltonian.bank import quaternion_block_matrix
 from h2q_kernels.hamiltonian.layer import HamLinear
 
-# Off: every layer builds its own W, as before (benchmarks/mfu.py --levers sets it per run).
+# Off: every layer builds its own W, as before (benchmarks/mfu.py --lever batched sets it).
 ENABLED = True
 
 
