@@ -12,6 +12,9 @@ For each preset, one process, the same (untrained, seeded) model and the same pr
   caches, fused q/k/v, direct torch calls; h2q_tui/generation/decoder.py).
 Variants are interleaved over the repeats (this VM's speed drifts); medians are reported,
 and the ratio of the two cached forms is the median of the per-repeat ratios.
+"Its matrix products alone" replays one cached step's matrix products on the model's own
+weights, back to back: the ceiling at batch 1 on this machine (each weight is read from
+memory once per token), beside which the rest of a token's time is the overhead to remove.
 First-token latency is prompt encoding + prefill + the first choice, for a short and a
 full-context prompt. Speed does not depend on the weights' values, so no checkpoint is needed.
 Decoding runs in fp32 (no autocast) whatever the CPU; the table and the JSON name the machine.
@@ -29,6 +32,8 @@ import time
 from pathlib import Path
 
 import torch
+from h2q_kernels.hamiltonian import frozen_weights
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from h2q_tui.config import resolve
 from h2q_tui.generation import decoder, sampling
@@ -41,6 +46,48 @@ from h2q_tui.system import hardware
 
 PRESETS = ["gpt-cpu", "microstream-cpu", "h2q-transformer-cpu", "qrlm-cpu", "hamiltonian-llm"]
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside."
+
+
+aten = torch.ops.aten
+PRODUCTS = {aten.linear.default, aten.mm.default, aten.addmm.default, aten.bmm.default,
+            aten.baddbmm.default, aten.mv.default, aten.addmv.default}  # fmt: skip
+
+
+class ProductRecorder(TorchDispatchMode):
+    """Keeps every matrix product dispatched while active, with its very operands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in PRODUCTS:
+            self.calls.append((func, args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def products_alone_rate(model, repeats: int = 200) -> float:
+    """tokens/s if a cached decoding step were nothing but its matrix products: one step's
+    products after the prompt, on the model's own weight tensors (so the same memory traffic:
+    at batch 1 each weight is read once per token), replayed back to back. The ceiling of
+    this machine for the model in fp32 on this thread count; the rest of a token's time is
+    everything else (small ops, Python, sampling)."""
+    prompt = list(PROMPT.encode())
+    with torch.no_grad(), frozen_weights(model):
+        step = decoder.Decoder(model)
+        step(prompt)
+        recorder = ProductRecorder()
+        with recorder:
+            step([*prompt, 32])
+        with torch.inference_mode():  # the operands are the step program's inference tensors
+            for _ in range(10):
+                for func, args, kwargs in recorder.calls:
+                    func(*args, **kwargs)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                for func, args, kwargs in recorder.calls:
+                    func(*args, **kwargs)
+            return repeats / (time.perf_counter() - started)
 
 
 @torch.no_grad()
@@ -119,6 +166,7 @@ def measure(preset: str, tokens: int, repeats: int, recompute: bool) -> dict:
         names = ["source_style", "recompute", *names]
     rates: dict[str, list[float]] = {name: [] for name in names}
     first: dict[str, list[float]] = {"today": [], "new": [], "today_long": [], "new_long": []}
+    alone: list[float] = []
     same_tokens = True
     today = generation(model, PROMPT, 8, True, reference=True)  # warm-up, both forms
     same_tokens &= today.tokens == generation(model, PROMPT, 8, True).tokens
@@ -136,6 +184,7 @@ def measure(preset: str, tokens: int, repeats: int, recompute: bool) -> dict:
         long_today = generation(model, long_prompt, 1, True, reference=True).stats.first_token_s
         first["today_long"].append(long_today)
         first["new_long"].append(generation(model, long_prompt, 1, True).stats.first_token_s)
+        alone.append(products_alone_rate(model))
     ratios = [n / t for n, t in zip(rates["kv_cache"], rates["kv_cache_today"], strict=True)]
     return {
         "preset": preset,
@@ -147,6 +196,7 @@ def measure(preset: str, tokens: int, repeats: int, recompute: bool) -> dict:
         "long_prompt_tokens": len(long_prompt.encode()),
         **{f"{k}_tokens_per_s": statistics.median(v) for k, v in rates.items()},
         "kv_cache_speedup": statistics.median(ratios),
+        "matrix_products_alone_tokens_per_s": statistics.median(alone),
         "same_tokens": same_tokens,
         **{f"first_token_{k}_ms": 1000 * statistics.median(v) for k, v in first.items()},
         "repeats": repeats,
@@ -186,16 +236,17 @@ def main() -> None:
     print(
         "| preset | parameters | KV cache, today's form (tok/s) | KV cache, step program "
         "(tok/s) | speed-up | same tokens | first token today / new (ms) "
-        "| full-context prompt today / new (ms) |"
+        "| full-context prompt today / new (ms) | its matrix products alone (tok/s) |"
     )
-    print("|---|---:|---:|---:|---:|:-:|---:|---:|")
+    print("|---|---:|---:|---:|---:|:-:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['preset']} | {r['parameters']:,} | {r['kv_cache_today_tokens_per_s']:,.0f} | "
             f"{r['kv_cache_tokens_per_s']:,.0f} | {r['kv_cache_speedup']:.2f}x | "
             f"{'yes' if r['same_tokens'] else 'NO'} | "
             f"{r['first_token_today_ms']:.1f} / {r['first_token_new_ms']:.1f} | "
-            f"{r['first_token_today_long_ms']:.1f} / {r['first_token_new_long_ms']:.1f} |"
+            f"{r['first_token_today_long_ms']:.1f} / {r['first_token_new_long_ms']:.1f} | "
+            f"{r['matrix_products_alone_tokens_per_s']:,.0f} |"
         )
     if args.recompute:
         print()

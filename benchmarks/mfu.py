@@ -20,6 +20,7 @@ the optimizer, Python). The machine heads the table and is in the JSON.
     python benchmarks/mfu.py --lever attention  # bf16: attention on PyTorch's flash kernel,
                                                 # its math path, the matmul path (default)
     python benchmarks/mfu.py --lever batched    # HamLinear W per layer vs one batched product
+    python benchmarks/mfu.py --lever compile    # the step eager vs torch.compile (train.compile)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from h2q_tui.config import resolve
 from h2q_tui.models import build_model, common
 from h2q_tui.system import hardware
+from h2q_tui.training import compiled
 
 PRESETS = "microstream,microstream-cpu,gpt-cpu,h2q-transformer-cpu,qrlm-cpu,hamiltonian-llm"
 aten = torch.ops.aten
@@ -87,30 +90,44 @@ def replay_seconds(kind: str, shapes: tuple, dtype: str, repeats: int) -> float:
     return best
 
 
+COMPILE = False  # --lever compile: the timed steps call the model through torch.compile
+
+
 def training_step(preset: str, precision: str):
-    """(model, optimizer, inputs, step function, tokens per step) for ``preset``."""
+    """(timed step, counted step, tokens per step) for ``preset``: the counted step calls the
+    plain model (the FLOP counter and matmul recorder see eager ops), the timed one calls it
+    compiled when COMPILE is set (as train.compile does, training/compiled.py)."""
     config = resolve(preset)
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(config.model))
     model.train()
+    if COMPILE:
+        torch._dynamo.reset()  # a fresh compile per model (and no cache-size fallback to eager)
+    forward = compiled.compile_for_training(model) if COMPILE else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     idx = torch.randint(0, config.model.vocab_size, (config.train.batch_size, config.model.context))
     penalty_weight = config.train.axiom_lambda
 
-    def step() -> None:
+    def run(module) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            _, loss = model(idx, idx)
+            _, loss = module(idx, idx)
         optimizer.zero_grad(set_to_none=True)
         total = loss + penalty_weight * model.penalty() if penalty_weight else loss
         total.backward()
         optimizer.step()
 
-    return step, config.train.batch_size * config.model.context
+    return (
+        (lambda: run(forward)),
+        (lambda: run(model)),
+        config.train.batch_size * config.model.context,
+    )
 
 
 def measure(preset: str, precision: str, repeats: int, peak_repeats: int) -> dict:
-    step, tokens = training_step(preset, precision)
-    step()  # warm-up: allocators, kernels
+    step, counted_step, tokens = training_step(preset, precision)
+    started = time.perf_counter()
+    step()  # warm-up: allocators, kernels (and compiling, under --lever compile)
+    first_step_s = time.perf_counter() - started
     # counted (not timed) with attention on the flash kernel: FLOPs are the model's work
     # (the math path also multiplies the masked half of each T x T product), and the
     # recorded products, the peak's shapes, are then the model's own linear maps
@@ -118,7 +135,7 @@ def measure(preset: str, precision: str, repeats: int, peak_repeats: int) -> dic
     chosen, common.CPU_BF16_TRAINING_ATTENTION = common.CPU_BF16_TRAINING_ATTENTION, "flash"
     try:
         with counter, recorder:
-            step()
+            counted_step()
     finally:
         common.CPU_BF16_TRAINING_ATTENTION = chosen
     flops = counter.get_total_flops()
@@ -140,6 +157,7 @@ def measure(preset: str, precision: str, repeats: int, peak_repeats: int) -> dic
         "precision": precision,
         "tokens_per_step": tokens,
         "step_s": step_s,
+        "first_step_s": first_step_s,
         "step_times_s": times,
         "tokens_per_s": tokens / step_s,
         "flops_per_step": flops,
@@ -181,14 +199,19 @@ def _levers() -> dict[str, tuple[object, str, tuple, tuple[str, ...]]]:
         ),
         # every HamLinear W per layer (before) or in one batched product with fused q/k/v
         "batched": (batched, "ENABLED", (False, True), ("fp32", "bf16")),
+        # the training step eager or through torch.compile (train.compile)
+        "compile": (sys.modules[__name__], "COMPILE", (False, True), ("fp32", "bf16")),
     }
+
+
+LABELS = {("compile", False): "eager", ("compile", True): "compiled"}  # else str(value)
 
 
 def levers(args) -> None:
     """One lever's settings side by side, alternating, per preset and precision."""
     module, attribute, values, precisions = _levers()[args.lever]
     chosen = getattr(module, attribute)
-    names = [str(v) for v in values]
+    names = [LABELS.get((args.lever, v), str(v)) for v in values]
     print(f"machine: {hardware.machine_line()}")
     print(
         f"lever {args.lever} ({module.__name__}.{attribute}); {torch.get_num_threads()} threads; "
@@ -197,9 +220,10 @@ def levers(args) -> None:
     )
     print(
         f"| preset | precision | {' | '.join(names)} | {names[-1]} / {names[0]} | "
-        f"MFU {' → '.join(names)} |"
+        f"MFU {' → '.join(names)} | first step (s) | tokens in 10 min, {names[-1]} / "
+        f"{names[0]} |"
     )
-    print("|---|---|" + "---:|" * (len(values) + 2))
+    print("|---|---|" + "---:|" * (len(values) + 4))
     rows = []
     for preset in args.presets.split(","):
         for precision in precisions:
@@ -220,8 +244,13 @@ def levers(args) -> None:
             work = statistics.median(r["flops_per_token"] for r in trials[names[0]])
             peak = statistics.median(r["peak_gflops"] for r in trials[names[0]]) * 1e9
             mfu = {n: rate[n] * work / peak for n in names}
+            # the first step's extra time (compiling, for --lever compile) against a 10-minute run
+            first = {n: statistics.median(r["first_step_s"] for r in t) for n, t in trials.items()}
+            extra = first[names[-1]] - first[names[0]]
+            ten_minutes = max(0.0, 600 - extra) * rate[names[-1]] / (600 * rate[names[0]])
             rows.append(
                 {"preset": preset, "precision": precision, "tokens_per_s": rate, "mfu": mfu,
+                 "first_step_s": first, "ten_minute_tokens_ratio": ten_minutes,
                  "trials": trials}
             )  # fmt: skip
             print(
@@ -229,7 +258,9 @@ def levers(args) -> None:
                 + " | ".join(f"{rate[n]:,.0f}" for n in names)
                 + f" | {rate[names[-1]] / rate[names[0]]:.2f}x | "
                 + " → ".join(f"{100 * mfu[n]:.0f} %" for n in names)
-                + " |",
+                + " | "
+                + " / ".join(f"{first[n]:.1f}" for n in names)
+                + f" | {ten_minutes:.2f}x |",
                 flush=True,
             )
     write_report(args.out.with_name(f"{args.out.stem}-lever-{args.lever}.json"), "mfu lever", rows)
@@ -247,10 +278,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-mfu.json")
     parser.add_argument(
         "--lever",
-        choices=["attention", "batched"],
+        choices=["attention", "batched", "compile"],
         help="one lever's settings side by side, alternating, --trials times: attention "
         "(bf16: flash kernel, math path, matmul path) or batched (HamLinear weights per "
-        "layer or in one batched product, fp32 and bf16)",
+        "layer or in one batched product, fp32 and bf16) or compile (the step eager or through "
+        "torch.compile, fp32 and bf16; the first step's time includes compiling)",
     )
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()

@@ -67,6 +67,7 @@ class TrainConfig:
     axiom_lambda: float = 0.1  # penalty weight: loss = CE + axiom_lambda * 0.01 * penalty
     precision: str = "auto"  # auto (fast bf16 hardware: bf16, else fp32) | fp32 | bf16 | fp16
     threads: int = 0  # torch intra-op threads for training; 0 = all cores
+    compile: bool = False  # torch.compile the training step (training/compiled.py: when it pays)
     # per-process memory budget (--memory-budget / --vram-budget; h2q_tui/system/budget.py):
     # "2GB" (10^9), "1.5GiB" (2^30); "" = none. 90 %: alarm; 100 %: checkpoint, then pause/stop
     memory_budget: str = ""  # this process's RSS

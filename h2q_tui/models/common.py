@@ -133,10 +133,20 @@ def _training_backend(q: torch.Tensor):
     return contextlib.nullcontext()
 
 
-@functools.lru_cache(maxsize=8)
-def _causal_bias(length: int, device: torch.device) -> torch.Tensor:
+def _new_causal_bias(length: int, device: torch.device) -> torch.Tensor:
     """(T, T) fp32: 0 on and below the diagonal, -inf above."""
     return torch.full((length, length), float("-inf"), device=device).triu(1)
+
+
+_cached_causal_bias = functools.lru_cache(maxsize=8)(_new_causal_bias)
+
+
+def _causal_bias(length: int, device: torch.device) -> torch.Tensor:
+    """The causal bias, cached per length; built in the graph under torch.compile (which
+    would trace through the cache and warn)."""
+    if torch.compiler.is_compiling():
+        return _new_causal_bias(length, device)
+    return _cached_causal_bias(length, device)
 
 
 def matmul_attention(

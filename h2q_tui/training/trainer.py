@@ -29,7 +29,7 @@ from h2q_tui.generation.thought_stream import sample_tokens
 from h2q_tui.models import build_model, count_parameters
 from h2q_tui.system import hardware
 from h2q_tui.system.budget import BudgetWatch, MemoryBudget, cuda_memory, rss_bytes
-from h2q_tui.training import commands, events
+from h2q_tui.training import commands, compiled, events
 from h2q_tui.training.distributed import SINGLE, World
 from h2q_tui.training.evaluate import heldout_cross_entropy, mean_cross_entropy
 from h2q_tui.training.growth import RankGrowthRule
@@ -144,7 +144,8 @@ class Trainer:
         self.resume_note = resume_from.note if resume_from is not None else ""
         if resume_from is not None:
             self._restore(resume_from)
-        self.forward_model = world.wrap(self.model)  # what training calls (DDP when distributed)
+        self.compiling = t.compile  # until a compiled step has run or compiling failed
+        self.forward_model = self._training_module()  # what training calls
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -224,6 +225,37 @@ class Trainer:
             time.perf_counter() - self._segment_start if self._segment_start is not None else 0.0
         )
         return self.elapsed_before_s + running
+
+    def _training_module(self) -> nn.Module:
+        """The model as training calls it: DDP when distributed, compiled on request."""
+        module = self.world.wrap(self.model)
+        return compiled.compile_for_training(module) if self.config.train.compile else module
+
+    def _compiled_forward_backward(self, sampler_state: dict) -> tuple:
+        """_forward_backward; the first compiled step says what compiling cost, and a
+        compiler failure is one notice, then the same windows again without compiling."""
+        accum = self.config.train.grad_accum
+        if not self.compiling:
+            return self._forward_backward(accum)
+        self.notice("torch.compile: compiling the training step (train.compile = true) ...")
+        started = time.perf_counter()
+        try:
+            result = self._forward_backward(accum)
+        except Exception as exc:
+            if not compiled.is_compile_failure(exc):
+                raise
+            self.notice(f"torch.compile failed, training without it: {compiled.failure_line(exc)}")
+            self.compiling = False
+            self.forward_model = self.world.wrap(self.model)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.sampler.load_state_dict(sampler_state)
+            return self._forward_backward(accum)
+        self.compiling = False
+        self.notice(
+            f"torch.compile: the first step took {time.perf_counter() - started:.1f} s "
+            "with compiling; the steps after it run the compiled code"
+        )
+        return result
 
     def current_lr(self) -> float:
         return scheduled_lr(self.config, self.step, self.elapsed_s()) * self.lr_scale
@@ -387,7 +419,7 @@ class Trainer:
         if self.growth_rule.observe(self.step, loss, self.model.ffn_rank):
             added = self._grow()
             self.lr_scale *= t.growth_lr_factor
-            self.forward_model = self.world.wrap(self.model)  # DDP must see the new factors
+            self.forward_model = self._training_module()  # DDP must see the new factors
             self.emit(events.RankGrown(self.step, self.model.ffn_rank, added, self.current_lr()))
 
     # ------------------------------------------------------------------ commands
@@ -481,7 +513,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        ce_nats, tokens, penalty, aux = self._forward_backward(self.config.train.grad_accum)
+        ce_nats, tokens, penalty, aux = self._compiled_forward_backward(sampler_state)
         if self.world.distributed:  # the global batch's mean CE and token count
             ce_sum, all_tokens = self.world.sum([ce_nats, tokens], self.device)
             ce_nats, tokens = ce_sum / self.world.size, int(all_tokens)
