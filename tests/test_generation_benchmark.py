@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 from h2q_kernels.hamiltonian import frozen_weights
 
 from h2q_tui.config import resolve
 from h2q_tui.generation.decoder import Decoder
 from h2q_tui.models import build_model
+from tests.benchmark_module import load
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "generation.py"
-spec = importlib.util.spec_from_file_location("bench_generation", PATH)
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load("generation")
 
 
 def test_one_step_records_every_weight_matrix_of_the_gpt_once() -> None:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "mfu.py"
-spec = importlib.util.spec_from_file_location("bench_mfu", PATH)
-mfu = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mfu)
+from tests.benchmark_module import load
+
+mfu = load("mfu")
 
 
 def test_recorded_matmuls_add_up_to_the_counted_flops() -> None:
