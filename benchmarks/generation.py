@@ -72,21 +72,22 @@ def products_alone_rate(model, repeats: int = 200) -> float:
     at batch 1 each weight is read once per token), replayed back to back. The ceiling of
     this machine for the model in fp32 on this thread count; the rest of a token's time is
     everything else (small ops, Python, sampling)."""
-    prompt = list(PROMPT.encode())
+    prompt, recorder = list(PROMPT.encode()), ProductRecorder()
+
+    def replay(times: int) -> None:
+        for _ in range(times):
+            for func, args, kwargs in recorder.calls:
+                func(*args, **kwargs)
+
     with torch.no_grad(), frozen_weights(model):
         step = decoder.Decoder(model)
         step(prompt)
-        recorder = ProductRecorder()
         with recorder:
             step([*prompt, 32])
         with torch.inference_mode():  # the operands are the step program's inference tensors
-            for _ in range(10):
-                for func, args, kwargs in recorder.calls:
-                    func(*args, **kwargs)
+            replay(10)  # warm-up
             started = time.perf_counter()
-            for _ in range(repeats):
-                for func, args, kwargs in recorder.calls:
-                    func(*args, **kwargs)
+            replay(repeats)
             return repeats / (time.perf_counter() - started)
 
 

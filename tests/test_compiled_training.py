@@ -62,3 +62,19 @@ def test_other_errors_are_not_swallowed(tmp_path, text_file, monkeypatch):
 def test_compile_must_be_a_boolean(tmp_path, text_file):
     with pytest.raises(UserError, match="train.compile must be bool"):
         make_trainer(tmp_path, text_file, ["train.compile=yes"])
+
+
+def test_after_a_failure_a_rank_growth_rebuilds_the_module_uncompiled(
+    tmp_path, text_file, monkeypatch
+):
+    class Broken(torch.nn.Module):
+        def forward(self, *args):
+            raise BackendCompilerFailed(lambda *a: None, RuntimeError("no compiler"), None)
+
+    made = []
+    monkeypatch.setattr(compiled, "compile_for_training", lambda module: made.append(1) or Broken())
+    trainer, _ = make_trainer(tmp_path, text_file, [*FP32, "train.compile=true"])
+    trainer.train_step()
+    assert trainer.forward_model is trainer.model and not trainer.compiling
+    trainer.forward_model = trainer._training_module()  # what _maybe_grow does after a growth
+    assert trainer.forward_model is trainer.model and made == [1]

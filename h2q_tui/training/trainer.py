@@ -144,7 +144,7 @@ class Trainer:
         self.resume_note = resume_from.note if resume_from is not None else ""
         if resume_from is not None:
             self._restore(resume_from)
-        self.compiling = t.compile  # until a compiled step has run or compiling failed
+        self.use_compile = t.compile  # train.compile, off for the rest of the run if it fails
         self.forward_model = self._training_module()  # what training calls
 
     # ------------------------------------------------------------------ state
@@ -227,9 +227,11 @@ class Trainer:
         return self.elapsed_before_s + running
 
     def _training_module(self) -> nn.Module:
-        """The model as training calls it: DDP when distributed, compiled on request."""
+        """The model as training calls it: DDP when distributed, compiled on request (then the
+        next step compiles it: ``self.compiling``)."""
         module = self.world.wrap(self.model)
-        return compiled.compile_for_training(module) if self.config.train.compile else module
+        self.compiling = self.use_compile
+        return compiled.compile_for_training(module) if self.use_compile else module
 
     def _compiled_forward_backward(self, sampler_state: dict) -> tuple:
         """_forward_backward; the first compiled step says what compiling cost, and a
@@ -245,8 +247,8 @@ class Trainer:
             if not compiled.is_compile_failure(exc):
                 raise
             self.notice(f"torch.compile failed, training without it: {compiled.failure_line(exc)}")
-            self.compiling = False
-            self.forward_model = self.world.wrap(self.model)
+            self.use_compile = False  # a later rank growth rebuilds the module uncompiled too
+            self.forward_model = self._training_module()
             self.optimizer.zero_grad(set_to_none=True)
             self.sampler.load_state_dict(sampler_state)
             return self._forward_backward(accum)
