@@ -21,6 +21,7 @@ the optimizer, Python). The machine heads the table and is in the JSON.
                                                 # its math path, the matmul path (default)
     python benchmarks/mfu.py --lever batched    # HamLinear W per layer vs one batched product
     python benchmarks/mfu.py --lever compile    # the step eager vs torch.compile (train.compile)
+    python benchmarks/mfu.py --lever structured # HamLinear as dense W vs Σ_r H_r X B_rᵀ
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def replay_seconds(kind: str, shapes: tuple, dtype: str, repeats: int) -> float:
 
 
 COMPILE = False  # --lever compile: the timed steps call the model through torch.compile
+HAM_IMPLEMENTATION = None  # --lever structured: model.ham_implementation (None: the preset's)
 
 
 def training_step(preset: str, precision: str):
@@ -99,7 +101,8 @@ def training_step(preset: str, precision: str):
     compiled when COMPILE is set (as train.compile does, training/compiled.py)."""
     config = resolve(preset)
     torch.manual_seed(0)
-    model = build_model(dataclasses.replace(config.model))
+    overrides = {"ham_implementation": HAM_IMPLEMENTATION} if HAM_IMPLEMENTATION else {}
+    model = build_model(dataclasses.replace(config.model, **overrides))
     model.train()
     if COMPILE:
         torch._dynamo.reset()  # a fresh compile per model (and no cache-size fallback to eager)
@@ -185,8 +188,11 @@ def write_report(path: Path, benchmark: str, rows: list[dict]) -> None:
     print(f"wrote {path}")
 
 
-def _levers() -> dict[str, tuple[object, str, tuple, tuple[str, ...]]]:
-    """name → (module, attribute, values measured side by side, precisions)."""
+HAM_PRESETS = "microstream,microstream-cpu,h2q-transformer-cpu,qrlm-cpu"  # with HamLinear
+
+
+def _levers() -> dict[str, tuple[object, str, tuple, tuple[str, ...], str]]:
+    """name → (module, attribute, values measured side by side, precisions, default presets)."""
     from h2q_kernels.hamiltonian import batched
 
     return {
@@ -196,11 +202,20 @@ def _levers() -> dict[str, tuple[object, str, tuple, tuple[str, ...]]]:
             "CPU_BF16_TRAINING_ATTENTION",
             ("flash", "math", "matmul"),
             ("bf16",),
+            PRESETS,
         ),
         # every HamLinear W per layer (before) or in one batched product with fused q/k/v
-        "batched": (batched, "ENABLED", (False, True), ("fp32", "bf16")),
+        "batched": (batched, "ENABLED", (False, True), ("fp32", "bf16"), HAM_PRESETS),
         # the training step eager or through torch.compile (train.compile)
-        "compile": (sys.modules[__name__], "COMPILE", (False, True), ("fp32", "bf16")),
+        "compile": (sys.modules[__name__], "COMPILE", (False, True), ("fp32", "bf16"), PRESETS),
+        # HamLinear as the dense W (fast form) or as Σ_r H_r X B_rᵀ (never W)
+        "structured": (
+            sys.modules[__name__],
+            "HAM_IMPLEMENTATION",
+            ("fast", "structured"),
+            ("fp32", "bf16"),
+            HAM_PRESETS,
+        ),
     }
 
 
@@ -209,7 +224,7 @@ LABELS = {("compile", False): "eager", ("compile", True): "compiled"}  # else st
 
 def levers(args) -> None:
     """One lever's settings side by side, alternating, per preset and precision."""
-    module, attribute, values, precisions = _levers()[args.lever]
+    module, attribute, values, precisions, presets = _levers()[args.lever]
     chosen = getattr(module, attribute)
     names = [LABELS.get((args.lever, v), str(v)) for v in values]
     print(f"machine: {hardware.machine_line()}")
@@ -225,7 +240,7 @@ def levers(args) -> None:
     )
     print("|---|---|" + "---:|" * (len(values) + 4))
     rows = []
-    for preset in args.presets.split(","):
+    for preset in (args.presets or presets).split(","):
         for precision in precisions:
             trials: dict[str, list[dict]] = {n: [] for n in names}
             try:
@@ -270,7 +285,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--presets", default=PRESETS, help="comma-separated")
+    parser.add_argument(
+        "--presets",
+        help=f"comma-separated (default {PRESETS}; for --lever batched and structured, the "
+        f"presets with HamLinear: {HAM_PRESETS})",
+    )
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-repeats", type=int, default=5)
@@ -278,11 +297,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-mfu.json")
     parser.add_argument(
         "--lever",
-        choices=["attention", "batched", "compile"],
+        choices=["attention", "batched", "compile", "structured"],
         help="one lever's settings side by side, alternating, --trials times: attention "
         "(bf16: flash kernel, math path, matmul path) or batched (HamLinear weights per "
         "layer or in one batched product, fp32 and bf16) or compile (the step eager or through "
-        "torch.compile, fp32 and bf16; the first step's time includes compiling)",
+        "torch.compile, fp32 and bf16; the first step's time includes compiling) or structured "
+        "(HamLinear as the dense W or as Σ_r H_r X B_rᵀ, fp32 and bf16)",
     )
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
@@ -302,7 +322,7 @@ def main() -> None:
     )
     print("|---|---|---:|---:|---:|---:|---:|")
     rows = []
-    for preset in args.presets.split(","):
+    for preset in (args.presets or PRESETS).split(","):
         for precision in args.precisions.split(","):
             row = measure(preset, precision, args.repeats, args.peak_repeats)
             rows.append(row)

@@ -32,7 +32,7 @@ class ModelConfig:
     factor_size: int = 32
     rank: int = 8
     shared_bank: bool = True  # one structure bank per model (source) or one per layer
-    ham_implementation: str = "fast"  # fast | reference
+    ham_implementation: str = "fast"  # fast | structured | reference
     checkpointing: bool = False  # activation checkpointing of each reversible branch
     final_norm: bool = False  # LayerNorm before the head (the source has none; an option)
     attention_layout: str = "heads"  # heads | source (h2q-transformer's reshape bug, opt-in)
@@ -122,7 +122,7 @@ class RunConfig:
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig, "log": LogConfig}
 CHOICES = {
     ("model", "family"): ("microstream", "h2q-transformer", "qrlm", "hamiltonian-llm", "gpt"),
-    ("model", "ham_implementation"): ("fast", "reference"),
+    ("model", "ham_implementation"): ("fast", "structured", "reference"),
     ("model", "ham_init"): ("source", "unit"),
     ("model", "attention_layout"): ("heads", "source"),
     ("train", "loop"): ("horizon", "random"),

@@ -9,10 +9,12 @@ from h2q_kernels.hamiltonian import (
     StructureBank,
     ham_linear_fast,
     ham_linear_reference,
+    ham_linear_structured,
     materialise_weight,
     orthogonality_penalty,
     quaternion_block_matrix,
 )
+from h2q_kernels.hamiltonian.structured import structured_to_dense_flops
 
 
 def hamilton_product(p: tuple, q: tuple) -> tuple:
@@ -68,9 +70,9 @@ def test_block_matrix_is_left_multiplication():
     torch.testing.assert_close(H @ q.view(4), expected)
 
 
-def _pair(width, factor, rank, dtype, seed=0):
+def _pair(width, factor, rank, dtype, seed=0, implementation="fast"):
     torch.manual_seed(seed)
-    fast = HamLinear(width, factor, rank, implementation="fast")
+    fast = HamLinear(width, factor, rank, implementation=implementation)
     ref = HamLinear(width, factor, rank, implementation="reference")
     ref.load_state_dict(fast.state_dict())
     with torch.no_grad():
@@ -89,9 +91,13 @@ def _outputs_and_grads(layer, x, dtype):
     return y.float(), [g.float() for g in grads]
 
 
+FAST_PATHS = ["fast", "structured"]
+
+
+@pytest.mark.parametrize("implementation", FAST_PATHS)
 @pytest.mark.parametrize("width,factor,rank", SHAPES)
-def test_fast_matches_reference_fp32(width, factor, rank):
-    fast, ref, x = _pair(width, factor, rank, torch.float32)
+def test_fast_matches_reference_fp32(width, factor, rank, implementation):
+    fast, ref, x = _pair(width, factor, rank, torch.float32, implementation=implementation)
     y_fast, g_fast = _outputs_and_grads(fast, x, torch.float32)
     y_ref, g_ref = _outputs_and_grads(ref, x, torch.float32)
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-4, atol=1e-5)
@@ -99,10 +105,11 @@ def test_fast_matches_reference_fp32(width, factor, rank):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("implementation", FAST_PATHS)
 @pytest.mark.parametrize("width,factor,rank", SHAPES[:3])
-def test_fast_matches_reference_bf16(width, factor, rank):
-    """Under bf16 autocast both paths stay within the error a dense bf16 layer makes."""
-    fast, ref, x = _pair(width, factor, rank, torch.bfloat16)
+def test_fast_matches_reference_bf16(width, factor, rank, implementation):
+    """Under bf16 autocast every path stays within the error a dense bf16 layer makes."""
+    fast, ref, x = _pair(width, factor, rank, torch.bfloat16, implementation=implementation)
     y_fast, g_fast = _outputs_and_grads(fast, x, torch.bfloat16)
     y_exact, g_exact = _outputs_and_grads(ref, x, torch.float32)
     # Yardstick: a plain nn.Linear with the same materialised weight, in bf16 vs fp32.
@@ -125,6 +132,24 @@ def test_materialised_weight_is_sum_of_kronecker_products():
     torch.testing.assert_close(materialise_weight(H, layer.B), expected)
     x = torch.randn(5, 128)
     torch.testing.assert_close(ham_linear_fast(x, H, layer.B, None), x @ expected.T)
+
+
+@pytest.mark.parametrize("width,factor,rank", SHAPES)
+def test_structured_flop_ratio_counts_its_products(width, factor, rank):
+    """The documented multiply-add ratio is what the structured form's products do."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(4)
+    layer = HamLinear(width, factor, rank, implementation="structured")
+    x = torch.randn(10, width)
+    H = layer.structure_bank.block_matrices().detach()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        ham_linear_structured(x, H, layer.B.detach(), None)
+    dense = 2 * 10 * width * width
+    assert counter.get_total_flops() / dense == pytest.approx(
+        structured_to_dense_flops(width, factor, rank)
+    )
 
 
 def test_orthogonality_penalty_at_init_f32_r8():
@@ -216,6 +241,25 @@ def test_batched_step_weights_equal_the_per_layer_form(preset, overrides, grow, 
     for ours, theirs in zip(batched_errors, per_layer_errors, strict=True):
         assert ours <= 1.1 * theirs + 1e-3, (batched_errors, per_layer_errors)
     assert max(batched_errors) < 0.1, batched_errors  # bf16 rounding, nothing worse
+
+
+def test_structured_model_equals_the_fast_one() -> None:
+    """model.ham_implementation=structured (every HamLinear as two products, no batched W):
+    the same logits and gradients as the default fast form."""
+    from h2q_tui.config import resolve
+    from h2q_tui.models import build_model
+
+    models = []
+    for implementation in ("fast", "structured"):
+        config = resolve("tiny", [f"model.ham_implementation={implementation}"]).model
+        torch.manual_seed(0)
+        models.append(build_model(config))
+    idx = torch.randint(0, config.vocab_size, (2, 16))
+    fast, structured = (_loss_and_grads(m, idx, False, batched=True) for m in models)
+    torch.testing.assert_close(structured[0], fast[0], atol=1e-5, rtol=1e-4)
+    assert structured[1].keys() == fast[1].keys()
+    for name in fast[1]:
+        torch.testing.assert_close(structured[1][name], fast[1][name], atol=1e-5, rtol=1e-4)
 
 
 def test_fused_weight_stacks_the_step_weights() -> None:

@@ -126,6 +126,24 @@ def _cuda_precision(requested: str, device: torch.device) -> PrecisionChoice:
     return PrecisionChoice(requested, "requested")
 
 
+def enable_tf32(device: torch.device) -> bool:
+    """On an Ampere or later GPU (compute capability ≥ 8) let fp32 matmuls and convolutions
+    run on TF32 tensor cores; True when it did. Elsewhere nothing changes."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU batch on ``device``; to a GPU through pinned memory and a non-blocking copy, so
+    the copy overlaps the GPU's work instead of waiting for it."""
+    if device.type != "cuda":
+        return batch.to(device)
+    return batch.pin_memory().to(device, non_blocking=True)
+
+
 @lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU's model name as /proc/cpuinfo (or the platform) gives it."""

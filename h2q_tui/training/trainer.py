@@ -7,6 +7,7 @@ queue between steps; it never waits on a consumer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import queue
 import time
@@ -113,6 +114,10 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.device = world.device(hardware.resolve_device(device))
         self.precision = hardware.choose_precision(t.precision, self.device)
+        if hardware.enable_tf32(self.device):
+            self.precision = dataclasses.replace(
+                self.precision, reason=f"{self.precision.reason}; TF32 for fp32 matmuls"
+            )
         self.model = build_model(m).to(self.device)
         self.optimizer = build_optimizer(self.model, config)
         self.autocast_dtype = self.precision.autocast_dtype
@@ -485,7 +490,7 @@ class Trainer:
         rows = self.world.rows(self.config.train.batch_size)
         for i in range(accum):
             last = i == accum - 1
-            x, y = (t[rows].to(self.device) for t in self.sampler.next_batch())
+            x, y = (hardware.to_device(t[rows], self.device) for t in self.sampler.next_batch())
             sync = contextlib.nullcontext()
             if not last and self.world.distributed:  # average the gradients once, at the end
                 sync = self.forward_model.no_sync()

@@ -9,6 +9,7 @@ from h2q_kernels.hamiltonian.batched import fused_weight, step_weights
 from h2q_kernels.hamiltonian.fast import ham_linear_fast, materialise_weight
 from h2q_kernels.hamiltonian.layer import HamLinear, frozen_weights, orthogonality_penalty
 from h2q_kernels.hamiltonian.reference import ham_linear_reference
+from h2q_kernels.hamiltonian.structured import ham_linear_structured
 
 __all__ = [
     "HamLinear",
@@ -17,6 +18,7 @@ __all__ = [
     "fused_weight",
     "ham_linear_fast",
     "ham_linear_reference",
+    "ham_linear_structured",
     "materialise_weight",
     "orthogonality_penalty",
     "quaternion_block_matrix",

@@ -16,8 +16,13 @@ from torch import nn
 from h2q_kernels.hamiltonian.bank import StructureBank, rank_scaled_orthogonal_
 from h2q_kernels.hamiltonian.fast import ham_linear_fast, materialise_weight
 from h2q_kernels.hamiltonian.reference import ham_linear_reference
+from h2q_kernels.hamiltonian.structured import ham_linear_structured
 
-IMPLEMENTATIONS = {"fast": ham_linear_fast, "reference": ham_linear_reference}
+IMPLEMENTATIONS = {
+    "fast": ham_linear_fast,
+    "reference": ham_linear_reference,
+    "structured": ham_linear_structured,
+}
 
 
 class HamLinear(nn.Module):
@@ -29,7 +34,8 @@ class HamLinear(nn.Module):
         rank: R.
         bank: a shared StructureBank (not registered here, so a checkpoint stores it once);
             None gives this layer a bank of its own.
-        implementation: "fast" (materialised W) or "reference" (einsum form).
+        implementation: "fast" (materialised W), "structured" (Σ_r H_r X B_rᵀ as two
+            products, never W) or "reference" (the einsum form).
     """
 
     def __init__(
