@@ -78,3 +78,16 @@ def test_after_a_failure_a_rank_growth_rebuilds_the_module_uncompiled(
     assert trainer.forward_model is trainer.model and not trainer.compiling
     trainer.forward_model = trainer._training_module()  # what _maybe_grow does after a growth
     assert trainer.forward_model is trainer.model and made == [1]
+
+
+@pytest.mark.slow  # ~20 s of compiling on 2 cores
+def test_hamiltonian_llm_compiles_around_its_gravity_attention(tmp_path, text_file):
+    """Its attention runs eagerly inside the compiled step (compiled, its batch-innermost
+    layout made every product copy its matrices one by one); the curve is the eager one."""
+    from h2q_tui.models import hamiltonian_llm
+
+    assert hamiltonian_llm.gravity_attention._torchdynamo_disable  # torch.compiler.disable
+    family = ["model.family=hamiltonian-llm", "model.n_heads=2", *FP32]
+    eager, _ = make_trainer(tmp_path, text_file, family, name="eager")
+    fast, _ = make_trainer(tmp_path, text_file, [*family, "train.compile=true"], name="fast")
+    assert losses(fast, 3) == pytest.approx(losses(eager, 3), abs=1e-4)

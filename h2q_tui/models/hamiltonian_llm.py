@@ -166,6 +166,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
+@torch.compiler.disable
+def gravity_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout: float
+) -> torch.Tensor:
+    """softmax(q kᵀ / sqrt(hs) + bias) v on (B, nh, T, hs), always run eagerly.
+
+    Under train.compile Inductor laid the softmax of this (B, nh, T, Tk) bias out with the
+    batch innermost, and each product then copied the 192 matrices of its batch one by one
+    (the compiled step ran at 0.42× eager in fp32). Eager, the same kernels as without it.
+    """
+    if use_matmul_attention(q):  # bf16 CPU training (h2q_tui/models/common.py)
+        return matmul_attention(q, k, v, bias, dropout)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout)
+
+
 class GravityAttention(nn.Module):
     """Causal RoPE attention with scores − strength · g_{h,i} · min(|i−j|, max distance)."""
 
@@ -200,12 +215,7 @@ class GravityAttention(nn.Module):
         gravity = F.softplus(self.gravity_net(x)).transpose(1, 2)[..., None]  # (B, nh, T, 1)
         bias = -self.gravity_strength * gravity * distance + causal  # (B, nh, T, Tk)
         dropout = self.dropout if self.training else 0.0
-        if use_matmul_attention(q):  # bf16 CPU training (h2q_tui/models/common.py)
-            y = matmul_attention(q, k, v, bias, dropout)  # (B, nh, T, hs)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout
-            )
+        y = gravity_attention(q, k, v, bias, dropout)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(batch, time, width)  # (B, T, C)
         return self.drop(self.c_proj(y))
 
