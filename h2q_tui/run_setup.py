@@ -21,6 +21,7 @@ from h2q_tui.data.sources import Corpus, load_corpus
 from h2q_tui.data.tokenizer import BpeTokenizer
 from h2q_tui.errors import UserError
 from h2q_tui.system import hardware, memory
+from h2q_tui.system.files import write_text_atomic
 
 DEFAULT_PRESET = "microstream-cpu"
 RUN_FILE = "run.json"
@@ -274,9 +275,7 @@ def _prepare_resume(request: RunRequest, progress, writes: bool = True) -> Prepa
 
 
 def _write_run_file(run_dir: Path, payload: dict) -> None:
-    tmp = run_dir / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / RUN_FILE)
+    write_text_atomic(run_dir / RUN_FILE, json.dumps(payload, indent=2) + "\n")
 
 
 def _read_run_file(run_dir: Path) -> dict:

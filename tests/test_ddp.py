@@ -113,3 +113,20 @@ def test_the_dashboard_under_torchrun_asks_for_no_ui(tmp_path: Path) -> None:
         "h2q-tui attach RUN_DIR)"
     ]
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow  # two processes compiling on 2 cores: ~30 s
+def test_two_compiled_ranks_train_like_one_eager_process(tmp_path: Path) -> None:
+    """train.compile under torchrun compiles the DDP-wrapped module on every rank; the curve
+    is the eager 1-process one and the checkpoint is still the plain module."""
+    compiled = [*TINY, "--set", "train.compile=true", "--max-steps", "6"]
+    two = torchrun(*compiled, "--run-dir", "two", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "torch.compile: compiling" in two.stdout and "failed" not in two.stdout
+    one = h2q(*TINY, "--max-steps", "6", "--run-dir", "one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-2000:]
+    steps_two, steps_one = records(tmp_path / "two", "step"), records(tmp_path / "one", "step")
+    assert len(steps_two) == len(steps_one) == 6
+    for a, b in zip(steps_two, steps_one, strict=True):
+        assert a["train_loss_nats"] == pytest.approx(b["train_loss_nats"], abs=1e-3)
+    load_model_from(checkpoints.read_info(tmp_path / "two"))  # no "_orig_mod." / "module."

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from h2q_tui.errors import UserError
+from h2q_tui.system.files import write_text_atomic
 
 PHASE_ORDER = (
     "start",
@@ -438,7 +439,7 @@ def format_report(report: dict[str, object]) -> str:
 
 def write_json(report: dict[str, object], path: str | Path) -> None:
     try:
-        Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(path, json.dumps(report, indent=2) + "\n")
     except OSError as exc:
         raise UserError(f"cannot write --json {path}: {exc.strerror or exc}") from None
 
