@@ -91,3 +91,16 @@ def test_hamiltonian_llm_compiles_around_its_gravity_attention(tmp_path, text_fi
     eager, _ = make_trainer(tmp_path, text_file, family, name="eager")
     fast, _ = make_trainer(tmp_path, text_file, [*family, "train.compile=true"], name="fast")
     assert losses(fast, 3) == pytest.approx(losses(eager, 3), abs=1e-4)
+
+
+def test_each_rank_growth_compiles_afresh(tmp_path, text_file, monkeypatch):
+    """After a growth the old graphs are dropped: Dynamo would otherwise count every growth's
+    recompile towards its limit, past which it silently trains eagerly."""
+    resets = []
+    monkeypatch.setattr(compiled, "compile_for_training", lambda module: module)
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    trainer, _ = make_trainer(tmp_path, text_file, [*FP32, "train.compile=true"])
+    assert resets == [] and trainer.compiles == 1  # the first compile keeps the cache
+    for growth in range(1, 3):
+        trainer.forward_model = trainer._training_module()  # what _maybe_grow does
+        assert len(resets) == growth and trainer.compiling

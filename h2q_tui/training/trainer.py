@@ -150,6 +150,7 @@ class Trainer:
         if resume_from is not None:
             self._restore(resume_from)
         self.use_compile = t.compile  # train.compile, off for the rest of the run if it fails
+        self.compiles = 0  # compiled modules made so far (a QRLM rank growth makes another)
         self.forward_model = self._training_module()  # what training calls
 
     # ------------------------------------------------------------------ state
@@ -236,7 +237,12 @@ class Trainer:
         next step compiles it: ``self.compiling``)."""
         module = self.world.wrap(self.model)
         self.compiling = self.use_compile
-        return compiled.compile_for_training(module) if self.use_compile else module
+        if not self.use_compile:
+            return module
+        if self.compiles:  # new shapes after a rank growth: drop the old graphs, else each
+            torch._dynamo.reset()  # recompile counts towards Dynamo's limit (then it runs eager)
+        self.compiles += 1
+        return compiled.compile_for_training(module)
 
     def _compiled_forward_backward(self, sampler_state: dict) -> tuple:
         """_forward_backward; the first compiled step says what compiling cost, and a
