@@ -22,6 +22,7 @@ the optimizer, Python). The machine heads the table and is in the JSON.
     python benchmarks/mfu.py --lever batched    # HamLinear W per layer vs one batched product
     python benchmarks/mfu.py --lever compile    # the step eager vs torch.compile (train.compile)
     python benchmarks/mfu.py --lever structured # HamLinear as dense W vs Σ_r H_r X B_rᵀ
+    python benchmarks/mfu.py --lever checkpointing  # activation checkpointing on (source) / off
 """
 
 from __future__ import annotations
@@ -92,17 +93,44 @@ def replay_seconds(kind: str, shapes: tuple, dtype: str, repeats: int) -> float:
 
 
 COMPILE = False  # --lever compile: the timed steps call the model through torch.compile
-HAM_IMPLEMENTATION = None  # --lever structured: model.ham_implementation (None: the preset's)
+# --lever structured / checkpointing: (field, value) pairs set on the preset's model config
+MODEL_OVERRIDES: tuple[tuple[str, object], ...] = ()
+
+
+class SavedForBackward:
+    """Bytes of the distinct storages autograd keeps for the backward while it is active:
+    the activations a step holds at its peak (parameters not counted)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.storages: dict[int, int] = {}
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda tensor: tensor)
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self.parameters:
+            self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+    def __enter__(self):
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hooks.__exit__(*exc)
 
 
 def training_step(preset: str, precision: str):
-    """(timed step, counted step, tokens per step) for ``preset``: the counted step calls the
+    """(timed step, counted step, tokens per step, model) for ``preset``: the counted step calls the
     plain model (the FLOP counter and matmul recorder see eager ops), the timed one calls it
     compiled when COMPILE is set (as train.compile does, training/compiled.py)."""
     config = resolve(preset)
     torch.manual_seed(0)
-    overrides = {"ham_implementation": HAM_IMPLEMENTATION} if HAM_IMPLEMENTATION else {}
-    model = build_model(dataclasses.replace(config.model, **overrides))
+    model = build_model(dataclasses.replace(config.model, **dict(MODEL_OVERRIDES)))
     model.train()
     if COMPILE:
         torch._dynamo.reset()  # a fresh compile per model (and no cache-size fallback to eager)
@@ -123,11 +151,12 @@ def training_step(preset: str, precision: str):
         (lambda: run(forward)),
         (lambda: run(model)),
         config.train.batch_size * config.model.context,
+        model,
     )
 
 
 def measure(preset: str, precision: str, repeats: int, peak_repeats: int) -> dict:
-    step, counted_step, tokens = training_step(preset, precision)
+    step, counted_step, tokens, model = training_step(preset, precision)
     started = time.perf_counter()
     step()  # warm-up: allocators, kernels (and compiling, under --lever compile)
     first_step_s = time.perf_counter() - started
@@ -141,6 +170,8 @@ def measure(preset: str, precision: str, repeats: int, peak_repeats: int) -> dic
             counted_step()
     finally:
         common.CPU_BF16_TRAINING_ATTENTION = chosen
+    with SavedForBackward(model) as saved:  # the eager step as timed (its attention path)
+        counted_step()
     flops = counter.get_total_flops()
     times = []
     for _ in range(repeats):
@@ -159,6 +190,7 @@ def measure(preset: str, precision: str, repeats: int, peak_repeats: int) -> dic
         "preset": preset,
         "precision": precision,
         "tokens_per_step": tokens,
+        "saved_for_backward_bytes": saved.bytes,
         "step_s": step_s,
         "first_step_s": first_step_s,
         "step_times_s": times,
@@ -211,15 +243,31 @@ def _levers() -> dict[str, tuple[object, str, tuple, tuple[str, ...], str]]:
         # HamLinear as the dense W (fast form) or as Σ_r H_r X B_rᵀ (never W)
         "structured": (
             sys.modules[__name__],
-            "HAM_IMPLEMENTATION",
-            ("fast", "structured"),
+            "MODEL_OVERRIDES",
+            ((("ham_implementation", "fast"),), (("ham_implementation", "structured"),)),
             ("fp32", "bf16"),
             HAM_PRESETS,
+        ),
+        # MicroStream's reversible branches kept (the presets) or recomputed in the backward
+        # (the source); first the one whose FLOPs are the model's work (no recomputation)
+        "checkpointing": (
+            sys.modules[__name__],
+            "MODEL_OVERRIDES",
+            ((("checkpointing", False),), (("checkpointing", True),)),
+            ("fp32", "bf16"),
+            "microstream,microstream-cpu,h2q-transformer-cpu",
         ),
     }
 
 
-LABELS = {("compile", False): "eager", ("compile", True): "compiled"}  # else str(value)
+LABELS = {
+    ("compile", False): "eager",
+    ("compile", True): "compiled",
+    ("structured", (("ham_implementation", "fast"),)): "fast",
+    ("structured", (("ham_implementation", "structured"),)): "structured",
+    ("checkpointing", (("checkpointing", True),)): "checkpointed",
+    ("checkpointing", (("checkpointing", False),)): "not checkpointed",
+}  # else str(value)
 
 
 def levers(args) -> None:
@@ -236,9 +284,9 @@ def levers(args) -> None:
     print(
         f"| preset | precision | {' | '.join(names)} | {names[-1]} / {names[0]} | "
         f"MFU {' → '.join(names)} | first step (s) | tokens in 10 min, {names[-1]} / "
-        f"{names[0]} |"
+        f"{names[0]} | saved for backward (MB) |"
     )
-    print("|---|---|" + "---:|" * (len(values) + 4))
+    print("|---|---|" + "---:|" * (len(values) + 5))
     rows = []
     for preset in (args.presets or presets).split(","):
         for precision in precisions:
@@ -261,11 +309,13 @@ def levers(args) -> None:
             mfu = {n: rate[n] * work / peak for n in names}
             # the first step's extra time (compiling, for --lever compile) against a 10-minute run
             first = {n: statistics.median(r["first_step_s"] for r in t) for n, t in trials.items()}
+            saved = {n: t[-1]["saved_for_backward_bytes"] / 2**20 for n, t in trials.items()}
             extra = first[names[-1]] - first[names[0]]
             ten_minutes = max(0.0, 600 - extra) * rate[names[-1]] / (600 * rate[names[0]])
             rows.append(
                 {"preset": preset, "precision": precision, "tokens_per_s": rate, "mfu": mfu,
                  "first_step_s": first, "ten_minute_tokens_ratio": ten_minutes,
+                 "saved_for_backward_mib": saved,
                  "trials": trials}
             )  # fmt: skip
             print(
@@ -275,7 +325,9 @@ def levers(args) -> None:
                 + " → ".join(f"{100 * mfu[n]:.0f} %" for n in names)
                 + " | "
                 + " / ".join(f"{first[n]:.1f}" for n in names)
-                + f" | {ten_minutes:.2f}x |",
+                + f" | {ten_minutes:.2f}x | "
+                + " / ".join(f"{saved[n]:,.0f}" for n in names)
+                + " |",
                 flush=True,
             )
     write_report(args.out.with_name(f"{args.out.stem}-lever-{args.lever}.json"), "mfu lever", rows)
@@ -297,12 +349,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-mfu.json")
     parser.add_argument(
         "--lever",
-        choices=["attention", "batched", "compile", "structured"],
+        choices=["attention", "batched", "compile", "structured", "checkpointing"],
         help="one lever's settings side by side, alternating, --trials times: attention "
         "(bf16: flash kernel, math path, matmul path) or batched (HamLinear weights per "
         "layer or in one batched product, fp32 and bf16) or compile (the step eager or through "
         "torch.compile, fp32 and bf16; the first step's time includes compiling) or structured "
-        "(HamLinear as the dense W or as Σ_r H_r X B_rᵀ, fp32 and bf16)",
+        "(HamLinear as the dense W or as Σ_r H_r X B_rᵀ, fp32 and bf16) or checkpointing "
+        "(MicroStream's branches recomputed in the backward, as the source did, or kept)",
     )
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()

@@ -14,7 +14,12 @@ in fp32:
 backward pass keeps, kept at the low end of what one fp32 step measured (peak RSS over the
 steady state, batch 16, context 256: microstream/h2q-transformer 13-16, gpt and qrlm ~25,
 hamiltonian-llm ~64), so the check refuses only runs that cannot fit; ``3 x vocab`` is the
-logits, their softmax and gradient. A run is refused when the estimate exceeds the memory
+logits, their softmax and gradient. With activation checkpointing (MicroStream and
+h2q-transformer, ``model.checkpointing``) each block keeps only its input,
+``CHECKPOINTED_FLOATS`` (3) a layer, plus one block's ``ACTIVATION_FLOATS`` while it is
+recomputed: ``benchmarks/mfu.py --lever checkpointing`` measured 185 against 682 MiB kept for
+the backward by the source-shaped microstream step, 0.27 of it, at ~0.78x the speed. A run
+that does not fit without checkpointing but would with it is told so. A run is refused when the estimate exceeds the memory
 available now (``psutil.virtual_memory().available``, or the free memory of the CUDA device).
 """
 
@@ -29,6 +34,8 @@ from h2q_tui.config import ModelConfig, RunConfig
 from h2q_tui.errors import UserError
 
 ACTIVATION_FLOATS = 12
+CHECKPOINTED_FLOATS = 3  # a layer's kept floats under activation checkpointing (see above)
+CHECKPOINTING_FAMILIES = ("microstream", "h2q-transformer")  # model.checkpointing applies
 TRAIN_BYTES_PER_PARAM = 4 + 4 + 8  # fp32 weights, gradients, AdamW exp_avg + exp_avg_sq
 WEIGHT_BYTES_PER_PARAM = 4
 
@@ -91,7 +98,11 @@ def training_bytes(config: RunConfig, params: int | None = None) -> int:
     """Estimated peak bytes of one training step (see the module docstring)."""
     m, t = config.model, config.train
     params = parameter_count(m) if params is None else params
-    per_token = m.n_layers * m.d_model * ACTIVATION_FLOATS + 3 * m.vocab_size
+    if m.checkpointing and m.family in CHECKPOINTING_FAMILIES:
+        kept = m.n_layers * m.d_model * CHECKPOINTED_FLOATS + m.d_model * ACTIVATION_FLOATS
+    else:
+        kept = m.n_layers * m.d_model * ACTIVATION_FLOATS
+    per_token = kept + 3 * m.vocab_size
     return params * TRAIN_BYTES_PER_PARAM + t.batch_size * m.context * per_token * 4
 
 
@@ -118,10 +129,19 @@ def check_training_memory(config: RunConfig, device: torch.device | str = "cpu")
     params = parameter_count(config.model)
     need = training_bytes(config, params)
     if need > have:
+        remedy = "lower model.d_model, model.n_layers, train.batch_size or model.context"
+        m = config.model
+        if m.family in CHECKPOINTING_FAMILIES and not m.checkpointing:
+            checkpointed = dataclasses.replace(m, checkpointing=True)
+            lighter = training_bytes(dataclasses.replace(config, model=checkpointed), params)
+            if lighter <= have:
+                remedy = (
+                    f"--set model.checkpointing=true would need ~{gigabytes(lighter)} (each "
+                    f"block recomputed in the backward, slower), or {remedy}"
+                )
         raise UserError(
             f"model needs ~{gigabytes(need)} to train ({parameters(params)}); {where} "
-            f"{gigabytes(have)} available: lower model.d_model, model.n_layers, "
-            "train.batch_size or model.context"
+            f"{gigabytes(have)} available: {remedy}"
         )
     return need
 
