@@ -19,8 +19,9 @@ h2q-transformer, ``model.checkpointing``) each block keeps only its input,
 ``CHECKPOINTED_FLOATS`` (3) a layer, plus one block's ``ACTIVATION_FLOATS`` while it is
 recomputed: ``benchmarks/mfu.py --lever checkpointing`` measured 185 against 682 MiB kept for
 the backward by the source-shaped microstream step, 0.27 of it, at ~0.78x the speed. A run
-that does not fit without checkpointing but would with it is told so. A run is refused when the estimate exceeds the memory
-available now (``psutil.virtual_memory().available``, or the free memory of the CUDA device).
+is refused when the estimate exceeds the memory available now
+(``psutil.virtual_memory().available``, or the free memory of the CUDA device); one that
+would fit only with checkpointing is told so.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ Opt-in, because whether it pays depends on the machine and the precision: measur
 side with ``python benchmarks/mfu.py --lever compile`` (table in docs/performance.md), it
 made bf16 steps on an Intel CPU with AMX 1.25–1.45× faster for every preset (Inductor fuses
 the casts, LayerNorm, GELU and residual adds around the AMX matmuls), fp32 steps 0.94–1.21×,
-and it costs 5–33 s of compiling on 2 cores before the first step. Only the training call is compiled: held-out
-evaluation, samples, snapshots and checkpoints use the plain module, so its state dict and
-the eval graphs are unchanged. Where compiling fails (no C++ compiler, an unsupported op),
+and it costs 5–33 s of compiling on 2 cores before the first step. Only the training call
+is compiled: held-out evaluation, samples, snapshots and checkpoints use the plain module,
+so its state dict and the eval graphs are unchanged. Where compiling fails (no C++ compiler, an unsupported op),
 the trainer says so in one line and trains without it.
 """
 
