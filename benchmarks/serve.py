@@ -15,7 +15,9 @@ server do not share one interpreter), then, through the bridge client
    last token): the API overhead is 1 − median API / median in-process; and once more
    writing one line-sized chunk per token to a loopback TCP connection that another process
    reads (the floor: one send per token, what any server that flushes each token pays),
-   and one ``"stream": false`` request (the server's decoding rate without sends);
+   once more writing to a reader that sleeps 20 ms between drains instead of blocking in
+   ``recv`` (the same sends, but none has a sleeping reader to wake: the floor less the
+   wake-up), and one ``"stream": false`` request (the server's decoding rate without sends);
 3. ``--clients`` concurrent streaming clients × ``--requests`` each: requests/s, total
    tokens/s, first-token p50/p99, errors.
 
@@ -138,17 +140,23 @@ class InProcess:
         return (generation.stats.new_tokens - 1) / (last - first)
 
 
-class Reader:
-    """A loopback TCP connection read by another process as fast as the bytes come (as a
-    streaming client reads): ``sock`` is the sending end."""
+BLOCKING_READ = "while c.recv(1 << 20): pass"  # wakes on every token, as a streaming client
+POLLING_READ = (  # drains every 20 ms: no send finds it asleep in recv, so none wakes it
+    "import time\nc.setblocking(False)\nwhile True:\n    time.sleep(0.02)\n    try:\n"
+    "        if not c.recv(1 << 22): break\n    except BlockingIOError: pass"
+)
 
-    def __init__(self) -> None:
+
+class Reader:
+    """A loopback TCP connection read by another process (``loop``: BLOCKING_READ, as fast as
+    the bytes come, as a streaming client reads; POLLING_READ, every 20 ms): ``sock`` is the
+    sending end."""
+
+    def __init__(self, loop: str = BLOCKING_READ) -> None:
         listener = socket.create_server(("127.0.0.1", 0))
         port = listener.getsockname()[1]
         code = f"import socket\nc = socket.create_connection(('127.0.0.1', {port}))\n"
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", code + "while c.recv(1 << 20): pass"]
-        )
+        self.process = subprocess.Popen([sys.executable, "-c", code + loop])
         self.sock, _ = listener.accept()
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as uvicorn's
         listener.close()
@@ -228,8 +236,9 @@ def main() -> None:
     parser.add_argument("--num-predict", type=int, default=64)
     parser.add_argument(
         "--stacks",
-        default="fast",
-        help="serve --stack values, comma-separated, measured side by side (e.g. fast,plain)",
+        default="direct",
+        help="serve --stack values, comma-separated, measured side by side "
+        "(e.g. direct,uvloop,asyncio)",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -248,17 +257,19 @@ def main() -> None:
         clients = {stack: OllamaClient(url) for stack, (_, url, _) in servers.items()}
         for client in clients.values():
             client.probe()
-        local_run, reader = InProcess(checkpoint, options), Reader()
+        local_run, reader, poller = InProcess(checkpoint, options), Reader(), Reader(POLLING_READ)
         single: dict[str, list[dict]] = {stack: [] for stack in stacks}
-        local, floor, unstreamed = [], [], []
+        local, floor, unwoken, unstreamed = [], [], [], []
         first_url, first_name = servers[stacks[0]][1], servers[stacks[0]][2]
         for _ in range(args.single):  # interleaved, so a busy machine slows all alike
             for stack, client in clients.items():
                 single[stack].append(one_request(client, servers[stack][2], options))
             local.append(local_run.rate())
             floor.append(local_run.rate(reader.sock))
+            unwoken.append(local_run.rate(poller.sock))
             unstreamed.append(whole(first_url, first_name, options))
         reader.close()
+        poller.close()
         for client in clients.values():
             client.close()
         loaded = {
@@ -273,6 +284,7 @@ def main() -> None:
 
     name = next(iter(servers.values()))[2]
     local_rate, floor_rate = statistics.median(local), statistics.median(floor)
+    unwoken_rate = statistics.median(unwoken)
     unstreamed_rate = statistics.median(unstreamed[1:])
     print(f"machine: {hardware.machine_line()}")
     print(
@@ -285,6 +297,11 @@ def main() -> None:
         f"tok/s, {100 * (1 - floor_rate / local_rate):+.1f} % (what any per-token flush costs "
         "on this machine)"
     )
+    print(
+        f"the same sends to a reader that polls every 20 ms (no wake-ups): {unwoken_rate:,.0f} "
+        f"tok/s, {100 * (1 - unwoken_rate / local_rate):+.1f} % (the floor less waking the "
+        "reader's process)"
+    )
     report = {
         "checkpoint": str(checkpoint if args.checkpoint else "tiny (random weights)"),
         "name": name,
@@ -292,6 +309,8 @@ def main() -> None:
         "in_process_tokens_per_s": local_rate,
         "floor_tokens_per_s": floor_rate,
         "floor_overhead": 1 - floor_rate / local_rate,
+        "unwoken_tokens_per_s": unwoken_rate,
+        "unwoken_overhead": 1 - unwoken_rate / local_rate,
         "unstreamed_server_tokens_per_s": unstreamed_rate,
         "stacks": {},
     }

@@ -3,6 +3,9 @@ is one notice and the run goes on without it, on the same windows."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch._dynamo.exc import BackendCompilerFailed
@@ -86,11 +89,22 @@ def test_hamiltonian_llm_compiles_around_its_gravity_attention(tmp_path, text_fi
     layout made every product copy its matrices one by one); the curve is the eager one."""
     from h2q_tui.models import hamiltonian_llm
 
-    assert hamiltonian_llm.gravity_attention._torchdynamo_disable  # torch.compiler.disable
     family = ["model.family=hamiltonian-llm", "model.n_heads=2", *FP32]
     eager, _ = make_trainer(tmp_path, text_file, family, name="eager")
     fast, _ = make_trainer(tmp_path, text_file, [*family, "train.compile=true"], name="fast")
     assert losses(fast, 3) == pytest.approx(losses(eager, 3), abs=1e-4)
+    eager_call = hamiltonian_llm.gravity_attention.target[0]  # set by compiling
+    assert eager_call._torchdynamo_disable  # torch.compiler.disable
+
+
+def test_importing_the_models_leaves_dynamo_alone():
+    """torch._dynamo (0.8 s to import) is imported by compiling, not by loading a model."""
+    code = (
+        "import sys; import h2q_tui.models, h2q_tui.generation.generate; "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_each_rank_growth_compiles_afresh(tmp_path, text_file, monkeypatch):

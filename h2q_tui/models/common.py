@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +132,35 @@ def _training_backend(q: torch.Tensor):
     if CPU_BF16_TRAINING_ATTENTION == "math" and _bf16_cpu_training(q):
         return sdpa_kernel([SDPBackend.MATH])
     return contextlib.nullcontext()
+
+
+_EAGER_UNDER_COMPILE: list[Callable] = []  # the functions eager_under_compile marked
+
+
+def eager_under_compile(fn: Callable) -> Callable:
+    """``fn``, which a ``torch.compile``d model calls eagerly (a graph break around it).
+
+    The mark takes effect in :func:`run_marked_eagerly`, which
+    h2q_tui/training/compiled.py calls before compiling: ``torch.compiler.disable`` imports
+    ``torch._dynamo``, which took 0.8 s at import time (every ``h2q-tui`` start and a
+    server's first model load paid it). Until then the call goes straight to ``fn``.
+    """
+    target = [fn]
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return target[0](*args, **kwargs)
+
+    call.target = target  # [fn], or [fn made eager]
+    call.make_eager = lambda: target.__setitem__(0, torch.compiler.disable(fn))
+    _EAGER_UNDER_COMPILE.append(call)
+    return call
+
+
+def run_marked_eagerly() -> None:
+    """Have every :func:`eager_under_compile` function run eagerly inside compiled code."""
+    for call in _EAGER_UNDER_COMPILE:
+        call.make_eager()
 
 
 def _new_causal_bias(length: int, device: torch.device) -> torch.Tensor:

@@ -27,6 +27,7 @@ from h2q_tui.config import ModelConfig
 from h2q_tui.models.common import (
     DecodeState,
     cross_entropy,
+    eager_under_compile,
     matmul_attention,
     offset_of,
     use_matmul_attention,
@@ -166,7 +167,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
-@torch.compiler.disable
+@eager_under_compile
 def gravity_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout: float
 ) -> torch.Tensor:

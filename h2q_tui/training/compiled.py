@@ -15,9 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from h2q_tui.models.common import run_marked_eagerly
+
 
 def compile_for_training(module: nn.Module) -> nn.Module:
-    """``module`` compiled by Inductor; the first call compiles (tens of seconds on a CPU)."""
+    """``module`` compiled by Inductor; the first call compiles (tens of seconds on a CPU).
+
+    The functions models mark with ``eager_under_compile`` run eagerly inside it."""
+    run_marked_eagerly()
     return torch.compile(module)
 
 
