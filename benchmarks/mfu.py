@@ -23,6 +23,10 @@ the optimizer, Python). The machine heads the table and is in the JSON.
     python benchmarks/mfu.py --lever compile    # the step eager vs torch.compile (train.compile)
     python benchmarks/mfu.py --lever structured # HamLinear as dense W vs Σ_r H_r X B_rᵀ
     python benchmarks/mfu.py --lever checkpointing  # activation checkpointing on (source) / off
+    python benchmarks/mfu.py --lever adamw      # AdamW as a loop of small ops per tensor / fused
+
+The step's optimizer is the trainer's own (``build_optimizer``: weight decay on matrices only,
+fused AdamW unless ``--lever adamw`` sets otherwise).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from h2q_tui.config import resolve
 from h2q_tui.models import build_model, common
 from h2q_tui.system import hardware
-from h2q_tui.training import compiled
+from h2q_tui.training import compiled, trainer
 
 PRESETS = "microstream,microstream-cpu,gpt-cpu,h2q-transformer-cpu,qrlm-cpu,hamiltonian-llm"
 aten = torch.ops.aten
@@ -135,7 +139,7 @@ def training_step(preset: str, precision: str):
     if COMPILE:
         torch._dynamo.reset()  # a fresh compile per model (and no cache-size fallback to eager)
     forward = compiled.compile_for_training(model) if COMPILE else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = trainer.build_optimizer(model, config)
     idx = torch.randint(0, config.model.vocab_size, (config.train.batch_size, config.model.context))
     penalty_weight = config.train.axiom_lambda
 
@@ -257,6 +261,8 @@ def _levers() -> dict[str, tuple[object, str, tuple, tuple[str, ...], str]]:
             ("fp32", "bf16"),
             "microstream,microstream-cpu,h2q-transformer-cpu",
         ),
+        # AdamW: PyTorch's default on a CPU (a loop of small ops per tensor) or its fused kernel
+        "adamw": (trainer, "FUSED_ADAMW", (False, True), ("fp32", "bf16"), PRESETS),
     }
 
 
@@ -267,6 +273,8 @@ LABELS = {
     ("structured", (("ham_implementation", "structured"),)): "structured",
     ("checkpointing", (("checkpointing", True),)): "checkpointed",
     ("checkpointing", (("checkpointing", False),)): "not checkpointed",
+    ("adamw", False): "per-tensor loop",
+    ("adamw", True): "fused",
 }  # else str(value)
 
 
@@ -349,13 +357,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-mfu.json")
     parser.add_argument(
         "--lever",
-        choices=["attention", "batched", "compile", "structured", "checkpointing"],
+        choices=["attention", "batched", "compile", "structured", "checkpointing", "adamw"],
         help="one lever's settings side by side, alternating, --trials times: attention "
         "(bf16: flash kernel, math path, matmul path) or batched (HamLinear weights per "
         "layer or in one batched product, fp32 and bf16) or compile (the step eager or through "
         "torch.compile, fp32 and bf16; the first step's time includes compiling) or structured "
         "(HamLinear as the dense W or as Σ_r H_r X B_rᵀ, fp32 and bf16) or checkpointing "
-        "(MicroStream's branches recomputed in the backward, as the source did, or kept)",
+        "(MicroStream's branches recomputed in the backward, as the source did, or kept) or "
+        "adamw (PyTorch's per-tensor AdamW loop or the fused kernel, fp32 and bf16)",
     )
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()

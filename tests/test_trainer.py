@@ -152,6 +152,34 @@ def test_resume_is_exact(tmp_path, text_file, overrides, split_at):
     assert resumed == horizon
 
 
+def test_adamw_is_fused_and_follows_the_per_tensor_loop(tmp_path, text_file, monkeypatch):
+    """The fused AdamW (the default on a CPU) gives the loss curve of PyTorch's default loop."""
+    from h2q_tui.training import trainer as trainer_module
+
+    fused, log_fused = make_trainer(tmp_path, text_file, ["train.max_steps=12"], name="fused")
+    assert all(g["fused"] for g in fused.optimizer.param_groups)
+    fused.run()
+    monkeypatch.setattr(trainer_module, "FUSED_ADAMW", False)
+    loop, log_loop = make_trainer(tmp_path, text_file, ["train.max_steps=12"], name="loop")
+    assert not any(g["fused"] for g in loop.optimizer.param_groups)
+    loop.run()
+    assert _losses(log_fused) == pytest.approx(_losses(log_loop), abs=1e-5)
+    assert len(set(_losses(log_fused))) > 1  # it trained
+
+
+def test_a_run_trained_with_the_loop_resumes_with_it(tmp_path, text_file, monkeypatch):
+    """A checkpoint from before the fused default keeps its optimizer form: resumes stay exact."""
+    from h2q_tui.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "FUSED_ADAMW", False)
+    first, _ = make_trainer(tmp_path, text_file, ["train.max_steps=3"], name="old")
+    first.run()
+    monkeypatch.setattr(trainer_module, "FUSED_ADAMW", True)
+    info = checkpoints.read_info(tmp_path / "old")
+    resumed, _ = make_trainer(tmp_path, text_file, ["train.max_steps=5"], resume=info, name="old")
+    assert not any(g["fused"] for g in resumed.optimizer.param_groups)
+
+
 def test_checkpoint_round_trips_shared_bank_and_tied_weights(tmp_path, text_file):
     for preset_overrides in ([], ["model.family=gpt", "model.d_model=64", "model.n_heads=2"]):
         trainer, _ = make_trainer(
