@@ -142,13 +142,13 @@ def test_fast_sampling_follows_a_generated_list_that_is_cut_or_replaced():
 def test_the_programs_gelu_is_the_exact_gelu():
     """x · Φ(x) by ndtr (the step programs' GELU) against F.gelu and float64, tails included:
     within 2e-6 of F.gelu, and no further from the float64 value than F.gelu is."""
-    from h2q_tui.generation.decoder import _gelu
+    from h2q_tui.generation.decoder import exact_gelu
 
     x = torch.cat([torch.linspace(-12, 12, 4001), torch.randn(4096) * 3, torch.zeros(1)])
     expected, exact = torch.nn.functional.gelu(x), x.double() * torch.special.ndtr(x.double())
     for mode in (torch.no_grad, torch.inference_mode):  # the programs run in inference mode
         with mode():
-            ours = _gelu(x.clone())
+            ours = exact_gelu(x.clone())
         assert torch.allclose(ours, expected, rtol=1e-6, atol=2e-6)
         ours_error = (ours.double() - exact).abs().max()
         assert ours_error <= (expected.double() - exact).abs().max() + 1e-12

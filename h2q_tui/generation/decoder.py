@@ -102,14 +102,17 @@ def _pre_hooks(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _gelu(x: torch.Tensor) -> torch.Tensor:
+def exact_gelu(x: torch.Tensor) -> torch.Tensor:
     """The exact GELU, x · Φ(x), as ``torch.special.ndtr`` and one in-place product.
 
     The same function as ``F.gelu`` (within 2e-6, and as close to float64; tested), but about half its cost on the
-    (1, 4C) rows of batch-1 decoding, where F.gelu's fixed cost per call dominated: gpt-cpu
-    decoded 1,365 → 1,461 tokens/s with it, the same tokens (Intel Xeon with AMX, 1 thread).
+    (1, 4C) rows of batch-1 decoding, where F.gelu's fixed cost per call dominated
+    (``python benchmarks/generation.py --levers``, column "both, F.gelu" against "both").
     """
     return torch.special.ndtr(x).mul_(x)
+
+
+GELU = exact_gelu  # the step programs' GELU (benchmarks/generation.py --levers sets F.gelu)
 
 
 def _one_query_attention(
@@ -214,7 +217,7 @@ class GPTStep(StepProgram):
             ln_1, qkv, proj, ln_2, fc, fc_proj = layer
             y = _causal_attention(F.linear(_norm(x, ln_1), *qkv), kv, offset, self.n_heads)
             x = x + F.linear(y, *proj)
-            x = x + F.linear(_gelu(F.linear(_norm(x, ln_2), *fc)), *fc_proj)
+            x = x + F.linear(GELU(F.linear(_norm(x, ln_2), *fc)), *fc_proj)
         hidden = _norm(x[-1], self.final)
         return F.linear(hidden, self.head), hidden
 
@@ -272,7 +275,7 @@ class ReversibleStep(StepProgram):
             if self.quaternion:
                 y = _quaternion_phase(y)
             h1 = h1 + F.linear(y, *o)
-            h2 = h2 + F.linear(_gelu(F.linear(_norm(h1, ln2), *fc1)), *fc2)
+            h2 = h2 + F.linear(GELU(F.linear(_norm(h1, ln2), *fc1)), *fc2)
         hidden = _norm(torch.cat([h1[-1], h2[-1]]), self.final)
         return F.linear(hidden, *self.head), hidden
 
@@ -307,7 +310,7 @@ class QRLMStep(StepProgram):
             ln1, qkv, o, ln2, fc1, fc2 = layer
             y = _causal_attention(F.linear(_norm(x, ln1), *qkv), kv, offset, self.n_heads)
             x = x + F.linear(y, *o)
-            x = x + F.linear(_gelu(F.linear(_norm(x, ln2), *fc1)), *fc2)
+            x = x + F.linear(GELU(F.linear(_norm(x, ln2), *fc1)), *fc2)
         hidden = _norm(x[-1], self.final)
         return F.linear(hidden, *self.head), hidden
 
@@ -418,7 +421,7 @@ class HamiltonianStep(StepProgram):
                 )  # (nh, T, hs)
             y = F.linear(y.transpose(0, 1).reshape(time, width), proj)
             x = x + y + self.reflex(reflex, inputs, x, offset)
-            x = x + F.linear(_gelu(F.linear(_norm(x, ln2), fc)), fc_proj)
+            x = x + F.linear(GELU(F.linear(_norm(x, ln2), fc)), fc_proj)
         hidden = _norm(x[-1], self.final)
         return F.linear(hidden, self.head), hidden
 
