@@ -18,6 +18,8 @@ server do not share one interpreter), then, through the bridge client
    once more writing to a reader that sleeps 20 ms between drains instead of blocking in
    ``recv`` (the same sends, but none has a sleeping reader to wake: the floor less the
    wake-up), and one ``"stream": false`` request (the server's decoding rate without sends);
+   and per stack one streaming request read by ``curl`` (where installed), whose final line
+   gives the server's own rate while it streams to a light C client;
 3. ``--clients`` concurrent streaming clients × ``--requests`` each: requests/s, total
    tokens/s, first-token p50/p99, errors.
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -171,6 +174,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def curl_stream(url: str, name: str, options: dict) -> float | None:
+    """One streaming request read by curl (a C client, light beside httpx): the server's own
+    streamed rate, (eval_count − 1) / eval_duration of the final line; None without curl."""
+    if CURL is None:
+        return None
+    body = json.dumps({"model": name, "prompt": PROMPT, "options": options})
+    out = subprocess.run(
+        [CURL, "-sN", f"{url}/api/generate", "-d", body], capture_output=True, timeout=120
+    )
+    final = json.loads(out.stdout.splitlines()[-1])
+    return (final["eval_count"] - 1) / final["eval_duration"] * 1e9
+
+
+CURL = shutil.which("curl")
+
+
 def whole(url: str, name: str, options: dict) -> float:
     """One ``"stream": false`` request: the server's decoding rate with no per-token sends,
     (eval_count − 1) / eval_duration (eval_duration runs from the first token to the end)."""
@@ -259,11 +278,15 @@ def main() -> None:
             client.probe()
         local_run, reader, poller = InProcess(checkpoint, options), Reader(), Reader(POLLING_READ)
         single: dict[str, list[dict]] = {stack: [] for stack in stacks}
+        curled: dict[str, list[float]] = {stack: [] for stack in stacks}
         local, floor, unwoken, unstreamed = [], [], [], []
         first_url, first_name = servers[stacks[0]][1], servers[stacks[0]][2]
         for _ in range(args.single):  # interleaved, so a busy machine slows all alike
             for stack, client in clients.items():
                 single[stack].append(one_request(client, servers[stack][2], options))
+                rate = curl_stream(servers[stack][1], servers[stack][2], options)
+                if rate is not None:
+                    curled[stack].append(rate)
             local.append(local_run.rate())
             floor.append(local_run.rate(reader.sock))
             unwoken.append(local_run.rate(poller.sock))
@@ -324,6 +347,7 @@ def main() -> None:
             "api_tokens_per_s": api_rate,
             "server_tokens_per_s": statistics.median(r["server_tokens_per_s"] for r in hot),
             "api_overhead": 1 - api_rate / local_rate,
+            "curl_server_tokens_per_s": statistics.median(curled[stack]) if curled[stack] else None,
             "concurrent": loaded[stack],
         }
         report["stacks"][stack] = row
@@ -335,6 +359,12 @@ def main() -> None:
             f"{row['server_tokens_per_s']:,.0f}): overhead {100 * row['api_overhead']:+.1f} % "
             f"(target ≤ 10 %)"
         )
+        if row["curl_server_tokens_per_s"]:
+            curl_rate = row["curl_server_tokens_per_s"]
+            print(
+                f"  streaming to curl instead (a C client): the server's rate {curl_rate:,.0f} "
+                f"tok/s, {100 * (1 - curl_rate / local_rate):+.1f} % against in process"
+            )
         print(
             f"  {c['clients']} clients × {c['requests_per_client']} requests: "
             f"{c['requests_ok']} ok, {c['errors']} errors, {c['requests_per_s']:.2f} "

@@ -2,8 +2,8 @@
 
 Why: through the event loop, every token wakes the loop thread, which then holds the GIL
 while the decoder thread wants it back (``benchmarks/serve.py --stacks direct,uvloop``
-measures the two side by side: +18.7 % against +20.5 % API overhead on a 2-core Intel
-VM, where one send per token alone costs 12.3 %). Here the loop sends the response
+measures the two side by side: +15.3 % against +20.1 % API overhead on a 2-core Intel
+VM, where one send per token that wakes the reader alone costs 11.1 %). Here the loop sends the response
 head and, at the end, the final object; in between the generation thread frames each NDJSON
 line as one HTTP chunk and writes it to a duplicate of the connection's socket, so a token
 goes out the moment it exists and the loop stays asleep. The bytes on the wire are the same.
