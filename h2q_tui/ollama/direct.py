@@ -3,10 +3,11 @@
 Why: through the event loop, every token wakes the loop thread, which then holds the GIL
 while the decoder thread wants it back (``benchmarks/serve.py --stacks direct,uvloop``
 measures the two side by side: +15.3 % against +20.1 % API overhead on a 2-core Intel
-VM, where one send per token that wakes the reader alone costs 11.1 %). Here the loop sends the response
-head and, at the end, the final object; in between the generation thread frames each NDJSON
-line as one HTTP chunk and writes it to a duplicate of the connection's socket, so a token
-goes out the moment it exists and the loop stays asleep. The bytes on the wire are the same.
+VM, where one send per token that wakes the reader alone costs 11.1 %). Here the loop sends
+the response head and, at the end, the final object; in between the generation thread
+frames each NDJSON line as one HTTP chunk and writes it to a duplicate of the connection's
+socket, so a token goes out the moment it exists and the loop stays asleep. The bytes on the
+wire are the same.
 
 ``Protocol`` is uvicorn's httptools protocol with one addition: the request's ASGI scope
 carries the connection's transport (``scope["extensions"][TRANSPORT]``). Where it is absent
