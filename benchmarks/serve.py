@@ -183,7 +183,10 @@ def curl_stream(url: str, name: str, options: dict) -> float | None:
     out = subprocess.run(
         [CURL, "-sN", f"{url}/api/generate", "-d", body], capture_output=True, timeout=120
     )
-    final = json.loads(out.stdout.splitlines()[-1])
+    lines = out.stdout.splitlines()
+    final = json.loads(lines[-1]) if lines else {}
+    if not final.get("eval_duration"):  # curl failed, or an error line: no rate to report
+        return None
     return (final["eval_count"] - 1) / final["eval_duration"] * 1e9
 
 
