@@ -129,9 +129,10 @@ class SavedForBackward:
 
 
 def training_step(preset: str, precision: str):
-    """(timed step, counted step, tokens per step, model) for ``preset``: the counted step calls the
-    plain model (the FLOP counter and matmul recorder see eager ops), the timed one calls it
-    compiled when COMPILE is set (as train.compile does, training/compiled.py)."""
+    """(timed step, counted step, tokens per step, model, optimizer seconds) for ``preset``:
+    the counted step calls the plain model (the FLOP counter and matmul recorder see eager
+    ops), the timed one calls it compiled when COMPILE is set (as train.compile does,
+    training/compiled.py); every step appends its ``optimizer.step()`` time to the list."""
     config = resolve(preset)
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(config.model, **dict(MODEL_OVERRIDES)))
@@ -142,6 +143,7 @@ def training_step(preset: str, precision: str):
     optimizer = trainer.build_optimizer(model, config)
     idx = torch.randint(0, config.model.vocab_size, (config.train.batch_size, config.model.context))
     penalty_weight = config.train.axiom_lambda
+    optimizer_seconds: list[float] = []
 
     def run(module) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -149,18 +151,21 @@ def training_step(preset: str, precision: str):
         optimizer.zero_grad(set_to_none=True)
         total = loss + penalty_weight * model.penalty() if penalty_weight else loss
         total.backward()
+        started = time.perf_counter()
         optimizer.step()
+        optimizer_seconds.append(time.perf_counter() - started)
 
     return (
         (lambda: run(forward)),
         (lambda: run(model)),
         config.train.batch_size * config.model.context,
         model,
+        optimizer_seconds,
     )
 
 
 def measure(preset: str, precision: str, repeats: int, peak_repeats: int) -> dict:
-    step, counted_step, tokens, model = training_step(preset, precision)
+    step, counted_step, tokens, model, optimizer_seconds = training_step(preset, precision)
     started = time.perf_counter()
     step()  # warm-up: allocators, kernels (and compiling, under --lever compile)
     first_step_s = time.perf_counter() - started
@@ -178,6 +183,7 @@ def measure(preset: str, precision: str, repeats: int, peak_repeats: int) -> dic
         counted_step()
     flops = counter.get_total_flops()
     times = []
+    optimizer_seconds.clear()  # the timed steps' only
     for _ in range(repeats):
         started = time.perf_counter()
         step()
@@ -198,6 +204,7 @@ def measure(preset: str, precision: str, repeats: int, peak_repeats: int) -> dic
         "step_s": step_s,
         "first_step_s": first_step_s,
         "step_times_s": times,
+        "optimizer_step_s": statistics.median(optimizer_seconds),
         "tokens_per_s": tokens / step_s,
         "flops_per_step": flops,
         "flops_per_token": flops / tokens,
@@ -292,9 +299,9 @@ def levers(args) -> None:
     print(
         f"| preset | precision | {' | '.join(names)} | {names[-1]} / {names[0]} | "
         f"MFU {' → '.join(names)} | first step (s) | tokens in 10 min, {names[-1]} / "
-        f"{names[0]} | saved for backward (MB) |"
+        f"{names[0]} | saved for backward (MB) | optimizer step (ms) |"
     )
-    print("|---|---|" + "---:|" * (len(values) + 5))
+    print("|---|---|" + "---:|" * (len(values) + 6))
     rows = []
     for preset in (args.presets or presets).split(","):
         for precision in precisions:
@@ -318,12 +325,16 @@ def levers(args) -> None:
             # the first step's extra time (compiling, for --lever compile) against a 10-minute run
             first = {n: statistics.median(r["first_step_s"] for r in t) for n, t in trials.items()}
             saved = {n: t[-1]["saved_for_backward_bytes"] / 2**20 for n, t in trials.items()}
+            optimizer = {
+                n: 1000 * statistics.median(r["optimizer_step_s"] for r in t)
+                for n, t in trials.items()
+            }
             extra = first[names[-1]] - first[names[0]]
             ten_minutes = max(0.0, 600 - extra) * rate[names[-1]] / (600 * rate[names[0]])
             rows.append(
                 {"preset": preset, "precision": precision, "tokens_per_s": rate, "mfu": mfu,
                  "first_step_s": first, "ten_minute_tokens_ratio": ten_minutes,
-                 "saved_for_backward_mib": saved,
+                 "saved_for_backward_mib": saved, "optimizer_step_ms": optimizer,
                  "trials": trials}
             )  # fmt: skip
             print(
@@ -335,6 +346,8 @@ def levers(args) -> None:
                 + " / ".join(f"{first[n]:.1f}" for n in names)
                 + f" | {ten_minutes:.2f}x | "
                 + " / ".join(f"{saved[n]:,.0f}" for n in names)
+                + " | "
+                + " / ".join(f"{optimizer[n]:.2f}" for n in names)
                 + " |",
                 flush=True,
             )

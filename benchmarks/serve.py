@@ -174,6 +174,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+CURL = shutil.which("curl")
+
+
 def curl_stream(url: str, name: str, options: dict) -> float | None:
     """One streaming request read by curl (a C client, light beside httpx): the server's own
     streamed rate, (eval_count − 1) / eval_duration of the final line; None without curl."""
@@ -188,9 +191,6 @@ def curl_stream(url: str, name: str, options: dict) -> float | None:
     if not final.get("eval_duration"):  # curl failed, or an error line: no rate to report
         return None
     return (final["eval_count"] - 1) / final["eval_duration"] * 1e9
-
-
-CURL = shutil.which("curl")
 
 
 def whole(url: str, name: str, options: dict) -> float:
