@@ -120,6 +120,12 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seconds", type=float, help="stop after this much training time")
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
     parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads for training (train.threads; default 0 = auto: the faster of 1 "
+        "and all cores, timed on the first steps and again when the step time drifts)",
+    )
+    parser.add_argument(
         "--tokenizer", help="a local BPE tokenizer.json (tokenizers library); default: bytes"
     )
     add_budget_flags(parser)
@@ -391,19 +397,27 @@ def run_eval(argv: list[str]) -> int:
 
 
 def load_for_decoding(args: argparse.Namespace):
-    """Load CHECKPOINT for batch-1 decoding: --threads torch threads, on --device."""
-    import torch
-
-    from h2q_tui.generation.generate import load_for_generation
+    """Load CHECKPOINT for batch-1 decoding on --device, on --threads torch threads (else
+    the batch-1 rule: one); ``args.thread_choice`` says which and why."""
+    from h2q_tui.generation.generate import load_for_generation, use_decoding_threads
     from h2q_tui.system import hardware
 
-    if args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    _check_threads(args.threads)
+    args.thread_choice = use_decoding_threads(args.threads)
     device = hardware.resolve_device(args.device)
     info, model, codec = load_for_generation(args.checkpoint)
     say_note(info)
     return info, model.to(device), codec
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+
+
+def say_threads(choice) -> None:
+    """One stderr line: the decoding thread count and why."""
+    print(f"decoding on {choice.describe()}", file=sys.stderr)
 
 
 def say_note(info) -> None:
@@ -437,9 +451,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--threads",
         type=int,
-        default=DECODE_THREADS,
-        help="torch threads for decoding (1: batch-1 decoding of these small models is fastest "
-        "on one thread, and leaves the other cores to training)",
+        help=f"torch threads for decoding (default: {DECODE_THREADS}; batch-1 decoding of these "
+        "small models is fastest on one thread, and leaves the other cores to training)",
     )
     add_device_flag(group)
     group = parser.add_argument_group("modes")
@@ -579,7 +592,10 @@ def run_generate(argv: list[str]) -> int:
         return _generate_following(args)
     info, model, codec = load_for_decoding(args)
     _check_layer(args, info, model)
-    header = f"checkpoint {info.weights.parent} | step {info.step} | {info.config.model.family}"
+    header = (
+        f"checkpoint {info.weights.parent} | step {info.step} | {info.config.model.family} | "
+        f"{args.thread_choice.describe()}"
+    )
     if args.interactive:
         print(header, file=sys.stderr)
         return _interactive(model, codec, args)
@@ -606,9 +622,8 @@ def _generate_following(args: argparse.Namespace) -> int:
         raise UserError("--follow and --interactive do not go together")
     if args.follow_seconds is not None and args.follow_seconds <= 0:
         raise UserError(f"--follow-seconds must be > 0, got {args.follow_seconds:g}")
-    if args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
-    use_decoding_threads(args.threads)
+    _check_threads(args.threads)
+    say_threads(use_decoding_threads(args.threads))
     follower = RunFollower(args.checkpoint)
     sampling, mode, steer = _generation_settings(args)
     if args.mode not in ("steer",) and not args.steer:
@@ -751,7 +766,8 @@ def run_steer_eval(argv: list[str]) -> int:
     print(
         f"checkpoint {info.weights.parent} | step {info.step} | {info.config.model.family} | "
         f"word {args.word!r} | layer {args.layer} | {args.direction} | {args.samples} samples of "
-        f"{sampling.max_new_tokens} tokens after {args.prompt!r}",
+        f"{sampling.max_new_tokens} tokens after {args.prompt!r} | "
+        f"{args.thread_choice.describe()}",
         file=sys.stderr,
     )
 
@@ -896,6 +912,8 @@ def dispatch(argv: list[str]) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
     args = main_parser().parse_args(argv)
+    if args.threads is not None:  # --threads N is --set train.threads=N (checked there)
+        args.overrides.append(f"train.threads={args.threads}")
     if args.no_ui:
         return run_headless(args)
     from h2q_tui.training.distributed import launched_by_torchrun
@@ -909,6 +927,9 @@ def dispatch(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``h2q-tui`` script."""
+    from h2q_tui.system.openmp import prefer_passive_waiting
+
+    prefer_passive_waiting()  # first: libgomp reads it once, when torch loads it
     try:
         return dispatch(sys.argv[1:] if argv is None else argv)
     except UserError as exc:

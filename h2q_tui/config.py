@@ -66,7 +66,7 @@ class TrainConfig:
     schedule: str = "constant"  # constant | cosine (over max_steps, else over max_seconds)
     axiom_lambda: float = 0.1  # penalty weight: loss = CE + axiom_lambda * 0.01 * penalty
     precision: str = "auto"  # auto (fast bf16 hardware: bf16, else fp32) | fp32 | bf16 | fp16
-    threads: int = 0  # torch intra-op threads for training; 0 = all cores
+    threads: int = 0  # torch intra-op threads for training; 0 = auto (system/thread_choice.py)
     compile: bool = False  # torch.compile the training step (training/compiled.py: when it pays)
     # per-process memory budget (--memory-budget / --vram-budget; h2q_tui/system/budget.py):
     # "2GB" (10^9), "1.5GiB" (2^30); "" = none. 90 %: alarm; 100 %: checkpoint, then pause/stop
@@ -342,7 +342,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("train", "grad_clip"): _positive("the largest gradient norm; 1e9 in effect turns it off"),
     ("train", "warmup_steps"): _int(0),
     ("train", "axiom_lambda"): _non_negative(),
-    ("train", "threads"): _int(0, 4096, "0 = all cores"),
+    ("train", "threads"): _int(0, 4096, "0 = auto"),
     ("train", "grad_accum"): _int(1, 2**20, "micro-batches per optimizer step"),
     ("train", "growth_start_step"): _int(0),
     ("train", "growth_interval"): _int(1),

@@ -288,13 +288,12 @@ def thread_counts(history: RunHistory | None, configured: int | None) -> str:
     """Training's torch intra-op threads (the run's, else what it will take) and decoding's."""
     from h2q_tui.generation.generate import DECODE_THREADS
 
-    threads = ((history.started if history else None) or {}).get("threads")
-    if threads is None and configured is not None:
-        import torch
+    from h2q_tui.system.thread_choice import usable_cores
 
-        threads = configured or torch.get_num_threads()  # 0: the trainer takes torch's count
-    training = fmt.NA if threads is None else str(threads)
-    return f"training {training} · generation {DECODE_THREADS} (batch-1 decoding)"
+    training = history.threads_text if history else None
+    if training is None and configured is not None:
+        training = str(configured) if configured else f"auto (1 or {usable_cores()})"
+    return f"training {training or fmt.NA} · generation {DECODE_THREADS} (batch-1 decoding)"
 
 
 def system_text(

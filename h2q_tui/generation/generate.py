@@ -28,6 +28,7 @@ from h2q_tui.generation.decoder import Decoder
 from h2q_tui.generation.sampling import SamplingConfig, choose_token
 from h2q_tui.generation.steering import SteerConfig, Steering, build_steering
 from h2q_tui.generation.text import Codec, TextStream
+from h2q_tui.system.thread_choice import DECODE_THREADS, ThreadChoice, decoding_choice  # noqa: F401
 
 MODES = ("sample", "steer", "lookahead", "flow")
 
@@ -207,16 +208,16 @@ class Generation:
         return choose_token(logits, self.tokens, self.sampling, generator)
 
 
-DECODE_THREADS = 1  # batch-1 decoding: 148-168 tok/s on 1 thread vs 15-34 on 2 beside other work
-
-
-def use_decoding_threads(threads: int = DECODE_THREADS) -> None:
-    """Set torch's intra-op threads for decoding on the calling thread.
+def use_decoding_threads(threads: int | None = None) -> ThreadChoice:
+    """Set torch's intra-op threads for decoding on the calling thread: ``threads`` (the
+    user's), else the batch-1 rule (one); returns the count and why.
 
     Torch keeps one process-wide default beside each thread's own setting, so a trainer on
     another thread re-asserts its count every step (Trainer.train_step).
     """
-    torch.set_num_threads(threads)
+    choice = decoding_choice(threads)
+    torch.set_num_threads(choice.threads)
+    return choice
 
 
 def load_for_generation(path: str) -> tuple[checkpoints.CheckpointInfo, nn.Module, Codec]:

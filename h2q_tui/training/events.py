@@ -46,6 +46,17 @@ class RunStarted(Event):
     precision_reason: str = ""  # e.g. "this CPU has no fast bf16 (no AMX, no AVX512-BF16)"
     machine: str = ""  # CPU model (and GPU) the run trains on
     processes: int = 1  # torchrun ranks training together (DistributedDataParallel)
+    threads_reason: str = ""  # why this many threads: "set by you (…)", "auto: timing …"
+
+
+@dataclass(frozen=True)
+class ThreadsChosen(Event):
+    """Auto threads chose a count from timed steps (at the start, and when step times drift)."""
+
+    name: ClassVar[str] = "threads"
+    step: int
+    threads: int
+    reason: str  # e.g. "auto (measuring at the start): 410 ms a step on 1 thread, …"
 
 
 @dataclass(frozen=True)

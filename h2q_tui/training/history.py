@@ -93,8 +93,10 @@ RECORD_FIELDS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
             "precision": _text,
             "precision_reason": _text,
             "machine": _text,
+            "threads_reason": _text,
         },
     ),
+    "threads": ({"step": _count, "threads": _count, "reason": _text}, {}),
     "step": (
         {"step": _count, "tokens": _count, "time": _finite, "train_loss_nats": _reading},
         {
@@ -238,6 +240,7 @@ class RunHistory:
         self.notice: dict[str, Any] | None = None  # the last notice, until something ends it
         self._notice_until = math.inf  # training time at which the notice goes
         self.progress: dict[str, Any] | None = None  # a long task between steps, while it runs
+        self.threads_chosen: dict[str, Any] | None = None  # the last ``threads`` record
         self.records = 0  # records seen, bad ones included
         self.bad_records = 0  # valid JSON that is not a valid record: skipped
         self.last_problem: str | None = None  # why the last bad record was skipped
@@ -254,6 +257,17 @@ class RunHistory:
             return None
         reason = started.get("precision_reason")
         return f"precision {started['precision']}" + (f" — {reason}" if reason else "")
+
+    @property
+    def threads_text(self) -> str | None:
+        """Training's thread count and why: the last ``threads`` record's, else run_started's
+        (e.g. "1 thread — auto (…): 410 ms a step on 1 thread, …"); None before a run."""
+        chosen = self.threads_chosen or self.started or {}
+        threads = chosen.get("threads")
+        if threads is None:
+            return None
+        reason = chosen.get("reason", chosen.get("threads_reason"))
+        return f"{threads} thread{'s' if threads != 1 else ''}" + (f" — {reason}" if reason else "")
 
     def add(self, record: dict[str, Any]) -> bool:
         """Fold one metrics record into the history; False (and counted) if it is not valid."""
@@ -281,7 +295,7 @@ class RunHistory:
         del self.log[:-LOG_LINES]
 
     def _on_run_started(self, r: dict[str, Any]) -> None:
-        self.started, self.finished = r, None
+        self.started, self.finished, self.threads_chosen = r, None, None
         self.paused, self.alarm_active, self.progress = False, None, None
         start = r.get("start_step") or 0
         for curve in (self.train, self.heldout, self.horizon):
@@ -294,6 +308,10 @@ class RunHistory:
         device = f" on {r['device']}" if "device" in r else ""
         precision = f", {self.precision_text}" if self.precision_text else ""
         self._note(f"run {r['run_id']} started{resumed}{size}{device}{precision}")
+
+    def _on_threads(self, r: dict[str, Any]) -> None:
+        self.threads_chosen = r
+        self._note(f"step {r['step']}: training on {self.threads_text}")
 
     def _on_step(self, r: dict[str, Any]) -> None:
         self.last_step, self.progress = r, None

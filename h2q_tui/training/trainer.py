@@ -28,7 +28,7 @@ from h2q_tui.data.streams import HorizonSampler, RandomWindowSampler
 from h2q_tui.generation.text import Codec
 from h2q_tui.generation.thought_stream import sample_tokens
 from h2q_tui.models import build_model, count_parameters
-from h2q_tui.system import hardware
+from h2q_tui.system import hardware, thread_choice
 from h2q_tui.system.budget import BudgetWatch, MemoryBudget, cuda_memory, rss_bytes
 from h2q_tui.training import commands, compiled, events
 from h2q_tui.training.distributed import SINGLE, World
@@ -123,10 +123,14 @@ class Trainer:
         self.commands: queue.Queue = command_queue or queue.Queue()
         self.preset, self.pause_on_nan, self.tokenizer = preset, pause_on_nan, tokenizer
         t, m = config.train, config.model
-        self.threads = t.threads or torch.get_num_threads()
-        torch.set_num_threads(self.threads)
         torch.manual_seed(t.seed)
         self.device = world.device(hardware.resolve_device(device))
+        # train.threads, else auto: steps timed at 1 and N threads (h2q_tui/system/thread_choice.py)
+        self.thread_chooser, choice = thread_choice.for_training(
+            t.threads, self.device.type, t.compile, thread_choice.local_process_count(world.size)
+        )
+        self.threads, self.threads_reason = choice.threads, choice.reason
+        torch.set_num_threads(self.threads)
         self.precision = hardware.choose_precision(t.precision, self.device)
         if hardware.enable_tf32(self.device):
             self.precision = dataclasses.replace(
@@ -529,12 +533,26 @@ class Trainer:
             tokens += y.numel()
         return ce_sum / accum, tokens, penalty, aux
 
+    def _use_threads(self) -> None:
+        """This step's thread count (auto: the chooser's), set again when a decoder on
+        another thread changed torch's."""
+        if self.thread_chooser is not None:
+            self.threads = self.thread_chooser.threads_for_next_step()
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def _time_threads(self, step_s: float) -> None:
+        """Give auto's chooser this step's time; say so when it chose a count."""
+        choice = self.thread_chooser.observe(step_s) if self.thread_chooser else None
+        if choice is not None:
+            self.threads_reason = choice.reason
+            self.emit(events.ThreadsChosen(self.step, choice.threads, choice.reason))
+
     def train_step(self) -> events.StepCompleted | None:
         """One optimizer step on the sampler's next window(s); None if the loss was not finite
         (the step is skipped) or the update left non-finite weights (the run is poisoned)."""
         started = time.perf_counter()
-        if torch.get_num_threads() != self.threads:  # a decoder on another thread changed it
-            torch.set_num_threads(self.threads)
+        self._use_threads()
         sampler_state = self.sampler.state_dict()
         lr = self.current_lr()
         for group in self.optimizer.param_groups:
@@ -565,6 +583,7 @@ class Trainer:
         self.chunk_loss_sum += ce_nats
         self.chunk_steps += 1
         step_s = time.perf_counter() - started
+        self._time_threads(step_s)
         allocated, reserved = cuda_memory(self.device)
         return events.StepCompleted(
             step=self.step,
@@ -637,6 +656,7 @@ class Trainer:
             heldout_bytes=self.corpus.heldout.numel(),
             device=str(self.device),
             threads=self.threads,
+            threads_reason=self.threads_reason,
             start_step=self.step,
             time=self.elapsed_before_s,
             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

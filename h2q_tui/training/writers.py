@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from h2q_tui.errors import UserError, write_error
+from h2q_tui.system.thread_choice import plural
 from h2q_tui.training import events
 
 METRICS_FILE = "metrics.jsonl"
@@ -135,6 +136,11 @@ class ConsolePrinter:
             f" — {e.precision_reason}" if e.precision_reason else ""
         )
         self._print(precision + (f" | machine {e.machine}" if e.machine else ""))
+        if e.threads_reason:
+            self._print(f"threads {plural(e.threads)} — {e.threads_reason}")
+
+    def _on_threads(self, e: events.ThreadsChosen) -> None:
+        self._print(f"step {e.step}: threads {plural(e.threads)} — {e.reason}")
 
     def _on_step(self, e: events.StepCompleted) -> None:
         self._loss_sum += e.train_loss_nats
