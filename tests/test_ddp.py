@@ -21,7 +21,8 @@ from h2q_tui import checkpoints
 from h2q_tui.checkpoints.load import load_model_from
 from tests.run_cli import ENV, h2q
 
-TINY = ["--no-ui", "--preset", "tiny", "--set", "train.precision=fp32"]
+# train.threads fixed: a bit-exact resume needs one thread count (auto times steps)
+TINY = ["--no-ui", "--preset", "tiny", "--set", "train.precision=fp32", "--threads", "1"]
 
 
 def torchrun(*args: str, cwd: Path, ranks: int = 2) -> subprocess.CompletedProcess[str]:

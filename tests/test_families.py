@@ -175,8 +175,9 @@ def test_grown_factors_train_and_old_optimizer_state_survives(tmp_path, text_fil
 
 def test_resume_after_growth_is_exact_and_eval_loads_the_grown_model(tmp_path, text_file):
     total, split = 16, 11
+    exact = "train.threads=1"  # bit-identical needs a fixed count (auto times steps)
     straight, log_a = qrlm_trainer(
-        tmp_path, text_file, [FORCE_PLATEAU, f"train.max_steps={total}"], name="a"
+        tmp_path, text_file, [FORCE_PLATEAU, exact, f"train.max_steps={total}"], name="a"
     )
     straight.run()
     q: queue.Queue = queue.Queue()
@@ -188,7 +189,7 @@ def test_resume_after_growth_is_exact_and_eval_loads_the_grown_model(tmp_path, t
     first, log_b = qrlm_trainer(
         tmp_path,
         text_file,
-        [FORCE_PLATEAU, f"train.max_steps={total}"],
+        [FORCE_PLATEAU, exact, f"train.max_steps={total}"],
         name="b",
         command_queue=q,
         emit=interrupt,
@@ -197,7 +198,7 @@ def test_resume_after_growth_is_exact_and_eval_loads_the_grown_model(tmp_path, t
     info = checkpoints.read_info(tmp_path / "b")
     assert info.rank_growths == 2
     second, log_c = qrlm_trainer(
-        tmp_path, text_file, [FORCE_PLATEAU, f"train.max_steps={total}"], name="b", resume=info
+        tmp_path, text_file, [FORCE_PLATEAU, exact, f"train.max_steps={total}"], name="b", resume=info
     )
     assert second.model.ffn_rank == 4
     second.run()

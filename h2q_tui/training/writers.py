@@ -126,7 +126,7 @@ class ConsolePrinter:
         model = e.config["model"]
         self._print(
             f"model {model['family']} d={model['d_model']} layers={model['n_layers']} ctx={model['context']} | "
-            f"device {e.device} x{e.threads} threads"
+            f"device {e.device}"
             + (f" x{e.processes} processes (DDP)" if e.processes > 1 else "")
             + f" | data {e.train_source} ({e.train_bytes:,} bytes) | "
             f"held-out {e.heldout_source} ({e.heldout_bytes:,} bytes)"
