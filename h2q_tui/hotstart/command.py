@@ -272,13 +272,26 @@ def _pickle_folder() -> tempfile.TemporaryDirectory:
 
 
 def measure(request: Request) -> dict[str, object]:
-    """Every figure the request asks for, as a JSON-ready report."""
+    """Every figure the request asks for, as a JSON-ready report; the in-process load and
+    decode run on ``request.threads`` torch threads, as the fresh processes do."""
+    import torch
+
+    check_request(request)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(request.threads)  # this thread's count: the one the report states
+    try:
+        return _measure(request)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(request: Request) -> dict[str, object]:
     from h2q_tui import checkpoints
     from h2q_tui.hotstart import cold, timeline
     from h2q_tui.hotstart.phases import write_pickle_state
     from h2q_tui.system import hardware
+    from h2q_tui.system.thread_choice import DECODE_THREADS, decoding_choice
 
-    check_request(request)
     info = checkpoints.read_info(request.checkpoint)
     weights = info.weights
     checkpoints.load_model_from(info)  # a damaged file fails here, in one line, not in a probe
@@ -298,6 +311,9 @@ def measure(request: Request) -> dict[str, object]:
         "prompt": request.prompt,
         "rate_tokens": request.rate_tokens,
         "threads": request.threads,
+        "threads_reason": decoding_choice(
+            None if request.threads == DECODE_THREADS else request.threads
+        ).reason,
         "cold_requested": request.cold,
         "cold": is_cold,
         "cold_unavailable": unavailable,
@@ -417,7 +433,8 @@ def format_report(report: dict[str, object]) -> str:
         f"  machine: {report['machine_line']}",
         f"  cache: {report['cache']}",
         f"  median (min–max) of {report['repeats']} repeat(s), ms; {report['threads']} "
-        "decoding thread(s)",
+        "decoding thread(s) in every column"
+        + (f" ({report['threads_reason']})" if report.get("threads_reason") else ""),
         "",
         "  ".join(
             [" " * label_width, *(h.rjust(w) for h, w in zip(headings, widths, strict=True))]

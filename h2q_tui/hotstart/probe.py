@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     imports_at = time.perf_counter()
+    from h2q_tui.system.openmp import prefer_passive_waiting
+
+    prefer_passive_waiting()  # as the h2q-tui command does, before torch loads
     import torch
 
     torch_at = time.perf_counter()
