@@ -175,6 +175,13 @@ def eval_parser() -> argparse.ArgumentParser:
         help="evaluate only the first N context windows (default: whole file)",
     )
     parser.add_argument("--batch", type=int, default=32, help="windows per forward pass")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (default 0 = auto: the faster of 1 and all cores, timed on the "
+        "first batches)",
+    )
     add_device_flag(parser)
     return parser
 
@@ -337,10 +344,13 @@ def run_eval(argv: list[str]) -> int:
     from h2q_tui.models import count_parameters
     from h2q_tui.progress_bar import WindowProgressBar
     from h2q_tui.system import hardware
+    from h2q_tui.system.thread_choice import BatchPacer
     from h2q_tui.training.evaluate import heldout_cross_entropy
     from h2q_tui.training.events import bits_per_byte
 
     args = eval_parser().parse_args(argv)
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0 (0 = auto), got {args.threads}")
     if args.batch < 1:
         raise UserError(f"--batch must be at least 1 (windows per forward pass), got {args.batch}")
     if args.windows < 0:
@@ -382,9 +392,16 @@ def run_eval(argv: list[str]) -> int:
     )
     print(f"data {path} | {len(raw):,} bytes | {windows:,} windows of {context} {unit}s")
     bar = WindowProgressBar(windows, args.batch)  # on stderr; stdout keeps the results
+    pacer = BatchPacer(args.threads, torch.set_num_threads)  # auto: batches timed at 1 and N
+
+    def progress(done: int, total: int) -> None:
+        pacer()
+        bar(done, total)
+
     nats = heldout_cross_entropy(
-        model, data, context, device, max_bytes, batch=args.batch, progress=bar
+        model, data, context, device, max_bytes, batch=args.batch, progress=progress
     )
+    print(f"threads {pacer.choice.describe()}")
     if not math.isfinite(nats):
         raise UserError(
             f"checkpoint {info.weights} gives a non-finite loss ({nats}): its weights diverged "

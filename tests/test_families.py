@@ -198,7 +198,11 @@ def test_resume_after_growth_is_exact_and_eval_loads_the_grown_model(tmp_path, t
     info = checkpoints.read_info(tmp_path / "b")
     assert info.rank_growths == 2
     second, log_c = qrlm_trainer(
-        tmp_path, text_file, [FORCE_PLATEAU, exact, f"train.max_steps={total}"], name="b", resume=info
+        tmp_path,
+        text_file,
+        [FORCE_PLATEAU, exact, f"train.max_steps={total}"],
+        name="b",
+        resume=info,
     )
     assert second.model.ffn_rank == 4
     second.run()

@@ -62,12 +62,8 @@ def policy_at_torch_import(entry: str, env_policy: str | None) -> str | None:
 
 
 @pytest.mark.parametrize("entry", ["script", "module"])
-def test_the_entry_points_set_passive_waiting_before_torch_loads(entry):
+def test_the_entry_points_set_passive_waiting_before_torch_loads_and_keep_the_users(entry):
     assert policy_at_torch_import(entry, None) == "PASSIVE"
-
-
-@pytest.mark.parametrize("entry", ["script", "module"])
-def test_a_policy_the_user_set_is_kept(entry):
     assert policy_at_torch_import(entry, "ACTIVE") == "ACTIVE"
 
 
@@ -185,7 +181,10 @@ def test_train_threads_is_honoured_and_reported_as_set_by_you(tmp_path, text_fil
     trainer = make_trainer(tmp_path, text_file, ["train.max_steps=3", "train.threads=1"], log)
     seen: list[int] = []
     original = trainer._forward_backward
-    trainer._forward_backward = lambda accum: (seen.append(torch.get_num_threads()), original(accum))[1]
+    trainer._forward_backward = lambda accum: (
+        seen.append(torch.get_num_threads()),
+        original(accum),
+    )[1]
     torch.set_num_threads(2)  # as a decoder on another thread might
     trainer.run()
     started = next(e for e in log if isinstance(e, events.RunStarted))
@@ -202,7 +201,9 @@ def test_threads_flag_is_train_threads(monkeypatch):
     from h2q_tui import cli
 
     seen = {}
-    monkeypatch.setattr(cli, "run_headless", lambda args: seen.setdefault("o", args.overrides) and 0)
+    monkeypatch.setattr(
+        cli, "run_headless", lambda args: seen.setdefault("o", args.overrides) and 0
+    )
     cli.dispatch(["--no-ui", "--threads", "3"])
     assert seen["o"] == ["train.threads=3"]
 

@@ -287,7 +287,6 @@ def budget_bar(reading: Reading, flag: str = "--memory-budget") -> Text:
 def thread_counts(history: RunHistory | None, configured: int | None) -> str:
     """Training's torch intra-op threads (the run's, else what it will take) and decoding's."""
     from h2q_tui.generation.generate import DECODE_THREADS
-
     from h2q_tui.system.thread_choice import usable_cores
 
     training = history.threads_text if history else None

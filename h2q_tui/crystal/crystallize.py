@@ -378,6 +378,7 @@ def run(
     from h2q_tui.crystal import measure
     from h2q_tui.models import count_parameters
     from h2q_tui.system import hardware
+    from h2q_tui.system.thread_choice import batched_choice
 
     err = err if err is not None else sys.stderr
     if request.tensors_only:
@@ -393,6 +394,8 @@ def run(
     if request.data is not None and not Path(request.data).is_file():
         raise UserError(f"data file not found: {request.data}")
     device = hardware.resolve_device(request.device)
+    threads = batched_choice()  # every batch of base and candidate timed on the same count
+    torch.set_num_threads(threads.threads)
     started = time.perf_counter()
     try:
         info = checkpoints.read_info(request.checkpoint)
@@ -488,6 +491,8 @@ def run(
         },
         "machine": hardware.machine_info(),
         "device": str(device),
+        "threads": threads.threads,
+        "threads_reason": threads.reason,
         "keep": list(request.keep),
         "skipped": skipped,
         "out": str(out_root),

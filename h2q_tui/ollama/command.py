@@ -121,6 +121,8 @@ def serve_main(argv: list[str]) -> int:
     from h2q_tui.ollama.models import Registry
     from h2q_tui.ollama.server import ServeConfig, make_app
     from h2q_tui.system import hardware
+    from h2q_tui.system.openmp import wait_policy
+    from h2q_tui.system.thread_choice import decoding_choice
 
     device = hardware.resolve_device(args.device)
     registry = Registry.discover(args.checkpoints, follow=args.follow, queue=args.queue)
@@ -140,6 +142,7 @@ def serve_main(argv: list[str]) -> int:
         + (" · --follow" if args.follow else ""),
         flush=True,
     )
+    print(f"  decoding on {decoding_choice().describe()}; {wait_policy().describe()}", flush=True)
     for entry in registry.entries.values():
         what = entry.describe or entry.error
         print(f"  {entry.name:<32} {entry.family:<16} {what}", flush=True)

@@ -54,7 +54,9 @@ def prefer_passive_waiting(environ: MutableMapping[str, str] | None = None) -> W
         return _decided
     set_by_user = VARIABLE in env
     env.setdefault(VARIABLE, OUR_POLICY)
-    policy = WaitPolicy(env[VARIABLE], set_by_user, in_effect=set_by_user or "torch" not in sys.modules)
+    policy = WaitPolicy(
+        env[VARIABLE], set_by_user, in_effect=set_by_user or "torch" not in sys.modules
+    )
     if environ is None:
         _decided = policy
     return policy

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 DECODE_THREADS = 1  # batch-1 decoding: one thread (see the module docstring)
@@ -211,3 +213,33 @@ def for_training(
     if share:
         chooser.choice = ThreadChoice(chooser.choice.threads, chooser.choice.reason + share)
     return chooser, chooser.choice
+
+
+class BatchPacer:
+    """Runs a loop of like units (eval batches) on a chooser's counts: call it after every
+    unit, e.g. as the progress callback; ``choice`` says the count in use and why."""
+
+    def __init__(
+        self,
+        threads: int,
+        set_threads: Callable[[int], None],
+        clock: Callable[[], float] = time.perf_counter,
+        cores: int | None = None,
+    ) -> None:
+        self.chooser = (
+            None if threads else StepThreadChooser(cores or usable_cores(), what="a batch")
+        )
+        self.choice = self.chooser.choice if self.chooser else user_choice(threads, "--threads")
+        self.set_threads, self.clock = set_threads, clock
+        self._begin()
+
+    def _begin(self) -> None:
+        self.set_threads(
+            self.chooser.threads_for_next_step() if self.chooser else self.choice.threads
+        )
+        self.started = self.clock()
+
+    def __call__(self, *_: object) -> None:
+        if self.chooser is not None:
+            self.choice = self.chooser.observe(self.clock() - self.started) or self.choice
+        self._begin()
