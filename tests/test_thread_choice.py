@@ -173,7 +173,7 @@ def test_auto_threads_time_real_steps_and_say_what_they_chose(tmp_path, text_fil
     history = RunHistory()
     for event in (started, chosen):
         history.add(event.to_record())
-    assert history.threads_text.startswith("1 thread — auto (measuring at the start)")
+    assert history.threads_text.startswith("1 thread — auto (measured at the start)")
 
 
 def test_train_threads_is_honoured_and_reported_as_set_by_you(tmp_path, text_file):

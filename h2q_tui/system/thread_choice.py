@@ -120,7 +120,8 @@ class StepThreadChooser:
         self._plan: list[int] = []
         self._samples: dict[int, list[float]] = {}
         self._pending: int | None = None  # the count the step being timed runs on
-        self._why_measure = "measuring at the start"
+        self._settling = 0  # untimed steps left at the head of the plan
+        self._why_measure = "measured at the start"
         if self.cores > 1:
             self._start_probe(settle=settle_steps)
 
@@ -129,7 +130,7 @@ class StepThreadChooser:
             return ThreadChoice(1, "this process may use 1 core")
         return ThreadChoice(
             self.cores,
-            f"auto: timing {self.what} at 1 and {self.cores} threads over the first steps",
+            f"auto: timing {self.what} at 1 and at {self.cores} threads first",
         )
 
     @property
@@ -168,7 +169,8 @@ class StepThreadChooser:
             if now > self.reference_s * self.drift or now * self.drift < self.reference_s:
                 change = "rose" if now > self.reference_s else "fell"
                 self._why_measure = (
-                    f"{self.what} {change} from {_ms(self.reference_s)} to {_ms(now)}"
+                    f"measured again: {self.what} {change} from {_ms(self.reference_s)} "
+                    f"to {_ms(now)}"
                 )
                 self._start_probe()
         return None
