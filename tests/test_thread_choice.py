@@ -13,13 +13,27 @@ from pathlib import Path
 import pytest
 import torch
 
+from h2q_tui.app.widgets import system_text
 from h2q_tui.system import openmp, thread_choice
+from h2q_tui.system.monitor import SystemSnapshot
 from h2q_tui.system.thread_choice import StepThreadChooser
 from h2q_tui.training import events
 from h2q_tui.training.history import RunHistory, record_problem
 from h2q_tui.training.writers import ConsolePrinter
 
 ROOT = Path(__file__).resolve().parents[1]
+SNAPSHOT = SystemSnapshot(
+    time=0.0,
+    host_cpu_percent=10.0,
+    process_cpu_percent=99.0,
+    process_rss_bytes=1 << 20,
+    host_ram_used_bytes=1 << 30,
+    host_ram_total_bytes=1 << 31,
+    gpus=(),
+    cuda_allocated_bytes=None,
+    cuda_reserved_bytes=None,
+    gpu_status="no NVIDIA driver",
+)
 
 # Runs an entry point as the user does, with torch's import replaced by a check of what the
 # environment says at that moment; prints it as JSON and stops.
@@ -174,6 +188,9 @@ def test_auto_threads_time_real_steps_and_say_what_they_chose(tmp_path, text_fil
     for event in (started, chosen):
         history.add(event.to_record())
     assert history.threads_text.startswith("1 thread — auto (measured at the start)")
+    pane = system_text(SNAPSHOT, history).plain  # the System pane says the count and why
+    assert "training 1 · generation 1 (batch-1 decoding)" in pane
+    assert "Threads chosen    auto (measured at the start): 50 ms a step on 1 thread" in pane
 
 
 def test_train_threads_is_honoured_and_reported_as_set_by_you(tmp_path, text_file):

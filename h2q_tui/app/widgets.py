@@ -284,15 +284,18 @@ def budget_bar(reading: Reading, flag: str = "--memory-budget") -> Text:
     return text
 
 
-def thread_counts(history: RunHistory | None, configured: int | None) -> str:
-    """Training's torch intra-op threads (the run's, else what it will take) and decoding's."""
+def thread_counts(history: RunHistory | None, configured: int | None) -> tuple[str, str]:
+    """Training's torch intra-op threads (the run's, else what it will take) and decoding's,
+    and why training has its count ("" when the run's log does not say)."""
     from h2q_tui.generation.generate import DECODE_THREADS
     from h2q_tui.system.thread_choice import usable_cores
 
-    training = history.threads_text if history else None
+    chosen = history.threads if history else None
+    training, reason = (str(chosen[0]), chosen[1]) if chosen else (None, "")
     if training is None and configured is not None:
         training = str(configured) if configured else f"auto (1 or {usable_cores()})"
-    return f"training {training or fmt.NA} · generation {DECODE_THREADS} (batch-1 decoding)"
+    counts = f"training {training or fmt.NA} · generation {DECODE_THREADS} (batch-1 decoding)"
+    return counts, reason
 
 
 def system_text(
@@ -320,6 +323,7 @@ def system_text(
     rss, vram = budget.readings(snap.process_rss_bytes, snap.cuda_reserved_bytes)[0], None
     if snap.cuda_reserved_bytes is not None or budget.vram is not None:
         vram = budget.readings(None, snap.cuda_reserved_bytes)[1]
+    threads, why = thread_counts(history, train_threads)
     rows: list[tuple[str, str | Text]] = [
         ("Host CPU", f"{format_value(snap.host_cpu_percent)} %"),
         ("Host RAM", f"{ram} used (the whole machine; no budget)"),
@@ -339,7 +343,8 @@ def system_text(
             "CUDA reserved",
             budget_bar(vram, "--vram-budget") if vram is not None else fmt.NA,
         ),
-        ("Threads", thread_counts(history, train_threads)),
+        ("Threads", threads),
+        *([("Threads chosen", why)] if why else []),
         ("GPUs", snap.gpu_status),
     ]
     for label, value in rows:

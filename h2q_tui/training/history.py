@@ -259,14 +259,20 @@ class RunHistory:
         return f"precision {started['precision']}" + (f" — {reason}" if reason else "")
 
     @property
-    def threads_text(self) -> str | None:
-        """Training's thread count and why: the last ``threads`` record's, else run_started's
-        (e.g. "1 thread — auto (…): 410 ms a step on 1 thread, …"); None before a run."""
+    def threads(self) -> tuple[int, str] | None:
+        """Training's thread count and why (the reason may be empty): the last ``threads``
+        record's, else run_started's; None before a run."""
         chosen = self.threads_chosen or self.started or {}
-        threads = chosen.get("threads")
-        if threads is None:
+        if chosen.get("threads") is None:
             return None
-        reason = chosen.get("reason", chosen.get("threads_reason"))
+        return chosen["threads"], chosen.get("reason", chosen.get("threads_reason", ""))
+
+    @property
+    def threads_text(self) -> str | None:
+        """e.g. "1 thread — auto (…): 410 ms a step on 1 thread, …"; None before a run."""
+        if self.threads is None:
+            return None
+        threads, reason = self.threads
         return f"{threads} thread{'s' if threads != 1 else ''}" + (f" — {reason}" if reason else "")
 
     def add(self, record: dict[str, Any]) -> bool:
