@@ -146,6 +146,10 @@ def test_training_threads_fixed_by_the_user_or_on_a_gpu_are_not_probed(monkeypat
     assert chooser is None and choice.threads == 8
     chooser, choice = thread_choice.for_training(0, "cpu", local_processes=2)
     assert chooser is not None and chooser.cores == 4 and "8 cores shared by 2" in choice.reason
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: the ranks on this machine
+    assert thread_choice.local_process_count(fallback=8) == 4
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert thread_choice.local_process_count(fallback=2) == 2
 
 
 # ----------------------------------------------------------------------------- the trainer
