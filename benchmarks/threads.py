@@ -195,6 +195,8 @@ def print_table(condition: str, load: list[float], rows: dict, cores: int) -> No
             f"| {', '.join(map(str, r['training_threads']))} | {r['policy'] or 'unset'} |"
         )
     auto = rows.get("auto", {})
+    for reason in auto.get("training_reasons", []):
+        print(f"auto training: {reason or 'no choice made within the run'}")
     if "training_vs_best_fixed" in auto:
         print(
             f"auto / best fixed: training {auto['training_vs_best_fixed']:.2f}x, "
