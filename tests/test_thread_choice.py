@@ -57,6 +57,14 @@ else:
 """
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Trainers here set this process's torch thread count; later tests get theirs back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def policy_at_torch_import(entry: str, env_policy: str | None) -> str | None:
     """OMP_WAIT_POLICY as ``import torch`` first runs in a fresh ``h2q-tui --version``."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}

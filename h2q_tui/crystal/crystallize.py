@@ -373,12 +373,24 @@ def run(
     out: Callable[[str], None] = print,
     err: IO[str] | None = None,
 ) -> dict[str, Any]:
-    """The ``crystallize`` command: returns the JSON document it wrote."""
+    """The ``crystallize`` command: returns the JSON document it wrote. Every model is
+    measured on the same thread count (stated in the JSON); the caller's is restored after."""
+    from h2q_tui.system.thread_choice import batched_choice
+
+    threads = batched_choice()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads.threads)
+    try:
+        return _run(request, out, err, threads)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(request: Request, out: Callable[[str], None], err: IO[str] | None, threads) -> dict:
     from h2q_tui import checkpoints
     from h2q_tui.crystal import measure
     from h2q_tui.models import count_parameters
     from h2q_tui.system import hardware
-    from h2q_tui.system.thread_choice import batched_choice
 
     err = err if err is not None else sys.stderr
     if request.tensors_only:
@@ -394,8 +406,6 @@ def run(
     if request.data is not None and not Path(request.data).is_file():
         raise UserError(f"data file not found: {request.data}")
     device = hardware.resolve_device(request.device)
-    threads = batched_choice()  # every batch of base and candidate timed on the same count
-    torch.set_num_threads(threads.threads)
     started = time.perf_counter()
     try:
         info = checkpoints.read_info(request.checkpoint)
