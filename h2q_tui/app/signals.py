@@ -31,7 +31,9 @@ STOP_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hangup", signal.SI
 EXIT_UI_FAILED = 1
 GRACE_S = 3.0  # after training has ended: the app's own shutdown gets this long
 # leave the alternate screen, show the cursor, stop mouse and paste reports, kitty keys off
-RESET_TERMINAL = b"\x1b[<u\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1003l\x1b[?1015l\x1b[?1006l\x1b[?2004l"
+RESET_TERMINAL = (
+    b"\x1b[<u\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1003l\x1b[?1015l\x1b[?1006l\x1b[?2004l"
+)
 PR_SET_PDEATHSIG = 1
 
 
