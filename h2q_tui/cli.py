@@ -319,6 +319,9 @@ def run_attach(argv: list[str]) -> int:
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
             raise UserError(f"run dir not found: {run_dir}")
+    from h2q_tui.app.signals import end_with_web_parent
+
+    end_with_web_parent()  # a web tab's process: it ends with its server
     return run_app(make_app(attach=args.run_dirs))  # non-zero if the app crashed
 
 

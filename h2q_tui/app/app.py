@@ -260,8 +260,9 @@ class H2QApp(App[int]):
         the process ends once it has (Textual's shutdown would otherwise wait on the run)."""
         if self.monitor:
             self.monitor.stop()
-        if self.engine is not None:  # Textual has cancelled its worker: ask the trainer itself
-            self.engine.request_stop("stopped")
+        request_stop = getattr(self.engine, "request_stop", None)
+        if request_stop is not None:  # Textual has cancelled its worker: ask the trainer itself
+            request_stop("stopped")
         if self.lifeline is not None:
             result = self.return_value
             self.lifeline.arm(EXIT_UI_FAILED if self.return_code else result or 0)

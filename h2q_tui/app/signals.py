@@ -35,6 +35,7 @@ RESET_TERMINAL = (
     b"\x1b[<u\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1003l\x1b[?1015l\x1b[?1006l\x1b[?2004l"
 )
 PR_SET_PDEATHSIG = 1
+WEB_PARENT_ENV = "H2Q_TUI_WEB_PARENT"  # set by ``h2q-tui web`` for its tabs: its own pid
 
 
 def exit_code(signum: int) -> int:
@@ -123,11 +124,18 @@ def restore_terminal(app: Any) -> None:
             os.write(2, RESET_TERMINAL)
 
 
-def end_with_parent() -> None:
-    """Linux: get SIGTERM when the parent process ends (a web tab's server killed any way)."""
+def end_with_web_parent() -> None:
+    """A web tab's process (WEB_PARENT_ENV names its server) gets SIGTERM when the server ends
+    any way, SIGKILL included (Linux ``PR_SET_PDEATHSIG``); one whose server is gone already
+    ends now."""
+    parent = os.environ.get(WEB_PARENT_ENV, "")
+    if not parent.isdigit():
+        return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != int(parent):  # it died before prctl: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class QuietOutput:
