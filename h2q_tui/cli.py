@@ -251,7 +251,7 @@ def _train_headless(args: argparse.Namespace, world) -> int:
         print(f"run dir: {prepared.run_dir}", flush=True)
         if world.distributed:
             print(f"training on {world.describe()}; rank 0 writes the log", flush=True)
-    with stop_signals_save(trainer):
+    with stop_signals_save(trainer, speak=world.is_main):
         try:
             reason = trainer.run()
         finally:
@@ -272,11 +272,11 @@ STOP_EXIT_CODES = {reason: 128 + int(sig) for sig, reason in STOP_REASONS.items(
 
 
 @contextlib.contextmanager
-def stop_signals_save(trainer):
+def stop_signals_save(trainer, speak: bool = True):
     """While training: SIGINT/SIGTERM/SIGHUP ask the trainer to stop after this step and save.
 
-    The handler only sets a flag and writes one line with os.write (no locks, no buffered I/O);
-    a second signal of any kind aborts at once.
+    The handler only sets a flag and, when ``speak`` (rank 0 of a torchrun job), writes one
+    line with os.write (no locks, no buffered I/O); a second signal of any kind aborts at once.
     """
 
     def on_signal(signum, frame) -> None:
@@ -284,6 +284,8 @@ def stop_signals_save(trainer):
             raise KeyboardInterrupt  # a second signal: give up on saving
         trainer.stop_requested = STOP_REASONS[signal.Signals(signum)]
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if not speak:
+            return
         with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
             os.write(2, f"\n{name}: stopping after this step, then saving a checkpoint…\n".encode())
 
@@ -870,6 +872,7 @@ SUBCOMMANDS = {
     "serve": lazy_command("h2q_tui.ollama.command", "serve_main"),
     "ollama": lazy_command("h2q_tui.ollama.command", "ollama_main"),
     "web": lazy_command("h2q_tui.web.command"),
+    "torchrun": lazy_command("h2q_tui.training.launcher"),
 }
 
 SUBCOMMAND_USAGE = {
@@ -883,6 +886,7 @@ SUBCOMMAND_USAGE = {
     "serve": ("CHECKPOINT_OR_RUN_DIR ...", "serve models through the Ollama API"),
     "ollama": ("list|pull|generate ...", "talk to an Ollama server ($OLLAMA_HOST)"),
     "web": ("[RUN_DIR ...] [--port 8000]", "the dashboard in a browser (attach, textual-serve)"),
+    "torchrun": ("[TORCHRUN ARGS] -m h2q_tui --no-ui ...", "torchrun with a clean Ctrl-C (130)"),
 }
 
 
