@@ -74,6 +74,7 @@ def test_ctrl_c_in_the_dashboard_saves_and_exits_130(workdir):
     assert_ended(terminal, workdir / "run", 130, "interrupted")
 
 
+@pytest.mark.slow  # a regression guard (this one held before): ~20 s on 2 busy cores
 def test_sigterm_to_the_dashboard_saves_and_exits_143(workdir):
     terminal = Terminal(DASHBOARD, workdir)
     terminal.wait_for_steps(workdir / "run" / "metrics.jsonl", 3)

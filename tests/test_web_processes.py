@@ -105,7 +105,10 @@ def tab_processes(server: subprocess.Popen) -> list[psutil.Process]:
     return [p for p in family(server.pid) if p.pid != server.pid]
 
 
-@pytest.mark.parametrize("stuck", [False, True], ids=["quits", "stuck"])
+@pytest.mark.parametrize(
+    "stuck",
+    [pytest.param(False, id="quits", marks=pytest.mark.slow), pytest.param(True, id="stuck")],
+)
 def test_closing_a_tab_ends_its_process(run_dir, stuck):
     server, port = start_web(run_dir, stuck)
     try:

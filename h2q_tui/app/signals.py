@@ -6,8 +6,10 @@ process exits with 128 + the signal number (1 after a UI failure). The event loo
 relied on at such times: once a terminal is gone, Textual's output thread dies on EIO and
 its bounded queue then blocks the loop for good. So nothing here waits on the loop:
 
-- handlers installed with ``signal.signal`` run on the main thread even while the loop is
-  blocked; they ask the trainer to stop and wake the app through ``call_soon_threadsafe``;
+- stop signals are read by a thread of their own from the interpreter's wakeup fd, so
+  neither the loop nor the main thread (which a signal landing on another thread would not
+  even wake) must be free; it asks the trainer to stop and wakes the app through
+  ``call_soon_threadsafe``;
 - a thread polls stdin for a hang-up only (POLLHUP/POLLERR) and raises SIGHUP on this
   process, for terminals and pipes that close without sending one;
 - a daemon watchdog, once armed, waits for training to end and gives the app a few seconds
@@ -21,6 +23,7 @@ import ctypes
 import os
 import select
 import signal
+import socket
 import sys
 import termios
 import threading
@@ -52,16 +55,37 @@ class Lifeline:
         self._loop: Any = None
 
     def install(self, loop: Any) -> None:
-        """Take over the stop signals and start the hang-up watch and the watchdog (main thread)."""
+        """Take over the stop signals and start the threads that watch for them (main thread)."""
         self._loop = loop
-        for signum in STOP_SIGNALS:
-            with contextlib.suppress(ValueError, OSError):  # not the main thread: no signals
-                signal.signal(signum, self._on_signal)
-        for target, name in ((watch_hangup, "h2q-hangup-watch"), (self._watchdog, "h2q-watchdog")):
+        for signum in STOP_SIGNALS:  # a driver's own (Textual's web driver) needs the loop
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(signum)
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        try:
+            signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, _noted)
+        except ValueError:  # not the main thread: Python delivers no signals here
+            return
+        self._wakeup = (reader, writer)  # kept open for the life of the process
+        for target, name in (
+            (self._read_signals, "h2q-signals"),
+            (watch_hangup, "h2q-hangup-watch"),
+            (self._watchdog, "h2q-watchdog"),
+        ):
             threading.Thread(target=target, name=name, daemon=True).start()
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        """Runs on the main thread between bytecodes: attributes, a thread-safe call, no waits."""
+    def _read_signals(self) -> None:
+        """Each byte on the wakeup fd is a signal this process received, on whatever thread."""
+        reader = self._wakeup[0]
+        while data := reader.recv(64):
+            for signum in data:
+                if signum in STOP_SIGNALS:
+                    self._on_signal(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        """Attributes, a thread-safe call and an event: nothing that waits on the app."""
         if self.code is not None:
             return  # saving already; the watchdog ends the process once it is saved
         reason = STOP_SIGNALS[signal.Signals(signum)]
@@ -91,6 +115,10 @@ class Lifeline:
         os._exit(self.code if self.code is not None else EXIT_UI_FAILED)
 
 
+def _noted(signum: int, frame: object) -> None:
+    """The Python-level handler: nothing to do, the wakeup fd has the signal already."""
+
+
 def watch_hangup(fd: int | None = None) -> None:
     """Block until ``fd`` (stdin) hangs up, then send this process SIGHUP.
 
@@ -118,10 +146,15 @@ def restore_terminal(app: Any) -> None:
     with contextlib.suppress(OSError, ValueError, termios.error):
         if attrs is not None and os.isatty(0):
             termios.tcsetattr(0, termios.TCSANOW, attrs)
-    with contextlib.suppress(OSError, ValueError):
-        if os.isatty(2):
-            os.set_blocking(2, False)  # a terminal that no longer reads must not hold us
-            os.write(2, RESET_TERMINAL)
+    if os.isatty(2):  # on a thread of its own: a terminal that no longer reads must not hold us
+        writing = threading.Thread(target=_write_quietly, args=(2, RESET_TERMINAL), daemon=True)
+        writing.start()
+        writing.join(1.0)
+
+
+def _write_quietly(fd: int, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, data)
 
 
 def end_with_web_parent() -> None:
