@@ -230,6 +230,9 @@ class H2QApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        if not self.is_headless:  # first: not under Pilot, this process is the app's own
+            self.lifeline = Lifeline(self, self.engine)
+            self.lifeline.install(asyncio.get_running_loop())
         self.sub_title = " + ".join(self.histories) + (" (attached)" if self.attached else "")
         self.query_one("#thought-stream").border_title = "Thought Stream"
         self.query_one("#event-log").border_title = "Events"
@@ -249,9 +252,6 @@ class H2QApp(App[int]):
         self.call_after_refresh(
             self.redraw_chart
         )  # a replayed or attached history: now, not in 4 s
-        if not self.is_headless:  # not under Pilot: this process is the app's own
-            self.lifeline = Lifeline(self, self.engine)
-            self.lifeline.install(asyncio.get_running_loop())
         if self.autostart:
             self.action_start()
 
