@@ -264,7 +264,7 @@ def _train_headless(args: argparse.Namespace, world) -> int:
         print(f"run dir: {prepared.run_dir}", flush=True)
         if world.distributed:
             print(f"training on {world.describe()}; rank 0 writes the log", flush=True)
-    with stop_signals_save(trainer):
+    with stop_signals_save(trainer, speak=world.is_main):
         try:
             reason = trainer.run()
         finally:
@@ -285,11 +285,11 @@ STOP_EXIT_CODES = {reason: 128 + int(sig) for sig, reason in STOP_REASONS.items(
 
 
 @contextlib.contextmanager
-def stop_signals_save(trainer):
+def stop_signals_save(trainer, speak: bool = True):
     """While training: SIGINT/SIGTERM/SIGHUP ask the trainer to stop after this step and save.
 
-    The handler only sets a flag and writes one line with os.write (no locks, no buffered I/O);
-    a second signal of any kind aborts at once.
+    The handler only sets a flag and, when ``speak`` (rank 0 of a torchrun job), writes one
+    line with os.write (no locks, no buffered I/O); a second signal of any kind aborts at once.
     """
 
     def on_signal(signum, frame) -> None:
@@ -297,6 +297,8 @@ def stop_signals_save(trainer):
             raise KeyboardInterrupt  # a second signal: give up on saving
         trainer.stop_requested = STOP_REASONS[signal.Signals(signum)]
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if not speak:
+            return
         with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
             os.write(2, f"\n{name}: stopping after this step, then saving a checkpoint…\n".encode())
 
@@ -332,6 +334,9 @@ def run_attach(argv: list[str]) -> int:
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
             raise UserError(f"run dir not found: {run_dir}")
+    from h2q_tui.app.signals import end_with_web_parent
+
+    end_with_web_parent()  # a web tab's process: it ends with its server
     return run_app(make_app(attach=args.run_dirs))  # non-zero if the app crashed
 
 
@@ -900,6 +905,7 @@ SUBCOMMANDS = {
     "serve": lazy_command("h2q_tui.ollama.command", "serve_main"),
     "ollama": lazy_command("h2q_tui.ollama.command", "ollama_main"),
     "web": lazy_command("h2q_tui.web.command"),
+    "torchrun": lazy_command("h2q_tui.training.launcher"),
 }
 
 SUBCOMMAND_USAGE = {
@@ -913,6 +919,7 @@ SUBCOMMAND_USAGE = {
     "serve": ("CHECKPOINT_OR_RUN_DIR ...", "serve models through the Ollama API"),
     "ollama": ("list|pull|generate ...", "talk to an Ollama server ($OLLAMA_HOST)"),
     "web": ("[RUN_DIR ...] [--port 8000]", "the dashboard in a browser (attach, textual-serve)"),
+    "torchrun": ("[TORCHRUN ARGS] -m h2q_tui --no-ui ...", "torchrun with a clean Ctrl-C (130)"),
 }
 
 

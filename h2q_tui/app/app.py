@@ -7,6 +7,7 @@ coalescing message tells the UI to fold them in; widgets redraw on a timer when 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import signal
@@ -32,7 +33,7 @@ from h2q_tui.app.engine_link import AttachedRuns, LiveEngine
 from h2q_tui.app.generate_pane import GeneratePane
 from h2q_tui.app.ollama_pane import OllamaPane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, ErrorScreen, HelpScreen
-from h2q_tui.app.signals import exit_code, exit_soon, install_stop_signals
+from h2q_tui.app.signals import EXIT_UI_FAILED, Lifeline, exit_code, quiet_driver
 from h2q_tui.app.widgets import X_AXES, CardGrid, LossChart, SystemPanel
 from h2q_tui.system.monitor import SystemMonitor, SystemSnapshot
 from h2q_tui.system.threads import run_on_own_thread
@@ -184,6 +185,7 @@ class H2QApp(App[int]):
                     dataclasses.replace(b, show=True) for b in bindings
                 ]
         self.replay_skipped_lines = 0  # unparsable lines in the replayed metrics.jsonl
+        self.lifeline: Lifeline | None = None  # a real terminal or web tab: see signals.py
         self._bad_noted: dict[str, tuple[int, int]] = dict.fromkeys(names, (0, 0))
 
     # ------------------------------------------------------------------ layout
@@ -228,6 +230,9 @@ class H2QApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        if not self.is_headless:  # first: not under Pilot, this process is the app's own
+            self.lifeline = Lifeline(self, self.engine)
+            self.lifeline.install(asyncio.get_running_loop())
         self.sub_title = " + ".join(self.histories) + (" (attached)" if self.attached else "")
         self.query_one("#thought-stream").border_title = "Thought Stream"
         self.query_one("#event-log").border_title = "Events"
@@ -247,14 +252,24 @@ class H2QApp(App[int]):
         self.call_after_refresh(
             self.redraw_chart
         )  # a replayed or attached history: now, not in 4 s
-        if self.engine is not None:
-            install_stop_signals(self)
         if self.autostart:
             self.action_start()
 
     def on_unmount(self) -> None:
+        """The app is ending, by a quit, a signal or a failure: training stops and saves, and
+        the process ends once it has (Textual's shutdown would otherwise wait on the run)."""
         if self.monitor:
             self.monitor.stop()
+        request_stop = getattr(self.engine, "request_stop", None)
+        if request_stop is not None:  # Textual has cancelled its worker: ask the trainer itself
+            request_stop("stopped")
+        if self.lifeline is not None:
+            result = self.return_value
+            self.lifeline.arm(EXIT_UI_FAILED if self.return_code else result or 0)
+
+    def get_driver_class(self):
+        """Textual's own driver, but writes to a terminal that has gone never block the app."""
+        return quiet_driver(super().get_driver_class())
 
     # ------------------------------------------------------------------ data in
     def on_record(self, record: dict[str, Any]) -> None:
@@ -596,15 +611,22 @@ class H2QApp(App[int]):
     def action_lr_down(self) -> None:
         self.send(commands.ScaleLearningRate(1 / LR_STEP))
 
-    async def stop_on_signal(self, signum: int, reason: str) -> None:
-        """SIGTERM/SIGHUP: the trainer stops after its step and saves, then the app exits
-        128 + signum (what --no-ui does). The request goes to the trainer directly."""
+    async def stop_on_signal(self, signum: int) -> None:
+        """A stop signal (signals.py has already asked the trainer to stop): once it has saved,
+        exit 128 + signum, as --no-ui does."""
+        await self._save_and_exit(exit_code(signum), signal.Signals(signum).name)
+
+    async def action_help_quit(self) -> None:
+        """Ctrl-C with nothing selected to copy: save (when training) and exit 130."""
+        if self.engine is not None and self.run_active:
+            self.engine.request_stop("interrupted")
+        await self._save_and_exit(exit_code(signal.SIGINT), "Ctrl-C")
+
+    async def _save_and_exit(self, code: int, name: str) -> None:
         if self.run_active:
-            self.engine.request_stop(reason)  # type: ignore[union-attr]
-            self._say_pending(f"{signal.Signals(signum).name}: {STOPPING} then quitting")
+            self._say_pending(f"{name}: {STOPPING} then quitting")
             await self.training_worker.wait()  # type: ignore[union-attr]
-        exit_soon(exit_code(signum))  # a closed terminal can hang Textual's own shutdown
-        self.exit(exit_code(signum))
+        self.exit(code)
 
     async def action_quit(self) -> None:
         if not self.run_active:

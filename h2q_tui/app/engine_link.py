@@ -29,9 +29,13 @@ class LiveEngine:
         self.commands: queue.Queue = queue.Queue()
         self.trainer = None  # set while ``run`` trains
         self.stop_reason: str | None = None
+        self.busy = False  # from the start of ``run`` until the trainer has saved and ended
 
     def request_stop(self, reason: str) -> None:
-        """Stop after the current step and save (safe from a signal handler: no locks)."""
+        """Stop after the current step and save (safe from a signal handler: no locks); the
+        first reason given is the one the run ends with."""
+        if self.stop_reason is not None:
+            return
         self.stop_reason = reason
         if self.trainer is not None:
             self.trainer.stop_requested = reason
@@ -66,7 +70,10 @@ class LiveEngine:
             on_record(event.to_record())
 
         p = self.prepared
+        self.busy = True
         try:
+            if self.stop_reason is not None:  # stopped before it began: nothing to save
+                return self.stop_reason
             trainer = Trainer(
                 p.config,
                 p.corpus,
@@ -84,6 +91,7 @@ class LiveEngine:
             return trainer.run()
         finally:
             writer.close()
+            self.busy = False
 
 
 class AttachedRuns:

@@ -39,6 +39,14 @@ Emit = Callable[[events.Event], None]
 DIVERGENCE_NATS = 1.0  # held-out CE this far above its best ...
 DIVERGENCE_EVALS = 3  # ... for this many evals in a row raises an alarm
 STOP_SIGNALS = {"interrupted": "Ctrl-C", "terminated": "SIGTERM", "hangup": "SIGHUP"}
+# A stop asked from outside saves first (a supervisor sends SIGKILL 10-30 s after SIGTERM);
+# the final held-out eval then runs only if it ends within this budget.
+SAVE_FIRST = frozenset({*STOP_SIGNALS, "stopped"})
+STOP_EVAL_BUDGET_S = 5.0
+
+
+class EvalOverBudget(Exception):
+    """The final eval after a stop would run past its time budget."""
 
 
 # AdamW's fused kernel (one pass per tensor on CPU and GPU) instead of PyTorch's default on a
@@ -392,9 +400,17 @@ class Trainer:
 
         return report
 
-    def evaluate_heldout(self, final: bool = False) -> float:
+    def evaluate_heldout(self, final: bool = False, deadline: float | None = None) -> float:
+        """Held-out CE; past ``deadline`` (perf_counter) it raises EvalOverBudget between batches."""
         if not self.world.is_main:  # rank 0 evaluates; the others have nothing to report
             return math.nan
+        report = self._progress("final held-out eval" if final else "held-out eval")
+
+        def progress(done: int, total: int) -> None:
+            if deadline is not None and done < total and time.perf_counter() > deadline:
+                raise EvalOverBudget
+            report(done, total)
+
         nats = heldout_cross_entropy(
             self.model,
             self.corpus.heldout,
@@ -402,7 +418,7 @@ class Trainer:
             self.device,
             self.config.eval.heldout_bytes,
             autocast_dtype=self.autocast_dtype,
-            progress=self._progress("final held-out eval" if final else "held-out eval"),
+            progress=progress,
         )
         self.emit(
             events.EvalCompleted(
@@ -787,17 +803,35 @@ class Trainer:
     def _finish(self, reason: str) -> str:
         if reason == "memory":  # saved already; a final eval would only allocate more
             self.notice(self.budget_stop_message)
-        elif reason != "nan":
+        elif reason in SAVE_FIRST:
             if reason in STOP_SIGNALS:
                 self.notice(
-                    f"stopping ({STOP_SIGNALS[reason]}): final eval, then saving a checkpoint…"
+                    f"stopping ({STOP_SIGNALS[reason]}): saving a checkpoint, then a final "
+                    f"eval if it takes under {STOP_EVAL_BUDGET_S:.0f} s…"
                 )
-            if (
-                self.config.eval.heldout_interval == 0
-                or self.step % self.config.eval.heldout_interval
-            ):
+            self.notice(f"saving checkpoint at step {self.step}…")
+            self.save()
+            if self._final_eval_due():
+                self._final_eval_within(STOP_EVAL_BUDGET_S)
+        elif reason != "nan":
+            if self._final_eval_due():
                 self.evaluate_heldout(final=True)
             self.notice(f"saving checkpoint at step {self.step}…")
             self.save()
         self.emit(events.RunFinished(self.step, self.tokens, self.elapsed_s(), reason))
         return reason
+
+    def _final_eval_due(self) -> bool:
+        """No held-out eval has run at this step yet."""
+        interval = self.config.eval.heldout_interval
+        return interval == 0 or self.step % interval != 0
+
+    def _final_eval_within(self, budget_s: float) -> None:
+        """After a stop has saved: the final eval, or a notice that it was skipped."""
+        try:
+            self.evaluate_heldout(final=True, deadline=time.perf_counter() + budget_s)
+        except EvalOverBudget:
+            self.model.train()  # the eval left it in eval mode
+            self.notice(
+                f"final eval skipped: it would take over {budget_s:.0f} s (the checkpoint is saved)"
+            )

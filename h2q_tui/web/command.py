@@ -4,14 +4,22 @@ textual-serve (aiohttp) serves a page with a terminal (xterm.js) and starts one 
 per browser tab. A tab must never start training of its own, so every tab runs
 ``h2q-tui attach`` on the run dirs given (or on the newest runs under ``runs/``): the same
 ICU, System, Generate, Crystal and Ollama panes as the terminal, on runs that ``--no-ui``
-processes write. Closing the tab asks the app to quit (textual-serve's ``quit`` message),
-so no process is left behind.
+processes write. Closing the tab asks the app to quit (textual-serve's ``quit`` message);
+one that has not ended a few seconds later is terminated, then killed. When ``web`` ends, by
+Ctrl-C, SIGTERM, SIGHUP or even SIGKILL, every tab's process ends too: it gets SIGTERM when
+its parent dies (``PR_SET_PDEATHSIG``, set by ``attach`` when WEB_PARENT_ENV names its
+parent) and sees its stdin pipe close.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import shlex
+import signal
 import sys
+import time
 from pathlib import Path
 
 from h2q_tui.cli import Parser
@@ -21,6 +29,10 @@ from h2q_tui.system import net
 DEFAULT_PORT = 8000
 NEWEST = 4  # runs under runs/ attached when no run dir is given
 METRICS = "metrics.jsonl"
+# each tab's environment names this server's pid (h2q_tui.app.signals.end_with_web_parent;
+# the dashboard package is not imported here: it loads torch)
+WEB_PARENT_ENV = "H2Q_TUI_WEB_PARENT"
+QUIT_GRACE_S = 3.0  # a closed tab's process has this long to quit, then as long after SIGTERM
 
 
 def parser() -> Parser:
@@ -86,5 +98,69 @@ def main(argv: list[str]) -> int:
         )
     names = ", ".join(str(d) for d in run_dirs)
     print(f"h2q-tui web: http://{args.host}:{args.port} · each tab attaches to {names}", flush=True)
-    Server(attach_command(run_dirs), host=args.host, port=args.port, title="h2q-tui").serve()
+    os.environ[WEB_PARENT_ENV] = str(os.getpid())  # tabs inherit it: see end_with_web_parent
+    server = Server(attach_command(run_dirs), host=args.host, port=args.port, title="h2q-tui")
+    with tab_processes_ended():
+        server.serve()
     return 0
+
+
+@contextlib.contextmanager
+def tab_processes_ended():
+    """While serving: a closed tab's process that does not quit is terminated, SIGHUP stops
+    the server as SIGTERM does, and on the way out every tab process still running ends."""
+    from textual_serve import server as serve_module
+
+    tabs: set[int] = set()
+
+    class TabProcess(serve_module.AppService):
+        async def start(self, width: int, height: int) -> None:
+            await super().start(width, height)
+            tabs.add(self._process.pid)
+
+        async def stop(self) -> None:
+            process, self._process = self._process, None
+            if process is None:  # stopped already (textual-serve calls it twice)
+                return
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+                await asyncio.wait_for(super().stop(), QUIT_GRACE_S)  # the app's own quit
+            self._task = None
+            for send in (process.terminate, process.kill):
+                if process.returncode is not None:
+                    break
+                with contextlib.suppress(ProcessLookupError):
+                    send()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(process.wait(), QUIT_GRACE_S)
+            tabs.discard(process.pid)
+
+    original = serve_module.AppService
+    serve_module.AppService = TabProcess  # the server makes one per tab by this name
+    previous = signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        yield
+    finally:
+        serve_module.AppService = original
+        signal.signal(signal.SIGHUP, previous)
+        for pid in tabs:
+            end_process(pid)
+
+
+def end_process(pid: int) -> None:
+    """SIGTERM, then SIGKILL if ``pid`` still runs QUIT_GRACE_S later (without reaping it:
+    asyncio's child watcher does that)."""
+    import psutil
+
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + QUIT_GRACE_S
+        while time.monotonic() < deadline:
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    return
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(0.1)
