@@ -149,6 +149,7 @@ def load_model_from(info: CheckpointInfo, device: torch.device | str | None = No
     if device is not None:
         model = model.to(device)
     load_weights(info, model, device)
+    check_output(info, model)
     return model
 
 
@@ -170,12 +171,18 @@ def load_weights(
         return
     try:
         with safe_open(str(info.weights), framework="pt") as handle:
-            shapes = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+            slices = {name: handle.get_slice(name) for name in handle.keys()}  # noqa: SIM118
+            shapes = {name: list(part.get_shape()) for name, part in slices.items()}
+            dtypes = {name: part.get_dtype() for name, part in slices.items()}
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise UserError(
             f"checkpoint {info.weights} is corrupt or truncated ({first_line(exc)})"
         ) from None
-    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    state = model.state_dict()
+    refuse_wrong_dtypes(
+        info, state, {n: d in SAFETENSORS_FLOATS for n, d in dtypes.items()}, dtypes
+    )
+    expected = {name: list(tensor.shape) for name, tensor in state.items()}
     wrong = sorted(name for name, shape in shapes.items() if expected.get(name, shape) != shape)
     if wrong:
         raise UserError(
@@ -206,7 +213,15 @@ def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
         raise UserError(
             f"checkpoint {info.weights} is a corrupt crystallized file ({first_line(exc)})"
         ) from None
-    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    model_state = model.state_dict()
+    refuse_wrong_dtypes(
+        info,
+        model_state,
+        {n: t.is_floating_point() for n, t in state_dict.items()},
+        {n: str(t.dtype).removeprefix("torch.") for n, t in state_dict.items()},
+        "decoded as",
+    )
+    expected = {name: list(tensor.shape) for name, tensor in model_state.items()}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     wrong = sorted(
@@ -230,6 +245,51 @@ def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
         raise UserError(
             f"crystallized checkpoint {info.weights} does not match its model ({first_line(exc)})"
         ) from None
+
+
+SAFETENSORS_FLOATS = frozenset({"F16", "BF16", "F32", "F64"})
+
+
+def refuse_wrong_dtypes(
+    info: CheckpointInfo,
+    model_state: dict[str, torch.Tensor],
+    is_float: dict[str, bool],
+    dtype_names: dict[str, str],
+    stored: str = "stored as",
+) -> None:
+    """A one-line UserError when a tensor the model holds as floats is not a float tensor
+    in the file (bool, int8, int64, ...): it would be cast silently and compute nonsense."""
+    for name in sorted(is_float):
+        model_tensor = model_state.get(name)
+        if model_tensor is not None and model_tensor.is_floating_point() and not is_float[name]:
+            raise UserError(
+                f"checkpoint {info.weights} is unusable: tensor {name} is {stored} "
+                f"{dtype_names[name]} where the model needs floats (a damaged file, or not "
+                "written by h2q-tui)"
+            )
+
+
+def check_output(info: CheckpointInfo, model: nn.Module) -> None:
+    """Refuse weights whose output on one probe token is NaN or Inf.
+
+    Finite weights so large that the forward pass overflows pass the checksum pass's NaN/Inf
+    scan; one forward of a single token (a few ms on these models) finds them at load, so
+    that no command fails later in sampling with torch's own message.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = model(torch.zeros((1, 1), dtype=torch.long, device=device))
+    finally:
+        model.train(was_training)
+    logits = out[0] if isinstance(out, tuple) else out
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError(
+            f"checkpoint {info.weights} is unusable: its output is NaN or Inf (weights too "
+            "large to compute with, or damaged)"
+        )
 
 
 def load_state(info: CheckpointInfo) -> dict[str, Any]:
@@ -410,6 +470,12 @@ def assign_weights(
             f"{list(tensors[wrong[0]].shape)} in the file but {list(expected[wrong[0]].shape)} "
             f"in the model built from its config ({len(wrong)} tensor(s) differ)"
         )
+    refuse_wrong_dtypes(
+        info,
+        expected,
+        {n: tensors[n].is_floating_point() for n in expected},
+        {n: str(tensors[n].dtype).removeprefix("torch.") for n in expected},
+    )
     target = torch.device(device or "cpu")
     state = {
         name: tensors[name].to(device=target, dtype=model_tensor.dtype)
@@ -423,6 +489,7 @@ def assign_weights(
         for name in group[1:]:
             owner, leaf = _owner(model, name)
             (owner._parameters if leaf in owner._parameters else owner._buffers)[leaf] = shared
+    check_output(info, model)
 
 
 def load_model_fast(info: CheckpointInfo, device: torch.device | str | None = None) -> nn.Module:
