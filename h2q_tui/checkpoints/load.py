@@ -180,7 +180,10 @@ def load_weights(
         ) from None
     state = model.state_dict()
     refuse_wrong_dtypes(
-        info, state, {n: d in SAFETENSORS_FLOATS for n, d in dtypes.items()}, dtypes
+        info,
+        state,
+        {n: d in SAFETENSORS_FLOATS for n, d in dtypes.items()},
+        {n: _dtype_name(d) for n, d in dtypes.items()},
     )
     expected = {name: list(tensor.shape) for name, tensor in state.items()}
     wrong = sorted(name for name, shape in shapes.items() if expected.get(name, shape) != shape)
@@ -248,6 +251,14 @@ def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
 
 
 SAFETENSORS_FLOATS = frozenset({"F16", "BF16", "F32", "F64"})
+
+
+def _dtype_name(safetensors_dtype: str) -> str:
+    """``I8`` → ``int8``, ``U8`` → ``uint8``, ``BOOL`` → ``bool``: torch's names."""
+    prefix = {"I": "int", "U": "uint"}.get(safetensors_dtype[:1])
+    if prefix and safetensors_dtype[1:].isdigit():
+        return prefix + safetensors_dtype[1:]
+    return safetensors_dtype.lower()
 
 
 def refuse_wrong_dtypes(
