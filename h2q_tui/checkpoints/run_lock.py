@@ -24,7 +24,7 @@ def acquire(run_dir: Path) -> None:
         return
     path = key / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file
     except OSError as exc:
         raise UserError(f"cannot write run dir {run_dir}: {exc.strerror or exc}") from None
     try:
