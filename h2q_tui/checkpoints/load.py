@@ -149,7 +149,6 @@ def load_model_from(info: CheckpointInfo, device: torch.device | str | None = No
     if device is not None:
         model = model.to(device)
     load_weights(info, model, device)
-    check_output(info, model)
     return model
 
 
@@ -278,29 +277,6 @@ def refuse_wrong_dtypes(
                 f"{dtype_names[name]} where the model needs floats (a damaged file, or not "
                 "written by h2q-tui)"
             )
-
-
-def check_output(info: CheckpointInfo, model: nn.Module) -> None:
-    """Refuse weights whose output on one probe token is NaN or Inf.
-
-    Finite weights so large that the forward pass overflows pass the checksum pass's NaN/Inf
-    scan; one forward of a single token (a few ms on these models) finds them at load, so
-    that no command fails later in sampling with torch's own message.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            out = model(torch.zeros((1, 1), dtype=torch.long, device=device))
-    finally:
-        model.train(was_training)
-    logits = out[0] if isinstance(out, tuple) else out
-    if not bool(torch.isfinite(logits).all()):
-        raise UserError(
-            f"checkpoint {info.weights} is unusable: its output is NaN or Inf (weights too "
-            "large to compute with, or damaged)"
-        )
 
 
 def load_state(info: CheckpointInfo) -> dict[str, Any]:
@@ -500,7 +476,6 @@ def assign_weights(
         for name in group[1:]:
             owner, leaf = _owner(model, name)
             (owner._parameters if leaf in owner._parameters else owner._buffers)[leaf] = shared
-    check_output(info, model)
 
 
 def load_model_fast(info: CheckpointInfo, device: torch.device | str | None = None) -> nn.Module:
