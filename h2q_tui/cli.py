@@ -763,7 +763,10 @@ def run_steer_eval(argv: list[str]) -> int:
         "--prompt", default=steer_eval.DEFAULT_PROMPT, help="the prompt every sample continues"
     )
     parser.add_argument(
-        "--json", metavar="PATH", help="default: steer-eval-WORD.json beside the checkpoint"
+        "--json",
+        metavar="PATH",
+        help="default: RUN/reports/steer-eval-WORD-STEP.json for a checkpoint of a run, else "
+        "steer-eval-WORD.json beside the checkpoint",
     )
     add_generation_flags(parser)
     parser.set_defaults(max_new_tokens=160)
@@ -809,11 +812,7 @@ def run_steer_eval(argv: list[str]) -> int:
         raise UserError(str(exc)) from None
     print(file=sys.stderr)
     print(steer_eval.format_table(rows))
-    out = (
-        Path(args.json)
-        if args.json
-        else info.weights.parent / f"steer-eval-{_slug(args.word)}.json"
-    )
+    out = Path(args.json) if args.json else steer_eval.report_path(info.weights, args.word)
     payload = {
         "checkpoint": str(info.weights.parent),
         "step": info.step,
@@ -837,6 +836,7 @@ def run_steer_eval(argv: list[str]) -> int:
         "rows": steer_eval.rows_as_dicts(rows),
     }
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror}") from None
@@ -852,10 +852,6 @@ def _glue_negative_list(argv: list[str], flag: str) -> list[str]:
             out[i : i + 2] = [f"{flag}={out[i + 1]}"]
             break
     return out
-
-
-def _slug(word: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in word)[:40] or "word"
 
 
 def _download_progress():

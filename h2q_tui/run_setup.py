@@ -5,6 +5,7 @@ Shared by the headless runner and the dashboard, so both write the same files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,9 +18,10 @@ from pathlib import Path
 from h2q_tui import checkpoints
 from h2q_tui import config as cfg
 from h2q_tui.checkpoints import run_lock
+from h2q_tui.checkpoints.find import is_inside, named_run_dir
 from h2q_tui.data.sources import Corpus, load_corpus
 from h2q_tui.data.tokenizer import BpeTokenizer
-from h2q_tui.errors import UserError
+from h2q_tui.errors import UserError, write_error
 from h2q_tui.system import hardware, memory
 from h2q_tui.system.files import write_text_atomic
 
@@ -95,15 +97,37 @@ def _flag_overrides(request: RunRequest) -> list[str]:
     return request.overrides + [f for f in flags if f]
 
 
-def ensure_writable(run_dir: Path) -> None:
-    """Create the run dir and prove we can write in it, or raise a one-line UserError."""
+def ensure_writable(run_dir: Path, created: list[Path] | None = None) -> None:
+    """Create the run dir and prove we can write in it, or raise a one-line UserError.
+
+    ``created`` is given the folders this call made (outermost first), for a refused
+    request to remove again.
+    """
+    missing = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if created is not None:
+            created.extend(reversed(missing))
         probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise UserError(f"cannot write run dir {run_dir}: {exc.strerror or exc}") from None
+
+
+def refuse_inside_a_run(run_dir: Path) -> None:
+    """A UserError when a new run dir is another run's ``checkpoints/`` folder or inside it."""
+    path = Path(os.path.abspath(run_dir))
+    for folder in (path, *path.parents):
+        run = folder.parent
+        if folder.name == "checkpoints" and (
+            (run / RUN_FILE).is_file() or (folder / checkpoints.LATEST).is_file()
+        ):
+            run = Path(os.path.relpath(run)) if run.is_relative_to(Path.cwd()) else run
+            raise UserError(
+                f"--run-dir {run_dir} is inside the checkpoints of run {run}: use "
+                f"--resume {run} to continue it, or another --run-dir"
+            )
 
 
 def check_corpus_size(config: cfg.RunConfig, corpus: Corpus) -> None:
@@ -140,15 +164,21 @@ def prepare_run(
     run.json, nothing moved or removed.
     """
     held_before = run_lock.held()
+    created: list[Path] = []  # folders this request made, outermost first
     try:
-        return _prepare(request, progress, writes)
+        return _prepare(request, progress, writes, created)
     except BaseException:
         for run_dir in run_lock.held() - held_before:
             run_lock.release(run_dir, remove=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only while empty: never removes what others wrote
         raise
 
 
-def _prepare(request: RunRequest, progress, writes: bool = True) -> PreparedRun:
+def _prepare(
+    request: RunRequest, progress, writes: bool = True, created: list[Path] | None = None
+) -> PreparedRun:
     hardware.resolve_device(request.device)  # a bad --device fails before any data is read
     if request.resume:
         return _prepare_resume(request, progress, writes)
@@ -165,7 +195,8 @@ def _prepare(request: RunRequest, progress, writes: bool = True) -> PreparedRun:
     )
     if not writes:
         return PreparedRun(config, corpus, run_dir, preset, None, tokenizer, request.device)
-    ensure_writable(run_dir)
+    refuse_inside_a_run(run_dir)
+    ensure_writable(run_dir, created)
     run_lock.acquire(run_dir)
     if (run_dir / "checkpoints").exists():
         raise UserError(
@@ -189,12 +220,21 @@ def _prepare(request: RunRequest, progress, writes: bool = True) -> PreparedRun:
 
 def resume_source(path: str | Path) -> tuple[Path, Path]:
     """(run dir, checkpoint path) of ``--resume``: a run dir (its latest sound checkpoint), or
-    one of its ``checkpoints/step_N`` folders (or that folder's model.safetensors)."""
-    path = Path(path)
+    one of its ``checkpoints/step_N`` folders (or that folder's model.safetensors).
+
+    A path inside a run (``RUN/checkpoints``, ``RUN/checkpoints/latest``, a file of the run)
+    means that run, so that its data, its files and its lock are the ones used.
+    """
+    path = named_run_dir(Path(os.path.normpath(path)))
     folder = path.parent if path.is_file() else path
     if not (folder / checkpoints.WEIGHTS).is_file():
         return folder, folder
     if folder.parent.name == "checkpoints":
+        if not is_inside(folder.parent, folder):
+            raise UserError(
+                f"--resume {path}: the checkpoint folder is a link to outside "
+                f"{folder.parent}; resume only checkpoints the run wrote itself"
+            )
         return folder.parent.parent, folder
     raise UserError(
         f"--resume {path}: a lone checkpoint folder; resume its run dir or a "
@@ -275,7 +315,10 @@ def _prepare_resume(request: RunRequest, progress, writes: bool = True) -> Prepa
 
 
 def _write_run_file(run_dir: Path, payload: dict) -> None:
-    write_text_atomic(run_dir / RUN_FILE, json.dumps(payload, indent=2) + "\n")
+    try:
+        write_text_atomic(run_dir / RUN_FILE, json.dumps(payload, indent=2) + "\n")
+    except OSError as exc:
+        raise write_error(RUN_FILE, run_dir, exc, ", then start again") from None
 
 
 def _read_run_file(run_dir: Path) -> dict:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import torch
 from safetensors import SafetensorError, safe_open
 
 from h2q_tui.checkpoints.layout import (
@@ -57,12 +59,17 @@ def checkpoint_problem(
             crystal = _crystal_problem(metadata)
             if crystal:
                 return crystal
-            names = [name for name in handle.keys() if name in expected]  # noqa: SIM118
+            names = list(handle.keys())
             given = tensors or {}
             read = [given[n] if n in given else handle.get_tensor(n) for n in names]
-            damaged = _first_mismatch(names, read, expected, threads, on_sums)
+            damaged, unusable = _first_mismatch(names, read, expected, threads, on_sums)
             if damaged is not None:
                 return f"damaged: tensor {damaged} does not match its checksum"
+            if unusable is not None:
+                return (
+                    f"unusable: tensor {unusable} holds NaN or Inf values (the weights of a "
+                    "run that diverged, or a damaged file)"
+                )
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         return f"corrupt or truncated ({first_line(exc)})"
     state = weights.with_name(STATE)
@@ -85,13 +92,15 @@ def _first_mismatch(
     expected: dict[str, str],
     threads: int = CRC_THREADS,
     on_sums: Callable[[SharedSums], None] | None = None,
-) -> str | None:
-    """The first name whose tensor's CRC-32 differs from ``expected`` (None: all match).
+) -> tuple[str | None, str | None]:
+    """(the first name whose tensor's CRC-32 differs from ``expected``, the first name whose
+    float tensor holds NaN or Inf); None where there is none. Names without an expected
+    checksum are only checked for NaN/Inf.
 
-    The tensors are views of the memory-mapped file; zlib releases the GIL while it sums,
-    so two threads (ended when the pool closes) halve the wait on a 2-core machine.
+    The tensors are views of the memory-mapped file; zlib and numpy release the GIL while
+    they read, so two threads (ended when the pool closes) halve the wait on a 2-core machine.
     """
-    sums = SharedSums(tensors)
+    sums = SharedSums(tensors, [name in expected for name in names])
     if on_sums is not None:
         on_sums(sums)
     workers = max(1, min(threads, os.cpu_count() or 1, len(tensors)))
@@ -100,30 +109,72 @@ def _first_mismatch(
     else:
         with ThreadPoolExecutor(workers, thread_name_prefix="h2q-crc") as pool:
             list(pool.map(lambda _: sums.run(), range(workers)))
-    for name, crc in zip(names, sums.crcs, strict=True):
-        if crc != expected[name]:
-            return name
-    return None
+    damaged = next(
+        (
+            n
+            for n, crc in zip(names, sums.crcs, strict=True)
+            if n in expected and crc != expected[n]
+        ),
+        None,
+    )
+    unusable = next((n for n, ok in zip(names, sums.finite, strict=True) if not ok), None)
+    return damaged, unusable
+
+
+# Bit masks of the exponent of each float dtype: all ones means Inf or NaN.
+_EXPONENT = {
+    torch.float16: (torch.int16, np.uint16, 0x7C00),
+    torch.bfloat16: (torch.int16, np.uint16, 0x7F80),
+    torch.float32: (torch.int32, np.uint32, 0x7F800000),
+    torch.float64: (torch.int64, np.uint64, 0x7FF0000000000000),
+}
+_FINITE_CHUNK = 1 << 18  # elements checked at a time: a small buffer, reused
+
+
+def tensor_finite(tensor) -> bool:
+    """Whether a float tensor holds no NaN or Inf (True for other dtypes).
+
+    Reads the bits with numpy, a chunk at a time into one small buffer: no torch op, so no
+    OpenMP team starts on a checking thread, and no copy the size of the tensor.
+    """
+    if tensor.dtype not in _EXPONENT or tensor.numel() == 0:
+        return True
+    signed, unsigned, mask = _EXPONENT[tensor.dtype]
+    bits = tensor.detach().cpu().contiguous().reshape(-1).view(signed).numpy().view(unsigned)
+    buffer = np.empty(min(_FINITE_CHUNK, bits.size), dtype=unsigned)
+    for start in range(0, bits.size, _FINITE_CHUNK):
+        chunk = bits[start : start + _FINITE_CHUNK]
+        exponent = np.bitwise_and(chunk, unsigned(mask), out=buffer[: chunk.size])
+        if (exponent == mask).any():
+            return False
+    return True
 
 
 class SharedSums:
-    """The CRC-32s of a list of tensors, summed by every thread that calls :meth:`run`.
+    """The CRC-32s of a list of tensors, and whether each is finite, computed by every thread
+    that calls :meth:`run`.
 
     Each caller takes the next tensor not yet taken (largest first, so that the last ones
-    taken are small and the callers finish together) until none is left; ``crcs`` is in
-    the order of the list. Taking is ``next`` on an ``itertools.count``, atomic under the GIL.
+    taken are small and the callers finish together) until none is left; ``crcs`` and
+    ``finite`` are in the order of the list (``crcs`` None where ``summed`` is False). Taking
+    is ``next`` on an ``itertools.count``, atomic under the GIL.
     """
 
-    def __init__(self, tensors: list) -> None:
+    def __init__(self, tensors: list, summed: list[bool] | None = None) -> None:
         self._tensors = tensors
+        self._summed = summed or [True] * len(tensors)
         self._order = sorted(range(len(tensors)), key=lambda i: -tensors[i].nbytes)
         self._taken = itertools.count()
         self.crcs: list[str | None] = [None] * len(tensors)
+        self.finite: list[bool] = [True] * len(tensors)
 
     def run(self) -> None:
         while (turn := next(self._taken)) < len(self._order):
             index = self._order[turn]
-            self.crcs[index] = tensor_crc(self._tensors[index])
+            tensor = self._tensors[index]
+            if self._summed[index]:
+                self.crcs[index] = tensor_crc(tensor)
+            self.finite[index] = tensor_finite(tensor)
 
 
 class BackgroundCheck:
@@ -194,17 +245,34 @@ def _crystal_problem(metadata: dict[str, str]) -> str | None:
     return None
 
 
+def is_inside(root: Path, folder: Path) -> bool:
+    """Whether ``folder`` is, links resolved, a folder directly inside ``root``."""
+    try:
+        return folder.resolve().parent == root.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return False
+
+
 def _pointer_target(root: Path) -> tuple[Path | None, str | None]:
-    """The folder ``latest`` names, or (None, why it cannot be used)."""
+    """The folder ``latest`` names, or (None, why it cannot be used).
+
+    The pointer is a small file h2q-tui writes itself: a link is never followed, at most a
+    few bytes are read, and its contents are never echoed (they may be any file's).
+    """
     pointer = root / LATEST
+    if pointer.is_symlink():
+        return None, f"{pointer} is a link, not the pointer file h2q-tui writes"
     if not pointer.is_file():
         return None, None
     try:
-        name = pointer.read_bytes().decode("utf-8").strip()
+        with open(pointer, "rb") as handle:
+            name = handle.read(64).decode("utf-8").strip()
     except (OSError, UnicodeDecodeError):
         return None, f"{pointer} is unreadable"
     if not STEP_NAME.fullmatch(name):
-        return None, f"{pointer} names {name[:40]!r}, not a step_NNNNNNNN folder of {root}"
+        return None, f"{pointer} does not name a step_NNNNNNNN folder of {root}"
+    if not is_inside(root, root / name):
+        return None, f"{pointer} names {name}, a link to a folder outside {root}"
     if not (root / name / WEIGHTS).is_file():
         return None, f"{pointer} names {name}, which holds no {WEIGHTS}"
     return root / name, None
@@ -240,10 +308,14 @@ def resolve_checkpoint(path: str | Path, need_state: bool = False) -> tuple[Path
     root = path / "checkpoints"
     target, pointer_problem = _pointer_target(root)
     steps = sorted(root.glob("step_*/" + WEIGHTS), reverse=True) if root.is_dir() else []
+    outside = [s.parent.name for s in steps if not is_inside(root, s.parent)]
+    steps = [s for s in steps if s.parent.name not in outside]  # links out of the run: skipped
     candidates = ([target / WEIGHTS] if target else []) + [s for s in steps if s.parent != target]
-    if not candidates:
+    first_problem = pointer_problem or (
+        f"{outside[0]} is a link to a folder outside {root}" if outside else None
+    )
+    if not candidates and first_problem is None:
         raise UserError(f"no checkpoint in {path} (expected {WEIGHTS} or checkpoints/step_*/)")
-    first_problem = pointer_problem
     for weights in candidates:
         problem = checkpoint_problem(weights, need_state)
         if problem is None:

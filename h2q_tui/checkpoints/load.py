@@ -170,12 +170,21 @@ def load_weights(
         return
     try:
         with safe_open(str(info.weights), framework="pt") as handle:
-            shapes = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+            slices = {name: handle.get_slice(name) for name in handle.keys()}  # noqa: SIM118
+            shapes = {name: list(part.get_shape()) for name, part in slices.items()}
+            dtypes = {name: part.get_dtype() for name, part in slices.items()}
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise UserError(
             f"checkpoint {info.weights} is corrupt or truncated ({first_line(exc)})"
         ) from None
-    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    state = model.state_dict()
+    refuse_wrong_dtypes(
+        info,
+        state,
+        {n: d in SAFETENSORS_FLOATS for n, d in dtypes.items()},
+        {n: _dtype_name(d) for n, d in dtypes.items()},
+    )
+    expected = {name: list(tensor.shape) for name, tensor in state.items()}
     wrong = sorted(name for name, shape in shapes.items() if expected.get(name, shape) != shape)
     if wrong:
         raise UserError(
@@ -206,7 +215,15 @@ def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
         raise UserError(
             f"checkpoint {info.weights} is a corrupt crystallized file ({first_line(exc)})"
         ) from None
-    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    model_state = model.state_dict()
+    refuse_wrong_dtypes(
+        info,
+        model_state,
+        {n: t.is_floating_point() for n, t in state_dict.items()},
+        {n: str(t.dtype).removeprefix("torch.") for n, t in state_dict.items()},
+        "decoded as",
+    )
+    expected = {name: list(tensor.shape) for name, tensor in model_state.items()}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     wrong = sorted(
@@ -230,6 +247,36 @@ def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
         raise UserError(
             f"crystallized checkpoint {info.weights} does not match its model ({first_line(exc)})"
         ) from None
+
+
+SAFETENSORS_FLOATS = frozenset({"F16", "BF16", "F32", "F64"})
+
+
+def _dtype_name(safetensors_dtype: str) -> str:
+    """``I8`` → ``int8``, ``U8`` → ``uint8``, ``BOOL`` → ``bool``: torch's names."""
+    prefix = {"I": "int", "U": "uint"}.get(safetensors_dtype[:1])
+    if prefix and safetensors_dtype[1:].isdigit():
+        return prefix + safetensors_dtype[1:]
+    return safetensors_dtype.lower()
+
+
+def refuse_wrong_dtypes(
+    info: CheckpointInfo,
+    model_state: dict[str, torch.Tensor],
+    is_float: dict[str, bool],
+    dtype_names: dict[str, str],
+    stored: str = "stored as",
+) -> None:
+    """A one-line UserError when a tensor the model holds as floats is not a float tensor
+    in the file (bool, int8, int64, ...): it would be cast silently and compute nonsense."""
+    for name in sorted(is_float):
+        model_tensor = model_state.get(name)
+        if model_tensor is not None and model_tensor.is_floating_point() and not is_float[name]:
+            raise UserError(
+                f"checkpoint {info.weights} is unusable: tensor {name} is {stored} "
+                f"{dtype_names[name]} where the model needs floats (a damaged file, or not "
+                "written by h2q-tui)"
+            )
 
 
 def load_state(info: CheckpointInfo) -> dict[str, Any]:
@@ -410,6 +457,12 @@ def assign_weights(
             f"{list(tensors[wrong[0]].shape)} in the file but {list(expected[wrong[0]].shape)} "
             f"in the model built from its config ({len(wrong)} tensor(s) differ)"
         )
+    refuse_wrong_dtypes(
+        info,
+        expected,
+        {n: tensors[n].is_floating_point() for n in expected},
+        {n: str(tensors[n].dtype).removeprefix("torch.") for n in expected},
+    )
     target = torch.device(device or "cpu")
     state = {
         name: tensors[name].to(device=target, dtype=model_tensor.dtype)

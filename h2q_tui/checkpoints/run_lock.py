@@ -11,7 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from h2q_tui.errors import UserError
+from h2q_tui.errors import UserError, write_error
 
 LOCK_FILE = ".lock"
 _held: dict[Path, int] = {}  # resolved run dir → open file descriptor holding its lock
@@ -24,7 +24,7 @@ def acquire(run_dir: Path) -> None:
         return
     path = key / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file
     except OSError as exc:
         raise UserError(f"cannot write run dir {run_dir}: {exc.strerror or exc}") from None
     try:
@@ -36,8 +36,13 @@ def acquire(run_dir: Path) -> None:
             f"run dir {run_dir} is in use by another h2q-tui process (PID {holder}); "
             "wait for it to finish, stop it, or use another --run-dir"
         ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as exc:  # a full disk: give the lock back and leave no empty lock file
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise write_error(LOCK_FILE, run_dir, exc, ", then start again") from None
     _held[key] = fd
 
 

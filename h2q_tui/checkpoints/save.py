@@ -32,6 +32,7 @@ from h2q_tui.checkpoints.layout import (
 )
 from h2q_tui.config import RunConfig
 from h2q_tui.errors import write_error
+from h2q_tui.system.files import give_umask_mode
 
 
 def _fsync(path: Path) -> None:
@@ -150,6 +151,7 @@ def _write_folder(tmp, model, config, step, run_id, state, extra_files, extra_me
         **(extra_metadata or {}),
     }
     save_model(model, str(tmp / WEIGHTS), metadata=metadata)
+    give_umask_mode(tmp / WEIGHTS)  # safetensors writes 0600; state.pt has the umask's mode
     for file_name, source in (extra_files or {}).items():
         shutil.copyfile(source, tmp / file_name)
     for file in (WEIGHTS, STATE):

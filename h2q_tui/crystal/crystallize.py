@@ -44,6 +44,7 @@ from h2q_tui.crystal.codecs import Step, method_name, parse_method, stored_bytes
 from h2q_tui.crystal.kronecker import model_rank
 from h2q_tui.crystal.policy import Crystal, encode_state_dict, plan, tied_names
 from h2q_tui.errors import UserError, write_error
+from h2q_tui.system.files import give_umask_mode
 
 SWEEP = "sweep"
 BASE_METHODS = ("bf16", "int8", "int6-g128", "int5-g64", "int4-g128", "int4-g32")
@@ -173,6 +174,25 @@ def check_out(out: Path, weights: Path) -> Path:
     return out
 
 
+def refuse_foreign_files(folder: Path) -> None:
+    """A UserError when ``folder`` holds anything crystallize did not write there: replacing
+    the folder would delete it."""
+    if not folder.is_dir() or folder.is_symlink():
+        if folder.is_symlink() or folder.exists():
+            raise UserError(
+                f"--out: {folder} exists and is not a folder crystallize wrote: move it away "
+                "or choose another --out"
+            )
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in stored.MODEL_FILES)
+    if foreign:
+        raise UserError(
+            f"--out: {folder} holds files crystallize did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); move them away or choose another --out "
+            "(replacing the folder would delete them)"
+        )
+
+
 def _write_failed(what: str, where: Path, exc: OSError) -> UserError:
     return write_error(what, where, exc, " (the source checkpoint is untouched)")
 
@@ -203,11 +223,13 @@ def write_crystal(
         tmp.mkdir()
         tensors = {key: value.detach().cpu().contiguous() for key, value in crystal.tensors.items()}
         save_file(tensors, str(tmp / stored.WEIGHTS), metadata=metadata)
+        give_umask_mode(tmp / stored.WEIGHTS)  # safetensors writes 0600
         if tokenizer is not None:
             shutil.copyfile(tokenizer, tmp / stored.TOKENIZER)
         for file in tmp.iterdir():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
+        refuse_foreign_files(final)
         if final.exists():  # an earlier run of this method: swap, never leave a gap
             old = out / f".old-{name}-{os.getpid()}"
             os.rename(final, old)
@@ -425,6 +447,8 @@ def _run(request: Request, out: Callable[[str], None], err: IO[str] | None, thre
     base = checkpoints.load_model_from(info, device).eval()
     state_dict = cpu_state_dict(base)
     methods, skipped = resolve_methods(request.method, state_dict, request.keep)
+    for steps in methods:  # before any work: a folder holding other files is never replaced
+        refuse_foreign_files(out_root / slug(method_name(steps)))
     heldout = measure.load_heldout(
         request.data, info.config.model.context, checkpoints.tokenizer_of(info), request.windows
     )

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from h2q_kernels.hamiltonian import HamLinear
 from torch import nn
 
+from h2q_tui.errors import UserError
 from h2q_tui.generation.steering import Steering
 from h2q_tui.models.common import DecodeState, cached_causal_mask
 from h2q_tui.models.gpt import GPT
@@ -492,6 +493,24 @@ def step_program(model: nn.Module) -> StepProgram | None:
 
 
 # ----------------------------------------------------------------------------- the decoder
+class NonFiniteOutput(UserError):
+    """The model's first logits hold NaN or Inf: nothing can be sampled from them."""
+
+    def __init__(self, steered: bool) -> None:
+        cause = "the steering or the weights" if steered else "its weights"
+        super().__init__(
+            f"the model's output is NaN or Inf: {cause} are too large to compute with "
+            "(or damaged); nothing was generated"
+        )
+
+
+def check_output(model: nn.Module) -> None:
+    """Raise :class:`NonFiniteOutput` when the model's logits for one token are NaN or Inf:
+    a loader's check, one forward pass of a single token (finite weights so large that
+    they overflow pass the checksum pass's NaN/Inf scan)."""
+    Decoder(model, use_cache=False, fast=False)([0])
+
+
 class Decoder:
     """Logits (V,) and hidden state (C,) after the last token of a sequence.
 
@@ -515,6 +534,7 @@ class Decoder:
         self._seen: list[int] = []  # window tokens the cache holds
         self._state = DecodeState()
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._checked = False  # whether the first logits were checked for NaN/Inf
         fast = FAST_DECODING if fast is None else fast
         self.program: StepProgram | None = None
         if fast and self.use_cache:
@@ -530,9 +550,15 @@ class Decoder:
         """
         if self.program is not None:
             with torch.inference_mode():
-                return self._call(tokens)
-        with torch.no_grad():
-            return self._call(tokens)
+                out = self._call(tokens)
+        else:
+            with torch.no_grad():
+                out = self._call(tokens)
+        if not self._checked:  # once: weights that overflow do so on every input
+            self._checked = True
+            if not bool(torch.isfinite(out[0]).all()):
+                raise NonFiniteOutput(self.steering is not None)
+        return out
 
     def _call(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         if not tokens:

@@ -24,7 +24,7 @@ from h2q_kernels.hamiltonian import frozen_weights
 from torch import nn
 
 from h2q_tui import checkpoints
-from h2q_tui.generation.decoder import Decoder
+from h2q_tui.generation.decoder import Decoder, check_output
 from h2q_tui.generation.sampling import SamplingConfig, choose_token
 from h2q_tui.generation.steering import SteerConfig, Steering, build_steering
 from h2q_tui.generation.text import Codec, TextStream
@@ -227,6 +227,7 @@ def load_for_generation(path: str) -> tuple[checkpoints.CheckpointInfo, nn.Modul
     """
     info = checkpoints.read_info(path)
     model = checkpoints.load_model_from(info).eval()
+    check_output(model)  # weights that overflow: refused here, before anything is printed
     return info, model, Codec(checkpoints.tokenizer_of(info))
 
 

@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,21 @@ from h2q_tui.generation.steering import SteerConfig, Steering, build_steering
 from h2q_tui.generation.text import Codec
 
 DEFAULT_PROMPT = "Once upon a time"
+REPORTS = "reports"  # a run dir's folder for measurements: never pruned or replaced
+
+
+def report_path(weights: Path, word: str) -> Path:
+    """Where steer-eval's JSON goes by default: ``RUN/reports/steer-eval-WORD-step_N.json``
+    for a checkpoint of a run (its ``checkpoints/`` or ``crystal/`` folders are pruned and
+    replaced), else ``steer-eval-WORD.json`` beside the checkpoint."""
+    folder = weights.parent
+    word_slug = "".join(c if c.isalnum() else "_" for c in word)[:40] or "word"
+    run = folder.parent.parent
+    if folder.parent.name == "checkpoints":
+        return run / REPORTS / f"steer-eval-{word_slug}-{folder.name}.json"
+    if folder.parent.name == "crystal" and (run / "checkpoints").is_dir():
+        return run / REPORTS / f"steer-eval-{word_slug}-crystal-{folder.name}.json"
+    return folder / f"steer-eval-{word_slug}.json"
 
 
 @dataclass

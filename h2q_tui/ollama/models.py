@@ -256,6 +256,7 @@ class Entry:
         except UserError as exc:
             self.error = str(exc)
             raise
+        from h2q_tui.generation.decoder import check_output
         from h2q_tui.generation.follow import can_swap, swap_weights
 
         timings: dict[str, float] = {}
@@ -267,6 +268,7 @@ class Entry:
         else:
             kind = "load" if kind == "swap" else kind  # another shape: a model of its own
             model = checkpoints.load_model_from(info, device).eval()
+            check_output(model)  # weights that overflow: a failed load, not a failed request
         codec = Codec(checkpoints.tokenizer_of(info))
         total = time.perf_counter() - started
         self.model, self.codec = model, codec

@@ -42,7 +42,7 @@ class JsonlWriter:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         try:
-            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             self._close_torn_line()
         except OSError as exc:
             raise write_error(METRICS_FILE, self.path.parent, exc) from None
