@@ -1,14 +1,16 @@
 """How long ``attach`` takes to load a long metrics.jsonl, and how long the dashboard stalls.
 
-Writes a metrics.jsonl of ``--lines`` records shaped as the trainer writes them (a step
-record every step, a held-out eval every 100), then measures, in this process:
+Writes a metrics.jsonl of ``--lines`` records shaped and formatted as the trainer writes
+them (a step record every step, a held-out eval every 100), then measures, in this process:
 
 * **fold**: the file read by ``JsonlTailer`` and folded into a ``RunHistory`` (no UI);
 * **dashboard**: ``h2q-tui attach`` on it (the Textual app, headless driver), from start to
   the step card showing the last step, and the longest gap between two ticks of a 20 ms
   timer meanwhile (how long the UI could not answer a key).
 
-Prints a table and writes it as JSON naming the machine.
+A log of ``--reference-lines`` (1,000) is measured the same way: its stall is the
+dashboard's own start, the floor for the long one. Prints a table and writes it as JSON
+naming the machine.
 
     python benchmarks/attach_load.py --lines 300000 --out attach_load.json
 """
@@ -29,6 +31,11 @@ from h2q_tui.training.tail import JsonlTailer
 from h2q_tui.training.writers import METRICS_FILE
 
 
+def compact(record: dict) -> str:
+    """A record as JsonlWriter writes it."""
+    return json.dumps(record, separators=(",", ":"))
+
+
 def write_log(path: Path, lines: int) -> int:
     """A metrics.jsonl of ``lines`` records; the last step number."""
     started = {
@@ -39,11 +46,11 @@ def write_log(path: Path, lines: int) -> int:
         "start_step": 0,
         "config": {"model": {}, "train": {"max_steps": lines}, "eval": {}, "log": {}},
     }
-    out, step = [json.dumps(started)], 0
+    out, step = [compact(started)], 0
     while len(out) < lines:
         step += 1
         out.append(
-            json.dumps(
+            compact(
                 {
                     "event": "step",
                     "step": step,
@@ -68,7 +75,7 @@ def write_log(path: Path, lines: int) -> int:
         )
         if step % 100 == 0 and len(out) < lines:
             out.append(
-                json.dumps(
+                compact(
                     {
                         "event": "eval",
                         "step": step,
@@ -129,37 +136,56 @@ async def dashboard(run_dir: Path, last_step: int) -> tuple[float, float]:
     return loaded, max(gaps, default=loaded)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=300_000)
-    parser.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
-    args = parser.parse_args()
+def measure(lines: int) -> dict:
+    """The figures of one log of ``lines`` records."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "bench-run"
         run_dir.mkdir()
         path = run_dir / METRICS_FILE
-        last = write_log(path, args.lines)
+        last = write_log(path, lines)
         size_mb = path.stat().st_size / 1e6
         fold_s, history = fold(path)
         loaded_s, stall_s = asyncio.run(dashboard(run_dir, last))
-    load = os.getloadavg()[0]
-    rows = {
-        "lines": args.lines,
+    return {
+        "lines": lines,
         "file_mb": round(size_mb, 1),
         "fold_s": round(fold_s, 2),
         "curve_points": len(history.train),
         "dashboard_load_s": round(loaded_s, 2),
         "longest_ui_stall_s": round(stall_s, 3),
-        "load_average_1min": round(load, 2),
-        "machine": hardware.machine_info(),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=300_000)
+    parser.add_argument(
+        "--reference-lines",
+        type=int,
+        default=1_000,
+        help="a small log measured too: the stall of the dashboard's own start",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
+    args = parser.parse_args()
+    rows = [measure(args.lines), measure(args.reference_lines)]
+    load = os.getloadavg()[0]
     print(f"machine: {hardware.machine_line()}; load average {load:.2f}")
-    print(f"{args.lines:,} lines ({size_mb:.1f} MB)")
-    print(f"  read + fold (no UI)        {fold_s:7.2f} s  ({len(history.train):,} curve points)")
-    print(f"  dashboard: last step shown {loaded_s:7.2f} s")
-    print(f"  dashboard: longest stall   {stall_s:7.3f} s")
+    print(
+        f"{'lines':>9} {'MB':>6} {'read+fold s':>11} {'points':>6} {'dashboard s':>11} {'stall s':>7}"
+    )
+    for row in rows:
+        print(
+            f"{row['lines']:>9,} {row['file_mb']:>6} {row['fold_s']:>11.2f} "
+            f"{row['curve_points']:>6,} {row['dashboard_load_s']:>11.2f} "
+            f"{row['longest_ui_stall_s']:>7.3f}"
+        )
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        result = {
+            "rows": rows,
+            "load_average_1min": round(load, 2),
+            "machine": hardware.machine_info(),
+        }
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -316,9 +316,15 @@ def run_attach(argv: list[str]) -> int:
     )
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run dirs holding metrics.jsonl")
     args = parser.parse_args(argv)
+    from h2q_tui.training.tail import not_regular
+    from h2q_tui.training.writers import METRICS_FILE
+
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
             raise UserError(f"run dir not found: {run_dir}")
+        problem = not_regular(run_dir / METRICS_FILE)  # a FIFO or a device: never read
+        if problem:
+            raise UserError(f"{problem}: attach reads only a regular file")
     return run_app(make_app(attach=args.run_dirs))  # non-zero if the app crashed
 
 
