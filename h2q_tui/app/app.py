@@ -38,7 +38,7 @@ from h2q_tui.system.monitor import SystemMonitor, SystemSnapshot
 from h2q_tui.system.threads import run_on_own_thread
 from h2q_tui.training import commands
 from h2q_tui.training.history import RunHistory
-from h2q_tui.training.tail import MAX_LINE_BYTES
+from h2q_tui.training.tail import FULL_TAIL_BYTES, MAX_LINE_BYTES
 
 LR_STEP = 1.25  # raise/lower keys multiply the LR by this (or its inverse)
 # an attached log is folded in slices of at most this much reading and work, so a huge one
@@ -191,6 +191,7 @@ class H2QApp(App[int]):
         self.replay_skipped_lines = 0  # unparsable lines in the replayed metrics.jsonl
         self._bad_noted: dict[str, tuple[int, int, int]] = dict.fromkeys(names, (0, 0, 0))
         self._catching_up = False  # a poll of a log that is behind is scheduled
+        self._thinning_noted: set[str] = set()  # runs whose thinned backlog the log mentions
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -365,6 +366,12 @@ class H2QApp(App[int]):
                     history.add(record)  # a bad record is skipped and counted there
                 tailer = attached.tailers[name]  # type: ignore[union-attr]
                 self._note_bad(name, history, tailer.skipped_lines, tailer.long_lines)
+                if tailer.keep_every > 1 and name not in self._thinning_noted:
+                    self._thinning_noted.add(name)
+                    history.note(
+                        f"a long metrics.jsonl: 1 step record in {tailer.keep_every:,} read "
+                        f"before its last {FULL_TAIL_BYTES >> 20} MiB (what the chart can show)"
+                    )
                 self._dirty = self._dirty or bool(records)
             if not attached.behind or time.perf_counter() - started > POLL_SLICE_S:  # type: ignore[union-attr]
                 break
