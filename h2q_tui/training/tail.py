@@ -85,7 +85,7 @@ class JsonlTailer:
         self.offset_bytes += end + 1
         if len(chunk) - (end + 1) > MAX_LINE_BYTES:  # a line with no end in sight
             self._start_long_line()
-            self.offset_bytes = self.offset_bytes + len(chunk) - (end + 1)
+            self.offset_bytes += len(chunk) - (end + 1)
         return records
 
     def _start_long_line(self) -> None:
