@@ -729,6 +729,7 @@ async def test_attach_loads_a_long_log_in_slices_and_answers_keys_meanwhile(
 
     monkeypatch.setattr(app_module, "POLL_SLICE_BYTES", 1024)
     monkeypatch.setattr(app_module, "POLL_SLICE_S", 0.0)
+    monkeypatch.setattr(app_module, "CATCH_UP_S", 0.02)  # a load of 180 slices: seconds
     last = 2000
     run = metrics_of(
         tmp_path / "long", [started_record(last), *map(step_record, range(1, last + 1))]

@@ -45,6 +45,7 @@ LR_STEP = 1.25  # raise/lower keys multiply the LR by this (or its inverse)
 # loads while keys and redraws go on in between
 POLL_SLICE_BYTES = 256 << 10
 POLL_SLICE_S = 0.05
+CATCH_UP_S = 0.001  # the pause between two slices: what waits (keys, redraws) goes first
 # below either size the cards go compact (4 x 3 on narrow screens, two lines each): 80x24 works
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 40
 # actions that act on a run this process trains: off (hidden, refused) when attached
@@ -377,7 +378,7 @@ class H2QApp(App[int]):
                 break
         if attached.behind and not self._catching_up:  # type: ignore[union-attr]
             self._catching_up = True
-            self.set_timer(0.001, self._catch_up)  # after what waits: keys, redraws
+            self.set_timer(CATCH_UP_S, self._catch_up)
         self.draw_status()
 
     def _catch_up(self) -> None:
