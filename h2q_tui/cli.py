@@ -331,9 +331,15 @@ def run_attach(argv: list[str]) -> int:
     )
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run dirs holding metrics.jsonl")
     args = parser.parse_args(argv)
+    from h2q_tui.training.tail import not_regular
+    from h2q_tui.training.writers import METRICS_FILE
+
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
             raise UserError(f"run dir not found: {run_dir}")
+        problem = not_regular(run_dir / METRICS_FILE)  # a FIFO or a device: never read
+        if problem:
+            raise UserError(f"{problem}: attach reads only a regular file")
     from h2q_tui.app.signals import end_with_web_parent
 
     end_with_web_parent()  # a web tab's process: it ends with its server
@@ -501,28 +507,29 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_decoding_args(args: argparse.Namespace) -> None:
-    """The sampling, mode and steering flags of generate/steer-eval, before any model loads."""
+    """The sampling, mode and steering flags of generate/steer-eval, before any model loads;
+    the sampling ranges are the generator's own (``sampling.LIMITS``)."""
     import math
 
-    floats = ["temperature", "top_p", "repetition_penalty", "flow_weight"]
-    for name in floats + (["strength"] if getattr(args, "strength", None) is not None else []):
-        if not math.isfinite(getattr(args, name)):
-            raise UserError(f"--{name.replace('_', '-')} must be a finite number")
+    from h2q_tui.generation.sampling import limit_problem
+
+    fields = ["temperature", "top_k", "top_p", "repetition_penalty", "seed"]
+    if getattr(args, "strength", None) is not None:
+        fields.append("strength")
+    flags = {field: "--" + field.replace("_", "-") for field in fields}
+    for field in fields:
+        problem = limit_problem(field, getattr(args, field), flags)
+        if problem:
+            raise UserError(problem)
+    if not math.isfinite(args.flow_weight):
+        raise UserError("--flow-weight must be a finite number")
     checks = [
-        (args.temperature >= 0, f"--temperature must be >= 0 (0 = greedy), got {args.temperature}"),
-        (args.top_k >= 0, f"--top-k must be >= 0 (0 = off), got {args.top_k}"),
-        (0 < args.top_p <= 1, f"--top-p must be > 0 and <= 1 (1 = off), got {args.top_p}"),
-        (
-            args.repetition_penalty > 0,
-            f"--repetition-penalty must be > 0 (1 = off), got {args.repetition_penalty}",
-        ),
         (
             args.max_new_tokens >= 1,
             f"--max-new-tokens must be at least 1, got {args.max_new_tokens}",
         ),
         (args.lookahead >= 0, f"--lookahead must be >= 0, got {args.lookahead}"),
         (args.layer >= 0, f"--layer must be >= 0 (0 = the embedding output), got {args.layer}"),
-        (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
         (all(args.stop), "--stop needs a non-empty string"),
         (
             args.direction != "contrast" or bool(args.contrast),
@@ -747,6 +754,7 @@ def run_steer_eval(argv: list[str]) -> int:
     import math
 
     from h2q_tui.generation import steer_eval
+    from h2q_tui.generation.sampling import limit_problem
 
     parser = Parser(
         prog="h2q-tui steer-eval",
@@ -781,6 +789,10 @@ def run_steer_eval(argv: list[str]) -> int:
         raise UserError("--samples must be at least 1")
     if not all(math.isfinite(s) for s in strengths):
         raise UserError(f"--strengths must be finite numbers, got {args.strengths!r}")
+    for strength in strengths:
+        problem = limit_problem("strength", strength, {"strength": "--strengths"})
+        if problem:
+            raise UserError(f"{problem} in {args.strengths!r}")
     if not args.word.strip():
         raise UserError("--word needs a target word, got an empty one")
     _check_decoding_args(args)

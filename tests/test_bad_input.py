@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -655,3 +656,108 @@ def test_each_family_in_a_subprocess(
 ) -> None:
     """The in-process runner above and the real script agree: one line, exit 2."""
     assert_user_error(cli(run_dir.parent, *args), *words)
+
+
+# ---------------------------------------------------------------------------- attach
+def metrics_of(run: Path, records: list[dict]) -> Path:
+    run.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+    (run / "metrics.jsonl").write_text(text, encoding="utf-8")
+    return run
+
+
+def started_record(max_steps: int = 100) -> dict:
+    config = {"model": {}, "train": {"max_steps": max_steps}, "eval": {}, "log": {}}
+    return {"event": "run_started", "run_id": "r", "config": config}
+
+
+def step_record(step: int, tokens: int | None = None, time_s: float | None = None) -> dict:
+    tokens = step * 10 if tokens is None else tokens
+    time_s = step * 0.5 if time_s is None else time_s
+    return {"event": "step", "step": step, "tokens": tokens, "time": time_s, "train_loss_nats": 2.0}
+
+
+@pytest.mark.parametrize(
+    "make, kind",
+    [
+        (lambda path: os.mkfifo(path), "a FIFO"),
+        (lambda path: path.symlink_to("/dev/zero"), "a character device"),
+        (lambda path: path.symlink_to("/dev/urandom"), "a character device"),
+    ],
+    ids=["fifo", "dev-zero", "dev-urandom"],
+)
+def test_attach_refuses_a_fifo_or_a_device_in_one_line(tmp_path: Path, make, kind) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    make(run / "metrics.jsonl")
+    if kind == "a FIFO":  # the family's case through a real process
+        result = h2q("attach", "run", cwd=tmp_path, timeout=60)
+    else:
+        result = cli_in_process(tmp_path, "attach", "run")
+    assert_user_error(result, "metrics.jsonl", kind, "regular file")
+
+
+async def test_attach_keeps_running_on_numbers_no_chart_can_draw(tmp_path: Path) -> None:
+    from pilot_helpers import wait_until
+
+    from h2q_tui.app import make_app
+    from h2q_tui.training.history import MAX_COUNT
+
+    far = metrics_of(tmp_path / "far", [started_record(), step_record(MAX_COUNT, MAX_COUNT, 1e12)])
+    bad = [step_record(2**62), step_record(10**30), step_record(4, tokens=10**30)]
+    huge = metrics_of(tmp_path / "huge", [started_record(), *map(step_record, (1, 2, 3)), *bad])
+    for run, bad_count in ((huge, 3), (far, 0)):
+        app = make_app(attach=[run], monitor=False, refresh_s=0.05)
+        async with app.run_test(size=(160, 48)) as pilot:
+            history = app.histories[run.name]
+            await wait_until(pilot, lambda h=history: h.last_step is not None, "the steps")
+            for key in ("a", "a", "u", "a"):  # every x axis, both units
+                await pilot.press(key)
+                app.redraw_chart()
+                await pilot.pause(0.05)
+            assert app.is_running and app.return_code is None
+            assert history.bad_records == bad_count, history.last_problem
+
+
+async def test_attach_loads_a_long_log_in_slices_and_answers_keys_meanwhile(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from pilot_helpers import wait_until
+
+    from h2q_tui.app import app as app_module
+    from h2q_tui.app import make_app
+
+    monkeypatch.setattr(app_module, "POLL_SLICE_BYTES", 1024)
+    monkeypatch.setattr(app_module, "POLL_SLICE_S", 0.0)
+    monkeypatch.setattr(app_module, "CATCH_UP_S", 0.02)  # a load of 180 slices: seconds
+    last = 2000
+    run = metrics_of(
+        tmp_path / "long", [started_record(last), *map(step_record, range(1, last + 1))]
+    )
+    app = make_app(attach=[run], monitor=False, refresh_s=0.05)
+    async with app.run_test(size=(160, 48)) as pilot:
+        history = app.histories["long"]
+        await pilot.press("u")
+        assert app.units == "bpb"  # answered...
+        assert (history.last_step or {}).get("step", 0) < last  # ...while the log loads
+        await wait_until(pilot, lambda: (history.last_step or {}).get("step") == last, "all")
+        assert history.records == last + 1 and history.bad_records == 0
+
+
+async def test_attach_says_so_when_the_log_turns_into_a_fifo(tmp_path: Path) -> None:
+    from pilot_helpers import text_of, wait_until
+    from textual.widgets import Static
+
+    from h2q_tui.app import make_app
+
+    run = metrics_of(tmp_path / "run", [started_record(), step_record(1)])
+    app = make_app(attach=[run], monitor=False, refresh_s=0.05)
+    async with app.run_test(size=(160, 48)) as pilot:
+        history = app.histories["run"]
+        await wait_until(pilot, lambda: history.last_step is not None, "the first step")
+        (run / "metrics.jsonl").unlink()
+        os.mkfifo(run / "metrics.jsonl")
+        status = app.query_one("#status-line", Static)
+        await wait_until(pilot, lambda: "is a FIFO, not a regular file" in text_of(status))
+        await pilot.press("u")
+        assert app.is_running and app.units == "bpb"

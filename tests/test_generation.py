@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from h2q_kernels.hamiltonian import HamLinear, frozen_weights
@@ -190,6 +192,50 @@ def test_temperature_zero_is_greedy():
 def test_bad_sampling_settings_are_named(kwargs, words):
     with pytest.raises(ValueError, match=words):
         Generation(small_model("gpt"), CODEC, "x", SamplingConfig(**kwargs))
+
+
+@pytest.mark.parametrize(
+    "sampling, steer, words",
+    [
+        ({"temperature": 1e-300}, {}, "temperature must be 0 (greedy) or in 0.001..1000"),
+        ({"temperature": 1e9}, {}, "temperature"),
+        ({"repetition_penalty": 1e-300}, {}, "repetition penalty must be in 0.001..1000"),
+        ({"seed": 2**70}, {}, "seed must be in 0..2**64-1"),
+        ({"seed": -1}, {}, "seed"),
+        ({"top_p": float("nan")}, {}, "top-p must be a finite number"),
+        ({}, {"word": "cat", "strength": 1e308}, "strength must be in -1000..1000"),
+        ({}, {"word": "cat", "strength": -1e308}, "strength"),
+    ],
+)
+def test_values_outside_the_sampling_limits_are_refused_before_a_token(sampling, steer, words):
+    # One rule for generate, the Generate pane and serve: every one builds a Generation
+    with pytest.raises(ValueError, match=re.escape(words)):
+        Generation(
+            small_model("gpt"), CODEC, "x", SamplingConfig(**sampling), steer=SteerConfig(**steer)
+        )
+
+
+@pytest.mark.parametrize("family", ["gpt", "microstream"])
+def test_the_sampling_limits_keep_every_draw_finite(family):
+    model = small_model(family)
+    extremes = [
+        SamplingConfig(temperature=1e-3, repetition_penalty=1e-3, max_new_tokens=12),
+        SamplingConfig(temperature=1e-3, repetition_penalty=1e3, max_new_tokens=12),
+        SamplingConfig(temperature=1e3, top_p=5e-324, max_new_tokens=12, seed=2**64 - 1),
+    ]
+    for sampling in extremes:
+        assert len(generate_text(model, CODEC, "Once", sampling=sampling).encode()) > 0
+    steered = Generation(
+        model, CODEC, "Once", SamplingConfig(max_new_tokens=12), steer=SteerConfig("cat", 1e3)
+    )
+    assert len(list(steered)) > 0
+
+
+def test_a_top_p_below_float32s_smallest_keeps_the_likeliest_token():
+    logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
+    for top_p in (1e-300, 5e-324, 1e-45):
+        kept = filter_top_k_top_p(logits, 0, top_p)
+        assert torch.isfinite(kept).tolist() == [False, True, False, False], top_p
 
 
 # ---------------------------------------------------------------------------- steering

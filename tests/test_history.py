@@ -284,3 +284,48 @@ def test_a_resume_replaces_the_steps_logged_after_its_checkpoint():
     for n in range(7, 12):
         h.add(step(n, loss=2.0))
     assert h.train.step == list(range(1, 12)) and h.train.value[-1] == 2.0
+
+
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        (step(2**62), "step: 'step' is 4611686018427387904"),
+        (step(10**30), "step: 'step' is 10000000000"),
+        ({**step(1), "tokens": 2**53 + 1}, "step: 'tokens' is"),
+        ({**step(1), "time": 1e300}, "step: 'time' is 1e+300"),
+        ({**step(1), "train_loss_nats": 1e300}, "step: 'train_loss_nats' is 1e+300"),
+        ({**step(1), "train_loss_nats": 10**40}, "step: 'train_loss_nats' is"),
+        ({**step(1), "grad_norm": -1e39}, "step: 'grad_norm' is -1e+39"),
+        ({**step(1), "rss_bytes": 2**64}, "step: 'rss_bytes' is"),
+        ({"event": "lr_changed", "step": 1, "lr": 1e300}, "lr_changed: 'lr' is 1e+300"),
+        (
+            {"event": "run_started", "run_id": "r", "config": {"train": {"max_steps": 10**30}}},
+            "run_started: 'config' is",
+        ),  # fmt: skip
+        (
+            {"event": "progress", "step": 1, "task": "t", "done": 10**30, "total": 1},
+            "progress: 'done' is",
+        ),
+    ],
+)
+def test_numbers_no_chart_or_card_can_draw_are_bad_records(record, problem):
+    h = RunHistory()
+    h.add(started())
+    h.add(step(1))
+    assert h.add(record) is False
+    assert h.bad_records == 1 and h.last_problem.startswith(problem), h.last_problem
+    assert h.train.step == [1]
+
+
+def test_the_largest_numbers_a_chart_can_draw_are_kept():
+    from h2q_tui.app.widgets import card_texts
+    from h2q_tui.training.history import MAX_COUNT, MAX_READING, MAX_SECONDS
+
+    h = RunHistory()
+    h.add(started(max_steps=MAX_COUNT, max_seconds=MAX_SECONDS))
+    for n, loss in ((MAX_COUNT - 1, MAX_READING), (MAX_COUNT, -MAX_READING)):
+        record = {**step(n, loss, time=MAX_SECONDS), "tokens": MAX_COUNT, "lr": MAX_READING}
+        assert h.add({**record, "grad_norm": math.inf, "rss_bytes": MAX_COUNT}), h.last_problem
+    assert h.bad_records == 0 and h.train.step == [MAX_COUNT - 1, MAX_COUNT]
+    card_texts(h, "following")
+    h.eta_seconds()

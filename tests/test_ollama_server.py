@@ -6,6 +6,7 @@ keep-alive), ``--follow``, and the command's refusals."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -15,6 +16,8 @@ import httpx
 import ollama
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ollama_helpers import LiveServer, crystallize_int8, hooked, make_run, wait_for
 
 from h2q_tui import cli
@@ -402,6 +405,146 @@ async def test_the_server_keeps_serving_after_bad_input(asgi) -> None:
         )
     assert response.status_code == 200 and response.json()["eval_count"] == 12
     final_fields_are_ints(response.json())
+
+
+# ----------------------------------------------------------------------------- hostile input
+DEEP = b'{"model": "tiny", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+HUGE = b"9" * 400  # an integer JSON reads, too large for a float
+
+
+def _gen(**body) -> bytes:
+    return json.dumps({"model": "tiny", "prompt": "x", **body}).encode()
+
+
+def _huge(key: bytes) -> bytes:
+    """A body whose ``key`` (``options.seed``…) holds :data:`HUGE` (json.dumps cannot)."""
+    inner, _, outer = key.rpartition(b".")
+    value = b'"%s": %s' % (outer, HUGE)
+    if inner:
+        value = b'"%s": {%s}' % (inner, value)
+    return b'{"model": "tiny", "prompt": "x", "input": "x", %s}' % value
+
+
+CHAT = {"messages": [{"role": "user", "content": "x"}]}
+HOSTILE = [
+    *[(path, DEEP, "nested too deeply") for path in (GEN, "/api/chat", "/api/show")],
+    *[(path, DEEP, "nested too deeply") for path in ("/api/embed", "/api/embeddings", "/api/pull")],
+    (GEN, _huge(b"options.temperature"), "temperature"),
+    (GEN, _huge(b"options.seed"), "seed"),
+    (GEN, _huge(b"keep_alive"), "keep_alive"),
+    ("/api/embed", _huge(b"keep_alive"), "keep_alive"),
+    (GEN, _gen(keep_alive=1e300), "keep_alive"),
+    (GEN, _gen(options={"seed": 2**70}), "seed must be in 0..2**64-1"),
+    (GEN, _gen(options={"seed": -2}), "seed"),
+    (GEN, _gen(options={"temperature": 1e-300}), "temperature must be 0 (greedy) or in"),
+    (GEN, _gen(options={"repeat_penalty": 1e-300}), "repeat_penalty must be in"),
+    (GEN, _gen(options={"steer": "cat", "strength": 1e308}), "strength must be in"),
+    (GEN, _gen(stream=False, options={"steer": "cat", "strength": -1e308}), "strength"),
+    ("/api/chat", _gen(**CHAT, options={"temperature": 1e-300}), "temperature"),
+    (GEN, _gen(options={"num_predict": 10**3000}), "digits"),  # the message stays short
+]
+
+
+class ErrorLog(logging.Handler):
+    """What the server logs at ERROR (uvicorn's tracebacks) while installed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.mark.parametrize("stack", ["direct", "uvloop", "asyncio"])
+def test_hostile_numbers_and_nesting_are_400_without_a_traceback(run, stack) -> None:
+    log = ErrorLog()
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(log)
+    try:
+        server = Server(Registry.discover([run]))
+        with LiveServer(server.app, stack=stack) as live:
+            for path, body, words in HOSTILE:
+                response = httpx.post(f"{live.url}{path}", content=body, timeout=60)
+                assert response.status_code == 400, (path, body[:80], response.text[:300])
+                error = response.json()["error"]
+                assert words in error and "\n" not in error and len(error) < 200, error
+            assert httpx.get(f"{live.url}/api/ps", timeout=10).status_code == 200
+            seeded = httpx.post(
+                f"{live.url}{GEN}",
+                json={"model": "tiny", "prompt": "Once", "stream": False, "options": OPTIONS},
+                timeout=60,
+            )
+            assert seeded.status_code == 200 and seeded.json()["eval_count"] == 12
+    finally:
+        logger.removeHandler(log)
+    assert log.lines == []
+
+
+def test_seed_minus_one_is_a_random_seed_as_in_ollama(asgi_client_sync) -> None:
+    texts = set()
+    for _ in range(4):
+        response = asgi_client_sync(_gen(stream=False, options={"seed": -1, "num_predict": 8}))
+        assert response.status_code == 200, response.text
+        texts.add(response.json()["response"])
+    assert len(texts) > 1
+
+
+NUMERIC = (
+    "temperature",
+    "top_p",
+    "repeat_penalty",
+    "strength",
+    "top_k",
+    "seed",
+    "num_predict",
+    "layer",
+)
+numbers = st.one_of(
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.integers(min_value=-(10**500), max_value=10**500),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, -1, 1e-300, 1e308, -1e308, 2**64, 2**64 - 1, 5e-324, 1e-3, 1e3]),
+)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(field=st.sampled_from((*NUMERIC, "keep_alive")), value=numbers)
+def test_any_number_in_any_numeric_field_is_served_or_refused_with_400(
+    asgi_client_sync, field, value
+) -> None:
+    options = {"num_predict": 2} if field != "num_predict" else {}
+    if field == "strength":
+        options["steer"] = "cat"
+    body = {"stream": False, "options": options}
+    if field == "keep_alive":
+        body["keep_alive"] = value
+    else:
+        options[field] = value
+    response = asgi_client_sync(_gen(**body))
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 400:
+        error = response.json()["error"]
+        assert field in error and "\n" not in error and len(error) < 200, error
+    else:
+        assert response.json()["done"] is True
+
+
+@pytest.fixture(scope="module")
+def asgi_client_sync(run):
+    """POST /api/generate to the app in process, answering at most 8 tokens per request."""
+    import asyncio
+
+    app = Server(Registry.discover([run]), ServeConfig(max_predict=8)).app
+    loop = asyncio.new_event_loop()
+
+    async def post(body: bytes):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as http:
+            return await http.post(GEN, content=body)
+
+    yield lambda body: loop.run_until_complete(post(body))
+    loop.close()
 
 
 # ----------------------------------------------------------------------------- --follow

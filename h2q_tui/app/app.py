@@ -39,8 +39,14 @@ from h2q_tui.system.monitor import SystemMonitor, SystemSnapshot
 from h2q_tui.system.threads import run_on_own_thread
 from h2q_tui.training import commands
 from h2q_tui.training.history import RunHistory
+from h2q_tui.training.tail import FULL_TAIL_BYTES, MAX_LINE_BYTES
 
 LR_STEP = 1.25  # raise/lower keys multiply the LR by this (or its inverse)
+# an attached log is folded in slices of at most this much reading and work, so a huge one
+# loads while keys and redraws go on in between
+POLL_SLICE_BYTES = 256 << 10
+POLL_SLICE_S = 0.05
+CATCH_UP_S = 0.001  # the pause between two slices: what waits (keys, redraws) goes first
 # below either size the cards go compact (4 x 3 on narrow screens, two lines each): 80x24 works
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 40
 # actions that act on a run this process trains: off (hidden, refused) when attached
@@ -186,7 +192,9 @@ class H2QApp(App[int]):
                 ]
         self.replay_skipped_lines = 0  # unparsable lines in the replayed metrics.jsonl
         self.lifeline: Lifeline | None = None  # a real terminal or web tab: see signals.py
-        self._bad_noted: dict[str, tuple[int, int]] = dict.fromkeys(names, (0, 0))
+        self._bad_noted: dict[str, tuple[int, int, int]] = dict.fromkeys(names, (0, 0, 0))
+        self._catching_up = False  # a poll of a log that is behind is scheduled
+        self._thinning_noted: set[str] = set()  # runs whose thinned backlog the log mentions
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -318,9 +326,11 @@ class H2QApp(App[int]):
             self.state = f"idle — t resumes{at}"
         self._dirty = True
 
-    def _note_bad(self, name: str, history: RunHistory, skipped_lines: int) -> None:
+    def _note_bad(
+        self, name: str, history: RunHistory, skipped_lines: int, long_lines: int = 0
+    ) -> None:
         """One event-log line each time more bad records or unparsable lines were skipped."""
-        bad_before, lines_before = self._bad_noted[name]
+        bad_before, lines_before, long_before = self._bad_noted[name]
         if history.bad_records > bad_before:
             count = history.bad_records - bad_before
             history.note(
@@ -333,8 +343,10 @@ class H2QApp(App[int]):
                 if count == 1
                 else "lines that are not JSON objects"
             )
-            history.note(f"skipped {count} {what}")
-        self._bad_noted[name] = (history.bad_records, skipped_lines)
+            longer = long_lines - long_before
+            over = f" ({longer} over {MAX_LINE_BYTES >> 20} MiB)" if longer else ""
+            history.note(f"skipped {count} {what}{over}")
+        self._bad_noted[name] = (history.bad_records, skipped_lines, long_lines)
 
     def _track_state(self, record: dict[str, Any]) -> None:
         kind = record.get("event")
@@ -359,14 +371,34 @@ class H2QApp(App[int]):
             self.notify(f"checkpoint saved at step {record['step']}", timeout=3)
 
     def poll_attached(self) -> None:
+        """Fold what the attached logs gained, for at most POLL_SLICE_S at a time: a huge log
+        loads over many slices, with keys and redraws answered in between."""
         attached = self.attached
-        for name, records in attached.read_new().items():  # type: ignore[union-attr]
-            history = self.histories[name]
-            for record in records:
-                history.add(record)  # a bad record is skipped and counted there
-            self._note_bad(name, history, attached.tailers[name].skipped_lines)  # type: ignore[union-attr]
-            self._dirty = self._dirty or bool(records)
+        started = time.perf_counter()
+        while True:
+            for name, records in attached.read_new(POLL_SLICE_BYTES).items():  # type: ignore[union-attr]
+                history = self.histories[name]
+                for record in records:
+                    history.add(record)  # a bad record is skipped and counted there
+                tailer = attached.tailers[name]  # type: ignore[union-attr]
+                self._note_bad(name, history, tailer.skipped_lines, tailer.long_lines)
+                if tailer.keep_every > 1 and name not in self._thinning_noted:
+                    self._thinning_noted.add(name)
+                    history.note(
+                        f"a long metrics.jsonl: 1 step record in {tailer.keep_every:,} read "
+                        f"before its last {FULL_TAIL_BYTES >> 20} MiB (what the chart can show)"
+                    )
+                self._dirty = self._dirty or bool(records)
+            if not attached.behind or time.perf_counter() - started > POLL_SLICE_S:  # type: ignore[union-attr]
+                break
+        if attached.behind and not self._catching_up:  # type: ignore[union-attr]
+            self._catching_up = True
+            self.set_timer(CATCH_UP_S, self._catch_up)
         self.draw_status()
+
+    def _catch_up(self) -> None:
+        self._catching_up = False
+        self.poll_attached()
 
     def on_snapshot_taken(self, message: SnapshotTaken) -> None:
         self.snapshot = message.snapshot

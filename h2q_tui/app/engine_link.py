@@ -13,7 +13,7 @@ from typing import Any
 
 from h2q_tui.run_setup import PreparedRun
 from h2q_tui.training import commands
-from h2q_tui.training.tail import JsonlTailer
+from h2q_tui.training.tail import CHUNK_BYTES, JsonlTailer
 from h2q_tui.training.writers import METRICS_FILE, JsonlWriter
 
 OnRecord = Callable[[dict[str, Any]], None]
@@ -54,6 +54,8 @@ class LiveEngine:
             return [], 0
         tailer = JsonlTailer(self.run_dir / METRICS_FILE)
         records = tailer.read_new()  # complete lines only; never raises for the file's content
+        while tailer.behind:  # read in bounded slices
+            records += tailer.read_new()
         return records, tailer.skipped_lines
 
     def send(self, command: commands.Command) -> None:
@@ -105,9 +107,15 @@ class AttachedRuns:
             for name, d in zip(self.names, run_dirs, strict=True)
         }
 
-    def read_new(self) -> dict[str, list[dict[str, Any]]]:
-        """New records of every run; bad lines are counted in each tailer's skipped_lines."""
-        return {name: tailer.read_new() for name, tailer in self.tailers.items()}
+    def read_new(self, max_bytes: int = CHUNK_BYTES) -> dict[str, list[dict[str, Any]]]:
+        """New records of every run, from at most ``max_bytes`` of each log; bad lines are
+        counted in each tailer's skipped_lines."""
+        return {name: tailer.read_new(max_bytes) for name, tailer in self.tailers.items()}
+
+    @property
+    def behind(self) -> bool:
+        """Some log has more to read than the last read_new took."""
+        return any(tailer.behind for tailer in self.tailers.values())
 
 
 def unique_names(run_dirs: list[Path]) -> list[str]:

@@ -193,6 +193,7 @@ class LossChart(PlotWidget):
     ) -> None:
         self._last_draw = (histories, axis, units, smoothing)
         self.clear()
+        self._drawn: tuple[list[float], list[float]] = ([], [])
         scale = 1 / LN2 if units == "bpb" else 1.0
         limit = max(20, 4 * self.size.width)  # braille: 2 dots a column
         several = len(histories) > 1
@@ -214,16 +215,43 @@ class LossChart(PlotWidget):
         self.margin_top = 1 if small else 2  # a small chart keeps its rows for the curves
         # the legend would hide a small chart; the curves keep their colours (README, ?)
         self.show_legend(LegendLocation.TOPRIGHT, is_visible=not small)
+        self._fit_flat_axes(*self._drawn)
+
+    _flat = (False, False)  # the x, y limits are ours, set for data of one value
+
+    def _fit_flat_axes(self, xs: list[float], ys: list[float]) -> None:
+        """Give an axis whose data is a single value a span of its own: textual-plot widens
+        it by ±1e-6, which vanishes beside a large value (1e12 + 1e-6 is 1e12 as a float)
+        and leaves a zero span to divide by."""
+        flat = []
+        for values, setter, ours in zip(
+            (xs, ys), (self.set_xlimits, self.set_ylimits), self._flat, strict=True
+        ):
+            one = len(values) > 0 and min(values) == max(values)
+            if one:
+                pad = max(1e-6, abs(values[0]) * 1e-6)
+                setter(values[0] - pad, values[0] + pad)
+            elif ours:
+                setter(None, None)  # data of several values again: follow it
+            flat.append(one)
+        self._flat = (flat[0], flat[1])
 
     def _line(self, curve: Curve, axis: str, scale: float, limit: int, colour, label) -> None:
         xs, ys = _thin(curve.x(axis), curve.value, limit)
+        self._remember(xs, ys, scale)
         if xs:
             self.plot(xs, [y * scale for y in ys], colour, HiResMode.BRAILLE, label)
 
     def _points(self, curve: Curve, axis, scale, limit, colour, marker: str, label) -> None:
         xs, ys = _thin(curve.x(axis), curve.value, limit)
+        self._remember(xs, ys, scale)
         if xs:
             self.scatter(xs, [y * scale for y in ys], marker, f"bold {colour}", None, label)
+
+    def _remember(self, xs: list[float], ys: list[float], scale: float) -> None:
+        drawn_x, drawn_y = self._drawn
+        drawn_x.extend(x for x in xs if math.isfinite(x))
+        drawn_y.extend(y * scale for y in ys if math.isfinite(y * scale))
 
 
 class SystemPanel(Static):

@@ -5,13 +5,74 @@ Dimension legend: V vocabulary.
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 FAST_SAMPLING = True  # decoder.reference_decoding() turns it off (today's form)
+
+
+# ---------------------------------------------------------------- limits
+# One rule, one place: the values every entry point (generate, steer-eval, the Generate
+# pane, serve) accepts. Each names a setting as its users know it (--top-p, top_p) through
+# ``names``. The bounds keep every draw finite: logits ÷ (temperature × penalty) stays far
+# inside float32 for any model with finite weights, and torch seeds are 64-bit.
+TEMPERATURE_RANGE = (1e-3, 1e3)  # or exactly 0: greedy
+PENALTY_RANGE = (1e-3, 1e3)  # the repetition penalty; 1 = off
+SEED_MAX = 2**64 - 1
+STRENGTH_MAX = 1e3  # |steering strength|, in residual norms; useful values are below ~10
+
+
+def _within(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+# field -> (is it in range?, what the range is)
+LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "temperature": (
+        lambda t: t == 0 or _within(t, TEMPERATURE_RANGE),
+        f"0 (greedy) or in {TEMPERATURE_RANGE[0]:g}..{TEMPERATURE_RANGE[1]:g}",
+    ),
+    "top_k": (lambda k: k >= 0, ">= 0 (0 = off)"),
+    "top_p": (lambda p: 0 < p <= 1, "in (0, 1] (1 = off)"),
+    "repetition_penalty": (
+        lambda p: _within(p, PENALTY_RANGE),
+        f"in {PENALTY_RANGE[0]:g}..{PENALTY_RANGE[1]:g} (1 = off)",
+    ),
+    "max_new_tokens": (lambda n: n >= 0, ">= 0"),
+    "seed": (lambda s: 0 <= s <= SEED_MAX, "in 0..2**64-1"),
+    "strength": (lambda s: abs(s) <= STRENGTH_MAX, f"in -{STRENGTH_MAX:g}..{STRENGTH_MAX:g}"),
+}
+NAMES = {
+    "top_k": "top-k",
+    "top_p": "top-p",
+    "repetition_penalty": "repetition penalty",
+    "max_new_tokens": "max new tokens",
+}
+
+
+def limit_problem(field: str, value: Any, names: Mapping[str, str] = NAMES) -> str | None:
+    """Why ``value`` is not allowed for the setting ``field`` (one line naming it as ``names``
+    does), or None when it is; a non-finite number is never allowed."""
+    ok, allowed = LIMITS[field]
+    name = names.get(field, field)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    if ok(value):
+        return None
+    return f"{name} must be {allowed}, got {shown(value)}"
+
+
+def shown(value: Any) -> str:
+    """A number for a message: floats as %g, a huge integer by its first digits and length."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:10]}… ({len(text.lstrip('-'))} digits)"
 
 
 @dataclass
@@ -26,18 +87,13 @@ class SamplingConfig:
     seed: int = 0
     stop: tuple[str, ...] = ()
 
-    def check(self) -> None:
-        """ValueError naming the first bad setting."""
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top-k must be ≥ 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition penalty must be > 0, got {self.repetition_penalty}")
-        if self.max_new_tokens < 0:
-            raise ValueError(f"max new tokens must be ≥ 0, got {self.max_new_tokens}")
+    def check(self, names: Mapping[str, str] = NAMES) -> None:
+        """ValueError naming the first setting outside :data:`LIMITS`."""
+        fields = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed")
+        for field in fields:
+            problem = limit_problem(field, getattr(self, field), names)
+            if problem:
+                raise ValueError(problem)
 
 
 def apply_repetition_penalty(
@@ -64,6 +120,7 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
         ordered, order = torch.sort(logits, descending=True)
         cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
         outside = cumulative - torch.softmax(ordered, dim=-1) >= top_p  # mass before ≥ p
+        outside[0] = False  # the likeliest stays, whatever the rounding of a tiny top_p
         logits[order[outside]] = float("-inf")
     return logits
 

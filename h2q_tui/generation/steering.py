@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from h2q_tui.generation.sampling import limit_problem, shown
+
 DIRECTIONS = ("embedding", "contrast")
 POSITIONS = ("all", "front")
 
@@ -36,10 +38,16 @@ class SteerConfig:
     def active(self) -> bool:
         return bool(self.word) and self.strength != 0.0
 
-    def check(self, n_layers: int) -> None:
-        """ValueError naming the first bad setting."""
-        if not 0 <= self.layer < n_layers:
-            raise ValueError(f"layer must be in 0..{n_layers - 1}, got {self.layer}")
+    def check(self, n_layers: int | None = None) -> None:
+        """ValueError naming the first bad setting (the layer against ``n_layers`` when given:
+        before a model is loaded, only its sign)."""
+        problem = limit_problem("strength", self.strength)
+        if problem:
+            raise ValueError(problem)
+        if n_layers is not None and not 0 <= self.layer < n_layers:
+            raise ValueError(f"layer must be in 0..{n_layers - 1}, got {shown(self.layer)}")
+        if self.layer < 0:
+            raise ValueError(f"layer must be ≥ 0, got {shown(self.layer)}")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
         if self.positions not in POSITIONS:

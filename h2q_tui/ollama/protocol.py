@@ -64,6 +64,7 @@ _UNITS = {
     "h": 3600.0,
 }
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+MAX_KEEP_ALIVE_S = 2**63 / 1e9  # Go's longest duration (~292 years): Ollama's own limit
 
 
 def parse_duration(value: Any) -> float | None:
@@ -72,7 +73,10 @@ def parse_duration(value: Any) -> float | None:
     if isinstance(value, bool):
         raise ValueError(f"keep_alive must be a duration such as '5m' or seconds, got {value}")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf  # an integer too large for a float
     elif isinstance(value, str):
         text = value.strip()
         sign = -1.0 if text.startswith("-") else 1.0
@@ -93,9 +97,22 @@ def parse_duration(value: Any) -> float | None:
             seconds *= sign
     else:
         raise ValueError(f"keep_alive must be a duration such as '5m' or seconds, got {value!r}")
-    if not math.isfinite(seconds):
-        raise ValueError(f"keep_alive must be finite, got {value!r}")
+    if not math.isfinite(seconds) or seconds > MAX_KEEP_ALIVE_S:
+        raise ValueError(
+            f"keep_alive {shorten(value)} is out of range: at most {MAX_KEEP_ALIVE_S:.0f} "
+            "seconds (~292 years), or negative for forever"
+        )
     return None if seconds < 0 else seconds
+
+
+def shorten(value: Any, limit: int = 24) -> str:
+    """``value`` as JSON, cut to about ``limit`` characters (a huge number names its length)."""
+    text = json.dumps(value) if not isinstance(value, int) or abs(value) < 10**limit else ""
+    if text and len(text) <= limit:
+        return text
+    if isinstance(value, int):
+        return f"{str(value)[:10]}… ({len(str(abs(value)))} digits)"
+    return text[: limit - 1] + "…"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -154,23 +171,32 @@ _INTS = ("top_k", "num_predict", "seed", "layer")
 
 
 def _number(name: str, value: Any, integer: bool) -> float | int:
+    """A JSON number as the option's type; ValueError for another type, NaN/Inf, a fraction
+    where an integer is due, or an integer too large for a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = "an integer" if integer else "a number"
         raise ValueError(f"option {name!r} must be {kind}, got {json.dumps(value)[:40]}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"option {name!r} must be finite")
     if integer:
-        if value != int(value):
+        if isinstance(value, float) and not value.is_integer():
             raise ValueError(f"option {name!r} must be an integer, got {value}")
         return int(value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"option {name!r} is out of range, got {shorten(value)}") from None
 
 
 def parse_options(raw: Any, max_predict: int = MAX_PREDICT) -> Options:
-    """Options from a request's ``options`` object; ValueError (one line) for a wrong type or
-    range. Options this server does not use (``num_ctx``, ``mirostat``…) are ignored, as
-    Ollama ignores those a model does not take. ``num_predict`` -1 or -2 ("no limit", "fill
-    the context") mean the server's cap, ``max_predict``."""
+    """Options from a request's ``options`` object; ValueError (one line) for a wrong type.
+
+    Options this server does not use (``num_ctx``, ``mirostat``…) are ignored, as Ollama
+    ignores those a model does not take. Ollama's conventions are applied here:
+    ``num_predict`` -1 or -2 ("no limit", "fill the context") mean the server's cap,
+    ``max_predict``; ``seed`` -1 means a random one. The ranges of the sampling settings are
+    the generator's (``h2q_tui.generation.sampling.LIMITS``), checked by the server.
+    """
     if raw is None:
         return Options()
     if not isinstance(raw, Mapping):
@@ -189,31 +215,19 @@ def parse_options(raw: Any, max_predict: int = MAX_PREDICT) -> Options:
         if not isinstance(raw["steer"], str):
             raise ValueError("option 'steer' must be a word (a string)")
         values["steer"] = raw["steer"]
+    if values.get("seed") == -1:
+        del values["seed"]  # random
     options = Options(**values)
-    checks = [
-        (options.temperature is not None and options.temperature < 0, "temperature must be ≥ 0"),
-        (options.top_k is not None and options.top_k < 0, "top_k must be ≥ 0"),
-        (options.top_p is not None and not 0 < options.top_p <= 1, "top_p must be in (0, 1]"),
-        (
-            options.repeat_penalty is not None and options.repeat_penalty <= 0,
-            "repeat_penalty must be > 0",
-        ),
-        (options.layer < 0, "layer must be ≥ 0"),
-        (options.strength != 0 and not options.steer, "strength needs a steer word"),
-    ]
+    if options.strength != 0 and not options.steer:
+        raise ValueError("invalid option: strength needs a steer word")
     if options.num_predict is not None:
         if options.num_predict in (-1, -2):
             options = Options(**{**options.__dict__, "num_predict": max_predict})
         elif not 0 <= options.num_predict <= max_predict:
-            checks.append(
-                (
-                    True,
-                    f"num_predict must be in 0..{max_predict} (or -1), got {options.num_predict}",
-                )
+            raise ValueError(
+                f"invalid option: num_predict must be in 0..{max_predict} (or -1), "
+                f"got {shorten(options.num_predict)}"
             )
-    for failed, message in checks:
-        if failed:
-            raise ValueError(f"invalid option: {message}")
     return options
 
 

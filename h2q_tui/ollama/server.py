@@ -53,6 +53,8 @@ from h2q_tui.ollama.models import Entry, Lease, Registry, iso
 
 MAX_BODY = 1 << 20  # bytes; far more than any prompt these models can read
 DEFAULT_PREDICT = 200  # num_predict when a request gives none (h2q-tui generate's default)
+# the sampler's settings by the names of Ollama's options
+OPTION_NAMES = {"repetition_penalty": "repeat_penalty", "max_new_tokens": "num_predict"}
 FOREVER = "2318-01-01T00:00:00Z"  # expires_at of a model kept loaded forever (as Ollama shows it)
 
 
@@ -355,6 +357,8 @@ class Server:
             body = json.loads(bytes(data))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"invalid JSON: {str(exc).splitlines()[0][:200]}") from None
+        except RecursionError:
+            raise ApiError(400, "invalid JSON: nested too deeply") from None
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
         return body
@@ -522,6 +526,7 @@ class Server:
         keep_alive = self._keep_alive(body)
         try:
             options = protocol.parse_options(body.get("options"), self.config.max_predict)
+            settings = self._settings(options, chat)  # before a model loads for nothing
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         context: list[int] = []
@@ -551,7 +556,7 @@ class Server:
                 return NdjsonResponse(_one_line(final))
             return JSONResponse(final)
         try:
-            generation = self._generation(entry, prompt, context, options, chat)
+            generation = self._generation(entry, prompt, context, *settings)
         except ValueError as exc:
             self.request_done(entry, lease, keep_alive)
             raise ApiError(400, f"invalid option: {exc}") from None
@@ -565,16 +570,13 @@ class Server:
             return NdjsonResponse(self._stream(request.scope, job, chat, timing), job)
         return await self._collect(request, job, chat, timing)
 
-    def _generation(self, entry: Entry, prompt: str, context: list[int], options, chat: bool):
-        from h2q_tui.generation.generate import Generation
+    @staticmethod
+    def _settings(options: protocol.Options, chat: bool):
+        """(SamplingConfig, SteerConfig) of a request's options; ValueError (one line, naming
+        the option as Ollama does) for a value outside the generator's limits."""
         from h2q_tui.generation.sampling import SamplingConfig
         from h2q_tui.generation.steering import SteerConfig
 
-        vocab = entry.info.config.model.vocab_size
-        if any(not 0 <= t < vocab for t in context):
-            raise ValueError(f"context holds token ids outside 0..{vocab - 1}")
-        if context:
-            prompt = entry.codec.decode(context) + prompt
         default = SamplingConfig()
         pick = lambda value, fallback: fallback if value is None else value  # noqa: E731
         sampling = SamplingConfig(
@@ -587,6 +589,21 @@ class Server:
             stop=options.stop + (protocol.CHAT_STOPS if chat else ()),
         )
         steer = SteerConfig(word=options.steer, strength=options.strength, layer=options.layer)
+        try:
+            sampling.check(OPTION_NAMES)
+            steer.check()
+        except ValueError as exc:
+            raise ValueError(f"invalid option: {exc}") from None
+        return sampling, steer
+
+    def _generation(self, entry: Entry, prompt: str, context: list[int], sampling, steer):
+        from h2q_tui.generation.generate import Generation
+
+        vocab = entry.info.config.model.vocab_size
+        if any(not 0 <= t < vocab for t in context):
+            raise ValueError(f"context holds token ids outside 0..{vocab - 1}")
+        if context:
+            prompt = entry.codec.decode(context) + prompt
         return Generation(entry.model, entry.codec, prompt, sampling=sampling, steer=steer)
 
     @staticmethod

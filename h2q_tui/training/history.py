@@ -14,32 +14,62 @@ from typing import Any
 
 LOG_LINES = 200
 SAMPLES = 20
+ALARMS = 100  # the last alarms kept
 # a notice nothing ends (no pause, stop, ...) leaves the status line after this much training time
 NOTICE_SECONDS = 10.0
 
 
 # ---------------------------------------------------------------- what a valid record is
 # Another process writes metrics.jsonl, and anything can end up in a file: every record is
-# checked against its event's fields before the history (and so any widget) reads it.
+# checked against its event's fields before the history (and so any widget) reads it. Numbers
+# must also lie in ranges the widgets can compute and draw with.
+MAX_COUNT = 2**53  # steps, tokens, bytes: beyond, a float (a chart axis) cannot tell n from n + 1
+MAX_SECONDS = 1e12  # training time: some 30,000 years
+MAX_READING = 3.4028234663852886e38  # float32's largest: no tensor reading is beyond it
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An int within ±MAX_COUNT (bool is not one)."""
+    return (
+        isinstance(value, int)
+        and value is not True
+        and value is not False
+        and (-MAX_COUNT <= value <= MAX_COUNT)
+    )
 
 
 def _count(value: Any) -> bool:
-    """An int >= 0 (steps, tokens, bytes)."""
-    return _is_int(value) and value >= 0
+    """An int in 0..MAX_COUNT (steps, tokens, bytes)."""
+    return (
+        isinstance(value, int)
+        and value is not True
+        and value is not False
+        and (0 <= value <= MAX_COUNT)
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value is not True and value is not False
 
 
 def _finite(value: Any) -> bool:
-    """A finite number (time is an axis: it must be plottable)."""
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    """A time in seconds: finite, within ±MAX_SECONDS (it is an axis: it must be plottable)."""
+    return _number(value) and -MAX_SECONDS <= value <= MAX_SECONDS
+
+
+def _rate(value: Any) -> bool:
+    """A finite number in float32's range (a learning rate)."""
+    return _number(value) and -MAX_READING <= value <= MAX_READING
 
 
 def _reading(value: Any) -> bool:
-    """A measured number: NaN/Inf are written as null, and a NaN from Python's json is kept."""
-    return value is None or _is_int(value) or isinstance(value, float)
+    """A measured number: NaN/Inf are written as null, and a NaN or ±Inf from Python's json
+    is kept (shown as such); a finite one must lie in float32's range."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return not math.isfinite(value) or abs(value) <= MAX_READING
+    return _number(value) and abs(value) <= MAX_READING
 
 
 def _text(value: Any) -> bool:
@@ -65,8 +95,9 @@ def _config(value: Any) -> bool:
     if not all(isinstance(value.get(s, {}), dict) for s in ("model", "train", "eval", "log")):
         return False
     train = value.get("train", {})
-    limits_ok = all(
-        train.get(key) is None or _finite(train[key]) for key in ("max_steps", "max_seconds")
+    steps, seconds = train.get("max_steps"), train.get("max_seconds")
+    limits_ok = (steps is None or _number(steps) and abs(steps) <= MAX_COUNT) and (
+        seconds is None or _finite(seconds)
     )
     rank = value.get("model", {}).get("rank")
     return limits_ok and (rank is None or _is_int(rank))
@@ -122,7 +153,7 @@ RECORD_FIELDS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "checkpoint": ({"step": _count, "path": _text, "checkpoint_bytes": _count}, {}),
     "paused": ({"step": _count}, {}),
     "resumed": ({"step": _count}, {}),
-    "lr_changed": ({"step": _count, "lr": _finite}, {"lr_scale": _reading}),
+    "lr_changed": ({"step": _count, "lr": _rate}, {"lr_scale": _reading}),
     "rank_grown": (
         {"step": _count, "rank": _count},
         {"new_parameters": _is_int, "lr": _reading},
@@ -356,6 +387,7 @@ class RunHistory:
 
     def _on_alarm(self, r: dict[str, Any]) -> None:
         self.alarms.append(r)
+        del self.alarms[:-ALARMS]
         self.alarm_active = r
         self._note(f"step {r['step']}: ALARM {r['kind']}: {r['message']}")
 
