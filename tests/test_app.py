@@ -35,6 +35,19 @@ from h2q_tui.training.history import LOG_LINES
 from h2q_tui.training.writers import METRICS_FILE
 
 SIZE = (160, 48)
+# the widest reading the process card shows: RSS, CPU share and CUDA memory
+FAKE_SNAPSHOT_WITH_GPU = SystemSnapshot(
+    time=0.0,
+    host_cpu_percent=100.0,
+    process_cpu_percent=1600.0,
+    process_rss_bytes=999 * 1024**3,
+    host_ram_used_bytes=None,
+    host_ram_total_bytes=None,
+    gpus=(),
+    cuda_allocated_bytes=79 * 1024**3,
+    cuda_reserved_bytes=79 * 1024**3,
+    gpu_status="1 GPU",
+)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -228,7 +228,7 @@ async def test_model_text_and_messages_that_look_like_markup_show_as_they_are(tm
             app.action_focus_next_run()
             await pilot.pause(0.2)
             assert app.is_running and app.return_code is None
-            assert sample in screen_text(app)
+            assert f"] {sample}" in screen_text(app)  # the Thought Stream, brackets kept
     finally:
         engine.close()
 
