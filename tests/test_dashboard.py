@@ -260,3 +260,55 @@ async def test_error_and_confirm_screens_show_messages_as_they_are(engine):
         await pilot.pause()
         assert "save [/tmp] and quit?" in screen_text(app)
         assert FINAL_STEP  # the fake engine's script is untouched
+
+
+# ---------------------------------------------------------------------- edges of the screen
+@pytest.mark.parametrize("size", [(80, 24), (100, 30), (120, 40), (160, 48)])
+async def test_the_footer_shows_whole_keys_only(engine, size):
+    from textual.widgets._footer import FooterKey
+
+    app = live_app(engine)
+    async with app.run_test(size=size) as pilot:
+        await play(pilot, engine)
+        for pane in ("1", "3", "4"):
+            await pilot.press(pane)
+            await pilot.pause(0.2)
+            keys = list(app.query(FooterKey))
+            palette = next(k for k in keys if k.has_class("-command-palette"))
+            shown = [k for k in keys if k.display and k is not palette]
+            assert shown and all(k.region.right <= palette.region.x for k in shown), size
+            last = screen_lines(app)[-1]
+            assert last.rstrip().endswith("^p palette"), last  # nothing after it
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+async def test_a_long_line_in_a_pane_ends_in_an_ellipsis(engine, size):
+    from h2q_tui.app.generate_pane import GeneratePane
+
+    app = live_app(engine)
+    async with app.run_test(size=size) as pilot:
+        await pilot.press("3")
+        pane = app.query_one(GeneratePane)
+        pane.say("ready: " + "a very long path/" * 20 + "END")
+        await pilot.pause()
+        row = next(line for line in screen_lines(app) if "ready: a very long path" in line)
+        assert "END" not in row and row.rstrip().endswith("…"), row
+
+
+async def test_charts_without_points_show_no_empty_legend_and_the_pareto_legend_avoids_points():
+    from textual_plot import LegendLocation
+
+    from h2q_tui.app.crystal_pane import quiet_corner
+
+    engine = FakeEngine(Path("unused"), script=[])
+    app = live_app(engine)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause(0.3)
+        from h2q_tui.app.widgets import LossChart
+
+        assert not app.query_one(LossChart).query_one("#legend").display  # no curves yet
+    engine.close()
+    # points up and to the right (bigger ratio, bigger loss): the legend goes top left
+    rising = [(1.0, 0.0), (2.0, 0.01), (4.0, 0.05), (8.0, 0.3), (7.5, 0.25)]
+    assert quiet_corner(rising) == LegendLocation.TOPLEFT
+    assert quiet_corner([]) == LegendLocation.TOPRIGHT

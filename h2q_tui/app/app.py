@@ -23,12 +23,13 @@ from textual.containers import Container, Horizontal, Vertical
 from textual.events import Key, Resize
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabPane
+from textual.widgets import Header, RichLog, Static, TabbedContent, TabPane
 from textual.worker import Worker
 
 from h2q_tui.app import formatting as fmt
 from h2q_tui.app.crystal_pane import CrystalPane
 from h2q_tui.app.engine_link import AttachedRuns, LiveEngine
+from h2q_tui.app.fields import FittingFooter
 from h2q_tui.app.generate_pane import GeneratePane
 from h2q_tui.app.ollama_pane import OllamaPane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, ErrorScreen, HelpScreen
@@ -228,7 +229,7 @@ class H2QApp(App[int]):
                     checkpoint_hint=str(self.attached.run_dirs[0]) if self.attached else "",
                 )
         yield Static(id="status-line")  # under every pane: notices show wherever one looks
-        yield Footer()
+        yield FittingFooter()
 
     def on_mount(self) -> None:
         self.sub_title = " + ".join(self.histories) + (" (attached)" if self.attached else "")
@@ -393,7 +394,7 @@ class H2QApp(App[int]):
 
     def on_resize(self, event: Resize) -> None:
         self._dirty = True  # card texts depend on the size
-        self.query_one(Footer).compact = event.size.width < COMPACT_WIDTH  # fits more keys
+        self.query_one(FittingFooter).compact = event.size.width < COMPACT_WIDTH  # more keys
 
     def skipped(self) -> tuple[int, int, str | None]:
         """Bad records, unparsable lines and a read error, over every run shown."""

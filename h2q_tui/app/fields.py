@@ -1,10 +1,11 @@
 """Form widgets that own the keys typed into them, so a letter meant for a field never
-reaches a dashboard key (``t`` trains, ``x`` stops, ``q`` quits)."""
+reaches a dashboard key (``t`` trains, ``x`` stops, ``q`` quits); a footer of whole keys."""
 
 from __future__ import annotations
 
 from textual import events
-from textual.widgets import Select
+from textual.widgets import Footer, Select
+from textual.widgets._footer import FooterKey
 
 
 def _is_typed(character: str | None) -> bool:
@@ -36,3 +37,25 @@ class FieldSelect(Select):
             if label.lower().startswith(character.lower()):
                 self.value = value
                 return
+
+
+class FittingFooter(Footer):
+    """The key footer, less the keys that do not fit whole before ``^p palette``: a key cut
+    at the edge showed as stray characters beside it. ``?`` lists every key."""
+
+    def on_resize(self) -> None:
+        for key in self.query(FooterKey):
+            key.display = True  # wider now: try every key again
+        self.call_after_refresh(self.fit_keys)
+
+    async def recompose(self) -> None:
+        await super().recompose()
+        self.call_after_refresh(self.fit_keys)
+
+    def fit_keys(self) -> None:
+        keys = list(self.query(FooterKey))
+        palette = [key for key in keys if key.has_class("-command-palette")]
+        right = palette[0].region.x if palette else self.region.right
+        for key in keys:
+            if not key.has_class("-command-palette") and key.region.right > right:
+                key.display = False

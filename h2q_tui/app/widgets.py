@@ -267,8 +267,12 @@ class LossChart(PlotWidget):
         self.set_ylabel("bits/byte" if units == "bpb" else "nats/byte")
         small = self.size.width < SMALL_CHART[0] or self.size.height < SMALL_CHART[1]
         self.margin_top = 1 if small else 2  # a small chart keeps its rows for the curves
-        # the legend would hide a small chart; the curves keep their colours (README, ?)
-        self.show_legend(LegendLocation.TOPRIGHT, is_visible=not small)
+        # the legend would hide a small chart (the curves keep their colours: README, ?);
+        # an empty chart has nothing to name
+        empty = not any(
+            h.train.value or h.heldout.value or h.horizon.value for h in histories.values()
+        )
+        self.show_legend(LegendLocation.TOPRIGHT, is_visible=not (small or empty))
 
     def _line(self, curve: Curve, axis: str, scale: float, limit: int, colour, label) -> None:
         xs, ys = _thin(curve.x(axis), curve.value, limit)
