@@ -32,11 +32,11 @@ CARDS = [
     ("speed", "Speed"),
     ("eta", "ETA"),
     ("lr", "Learning rate"),
-    ("penalty", "Penalty (aux) · rank"),
+    ("penalty", "Penalty · rank"),
     ("process", "This process"),
 ]
 # what else would be cut at 80 columns
-COMPACT_TITLES = {"horizon": "Horizon val/diff", "penalty": "Penalty · rank", "process": "Process"}
+COMPACT_TITLES = {"horizon": "Horizon val/diff", "process": "Process"}
 
 
 class MetricCard(Static):
