@@ -123,7 +123,8 @@ def short_bytes(n: int | None) -> str:
         return fmt.NA
     if n < 1024**3:
         return f"{n / 1024**2:.0f}M"
-    return f"{n / 1024**3:.1f}G"
+    gib = n / 1024**3
+    return f"{gib:.1f}G" if gib < 100 else f"{gib:.0f}G"
 
 
 def card_texts(h: RunHistory, state: str, compact: bool = False) -> dict[str, str | Text]:
