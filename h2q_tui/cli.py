@@ -878,15 +878,19 @@ def _download_progress():
 
 
 def run_presets(argv: list[str]) -> int:
+    import shutil
+
     from h2q_tui.presets_list import format_table, summaries
 
     Parser(
         prog="h2q-tui presets",
         description="The bundled presets: name, model family, parameter count (counted on "
-        "torch's meta device, so nothing is allocated) and the first line of the preset's "
-        "comment. Use one with --preset NAME.",
+        "torch's meta device, so nothing is allocated) and the first sentence of the "
+        "preset's comment. Use one with --preset NAME.",
     ).parse_args(argv)
-    print(format_table(summaries()))
+    # on a terminal the descriptions wrap at its width; piped, one line per preset
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print(format_table(summaries(), width))
     return EXIT_OK
 
 

@@ -6,11 +6,14 @@ initialisation), so even the 124 M-parameter preset lists instantly.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 from h2q_tui import config
 from h2q_tui.errors import UserError
+
+MIN_DESCRIPTION_W = 24  # narrower terminals: descriptions go past the edge, unwrapped
 
 
 @dataclass(frozen=True)
@@ -22,21 +25,22 @@ class PresetSummary:
 
 
 def description_of(path: Path) -> str:
-    """The first comment line of a preset TOML, without its ``#``."""
+    """The first sentence of a preset TOML's opening comment (it may span comment lines),
+    without the ``#``: never cut mid-sentence."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return ""
+    words: list[str] = []
     for line in lines:
         stripped = line.strip()
-        if not stripped:
-            continue
-        if not stripped.startswith("#"):
-            return ""
-        text = stripped.lstrip("#").strip()
-        if text:
-            return text
-    return ""
+        if not stripped.startswith("#") or (words and not stripped.lstrip("#").strip()):
+            break  # the opening comment ends at code or at an empty comment line
+        words += stripped.lstrip("#").split()
+        for index, word in enumerate(words):
+            if word.endswith(".") and not word.endswith("..."):
+                return " ".join(words[: index + 1])
+    return " ".join(words)
 
 
 def count_on_meta(model_config: config.ModelConfig) -> int:
@@ -66,19 +70,29 @@ def summaries() -> list[PresetSummary]:
     return [summarize(name) for name in config.preset_names()]
 
 
-def format_table(rows: list[PresetSummary]) -> str:
-    """Aligned plain text, one preset per line (no header wrapping, grep-friendly)."""
+def format_table(rows: list[PresetSummary], width: int | None = None) -> str:
+    """Aligned plain text, one preset a row. ``width`` (a terminal's columns): descriptions
+    wrap under their column; None keeps each preset on one line (grep-friendly)."""
     if not rows:
         return "no bundled presets found"
     counts = [f"{r.n_params:,}" if r.n_params is not None else "?" for r in rows]
     name_w = max(len("preset"), *(len(r.name) for r in rows))
     family_w = max(len("family"), *(len(r.family) for r in rows))
     count_w = max(len("parameters"), *(len(c) for c in counts))
+    indent = name_w + family_w + count_w + 6
     lines = [
         f"{'preset':<{name_w}}  {'family':<{family_w}}  {'parameters':>{count_w}}  description"
     ]
+    wrap_w = None if width is None else max(MIN_DESCRIPTION_W, width - indent)
     for row, count in zip(rows, counts, strict=True):
-        lines.append(
-            f"{row.name:<{name_w}}  {row.family:<{family_w}}  {count:>{count_w}}  {row.description}"
+        parts = (
+            textwrap.wrap(row.description, wrap_w, break_on_hyphens=False)
+            if wrap_w
+            else [row.description]
         )
+        lines.append(
+            f"{row.name:<{name_w}}  {row.family:<{family_w}}  {count:>{count_w}}  "
+            + (parts[0] if parts else "")
+        )
+        lines += [" " * indent + part for part in parts[1:]]
     return "\n".join(lines)

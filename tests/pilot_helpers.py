@@ -30,3 +30,9 @@ def text_of(widget: Static) -> str:
     console = Console(file=io.StringIO(), width=150, color_system=None, legacy_windows=False)
     console.print(content)
     return console.file.getvalue()
+
+
+def screen_lines(app) -> list[str]:
+    """The plain text of every row of the screen as drawn now (what a person sees)."""
+    strips = app.screen._compositor.render_strips()
+    return ["".join(segment.text for segment in strip) for strip in strips]

@@ -35,6 +35,19 @@ from h2q_tui.training.history import LOG_LINES
 from h2q_tui.training.writers import METRICS_FILE
 
 SIZE = (160, 48)
+# the widest reading the process card shows: RSS, CPU share and CUDA memory
+FAKE_SNAPSHOT_WITH_GPU = SystemSnapshot(
+    time=0.0,
+    host_cpu_percent=100.0,
+    process_cpu_percent=1600.0,
+    process_rss_bytes=999 * 1024**3,
+    host_ram_used_bytes=None,
+    host_ram_total_bytes=None,
+    gpus=(),
+    cuda_allocated_bytes=79 * 1024**3,
+    cuda_reserved_bytes=79 * 1024**3,
+    gpu_status="1 GPU",
+)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -90,7 +103,7 @@ async def test_t_starts_training_and_cards_show_the_script(engine):
         assert card(app, "speed") == "50 ms/step\n2,560 tok/s"
         assert card(app, "heldout").endswith(f"@ step {FINAL_STEP}")
         assert card(app, "horizon").startswith("Val ")
-        assert card(app, "rank") == "2"  # tiny preset: microstream with rank 2
+        assert card(app, "penalty") == "0.0012 · rank 2\nraw 1.20"  # tiny: microstream, rank 2
         assert "The quick brown fox thinks" in text_of(app.query_one("#thought-stream", Static))
         history = app.histories["fake-run"]
         assert len(history.train) == FINAL_STEP and len(history.horizon) == 4
@@ -841,7 +854,7 @@ def inside(region, outer) -> bool:
 
 @pytest.mark.parametrize("size", [(80, 24), (100, 30), (160, 48)])
 async def test_every_pane_fits_and_no_number_wraps(engine, size):
-    from h2q_tui.app.widgets import CARDS, card_texts
+    from h2q_tui.app.widgets import CARDS, card_texts, process_text
 
     app = live_app(engine)
     async with app.run_test(size=size) as pilot:
@@ -853,6 +866,7 @@ async def test_every_pane_fits_and_no_number_wraps(engine, size):
         status_line = app.query_one("#status-line")
         assert inside(status_line.region, screen) and status_line.region.height == 1
         texts = card_texts(app.histories["fake-run"], "running", app.compact)
+        texts["process"] = process_text(FAKE_SNAPSHOT_WITH_GPU, compact=app.compact)
         for key, _title in CARDS:
             box = app.query_one(f"#card-{key}")
             assert inside(box.region, screen), (key, size)

@@ -15,8 +15,9 @@ from textual.widgets import Input, Select, Static, TabbedContent
 from h2q_tui.app.app import H2QApp, make_app
 from h2q_tui.app.generate_pane import GeneratePane, strength_bar
 from h2q_tui.config import resolve
-from h2q_tui.generation.generate import generate_text
+from h2q_tui.generation.generate import ModeConfig, generate_text
 from h2q_tui.generation.sampling import SamplingConfig
+from h2q_tui.generation.steering import SteerConfig
 from h2q_tui.generation.text import Codec
 from h2q_tui.models import build_model
 from h2q_tui.training import commands
@@ -231,6 +232,32 @@ async def test_mode_steer_without_a_word_is_an_error_line_not_a_crash(model, eng
         await generate(pilot, pane)
         assert not pane.last_error and "stop: length" in shown(app, "gen-stats")
         assert pane.generation.steer.active and pane.generation.stats.residual_norm > 0
+
+
+async def test_a_word_and_a_strength_steer_in_sample_mode_as_the_cli_does(model, engine):
+    """``generate --steer WORD`` steers with mode sample; the pane's sample mode did not."""
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        pane = await give_model(pilot, model)
+        assert pane.query_one("#gen-mode", Select).value == "sample"
+        set_field(pane, "gen-tokens", "40")
+        set_field(pane, "gen-word", "the")
+        plain = await generate(pilot, pane)  # strength 0: plain sampling
+        assert not pane.generation.steer.active
+        await pilot.press("right", "right", "right")  # +0.3
+        steered = await generate(pilot, pane)
+        assert not pane.last_error and steered != plain
+        assert pane.generation.steer.active and pane.generation.mode.mode == "steer"
+        assert "towards 'the' at +0.3" in message(app)
+        expected = generate_text(
+            model,
+            Codec(),
+            "Once upon a time",
+            sampling=SamplingConfig(max_new_tokens=40),
+            mode=ModeConfig(mode="steer"),
+            steer=SteerConfig(word="the", strength=0.3, layer=0),
+        )
+        assert steered == expected  # what `generate --steer the --strength 0.3` streams
 
 
 async def test_lookahead_and_flow_modes_generate(model, engine):

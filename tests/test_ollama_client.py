@@ -282,3 +282,51 @@ def test_a_server_that_is_not_ollama_reads_no_server() -> None:
     with LiveServer(app) as live, OllamaClient(live.url) as client:
         with pytest.raises(ServerUnreachable, match="without a version"):
             client.probe()
+
+
+# ----------------------------------------------------------------------------- tables
+LONG = "hf.co/someone/a-really-long-model-name-GGUF:Q4_K_M-imatrix"
+
+
+class _ListingClient:
+    """OllamaClient's stand-in for ``ollama list``: names of every length."""
+
+    def __init__(self, host) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def probe(self) -> None:
+        pass
+
+    def list(self) -> list[dict]:
+        details = {"family": "llama", "parameter_size": "8.0B", "quantization_level": "Q4_K_M"}
+        return [
+            {"name": "tiny:latest", "size": 1234, "details": details},
+            {"name": LONG, "size": 4_900_000_000, "details": details},
+        ]
+
+
+def test_ollama_list_keeps_its_columns_aligned_with_long_names(capsys, monkeypatch) -> None:
+    from h2q_tui.ollama import client as client_module
+
+    monkeypatch.setattr(client_module, "OllamaClient", _ListingClient)
+    assert cli.main(["ollama", "list"]) == 0
+    header, short, long = capsys.readouterr().out.splitlines()
+    assert long.startswith(LONG + "  ")
+    end = header.index("PARAMS") + len("PARAMS")  # numbers: aligned right
+    assert short.index("8.0B") + 4 == long.index("8.0B") + 4 == end
+    assert header.index("FAMILY") == short.index("llama") == long.index("llama")
+    assert header.index("QUANT") == short.index("Q4_K_M") == long.rindex("Q4_K_M")
+
+
+def test_serve_rows_line_up_with_long_names() -> None:
+    from h2q_tui.ollama.command import aligned
+
+    lines = aligned([["tiny", "microstream", "step 40"], [LONG, "gpt", "step 7"]])
+    assert lines[0].index("microstream") == lines[1].index("gpt") == len(LONG) + 2
+    assert lines[0].index("step 40") == lines[1].index("step 7")

@@ -57,3 +57,21 @@ def test_small_preset_trains_resumes_and_samples(tmp_path, text_file, name):
     assert [e.step for e in resumed if isinstance(e, events.StepCompleted)] == [3]
     model = checkpoints.load_model_from(checkpoints.read_info(tmp_path / "run"))
     assert model is not None
+
+
+def test_the_presets_list_gives_whole_sentences_within_80_columns(tmp_path):
+    """`h2q-tui presets` cut descriptions at the first comment line, mid-sentence."""
+    from h2q_tui.presets_list import description_of, format_table, summaries
+
+    preset = tmp_path / "two-lines.toml"
+    preset.write_text("# A model sized for\n# a small CPU. Second sentence.\n#\n[model]\n")
+    assert description_of(preset) == "A model sized for a small CPU."
+    rows = summaries()
+    table = format_table(rows, width=80)
+    assert max(map(len, table.splitlines())) <= 80
+    words = table.split()
+    for row in rows:
+        assert row.description.endswith("."), row
+        assert " ".join(row.description.split()) in " ".join(words), row.name
+    piped = format_table(rows).splitlines()  # no width: one line per preset, for grep
+    assert len(piped) == len(rows) + 1

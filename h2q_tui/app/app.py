@@ -24,12 +24,13 @@ from textual.containers import Container, Horizontal, Vertical
 from textual.events import Key, Resize
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabPane
+from textual.widgets import Header, RichLog, Static, TabbedContent, TabPane
 from textual.worker import Worker
 
 from h2q_tui.app import formatting as fmt
 from h2q_tui.app.crystal_pane import CrystalPane
 from h2q_tui.app.engine_link import AttachedRuns, LiveEngine
+from h2q_tui.app.fields import FittingFooter
 from h2q_tui.app.generate_pane import GeneratePane
 from h2q_tui.app.ollama_pane import OllamaPane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, ErrorScreen, HelpScreen
@@ -60,6 +61,8 @@ PAUSING = "pausing after this step"
 # records folded in (and the status line drawn) as soon as they arrive, not at the next tick
 AT_ONCE = frozenset({"notice", "progress", "paused", "resumed", "alarm", "run_finished"})
 STOPPING = "stopping: saving checkpoint…"
+SAVING = "saving a checkpoint after this step…"
+SAMPLING = "Thought Stream sample asked: it shows after this step…"
 PAUSING_ALARMS = ("ALARM nan", "ALARM memory_over")  # states of alarms the trainer pauses on
 
 
@@ -182,6 +185,7 @@ class H2QApp(App[int]):
         self.commands_sent: list[commands.Command] = []
         self.pending: str | None = None  # what a key asked for, until the engine confirms it
         self._save_asked = False  # c was pressed: toast the checkpoint when it is saved
+        self._lr_asked, self._lr_asks = 1.0, 0  # +/- asked for: the factor, and how many
         if attached and len(attached.names) > 1:
             for (
                 key
@@ -235,7 +239,7 @@ class H2QApp(App[int]):
                     checkpoint_hint=str(self.attached.run_dirs[0]) if self.attached else "",
                 )
         yield Static(id="status-line")  # under every pane: notices show wherever one looks
-        yield Footer()
+        yield FittingFooter()
 
     def on_mount(self) -> None:
         if not self.is_headless:  # first: not under Pilot, this process is the app's own
@@ -352,6 +356,14 @@ class H2QApp(App[int]):
         kind = record.get("event")
         if kind in ("paused", "resumed", "run_finished", "run_failed"):
             self.pending = None  # what the key asked for has happened
+        elif kind == "sample" and self.pending == SAMPLING:
+            self.pending = None
+        elif kind == "lr_changed" and self._lr_asks:
+            self._lr_asks -= 1
+            if not self._lr_asks:  # every change asked for has happened
+                self._lr_asked = 1.0
+                self.pending = None
+                self.notify(f"learning rate now {record['lr']:.3e}", timeout=3)
         if kind == "paused":
             if not self.state.startswith(PAUSING_ALARMS):  # they pause: keep saying so
                 self.state = "paused"
@@ -361,13 +373,16 @@ class H2QApp(App[int]):
             self.state = f"ALARM {record['kind']}" + (
                 " — paused" if record["kind"] in ("nan", "memory_over") else ""
             )
-            self.notify(record["message"], title="Alarm", severity="error", timeout=10)
+            self.notify(
+                str(record["message"]), title="Alarm", severity="error", timeout=10, markup=False
+            )
         elif kind == "run_finished":
             self.state = f"finished ({record['reason']})"
         elif kind == "run_failed":
             self.state = "failed"
         elif kind == "checkpoint" and self._save_asked:  # periodic ones: the event log only
             self._save_asked = False
+            self.pending = None if self.pending == SAVING else self.pending
             self.notify(f"checkpoint saved at step {record['step']}", timeout=3)
 
     def poll_attached(self) -> None:
@@ -402,6 +417,8 @@ class H2QApp(App[int]):
 
     def on_snapshot_taken(self, message: SnapshotTaken) -> None:
         self.snapshot = message.snapshot
+        if self.attached is None:  # attached: the card shows the run's RSS, not this viewer's
+            self.query_one(CardGrid).show_process(self.snapshot, None)
         if self.query_one(TabbedContent).active == "system":
             self.query_one(SystemPanel).show(self.snapshot, self.histories[self.focused_run])
 
@@ -424,7 +441,7 @@ class H2QApp(App[int]):
 
     def on_resize(self, event: Resize) -> None:
         self._dirty = True  # card texts depend on the size
-        self.query_one(Footer).compact = event.size.width < COMPACT_WIDTH  # fits more keys
+        self.query_one(FittingFooter).compact = event.size.width < COMPACT_WIDTH  # more keys
 
     def skipped(self) -> tuple[int, int, str | None]:
         """Bad records, unparsable lines and a read error, over every run shown."""
@@ -499,13 +516,10 @@ class H2QApp(App[int]):
         self._chart_dirty = True
         history = self.histories[self.focused_run]
         state = self.attached_state(history) if self.attached else self.state
-        self.query_one(CardGrid).show(history, state, self.compact)
+        live = self.attached is None
+        self.query_one(CardGrid).show(history, state, self.compact, self.snapshot, live)
         self.draw_status()
-        samples = history.samples[-2:]
-        stream = (
-            "\n".join(f"[step {s}] {text}" for s, text in samples)
-            or "samples appear here during training"
-        )
+        stream = thought_stream_text(history.samples[-2:])
         thought_stream = self.query_one("#thought-stream", Static)
         if stream != thought_stream.content:
             thought_stream.update(stream, layout=False)  # a fixed-size box: no layout pass
@@ -617,9 +631,12 @@ class H2QApp(App[int]):
 
     def action_save(self) -> None:
         self._save_asked = self.send(commands.SaveNow())
+        if self._save_asked:
+            self._say_pending(SAVING)
 
     def action_sample(self) -> None:
-        self.send(commands.SampleNow())
+        if self.send(commands.SampleNow()):
+            self._say_pending(SAMPLING)
 
     def _follow_dir(self) -> Path | None:
         """The run dir the Generate pane's follow mode watches: the live run's, else the
@@ -638,10 +655,17 @@ class H2QApp(App[int]):
         return None
 
     def action_lr_up(self) -> None:
-        self.send(commands.ScaleLearningRate(LR_STEP))
+        self._scale_lr(LR_STEP)
 
     def action_lr_down(self) -> None:
-        self.send(commands.ScaleLearningRate(1 / LR_STEP))
+        self._scale_lr(1 / LR_STEP)
+
+    def _scale_lr(self, factor: float) -> None:
+        """Ask for the LR change and say so at once; the lr_changed record confirms it."""
+        if self.send(commands.ScaleLearningRate(factor)):
+            self._lr_asked *= factor
+            self._lr_asks += 1
+            self._say_pending(f"learning rate ×{self._lr_asked:.3g} asked: from the next step…")
 
     async def stop_on_signal(self, signum: int) -> None:
         """A stop signal (signals.py has already asked the trainer to stop): once it has saved,
@@ -735,7 +759,7 @@ class H2QApp(App[int]):
     def action_focus_next_run(self) -> None:
         names = list(self.histories)
         self.focused_run = names[(names.index(self.focused_run) + 1) % len(names)]
-        self.notify(f"cards show {self.focused_run}", timeout=2)
+        self.notify(f"cards show {self.focused_run}", timeout=2, markup=False)
         self._dirty = True
 
     def action_config_diff(self) -> None:
@@ -757,7 +781,7 @@ class H2QApp(App[int]):
         csv_path = folder / f"charts-{stamp}.csv"
         write_chart_csv(csv_path, self.histories)
         svg_path = self.save_screenshot(filename=f"screen-{stamp}.svg", path=str(folder))
-        self.notify(f"wrote {csv_path.name} and {Path(svg_path).name} in {folder}")
+        self.notify(f"wrote {csv_path.name} and {Path(svg_path).name} in {folder}", markup=False)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -765,6 +789,18 @@ class H2QApp(App[int]):
             yield SystemCommand(
                 description, f"key: {key}", lambda action=action: self.run_action(action)
             )
+
+
+def thought_stream_text(samples: list[tuple[int, str]]) -> Text:
+    """The last samples, each after its step: model text is data, never markup."""
+    if not samples:
+        return Text("samples appear here during training", style="dim")
+    text = Text()
+    for index, (step, sample) in enumerate(samples):
+        text.append("\n" if index else "")
+        text.append(f"[step {step}] ", style="dim")
+        text.append(sample)
+    return text
 
 
 def write_chart_csv(path: Path, histories: dict[str, RunHistory]) -> None:

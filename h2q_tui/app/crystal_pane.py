@@ -189,7 +189,25 @@ class ParetoPlot(PlotWidget):
             self.scatter(xs, ys, "●", "bold green", None, "Pareto front")
         self.set_xlabel("ratio (× smaller)")
         self.set_ylabel("Δ bits/byte")
-        self.show_legend(LegendLocation.TOPRIGHT, is_visible=self.size.height >= 12)
+        points = [(r.ratio, r.delta) for r in measured]
+        # no legend over an empty chart, nor over the points: it goes in the emptiest corner
+        self.show_legend(quiet_corner(points), is_visible=bool(points) and self.size.height >= 12)
+
+
+def quiet_corner(points: list[tuple[float, float]]) -> LegendLocation:
+    """The corner of the data's range (x right or left, y top or bottom) with the fewest
+    points, the top right on a tie."""
+    if not points:
+        return LegendLocation.TOPRIGHT
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x_mid, y_mid = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
+    corners = {
+        LegendLocation.TOPRIGHT: lambda x, y: x >= x_mid and y >= y_mid,
+        LegendLocation.TOPLEFT: lambda x, y: x <= x_mid and y >= y_mid,
+        LegendLocation.BOTTOMRIGHT: lambda x, y: x >= x_mid and y <= y_mid,
+        LegendLocation.BOTTOMLEFT: lambda x, y: x <= x_mid and y <= y_mid,
+    }
+    return min(corners, key=lambda c: sum(corners[c](x, y) for x, y in points))
 
 
 class CrystalPane(Vertical, can_focus=True):

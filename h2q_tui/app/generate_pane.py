@@ -32,6 +32,7 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from h2q_tui.app.fields import FieldSelect
 from h2q_tui.generation.generate import (
     MODES,
     Generation,
@@ -246,11 +247,13 @@ class GeneratePane(Vertical, can_focus=True):
         with Horizontal(classes="gen-row"):
             yield Label("mode", classes="gen-label")
             options = [(mode, mode) for mode in MODES]
-            yield Select(options, value="sample", allow_blank=False, id="gen-mode", compact=True)
+            yield FieldSelect(
+                options, value="sample", allow_blank=False, id="gen-mode", compact=True
+            )
             yield Label("word", classes="gen-label-short")
             yield Input(placeholder="target word", id="gen-word", compact=True)
             yield Label("layer", classes="gen-label-short")
-            yield Select([], prompt="no model", id="gen-layer", compact=True)
+            yield FieldSelect([], prompt="no model", id="gen-layer", compact=True)
         with Horizontal(classes="gen-row"):  # a row of its own: 80 columns hold it
             yield Label("decoding", classes="gen-label")
             yield Label("L", classes="gen-label-tiny gen-first")
@@ -338,10 +341,11 @@ class GeneratePane(Vertical, can_focus=True):
             lookahead=self._value("gen-lookahead", int, "L"),
             flow_weight=self._value("gen-flow", float, "w"),
         )
-        word = self._word()
-        # sample means plain sampling; steer, lookahead and flow steer when a word is set
-        strength = self.strength if mode == "steer" or (word and mode != "sample") else 0.0
-        steer = SteerConfig(word=word, strength=strength, layer=self._layer())
+        # as `generate --steer WORD`: a word and a non-zero strength steer in every mode,
+        # and sampling with them is the steer mode
+        steer = SteerConfig(word=self._word(), strength=self.strength, layer=self._layer())
+        if mode == "sample" and steer.active:
+            modes.mode = "steer"
         return Generation(self.model, self.codec, self._prompt(), sampling, modes, steer)
 
     # ------------------------------------------------------------------ the model
@@ -439,7 +443,7 @@ class GeneratePane(Vertical, can_focus=True):
         self._gen_id += 1
         self.generation, self.busy, self.output = generation, "generating", ""
         self._started = time.perf_counter()
-        self.query_one("#gen-output-box").border_title = f"Output · {self.source}"
+        self.query_one("#gen-output-box").border_title = Text(f"Output · {self.source}")
         steer = generation.steer
         steering = (
             f" towards {steer.word!r} at {format_strength(steer.strength)}, layer {steer.layer}"
@@ -503,7 +507,7 @@ class GeneratePane(Vertical, can_focus=True):
             tokens = self.generation.stats.new_tokens
             seconds = max(1e-9, time.perf_counter() - self._started)
             self.query_one("#gen-stats", Static).update(
-                f"generating… {tokens} tokens · {tokens / seconds:.1f} tokens/s"
+                Text(f"generating… {tokens} tokens · {tokens / seconds:.1f} tokens/s")
             )
 
     def on_generate_pane_finished(self, message: Finished) -> None:
@@ -518,7 +522,7 @@ class GeneratePane(Vertical, can_focus=True):
         self.say(f"done ({self._what}) · model: {self.source}")
 
     def show_stats(self, stats: GenerationStats) -> None:
-        self.query_one("#gen-stats", Static).update(format_stats(stats))
+        self.query_one("#gen-stats", Static).update(Text(format_stats(stats)))
 
     def action_cancel(self) -> None:
         if self.busy is None:

@@ -31,6 +31,7 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from h2q_tui.app.fields import FieldSelect
 from h2q_tui.system.threads import on_own_thread
 
 DEFAULT_PROMPT = "Once upon a time"
@@ -171,7 +172,7 @@ class OllamaPane(Vertical, can_focus=True):
             yield Label("server")
             yield Input(self.host, id="oll-url", compact=True)
             yield Label("model", classes="oll-short")
-            yield Select([], prompt="no models", id="oll-model", compact=True)
+            yield FieldSelect([], prompt="no models", id="oll-model", compact=True)
         with Horizontal(classes="oll-row"):
             yield Label("local")
             yield Input(
@@ -269,7 +270,7 @@ class OllamaPane(Vertical, can_focus=True):
         line = f"server {message.url} · running (version {message.version}) · {count} model(s)"
         self.query_one("#oll-server", Static).update(one_line(line, "green"))
         keep = picker.value if picker.value in message.models else None
-        picker.set_options([(name, name) for name in message.models])
+        picker.set_options([(Text(name), name) for name in message.models])  # names: literal
         if message.models:
             picker.value = keep or message.models[0]
 
@@ -323,7 +324,7 @@ class OllamaPane(Vertical, can_focus=True):
 
     def on_ollama_pane_local_ready(self, message: LocalReady) -> None:
         self.local = (message.model, message.codec, message.source, message.load_s)
-        self.query_one("#oll-local-side").border_title = f"local: {message.source}"
+        self.query_one("#oll-local-side").border_title = Text(f"local: {message.source}")
         self.say(f"local model ready: {message.source} — r runs the prompt on both")
         if self._run_after_load:
             self.action_run()
@@ -373,7 +374,7 @@ class OllamaPane(Vertical, can_focus=True):
             self.stats[side] = ""
             self._show(side)
         url = self.query_one("#oll-url", Input).value.strip() or self.host
-        self.query_one("#oll-ollama-side").border_title = f"Ollama: {model or 'no model'}"
+        self.query_one("#oll-ollama-side").border_title = Text(f"Ollama: {model or 'no model'}")
         skipped = [] if model else ["no Ollama model"]
         skipped += [] if self.local else ["no local model"]
         note = f" ({', '.join(skipped)})" if skipped else ""

@@ -1,13 +1,15 @@
-"""Modal screens: help, quit confirmation, config diff, errors."""
+"""Modal screens: help, quit confirmation, config diff, errors. What they show from
+elsewhere (paths, config values, error messages) is literal text, never markup."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -23,7 +25,8 @@ class _Modal(ModalScreen[bool]):
 
 
 class HelpScreen(_Modal):
-    """Every key binding of the app, generated from its BINDINGS."""
+    """Every key binding of the app, generated from its BINDINGS, in a box that scrolls
+    (arrows, PageUp/PageDown, Home/End, the wheel) where the terminal is too short."""
 
     BINDINGS = [*_Modal.BINDINGS, Binding("question_mark", "dismiss_false", "Close", show=False)]
 
@@ -36,13 +39,17 @@ class HelpScreen(_Modal):
         table.add_column("key", style="bold cyan", no_wrap=True)
         table.add_column("action")
         for key, description in self.bindings:
-            table.add_row(key, description)
-        with Vertical(id="dialog"):
-            yield Static(table)
+            table.add_row(Text(key), Text(description))
+        with Vertical(id="dialog", classes="help"):
+            with VerticalScroll(id="help-keys"):
+                yield Static(table)
             yield Static(
-                "Ctrl+P opens the command palette with the same actions (and themes). Esc closes.",
+                "↑/↓ PgUp/PgDn scroll · Ctrl+P: the same actions (and themes) · Esc closes",
                 classes="hint",
             )
+
+    def on_mount(self) -> None:
+        self.query_one("#help-keys").focus()  # the arrows, PageDown, End scroll at once
 
 
 class ConfirmScreen(_Modal):
@@ -61,7 +68,7 @@ class ConfirmScreen(_Modal):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static(self.question)
+            yield Static(Text(self.question))
             yield Static("[b]y[/b] yes   [b]n[/b]/Esc no", classes="hint")
 
     def action_yes(self) -> None:
@@ -81,9 +88,9 @@ class ConfigDiffScreen(_Modal):
         table = Table(title="config differences", expand=True, show_edge=False)
         table.add_column("key", style="bold")
         for name in self.names:
-            table.add_column(name)
+            table.add_column(Text(name))
         for key, values in self.rows:
-            table.add_row(key, *[str(v) for v in values])
+            table.add_row(Text(key), *[Text(str(v)) for v in values])
         with Vertical(id="dialog"):
             yield Static(
                 table
@@ -104,5 +111,5 @@ class ErrorScreen(_Modal):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="error"):
-            yield Static(f"[b red]Error[/b red]\n\n{self.message}")
+            yield Static(Text.assemble(("Error", "bold red"), "\n\n", self.message))
             yield Static("Esc closes.", classes="hint")

@@ -32,10 +32,11 @@ CARDS = [
     ("speed", "Speed"),
     ("eta", "ETA"),
     ("lr", "Learning rate"),
-    ("rank", "Rank"),
-    ("penalty", "Penalty (aux)"),
+    ("penalty", "Penalty · rank"),
+    ("process", "This process"),
 ]
-COMPACT_TITLES = {"horizon": "Horizon val/diff"}  # what else would be cut at 80 columns
+# what else would be cut at 80 columns
+COMPACT_TITLES = {"horizon": "Horizon val/diff", "process": "Process"}
 
 
 class MetricCard(Static):
@@ -47,7 +48,9 @@ class MetricCard(Static):
 
     def show(self, text: str | Text) -> None:
         """New text, redrawn in place: a card's size is fixed, so no layout pass (which
-        would recompose the whole screen) and nothing at all when the text is unchanged."""
+        would recompose the whole screen) and nothing at all when the text is unchanged.
+        A str is shown as it is (never parsed as markup)."""
+        text = Text(text) if isinstance(text, str) else text
         if text != self.content:
             self.update(text, layout=False)
 
@@ -61,7 +64,14 @@ class CardGrid(Grid):
 
     _compact: bool | None = None
 
-    def show(self, history: RunHistory, state: str, compact: bool = False) -> None:
+    def show(
+        self,
+        history: RunHistory,
+        state: str,
+        compact: bool = False,
+        snap: SystemSnapshot | None = None,
+        live: bool = True,
+    ) -> None:
         if compact != self._compact:
             self._compact = compact
             for key, title in CARDS:
@@ -69,6 +79,52 @@ class CardGrid(Grid):
                 card.border_title = COMPACT_TITLES.get(key, title) if compact else title
         for key, text in card_texts(history, state, compact).items():
             self.query_one(f"#card-{key}", MetricCard).show(text)
+        self.show_process(snap, history, live)
+
+    def show_process(
+        self, snap: SystemSnapshot | None, history: RunHistory | None, live: bool = True
+    ) -> None:
+        """The process card alone: new system readings arrive on their own clock."""
+        text = process_text(snap, history, bool(self._compact), live)
+        self.query_one("#card-process", MetricCard).show(text)
+
+
+def process_text(
+    snap: SystemSnapshot | None,
+    history: RunHistory | None = None,
+    compact: bool = False,
+    live: bool = True,
+) -> Text:
+    """This process's RSS, CPU share and CUDA memory (when it has some), from the monitor
+    thread's last snapshot. Attached (``live`` false) the run's RSS from its step records:
+    this viewer's own readings say nothing of the run."""
+    size = short_bytes if compact else format_bytes
+    if not live:
+        step = (history.last_step if history else None) or {}
+        rss = step.get("rss_bytes")
+        at = f"@ step {step['step']:,}" if rss is not None else "no reading yet"
+        return Text(f"run RSS {size(rss)}\n{at}")
+    if snap is None:
+        return Text(f"RSS {fmt.NA}\nCPU {fmt.NA}", style="dim")
+    rss = f"RSS {size(snap.process_rss_bytes)}"
+    cpu = f"CPU {format_value(snap.process_cpu_percent, '.0f')}%"
+    cuda = snap.cuda_reserved_bytes
+    cuda = snap.cuda_allocated_bytes if cuda is None else cuda
+    if cuda is None:
+        return Text(f"{rss}\n{cpu}")
+    if compact:  # two lines of at most 17 characters
+        return Text(f"{rss} {cpu}\nGPU {size(cuda)} reserved")
+    return Text(f"{rss}\n{cpu}\nGPU {size(cuda)} reserved")
+
+
+def short_bytes(n: int | None) -> str:
+    """``312M``, ``2.0G``: sizes for the compact cards."""
+    if n is None:
+        return fmt.NA
+    if n < 1024**3:
+        return f"{n / 1024**2:.0f}M"
+    gib = n / 1024**3
+    return f"{gib:.1f}G" if gib < 100 else f"{gib:.0f}G"
 
 
 def card_texts(h: RunHistory, state: str, compact: bool = False) -> dict[str, str | Text]:
@@ -125,8 +181,8 @@ def card_texts(h: RunHistory, state: str, compact: bool = False) -> dict[str, st
         "speed": speed,
         "eta": fmt.duration(h.eta_seconds()),
         "lr": fmt.number(step.get("lr"), ".3e"),
-        "rank": str(h.rank if h.rank is not None else (rank if rank is not None else fmt.NA)),
         "penalty": fmt.number(step.get("aux_loss"), ".4f")
+        + f" · rank {h.rank if h.rank is not None else (rank if rank is not None else fmt.NA)}"
         + (f"\nraw {fmt.number(step.get('penalty'), '.2f')}" if step else ""),
     }
 
@@ -213,8 +269,12 @@ class LossChart(PlotWidget):
         self.set_ylabel("bits/byte" if units == "bpb" else "nats/byte")
         small = self.size.width < SMALL_CHART[0] or self.size.height < SMALL_CHART[1]
         self.margin_top = 1 if small else 2  # a small chart keeps its rows for the curves
-        # the legend would hide a small chart; the curves keep their colours (README, ?)
-        self.show_legend(LegendLocation.TOPRIGHT, is_visible=not small)
+        # the legend would hide a small chart (the curves keep their colours: README, ?);
+        # an empty chart has nothing to name
+        empty = not any(
+            h.train.value or h.heldout.value or h.horizon.value for h in histories.values()
+        )
+        self.show_legend(LegendLocation.TOPRIGHT, is_visible=not (small or empty))
         self._fit_flat_axes(*self._drawn)
 
     _flat = (False, False)  # the x, y limits are ours, set for data of one value

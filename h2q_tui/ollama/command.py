@@ -143,9 +143,9 @@ def serve_main(argv: list[str]) -> int:
         flush=True,
     )
     print(f"  decoding on {decoding_choice().describe()}; {wait_policy().describe()}", flush=True)
-    for entry in registry.entries.values():
-        what = entry.describe or entry.error
-        print(f"  {entry.name:<32} {entry.family:<16} {what}", flush=True)
+    rows = [[e.name, e.family, e.describe or e.error] for e in registry.entries.values()]
+    for line in aligned(rows):
+        print(f"  {line}", flush=True)
     if not net.is_loopback(args.host):
         print(
             f"h2q-tui serve: warning: --host {args.host} accepts connections from other "
@@ -176,6 +176,22 @@ def serve_main(argv: list[str]) -> int:
 
 
 # ----------------------------------------------------------------------------- ollama
+def aligned(rows: list[list[str]], right: tuple[int, ...] = ()) -> list[str]:
+    """Rows of cells as lines whose columns line up however long a name is: each column as
+    wide as its widest cell, two spaces apart; ``right``: the columns aligned right."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
 def ollama_parser() -> Parser:
     parser = Parser(
         prog="h2q-tui ollama",
@@ -240,15 +256,19 @@ def ollama_main(argv: list[str]) -> int:
         try:
             client.probe()
             if args.command == "list":
-                models = client.list()
-                print(f"{'NAME':<36} {'SIZE':>9}  {'FAMILY':<16} {'PARAMS':>7}  QUANT")
-                for m in models:
+                rows = [["NAME", "SIZE", "FAMILY", "PARAMS", "QUANT"]]
+                for m in client.list():
                     d = m.get("details") if isinstance(m.get("details"), dict) else {}
-                    print(
-                        f"{str(m.get('name') or m.get('model')):<36} {human_bytes(m.get('size')):>9}  "
-                        f"{str(d.get('family', '')):<16} {str(d.get('parameter_size', '')):>7}  "
-                        f"{d.get('quantization_level', '')}"
+                    rows.append(
+                        [
+                            str(m.get("name") or m.get("model")),
+                            human_bytes(m.get("size")),
+                            str(d.get("family", "")),
+                            str(d.get("parameter_size", "")),
+                            str(d.get("quantization_level", "")),
+                        ]
                     )
+                print("\n".join(aligned(rows, right=(1, 3))))
                 return 0
             if args.command == "pull":
                 for progress in client.pull(args.model):
