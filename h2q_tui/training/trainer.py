@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from h2q_tui import checkpoints
-from h2q_tui.config import RunConfig
+from h2q_tui.config import NO_LIMIT, RunConfig
 from h2q_tui.data.sources import Corpus
 from h2q_tui.data.streams import HorizonSampler, RandomWindowSampler
 from h2q_tui.generation.text import Codec
@@ -75,9 +75,9 @@ def scheduled_lr(config: RunConfig, step: int, elapsed_s: float) -> float:
         return t.lr * (step + 1) / t.warmup_steps
     if t.schedule == "constant":
         return t.lr
-    if t.max_steps:
+    if t.max_steps > 0:
         progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-    elif t.max_seconds:
+    elif t.max_seconds > 0:
         progress = elapsed_s / t.max_seconds
     else:
         return t.lr
@@ -496,9 +496,9 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _limit_reached(self) -> str | None:
         t = self.config.train
-        if t.max_steps and self.step >= t.max_steps:
+        if t.max_steps != NO_LIMIT and self.step >= t.max_steps:  # 0: no step at all
             return "max_steps"
-        if t.max_seconds and self.elapsed_s() >= t.max_seconds:
+        if t.max_seconds != NO_LIMIT and self.elapsed_s() >= t.max_seconds:
             return "max_seconds"
         return None
 
