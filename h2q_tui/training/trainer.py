@@ -147,7 +147,7 @@ class Trainer:
         self.step = self.tokens = 0
         self.elapsed_before_s = 0.0
         self.lr_scale = 1.0
-        self.chunk_loss_sum, self.chunk_steps, self.pending_horizon_val = 0.0, 0, None
+        self.chunk_loss_sum, self.chunk_steps = 0.0, 0
         self.best_heldout, self.bad_evals = math.inf, 0
         self.growth_rule = RankGrowthRule(t)
         self.rank_growths = 0
@@ -180,7 +180,7 @@ class Trainer:
             "lr_scale": self.lr_scale,
             "chunk_loss_sum": self.chunk_loss_sum,
             "chunk_steps": self.chunk_steps,
-            "pending_horizon_val": self.pending_horizon_val,
+            "pending_horizon_val": None,  # horizon Val is taken at a chunk's end: none pends
             "best_heldout": self.best_heldout,
             "bad_evals": self.bad_evals,
             "rank_growths": self.rank_growths,
@@ -214,7 +214,6 @@ class Trainer:
             "lr_scale",
             "chunk_loss_sum",
             "chunk_steps",
-            "pending_horizon_val",
             "best_heldout",
             "bad_evals",
             "run_id",
@@ -586,10 +585,11 @@ class Trainer:
             cuda_reserved_bytes=reserved,
         )
 
-    def _horizon_validate(self) -> None:
+    def _horizon_validate(self) -> float:
+        """CE of the model as it is now on the next chunk's first columns (not trained on)."""
         fraction = self.config.eval.horizon_val_fraction
         batches = list(self.sampler.horizon_val_batches(fraction))  # type: ignore[union-attr]
-        self.pending_horizon_val = mean_cross_entropy(
+        return mean_cross_entropy(
             self.model,
             batches,
             self.device,
@@ -598,8 +598,13 @@ class Trainer:
         )
 
     def _horizon_chunk_done(self) -> None:
+        """A chunk is trained: Val of the model at this step against the chunk's mean Train.
+
+        Validating at the chunk's end, not before it, keeps every point on the model of
+        the step it is drawn at (the first is never the untrained model).
+        """
         train = self.chunk_loss_sum / max(1, self.chunk_steps)
-        val = self.pending_horizon_val if self.pending_horizon_val is not None else math.nan
+        val = self._horizon_validate() if self.world.is_main else math.nan
         self.emit(
             events.EvalCompleted(
                 self.step,
@@ -612,7 +617,7 @@ class Trainer:
                 val - train,
             )
         )
-        self.chunk_loss_sum, self.chunk_steps, self.pending_horizon_val = 0.0, 0, None
+        self.chunk_loss_sum, self.chunk_steps = 0.0, 0
 
     def _after_step(self) -> None:
         every = self.config.log, self.config.eval
@@ -669,13 +674,6 @@ class Trainer:
             reason = self.world.agree(self._drain_commands() or self._limit_reached(), self.device)
             if reason:
                 return reason
-            if (
-                self.world.is_main
-                and isinstance(self.sampler, HorizonSampler)
-                and self.sampler.at_chunk_start()
-                and self.pending_horizon_val is None
-            ):
-                self._horizon_validate()
             record = self.train_step()
             if record is None:
                 reason = self._on_nan()
