@@ -18,7 +18,6 @@ import tomllib
 
 from h2q_tui.errors import UserError
 
-
 NO_LIMIT = -1  # train.max_steps / train.max_seconds: train on until stopped
 
 
@@ -260,9 +259,7 @@ def apply_overrides(
     data: dict[str, Any], overrides: list[str], source: str = "config"
 ) -> dict[str, Any]:
     """``data`` with each ``section.key=value`` override applied (the input is not changed)."""
-    merged = {
-        section: _section_table(section, values, source) for section, values in data.items()
-    }
+    merged = {section: _section_table(section, values, source) for section, values in data.items()}
     for text in overrides:
         section, key, value = parse_override(text)
         merged.setdefault(section, {})[key] = value
