@@ -321,6 +321,7 @@ class Range:
 
 
 def _number(value: float | None) -> str:
+    """A bound as a message shows it: ints with thousands separators, floats short."""
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
