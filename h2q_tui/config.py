@@ -388,7 +388,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("eval", "heldout_fraction"): _fraction("the share of the corpus held out"),
     ("eval", "horizon_val_fraction"): _fraction(high_open=False),
     ("eval", "random_val_interval"): _int(0),
-    ("log", "log_interval"): _int(0),
+    ("log", "log_interval"): _int(1, note="steps between console lines"),
     ("log", "sample_interval"): _int(0, note="0 = never"),
     ("log", "sample_bytes"): _int(1, 2**20),
     ("log", "sample_temperature"): _positive(),

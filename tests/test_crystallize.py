@@ -383,6 +383,9 @@ BAD_INPUT = [
     ),
     pytest.param("ms", ("--method", "int8,sweep"), ["sweep", "alone"], id="sweep-and-more"),
     pytest.param("ms", ("--method", "int8", "--windows", "-1"), ["--windows"], id="windows"),
+    pytest.param(
+        "ms", ("--method", "int8", "--windows", "0"), ["--windows", ">= 1"], id="windows-0"
+    ),
     pytest.param("ms", ("--method", "int8", "--batch", "0"), ["--batch"], id="batch"),
     pytest.param("ms", ("--method", ""), ["empty method"], id="empty-method"),
 ]
