@@ -119,14 +119,14 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="stop when the run's total step count reaches N (0: set up, report, exit); "
-        "left out: the preset's train.max_steps, -1 there = no limit",
+        "left out: train.max_steps of the preset or resumed run (-1 = no limit)",
     )
     parser.add_argument(
         "--max-seconds",
         type=float,
         metavar="S",
-        help="stop after S seconds of training in all (0: no step); left out: the preset's "
-        "train.max_seconds, -1 there = no limit",
+        help="stop after S seconds of training in all (0: no step); left out: "
+        "train.max_seconds of the preset or resumed run (-1 = no limit)",
     )
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
     parser.add_argument(

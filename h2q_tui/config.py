@@ -269,8 +269,8 @@ def apply_overrides(
 def saved_limits(data: dict[str, Any], step: int) -> dict[str, Any]:
     """A checkpoint's config with its step limits in today's spelling (-1 = no limit).
 
-    Checkpoints from before that spelling wrote 0 for "no limit"; a limit of 0 trains no
-    step, so a 0 beside a step past 0 can only mean that.
+    Checkpoints from before that spelling wrote 0 for "no limit"; a run limited to 0 trains
+    no step, so a 0 beside a step past 0 is read as the old spelling.
     """
     train = dict(data.get("train", {}))
     for key in ("max_steps", "max_seconds"):

@@ -78,11 +78,9 @@ def load_tokenizer(path: str | None, config: cfg.RunConfig) -> BpeTokenizer | No
 
 def _flag_overrides(request: RunRequest) -> list[str]:
     for flag, value in (("--max-steps", request.max_steps), ("--max-seconds", request.max_seconds)):
-        if value is not None and value < 0:  # leaving the flag out is "no limit"
+        if value is not None and value < 0:  # "no limit" is train.max_*=-1, never the flag
             key = flag[2:].replace("-", "_")
-            raise UserError(
-                f"{flag} must be >= 0 (train.{key}; leave it out to train on), got {value}"
-            )
+            raise UserError(f"{flag} must be >= 0, got {value} (no limit: --set train.{key}=-1)")
     flags = [
         f"train.max_steps={request.max_steps}" if request.max_steps is not None else None,
         f"train.max_seconds={float(request.max_seconds)}"
