@@ -115,9 +115,19 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped"
     )
     parser.add_argument(
-        "--max-steps", type=int, help="stop when the run's total step count reaches N"
+        "--max-steps",
+        type=int,
+        metavar="N",
+        help="stop when the run's total step count reaches N (0: set up, report, exit); "
+        "left out: train.max_steps of the preset or resumed run (-1 = no limit)",
     )
-    parser.add_argument("--max-seconds", type=float, help="stop after this much training time")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        metavar="S",
+        help="stop after S seconds of training in all (0: no step); left out: "
+        "train.max_seconds of the preset or resumed run (-1 = no limit)",
+    )
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
     parser.add_argument(
         "--threads",
@@ -171,8 +181,8 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--windows",
         type=int,
-        default=0,
-        help="evaluate only the first N context windows (default: whole file)",
+        metavar="N",
+        help="evaluate only the first N context windows (N >= 1; left out: the whole file)",
     )
     parser.add_argument("--batch", type=int, default=32, help="windows per forward pass")
     parser.add_argument(
@@ -364,8 +374,10 @@ def run_eval(argv: list[str]) -> int:
         raise UserError(f"--threads must be >= 0 (0 = auto), got {args.threads}")
     if args.batch < 1:
         raise UserError(f"--batch must be at least 1 (windows per forward pass), got {args.batch}")
-    if args.windows < 0:
-        raise UserError(f"--windows must be >= 0 (0 = the whole file), got {args.windows}")
+    if args.windows is not None and args.windows < 1:
+        raise UserError(
+            f"--windows must be >= 1 (leave it out for the whole file), got {args.windows}"
+        )
     if not Path(args.data).is_file():
         raise UserError(f"data file not found: {args.data}")
     device = hardware.resolve_device(args.device)
@@ -395,7 +407,7 @@ def run_eval(argv: list[str]) -> int:
         raise UserError(
             f"data file {path} has {data.numel()} {unit}s; evaluation needs at least {context + 1}"
         )
-    max_bytes = args.windows * context + 1 if args.windows > 0 else None
+    max_bytes = args.windows * context + 1 if args.windows else None
     windows = (min(data.numel(), max_bytes or data.numel()) - 1) // context
     print(
         f"checkpoint {info.weights} | step {info.step} | {info.config.model.family} | "

@@ -18,6 +18,8 @@ import tomllib
 
 from h2q_tui.errors import UserError
 
+NO_LIMIT = -1  # train.max_steps / train.max_seconds: train on until stopped
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -84,8 +86,8 @@ class TrainConfig:
     growth_threshold: float = 0.99
     growth_max_rank: int = 64
     growth_lr_factor: float = 0.8
-    max_steps: int = 0  # 0 = no limit
-    max_seconds: float = 0.0  # 0 = no limit
+    max_steps: int = NO_LIMIT  # the run's total steps (0: set up, report, stop); -1 = no limit
+    max_seconds: float = float(NO_LIMIT)  # training seconds in all (0: stop at once); -1 = none
     seed: int = 1337
 
 
@@ -196,8 +198,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
                 f"{source}: unknown config section [{_name(section)}] "
                 f"(known: {', '.join(SECTIONS)})"
             )
-        if not isinstance(values, dict):
-            raise UserError(f"{source}: [{section}] must be a table")
+        _section_table(section, values, source)
         cls = SECTIONS[section]
         hints = typing.get_type_hints(cls)
         kwargs = {}
@@ -244,17 +245,44 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    merged = {section: dict(values) for section, values in data.items()}
+def _section_table(section: Any, values: Any, source: str) -> dict[str, Any]:
+    """A copy of one section's table; a section that is not a table is a UserError."""
+    if not isinstance(values, dict):
+        raise UserError(
+            f"{source}: [{_name(section)}] must be a table of keys (a [{_name(section)}] "
+            f"header), got {type(values).__name__} {_show(values)}"
+        )
+    return dict(values)
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], source: str = "config"
+) -> dict[str, Any]:
+    """``data`` with each ``section.key=value`` override applied (the input is not changed)."""
+    merged = {section: _section_table(section, values, source) for section, values in data.items()}
     for text in overrides:
         section, key, value = parse_override(text)
         merged.setdefault(section, {})[key] = value
     return merged
 
 
+def saved_limits(data: dict[str, Any], step: int) -> dict[str, Any]:
+    """A checkpoint's config with its step limits in today's spelling (-1 = no limit).
+
+    Checkpoints from before that spelling wrote 0 for "no limit"; a run limited to 0 trains
+    no step, so a 0 beside a step past 0 is read as the old spelling.
+    """
+    train = dict(data.get("train", {}))
+    for key in ("max_steps", "max_seconds"):
+        if step > 0 and train.get(key) == 0:
+            train[key] = type(train[key])(NO_LIMIT)
+    return {**data, "train": train}
+
+
 def resolve(preset: str, overrides: list[str] | None = None) -> RunConfig:
     """Preset + ``--set`` overrides → validated RunConfig."""
-    config = from_dict(apply_overrides(load_preset(preset), overrides or []), source=preset)
+    data = apply_overrides(load_preset(preset), overrides or [], source=preset)
+    config = from_dict(data, source=preset)
     validate(config)
     return config
 
@@ -284,7 +312,7 @@ class Range:
         )
         high = (
             f"{'<' if self.high_open else '<='} {_number(self.high)}"
-            if self.high is not None and self.high < BIG
+            if self.high is not None
             else ""
         )
         if low and high and not (self.low_open or self.high_open):
@@ -293,6 +321,7 @@ class Range:
 
 
 def _number(value: float | None) -> str:
+    """A bound as a message shows it: ints with thousands separators, floats short."""
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
@@ -351,15 +380,15 @@ RANGES: dict[tuple[str, str], Range] = {
     ("train", "growth_threshold"): _non_negative(),
     ("train", "growth_max_rank"): _int(1, 2**12),
     ("train", "growth_lr_factor"): _positive(),
-    ("train", "max_steps"): _int(0, note="0 = no limit; --max-steps sets it"),
-    ("train", "max_seconds"): _non_negative("0 = no limit; --max-seconds sets it"),
+    ("train", "max_steps"): _int(NO_LIMIT, note="-1 = no limit; --max-steps sets it"),
+    ("train", "max_seconds"): Range(float(NO_LIMIT), note="-1 = no limit; --max-seconds sets it"),
     ("train", "seed"): _int(0, note="--seed sets it"),
     ("eval", "heldout_interval"): _int(0, note="0 = only at the end"),
     ("eval", "heldout_bytes"): _int(1),
     ("eval", "heldout_fraction"): _fraction("the share of the corpus held out"),
     ("eval", "horizon_val_fraction"): _fraction(high_open=False),
     ("eval", "random_val_interval"): _int(0),
-    ("log", "log_interval"): _int(0),
+    ("log", "log_interval"): _int(1, note="steps between console lines"),
     ("log", "sample_interval"): _int(0, note="0 = never"),
     ("log", "sample_bytes"): _int(1, 2**20),
     ("log", "sample_temperature"): _positive(),
@@ -397,6 +426,10 @@ def validate(config: RunConfig) -> None:
     for key in ("memory_budget", "vram_budget"):
         if getattr(t, key):
             parse_size(getattr(t, key), f"config key train.{key}")
+    if NO_LIMIT < t.max_seconds < 0:
+        raise UserError(
+            f"config key train.max_seconds must be >= 0, or -1 for no limit, got {t.max_seconds:g}"
+        )
     if t.schedule == "cosine" and t.min_lr > t.lr:
         raise UserError(
             f"config key train.min_lr={t.min_lr:g} is above train.lr={t.lr:g}: the cosine "

@@ -79,6 +79,10 @@ def load_tokenizer(path: str | None, config: cfg.RunConfig) -> BpeTokenizer | No
 
 
 def _flag_overrides(request: RunRequest) -> list[str]:
+    for flag, value in (("--max-steps", request.max_steps), ("--max-seconds", request.max_seconds)):
+        if value is not None and value < 0:  # "no limit" is train.max_*=-1, never the flag
+            key = flag[2:].replace("-", "_")
+            raise UserError(f"{flag} must be >= 0, got {value} (no limit: --set train.{key}=-1)")
     flags = [
         f"train.max_steps={request.max_steps}" if request.max_steps is not None else None,
         f"train.max_seconds={float(request.max_seconds)}"
@@ -263,7 +267,8 @@ def _prepare_resume(request: RunRequest, progress, writes: bool = True) -> Prepa
     info = checkpoints.read_info(source, need_state=True)
     if request.preset:
         raise UserError("--preset cannot change on --resume (the checkpoint holds the config)")
-    data = cfg.apply_overrides(info.config.to_dict(), _flag_overrides(request))
+    stored = cfg.saved_limits(info.config.to_dict(), info.step)
+    data = cfg.apply_overrides(stored, _flag_overrides(request))
     config = cfg.from_dict(data, source=f"--resume {run_dir}")
     cfg.validate(config)
     if dataclasses.replace(config.model) != info.config.model:

@@ -374,6 +374,7 @@ CONFIG_CASES = [
     (sets("eval.horizon_val_fraction=0"), ["eval.horizon_val_fraction"], "horizon-fraction-0"),
     (sets("eval.heldout_bytes=10"), ["eval.heldout_bytes", "model.context"], "heldout-bytes"),
     (sets("log.log_interval=-1"), ["log.log_interval"], "log-interval"),
+    (sets("log.log_interval=0"), ["log.log_interval", "between 1 and"], "log-interval-0"),
     (sets("log.sample_interval=-1"), ["log.sample_interval"], "sample-interval"),
     (sets("log.checkpoint_interval=-1"), ["log.checkpoint_interval"], "checkpoint-interval"),
     (sets("log.keep_checkpoints=0"), ["log.keep_checkpoints"], "keep-checkpoints-0"),
@@ -433,6 +434,7 @@ def test_model_too_large_for_memory_is_refused_before_allocating(workdir: Path) 
         pytest.param(("--data", "short.txt"), ["short.txt", "at least"], id="data-short"),
         pytest.param(("--data", DATA, "--batch", "0"), ["--batch"], id="batch-0"),
         pytest.param(("--data", DATA, "--windows", "-1"), ["--windows"], id="windows-negative"),
+        pytest.param(("--data", DATA, "--windows", "0"), ["--windows", ">= 1"], id="windows-0"),
     ],
 )
 def test_eval_bad_flags(run_dir: Path, args: tuple[str, ...], words: list[str]) -> None:

@@ -121,7 +121,7 @@ def test_main_help_lists_every_subcommand_and_the_default_preset(tmp_path):
 @pytest.mark.parametrize(
     "command,defaults",
     [
-        ("eval", ["--batch BATCH      windows per forward pass (default: 32)"]),
+        ("eval", ["--batch BATCH    windows per forward pass (default: 32)"]),
         ("generate", ["(default: 0.7)", "(default: 50)", "(default: 0.5)", "(default: sample)"]),
         ("steer-eval", ["(default: 16)", "(default: -1,0,0.5,1)", "(default: 160)"]),
         ("attach", []),
@@ -135,3 +135,16 @@ def test_every_subcommand_help_shows_its_defaults(tmp_path, command, defaults):
     for text in defaults:
         assert text in result.stdout, text
     assert "(default: None)" not in result.stdout
+
+
+def test_max_steps_0_sets_up_reports_and_exits_0_without_training(tmp_path, text_file):
+    result = h2q(
+        *("--no-ui", "--preset", "tiny", "--data", str(text_file), "--max-steps", "0"),
+        *("--max-seconds", "60", "--run-dir", "run"),  # the backstop if 0 meant "no limit"
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "finished (max_steps) at step 0" in result.stdout
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert not [r for r in records if r["event"] == "step"]
+    assert records[-1]["event"] == "run_finished" and records[-1]["reason"] == "max_steps"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from h2q_tui import config as cfg
 from h2q_tui.config import parse_override, preset_names, resolve
 from h2q_tui.errors import UserError
 
@@ -48,3 +49,22 @@ def test_unknown_preset_lists_known_ones():
 def test_override_needs_section_key_value():
     with pytest.raises(UserError):
         parse_override("lr=1")
+
+
+def test_no_limit_is_spelled_minus_one_and_zero_is_a_limit():
+    assert (cfg.TrainConfig().max_steps, cfg.TrainConfig().max_seconds) == (-1, -1.0)
+    assert cfg.resolve("tiny", ["train.max_steps=0"]).train.max_steps == 0
+    for bad in ("train.max_steps=-2", "train.max_seconds=-0.5", "train.max_seconds=-2"):
+        with pytest.raises(UserError, match=bad.split("=")[0]):
+            cfg.resolve("tiny", [bad])
+
+
+def test_a_checkpoint_config_from_when_0_meant_no_limit_reads_as_no_limit():
+    old = {"model": {}, "train": {"max_steps": 0, "max_seconds": 0.0, "lr": 1e-3}}
+    assert cfg.saved_limits(old, step=500)["train"] == {
+        "max_steps": -1,
+        "max_seconds": -1.0,
+        "lr": 1e-3,
+    }
+    assert cfg.saved_limits(old, step=0) == old  # a limit of 0 trains no step: still 0
+    assert old["train"]["max_steps"] == 0  # the input is not changed

@@ -93,6 +93,26 @@ def test_a_slow_run_prints_a_step_line_every_10_seconds_not_only_every_log_inter
     assert "train 3.0000 nats" in step_lines[-1]  # the mean since the last printed line
 
 
+def test_the_train_loss_is_labelled_as_the_mean_over_the_steps_since_the_last_line():
+    p, out, _ = printer(log_interval=4)
+    p(started())
+    p(step(1, loss=5.0))
+    for n, loss in zip(range(2, 6), (1.0, 2.0, 3.0, 6.0), strict=True):
+        p(step(n, loss))
+    first, second = [line for line in lines(out) if line.startswith("step ")]
+    assert "| train 5.0000 nats 7.213 bpb (step 1) |" in first
+    assert "| train 2.0000 nats 2.885 bpb (mean of steps 2-4) |" in second  # not step 4's 3.0
+    p(step(8, loss=1.0))  # steps 6 and 7 never reported: the window still starts at 5
+    assert "| train 3.5000 nats 5.049 bpb (mean of steps 5-8) |" in lines(out)[-1]
+
+
+def test_no_step_limit_shows_no_total_and_a_limit_of_zero_shows_it():
+    for max_steps, head in ((-1, "step 1 |"), (0, "step 1/0 |")):
+        out = io.StringIO()
+        ConsolePrinter(50, max_steps, stream=out, clock=FakeClock())(step(1))
+        assert out.getvalue().startswith(head)
+
+
 def test_a_fast_run_still_prints_only_every_log_interval():
     p, out, clock = printer(log_interval=10)
     p(started())

@@ -7,6 +7,7 @@ import queue
 
 import pytest
 import torch
+from h2q_kernels.hamiltonian import HamLinear
 
 from h2q_tui import checkpoints
 from h2q_tui.config import resolve
@@ -115,13 +116,26 @@ def qrlm_trainer(
 
 def test_qrlm_penalty_covers_q_proj_and_fc1_only_and_energy_is_the_input_embedding():
     model = build_model(resolve("tiny", QRLM_TINY).model)
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.k_proj.B.mul_(5)  # not covered: must not change the penalty
-    before = model.penalty().item()
-    with torch.no_grad():
-        model.blocks[0].fc1.B.mul_(5)
-    assert model.penalty().item() > before
+    ham = {name: m for name, m in model.named_modules() if isinstance(m, HamLinear)}
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # every layer away from orthogonal, each by its own amount
+        for layer in ham.values():
+            layer.B.add_(0.3 * torch.randn(layer.B.shape, generator=generator))
+
+    def off_orthogonal(layer: HamLinear) -> torch.Tensor:  # Σ_r ‖B_rᵀB_r − I‖_F, by hand
+        b = layer.B.detach().double()
+        eye = torch.eye(b.shape[-1], dtype=b.dtype)
+        return sum(((b[r].T @ b[r] - eye) ** 2).sum().sqrt() for r in range(b.shape[0]))
+
+    covered = [n for n in ham if n.endswith((".attn.q_proj", ".fc1"))]
+    assert len(covered) == 2 * len(model.blocks)
+    expected = sum(off_orthogonal(ham[n]) for n in covered)
+    assert model.penalty().item() == pytest.approx(float(expected), rel=1e-5)
+    for name, layer in ham.items():  # each layer alone: it moves the penalty iff covered
+        before = model.penalty().item()
+        with torch.no_grad():
+            layer.B.mul_(2)
+        assert (model.penalty().item() != pytest.approx(before, rel=1e-6)) == (name in covered)
     idx = torch.randint(0, 256, (2, 16))
     model(idx)
     expected = (model.tok_emb(idx) + model.pos_emb[:16]).norm(dim=-1).mean()

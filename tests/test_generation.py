@@ -265,10 +265,25 @@ def test_steering_is_removed_after_generation_and_positions_front_differs_from_a
     assert not model.blocks[0]._forward_pre_hooks
 
 
-def test_steered_generation_reports_the_residual_norm_it_scaled_by():
+@pytest.mark.parametrize("layer", [0, 1])
+def test_steered_generation_reports_the_residual_norm_it_scaled_by(layer):
     model = small_model("qrlm")
-    generation = sample(model, tokens=4, steer=SteerConfig(word="dog", strength=0.5, layer=1))
-    assert generation.stats.residual_norm > 0
+    ids = torch.tensor([list(b"Once upon")])
+    if layer == 0:  # QRLM's block 0 reads the token plus position embedding
+        residual = model.tok_emb(ids) + model.pos_emb[: ids.shape[1]]
+    else:  # what block 1 is handed in a plain forward pass
+        seen: list[torch.Tensor] = []
+        hook = model.blocks[1].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        with torch.no_grad():
+            model(ids)
+        hook.remove()
+        (residual,) = seen
+    by_hand = residual.detach().norm(dim=-1).mean().item()  # mean L2 norm over positions
+    steer = SteerConfig(word="dog", strength=0.5, layer=layer)
+    generation = sample(model, "Once upon", tokens=4, steer=steer)
+    assert CODEC.encode("Once upon") == list(b"Once upon")
+    assert generation.stats.residual_norm == pytest.approx(by_hand, rel=1e-5)
+    assert generation.steering.vector.norm().item() == pytest.approx(0.5 * by_hand, rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -340,10 +355,18 @@ def test_generation_stops_at_a_stop_string():
 
 
 def test_cancel_stops_before_the_next_token():
+    plain = Generation(small_model("gpt"), CODEC, "x", SamplingConfig(max_new_tokens=50))
+    stream = iter(plain)
+    first_piece, drawn = next(stream), list(plain.tokens)  # the tokens behind the first piece
+    stream.close()
+    assert len(drawn) == 1  # a byte model: one token, one piece (ASCII here)
     generation = Generation(small_model("gpt"), CODEC, "x", SamplingConfig(max_new_tokens=50))
-    for _ in generation:
-        generation.cancel()
-    assert generation.stats.stop_reason == "cancelled" and generation.stats.new_tokens < 50
+    pieces = []
+    for piece in generation:
+        pieces.append(piece)
+        generation.cancel()  # at the first piece: not one more token is drawn
+    assert pieces == [first_piece] and generation.tokens == drawn
+    assert generation.stats.stop_reason == "cancelled" and generation.stats.new_tokens == 1
 
 
 # ---------------------------------------------------------------------------- steer-eval pieces

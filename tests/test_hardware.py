@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -43,12 +45,31 @@ def test_fp16_is_never_used_on_a_cpu(amx_cpu):
     assert choice.name == "fp32" and not choice.needs_grad_scaler and choice.warning
 
 
-def test_this_machine_is_named_and_its_bf16_class_matches_torch():
+def kernel_cpu_flags() -> set[str]:
+    """The CPU flags the Linux kernel reports (the first ``flags`` line of /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        pytest.skip("no /proc/cpuinfo (not Linux): no independent list of CPU flags here")
+    for line in text.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return set(line.split(":", 1)[1].split())
+    pytest.skip("/proc/cpuinfo has no flags line (not x86): AMX and AVX512-BF16 are x86 flags")
+
+
+def test_this_machine_is_named_and_its_bf16_class_matches_the_kernels_cpu_flags():
+    flags = kernel_cpu_flags()
+    hardware.cpu_fast_bf16.cache_clear()
     info = hardware.machine_info()
     assert info["cpu_model"] and info["torch_capability"]
-    flags = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    fast = bool(flags.get("amx_bf16") or flags.get("avx512_bf16"))
-    assert info["cpu_fast_bf16"] is fast
+    assert info["cpu_fast_bf16"] is bool({"amx_bf16", "avx512_bf16"} & flags), sorted(flags)
+    reason = hardware.cpu_fast_bf16()[1]
+    if "amx_bf16" in flags:
+        assert "AMX" in reason
+    elif "avx512_bf16" in flags:
+        assert "AVX512-BF16" in reason
+    else:
+        assert "no fast bf16" in reason
 
 
 @pytest.mark.parametrize("name", ["gpu", "cuda:x", "cuda:-1", "tpu"])

@@ -26,7 +26,7 @@ from h2q_tui.config import resolve
 from h2q_tui.hotstart import timeline
 from h2q_tui.models import build_model
 from h2q_tui.ollama import direct, protocol
-from h2q_tui.ollama.models import Registry
+from h2q_tui.ollama.models import Entry, Registry
 from h2q_tui.ollama.server import ServeConfig, Server
 
 FINAL_INTS = (
@@ -156,10 +156,14 @@ def test_response_errors_on_404_and_mid_stream(served, client) -> None:
 
 
 # ----------------------------------------------------------------------------- the wire
-def test_ndjson_framing_per_token_flush_and_integer_durations(served, request) -> None:
+def test_ndjson_framing_per_token_flush_and_integer_durations(served, request, monkeypatch) -> None:
     server, url = served
     model = loaded(server, url)
     direct_before = server.direct_streams
+    entry = server.registry.get("tiny:latest")
+    loaded_at, loads = entry.loaded_at, []
+    real_load = Entry._load
+    monkeypatch.setattr(Entry, "_load", lambda self, *a: (loads.append(a), real_load(self, *a)))
     with (
         hooked(model, delay_s=0.02) as calls,
         httpx.stream(
@@ -183,7 +187,9 @@ def test_ndjson_framing_per_token_flush_and_integer_durations(served, request) -
     assert final["eval_count"] == 20 and len(lines) <= 21
     assert final["total_duration"] >= final["prompt_eval_duration"] + final["eval_duration"]
     assert final["eval_duration"] >= 19 * 0.02e9  # measured: 19 forwards of ≥ 20 ms
-    assert final["load_duration"] < 0.05e9  # already loaded: a hot start
+    # already loaded: a hot start, nothing loaded again (load_duration is that check's time)
+    assert loads == [] and entry.model is model and entry.loaded_at == loaded_at
+    assert final["load_duration"] <= final["total_duration"] - final["eval_duration"]
     # serve's default stack: the generation thread wrote the pieces; through the loop: not
     direct = request.node.callspec.params["served"] == "direct"
     assert server.direct_streams == direct_before + direct

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import queue
@@ -13,6 +14,7 @@ from h2q_tui import checkpoints
 from h2q_tui.config import resolve
 from h2q_tui.data.sources import load_corpus
 from h2q_tui.training import commands, events
+from h2q_tui.training.evaluate import mean_cross_entropy
 from h2q_tui.training.trainer import Trainer, scheduled_lr
 from h2q_tui.training.writers import JsonlWriter
 
@@ -66,6 +68,46 @@ def test_horizon_records_train_val_and_diff_per_chunk(tmp_path, text_file):
     assert len(horizon) >= 2  # 1024 bytes / 4 streams / 32 = 7 windows per chunk
     for e in horizon:
         assert e.diff_nats == pytest.approx(e.val_loss_nats - e.train_loss_nats)
+
+
+def test_each_horizon_val_is_the_model_at_the_step_it_is_drawn_at(tmp_path, text_file):
+    # 1024-byte chunks: 7 windows each, so step 7 ends the first chunk (the first point)
+    trainer, log = make_trainer(
+        tmp_path, text_file, ["train.chunk_bytes=1024", "train.max_steps=7"]
+    )
+    untrained = copy.deepcopy(trainer.model)
+    trainer.run()
+    (first,) = [e for e in of(log, events.EvalCompleted) if e.split == "horizon"]
+    batches = list(trainer.sampler.horizon_val_batches(trainer.config.eval.horizon_val_fraction))
+
+    def ce(model):
+        return mean_cross_entropy(model, batches, trainer.device, trainer.autocast_dtype)
+
+    assert first.step == 7
+    assert first.val_loss_nats == pytest.approx(ce(trainer.model), rel=1e-6)
+    assert ce(untrained) - first.val_loss_nats > 0.5  # not the untrained model's loss
+    steps = [e.train_loss_nats for e in of(log, events.StepCompleted)]
+    assert first.train_loss_nats == pytest.approx(sum(steps) / len(steps))
+
+
+@pytest.mark.parametrize(
+    ("limit", "reason"),
+    [("train.max_steps=0", "max_steps"), ("train.max_seconds=0", "max_seconds"), (None, "stopped")],
+)
+def test_a_limit_of_zero_trains_no_step_and_no_limit_trains_until_stopped(
+    tmp_path, text_file, limit, reason
+):
+    q: queue.Queue = queue.Queue()
+
+    def stop_at_step_3(event):  # the backstop: without a limit, Stop ends the run
+        if isinstance(event, events.StepCompleted) and event.step == 3:
+            q.put(commands.Stop())
+
+    overrides = [limit] if limit else []
+    trainer, log = make_trainer(tmp_path, text_file, overrides, stop_at_step_3, command_queue=q)
+    assert trainer.run() == reason
+    assert [e.step for e in of(log, events.StepCompleted)] == ([] if limit else [1, 2, 3])
+    assert of(log, events.RunFinished)[0].step == (0 if limit else 3)
 
 
 def test_commands_are_obeyed_between_steps(tmp_path, text_file):

@@ -138,7 +138,7 @@ def card_texts(h: RunHistory, state: str, compact: bool = False) -> dict[str, st
     model_cfg = h.config.get("model", {})
     max_steps = train_cfg.get("max_steps") or 0
     at_step = step.get("step", (h.started or {}).get("start_step", 0))
-    total = f" / {max_steps:,}" if max_steps else ""
+    total = f" / {max_steps:,}" if max_steps > 0 else ""  # -1 (older logs: 0): no limit
     progress = ""
     if step:
         share = fmt.number(_times(step.get("data_progress"), 100), ".1f")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from h2q_tui.errors import UserError
+
 
 def main(argv: list[str]) -> int:
     """``h2q-tui crystallize``: parse the flags, run :func:`h2q_tui.crystal.crystallize.run`."""
@@ -48,7 +50,10 @@ def main(argv: list[str]) -> int:
         help="tensor-name globs left at full precision (repeatable)",
     )
     parser.add_argument(
-        "--windows", type=int, default=0, help="measure on the first N windows (default: all)"
+        "--windows",
+        type=int,
+        metavar="N",
+        help="measure on the first N windows (N >= 1; left out: all)",
     )
     parser.add_argument("--batch", type=int, default=32, help="windows per forward pass")
     parser.add_argument(
@@ -66,10 +71,17 @@ def main(argv: list[str]) -> int:
             out=args.out,
             json=args.json,
             keep=args.keep,
-            windows=args.windows,
+            windows=_windows(args.windows),
             batch=args.batch,
             device=args.device,
             tensors_only=args.tensors_only,
         )
     )
     return 0
+
+
+def _windows(flag: int | None) -> int:
+    """--windows as the request takes it (0: all); an explicit count below 1 is refused."""
+    if flag is not None and flag < 1:
+        raise UserError(f"--windows must be >= 1 (leave it out for all windows), got {flag}")
+    return flag or 0

@@ -426,9 +426,9 @@ class RunHistory:
         train = self.config.get("train", {})
         step, elapsed = self.last_step["step"], self.last_step["time"]
         left = []
-        if train.get("max_seconds"):
+        if (train.get("max_seconds") or 0) > 0:  # -1 (or, in older logs, 0): no limit
             left.append(max(0.0, train["max_seconds"] - elapsed))
-        if train.get("max_steps") and len(self.train) >= 2:
+        if (train.get("max_steps") or 0) > 0 and len(self.train) >= 2:
             steps, times = self.train.step[-50:], self.train.time[-50:]
             rate = (steps[-1] - steps[0]) / max(1e-9, times[-1] - times[0])
             if rate > 0:

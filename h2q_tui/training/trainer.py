@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from h2q_tui import checkpoints
-from h2q_tui.config import RunConfig
+from h2q_tui.config import NO_LIMIT, RunConfig
 from h2q_tui.data.sources import Corpus
 from h2q_tui.data.streams import HorizonSampler, RandomWindowSampler
 from h2q_tui.generation.text import Codec
@@ -83,9 +83,9 @@ def scheduled_lr(config: RunConfig, step: int, elapsed_s: float) -> float:
         return t.lr * (step + 1) / t.warmup_steps
     if t.schedule == "constant":
         return t.lr
-    if t.max_steps:
+    if t.max_steps > 0:
         progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-    elif t.max_seconds:
+    elif t.max_seconds > 0:
         progress = elapsed_s / t.max_seconds
     else:
         return t.lr
@@ -159,7 +159,7 @@ class Trainer:
         self.step = self.tokens = 0
         self.elapsed_before_s = 0.0
         self.lr_scale = 1.0
-        self.chunk_loss_sum, self.chunk_steps, self.pending_horizon_val = 0.0, 0, None
+        self.chunk_loss_sum, self.chunk_steps = 0.0, 0
         self.best_heldout, self.bad_evals = math.inf, 0
         self.growth_rule = RankGrowthRule(t)
         self.rank_growths = 0
@@ -192,7 +192,7 @@ class Trainer:
             "lr_scale": self.lr_scale,
             "chunk_loss_sum": self.chunk_loss_sum,
             "chunk_steps": self.chunk_steps,
-            "pending_horizon_val": self.pending_horizon_val,
+            "pending_horizon_val": None,  # horizon Val is taken at a chunk's end: none pends
             "best_heldout": self.best_heldout,
             "bad_evals": self.bad_evals,
             "rank_growths": self.rank_growths,
@@ -226,7 +226,6 @@ class Trainer:
             "lr_scale",
             "chunk_loss_sum",
             "chunk_steps",
-            "pending_horizon_val",
             "best_heldout",
             "bad_evals",
             "run_id",
@@ -516,9 +515,9 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _limit_reached(self) -> str | None:
         t = self.config.train
-        if t.max_steps and self.step >= t.max_steps:
+        if t.max_steps != NO_LIMIT and self.step >= t.max_steps:  # 0: no step at all
             return "max_steps"
-        if t.max_seconds and self.elapsed_s() >= t.max_seconds:
+        if t.max_seconds != NO_LIMIT and self.elapsed_s() >= t.max_seconds:
             return "max_seconds"
         return None
 
@@ -621,10 +620,11 @@ class Trainer:
             cuda_reserved_bytes=reserved,
         )
 
-    def _horizon_validate(self) -> None:
+    def _horizon_validate(self) -> float:
+        """CE of the model as it is now on the next chunk's first columns (not trained on)."""
         fraction = self.config.eval.horizon_val_fraction
         batches = list(self.sampler.horizon_val_batches(fraction))  # type: ignore[union-attr]
-        self.pending_horizon_val = mean_cross_entropy(
+        return mean_cross_entropy(
             self.model,
             batches,
             self.device,
@@ -633,8 +633,13 @@ class Trainer:
         )
 
     def _horizon_chunk_done(self) -> None:
+        """A chunk is trained: Val of the model at this step against the chunk's mean Train.
+
+        Validating at the chunk's end, not before it, keeps every point on the model of
+        the step it is drawn at (the first is never the untrained model).
+        """
         train = self.chunk_loss_sum / max(1, self.chunk_steps)
-        val = self.pending_horizon_val if self.pending_horizon_val is not None else math.nan
+        val = self._horizon_validate() if self.world.is_main else math.nan
         self.emit(
             events.EvalCompleted(
                 self.step,
@@ -647,7 +652,7 @@ class Trainer:
                 val - train,
             )
         )
-        self.chunk_loss_sum, self.chunk_steps, self.pending_horizon_val = 0.0, 0, None
+        self.chunk_loss_sum, self.chunk_steps = 0.0, 0
 
     def _after_step(self) -> None:
         every = self.config.log, self.config.eval
@@ -705,13 +710,6 @@ class Trainer:
             reason = self.world.agree(self._drain_commands() or self._limit_reached(), self.device)
             if reason:
                 return reason
-            if (
-                self.world.is_main
-                and isinstance(self.sampler, HorizonSampler)
-                and self.sampler.at_chunk_start()
-                and self.pending_horizon_val is None
-            ):
-                self._horizon_validate()
             record = self.train_step()
             if record is None:
                 reason = self._on_nan()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from h2q_tui.config import NO_LIMIT
 from h2q_tui.errors import UserError, write_error
 from h2q_tui.system.thread_choice import plural
 from h2q_tui.training import events
@@ -83,7 +84,8 @@ class ConsolePrinter:
 
     A step line every ``log_interval`` steps, for the first step of a run (or resume), and
     whenever ``heartbeat_s`` seconds of wall time have passed since the last line printed,
-    so a slow model still shows a sign of life every 10 s. Notices ("stopping: saving
+    so a slow model still shows a sign of life every 10 s; its train loss is the mean over
+    the steps since the previous line, and says so. Notices ("stopping: saving
     checkpoint…") are printed at once; progress of long tasks between steps ("held-out eval
     12/48") once such a task has run ``progress_interval_s`` seconds, and then at most that
     often. ``clock`` is injectable for tests.
@@ -92,7 +94,7 @@ class ConsolePrinter:
     def __init__(
         self,
         log_interval: int,
-        max_steps: int = 0,
+        max_steps: int = NO_LIMIT,
         stream: IO[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         heartbeat_s: float = 10.0,
@@ -106,6 +108,7 @@ class ConsolePrinter:
             progress_interval_s,
         )
         self._loss_sum, self._loss_count = 0.0, 0
+        self._window_first_step = 0  # the first step whose loss is in the sum
         self._last_line = clock()
         self._first_step_pending = True
         # task -> (when it began or was last printed, last done, printed yet): throttling
@@ -143,6 +146,8 @@ class ConsolePrinter:
         self._print(f"step {e.step}: threads {plural(e.threads)} — {e.reason}")
 
     def _on_step(self, e: events.StepCompleted) -> None:
+        if self._loss_count == 0:
+            self._window_first_step = e.step
         self._loss_sum += e.train_loss_nats
         self._loss_count += 1
         due = (
@@ -154,11 +159,14 @@ class ConsolePrinter:
             return
         self._first_step_pending = False
         self._progress.clear()  # a task's progress lines belong to the wait before this step
-        mean = self._loss_sum / self._loss_count
+        mean, first = self._loss_sum / self._loss_count, self._window_first_step
         self._loss_sum, self._loss_count = 0.0, 0
-        total = f"/{self.max_steps}" if self.max_steps else ""
+        total = f"/{self.max_steps}" if self.max_steps >= 0 else ""
+        # the loss is the mean over the steps since the last line, and says which steps
+        steps = f"step {e.step}" if first == e.step else f"mean of steps {first}-{e.step}"
         self._print(
-            f"step {e.step}{total} | train {mean:.4f} nats {events.bits_per_byte(mean):.3f} bpb | "
+            f"step {e.step}{total} | train {mean:.4f} nats {events.bits_per_byte(mean):.3f} bpb "
+            f"({steps}) | "
             f"pen {e.aux_loss:.4f} | grad {e.grad_norm:.2f} | energy {e.energy:.1f} | {e.step_ms:.0f} ms | "
             f"{e.tokens_per_s:,.0f} tok/s | lr {e.lr:.2e} | epoch {e.epoch} {100 * e.data_progress:.1f}%"
         )
