@@ -121,7 +121,7 @@ def test_main_help_lists_every_subcommand_and_the_default_preset(tmp_path):
 @pytest.mark.parametrize(
     "command,defaults",
     [
-        ("eval", ["--batch BATCH    windows per forward pass (default: 32)"]),
+        ("eval", ["windows per forward pass (default: 32)"]),
         ("generate", ["(default: 0.7)", "(default: 50)", "(default: 0.5)", "(default: sample)"]),
         ("steer-eval", ["(default: 16)", "(default: -1,0,0.5,1)", "(default: 160)"]),
         ("attach", []),

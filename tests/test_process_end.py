@@ -56,7 +56,11 @@ def assert_ended(terminal: Terminal, run: Path, code: int, reason: str) -> None:
     assert lock_is_free(run)
 
 
-@pytest.mark.parametrize("controlling", [True, False], ids=["sighup", "no-sighup"])
+@pytest.mark.parametrize(
+    "controlling",
+    [True, pytest.param(False, marks=pytest.mark.slow)],  # no-sighup: the same path, ~11 s
+    ids=["sighup", "no-sighup"],
+)
 def test_closing_the_terminal_saves_and_ends_the_process_with_129(workdir, controlling):
     """tmux kill-session, a closed window or a dropped SSH session, while a long final eval
     is due. Without a controlling terminal no SIGHUP comes: the closed pty alone must end it."""

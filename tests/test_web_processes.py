@@ -133,9 +133,9 @@ def test_closing_a_tab_ends_its_process(run_dir, stuck):
     ("signum", "stuck"),
     [
         pytest.param(signal.SIGKILL, True, id="SIGKILL-stuck"),
-        pytest.param(signal.SIGTERM, True, id="SIGTERM-stuck"),
+        pytest.param(signal.SIGTERM, True, id="SIGTERM-stuck", marks=pytest.mark.slow),
         pytest.param(signal.SIGINT, False, id="SIGINT", marks=pytest.mark.slow),
-        pytest.param(signal.SIGHUP, False, id="SIGHUP", marks=pytest.mark.slow),
+        pytest.param(signal.SIGHUP, False, id="SIGHUP"),
     ],
 )
 def test_web_ending_ends_every_tab_process(run_dir, signum, stuck):

@@ -142,10 +142,10 @@ def serve_main(argv: list[str]) -> int:
         + (" · --follow" if args.follow else ""),
         flush=True,
     )
-    print(f"  decoding on {decoding_choice().describe()}; {wait_policy().describe()}", flush=True)
     rows = [[e.name, e.family, e.describe or e.error] for e in registry.entries.values()]
     for line in aligned(rows):
         print(f"  {line}", flush=True)
+    print(f"  decoding on {decoding_choice().describe()}; {wait_policy().describe()}", flush=True)
     if not net.is_loopback(args.host):
         print(
             f"h2q-tui serve: warning: --host {args.host} accepts connections from other "
