@@ -25,3 +25,15 @@ def shared_file(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not present")
     return path
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    """A scripted fake engine with an empty run dir (the app tests' default; a module may
+    define its own, e.g. with a real model)."""
+    from fake_engine import FakeEngine
+
+    fake = FakeEngine(tmp_path / "fake-run")
+    fake.run_dir.mkdir()
+    yield fake
+    fake.close()

@@ -79,14 +79,6 @@ async def sent(pilot: Pilot, engine: FakeEngine, count: int) -> list[commands.Co
     return engine.received
 
 
-@pytest.fixture
-def engine(tmp_path: Path):
-    fake = FakeEngine(tmp_path / "fake-run")
-    fake.run_dir.mkdir()
-    yield fake
-    fake.close()
-
-
 # ---------------------------------------------------------------------- live run
 async def test_t_starts_training_and_cards_show_the_script(engine):
     async with live_app(engine).run_test(size=SIZE) as pilot:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from run_cli import ENV, h2q
+from test_tail import NOT_REGULAR_FILES
 
 TIMEOUT = 120
 # One torch thread: on a busy small machine, all-core OpenMP steps slow down a hundredfold.
@@ -679,15 +680,7 @@ def step_record(step: int, tokens: int | None = None, time_s: float | None = Non
     return {"event": "step", "step": step, "tokens": tokens, "time": time_s, "train_loss_nats": 2.0}
 
 
-@pytest.mark.parametrize(
-    "make, kind",
-    [
-        (lambda path: os.mkfifo(path), "a FIFO"),
-        (lambda path: path.symlink_to("/dev/zero"), "a character device"),
-        (lambda path: path.symlink_to("/dev/urandom"), "a character device"),
-    ],
-    ids=["fifo", "dev-zero", "dev-urandom"],
-)
+@NOT_REGULAR_FILES
 def test_attach_refuses_a_fifo_or_a_device_in_one_line(tmp_path: Path, make, kind) -> None:
     run = tmp_path / "run"
     run.mkdir()

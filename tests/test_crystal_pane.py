@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from fake_engine import FakeEngine
 from pilot_helpers import text_of, wait_until
 from test_bad_input import english_text
 from textual.pilot import Pilot
@@ -53,14 +52,6 @@ def work(trained: Path, tmp_path: Path) -> Path:
     shutil.copytree(trained / "run", tmp_path / "run")
     shutil.copyfile(trained / DATA, tmp_path / DATA)
     return tmp_path
-
-
-@pytest.fixture
-def engine(tmp_path: Path):
-    fake = FakeEngine(tmp_path / "fake-run")
-    fake.run_dir.mkdir()
-    yield fake
-    fake.close()
 
 
 def pane_of(app: H2QApp) -> CrystalPane:

@@ -42,14 +42,6 @@ def snapshot(rss: int, cpu: float, cuda: int | None = None) -> SystemSnapshot:
     )
 
 
-@pytest.fixture
-def engine(tmp_path: Path):
-    fake = FakeEngine(tmp_path / "fake-run")
-    fake.run_dir.mkdir()
-    yield fake
-    fake.close()
-
-
 def live_app(engine: FakeEngine) -> H2QApp:
     return make_app(engine, monitor=False, refresh_s=0.05)
 

@@ -11,6 +11,17 @@ import pytest
 from h2q_tui.training import tail
 from h2q_tui.training.tail import MAX_LINE_BYTES, JsonlTailer, not_regular
 
+# files that are not regular: a FIFO blocks an open, a device reads without end
+NOT_REGULAR_FILES = pytest.mark.parametrize(
+    "make, kind",
+    [
+        (lambda path: os.mkfifo(path), "a FIFO"),
+        (lambda path: path.symlink_to("/dev/zero"), "a character device"),
+        (lambda path: path.symlink_to("/dev/urandom"), "a character device"),
+    ],
+    ids=["fifo", "dev-zero", "dev-urandom"],
+)
+
 
 def append(path: Path, text: str) -> None:
     with open(path, "a", encoding="utf-8") as handle:
@@ -140,15 +151,7 @@ def read_in_a_thread(tailer: JsonlTailer, **kwargs) -> list:
     return result[0]
 
 
-@pytest.mark.parametrize(
-    "make, kind",
-    [
-        (lambda path: os.mkfifo(path), "a FIFO"),
-        (lambda path: path.symlink_to("/dev/zero"), "a character device"),
-        (lambda path: path.symlink_to("/dev/urandom"), "a character device"),
-    ],
-    ids=["fifo", "dev-zero", "dev-urandom"],
-)
+@NOT_REGULAR_FILES
 def test_a_fifo_or_a_device_is_refused_at_once_not_read(tmp_path: Path, make, kind) -> None:
     path = tmp_path / "metrics.jsonl"
     make(path)
