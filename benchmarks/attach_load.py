@@ -106,9 +106,9 @@ def fold(path: Path) -> tuple[float, RunHistory]:
 
 async def dashboard(run_dir: Path, last_step: int) -> tuple[float, float]:
     """(seconds until the step card shows the last step, longest UI stall in seconds)."""
-    from h2q_tui.app import app as app_module
-    from h2q_tui.app.app import H2QApp
+    from h2q_tui.app import shell as app_module
     from h2q_tui.app.engine_link import AttachedRuns
+    from h2q_tui.app.shell import H2QApp
 
     ticks: list[float] = []
 

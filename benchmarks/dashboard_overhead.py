@@ -62,7 +62,7 @@ def run_precision(run_dir: Path) -> str:
 
 
 def prepare(preset: str, steps: int, run_dir: Path):
-    from h2q_tui.run_setup import RunRequest, prepare_run
+    from h2q_tui.training.session import RunRequest, prepare_run
 
     return prepare_run(RunRequest(preset=preset, run_dir=str(run_dir), max_steps=steps))
 

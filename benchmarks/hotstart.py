@@ -5,7 +5,7 @@ For tiny, microstream-cpu, gpt-cpu, a 10 M-parameter GPT and hamiltonian-llm-124
 the model from its preset (random weights: timing does not depend on them), saves it with
 ``save_checkpoint`` under ``--out`` (default ``runs/bench-hotstart``, which must be on a disk,
 not tmpfs, or no cold figure is possible), then runs what ``h2q-tui hotstart CKPT --repeats N
-[--cold]`` runs (:func:`h2q_tui.hotstart.command.measure`) warm and cold. Prints one table
+[--cold]`` runs (:func:`h2q_tui.hotstart.measure.measure`) warm and cold. Prints one table
 (median of N, ms) and checks the issue's targets:
 
 - in-process load → first token < 25 ms warm for the 10 M GPT;

@@ -33,7 +33,7 @@ def make_run(root: Path, name: str = "tiny", steps: tuple[int, ...] = (5,), seed
 
 def crystallize_int8(run: Path) -> Path:
     """``h2q-tui crystallize RUN --method int8`` in this process: RUN/crystal/int8/."""
-    from h2q_tui import cli
+    from h2q_tui.cli import main as cli
 
     data = run.parent / f"{run.name}-data.txt"
     data.write_text(TEXT)
@@ -51,7 +51,7 @@ class LiveServer:
     def __init__(self, app, stack: str = "direct") -> None:
         import uvicorn
 
-        from h2q_tui.ollama.command import stack as uvicorn_stack
+        from h2q_tui.cli.serve import stack as uvicorn_stack
 
         loop, http, _ = uvicorn_stack(stack)
         config = uvicorn.Config(

@@ -21,7 +21,7 @@ import torch
 
 from h2q_tui.app import make_app
 from h2q_tui.app.engine_link import LiveEngine
-from h2q_tui.run_setup import RunRequest, prepare_run
+from h2q_tui.training.session import RunRequest, prepare_run
 
 
 def native_only() -> int:

@@ -25,9 +25,9 @@ from textual.pilot import Pilot
 from textual.widgets import RichLog, Static, TabbedContent
 from textual.widgets._footer import FooterKey
 
-from h2q_tui.app.app import H2QApp, SnapshotTaken, make_app
-from h2q_tui.app.generate_pane import GeneratePane
+from h2q_tui.app.panes.generate import GeneratePane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, HelpScreen
+from h2q_tui.app.shell import H2QApp, SnapshotTaken, make_app
 from h2q_tui.app.widgets import SystemPanel
 from h2q_tui.system.monitor import SystemSnapshot
 from h2q_tui.training import commands, events
@@ -485,7 +485,7 @@ async def test_live_footer_offers_the_training_keys(engine):
 # ---------------------------------------------------------------------- the real engine
 async def test_real_engine_trains_to_the_end(tmp_path, text_file):
     from h2q_tui.app.engine_link import LiveEngine
-    from h2q_tui.run_setup import RunRequest, prepare_run
+    from h2q_tui.training.session import RunRequest, prepare_run
 
     run_dir = tmp_path / "real-run"
     prepared = prepare_run(
@@ -637,11 +637,11 @@ def test_run_app_returns_non_zero_when_the_app_crashes(tmp_path):
 def test_attach_exits_non_zero_when_the_dashboard_crashes(tmp_path, two_runs):
     code = (
         "import sys\n"
-        "from h2q_tui.app.app import H2QApp\n"
+        "from h2q_tui.app.shell import H2QApp\n"
         "def boom(self):\n"
         "    raise RuntimeError('boom in the dashboard')\n"
         "H2QApp.redraw_chart = boom\n"
-        "from h2q_tui.cli import main\n"
+        "from h2q_tui.cli.main import main\n"
         "sys.exit(main(['attach', sys.argv[1]]))\n"
     )
     out = subprocess.run(

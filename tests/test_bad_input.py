@@ -59,7 +59,7 @@ def cli_in_process(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
     import torch
 
-    from h2q_tui.cli import main
+    from h2q_tui.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     previous_dir, previous_threads = os.getcwd(), torch.get_num_threads()
@@ -719,8 +719,8 @@ async def test_attach_loads_a_long_log_in_slices_and_answers_keys_meanwhile(
 ) -> None:
     from pilot_helpers import wait_until
 
-    from h2q_tui.app import app as app_module
     from h2q_tui.app import make_app
+    from h2q_tui.app import shell as app_module
 
     monkeypatch.setattr(app_module, "POLL_SLICE_BYTES", 1024)
     monkeypatch.setattr(app_module, "POLL_SLICE_S", 0.0)

@@ -106,8 +106,8 @@ def test_presets_lists_every_bundled_preset_with_family_and_parameters(tmp_path)
 
 
 def test_main_help_lists_every_subcommand_and_the_default_preset(tmp_path):
-    from h2q_tui.cli import SUBCOMMANDS
-    from h2q_tui.run_setup import DEFAULT_PRESET
+    from h2q_tui.cli.main import SUBCOMMANDS
+    from h2q_tui.training.session import DEFAULT_PRESET
 
     result = h2q("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -11,8 +11,7 @@ import torch
 from h2q_kernels.hamiltonian import materialise_weight, quaternion_block_matrix
 from safetensors.torch import load_file, save_file
 
-from h2q_tui.config import ModelConfig
-from h2q_tui.crystal import (
+from h2q_tui.codecs import (
     CrystalFormatError,
     Step,
     decode_chain,
@@ -28,7 +27,7 @@ from h2q_tui.crystal import (
     truncate_shared,
     truncate_state_dict,
 )
-from h2q_tui.crystal.codecs import (
+from h2q_tui.codecs.tensor import (
     decode_cast,
     decode_int4,
     decode_int8,
@@ -43,6 +42,7 @@ from h2q_tui.crystal.codecs import (
     unpack_bits,
     unpack_int4,
 )
+from h2q_tui.config import ModelConfig
 from h2q_tui.models import build_model
 
 FP32_SLACK = 1e-6  # relative fp32 arithmetic in decode (q·scale + min)

@@ -164,8 +164,7 @@ class CountAllocations(TorchDispatchMode):
 
 
 def test_memory_check_runs_before_any_allocation() -> None:
-    from h2q_tui.models import build_model
-    from h2q_tui.system import memory
+    from h2q_tui.models import build_model, memory
 
     config = cfg.resolve("gpt", ["model.d_model=65536", "model.n_layers=64"])
     with CountAllocations() as counted:
@@ -178,8 +177,7 @@ def test_memory_check_runs_before_any_allocation() -> None:
 
 
 def test_meta_parameter_count_is_exact_for_every_preset() -> None:
-    from h2q_tui.models import build_model, count_parameters
-    from h2q_tui.system import memory
+    from h2q_tui.models import build_model, count_parameters, memory
 
     for name in ("tiny", "qrlm-cpu", "hamiltonian-llm", "gpt-cpu"):
         model_config = cfg.resolve(name, ["model.n_layers=3"]).model
@@ -189,7 +187,7 @@ def test_meta_parameter_count_is_exact_for_every_preset() -> None:
 @pytest.mark.parametrize("extra", [[], ["model.shared_bank=false", "model.rank=16"]])
 def test_quick_parameter_bound_is_an_upper_bound(extra) -> None:
     """The arithmetic bound lets the memory checks skip the meta build; it must never be low."""
-    from h2q_tui.system import memory
+    from h2q_tui.models import memory
 
     for name in cfg.preset_names():
         model_config = cfg.resolve(name, ["model.n_layers=3", *extra]).model

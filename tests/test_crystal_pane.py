@@ -16,10 +16,10 @@ from test_bad_input import english_text
 from textual.pilot import Pilot
 from textual.widgets import Input, SelectionList, Static, TabbedContent
 
-from h2q_tui import cli
-from h2q_tui.app.app import H2QApp, make_app
-from h2q_tui.app.crystal_pane import CrystalPane, SweepRow, mark_front
-from h2q_tui.app.generate_pane import GeneratePane
+from h2q_tui.app.panes.crystal import CrystalPane, SweepRow, mark_front
+from h2q_tui.app.panes.generate import GeneratePane
+from h2q_tui.app.shell import H2QApp, make_app
+from h2q_tui.cli import main as cli
 
 SIZE = (160, 48)
 DATA = "data.txt"

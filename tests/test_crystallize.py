@@ -19,8 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_bad_input import assert_user_error, checkpoint_hashes, cli_in_process, english_text
 
-from h2q_tui import checkpoints, cli
-from h2q_tui.crystal import measure, stored
+from h2q_tui import checkpoints
+from h2q_tui.cli import main as cli
+from h2q_tui.codecs import stored
+from h2q_tui.crystal import measure
 from h2q_tui.crystal.crystallize import mark_pareto, slug
 from h2q_tui.errors import UserError
 from h2q_tui.training.evaluate import heldout_cross_entropy
@@ -293,7 +295,7 @@ def test_decoding_happens_once_at_load_into_a_plain_dense_model(
     """Each encoded tensor is decoded once, at load, into the plain model's own dense
     tensors, so generation runs as fast as from the plain checkpoint (the load time itself
     is benchmarks/crystallize.py's to report)."""
-    from h2q_tui.crystal import policy
+    from h2q_tui.codecs import policy
 
     crystallize(
         work,

@@ -13,8 +13,8 @@ from pilot_helpers import screen_lines, text_of, wait_until
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static, TabbedContent, TextArea
 
-from h2q_tui.app.app import H2QApp, SnapshotTaken, make_app
 from h2q_tui.app.screens import HelpScreen
+from h2q_tui.app.shell import H2QApp, SnapshotTaken, make_app
 from h2q_tui.system.monitor import SystemSnapshot
 from h2q_tui.training import commands, events
 from h2q_tui.training.writers import METRICS_FILE
@@ -276,7 +276,7 @@ async def test_the_footer_shows_whole_keys_only(engine, size):
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
 async def test_a_long_line_in_a_pane_ends_in_an_ellipsis(engine, size):
-    from h2q_tui.app.generate_pane import GeneratePane
+    from h2q_tui.app.panes.generate import GeneratePane
 
     app = live_app(engine)
     async with app.run_test(size=size) as pilot:
@@ -291,7 +291,7 @@ async def test_a_long_line_in_a_pane_ends_in_an_ellipsis(engine, size):
 async def test_charts_without_points_show_no_empty_legend_and_the_pareto_legend_avoids_points():
     from textual_plot import LegendLocation
 
-    from h2q_tui.app.crystal_pane import quiet_corner
+    from h2q_tui.app.panes.crystal import quiet_corner
 
     engine = FakeEngine(Path("unused"), script=[])
     app = live_app(engine)

@@ -147,8 +147,8 @@ async def test_the_generate_pane_follows_an_attached_run(run):
     from pilot_helpers import text_of, wait_until
     from textual.widgets import Static
 
-    from h2q_tui.app.app import make_app
-    from h2q_tui.app.generate_pane import GeneratePane
+    from h2q_tui.app.panes.generate import GeneratePane
+    from h2q_tui.app.shell import make_app
 
     app = make_app(attach=[run], monitor=False, refresh_s=0.05)
     async with app.run_test(size=(160, 48)) as pilot:

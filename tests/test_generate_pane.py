@@ -12,8 +12,8 @@ from pilot_helpers import text_of, wait_until
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static, TabbedContent
 
-from h2q_tui.app.app import H2QApp, make_app
-from h2q_tui.app.generate_pane import GeneratePane, strength_bar
+from h2q_tui.app.panes.generate import GeneratePane, strength_bar
+from h2q_tui.app.shell import H2QApp, make_app
 from h2q_tui.config import resolve
 from h2q_tui.generation.generate import ModeConfig, generate_text
 from h2q_tui.generation.sampling import SamplingConfig
@@ -164,7 +164,7 @@ async def test_generating_streams_text_shows_tokens_per_s_and_repeats_with_a_see
 async def test_generation_runs_on_a_thread_that_ends(model, engine, monkeypatch):
     """Not on Textual's pooled executor threads: an OpenMP team made there would outlive the
     generation and slow the training thread (h2q_tui/system/threads.py)."""
-    import h2q_tui.app.generate_pane as generate_pane
+    import h2q_tui.app.panes.generate as generate_pane
 
     threads: set[threading.Thread] = set()
     set_threads = generate_pane.use_decoding_threads
@@ -443,7 +443,7 @@ async def test_command_palette_actions_reach_the_pane(engine):
 # ---------------------------------------------------------------------- the real engine
 async def test_real_engine_snapshot_while_training_goes_on(tmp_path, text_file):
     from h2q_tui.app.engine_link import LiveEngine
-    from h2q_tui.run_setup import RunRequest, prepare_run
+    from h2q_tui.training.session import RunRequest, prepare_run
 
     prepared = prepare_run(
         RunRequest(

@@ -16,11 +16,12 @@ import torch
 from h2q_tui import checkpoints
 from h2q_tui.checkpoints.load import load_model_fast
 from h2q_tui.config import ModelConfig, RunConfig
-from h2q_tui.hotstart import cold, command, phases, timeline
+from h2q_tui.hotstart import cold, phases, timeline
+from h2q_tui.hotstart import measure as command
 from h2q_tui.models import build_model
 
 MAIN = (
-    "from h2q_tui.hotstart.command import run_as_script; import sys; "
+    "from h2q_tui.hotstart.measure import run_as_script; import sys; "
     "sys.exit(run_as_script(sys.argv[1:]))"
 )
 SMALL = {"d_model": 64, "n_layers": 2, "n_heads": 2, "context": 16, "factor_size": 8, "rank": 3}
@@ -127,7 +128,7 @@ def test_fast_loader_refuses_a_file_that_does_not_match(tmp_path) -> None:
 
 
 def test_fast_loader_takes_the_normal_path_for_a_crystallized_checkpoint(tmp_path, capsys):
-    from h2q_tui.crystal.command import main as crystallize
+    from h2q_tui.cli.crystallize import main as crystallize
 
     run = save_small(tmp_path, "gpt")
     data = tmp_path / "heldout.txt"

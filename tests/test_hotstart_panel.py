@@ -11,11 +11,11 @@ from pilot_helpers import text_of, wait_until
 from run_cli import h2q
 from textual.widgets import Input, Static
 
-from h2q_tui.app import hotstart_panel
-from h2q_tui.app.app import make_app
-from h2q_tui.app.crystal_pane import CrystalPane
-from h2q_tui.app.generate_pane import GeneratePane
-from h2q_tui.app.hotstart_panel import HotStartPanel
+from h2q_tui.app.panes import hotstart_panel
+from h2q_tui.app.panes.crystal import CrystalPane
+from h2q_tui.app.panes.generate import GeneratePane
+from h2q_tui.app.panes.hotstart_panel import HotStartPanel
+from h2q_tui.app.shell import make_app
 from h2q_tui.hotstart import timeline
 
 

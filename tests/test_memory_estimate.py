@@ -9,7 +9,7 @@ import pytest
 
 from h2q_tui.config import resolve
 from h2q_tui.errors import UserError
-from h2q_tui.system import memory
+from h2q_tui.models import memory
 
 
 def with_checkpointing(config, value: bool):

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from h2q_tui import cli
+from h2q_tui.cli import main as cli
 from h2q_tui.ollama import protocol
 from h2q_tui.ollama.client import (
     ModelNotFound,
@@ -325,7 +325,7 @@ def test_ollama_list_keeps_its_columns_aligned_with_long_names(capsys, monkeypat
 
 
 def test_serve_rows_line_up_with_long_names() -> None:
-    from h2q_tui.ollama.command import aligned
+    from h2q_tui.cli.serve import aligned
 
     lines = aligned([["tiny", "microstream", "step 40"], [LONG, "gpt", "step 7"]])
     assert lines[0].index("microstream") == lines[1].index("gpt") == len(LONG) + 2

@@ -115,7 +115,7 @@ def test_the_loop_keeps_the_socket_unless_the_head_is_out_on_http_1_1(pair) -> N
 def test_stacks_name_uvicorn_settings_and_fall_back_without_uvloop(monkeypatch, capsys) -> None:
     import builtins
 
-    from h2q_tui.ollama.command import stack
+    from h2q_tui.cli.serve import stack
 
     assert stack("direct")[:2] == ("uvloop", direct.Protocol)
     assert stack("uvloop")[:2] == ("uvloop", "httptools")

@@ -14,8 +14,8 @@ from ollama_helpers import LiveServer, free_port, hooked, make_run
 from pilot_helpers import text_of, wait_until
 from textual.widgets import Input, Select, Static, TabbedContent
 
-from h2q_tui.app.app import H2QApp, make_app
-from h2q_tui.app.ollama_pane import OllamaPane
+from h2q_tui.app.panes.ollama import OllamaPane
+from h2q_tui.app.shell import H2QApp, make_app
 from h2q_tui.config import resolve
 from h2q_tui.models import build_model
 from h2q_tui.ollama.client import OllamaClient

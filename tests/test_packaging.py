@@ -78,7 +78,7 @@ def test_wheel_installs_no_top_level_kernels_package():
 def test_engine_does_not_import_ui_libraries():
     out = _python("""
         import sys
-        import h2q_tui.training.trainer, h2q_tui.training.writers, h2q_tui.run_setup
+        import h2q_tui.training.trainer, h2q_tui.training.writers, h2q_tui.training.session
         import h2q_tui.models, h2q_tui.data.sources, h2q_tui.data.download, h2q_kernels.hamiltonian
         print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')))
     """)
@@ -90,7 +90,7 @@ def test_checkpoint_readers_do_not_import_training():
     out = _python("""
         import sys
         import h2q_tui.checkpoints, h2q_tui.generation.generate, h2q_tui.generation.steer_eval
-        import h2q_tui.crystal.crystallize, h2q_tui.crystal.measure, h2q_tui.crystal.stored
+        import h2q_tui.crystal.crystallize, h2q_tui.crystal.measure, h2q_tui.codecs.stored
         from h2q_tui import checkpoints
         checkpoints.read_info  # the public API is importable from the package
         print(sorted(m for m in sys.modules if m.startswith(('h2q_tui.training', 'h2q_tui.app'))))

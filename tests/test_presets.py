@@ -61,7 +61,7 @@ def test_small_preset_trains_resumes_and_samples(tmp_path, text_file, name):
 
 def test_the_presets_list_gives_whole_sentences_within_80_columns(tmp_path):
     """`h2q-tui presets` cut descriptions at the first comment line, mid-sentence."""
-    from h2q_tui.presets_list import description_of, format_table, summaries
+    from h2q_tui.cli.presets import description_of, format_table, summaries
 
     preset = tmp_path / "two-lines.toml"
     preset.write_text("# A model sized for\n# a small CPU. Second sentence.\n#\n[model]\n")

@@ -18,12 +18,12 @@ GONE_S = 30  # generous: the step in flight, a tiny checkpoint, then Python's ex
 FAILING_UI = [
     "-c",
     "import sys\n"
-    "from h2q_tui.app import app\n"
+    "from h2q_tui.app import shell as app\n"
     "def redraw(self, force=False):\n"
     "    if any(h.last_step for h in self.histories.values()):\n"
     "        raise RuntimeError('injected UI failure')\n"
     "app.H2QApp.redraw = redraw\n"
-    "from h2q_tui.cli import main\n"
+    "from h2q_tui.cli.main import main\n"
     "sys.exit(main(sys.argv[1:]))\n",
     *TINY,
 ]

@@ -6,7 +6,7 @@ import io
 
 import torch
 
-from h2q_tui.progress_bar import WindowProgressBar
+from h2q_tui.cli.progress import WindowProgressBar
 from h2q_tui.training.evaluate import heldout_cross_entropy, mean_cross_entropy
 
 

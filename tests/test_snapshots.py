@@ -14,8 +14,8 @@ from pilot_helpers import wait_until
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
 
-from h2q_tui.app.app import H2QApp, SnapshotTaken, make_app
-from h2q_tui.app.generate_pane import GeneratePane
+from h2q_tui.app.panes.generate import GeneratePane
+from h2q_tui.app.shell import H2QApp, SnapshotTaken, make_app
 from h2q_tui.app.widgets import SystemPanel
 from h2q_tui.generation.generate import GenerationStats
 from h2q_tui.system.monitor import GpuReading, SystemSnapshot

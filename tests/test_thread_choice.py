@@ -52,7 +52,7 @@ if sys.argv[1] == "-m":
     sys.argv = sys.argv[1:]
     runpy.run_module("h2q_tui", run_name="__main__")
 else:
-    from h2q_tui.cli import main
+    from h2q_tui.cli.main import main
     main(sys.argv[1:])
 """
 
@@ -227,7 +227,7 @@ def test_train_threads_is_honoured_and_reported_as_set_by_you(tmp_path, text_fil
 
 
 def test_threads_flag_is_train_threads(monkeypatch):
-    from h2q_tui import cli
+    from h2q_tui.cli import main as cli
 
     seen = {}
     monkeypatch.setattr(
@@ -241,7 +241,8 @@ def test_threads_flag_is_train_threads(monkeypatch):
 def test_hotstart_in_process_runs_on_the_thread_count_its_header_states(tmp_path, monkeypatch):
     from h2q_tui import checkpoints
     from h2q_tui.config import ModelConfig, RunConfig
-    from h2q_tui.hotstart import command, phases
+    from h2q_tui.hotstart import measure as command
+    from h2q_tui.hotstart import phases
     from h2q_tui.models import build_model
 
     model_config = ModelConfig(

@@ -16,7 +16,7 @@ import pytest
 from browser import Browser, chromium_path
 from run_cli import ENV, h2q
 
-from h2q_tui.web.command import attach_command, newest_runs
+from h2q_tui.cli.web import attach_command, newest_runs
 
 README_SHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "web.png"
 

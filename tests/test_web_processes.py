@@ -22,7 +22,7 @@ from process_helpers import all_gone, family
 from run_cli import ENV
 
 from h2q_tui.app import signals
-from h2q_tui.web import command
+from h2q_tui.cli import web as command
 
 GONE_S = 20  # generous: SIGTERM, a 3 s grace, then Python's exit on 2 busy cores
 # `web` whose tabs run an attach dashboard that blocks its event loop on a redraw once it has
@@ -30,7 +30,7 @@ GONE_S = 20  # generous: SIGTERM, a 3 s grace, then Python's exit on 2 busy core
 STUCK_WEB = textwrap.dedent(
     """
     import shlex, sys
-    from h2q_tui.web import command
+    from h2q_tui.cli import web as command
     STUCK = (
         "import sys, time\\n"
         "from h2q_tui.app import app\\n"
@@ -42,7 +42,7 @@ STUCK_WEB = textwrap.dedent(
         "        time.sleep(3600)\\n"
         "    return original(self, force)\\n"
         "app.H2QApp.redraw = redraw\\n"
-        "from h2q_tui.cli import main\\n"
+        "from h2q_tui.cli.main import main\\n"
         "sys.exit(main(sys.argv[1:]))\\n"
     )
     def stuck_command(run_dirs):

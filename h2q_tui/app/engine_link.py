@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from h2q_tui.run_setup import PreparedRun
 from h2q_tui.training import commands
+from h2q_tui.training.session import PreparedRun
 from h2q_tui.training.tail import CHUNK_BYTES, JsonlTailer
 from h2q_tui.training.writers import METRICS_FILE, JsonlWriter
 

@@ -86,7 +86,7 @@ def _crystal_info(metadata, weights: Path, config: RunConfig, step: int, run_id:
     """(config with the layout's overrides, rank_growths, CrystalOrigin) of a crystallized file."""
     import dataclasses
 
-    from h2q_tui.crystal import stored
+    from h2q_tui.codecs import stored
 
     try:
         origin = stored.origin(metadata, weights, step, run_id)
@@ -128,8 +128,7 @@ def load_model_from(info: CheckpointInfo, device: torch.device | str | None = No
     when None). A model too large for this machine's memory is refused before anything is
     allocated (h2q_tui/system/memory.py).
     """
-    from h2q_tui.models import build_model
-    from h2q_tui.system import memory
+    from h2q_tui.models import build_model, memory
 
     mismatch = (
         f"checkpoint {info.weights}: its config does not match a model this version can build"
@@ -207,7 +206,7 @@ def load_weights(
 
 def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
     """Decode a crystallized file on ``device`` and load it strictly into ``model``."""
-    from h2q_tui.crystal import stored
+    from h2q_tui.codecs import stored
 
     try:
         state_dict, _ = stored.decode_file(info.weights, device)
@@ -362,8 +361,7 @@ def build_unfilled(info: CheckpointInfo) -> nn.Module | None:
     this way (a builder that fails without its random init): the caller then takes the
     normal path.
     """
-    from h2q_tui.models import build_model
-    from h2q_tui.system import memory
+    from h2q_tui.models import build_model, memory
 
     try:
         memory.check_weights_memory(

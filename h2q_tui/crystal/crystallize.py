@@ -1,6 +1,6 @@
 """``h2q-tui crystallize``: write crystallized checkpoints and measure what each one cost.
 
-For each method: encode the source's weights (:func:`h2q_tui.crystal.policy.encode_state_dict`),
+For each method: encode the source's weights (:func:`h2q_tui.codecs.policy.encode_state_dict`),
 write ``OUT/<slug>/`` atomically (a temporary folder renamed into place: model.safetensors
 with the source's metadata, the layout, fresh per-tensor CRC-32s of the stored tensors and
 the source's size; a copy of tokenizer.json when the source has one; no state.pt), load it
@@ -39,10 +39,10 @@ from typing import IO, Any
 
 import torch
 
-from h2q_tui.crystal import stored
-from h2q_tui.crystal.codecs import Step, method_name, parse_method, stored_bytes
-from h2q_tui.crystal.kronecker import model_rank
-from h2q_tui.crystal.policy import Crystal, encode_state_dict, plan, tied_names
+from h2q_tui.codecs import stored
+from h2q_tui.codecs.kronecker import model_rank
+from h2q_tui.codecs.policy import Crystal, encode_state_dict, plan, tied_names
+from h2q_tui.codecs.tensor import Step, method_name, parse_method, stored_bytes
 from h2q_tui.errors import UserError, write_error
 from h2q_tui.system.files import give_umask_mode
 
@@ -357,7 +357,7 @@ class Request:
 
 
 def _progress_bar(windows: int, batch: int, label: str, stream: IO[str]):
-    from h2q_tui.progress_bar import WindowProgressBar
+    from h2q_tui.cli.progress import WindowProgressBar
 
     return WindowProgressBar(windows, batch, stream=stream, label=label)
 

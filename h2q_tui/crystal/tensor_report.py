@@ -1,7 +1,7 @@
 """``h2q-tui crystallize FILE --tensors-only``: any safetensors file, no model needed.
 
 Reads every tensor of the file (ours, or e.g. a Hugging Face ``model.safetensors``), encodes
-it by each method under the default policy (:mod:`h2q_tui.crystal.policy`: names decide what
+it by each method under the default policy (:mod:`h2q_tui.codecs.policy`: names decide what
 is an embedding, a head, a bank; ``--keep`` exempts tensors) and reports, per method and per
 tensor: the steps applied, the data bytes before and after, and the relative reconstruction
 error ‖W − Ŵ‖_F/‖W‖_F of the decoded tensor (per layer's W for a HamLinear rank truncation).
@@ -19,7 +19,8 @@ from typing import IO, Any
 
 import torch
 
-from h2q_tui.crystal.codecs import method_name
+from h2q_tui.codecs.policy import encode_state_dict, is_crystallized
+from h2q_tui.codecs.tensor import method_name
 from h2q_tui.crystal.crystallize import (
     Request,
     format_rows,
@@ -27,7 +28,6 @@ from h2q_tui.crystal.crystallize import (
     resolve_methods,
     write_json,
 )
-from h2q_tui.crystal.policy import encode_state_dict, is_crystallized
 from h2q_tui.errors import UserError
 
 COLUMNS = (

@@ -2,7 +2,7 @@
 (phases, cold or warm), the hot swaps with their timings, and ``hotstart`` on demand.
 
 Everything shown comes from h2q_tui/hotstart/timeline.py (every load, swap and snapshot a
-generator in this process made) and from :func:`h2q_tui.hotstart.command.measure`, which
+generator in this process made) and from :func:`h2q_tui.hotstart.measure.measure`, which
 the ``h`` key runs on a worker thread of its own (it starts fresh processes: seconds).
 """
 
@@ -135,7 +135,7 @@ class HotStartPanel(Vertical):
     @on_own_thread
     def _measure_worker(self, checkpoint: str) -> None:
         from h2q_tui.errors import UserError
-        from h2q_tui.hotstart.command import Request, measure
+        from h2q_tui.hotstart.measure import Request, measure
 
         try:
             report = measure(Request(checkpoint=checkpoint, repeats=HOTSTART_REPEATS))
@@ -159,7 +159,7 @@ class HotStartPanel(Vertical):
 
 def generation_source_of(app: Any) -> str:
     """What the Generate pane is using ("" when it has no model)."""
-    from h2q_tui.app.generate_pane import GeneratePane
+    from h2q_tui.app.panes.generate import GeneratePane
 
     try:
         pane = app.query_one(GeneratePane)

@@ -215,7 +215,7 @@ def _prepare_on_every_rank(request, world):
     run dir; they then read the same config, data and checkpoint without writing anything.
     None on a rank other than 0 when rank 0 refused the request (it says why)."""
     from h2q_tui.checkpoints import run_lock
-    from h2q_tui.run_setup import prepare_run
+    from h2q_tui.training.session import prepare_run
 
     if world.is_main:
         try:
@@ -237,7 +237,7 @@ def _prepare_on_every_rank(request, world):
 
 
 def _train_headless(args: argparse.Namespace, world) -> int:
-    from h2q_tui.run_setup import RunRequest
+    from h2q_tui.training.session import RunRequest
     from h2q_tui.training.trainer import Trainer
     from h2q_tui.training.writers import ConsolePrinter, JsonlWriter
 
@@ -323,7 +323,7 @@ def stop_signals_save(trainer, speak: bool = True):
 def run_dashboard(args: argparse.Namespace) -> int:
     from h2q_tui.app import make_app, run_app
     from h2q_tui.app.engine_link import LiveEngine
-    from h2q_tui.run_setup import RunRequest, prepare_run
+    from h2q_tui.training.session import RunRequest, prepare_run
 
     request = RunRequest(**{k: getattr(args, k) for k in RunRequest.__dataclass_fields__})
     engine = LiveEngine(prepare_run(request, progress=_download_progress()))
@@ -362,8 +362,8 @@ def run_eval(argv: list[str]) -> int:
     import torch
 
     from h2q_tui import checkpoints
+    from h2q_tui.cli.progress import WindowProgressBar
     from h2q_tui.models import count_parameters
-    from h2q_tui.progress_bar import WindowProgressBar
     from h2q_tui.system import hardware
     from h2q_tui.system.thread_choice import BatchPacer
     from h2q_tui.training.evaluate import heldout_cross_entropy
@@ -892,7 +892,7 @@ def _download_progress():
 def run_presets(argv: list[str]) -> int:
     import shutil
 
-    from h2q_tui.presets_list import format_table, summaries
+    from h2q_tui.cli.presets import format_table, summaries
 
     Parser(
         prog="h2q-tui presets",
@@ -923,12 +923,12 @@ SUBCOMMANDS = {
     "attach": run_attach,
     "generate": run_generate,
     "steer-eval": run_steer_eval,
-    "crystallize": lazy_command("h2q_tui.crystal.command"),
-    "hotstart": lazy_command("h2q_tui.hotstart.command"),
+    "crystallize": lazy_command("h2q_tui.cli.crystallize"),
+    "hotstart": lazy_command("h2q_tui.hotstart.measure"),
     "presets": run_presets,
-    "serve": lazy_command("h2q_tui.ollama.command", "serve_main"),
-    "ollama": lazy_command("h2q_tui.ollama.command", "ollama_main"),
-    "web": lazy_command("h2q_tui.web.command"),
+    "serve": lazy_command("h2q_tui.cli.serve", "serve_main"),
+    "ollama": lazy_command("h2q_tui.cli.serve", "ollama_main"),
+    "web": lazy_command("h2q_tui.cli.web"),
     "torchrun": lazy_command("h2q_tui.training.launcher"),
 }
 

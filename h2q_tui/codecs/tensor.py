@@ -43,7 +43,7 @@ Combinations are applied left to right (``svd:0.5+int8``: the SVD, then int8 on 
 factors ``u`` and ``v``); decoding runs in reverse. :func:`encode_chain` / :func:`decode_chain`
 name a later step's parts ``factor::part`` (e.g. ``u::q``, ``u::scale``).
 ``rank:K`` / ``rank-shared:K`` (HamLinear Kronecker-rank truncation) act on a whole group of
-tensors at once and live in :mod:`h2q_tui.crystal.kronecker`; the parser knows them.
+tensors at once and live in :mod:`h2q_tui.codecs.kronecker`; the parser knows them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import socket
 import sys
 from typing import Any
 
-from h2q_tui.cli import Parser, add_device_flag
+from h2q_tui.cli.main import Parser, add_device_flag
 from h2q_tui.errors import UserError
 from h2q_tui.ollama import protocol
 from h2q_tui.system import net

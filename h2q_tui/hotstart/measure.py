@@ -84,7 +84,7 @@ class Request:
 
 def main(argv: list[str]) -> int:
     """``h2q-tui hotstart``: parse the flags, measure, print the table (and write --json)."""
-    from h2q_tui.cli import Parser
+    from h2q_tui.cli.main import Parser
 
     parser = Parser(
         prog="h2q-tui hotstart",
@@ -462,7 +462,7 @@ def write_json(report: dict[str, object], path: str | Path) -> None:
 
 
 def run_as_script(argv: list[str]) -> int:
-    """``python -m h2q_tui.hotstart.command``: :func:`main` with the CLI's error handling."""
+    """``python -m h2q_tui.hotstart.measure``: :func:`main` with the CLI's error handling."""
     try:
         return main(argv)
     except UserError as exc:

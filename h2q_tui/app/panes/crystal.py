@@ -35,7 +35,7 @@ from textual.widgets import Button, DataTable, Input, Label, SelectionList, Stat
 from textual.worker import get_current_worker
 from textual_plot import HiResMode, LegendLocation, PlotWidget
 
-from h2q_tui.app.hotstart_panel import HotStartPanel, generation_source_of
+from h2q_tui.app.panes.hotstart_panel import HotStartPanel, generation_source_of
 from h2q_tui.app.widgets import safe_axes
 from h2q_tui.system.threads import on_own_thread
 
@@ -120,6 +120,7 @@ def load_source(path: str, out: Path | None = None, out_note: str = "") -> Sourc
     """The checkpoint at ``path`` (a run dir means its latest) with the methods that apply to
     its model; UserError (one line) for a bad path, a damaged or already crystallized file."""
     from h2q_tui import checkpoints
+    from h2q_tui.codecs.policy import tied_names
     from h2q_tui.crystal.crystallize import (
         check_out,
         cpu_state_dict,
@@ -127,7 +128,6 @@ def load_source(path: str, out: Path | None = None, out_note: str = "") -> Sourc
         describe_source,
         sweep_methods,
     )
-    from h2q_tui.crystal.policy import tied_names
     from h2q_tui.errors import UserError
 
     info = checkpoints.read_info(path)
@@ -648,7 +648,7 @@ class CrystalPane(Vertical, can_focus=True):
             self.say(f"hotstart: timing {path} (fresh processes take a few seconds)…")
 
     def action_open_in_generate(self) -> None:
-        from h2q_tui.app.generate_pane import GeneratePane
+        from h2q_tui.app.panes.generate import GeneratePane
 
         row = self.selected_row()
         if row is None:

@@ -22,7 +22,8 @@ from h2q_tui.checkpoints.find import is_inside, named_run_dir
 from h2q_tui.data.sources import Corpus, load_corpus
 from h2q_tui.data.tokenizer import BpeTokenizer
 from h2q_tui.errors import UserError, write_error
-from h2q_tui.system import hardware, memory
+from h2q_tui.models import memory
+from h2q_tui.system import hardware
 from h2q_tui.system.files import write_text_atomic
 
 DEFAULT_PRESET = "microstream-cpu"

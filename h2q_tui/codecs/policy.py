@@ -5,7 +5,7 @@ match them with fnmatch, case-sensitive):
 
 - ``rank:K`` / ``rank-shared:K`` apply to the HamLinear layers only (structure banks
   ``*bank.A``/``*bank.extra.N`` and factors ``*.B``/``*.B_extra.N``, see
-  :mod:`h2q_tui.crystal.kronecker`); it is an error on a model without them (a GPT).
+  :mod:`h2q_tui.codecs.kronecker`); it is an error on a model without them (a GPT).
   Truncation is model-wide (the model is rebuilt with rank K), so ``keep`` cannot exempt a
   layer from it; on a HamLinear tensor ``keep`` only skips the numeric step that follows.
 - ``svd:K`` / ``svd:F`` apply to dense 2-D float weight matrices (both sides ≥ 2) except
@@ -43,7 +43,8 @@ from typing import Any
 
 import torch
 
-from h2q_tui.crystal.codecs import (
+from h2q_tui.codecs.kronecker import VARIANTS, ham_groups, rearranged, truncate_state_dict
+from h2q_tui.codecs.tensor import (
     PART_SEPARATOR,
     CrystalFormatError,
     Step,
@@ -55,7 +56,6 @@ from h2q_tui.crystal.codecs import (
     relative_error,
     stored_bytes,
 )
-from h2q_tui.crystal.kronecker import VARIANTS, ham_groups, rearranged, truncate_state_dict
 
 LAYOUT_KEY = "h2q.crystal"
 METHOD_KEY = "h2q.crystal.method"

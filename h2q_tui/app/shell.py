@@ -28,11 +28,11 @@ from textual.widgets import Header, RichLog, Static, TabbedContent, TabPane
 from textual.worker import Worker
 
 from h2q_tui.app import formatting as fmt
-from h2q_tui.app.crystal_pane import CrystalPane
 from h2q_tui.app.engine_link import AttachedRuns, LiveEngine
 from h2q_tui.app.fields import FittingFooter
-from h2q_tui.app.generate_pane import GeneratePane
-from h2q_tui.app.ollama_pane import OllamaPane
+from h2q_tui.app.panes.crystal import CrystalPane
+from h2q_tui.app.panes.generate import GeneratePane
+from h2q_tui.app.panes.ollama import OllamaPane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, ErrorScreen, HelpScreen
 from h2q_tui.app.signals import EXIT_UI_FAILED, Lifeline, exit_code, quiet_driver
 from h2q_tui.app.widgets import X_AXES, CardGrid, LossChart, SystemPanel

@@ -1,0 +1,214 @@
+"""The package's floors: which h2q_tui package may import which, read from the code's own imports.
+
+Run ``python tests/floors.py`` for the report (upward imports, cycles, module and function sizes);
+``tests/test_floors.py`` holds the same rules in ``make test``.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "h2q_tui"
+
+# Top to bottom. A unit may import itself and any unit on a lower floor, never one on its own
+# floor or above. Units on one floor are siblings that do not know each other.
+FLOORS: list[tuple[str, ...]] = [
+    ("__main__",),
+    ("cli",),
+    ("app",),
+    ("ollama", "hotstart", "crystal", "training"),
+    ("generation",),
+    ("checkpoints",),
+    ("codecs",),
+    ("models",),
+    ("data", "config"),
+    ("system",),
+    ("units", "errors", "__init__"),
+]
+FLOOR_OF = {unit: level for level, units in enumerate(FLOORS) for unit in units}
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+
+
+@dataclass(frozen=True)
+class Import:
+    """One ``import`` of an h2q_tui module by another, where it is written."""
+
+    source: str  # dotted module that imports, e.g. h2q_tui.cli.main.train
+    target: str  # dotted module imported, e.g. h2q_tui.training.session
+    line: int
+    in_function: bool
+
+    @property
+    def source_unit(self) -> str:
+        return unit_of(self.source)
+
+    @property
+    def target_unit(self) -> str:
+        return unit_of(self.target)
+
+
+def unit_of(module: str) -> str:
+    """``h2q_tui.app.panes.icu`` -> ``app``; ``h2q_tui.config`` -> ``config``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE_ROOT.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1] if len(parts) > 2 else parts
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE_ROOT.rglob("*.py"))}
+
+
+def _resolve_relative(source: str, is_package: bool, level: int, name: str | None) -> str:
+    base = source.split(".")
+    if not is_package:
+        base = base[:-1]
+    base = base[: len(base) - (level - 1)] if level > 1 else base
+    return ".".join(base + ([name] if name else []))
+
+
+def imports_of(module: str, path: Path, known: set[str]) -> list[Import]:
+    """Every h2q_tui import in one file, each resolved to the deepest module that exists."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_package = path.name == "__init__.py"
+    found: list[Import] = []
+    function_lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                    function_lines.add(inner.lineno)
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = (
+                _resolve_relative(module, is_package, node.level, node.module)
+                if node.level
+                else node.module or ""
+            )
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                targets.append(candidate if candidate in known else base)
+        for target in sorted(set(targets)):
+            if target == "h2q_tui" or target.startswith("h2q_tui."):
+                found.append(Import(module, target, node.lineno, node.lineno in function_lines))
+    return found
+
+
+def all_imports() -> list[Import]:
+    mods = modules()
+    known = set(mods)
+    return [imp for name, path in mods.items() for imp in imports_of(name, path, known)]
+
+
+def is_upward(imp: Import) -> bool:
+    """True when an import reaches a unit on its own floor (a sibling) or above."""
+    src, dst = imp.source_unit, imp.target_unit
+    if src == dst or dst == "__init__" and imp.target == "h2q_tui":
+        return False
+    if src not in FLOOR_OF or dst not in FLOOR_OF:
+        return True  # a unit nobody placed is a finding in itself
+    return FLOOR_OF[dst] <= FLOOR_OF[src]
+
+
+def cycles(imports: list[Import]) -> list[list[str]]:
+    """Strongly connected module groups of more than one module (Tarjan), each sorted."""
+    graph: dict[str, set[str]] = {}
+    for imp in imports:
+        if imp.target != imp.source:
+            graph.setdefault(imp.source, set()).add(imp.target)
+            graph.setdefault(imp.target, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+    counter = [0]
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(groups)
+
+
+def module_lines() -> dict[str, int]:
+    return {name: len(path.read_text().splitlines()) for name, path in modules().items()}
+
+
+def long_functions() -> dict[str, int]:
+    """``module:function`` -> lines, for every function (methods included) over the limit."""
+    found: dict[str, int] = {}
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found[f"{name}:{node.name}"] = length
+    return found
+
+
+def report() -> str:
+    imports = all_imports()
+    upward = [imp for imp in imports if is_upward(imp)]
+    lines = [
+        f"internal imports: {len(imports)} ({sum(i.in_function for i in imports)} inside functions)",
+        f"upward or sideways imports: {len(upward)}",
+    ]
+    lines += [
+        f"  {i.source}:{i.line} -> {i.target}{'  (in a function)' if i.in_function else ''}"
+        for i in upward
+    ]
+    found_cycles = cycles(imports)
+    lines.append(f"import cycles: {len(found_cycles)}")
+    lines += ["  " + " <-> ".join(group) for group in found_cycles]
+    sizes = module_lines()
+    big = sorted(((n, s) for n, s in sizes.items() if s > MAX_MODULE_LINES), key=lambda x: -x[1])
+    lines.append(
+        f"modules: {len(sizes)}, {sum(sizes.values())} lines; over {MAX_MODULE_LINES}: {len(big)}"
+    )
+    lines += [f"  {s:5d} {n}" for n, s in big]
+    funcs = sorted(long_functions().items(), key=lambda x: -x[1])
+    lines.append(f"functions over {MAX_FUNCTION_LINES} lines: {len(funcs)}")
+    lines += [f"  {s:5d} {n}" for n, s in funcs]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report())
