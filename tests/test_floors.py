@@ -1,0 +1,107 @@
+"""The floors hold: imports point down, no cycles, modules and functions stay short.
+
+The rules and the graph are in ``tests/floors.py`` (``python tests/floors.py`` prints the report).
+Each exception below carries its reason; an exception that no longer happens fails too, so the
+lists only shrink.
+"""
+
+from __future__ import annotations
+
+import floors
+
+# "source -> target" imports allowed to point up or sideways, with the reason.
+UPWARD_EXCEPTIONS: dict[str, str] = {
+    "h2q_tui.crystal.crystallize -> h2q_tui.cli.progress": "being moved: progress belongs to the command",
+    "h2q_tui.generation.follow -> h2q_tui.hotstart.timeline": "being moved: one loader in checkpoints",
+    "h2q_tui.generation.follow -> h2q_tui.hotstart.recorded": "being moved: one loader in checkpoints",
+    "h2q_tui.hotstart.measure -> h2q_tui.cli.main": "being moved: the parser goes to cli/hotstart.py",
+    "h2q_tui.ollama.models -> h2q_tui.hotstart.timeline": "being moved: one loader in checkpoints",
+}
+
+# Groups of modules that import each other (sorted, joined by " <-> ").
+CYCLE_EXCEPTIONS: set[str] = {
+    "h2q_tui.app <-> h2q_tui.app.panes.crystal <-> h2q_tui.app.panes.hotstart_panel"
+    " <-> h2q_tui.app.shell <-> h2q_tui.cli.main <-> h2q_tui.hotstart.measure",
+    "h2q_tui.crystal.crystallize <-> h2q_tui.crystal.tensor_report",
+}
+
+# Modules allowed over floors.MAX_MODULE_LINES lines, with the reason.
+LONG_MODULES: dict[str, str] = {
+    name: "being split"
+    for name in [
+        "h2q_tui.cli.main",
+        "h2q_tui.app.shell",
+        "h2q_tui.training.trainer",
+        "h2q_tui.ollama.server",
+        "h2q_tui.app.panes.generate",
+        "h2q_tui.app.panes.crystal",
+        "h2q_tui.crystal.crystallize",
+        "h2q_tui.generation.decoder",
+        "h2q_tui.codecs.tensor",
+        "h2q_tui.app.panes.ollama",
+        "h2q_tui.config",
+        "h2q_tui.checkpoints.load",
+        "h2q_tui.hotstart.measure",
+        "h2q_tui.app.widgets",
+        "h2q_tui.training.history",
+        "h2q_tui.codecs.policy",
+        "h2q_tui.ollama.models",
+        "h2q_tui.ollama.client",
+    ]
+}
+
+# Functions allowed over floors.MAX_FUNCTION_LINES lines ("module:function"), with the reason.
+LONG_FUNCTIONS: dict[str, str] = {
+    "h2q_tui.crystal.crystallize:_run": "being split",
+    "h2q_tui.cli.main:run_steer_eval": "being split",
+    "h2q_tui.hotstart.measure:_measure": "being split",
+}
+
+
+def test_every_package_has_a_floor():
+    units = {floors.unit_of(name) for name in floors.modules()}
+    assert units <= set(floors.FLOOR_OF), (
+        f"place these in tests/floors.py FLOORS: {units - set(floors.FLOOR_OF)}"
+    )
+
+
+def test_imports_point_down():
+    upward = {f"{i.source} -> {i.target}" for i in floors.all_imports() if floors.is_upward(i)}
+    assert upward - set(UPWARD_EXCEPTIONS) == set(), "imports that point up or sideways"
+    assert set(UPWARD_EXCEPTIONS) - upward == set(), "exceptions that no longer happen: remove them"
+
+
+def test_no_import_cycles():
+    found = {" <-> ".join(group) for group in floors.cycles(floors.all_imports())}
+    assert found - CYCLE_EXCEPTIONS == set(), "new import cycles"
+    assert CYCLE_EXCEPTIONS - found == set(), "cycles that are gone: remove them from the list"
+
+
+def test_modules_are_short():
+    long = {n for n, s in floors.module_lines().items() if s > floors.MAX_MODULE_LINES}
+    assert long - set(LONG_MODULES) == set(), f"modules over {floors.MAX_MODULE_LINES} lines"
+    assert set(LONG_MODULES) - long == set(), "modules now short enough: remove them from the list"
+
+
+def test_functions_are_short():
+    long = set(floors.long_functions())
+    assert long - set(LONG_FUNCTIONS) == set(), f"functions over {floors.MAX_FUNCTION_LINES} lines"
+    assert set(LONG_FUNCTIONS) - long == set(), "functions now short enough: remove them"
+
+
+def test_the_rules_catch_a_violation(tmp_path, monkeypatch):
+    """An upward import and a cycle written into a scratch package are both found."""
+    pkg = tmp_path / "h2q_tui"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "cli").mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models" / "__init__.py").write_text("")
+    (pkg / "cli" / "__init__.py").write_text("")
+    (pkg / "models" / "a.py").write_text("from h2q_tui.cli import b\n")
+    (pkg / "cli" / "b.py").write_text("def f():\n    from h2q_tui.models import a\n")
+    monkeypatch.setattr(floors, "PACKAGE_ROOT", pkg)
+    imports = floors.all_imports()
+    assert [f"{i.source} -> {i.target}" for i in imports if floors.is_upward(i)] == [
+        "h2q_tui.models.a -> h2q_tui.cli.b"
+    ]
+    assert floors.cycles(imports) == [["h2q_tui.cli.b", "h2q_tui.models.a"]]
