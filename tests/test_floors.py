@@ -46,7 +46,6 @@ LONG_MODULES: dict[str, str] = {
         "h2q_tui.training.history",
         "h2q_tui.codecs.policy",
         "h2q_tui.ollama.models",
-        "h2q_tui.ollama.client",
     ]
 }
 

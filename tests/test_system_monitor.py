@@ -14,10 +14,10 @@ from h2q_tui.system.monitor import (
     NvmlReader,
     SystemMonitor,
     SystemSnapshot,
-    format_bytes,
     format_value,
     take_snapshot,
 )
+from h2q_tui.units import format_size
 
 GIB = 1024**3
 
@@ -180,8 +180,8 @@ def test_default_interval_is_between_one_and_two_seconds() -> None:
         (2048 * 1024**5, "2048.0 PiB"),
     ],
 )
-def test_format_bytes(n: int | None, text: str) -> None:
-    assert format_bytes(n) == text
+def test_format_size(n: int | None, text: str) -> None:
+    assert format_size(n) == text
 
 
 def test_format_value() -> None:

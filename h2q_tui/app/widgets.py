@@ -14,9 +14,10 @@ from textual_plot.axis_formatter import NumericAxisFormatter
 
 from h2q_tui.app import formatting as fmt
 from h2q_tui.system.budget import MemoryBudget, Reading
-from h2q_tui.system.monitor import SystemSnapshot, format_bytes, format_value
+from h2q_tui.system.monitor import SystemSnapshot, format_value
 from h2q_tui.training.events import LN2
 from h2q_tui.training.history import Curve, RunHistory, debiased_ema
+from h2q_tui.units import format_size
 
 RUN_COLOURS = ["cyan", "orange1", "green", "magenta", "yellow", "blue", "red", "white"]
 X_AXES = ("step", "tokens", "time")
@@ -98,7 +99,7 @@ def process_text(
     """This process's RSS, CPU share and CUDA memory (when it has some), from the monitor
     thread's last snapshot. Attached (``live`` false) the run's RSS from its step records:
     this viewer's own readings say nothing of the run."""
-    size = short_bytes if compact else format_bytes
+    size = short_bytes if compact else format_size
     if not live:
         step = (history.last_step if history else None) or {}
         rss = step.get("rss_bytes")
@@ -354,7 +355,7 @@ def budget_bar(reading: Reading, flag: str = "--memory-budget") -> Text:
     without a budget the reading and "no budget set"."""
     text = Text()
     if reading.limit is None:
-        text.append(format_bytes(reading.used))
+        text.append(format_size(reading.used))
         text.append(f" · no budget set ({flag} SIZE)", style="dim")
         return text
     style = BUDGET_STYLES[reading.state]
@@ -407,7 +408,7 @@ def system_text(
         return text
     if budget is None or not budget.is_set:
         budget = MemoryBudget.from_config(history.config.get("train", {}) if history else {})
-    ram = f"{format_bytes(snap.host_ram_used_bytes)} / {format_bytes(snap.host_ram_total_bytes)}"
+    ram = f"{format_size(snap.host_ram_used_bytes)} / {format_size(snap.host_ram_total_bytes)}"
     rss, vram = budget.readings(snap.process_rss_bytes, snap.cuda_reserved_bytes)[0], None
     if snap.cuda_reserved_bytes is not None or budget.vram is not None:
         vram = budget.readings(None, snap.cuda_reserved_bytes)[1]
@@ -421,12 +422,12 @@ def system_text(
         rows.append(("This process RSS", budget_bar(rss)))
     else:
         step = (history.last_step if history else None) or {}
-        rows.append(("This process RSS", f"{format_bytes(snap.process_rss_bytes)} (this viewer)"))
+        rows.append(("This process RSS", f"{format_size(snap.process_rss_bytes)} (this viewer)"))
         run_rss = budget.readings(step.get("rss_bytes"))[0]
         at = f" @{step['step']:,}" if step else ""
         rows.append((f"Run RSS{at}", budget_bar(run_rss)))
     rows += [
-        ("CUDA allocated", format_bytes(snap.cuda_allocated_bytes)),
+        ("CUDA allocated", format_size(snap.cuda_allocated_bytes)),
         (
             "CUDA reserved",
             budget_bar(vram, "--vram-budget") if vram is not None else fmt.NA,
@@ -441,7 +442,7 @@ def system_text(
         text.append("\n")
     for gpu in snap.gpus:
         text.append(f"\nGPU {gpu.index} {gpu.name or fmt.NA}\n", style="bold cyan")
-        mem = f"{format_bytes(gpu.memory_used_bytes)} / {format_bytes(gpu.memory_total_bytes)}"
+        mem = f"{format_size(gpu.memory_used_bytes)} / {format_size(gpu.memory_total_bytes)}"
         text.append(
             f"  util {format_value(gpu.utilization_percent)} %   memory {mem}   "
             f"power {format_value(gpu.power_watts)} W   temp {format_value(gpu.temperature_c, '.0f')} °C\n"

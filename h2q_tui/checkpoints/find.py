@@ -24,10 +24,10 @@ from h2q_tui.checkpoints.layout import (
     STEP_NAME,
     WEIGHTS,
     file_crc,
-    first_line,
     tensor_crc,
 )
 from h2q_tui.errors import UserError
+from h2q_tui.units import first_sentence
 
 CRC_THREADS = 2  # checksum threads (zlib, no OpenMP); more gain nothing on these machines
 
@@ -71,7 +71,7 @@ def checkpoint_problem(
                     "run that diverged, or a damaged file)"
                 )
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        return f"corrupt or truncated ({first_line(exc)})"
+        return f"corrupt or truncated ({first_sentence(exc)})"
     state = weights.with_name(STATE)
     if need_state and is_crystallized(metadata):
         return (
@@ -207,7 +207,7 @@ class BackgroundCheck:
                 self.weights, self._need_state, self._tensors, 1, self._publish
             )
         except Exception as exc:  # noqa: BLE001 - a check that cannot finish is a failed check
-            self._problem = f"unverifiable ({first_line(exc)})"
+            self._problem = f"unverifiable ({first_sentence(exc)})"
         finally:
             self._tensors = None  # the loader owns the mapping; do not keep it alive
             self.seconds = time.perf_counter() - started
@@ -241,7 +241,7 @@ def _crystal_problem(metadata: dict[str, str]) -> str | None:
     try:
         read_layout(metadata)
     except ValueError as exc:
-        return f"a damaged crystallized file ({first_line(exc)})"
+        return f"a damaged crystallized file ({first_sentence(exc)})"
     return None
 
 

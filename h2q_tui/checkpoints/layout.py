@@ -67,9 +67,3 @@ def file_crc(path: Path) -> str:
         while block := handle.read(1 << 20):
             crc = zlib.crc32(block, crc)
     return f"{crc & 0xFFFFFFFF:08x}"
-
-
-def first_line(exc: BaseException) -> str:
-    """The first sentence of an exception's first line, at most 160 characters."""
-    text = str(exc).strip().splitlines()
-    return text[0].split(". ")[0][:160] if text else type(exc).__name__

@@ -15,11 +15,12 @@ from safetensors.torch import load_model
 from torch import nn
 
 from h2q_tui.checkpoints.find import candidate_weights, is_crystallized, resolve_checkpoint
-from h2q_tui.checkpoints.layout import FORMAT, STATE, TOKENIZER, CheckpointInfo, first_line
+from h2q_tui.checkpoints.layout import FORMAT, STATE, TOKENIZER, CheckpointInfo
 from h2q_tui.checkpoints.state import state_problem
 from h2q_tui.config import RANGES, RunConfig, from_dict, validate_model
 from h2q_tui.data.tokenizer import BpeTokenizer
 from h2q_tui.errors import UserError
+from h2q_tui.units import first_sentence
 
 
 def read_info(path: str | Path, need_state: bool = False) -> CheckpointInfo:
@@ -47,7 +48,7 @@ def info_of(weights: Path, note: str = "") -> CheckpointInfo:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(
-            f"checkpoint {weights} is corrupt or truncated ({first_line(exc)})"
+            f"checkpoint {weights} is corrupt or truncated ({first_sentence(exc)})"
         ) from None
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise UserError(f"{weights} is not an h2q-tui checkpoint (no config metadata)")
@@ -94,7 +95,7 @@ def _crystal_info(metadata, weights: Path, config: RunConfig, step: int, run_id:
         validate_model(model)
     except (ValueError, TypeError, UserError) as exc:
         raise UserError(
-            f"checkpoint {weights} is a damaged crystallized file ({first_line(exc)})"
+            f"checkpoint {weights} is a damaged crystallized file ({first_sentence(exc)})"
         ) from None
     growths = origin.overrides.get(
         "rank_growths", _metadata_count(metadata, "rank_growths", weights)
@@ -144,7 +145,7 @@ def load_model_from(info: CheckpointInfo, device: torch.device | str | None = No
         for _ in range(info.rank_growths):
             model.grow_ffn_rank()
     except Exception as exc:  # noqa: BLE001 - any builder failure means a config we cannot use
-        raise UserError(f"{mismatch} ({first_line(exc)})") from None
+        raise UserError(f"{mismatch} ({first_sentence(exc)})") from None
     if device is not None:
         model = model.to(device)
     load_weights(info, model, device)
@@ -174,7 +175,7 @@ def load_weights(
             dtypes = {name: part.get_dtype() for name, part in slices.items()}
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise UserError(
-            f"checkpoint {info.weights} is corrupt or truncated ({first_line(exc)})"
+            f"checkpoint {info.weights} is corrupt or truncated ({first_sentence(exc)})"
         ) from None
     state = model.state_dict()
     refuse_wrong_dtypes(
@@ -195,7 +196,7 @@ def load_weights(
         missing, unexpected = load_model(model, str(info.weights), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise UserError(
-            f"checkpoint {info.weights} is corrupt or truncated ({first_line(exc)})"
+            f"checkpoint {info.weights} is corrupt or truncated ({first_sentence(exc)})"
         ) from None
     if missing or unexpected:
         raise UserError(
@@ -212,7 +213,7 @@ def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
         state_dict, _ = stored.decode_file(info.weights, device)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise UserError(
-            f"checkpoint {info.weights} is a corrupt crystallized file ({first_line(exc)})"
+            f"checkpoint {info.weights} is a corrupt crystallized file ({first_sentence(exc)})"
         ) from None
     model_state = model.state_dict()
     refuse_wrong_dtypes(
@@ -244,7 +245,7 @@ def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         raise UserError(
-            f"crystallized checkpoint {info.weights} does not match its model ({first_line(exc)})"
+            f"crystallized checkpoint {info.weights} does not match its model ({first_sentence(exc)})"
         ) from None
 
 
@@ -289,7 +290,7 @@ def load_state(info: CheckpointInfo) -> dict[str, Any]:
     except pickle.UnpicklingError:
         reason = "not a torch state file"  # torch's own text advises weights_only=False: wrong here
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
-        reason = first_line(exc)
+        reason = first_sentence(exc)
     else:
         problem = state_problem(state, info.step)
         if problem is None:
@@ -396,7 +397,7 @@ def read_tensors(
         return load_file(str(info.weights), device=str(device or "cpu"))
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise UserError(
-            f"checkpoint {info.weights} is corrupt or truncated ({first_line(exc)})"
+            f"checkpoint {info.weights} is corrupt or truncated ({first_sentence(exc)})"
         ) from None
 
 

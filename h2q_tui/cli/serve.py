@@ -245,7 +245,8 @@ def _options(args) -> dict:
 
 
 def ollama_main(argv: list[str]) -> int:
-    from h2q_tui.ollama.client import BridgeError, OllamaClient, human_bytes
+    from h2q_tui.ollama.client import BridgeError, OllamaClient
+    from h2q_tui.units import format_size
 
     args = ollama_parser().parse_args(argv)
     try:
@@ -262,7 +263,7 @@ def ollama_main(argv: list[str]) -> int:
                     rows.append(
                         [
                             str(m.get("name") or m.get("model")),
-                            human_bytes(m.get("size")),
+                            format_size(m.get("size"), binary=False),
                             str(d.get("family", "")),
                             str(d.get("parameter_size", "")),
                             str(d.get("quantization_level", "")),

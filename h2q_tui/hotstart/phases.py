@@ -43,8 +43,9 @@ from torch import nn
 from h2q_tui import checkpoints
 from h2q_tui.checkpoints import load as checkpoint_load
 from h2q_tui.checkpoints.find import BackgroundCheck
-from h2q_tui.checkpoints.layout import CheckpointInfo, first_line
+from h2q_tui.checkpoints.layout import CheckpointInfo
 from h2q_tui.errors import UserError
+from h2q_tui.units import first_sentence
 
 PROMPT = "Once upon a time"
 RATE_TOKENS = 64  # tokens after the first one, for tokens/s
@@ -118,7 +119,7 @@ def _build_normally(info: CheckpointInfo) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 - any builder failure means a config we cannot use
         raise UserError(
             f"checkpoint {info.weights}: its config does not match a model this version can "
-            f"build ({first_line(exc)})"
+            f"build ({first_sentence(exc)})"
         ) from None
     return model
 

@@ -33,6 +33,7 @@ import torch
 
 from h2q_tui.config import ModelConfig, RunConfig
 from h2q_tui.errors import UserError
+from h2q_tui.units import first_line
 
 ACTIVATION_FLOATS = 12
 CHECKPOINTED_FLOATS = 3  # a layer's kept floats under activation checkpointing (see above)
@@ -70,7 +71,7 @@ def parameter_count(config: ModelConfig, rank_growths: int = 0) -> int:
         raise
     except Exception as exc:  # noqa: BLE001 - any builder failure is a config problem here
         raise ModelBuildError(
-            f"model.* config cannot be built ({config.family}): {_first_line(exc)}"
+            f"model.* config cannot be built ({config.family}): {first_line(exc)}"
         ) from None
     return one + (two - one) * (config.n_layers - 1)
 
@@ -186,8 +187,3 @@ def parameters(count: int) -> str:
     if count >= 10**7:
         return f"{count / 1e6:.1f} M parameters"
     return f"{count:,} parameters"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:160] if lines else type(exc).__name__

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from h2q_tui.ollama import protocol
+from h2q_tui.units import first_line
 
 PROBE_TIMEOUT = 2.0  # seconds for /api/version
 READ_TIMEOUT = 600.0  # a generation may wait in the server's queue or behind a load
@@ -390,17 +391,3 @@ def read_line(line: str) -> dict[str, Any] | None:
     if part.get("error"):
         raise ServerError(str(part["error"]))
     return part
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:160]
-
-
-def human_bytes(n: Any) -> str:
-    if not isinstance(n, (int, float)) or isinstance(n, bool):
-        return "?"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"

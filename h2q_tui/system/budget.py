@@ -34,6 +34,7 @@ from typing import Any
 import psutil
 
 from h2q_tui.errors import UserError
+from h2q_tui.units import format_size
 
 ALARM_FRACTION = 0.90  # an alarm from here
 REARM_FRACTION = 0.85  # the alarm is raised again only after falling under this
@@ -92,23 +93,6 @@ def parse_size(text: str, name: str = "--memory-budget") -> int:
     if size > MAX_BYTES:
         raise UserError(f"{name} {shown} is beyond any machine (at most 1 EiB)")
     return size
-
-
-def format_size(n: int | None, binary: bool = True) -> str:
-    """``1.2 GiB`` (binary) or ``1.3 GB`` (decimal, as a budget in GB is written); n/a for None."""
-    if n is None:
-        return "n/a"
-    base, units = (
-        (1024, ("KiB", "MiB", "GiB", "TiB")) if binary else (1000, ("KB", "MB", "GB", "TB"))
-    )
-    if abs(n) < base:
-        return f"{n} B"
-    value = n / base
-    for unit in units[:-1]:
-        if abs(value) < base:
-            return f"{value:.1f} {unit}"
-        value /= base
-    return f"{value:.1f} {units[-1]}"
 
 
 # ---------------------------------------------------------------------------- readings

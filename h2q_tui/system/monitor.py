@@ -13,7 +13,6 @@ from typing import Any
 import psutil
 
 DEFAULT_INTERVAL_S = 1.5
-_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
 
 @dataclass(frozen=True)
@@ -264,20 +263,6 @@ class SystemMonitor:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def format_bytes(n: int | None) -> str:
-    """Human size in binary units ("1.2 GiB"), or "n/a" for None."""
-    if n is None:
-        return "n/a"
-    if abs(n) < 1024:
-        return f"{n} B"
-    value = n / 1024.0
-    for unit in _BYTE_UNITS[:-1]:
-        if abs(value) < 1024.0:
-            return f"{value:.1f} {unit}"
-        value /= 1024.0
-    return f"{value:.1f} {_BYTE_UNITS[-1]}"
 
 
 def format_value(x: float | int | None, fmt: str = ".1f") -> str:
