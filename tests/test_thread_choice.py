@@ -228,10 +228,11 @@ def test_train_threads_is_honoured_and_reported_as_set_by_you(tmp_path, text_fil
 
 def test_threads_flag_is_train_threads(monkeypatch):
     from h2q_tui.cli import main as cli
+    from h2q_tui.cli import train
 
     seen = {}
     monkeypatch.setattr(
-        cli, "run_headless", lambda args: seen.setdefault("o", args.overrides) and 0
+        train, "run_headless", lambda args: seen.setdefault("o", args.overrides) and 0
     )
     cli.dispatch(["--no-ui", "--threads", "3"])
     assert seen["o"] == ["train.threads=3"]

@@ -7,19 +7,15 @@ User errors exit 2 with one line on stderr; Ctrl-C during training saves and exi
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from h2q_tui.cli import train
 from h2q_tui.errors import UserError
 from h2q_tui.system.budget import add_budget_flags
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
-EXIT_MEMORY = 3  # --no-ui stopped above --memory-budget / --vram-budget (checkpoint saved)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -194,143 +190,6 @@ def eval_parser() -> argparse.ArgumentParser:
     )
     add_device_flag(parser)
     return parser
-
-
-def run_headless(args: argparse.Namespace) -> int:
-    from h2q_tui.system import hardware
-    from h2q_tui.training import distributed
-
-    world = distributed.join(hardware.resolve_device(args.device))  # one process without torchrun
-    try:
-        code = _train_headless(args, world)
-    except BaseException:
-        world.close(wait=False)  # an error: leave at once (the others' collectives then fail)
-        raise
-    world.close(wait=code != EXIT_USAGE)  # an agreed end: wait for rank 0's last save first
-    return code
-
-
-def _prepare_on_every_rank(request, world):
-    """Rank 0 prepares the run (lock, run.json, resume bookkeeping) and tells the others its
-    run dir; they then read the same config, data and checkpoint without writing anything.
-    None on a rank other than 0 when rank 0 refused the request (it says why)."""
-    from h2q_tui.checkpoints import run_lock
-    from h2q_tui.training.session import prepare_run
-
-    if world.is_main:
-        try:
-            prepared = prepare_run(request, progress=_download_progress())
-            try:
-                world.check_batch(prepared.config.train.batch_size)
-            except UserError:
-                run_lock.release(prepared.run_dir)
-                raise
-        except UserError:
-            world.share(None)
-            raise
-        world.share(str(prepared.run_dir))
-        return prepared
-    run_dir = world.share(None)
-    if run_dir is None:
-        return None
-    return prepare_run(dataclasses.replace(request, run_dir=run_dir), writes=False)
-
-
-def _train_headless(args: argparse.Namespace, world) -> int:
-    from h2q_tui.training.session import RunRequest
-    from h2q_tui.training.trainer import Trainer
-    from h2q_tui.training.writers import ConsolePrinter, JsonlWriter
-
-    request = RunRequest(**{k: getattr(args, k) for k in RunRequest.__dataclass_fields__})
-    prepared = _prepare_on_every_rank(request, world)
-    if prepared is None:
-        return EXIT_USAGE
-    for warning in prepared.warnings:  # e.g. --heldout is the training file
-        print(f"h2q-tui: warning: {warning}", file=sys.stderr, flush=True)
-    writer = JsonlWriter(prepared.run_dir) if world.is_main else None
-    printer = ConsolePrinter(prepared.config.log.log_interval, prepared.config.train.max_steps)
-
-    def emit(event) -> None:
-        if writer is None:  # a rank other than 0: rank 0 logs the run
-            return
-        writer(event)
-        try:
-            printer(event)
-        except OSError:  # the terminal is gone (SIGHUP, closed SSH): keep training and saving
-            printer.stream = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the run
-
-    trainer = Trainer(
-        prepared.config,
-        prepared.corpus,
-        prepared.run_dir,
-        emit,
-        preset=prepared.preset,
-        resume_from=prepared.resume_from,
-        tokenizer=prepared.tokenizer,
-        device=prepared.device,
-        world=world,
-    )
-    if world.is_main:
-        print(f"run dir: {prepared.run_dir}", flush=True)
-        if world.distributed:
-            print(f"training on {world.describe()}; rank 0 writes the log", flush=True)
-    with stop_signals_save(trainer, speak=world.is_main):
-        try:
-            reason = trainer.run()
-        finally:
-            if writer is not None:
-                writer.close()
-    if reason in STOP_EXIT_CODES:
-        return STOP_EXIT_CODES[reason]
-    if reason == "memory":  # one line: what was over, where the checkpoint is, what to do
-        print(f"h2q-tui: stopped: {trainer.budget_stop_message}", file=sys.stderr, flush=True)
-        return EXIT_MEMORY
-    return 1 if reason == "nan" else EXIT_OK
-
-
-# Stop signals finish the run like Ctrl-C: checkpoint, run_finished with the reason, then exit
-# 128 + the signal number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP: closed terminal, dropped SSH).
-STOP_REASONS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hangup"}
-STOP_EXIT_CODES = {reason: 128 + int(sig) for sig, reason in STOP_REASONS.items()}
-
-
-@contextlib.contextmanager
-def stop_signals_save(trainer, speak: bool = True):
-    """While training: SIGINT/SIGTERM/SIGHUP ask the trainer to stop after this step and save.
-
-    The handler only sets a flag and, when ``speak`` (rank 0 of a torchrun job), writes one
-    line with os.write (no locks, no buffered I/O); a second signal of any kind aborts at once.
-    """
-
-    def on_signal(signum, frame) -> None:
-        if trainer.stop_requested:
-            raise KeyboardInterrupt  # a second signal: give up on saving
-        trainer.stop_requested = STOP_REASONS[signal.Signals(signum)]
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        if not speak:
-            return
-        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
-            os.write(2, f"\n{name}: stopping after this step, then saving a checkpoint…\n".encode())
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_REASONS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def run_dashboard(args: argparse.Namespace) -> int:
-    from h2q_tui.app import make_app, run_app
-    from h2q_tui.app.engine_link import LiveEngine
-    from h2q_tui.training.session import RunRequest, prepare_run
-
-    request = RunRequest(**{k: getattr(args, k) for k in RunRequest.__dataclass_fields__})
-    engine = LiveEngine(prepare_run(request, progress=_download_progress()))
-    try:
-        return run_app(make_app(engine, autostart=args.autostart))  # non-zero if it crashed
-    finally:
-        engine.request_stop("stopped")  # an app that died mid-run: the trainer saves and ends
 
 
 def run_attach(argv: list[str]) -> int:
@@ -878,17 +737,6 @@ def _glue_negative_list(argv: list[str], flag: str) -> list[str]:
     return out
 
 
-def _download_progress():
-    """A stderr progress line for named-corpus downloads."""
-
-    def report(done: int, total: int | None) -> None:
-        share = f" {100 * done / total:5.1f}%" if total else ""
-        end = "\n" if total and done >= total else ""
-        print(f"\rdownloading {done / 1e6:7.2f} MB{share}", end=end, file=sys.stderr, flush=True)
-
-    return report
-
-
 def run_presets(argv: list[str]) -> int:
     import shutil
 
@@ -963,14 +811,14 @@ def dispatch(argv: list[str]) -> int:
     if args.threads is not None:  # --threads N is --set train.threads=N (checked there)
         args.overrides.append(f"train.threads={args.threads}")
     if args.no_ui:
-        return run_headless(args)
+        return train.run_headless(args)
     from h2q_tui.training.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
         raise UserError(
             "under torchrun the trainer runs headless: add --no-ui (watch it with h2q-tui attach RUN_DIR)"
         )
-    return run_dashboard(args)
+    return train.run_dashboard(args)
 
 
 def main(argv: list[str] | None = None) -> int:

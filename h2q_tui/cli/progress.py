@@ -64,3 +64,14 @@ class WindowProgressBar:
         except OSError:  # stderr is gone: the result on stdout still matters
             pass
         self.finished = final
+
+
+def download_progress() -> Callable[[int, int | None], None]:
+    """A stderr progress line for named-corpus downloads."""
+
+    def report(done: int, total: int | None) -> None:
+        share = f" {100 * done / total:5.1f}%" if total else ""
+        end = "\n" if total and done >= total else ""
+        print(f"\rdownloading {done / 1e6:7.2f} MB{share}", end=end, file=sys.stderr, flush=True)
+
+    return report
