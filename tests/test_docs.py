@@ -73,7 +73,7 @@ def test_readme_key_line_names_all_five_panes():
 
 def test_readme_eval_example_reads_a_file_a_fresh_clone_has():
     """eval's --data is a file: the shared corpora beside the clone, never a made-up name."""
-    evals = [c for c in _commands(README) if c[1:2] == ["eval"]]
+    evals = [c for c in _commands(README, inline=False) if c[1:2] == ["eval"]]
     assert evals, "README.md shows no eval example"
     for words in evals:
         data = words[words.index("--data") + 1]
@@ -136,8 +136,9 @@ def test_every_table_of_figures_names_its_machine(doc: Path):
 # ---------------------------------------------------------------- commands shown
 
 
-def _shown_lines(doc: Path) -> list[str]:
-    """Command lines in sh blocks (continuations joined, comments cut) and inline code spans."""
+def _shown_lines(doc: Path, inline: bool = True) -> list[str]:
+    """Command lines in sh blocks (continuations joined, comments cut) and, with ``inline``,
+    code spans that start with a command."""
     text = _text(doc)
     lines = []
     for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
@@ -145,7 +146,8 @@ def _shown_lines(doc: Path) -> list[str]:
             line = re.sub(r"\s#(?!\S*['\"]).*$", "", line).strip()  # a comment, not a quoted '#'
             if line and not line.startswith("#"):
                 lines.append(line)
-    lines += re.findall(r"`((?:h2q-tui|python|torchrun|make)\b[^`]*)`", _prose(doc))
+    if inline:
+        lines += re.findall(r"`((?:h2q-tui|python|torchrun|make)\b[^`]*)`", _prose(doc))
     return lines
 
 
@@ -157,11 +159,11 @@ def _split(line: str) -> list[str]:
         return line.split()
 
 
-def _commands(doc: Path) -> list[list[str]]:
+def _commands(doc: Path, inline: bool = True) -> list[list[str]]:
     """Every ``h2q-tui ...`` shown, as words, with ``torchrun -m h2q_tui`` and
     ``python -m h2q_tui`` read as h2q-tui; one line's ``&&``/``&``/``|``-joined parts apart."""
     found = []
-    for line in _shown_lines(doc):
+    for line in _shown_lines(doc, inline):
         for part in re.split(r"\s(?:&&|&|;)\s?|\s&$", line):
             words = _split(part)
             if "-m" in words and "h2q_tui" in words:
