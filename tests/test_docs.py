@@ -243,7 +243,9 @@ def test_other_commands_shown_exist(doc: Path):
         words = _split(line)
         if words[:1] == ["make"] and len(words) > 1:
             assert words[1] in targets, f"{doc.name}: `{line}`: no make target {words[1]}"
-        script = next((w for w in words if re.fullmatch(r"(benchmarks|tests)/\w+\.(py|sh)", w)), None)
+        script = next(
+            (w for w in words if re.fullmatch(r"(benchmarks|tests)/\w+\.(py|sh)", w)), None
+        )
         if words[:1] in (["python"], ["bash"]) and script:
             path = REPO / script
             assert path.is_file(), f"{doc.name}: `{line}`: no {script}"
@@ -252,3 +254,38 @@ def test_other_commands_shown_exist(doc: Path):
                 assert flag in source or flag in PLACEHOLDER_FLAGS, (
                     f"{doc.name}: `{line}`: {script} has no {flag}"
                 )
+
+
+# ---------------------------------------------------------------- the quick start, run
+
+
+@pytest.mark.slow
+def test_readme_quick_start_runs_on_a_fresh_folder(tmp_path: Path):
+    """The quick start's commands, in order, in an empty folder beside ../shared/data; the
+    training budgets shrink to a few steps of the tiny preset (the commands stay as shown)."""
+    from run_cli import h2q
+
+    shared = REPO.parent / "shared" / "data"
+    if not shared.is_dir():
+        pytest.skip(f"{shared} is missing")
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(shared)
+    for words in _commands(README, inline=False):
+        if words[1:2] == ["attach"]:
+            continue  # the dashboard needs a terminal; tests/test_app.py covers attach
+        args = []
+        for word in words[1:]:
+            if args[-1:] == ["--max-seconds"]:  # 300 s -> 3 steps, 600 s -> 6 (resumed)
+                args[-1:] = ["--max-steps", str(int(word) // 100)]
+                continue
+            args.append(word)
+        if "--no-ui" in args and "--resume" not in args:
+            args += ["--preset", "tiny"]
+        if args[:1] == ["generate"]:
+            args += ["--max-new-tokens", "8"]
+        if args[:1] == ["eval"]:
+            args += ["--windows", "16"]
+        done = h2q(*args, cwd=clone)
+        assert done.returncode == 0, f"h2q-tui {' '.join(args)}: {done.stderr[-2000:]}"
