@@ -35,7 +35,6 @@ LONG_MODULES: dict[str, str] = {
         "h2q_tui.app.panes.generate",
         "h2q_tui.app.panes.crystal",
         "h2q_tui.crystal.crystallize",
-        "h2q_tui.generation.decoder",
         "h2q_tui.codecs.tensor",
         "h2q_tui.app.panes.ollama",
         "h2q_tui.config",

@@ -13,6 +13,9 @@
   First-token latency is measured here (request sent → first text). ``cancel()`` closes the
   stream, which an Ollama server (and ``serve``) takes as the end of that generation.
 - :meth:`~OllamaClient.pull` streams the progress lines of ``POST /api/pull``.
+- Answers are parsed into the types the server builds them from
+  (:mod:`h2q_tui.ollama.replies`): :class:`~h2q_tui.ollama.replies.Reply`,
+  :class:`~h2q_tui.ollama.replies.ModelInfo`, :class:`~h2q_tui.ollama.replies.PullProgress`.
 
 httpx only (no ``ollama`` package at runtime); nothing here imports torch.
 """
