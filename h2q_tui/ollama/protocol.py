@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from h2q_tui.units import format_number
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
 BUSY = "server busy, please try again.  maximum pending requests exceeded"  # Ollama's 503
@@ -105,14 +107,12 @@ def parse_duration(value: Any) -> float | None:
     return None if seconds < 0 else seconds
 
 
-def shorten(value: Any, limit: int = 24) -> str:
-    """``value`` as JSON, cut to about ``limit`` characters (a huge number names its length)."""
-    text = json.dumps(value) if not isinstance(value, int) or abs(value) < 10**limit else ""
-    if text and len(text) <= limit:
-        return text
-    if isinstance(value, int):
-        return f"{str(value)[:10]}… ({len(str(abs(value)))} digits)"
-    return text[: limit - 1] + "…"
+def shorten(value: Any) -> str:
+    """``value`` as JSON, cut to about 24 characters (an integer as ``format_number`` writes it)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return format_number(value)
+    text = json.dumps(value)
+    return text if len(text) <= 24 else text[:23] + "…"
 
 
 def format_duration(seconds: float | None) -> str:
