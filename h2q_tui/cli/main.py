@@ -777,7 +777,7 @@ SUBCOMMANDS = {
     "serve": lazy_command("h2q_tui.cli.serve", "serve_main"),
     "ollama": lazy_command("h2q_tui.cli.serve", "ollama_main"),
     "web": lazy_command("h2q_tui.cli.web"),
-    "torchrun": lazy_command("h2q_tui.training.launcher"),
+    "torchrun": lazy_command("h2q_tui.cli.torchrun"),
 }
 
 SUBCOMMAND_USAGE = {
