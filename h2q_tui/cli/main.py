@@ -10,6 +10,7 @@ import importlib
 import sys
 from typing import NamedTuple
 
+from h2q_tui.cli import train
 from h2q_tui.cli.parser import main_parser
 from h2q_tui.errors import UserError
 from h2q_tui.system.openmp import prefer_passive_waiting
@@ -101,8 +102,6 @@ def dispatch(argv: list[str]) -> int:
     args = main_parser(subcommands_epilog()).parse_args(argv)
     if args.threads is not None:  # --threads N is --set train.threads=N (checked there)
         args.overrides.append(f"train.threads={args.threads}")
-    from h2q_tui.cli import train  # start-up time: training loads torch, after the flags parse
-
     if args.no_ui:
         return train.run_headless(args)
     from h2q_tui.training.distributed import launched_by_torchrun  # start-up time: torch
