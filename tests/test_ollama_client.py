@@ -317,9 +317,9 @@ class _ListingClient:
 
 
 def test_ollama_list_keeps_its_columns_aligned_with_long_names(capsys, monkeypatch) -> None:
-    from h2q_tui.ollama import client as client_module
+    from h2q_tui.cli import ollama as command
 
-    monkeypatch.setattr(client_module, "OllamaClient", _ListingClient)
+    monkeypatch.setattr(command, "OllamaClient", _ListingClient)
     assert cli.main(["ollama", "list"]) == 0
     header, short, long = capsys.readouterr().out.splitlines()
     assert long.startswith(LONG + "  ")
@@ -330,7 +330,7 @@ def test_ollama_list_keeps_its_columns_aligned_with_long_names(capsys, monkeypat
 
 
 def test_serve_rows_line_up_with_long_names() -> None:
-    from h2q_tui.cli.serve import aligned
+    from h2q_tui.cli.columns import aligned
 
     lines = aligned([["tiny", "microstream", "step 40"], [LONG, "gpt", "step 7"]])
     assert lines[0].index("microstream") == lines[1].index("gpt") == len(LONG) + 2

@@ -84,7 +84,7 @@ class Request:
 
 def main(argv: list[str]) -> int:
     """``h2q-tui hotstart``: parse the flags, measure, print the table (and write --json)."""
-    from h2q_tui.cli.main import Parser
+    from h2q_tui.cli.parser import Parser
 
     parser = Parser(
         prog="h2q-tui hotstart",
