@@ -31,7 +31,6 @@ LONG_MODULES: dict[str, str] = {
     for name in [
         "h2q_tui.cli.main",
         "h2q_tui.app.shell",
-        "h2q_tui.training.trainer",
         "h2q_tui.ollama.server",
         "h2q_tui.app.panes.generate",
         "h2q_tui.app.panes.crystal",
