@@ -42,7 +42,6 @@ LONG_MODULES: dict[str, str] = {
         "h2q_tui.checkpoints.load",
         "h2q_tui.hotstart.measure",
         "h2q_tui.app.widgets",
-        "h2q_tui.training.history",
         "h2q_tui.codecs.policy",
         "h2q_tui.ollama.models",
     ]
