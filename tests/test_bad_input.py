@@ -307,7 +307,7 @@ def test_ctrl_c_saves_a_loadable_checkpoint(workdir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- issue 11 item 6
-# Every config key has a range (h2q_tui/config.py RANGES); these go through the real CLI,
+# Every config key has a range (h2q_tui/config/ranges.py RANGES); these go through the real CLI,
 # tests/test_config_fuzz.py covers every key in-process.
 def sets(*overrides: str) -> tuple[str, ...]:
     return tuple(arg for override in overrides for arg in ("--set", override))

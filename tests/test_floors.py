@@ -38,7 +38,6 @@ LONG_MODULES: dict[str, str] = {
         "h2q_tui.generation.decoder",
         "h2q_tui.codecs.tensor",
         "h2q_tui.app.panes.ollama",
-        "h2q_tui.config",
         "h2q_tui.checkpoints.load",
         "h2q_tui.hotstart.measure",
         "h2q_tui.app.widgets",
