@@ -1,4 +1,4 @@
-"""One optimizer step: the module training calls, micro-batches, threads, rank growth."""
+"""One optimizer step and what it runs on: device, threads, precision, compiling, rank growth."""
 
 from __future__ import annotations
 
