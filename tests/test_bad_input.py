@@ -307,7 +307,7 @@ def test_ctrl_c_saves_a_loadable_checkpoint(workdir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- issue 11 item 6
-# Every config key has a range (h2q_tui/config.py RANGES); these go through the real CLI,
+# Every config key has a range (h2q_tui/config/ranges.py RANGES); these go through the real CLI,
 # tests/test_config_fuzz.py covers every key in-process.
 def sets(*overrides: str) -> tuple[str, ...]:
     return tuple(arg for override in overrides for arg in ("--set", override))
@@ -696,7 +696,7 @@ async def test_attach_keeps_running_on_numbers_no_chart_can_draw(tmp_path: Path)
     from pilot_helpers import wait_until
 
     from h2q_tui.app import make_app
-    from h2q_tui.training.history import MAX_COUNT
+    from h2q_tui.training.records import MAX_COUNT
 
     far = metrics_of(tmp_path / "far", [started_record(), step_record(MAX_COUNT, MAX_COUNT, 1e12)])
     bad = [step_record(2**62), step_record(10**30), step_record(4, tokens=10**30)]

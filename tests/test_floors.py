@@ -28,17 +28,14 @@ LONG_MODULES: dict[str, str] = {
     name: "being split"
     for name in [
         "h2q_tui.app.shell",
-        "h2q_tui.training.trainer",
         "h2q_tui.app.panes.generate",
         "h2q_tui.app.panes.crystal",
         "h2q_tui.crystal.crystallize",
         "h2q_tui.codecs.tensor",
         "h2q_tui.app.panes.ollama",
-        "h2q_tui.config",
         "h2q_tui.checkpoints.load",
         "h2q_tui.hotstart.measure",
         "h2q_tui.app.widgets",
-        "h2q_tui.training.history",
         "h2q_tui.codecs.policy",
         "h2q_tui.ollama.models",
     ]

@@ -18,7 +18,8 @@ from h2q_tui.system import openmp, thread_choice
 from h2q_tui.system.monitor import SystemSnapshot
 from h2q_tui.system.thread_choice import StepThreadChooser
 from h2q_tui.training import events
-from h2q_tui.training.history import RunHistory, record_problem
+from h2q_tui.training.history import RunHistory
+from h2q_tui.training.records import record_problem
 from h2q_tui.training.writers import ConsolePrinter
 
 ROOT = Path(__file__).resolve().parents[1]

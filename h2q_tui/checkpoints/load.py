@@ -17,7 +17,8 @@ from torch import nn
 from h2q_tui.checkpoints.find import candidate_weights, is_crystallized, resolve_checkpoint
 from h2q_tui.checkpoints.layout import FORMAT, STATE, TOKENIZER, CheckpointInfo
 from h2q_tui.checkpoints.state import state_problem
-from h2q_tui.config import RANGES, RunConfig, from_dict, validate_model
+from h2q_tui.config import RunConfig, from_dict, validate_model
+from h2q_tui.config.ranges import RANGES
 from h2q_tui.data.tokenizer import BpeTokenizer
 from h2q_tui.errors import UserError
 from h2q_tui.units import first_sentence
