@@ -4,7 +4,9 @@ A :class:`FollowMode` belongs to one pane: every ``FOLLOW_POLL_S`` a thread work
 asks the run's ``checkpoints/latest`` (h2q_tui/generation/follow.py) and, under the pane's model
 lock (between two generations, never during one), swaps the new weights into the followed model
 in place. It posts ``FollowMode.Said`` (a line for the pane) and ``FollowMode.Taken`` (the model
-and its source line) to the pane, which generates again.
+and its source line) to the pane, which generates again. The run dir is the one typed in the
+checkpoint box, else the live run's or the attached one's; the source line says which step is
+in use and how long the swap took.
 """
 
 from __future__ import annotations

@@ -7,10 +7,8 @@ thread worker on that copy, one at a time (the steering hooks live on the model)
 back through coalesced messages, so the UI never waits on them and the training thread is
 never touched.
 
-Follow mode (``f``) watches a run dir (the live run's, the attached one's, or the one typed
-in the checkpoint box) and swaps each new complete checkpoint into the model in place
-between two generations (h2q_tui/generation/follow.py), then generates again: a live look
-at how the run learns. The source line says which step is in use and how long the swap took.
+Follow mode (``f``, app/panes/follow_mode.py) swaps each new checkpoint of a run dir into the
+model in place between two generations, then generates again: a live look at how it learns.
 """
 
 from __future__ import annotations
@@ -35,42 +33,22 @@ from h2q_tui.app.messages import GenerationSourceChanged
 from h2q_tui.app.model_source import ModelSource, RequestSnapshot
 from h2q_tui.app.panes import generate_settings as settings
 from h2q_tui.app.panes.follow_mode import FollowMode
-from h2q_tui.app.panes.generate_settings import compose_settings
+from h2q_tui.app.panes.generate_settings import compose_settings, describe_model, format_stats
 from h2q_tui.app.panes.steer_readout import (
+    READOUT_SAMPLES,
+    READOUT_TOKENS,
     STRENGTH_LIMIT,
     STRENGTH_STEP,
     SteerReadout,
     format_strength,
+    steering_phrase,
     strength_bar,
 )
-from h2q_tui.generation.generate import (
-    Generation,
-    GenerationStats,
-    use_decoding_threads,
-)
-from h2q_tui.generation.sampling import SamplingConfig
-from h2q_tui.generation.steering import SteerConfig
+from h2q_tui.generation.generate import Generation, GenerationStats, use_decoding_threads
 from h2q_tui.generation.text import Codec
 from h2q_tui.system.threads import on_own_thread
 
-READOUT_SAMPLES = 4
-READOUT_TOKENS = 60
 REPAINT_S = 0.1  # streamed text repaints at most this often (a repaint per token slows decoding)
-
-
-def format_stats(stats: GenerationStats) -> str:
-    return (
-        f"{stats.new_tokens} tokens · {stats.tokens_per_s:.1f} tokens/s · first token "
-        f"{1000 * stats.first_token_s:.0f} ms · {stats.seconds:.2f} s · stop: {stats.stop_reason}"
-    )
-
-
-def describe_model(model: Any, codec: Codec) -> str:
-    family = getattr(getattr(model, "config", None), "family", type(model).__name__)
-    layers = len(model.residual_blocks())
-    params = sum(p.numel() for p in model.parameters())
-    tokens = "BPE" if codec.tokenizer is not None else "bytes"
-    return f"{family}, {layers} layers, {params:,} parameters, {tokens}"
 
 
 class GeneratePane(Vertical, can_focus=True):
@@ -87,11 +65,6 @@ class GeneratePane(Vertical, can_focus=True):
         Binding("r", "readout", "Steer readout"),
         Binding("f", "follow", "Follow run"),
     ]
-
-    class ModelReady(Message, bubble=False):
-        def __init__(self, model: Any, codec: Codec, source: str) -> None:
-            super().__init__()
-            self.model, self.codec, self.source = model, codec, source
 
     class Streamed(Message, bubble=False):
         """Pieces wait in the pane's deque (coalesced: at most one pending)."""
@@ -215,15 +188,14 @@ class GeneratePane(Vertical, can_focus=True):
         self.say(message.text)
 
     def on_model_source_loaded(self, message: ModelSource.Loaded) -> None:
-        self.on_generate_pane_model_ready(
-            self.ModelReady(message.model, message.codec, message.source)
-        )
+        self.use_model(message.model, message.codec, message.source)
 
     def on_model_source_failed(self, message: ModelSource.Failed) -> None:
         self.say(message.reason, error=True)
 
-    def on_generate_pane_model_ready(self, message: ModelReady) -> None:
-        self.model, self.codec, self.source = message.model, message.codec, message.source
+    def use_model(self, model: Any, codec: Codec, source: str) -> None:
+        """Generate from ``model`` from now on; ``source`` says where it came from."""
+        self.model, self.codec, self.source = model, codec, source
         settings.offer_layers(self, len(self.model.residual_blocks()))
         self.query_one("#gen-source", Static).update(
             Text.assemble(
@@ -261,13 +233,7 @@ class GeneratePane(Vertical, can_focus=True):
         self.generation, self.busy, self.output = generation, "generating", ""
         self._started = time.perf_counter()
         self.query_one("#gen-output-box").border_title = Text(f"Output · {self.source}")
-        steer = generation.steer
-        steering = (
-            f" towards {steer.word!r} at {format_strength(steer.strength)}, layer {steer.layer}"
-            if steer.active
-            else ""
-        )
-        self._what = f"{generation.mode.mode}{steering}"
+        self._what = f"{generation.mode.mode}{steering_phrase(generation.steer)}"
         self.say(f"generating ({self._what})… Esc cancels")
         self.query_one("#gen-stats", Static).update("")
         self._show_output()
@@ -359,16 +325,9 @@ class GeneratePane(Vertical, can_focus=True):
         if self.model is None:
             self.say("no model yet: press s for a snapshot, or load a checkpoint", error=True)
             return
-        word, strength = settings.word(self), self.strength
-        if not word or strength == 0.0:
-            self.say("the steering readout needs a target word and a non-zero strength (←/→)", True)
-            return
-        steer = SteerConfig(word=word, strength=strength, layer=settings.chosen_layer(self))
         try:
-            steer.check(len(self.model.residual_blocks()))
-            sampling = SamplingConfig(
-                temperature=settings.number(self, "gen-temperature", float, "temp"),
-                max_new_tokens=self.readout_tokens,
+            steer, sampling = settings.readout_settings(
+                self, self.model, self.strength, self.readout_tokens
             )
         except ValueError as exc:
             self.say(str(exc), error=True)
@@ -378,7 +337,7 @@ class GeneratePane(Vertical, can_focus=True):
         self.busy = "readout"
         self.say(
             f"steering readout: {self.readout_samples} samples at strength 0 and "
-            f"{format_strength(strength)}… Esc cancels"
+            f"{format_strength(steer.strength)}… Esc cancels"
         )
         self.query_one(SteerReadout).start(self.model, self.codec, steer, settings.prompt(self),
                                            sampling, self.readout_samples, self._model_lock)  # fmt: skip
@@ -408,9 +367,7 @@ class GeneratePane(Vertical, can_focus=True):
     def on_follow_mode_taken(self, message: FollowMode.Taken) -> None:
         if self.follower is None:
             return  # stopped meanwhile
-        self.on_generate_pane_model_ready(
-            self.ModelReady(message.model, message.codec, message.source)
-        )
+        self.use_model(message.model, message.codec, message.source)
         if self.busy != "readout":
             self.action_generate()
 

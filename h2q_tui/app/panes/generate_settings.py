@@ -1,7 +1,8 @@
 """The Generate pane's settings rows (prompt, mode, word, layer, decoding) and what they mean.
 
 ``compose_settings()`` yields the rows inside the pane's compose; the functions below read
-them back from the pane (``node``), raising a readable ValueError for a bad number.
+them back from the pane (``node``), raising a readable ValueError for a bad number, and
+describe the model and a finished generation in one line each.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from textual.dom import DOMNode
 from textual.widgets import Button, Input, Label, Select
 
 from h2q_tui.app.fields import FieldSelect
-from h2q_tui.generation.generate import MODES, Generation, ModeConfig
+from h2q_tui.generation.generate import MODES, Generation, GenerationStats, ModeConfig
 from h2q_tui.generation.sampling import SamplingConfig
 from h2q_tui.generation.steering import SteerConfig
 from h2q_tui.generation.text import Codec
@@ -99,3 +100,30 @@ def build_generation(node: DOMNode, model: Any, codec: Codec, strength: float) -
     if mode == "sample" and steer.active:
         modes.mode = "steer"
     return Generation(model, codec, prompt(node), sampling, modes, steer)
+
+
+def readout_settings(
+    node: DOMNode, model: Any, strength: float, tokens: int
+) -> tuple[SteerConfig, SamplingConfig]:
+    """The steering and sampling of a readout; ValueError says what is missing or wrong."""
+    steer = SteerConfig(word=word(node), strength=strength, layer=chosen_layer(node))
+    if not steer.word or strength == 0.0:
+        raise ValueError("the steering readout needs a target word and a non-zero strength (←/→)")
+    steer.check(len(model.residual_blocks()))
+    temperature = number(node, "gen-temperature", float, "temp")
+    return steer, SamplingConfig(temperature=temperature, max_new_tokens=tokens)
+
+
+def format_stats(stats: GenerationStats) -> str:
+    return (
+        f"{stats.new_tokens} tokens · {stats.tokens_per_s:.1f} tokens/s · first token "
+        f"{1000 * stats.first_token_s:.0f} ms · {stats.seconds:.2f} s · stop: {stats.stop_reason}"
+    )
+
+
+def describe_model(model: Any, codec: Codec) -> str:
+    family = getattr(getattr(model, "config", None), "family", type(model).__name__)
+    layers = len(model.residual_blocks())
+    params = sum(p.numel() for p in model.parameters())
+    tokens = "BPE" if codec.tokenizer is not None else "bytes"
+    return f"{family}, {layers} layers, {params:,} parameters, {tokens}"

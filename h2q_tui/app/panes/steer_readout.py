@@ -28,11 +28,20 @@ from h2q_tui.system.threads import on_own_thread
 STRENGTH_STEP = 0.1  # ←/→ change the strength by this much
 STRENGTH_LIMIT = 2.0  # … within ±this
 BAR_HALF = 20  # cells on each side of the bar's centre: one cell per step
+READOUT_SAMPLES = 4  # seeds at each strength
+READOUT_TOKENS = 60  # new tokens of each sample
 HINT = "hit rate and fluency cost of the word, layer and strength above, against strength 0"
 
 
 def format_strength(strength: float) -> str:
     return f"{strength:+.1f}" if strength else "0.0"
+
+
+def steering_phrase(steer: SteerConfig) -> str:
+    """`` towards 'cat' at +0.5, layer 1`` for an active steer, else ""."""
+    if not steer.active:
+        return ""
+    return f" towards {steer.word!r} at {format_strength(steer.strength)}, layer {steer.layer}"
 
 
 def strength_bar(strength: float, limit: float = STRENGTH_LIMIT, half: int = BAR_HALF) -> Text:
