@@ -43,7 +43,9 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label
 
 from h2q_tui.app.display import short_path
+from h2q_tui.errors import UserError
 from h2q_tui.generation.text import Codec
+from h2q_tui.hotstart.recorded import load_recorded
 from h2q_tui.system.threads import on_own_thread
 
 # Deliver(model, step) is called by the trainer on the training thread; RequestSnapshot sends
@@ -167,9 +169,6 @@ class ModelSource(Horizontal):
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     @on_own_thread
     def _load_worker(self, path: str) -> None:
-        from h2q_tui.errors import UserError
-        from h2q_tui.hotstart.recorded import load_recorded  # torch: loaded when first used
-
         started = time.perf_counter()
         try:
             info, model, codec, _ = load_recorded(path, self.consumer)

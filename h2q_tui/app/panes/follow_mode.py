@@ -20,6 +20,9 @@ from textual.message import Message
 from textual.widget import Widget
 
 from h2q_tui.app.display import short_path
+from h2q_tui.checkpoints import tokenizer_of
+from h2q_tui.errors import UserError
+from h2q_tui.generation.follow import RunFollower
 from h2q_tui.generation.generate import use_decoding_threads
 from h2q_tui.generation.text import Codec
 from h2q_tui.system.threads import run_on_own_thread
@@ -49,9 +52,6 @@ class FollowMode:
 
     def start(self, typed: str, hint: str) -> tuple[str, bool]:
         """Follow the run dir typed in the box (else ``hint``); (the pane's line, error)."""
-        from h2q_tui.errors import UserError
-        from h2q_tui.generation.follow import RunFollower
-
         target = typed if typed and not Path(typed, "model.safetensors").is_file() else ""
         target = target or hint
         if not target:
@@ -82,9 +82,6 @@ class FollowMode:
 
     def _poll(self, follower: Any) -> None:
         """On a worker thread: take the run's newest checkpoint if it is new."""
-        from h2q_tui.checkpoints import tokenizer_of
-        from h2q_tui.errors import UserError
-
         info = follower.poll()
         if info is None:
             if self._model is None and not self._waiting_said:

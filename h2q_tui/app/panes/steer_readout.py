@@ -21,6 +21,7 @@ from textual.worker import get_current_worker
 
 from h2q_tui.generation.generate import use_decoding_threads
 from h2q_tui.generation.sampling import SamplingConfig
+from h2q_tui.generation.steer_eval import evaluate_steering
 from h2q_tui.generation.steering import SteerConfig
 from h2q_tui.generation.text import Codec
 from h2q_tui.system.threads import on_own_thread
@@ -123,8 +124,6 @@ class SteerReadout(Horizontal):
     @work(thread=True, exclusive=True, group="readout", exit_on_error=False)
     @on_own_thread
     def _worker(self, model, codec, steer, prompt, sampling, samples, lock) -> None:
-        from h2q_tui.generation.steer_eval import evaluate_steering
-
         use_decoding_threads()
         worker = get_current_worker()
         order = sorted({0.0, steer.strength})
