@@ -52,24 +52,6 @@ REPAINT_S = 0.1  # the side-by-side text repaints at most 10 times a second
 class OllamaPane(Vertical, can_focus=True):
     """Server URL + status + models, a prompt, and the Ollama model vs a local model."""
 
-    DEFAULT_CSS = """
-    OllamaPane { height: 1fr; padding: 0 1; }
-    OllamaPane:focus { background: $boost; }
-    #oll-server, #oll-message, #oll-local-source { height: 1; }
-    .oll-row { height: 1; }
-    .oll-row Label { width: 8; padding: 0 1 0 0; color: $text-muted; }
-    .oll-row Label.oll-short { width: auto; margin-left: 1; }
-    .oll-row Input { width: 1fr; }
-    .oll-row Button { margin-left: 1; min-width: 10; }
-    #oll-model { width: 1fr; }
-    #oll-tokens, #oll-seed { width: 6; }
-    #oll-temperature { width: 5; }
-    #oll-sides { height: 1fr; }
-    .oll-side { width: 1fr; height: 1fr; border: round $secondary 60%; border-title-color: $text-muted; }
-    .oll-out { height: 1fr; padding: 0 1; }
-    .oll-stats { height: 2; color: $text-muted; padding: 0 1; }
-    """
-
     BINDINGS = [
         Binding("r", "run", "Run both"),
         Binding("escape", "cancel", "Cancel"),
