@@ -210,7 +210,8 @@ class OllamaPane(Vertical, can_focus=True):
         self.query_one(ModelSource).snapshot()
 
     def on_model_source_started(self, message: ModelSource.Started) -> None:
-        self.focus()  # r, s and l work again once the box is left
+        if message.path:
+            self.focus()  # Enter in the box: r, s and l work again
         self.say(message.text)
 
     def on_model_source_failed(self, message: ModelSource.Failed) -> None:
