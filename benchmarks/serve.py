@@ -100,15 +100,14 @@ def one_request(client, name: str, options: dict) -> dict:
             first = time.perf_counter()
     done = time.perf_counter()
     r = stream.result
-    streamed = (
-        (r.eval_count - 1) / (done - first) if first and r.eval_count and done > first else None
-    )
+    count = r.final.eval_count
+    streamed = (count - 1) / (done - first) if first and count and done > first else None
     return {
         "first_token_s": r.first_token_s,
         "client_tokens_per_s": streamed,
         "server_tokens_per_s": r.tokens_per_s,
         "load_s": r.load_s,
-        "eval_count": r.eval_count,
+        "eval_count": count,
         "wall_s": done - started,
     }
 

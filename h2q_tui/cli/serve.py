@@ -259,14 +259,13 @@ def ollama_main(argv: list[str]) -> int:
             if args.command == "list":
                 rows = [["NAME", "SIZE", "FAMILY", "PARAMS", "QUANT"]]
                 for m in client.list():
-                    d = m.get("details") if isinstance(m.get("details"), dict) else {}
                     rows.append(
                         [
-                            str(m.get("name") or m.get("model")),
-                            format_size(m.get("size"), binary=False),
-                            str(d.get("family", "")),
-                            str(d.get("parameter_size", "")),
-                            str(d.get("quantization_level", "")),
+                            m.name,
+                            format_size(m.size, binary=False),
+                            str(m.details.get("family", "")),
+                            str(m.details.get("parameter_size", "")),
+                            str(m.details.get("quantization_level", "")),
                         ]
                     )
                 print("\n".join(aligned(rows, right=(1, 3))))
