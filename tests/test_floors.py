@@ -28,11 +28,9 @@ LONG_MODULES: dict[str, str] = {
     name: "being split"
     for name in [
         "h2q_tui.app.shell",
-        "h2q_tui.app.panes.generate",
         "h2q_tui.app.panes.crystal",
         "h2q_tui.crystal.crystallize",
         "h2q_tui.codecs.tensor",
-        "h2q_tui.app.panes.ollama",
         "h2q_tui.checkpoints.load",
         "h2q_tui.hotstart.measure",
         "h2q_tui.app.widgets",

@@ -9,8 +9,9 @@ over the time after the first, as Ollama counts them; the load is what loading t
 checkpoint or taking the snapshot took). The two run one after the other, so neither shares
 the CPU with the other (on one machine, a local Ollama or ``h2q-tui serve`` would).
 
-Every network call and every generation runs in a thread worker, the local generation on a
-thread of its own (h2q_tui/system/threads.py); the UI thread only draws. An unreachable
+Every network call and every generation runs in a thread worker (the work itself is in
+app/panes/ollama_run.py), the local generation on a thread of its own
+(h2q_tui/system/threads.py); the UI thread only draws. An unreachable
 server is one line in the pane.
 """
 
@@ -28,71 +29,29 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import Key
 from textual.message import Message
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.widgets import Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from h2q_tui.app.display import one_line, printable
 from h2q_tui.app.fields import FieldSelect
+from h2q_tui.app.model_source import ModelSource
+from h2q_tui.app.panes.ollama_run import (
+    DEFAULT_PROMPT,
+    SideRun,
+    local_line,
+    probe,
+    read_settings,
+)
+from h2q_tui.generation.text import Codec
+from h2q_tui.ollama.client import default_host
 from h2q_tui.system.threads import on_own_thread
 
-DEFAULT_PROMPT = "Once upon a time"
 SIDES = ("ollama", "local")
 REPAINT_S = 0.1  # the side-by-side text repaints at most 10 times a second
 
 
-def one_line(text: str, style: str = "") -> Text:
-    return Text(text, style=style, no_wrap=True, overflow="ellipsis", end="")
-
-
-def printable(text: str) -> str:
-    return "".join(c if c.isprintable() or c in "\n\t" else "·" for c in text)
-
-
-def local_stats(stats: Any, load_s: float | None) -> str:
-    """The local side's line, counted as Ollama counts: tokens over the time after the first."""
-    eval_s = stats.seconds - stats.first_token_s
-    rate = (
-        f"{stats.new_tokens / eval_s:,.1f} tok/s"
-        if stats.new_tokens and eval_s > 0
-        else "tok/s n/a"
-    )
-    first = f"first {1000 * stats.first_token_s:,.0f} ms" if stats.new_tokens else "no tokens"
-    load = f"load {1000 * load_s:,.1f} ms" if load_s is not None else "load n/a"
-    return f"{stats.new_tokens} tokens · {rate} · {first} · {load}"
-
-
-def ollama_stats(result: Any) -> str:
-    rate = result.tokens_per_s
-    parts = [f"{result.tokens} tokens", f"{rate:,.1f} tok/s" if rate is not None else "tok/s n/a"]
-    parts.append(
-        f"first {1000 * result.first_token_s:,.0f} ms"
-        if result.first_token_s is not None
-        else "no tokens"
-    )
-    load = result.load_s
-    parts.append(f"hot start {1000 * load:,.1f} ms" if load is not None else "hot start n/a")
-    return " · ".join(parts)
-
-
 class OllamaPane(Vertical, can_focus=True):
     """Server URL + status + models, a prompt, and the Ollama model vs a local model."""
-
-    DEFAULT_CSS = """
-    OllamaPane { height: 1fr; padding: 0 1; }
-    OllamaPane:focus { background: $boost; }
-    #oll-server, #oll-message, #oll-local-source { height: 1; }
-    .oll-row { height: 1; }
-    .oll-row Label { width: 8; padding: 0 1 0 0; color: $text-muted; }
-    .oll-row Label.oll-short { width: auto; margin-left: 1; }
-    .oll-row Input { width: 1fr; }
-    .oll-row Button { margin-left: 1; min-width: 10; }
-    #oll-model { width: 1fr; }
-    #oll-tokens, #oll-seed { width: 6; }
-    #oll-temperature { width: 5; }
-    #oll-sides { height: 1fr; }
-    .oll-side { width: 1fr; height: 1fr; border: round $secondary 60%; border-title-color: $text-muted; }
-    .oll-out { height: 1fr; padding: 0 1; }
-    .oll-stats { height: 2; color: $text-muted; padding: 0 1; }
-    """
 
     BINDINGS = [
         Binding("r", "run", "Run both"),
@@ -106,16 +65,6 @@ class OllamaPane(Vertical, can_focus=True):
         def __init__(self, url: str, version: str | None, models: list[str], error: str) -> None:
             super().__init__()
             self.url, self.version, self.models, self.error = url, version, models, error
-
-    class LocalReady(Message, bubble=False):
-        def __init__(self, model: Any, codec: Any, source: str, load_s: float) -> None:
-            super().__init__()
-            self.model, self.codec, self.source, self.load_s = model, codec, source, load_s
-
-    class Said(Message, bubble=False):
-        def __init__(self, text: str, error: bool = False) -> None:
-            super().__init__()
-            self.text, self.error = text, error
 
     class Streamed(Message, bubble=False):
         """Pieces wait in the pane's deque (at most one of these pending)."""
@@ -140,9 +89,6 @@ class OllamaPane(Vertical, can_focus=True):
         id: str | None = "ollama-pane",  # noqa: A002 - Textual's name
     ) -> None:
         super().__init__(id=id)
-        from h2q_tui.generation.text import Codec
-        from h2q_tui.ollama.client import default_host
-
         self.live_run, self.request_snapshot = live_run, request_snapshot
         self.live_codec = Codec(live_tokenizer)
         self.checkpoint_hint = checkpoint_hint
@@ -157,10 +103,7 @@ class OllamaPane(Vertical, can_focus=True):
         self._run_id = 0
         self._pieces: deque[tuple[int, str, str]] = deque()
         self._pending = False
-        self._cancel = threading.Event()
-        self._stream: Any = None
-        self._generation: Any = None
-        self._snapshot_asked = 0.0
+        self._run: SideRun | None = None  # the run in flight (or the last one)
         self._probed = False
         self._model_lock = threading.Lock()  # one generation on the local model at a time
 
@@ -172,15 +115,20 @@ class OllamaPane(Vertical, can_focus=True):
             yield Input(self.host, id="oll-url", compact=True)
             yield Label("model", classes="oll-short")
             yield FieldSelect([], prompt="no models", id="oll-model", compact=True)
-        with Horizontal(classes="oll-row"):
-            yield Label("local")
-            yield Input(
-                self.checkpoint_hint,
-                placeholder="checkpoint or run dir — Enter loads",
-                id="oll-local",
-                compact=True,
-            )
-            yield Button("Snapshot (s)", id="oll-snapshot", compact=True)
+        yield ModelSource(
+            label="local",
+            input_id="oll-local",
+            snapshot_id="oll-snapshot",
+            placeholder="checkpoint or run dir — Enter loads",
+            consumer="ollama pane",
+            value=self.checkpoint_hint,
+            snapshot_label="Snapshot (s)",
+            request_snapshot=self.request_snapshot,
+            live_run=self.live_run,
+            live_codec=self.live_codec,
+            describe=local_line,
+            classes="oll-row",
+        )
         with Horizontal(classes="oll-row"):
             yield Label("prompt")
             yield Input(DEFAULT_PROMPT, id="oll-prompt", compact=True)
@@ -198,14 +146,12 @@ class OllamaPane(Vertical, can_focus=True):
                         yield Static("", id=f"oll-{side}-text")
                     yield Static("", id=f"oll-{side}-stats", classes="oll-stats")
 
-    _run_after_load = False
-    _posted_at = 0.0  # when the last Streamed message went out  # r pressed before the typed local checkpoint was loaded
+    _run_after_load = False  # r pressed before the typed local checkpoint was loaded
+    _posted_at = 0.0  # when the last Streamed message went out
 
     def on_mount(self) -> None:
         self.query_one("#oll-ollama-side").border_title = "Ollama: no model"
         self.query_one("#oll-local-side").border_title = "local: none (o path, or s)"
-        if self.request_snapshot is None:
-            self.query_one("#oll-snapshot", Button).display = False
 
     def on_show(self) -> None:
         """The server is first asked when the pane is first shown (not at the app's start)."""
@@ -226,11 +172,6 @@ class OllamaPane(Vertical, can_focus=True):
         self.last_error = line if error else ""
         self.query_one("#oll-message", Static).update(one_line(line, "bold red" if error else ""))
 
-    def on_ollama_pane_said(self, message: Said) -> None:
-        if message.error:
-            self._run_after_load = False  # the load failed: r does not wait for it any more
-        self.say(message.text, message.error)
-
     # ------------------------------------------------------------------ the server
     def action_refresh(self) -> None:
         url = self.query_one("#oll-url", Input).value.strip()
@@ -241,21 +182,7 @@ class OllamaPane(Vertical, can_focus=True):
 
     @work(thread=True, exclusive=True, group="probe", exit_on_error=False)
     def _probe_worker(self, url: str) -> None:
-        from h2q_tui.ollama.client import BridgeError, OllamaClient
-
-        try:
-            client = OllamaClient(url or None)
-        except ValueError as exc:
-            self.post_message(self.ServerStatus(url, None, [], f"bad server address: {exc}"))
-            return
-        with client:
-            try:
-                version = client.probe()
-                names = [m.name for m in client.list()]
-            except BridgeError as exc:
-                self.post_message(self.ServerStatus(client.base_url, None, [], str(exc)))
-                return
-        self.post_message(self.ServerStatus(client.base_url, version, names, ""))
+        self.post_message(self.ServerStatus(*probe(url)))
 
     def on_ollama_pane_server_status(self, message: ServerStatus) -> None:
         self.host = message.url
@@ -275,53 +202,24 @@ class OllamaPane(Vertical, can_focus=True):
 
     # ------------------------------------------------------------------ the local model
     def action_open_checkpoint(self) -> None:
-        self.query_one("#oll-local", Input).focus()
+        self.query_one(ModelSource).focus_box()
 
     def load_local(self, path: str) -> None:
-        path = path.strip()
-        if not path:
-            self.say("type a checkpoint folder or run dir, then Enter", error=True)
-            return
-        self.query_one("#oll-local", Input).value = path
-        self.say(f"loading {path}…")
-        self._load_worker(path)
-
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    @on_own_thread
-    def _load_worker(self, path: str) -> None:
-        from h2q_tui.errors import UserError
-        from h2q_tui.hotstart.recorded import load_recorded
-
-        started = time.perf_counter()
-        try:
-            info, model, codec, _ = load_recorded(path, "ollama pane")
-        except UserError as exc:
-            self.post_message(self.Said(str(exc), error=True))
-            return
-        except Exception as exc:  # noqa: BLE001 - a load failure is a line, not a crash
-            self.post_message(self.Said(f"cannot load {path}: {type(exc).__name__}: {exc}", True))
-            return
-        source = f"{info.describe()} ({info.weights.parent.name})"
-        self.post_message(self.LocalReady(model, codec, source, time.perf_counter() - started))
+        self.query_one(ModelSource).load(path)
 
     def action_snapshot(self) -> None:
-        if self.request_snapshot is None:
-            self.say("no live run (attached runs): load a checkpoint instead", error=True)
-            return
-        self._snapshot_asked = time.perf_counter()
-        why = self.request_snapshot(self._deliver)
-        if why:
-            self.say(why, error=True)
-        else:
-            self.say("snapshot requested: the trainer copies its model between two steps…")
+        self.query_one(ModelSource).snapshot()
 
-    def _deliver(self, model: Any, step: int) -> None:
-        """Called on the training thread: post and return."""
-        load_s = time.perf_counter() - self._snapshot_asked
-        source = f"live snapshot of run {self.live_run} at step {step:,}"
-        self.post_message(self.LocalReady(model, self.live_codec, source, load_s))
+    def on_model_source_started(self, message: ModelSource.Started) -> None:
+        if message.path:
+            self.focus()  # Enter in the box: r, s and l work again
+        self.say(message.text)
 
-    def on_ollama_pane_local_ready(self, message: LocalReady) -> None:
+    def on_model_source_failed(self, message: ModelSource.Failed) -> None:
+        self._run_after_load = False  # the load failed: r does not wait for it any more
+        self.say(message.reason, error=True)
+
+    def on_model_source_loaded(self, message: ModelSource.Loaded) -> None:
         self.local = (message.model, message.codec, message.source, message.load_s)
         self.query_one("#oll-local-side").border_title = Text(f"local: {message.source}")
         self.say(f"local model ready: {message.source} — r runs the prompt on both")
@@ -329,22 +227,8 @@ class OllamaPane(Vertical, can_focus=True):
             self.action_run()
 
     # ------------------------------------------------------------------ running
-    def _settings(self) -> tuple[str, int, float, int]:
-        prompt = self.query_one("#oll-prompt", Input).value or DEFAULT_PROMPT
-        try:
-            tokens = int(self.query_one("#oll-tokens", Input).value or "100")
-            temperature = float(self.query_one("#oll-temperature", Input).value or "0.7")
-            seed = int(self.query_one("#oll-seed", Input).value or "0")
-        except ValueError:
-            raise ValueError("tokens and seed must be whole numbers, T a number") from None
-        if not 1 <= tokens <= 4096:
-            raise ValueError(f"tokens must be in 1..4096, got {tokens}")
-        if temperature < 0:
-            raise ValueError(f"T must be ≥ 0, got {temperature}")
-        return prompt, tokens, temperature, seed
-
     def action_run(self) -> None:
-        typed = self.query_one("#oll-local", Input).value.strip()
+        typed = self.query_one(ModelSource).path
         if self.local is None and typed and not self._run_after_load:
             self._run_after_load = True  # the path in the box is what "local" means: load it
             self.load_local(typed)
@@ -360,13 +244,14 @@ class OllamaPane(Vertical, can_focus=True):
             )
             return
         try:
-            settings = self._settings()
+            settings = read_settings(self)
         except ValueError as exc:
             self.say(str(exc), error=True)
             return
         self.action_cancel(quiet=True)
         self._run_id += 1
-        self._cancel = threading.Event()
+        run_id = self._run_id
+        self._run = SideRun(lambda side, piece: self._push(run_id, side, piece))
         self.busy = True
         for side in SIDES:
             self.outputs[side] = ""
@@ -378,16 +263,19 @@ class OllamaPane(Vertical, can_focus=True):
         skipped += [] if self.local else ["no local model"]
         note = f" ({', '.join(skipped)})" if skipped else ""
         self.say(f"running the prompt{note}… Esc cancels")
-        self._run_worker(self._run_id, url, model, self.local, settings)
+        self._run_worker(self._run, run_id, url, model, self.local, settings)
 
     @work(thread=True, exclusive=True, group="run", exit_on_error=False)
     @on_own_thread
-    def _run_worker(self, run_id: int, url: str, model: str | None, local, settings) -> None:
+    def _run_worker(self, run: SideRun, run_id: int, url: str, model: str | None, local,
+                    settings) -> None:  # fmt: skip
         worker = get_current_worker()
         if model is not None:
-            self._run_ollama(run_id, url, model, settings)
-        if local is not None and not (self._cancel.is_set() or worker.is_cancelled):
-            self._run_local(run_id, local, settings)
+            stats, error = run.ollama(url, model, settings)
+            self.post_message(self.SideDone(run_id, "ollama", stats, error))
+        if local is not None and not (run.cancelled.is_set() or worker.is_cancelled):
+            stats, error = run.local(local, settings, self._model_lock)
+            self.post_message(self.SideDone(run_id, "local", stats, error))
         self.post_message(self.RunDone(run_id))
 
     def _push(self, run_id: int, side: str, piece: str) -> None:
@@ -402,61 +290,6 @@ class OllamaPane(Vertical, can_focus=True):
             self._pending = True
             self._posted_at = now
             self.post_message(self.Streamed())
-
-    def _run_ollama(self, run_id: int, url: str, model: str, settings) -> None:
-        from h2q_tui.ollama.client import BridgeError, OllamaClient
-
-        prompt, tokens, temperature, seed = settings
-        options = {"num_predict": tokens, "temperature": temperature, "seed": seed}
-        try:
-            with OllamaClient(url) as client:
-                stream = client.generate(model, prompt, options)
-                self._stream = stream
-                if self._cancel.is_set():
-                    stream.cancel()
-                for piece in stream:
-                    self._push(run_id, "ollama", piece)
-                result = stream.result
-        except BridgeError as exc:
-            self.post_message(self.SideDone(run_id, "ollama", "", str(exc)))
-            return
-        finally:
-            self._stream = None
-        stats = ollama_stats(result) + (" · cancelled" if result.cancelled else "")
-        self.post_message(self.SideDone(run_id, "ollama", stats))
-
-    def _run_local(self, run_id: int, local, settings) -> None:
-        from h2q_tui.generation.generate import use_decoding_threads
-
-        model, codec, _, load_s = local
-        prompt, tokens, temperature, seed = settings
-        use_decoding_threads()
-        with self._model_lock:
-            self._local_generation(run_id, model, codec, load_s, prompt, tokens, temperature, seed)
-
-    def _local_generation(self, run_id, model, codec, load_s, prompt, tokens, temperature, seed):
-        from h2q_tui.generation.generate import Generation
-        from h2q_tui.generation.sampling import SamplingConfig
-
-        try:
-            sampling = SamplingConfig(temperature=temperature, max_new_tokens=tokens, seed=seed)
-            generation = Generation(model, codec, prompt, sampling=sampling)
-            self._generation = generation
-            if self._cancel.is_set():
-                generation.cancel()
-            for piece in generation:
-                self._push(run_id, "local", piece)
-        except Exception as exc:  # noqa: BLE001 - one line in the pane
-            self.post_message(
-                self.SideDone(run_id, "local", "", f"local: {type(exc).__name__}: {exc}")
-            )
-            return
-        finally:
-            self._generation = None
-        stats = local_stats(generation.stats, load_s)
-        if generation.stats.stop_reason == "cancelled":
-            stats += " · cancelled"
-        self.post_message(self.SideDone(run_id, "local", stats))
 
     def on_ollama_pane_streamed(self, _: Streamed) -> None:
         self._pending = False
@@ -502,12 +335,8 @@ class OllamaPane(Vertical, can_focus=True):
             if not quiet and self.screen.focused is not self:
                 self.focus()
             return
-        self._cancel.set()
-        stream, generation = self._stream, self._generation
-        if stream is not None:
-            stream.cancel()  # closing the stream ends the server's generation
-        if generation is not None:
-            generation.cancel()
+        if self._run is not None:
+            self._run.cancel()
         if not quiet:
             self.say("cancelled")
 
@@ -517,16 +346,7 @@ class OllamaPane(Vertical, can_focus=True):
         self.focus()
         self.action_refresh()
 
-    @on(Input.Submitted, "#oll-local")
-    def _local_submitted(self, event: Input.Submitted) -> None:
-        self.focus()
-        self.load_local(event.value)
-
     @on(Input.Submitted, "#oll-prompt, #oll-tokens, #oll-temperature, #oll-seed")
     def _prompt_submitted(self, event: Input.Submitted) -> None:
         self.focus()
         self.action_run()
-
-    @on(Button.Pressed, "#oll-snapshot")
-    def _snapshot_pressed(self, event: Button.Pressed) -> None:
-        self.action_snapshot()
