@@ -14,14 +14,15 @@ import pytest
 import torch
 
 from h2q_tui import checkpoints
-from h2q_tui.checkpoints.load import load_model_fast
+from h2q_tui.checkpoints import page_cache as cold
+from h2q_tui.checkpoints import timing as timeline
+from h2q_tui.cli import hotstart as command
 from h2q_tui.config import ModelConfig, RunConfig
-from h2q_tui.hotstart import cold, phases, timeline
-from h2q_tui.hotstart import measure as command
+from h2q_tui.hotstart import phases
 from h2q_tui.models import build_model
 
 MAIN = (
-    "from h2q_tui.hotstart.measure import run_as_script; import sys; "
+    "from h2q_tui.cli.hotstart import run_as_script; import sys; "
     "sys.exit(run_as_script(sys.argv[1:]))"
 )
 SMALL = {"d_model": 64, "n_layers": 2, "n_heads": 2, "context": 16, "factor_size": 8, "rank": 3}
@@ -80,7 +81,8 @@ def assert_phases_add_up(sample: dict) -> None:
 )
 def test_fast_loader_equals_the_normal_loader(tmp_path, family, growths, overrides) -> None:
     info = checkpoints.read_info(save_small(tmp_path, family, growths, **overrides))
-    normal, fast = checkpoints.load_model_from(info).eval(), load_model_fast(info).eval()
+    normal = checkpoints.load_model_from(info).eval()
+    fast = checkpoints.load_checkpoint(info, "fast").model
     assert type(fast) is type(normal)
     normal_state, fast_state = normal.state_dict(), fast.state_dict()
     assert list(fast_state) == list(normal_state)
@@ -139,7 +141,10 @@ def test_fast_loader_takes_the_normal_path_for_a_crystallized_checkpoint(tmp_pat
     folder = next(path.parent for path in out.rglob("model.safetensors"))
     info = checkpoints.read_info(folder)
     assert info.crystal is not None
-    normal, fast = checkpoints.load_model_from(info), load_model_fast(info)
+    normal, fast = (
+        checkpoints.load_model_from(info),
+        checkpoints.load_checkpoint(info, "fast").model,
+    )
     for name, tensor in normal.state_dict().items():
         assert torch.equal(fast.state_dict()[name], tensor), name
     _, _, _, times = phases.load_for_first_token(folder, "Once", rate_tokens=4)
@@ -183,7 +188,7 @@ def test_the_overlapped_checksum_pass_refuses_a_damaged_file(tmp_path) -> None:
     with pytest.raises(UserError, match="damaged"):
         phases.load_for_first_token(folder, "Once", rate_tokens=2)
     with pytest.raises(UserError, match="damaged"):
-        phases.load_timed(folder)
+        checkpoints.load_checkpoint(folder, "fast")
 
 
 def test_a_run_dir_whose_latest_is_damaged_loads_the_one_before(tmp_path) -> None:

@@ -242,7 +242,7 @@ def run_eval(argv: list[str]) -> int:
     device = hardware.resolve_device(args.device)
     info = checkpoints.read_info(args.checkpoint)
     say_note(info)
-    model = checkpoints.load_model_from(info, device)  # a crystallized one decodes on the device
+    model = checkpoints.load_checkpoint(info, device=device).model  # crystallized: decoded there
     path = Path(args.data)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -298,15 +298,19 @@ def run_eval(argv: list[str]) -> int:
 def load_for_decoding(args: argparse.Namespace):
     """Load CHECKPOINT for batch-1 decoding on --device, on --threads torch threads (else
     the batch-1 rule: one); ``args.thread_choice`` says which and why."""
-    from h2q_tui.generation.generate import load_for_generation, use_decoding_threads
+    from h2q_tui import checkpoints
+    from h2q_tui.generation.decoder import check_output
+    from h2q_tui.generation.generate import use_decoding_threads
+    from h2q_tui.generation.text import Codec
     from h2q_tui.system import hardware
 
     _check_threads(args.threads)
     args.thread_choice = use_decoding_threads(args.threads)
     device = hardware.resolve_device(args.device)
-    info, model, codec = load_for_generation(args.checkpoint)
-    say_note(info)
-    return info, model.to(device), codec
+    loaded = checkpoints.load_checkpoint(args.checkpoint)
+    check_output(loaded.model)  # weights that overflow: refused here, before anything is printed
+    say_note(loaded.info)
+    return loaded.info, loaded.model.to(device), Codec(loaded.tokenizer)
 
 
 def _check_threads(threads: int | None) -> None:
@@ -772,7 +776,7 @@ SUBCOMMANDS = {
     "generate": run_generate,
     "steer-eval": run_steer_eval,
     "crystallize": lazy_command("h2q_tui.cli.crystallize"),
-    "hotstart": lazy_command("h2q_tui.hotstart.measure"),
+    "hotstart": lazy_command("h2q_tui.cli.hotstart"),
     "presets": run_presets,
     "serve": lazy_command("h2q_tui.cli.serve", "serve_main"),
     "ollama": lazy_command("h2q_tui.cli.serve", "ollama_main"),

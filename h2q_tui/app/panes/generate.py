@@ -117,9 +117,10 @@ def load_checkpoint(path: str) -> tuple[Any, Codec, str]:
 
     Raises UserError with one line for a bad path or a damaged file.
     """
-    from h2q_tui.hotstart.recorded import load_recorded
+    from h2q_tui.checkpoints import load_checkpoint
 
-    info, model, codec, _ = load_recorded(path, "generate pane")
+    loaded = load_checkpoint(path, "fast", consumer="generate pane")
+    info, model, codec = loaded.info, loaded.model, Codec(loaded.tokenizer)
     crystal = f" · {info.describe()}" if info.crystal is not None else ""  # int8 of run X…
     return (
         model,

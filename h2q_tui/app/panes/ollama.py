@@ -290,12 +290,14 @@ class OllamaPane(Vertical, can_focus=True):
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     @on_own_thread
     def _load_worker(self, path: str) -> None:
+        from h2q_tui.checkpoints import load_checkpoint
         from h2q_tui.errors import UserError
-        from h2q_tui.hotstart.recorded import load_recorded
+        from h2q_tui.generation.text import Codec
 
         started = time.perf_counter()
         try:
-            info, model, codec, _ = load_recorded(path, "ollama pane")
+            loaded = load_checkpoint(path, "fast", consumer="ollama pane")
+            info, model, codec = loaded.info, loaded.model, Codec(loaded.tokenizer)
         except UserError as exc:
             self.post_message(self.Said(str(exc), error=True))
             return
