@@ -18,7 +18,7 @@ from h2q_tui.checkpoints import page_cache as cold
 from h2q_tui.checkpoints import timing as timeline
 from h2q_tui.cli import hotstart as command
 from h2q_tui.config import ModelConfig, RunConfig
-from h2q_tui.hotstart import phases
+from h2q_tui.hotstart import measure, phases
 from h2q_tui.models import build_model
 
 MAIN = (
@@ -116,17 +116,17 @@ def test_fast_loader_refuses_a_file_that_does_not_match(tmp_path) -> None:
     from h2q_tui.errors import UserError
 
     info = checkpoints.read_info(save_small(tmp_path, "gpt"))
-    from h2q_tui.checkpoints import load
+    from h2q_tui.checkpoints import fast
 
-    skeleton = load.build_unfilled(info)
-    tensors = load.read_tensors(info)
+    skeleton = fast.build_unfilled(info)
+    tensors = fast.read_tensors(info)
     tensors.pop("wpe.weight")
     with pytest.raises(UserError, match="does not match its model: missing"):
-        load.assign_weights(info, skeleton, tensors)
-    tensors = load.read_tensors(info)
+        fast.assign_weights(info, skeleton, tensors)
+    tensors = fast.read_tensors(info)
     tensors["wpe.weight"] = torch.zeros(3, 3)
     with pytest.raises(UserError, match="wpe.weight is \\[3, 3\\] in the file"):
-        load.assign_weights(info, load.build_unfilled(info), tensors)
+        fast.assign_weights(info, fast.build_unfilled(info), tensors)
 
 
 def test_fast_loader_takes_the_normal_path_for_a_crystallized_checkpoint(tmp_path, capsys):
@@ -206,7 +206,7 @@ def test_a_run_dir_whose_latest_is_damaged_loads_the_one_before(tmp_path) -> Non
 
 def test_a_fresh_process_times_its_start_and_imports(run_dir) -> None:
     info = checkpoints.read_info(run_dir)
-    sample = command.run_probe(info.weights, "fast", None, "Once", 4, 1)
+    sample = measure.run_probe(info.weights, "fast", None, "Once", 4, 1)
     assert list(sample["phases"])[:4] == ["start", "python", "import_torch", "import_h2q"]
     assert_phases_add_up(sample)
     assert sample["phases"]["import_torch"] > 0.05  # a real import, not a cached module
@@ -261,8 +261,8 @@ def test_cold_on_tmpfs_says_cold_unavailable(run_dir, capsys) -> None:
         assert command.main(argv) == 0
         printed = capsys.readouterr().out
         assert "cold unavailable" in printed and "tmpfs" in printed
-        report = command.measure(
-            command.Request(str(target), repeats=1, cold=True, columns=("in_process",))
+        report = measure.measure(
+            measure.Request(str(target), repeats=1, cold=True, columns=("in_process",))
         )
         assert report["cold"] is False and "tmpfs" in report["cold_unavailable"]
         assert all(not s["cold"] for s in report["columns"]["in_process"]["samples"])
@@ -275,7 +275,7 @@ def test_dropping_a_files_pages_on_a_disk(tmp_path) -> None:
         pytest.skip(f"{tmp_path} is in memory")
     path = tmp_path / "blob.bin"
     path.write_bytes(os.urandom(1 << 20))
-    command.warm_up(path)
+    measure.warm_up(path)
     assert cold.residency(path).fraction > 0.9
     why = cold.drop_file_cache(path)
     if why is not None:
