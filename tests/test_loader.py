@@ -114,3 +114,5 @@ def test_bad_options_are_refused(tmp_path) -> None:
         checkpoints.load_checkpoint(run, "fast", verify="never")
     with pytest.raises(ValueError, match="naive path needs pickle_path"):
         checkpoints.load_checkpoint(run, "naive")
+    with pytest.raises(ValueError, match="verified before it is recorded"):
+        checkpoints.load_checkpoint(run, "fast", verify="later", consumer="test")

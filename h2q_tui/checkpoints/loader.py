@@ -109,7 +109,7 @@ def load_checkpoint(
     ``later`` (the caller calls :meth:`Loaded.confirm` before anything computed from the
     model leaves its hands) or ``first``. ``pickle_path``: the ``naive`` path's state dict.
     ``consumer``: record the load in the timeline under that name, with whether the file was
-    in the page cache beforehand, and ``note``. Raises UserError (one line) for a missing or
+    in the page cache beforehand, and ``note`` (``Loaded.event``). Raises UserError (one line) for a missing or
     damaged checkpoint.
     """
     if method not in METHODS:
@@ -118,6 +118,8 @@ def load_checkpoint(
         raise ValueError(f"verify must be one of {', '.join(VERIFY)}, got {verify!r}")
     if method == "naive" and pickle_path is None:
         raise ValueError("the naive path needs pickle_path (a torch.save'd state_dict)")
+    if consumer is not None and verify == "later":
+        raise ValueError("a recorded load is verified before it is recorded (not verify='later')")
     if consumer is not None:
         return _recorded(source, method, device, clock, verify, pickle_path, consumer, note)
     clock = clock or timing.Clock()

@@ -29,6 +29,7 @@ from torch import nn
 from h2q_tui.checkpoints import CheckpointInfo, load_checkpoint
 from h2q_tui.checkpoints.loader import ChecksumFailed
 from h2q_tui.checkpoints.timing import Clock
+from h2q_tui.generation.text import Codec
 
 PROMPT = "Once upon a time"
 RATE_TOKENS = 64  # tokens after the first one, for tokens/s
@@ -177,8 +178,6 @@ def load_for_first_token(
     Raises UserError for a missing or damaged checkpoint, whether the pass ran first or
     beside the load.
     """
-    from h2q_tui.generation.text import Codec
-
     clock = clock or Clock()
     callback = None if on_first_token is None else (lambda: on_first_token(clock))
     loaded = load_checkpoint(path, method, clock=clock, verify="later", pickle_path=pickle_path)
