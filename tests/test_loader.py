@@ -79,7 +79,8 @@ def test_the_cli_and_the_pane_load_the_same_crystallized_weights(tmp_path, capsy
 
 
 def test_every_variant_gives_the_same_model(tmp_path) -> None:
-    """plain, fast (checksums beside, or first) and from an info already read agree."""
+    """plain, fast (checksums beside, or first), from an info already read and onto a named
+    device agree."""
     run = save_small(tmp_path, "gpt")
     plain = checkpoints.load_checkpoint(run)
     assert not plain.model.training and plain.event is None and plain.pending is None
@@ -88,6 +89,8 @@ def test_every_variant_gives_the_same_model(tmp_path) -> None:
         checkpoints.load_checkpoint(run, "fast", verify="first"),
         checkpoints.load_checkpoint(plain.info, "fast"),
         checkpoints.load_checkpoint(plain.info),
+        checkpoints.load_checkpoint(run, device="cpu"),
+        checkpoints.load_checkpoint(run, "fast", device="cpu"),
     ):
         assert loaded.info.weights == plain.info.weights and loaded.pending is None
         assert_identical(plain.model.state_dict(), loaded.model.state_dict())
