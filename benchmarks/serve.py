@@ -116,10 +116,13 @@ class InProcess:
     """The same generation in this process, on one torch thread (the server's setting)."""
 
     def __init__(self, checkpoint: Path, options: dict) -> None:
-        from h2q_tui.generation.generate import load_for_generation, use_decoding_threads
+        from h2q_tui import checkpoints
+        from h2q_tui.generation.generate import use_decoding_threads
+        from h2q_tui.generation.text import Codec
 
         use_decoding_threads()
-        _, self.model, self.codec = load_for_generation(str(checkpoint))
+        loaded = checkpoints.load_checkpoint(checkpoint)
+        self.model, self.codec = loaded.model, Codec(loaded.tokenizer)
         self.options = options
         self.rate()  # warm-up
 

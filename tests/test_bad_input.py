@@ -618,7 +618,8 @@ def test_resume_cannot_change_the_loop(run_dir: Path) -> None:
 
 def test_build_failure_is_one_line(trained_run: Path, monkeypatch) -> None:
     """A builder that raises (a config the validation let through) is a 'does not match' line."""
-    from h2q_tui import checkpoints, models
+    from h2q_tui import checkpoints
+    from h2q_tui.checkpoints import load
     from h2q_tui.errors import UserError
 
     info = checkpoints.read_info(trained_run)
@@ -626,7 +627,7 @@ def test_build_failure_is_one_line(trained_run: Path, monkeypatch) -> None:
     def broken(config):
         raise ValueError("width 96 is not a multiple of 4 x factor_size 32\nsecond line")
 
-    monkeypatch.setattr(models, "build_model", broken)
+    monkeypatch.setattr(load, "build_model", broken)
     with pytest.raises(UserError, match="does not match") as caught:
         checkpoints.load_model_from(info)
     assert "\n" not in str(caught.value)

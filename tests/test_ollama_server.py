@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from ollama_helpers import LiveServer, crystallize_int8, hooked, make_run, wait_for
 
 from h2q_tui.checkpoints import save_checkpoint
+from h2q_tui.checkpoints import timing as timeline
 from h2q_tui.cli import main as cli
 from h2q_tui.config import resolve
-from h2q_tui.hotstart import timeline
 from h2q_tui.models import build_model
 from h2q_tui.ollama import direct, protocol, replies
 from h2q_tui.ollama.models import Entry, Registry

@@ -7,10 +7,13 @@ import argparse
 import math
 import sys
 
+from h2q_tui import checkpoints
 from h2q_tui.errors import UserError
-from h2q_tui.generation.generate import ModeConfig, load_for_generation, use_decoding_threads
+from h2q_tui.generation.decoder import check_output
+from h2q_tui.generation.generate import ModeConfig, use_decoding_threads
 from h2q_tui.generation.sampling import SamplingConfig, limit_problem
 from h2q_tui.generation.steering import SteerConfig
+from h2q_tui.generation.text import Codec
 from h2q_tui.system import hardware
 
 
@@ -20,9 +23,10 @@ def load_for_decoding(args: argparse.Namespace):
     check_threads(args.threads)
     args.thread_choice = use_decoding_threads(args.threads)
     device = hardware.resolve_device(args.device)
-    info, model, codec = load_for_generation(args.checkpoint)
-    say_note(info)
-    return info, model.to(device), codec
+    loaded = checkpoints.load_checkpoint(args.checkpoint)
+    check_output(loaded.model)  # weights that overflow: refused here, before anything is printed
+    say_note(loaded.info)
+    return loaded.info, loaded.model.to(device), Codec(loaded.tokenizer)
 
 
 def check_threads(threads: int | None) -> None:

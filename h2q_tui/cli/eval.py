@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
     device = hardware.resolve_device(args.device)
     info = checkpoints.read_info(args.checkpoint)
     say_note(info)
-    model = checkpoints.load_model_from(info, device)  # a crystallized one decodes on the device
+    model = checkpoints.load_checkpoint(info, device=device).model  # crystallized: decoded there
     path = Path(args.data)
     raw, data, unit, bytes_per_token = _read_tokens(path, info)
     context = info.config.model.context

@@ -53,7 +53,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "compress a checkpoint, measure the cost",
     ),
     "hotstart": Subcommand(
-        "h2q_tui.hotstart.measure",
+        "h2q_tui.cli.hotstart",
         "CHECKPOINT [--cold]",
         "time load → first token, by phase, fresh and warm",
     ),

@@ -138,7 +138,7 @@ def load_source(path: str, out: Path | None = None, out_note: str = "") -> Sourc
         )
     out = out if out is not None else default_out(info.weights)
     check_out(out, info.weights)
-    base = checkpoints.load_model_from(info).eval()
+    base = checkpoints.load_checkpoint(info).model
     state_dict = cpu_state_dict(base)
     aliases = tied_names(state_dict)
     methods, skipped = sweep_methods({k: v for k, v in state_dict.items() if k not in aliases})
