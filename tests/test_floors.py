@@ -30,7 +30,6 @@ LONG_MODULES: dict[str, str] = {
     name: "being split"
     for name in [
         "h2q_tui.cli.main",
-        "h2q_tui.app.shell",
         "h2q_tui.training.trainer",
         "h2q_tui.ollama.server",
         "h2q_tui.app.panes.generate",
@@ -42,7 +41,6 @@ LONG_MODULES: dict[str, str] = {
         "h2q_tui.config",
         "h2q_tui.checkpoints.load",
         "h2q_tui.hotstart.measure",
-        "h2q_tui.app.widgets",
         "h2q_tui.training.history",
         "h2q_tui.codecs.policy",
         "h2q_tui.ollama.models",
