@@ -31,6 +31,7 @@ from h2q_tui.app.panes.icu import IcuPane
 from h2q_tui.app.panes.system import SystemPanel
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, HelpScreen
 from h2q_tui.app.shell import H2QApp, SnapshotTaken, make_app
+from h2q_tui.config import resolve
 from h2q_tui.system.monitor import SystemSnapshot
 from h2q_tui.training import commands, events
 from h2q_tui.training.history import LOG_LINES
@@ -811,7 +812,12 @@ async def test_live_engine_replays_a_resumed_runs_metrics_jsonl(tmp_path):
     write_jsonl(run_dir / METRICS_FILE, scripted_records(steps=25))
     with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
         handle.write('{"event": "step", "step": "x"}\nnot json\n{"event": "step", "st')  # torn
-    prepared = SimpleNamespace(run_dir=run_dir, resume_from=SimpleNamespace(step=20))
+    prepared = SimpleNamespace(
+        run_dir=run_dir,
+        resume_from=SimpleNamespace(step=20),
+        tokenizer=None,
+        config=resolve("tiny"),
+    )
     engine = LiveEngine(prepared)  # type: ignore[arg-type]
     records, skipped = engine.previous_records()
     assert len(records) == len(scripted_records(steps=25)) + 1 and skipped == 1

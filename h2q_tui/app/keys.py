@@ -48,7 +48,8 @@ def _show_pane(key: str, pane: str, title: str, more: str = "") -> KeyRow:
     return _app(key, f"pane('{pane}')", description, key, 9 + int(key), title, show=False)
 
 
-# help and the command palette list the keys in this order
+# help and the command palette list the keys in this order; an app row reads
+# _app(keys in help, action, description, keys bound, place in the footer, footer label)
 KEYS: tuple[KeyRow, ...] = (
     _app("t", "start", "Start training (or --autostart)", "t", 1, "Train", engine=True),
     _app("p / space", "toggle_pause", "Pause / resume", "p,space", 2, "Pause", engine=True),

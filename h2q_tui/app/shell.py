@@ -232,7 +232,7 @@ class H2QApp(TrainingApp):
         """Nothing waits to be folded in or drawn (tests and benchmarks wait on this)."""
         icu = self.query_one(IcuPane)
         chart_waiting = icu.chart_dirty and self.query_one(TabbedContent).active == "icu"
-        return not (self._pending or self._dirty or chart_waiting)
+        return not (self._records or self._dirty or chart_waiting)
 
     def _view_changed(self) -> None:
         """A key changed what the chart shows: redraw it now, not at the next tick."""

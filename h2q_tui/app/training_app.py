@@ -32,7 +32,7 @@ AT_ONCE = frozenset({"notice", "progress", "paused", "resumed", "alarm", "run_fi
 
 
 class RecordsArrived(Message):
-    """New engine records wait in the app's deque (coalesced: at most one pending)."""
+    """New engine records wait in the app's deque (coalesced: at most one message waits)."""
 
 
 class EngineFailed(Message):
@@ -53,7 +53,7 @@ class TrainingApp(App[int]):
         self.runs = Runs(names, state, self.notify)
         self.training_worker: Worker | None = None
         self.commands_sent: list[commands.Command] = []
-        self._pending: deque[dict[str, Any]] = deque()
+        self._records: deque[dict[str, Any]] = deque()  # from the training thread, not yet folded
         self._notified = False
         self._dirty = True  # records arrived or the view changed: the shell redraws
 
@@ -61,7 +61,7 @@ class TrainingApp(App[int]):
     def on_record(self, record: dict[str, Any]) -> None:
         """Called on the training thread: never blocks, posts at most one pending message
         per tick, except for the rare records a person must see at once (notices...)."""
-        self._pending.append(record)
+        self._records.append(record)
         if not self._notified or record.get("event") in AT_ONCE:
             self._notified = True
             self.post_message(RecordsArrived())
@@ -72,11 +72,11 @@ class TrainingApp(App[int]):
         self._fold_pending()
 
     def _drain(self) -> Iterator[dict[str, Any]]:
-        while self._pending:
-            yield self._pending.popleft()
+        while self._records:
+            yield self._records.popleft()
 
     def _fold_pending(self) -> None:
-        if not self._pending:
+        if not self._records:
             return
         self.runs.fold_live(self._drain())
         self._dirty = True
