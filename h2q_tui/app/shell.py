@@ -1,8 +1,6 @@
 """The h2q-tui dashboard's shell: the bindings, the tabs of the five panes, the link to the
-engine and the status line; it routes the messages panes send each other.
-
-Training runs in a thread worker and never waits on the UI: records go into a deque and one
-coalescing message tells the UI to fold them in; widgets redraw on a timer when dirty.
+engine (TrainingApp, which it builds on) and the timers that redraw; it routes the messages
+panes send each other, so no pane queries another.
 """
 
 from __future__ import annotations
@@ -221,8 +219,10 @@ class H2QApp(TrainingApp):
             self.query_one(SystemPanel).show(self.snapshot, history)
 
     def redraw_chart(self, force: bool = False) -> None:
+        if not self.is_running:
+            return
         icu = self.query_one(IcuPane)
-        if not (icu.chart_dirty or force) or not self.is_running:
+        if not (icu.chart_dirty or force):
             return
         if self.query_one(TabbedContent).active == "icu":
             icu.draw_chart()
