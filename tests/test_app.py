@@ -26,6 +26,7 @@ from textual.widgets import RichLog, Static, TabbedContent
 from textual.widgets._footer import FooterKey
 
 from h2q_tui.app.keys import KEYS
+from h2q_tui.app.messages import GenerationSourceChanged, OpenInGenerate
 from h2q_tui.app.panes.generate import GeneratePane
 from h2q_tui.app.panes.icu import IcuPane
 from h2q_tui.app.panes.system import SystemPanel
@@ -476,6 +477,20 @@ async def test_attach_offers_only_what_works_on_an_attached_run(two_runs):
         await pilot.press("s")
         await pilot.pause()
         assert pane.model is None and app.is_running
+
+
+async def test_the_shell_routes_the_messages_panes_send_each_other(engine, monkeypatch):
+    loaded: list[str] = []
+    monkeypatch.setattr(GeneratePane, "load_path", lambda pane, path: loaded.append(path))
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        app.post_message(OpenInGenerate("runs/some-run/crystal/int8"))
+        await wait_until(pilot, lambda: bool(loaded), "the Generate pane to load it")
+        assert loaded == ["runs/some-run/crystal/int8"]
+        assert app.query_one(TabbedContent).active == "generate"
+        assert app.generation_source == ""
+        app.post_message(GenerationSourceChanged("step-40"))
+        await wait_until(pilot, lambda: app.generation_source == "step-40", "the source")
 
 
 async def test_live_footer_offers_the_training_keys(engine):
