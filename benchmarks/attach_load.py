@@ -125,7 +125,7 @@ async def dashboard(run_dir: Path, last_step: int) -> tuple[float, float]:
     app = Ticking(attached=AttachedRuns([run_dir]), monitor=False)
     started = time.perf_counter()
     async with app.run_test(size=(160, 48)) as pilot:
-        history = app.histories[run_dir.name]
+        history = app.runs.histories[run_dir.name]
         while (history.last_step or {}).get("step") != last_step:
             await pilot.pause(0.02)
             if time.perf_counter() - started > 600:

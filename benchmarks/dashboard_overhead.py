@@ -90,7 +90,7 @@ async def train_in_dashboard(preset: str, steps: int, run_dir: Path) -> None:
 
     app = make_app(LiveEngine(prepare(preset, steps, run_dir)), autostart=True, monitor=True)
     async with app.run_test(size=(160, 48)):
-        while not app.state.startswith("finished"):
+        while not app.runs.state.startswith("finished"):
             await asyncio.sleep(0.5)  # an idle user: no key presses
 
 

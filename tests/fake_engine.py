@@ -136,7 +136,7 @@ def scripted_records(
 
 
 class FakeEngine:
-    """Has LiveEngine's interface (name, run_dir, send, run); plays a fixed script.
+    """Has LiveEngine's interface (h2q_tui.app.engine_link.Engine); plays a fixed script.
 
     ``run`` emits the script, sets ``script_done``, then answers commands from its queue
     until Stop, ``close()``, the Textual worker running it being cancelled (app exit), or
@@ -172,6 +172,12 @@ class FakeEngine:
         self.previous, self.resume_step = previous, resume_step
         self.answering = threading.Event()
         self.answering.set()
+        self.tokenizer = None  # bytes
+        self.train_config = None  # no budget or thread count before step 1
+
+    def request_stop(self, reason: str) -> None:
+        """Stop and save, as the trainer does after its current step."""
+        self.send(commands.Stop(reason))
 
     def previous_records(self) -> tuple[list[dict[str, Any]], int]:
         return list(self.previous or []), 0

@@ -25,10 +25,14 @@ from textual.pilot import Pilot
 from textual.widgets import RichLog, Static, TabbedContent
 from textual.widgets._footer import FooterKey
 
+from h2q_tui.app.keys import KEYS
+from h2q_tui.app.messages import GenerationSourceChanged, OpenInGenerate
 from h2q_tui.app.panes.generate import GeneratePane
+from h2q_tui.app.panes.icu import IcuPane
+from h2q_tui.app.panes.system import SystemPanel
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, HelpScreen
 from h2q_tui.app.shell import H2QApp, SnapshotTaken, make_app
-from h2q_tui.app.widgets import SystemPanel
+from h2q_tui.config import resolve
 from h2q_tui.system.monitor import SystemSnapshot
 from h2q_tui.training import commands, events
 from h2q_tui.training.history import LOG_LINES
@@ -97,7 +101,7 @@ async def test_t_starts_training_and_cards_show_the_script(engine):
         assert card(app, "horizon").startswith("Val ")
         assert card(app, "penalty") == "0.0012 · rank 2\nraw 1.20"  # tiny: microstream, rank 2
         assert "The quick brown fox thinks" in text_of(app.query_one("#thought-stream", Static))
-        history = app.histories["fake-run"]
+        history = app.runs.histories["fake-run"]
         assert len(history.train) == FINAL_STEP and len(history.horizon) == 4
         assert len(history.heldout) == 2
 
@@ -193,8 +197,8 @@ async def test_help_lists_every_action(engine):
         await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), "help screen")
         shown = " ".join(text_of(s) for s in app.screen.query(Static))
         shown = " ".join(shown.split())  # undo the table's line wrapping
-        for _key, _action, description in H2QApp.ACTIONS:
-            assert " ".join(description.split()) in shown, description
+        for row in KEYS:
+            assert " ".join(row.description.split()) in shown, row.description
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, HelpScreen), "help to close")
 
@@ -203,22 +207,23 @@ async def test_view_keys_change_units_axis_and_smoothing(engine):
     app = live_app(engine)
     async with app.run_test(size=SIZE) as pilot:
         await start_and_play(pilot, engine)
-        assert (app.units, app.axis, app.smoothing) == ("nats", "step", 0.6)
+        icu = app.query_one(IcuPane)
+        assert (icu.units, icu.axis, icu.smoothing) == ("nats", "step", 0.6)
         await pilot.press("u")
-        assert app.units == "bpb"
+        assert icu.units == "bpb"
         await pilot.press("u")
-        assert app.units == "nats"
+        assert icu.units == "nats"
         axes = []
         for _ in range(3):
             await pilot.press("a")
-            axes.append(app.axis)
+            axes.append(icu.axis)
         assert axes == ["tokens", "time", "step"]
         await pilot.press("right_square_bracket")
-        assert app.smoothing == 0.65
+        assert icu.smoothing == 0.65
         await pilot.press("left_square_bracket", "left_square_bracket")
-        assert app.smoothing == 0.55
+        assert icu.smoothing == 0.55
         await pilot.press(*["right_square_bracket"] * 12)
-        assert app.smoothing == 0.99  # clamped
+        assert icu.smoothing == 0.99  # clamped
         await pilot.press("u", "a")
         await wait_until(pilot, lambda: not app._dirty, "a redraw")  # the chart redraws fine
         assert engine.received == []  # view keys never reach the engine
@@ -337,7 +342,7 @@ async def test_event_log_keeps_following_past_the_history_log_limit(tmp_path):
             await wait_until(pilot, engine.script_done.is_set, "the script")
             log = app.query_one("#event-log", RichLog)
             await wait_until(pilot, lambda: len(log.lines) >= LOG_LINES, "a full log")
-            assert app.histories["fake-run"].notes == LOG_LINES + 2  # trimmed in history.log
+            assert app.runs.histories["fake-run"].notes == LOG_LINES + 2  # trimmed in history.log
             count = len(log.lines)
             await pilot.press("c")
             await wait_until(pilot, lambda: len(log.lines) > count, "the next log line")
@@ -351,7 +356,7 @@ async def test_live_mode_focus_and_config_diff_keys_do_not_crash(engine):
     async with app.run_test(size=SIZE) as pilot:
         await start_and_play(pilot, engine)
         await pilot.press("f")
-        assert app.focused_run == "fake-run"
+        assert app.runs.focused == "fake-run"
         await pilot.press("d")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfigDiffScreen), "diff screen")
         shown = " ".join(text_of(s) for s in app.screen.query(Static))
@@ -383,8 +388,8 @@ async def test_attach_follows_two_runs_and_picks_up_appended_lines(two_runs):
     run_a, run_b = two_runs
     app = make_app(attach=[run_a, run_b], monitor=False, refresh_s=0.05)
     async with app.run_test(size=SIZE) as pilot:
-        assert list(app.histories) == ["run-a", "run-b"]
-        a, b = app.histories["run-a"], app.histories["run-b"]
+        assert list(app.runs.histories) == ["run-a", "run-b"]
+        a, b = app.runs.histories["run-a"], app.runs.histories["run-b"]
         await wait_until(pilot, lambda: len(a.train) == 30 and len(b.train) == 20, "histories")
         assert a.config["train"]["lr"] == 0.002 and b.config["train"]["lr"] == 0.001
         await wait_until(pilot, step_card_shows(app, 30), "run-a's step card")
@@ -407,12 +412,12 @@ async def test_attach_f_cycles_cards_and_d_diffs_configs(two_runs):
     app = make_app(attach=list(two_runs), monitor=False, refresh_s=0.05)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, step_card_shows(app, 30), "run-a's step card")
-        assert app.focused_run == "run-a"
+        assert app.runs.focused == "run-a"
         await pilot.press("f")
-        assert app.focused_run == "run-b"
+        assert app.runs.focused == "run-b"
         await wait_until(pilot, step_card_shows(app, 20), "run-b's step card")
         await pilot.press("f")
-        assert app.focused_run == "run-a"
+        assert app.runs.focused == "run-a"
         await pilot.press("d")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfigDiffScreen), "diff screen")
         shown = " ".join(text_of(s) for s in app.screen.query(Static))
@@ -449,10 +454,11 @@ async def test_attach_offers_only_what_works_on_an_attached_run(two_runs):
         assert {"toggle_units", "cycle_axis", "export", "help", "quit"} <= shown
         assert {"focus_next_run", "config_diff"} <= shown  # two runs: comparing is the point
         # help and the command palette list the same: no training keys, no live snapshot
-        available = {action for _, action, _ in app.available_actions()}
-        assert not available & ENGINE_KEYS and "generate_pane('snapshot')" not in available
+        available = {(row.pane, row.action) for row in app.available_actions()}
+        assert not {action for _, action in available} & ENGINE_KEYS
+        assert ("generate", "snapshot") not in available
         for kept in ("pane('icu')", "smoothing(0.05)", "focus_next_run", "config_diff"):
-            assert kept in available
+            assert ("", kept) in available
         await pilot.press("question_mark")
         await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), "help screen")
         help_text = " ".join(" ".join(text_of(s) for s in app.screen.query(Static)).split())
@@ -473,13 +479,27 @@ async def test_attach_offers_only_what_works_on_an_attached_run(two_runs):
         assert pane.model is None and app.is_running
 
 
+async def test_the_shell_routes_the_messages_panes_send_each_other(engine, monkeypatch):
+    loaded: list[str] = []
+    monkeypatch.setattr(GeneratePane, "load_path", lambda pane, path: loaded.append(path))
+    app = live_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        app.post_message(OpenInGenerate("runs/some-run/crystal/int8"))
+        await wait_until(pilot, lambda: bool(loaded), "the Generate pane to load it")
+        assert loaded == ["runs/some-run/crystal/int8"]
+        assert app.query_one(TabbedContent).active == "generate"
+        assert app.generation_source == ""
+        app.post_message(GenerationSourceChanged("step-40"))
+        await wait_until(pilot, lambda: app.generation_source == "step-40", "the source")
+
+
 async def test_live_footer_offers_the_training_keys(engine):
     app = live_app(engine)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: "help" in footer_actions(app), "the footer")
         assert ENGINE_KEYS | {"help", "quit"} <= footer_actions(app)
         assert not {"focus_next_run", "config_diff"} & footer_actions(app)  # one run
-        assert len(app.available_actions()) == len(H2QApp.ACTIONS)
+        assert app.available_actions() == KEYS
 
 
 # ---------------------------------------------------------------------- the real engine
@@ -576,7 +596,7 @@ async def test_attach_skips_and_counts_bad_records_and_keeps_running(tmp_path):
     (run / METRICS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
     app = make_app(attach=[run], monitor=False, refresh_s=0.05)
     async with app.run_test(size=SIZE) as pilot:
-        history = app.histories["bad-run"]
+        history = app.runs.histories["bad-run"]
         await wait_until(pilot, step_card_shows(app, 10), "the good records")
         assert history.bad_records == len(BAD_LINES) and len(history.train) == 10
         await wait_until(pilot, lambda: "12 bad records skipped" in status(app), "the count")
@@ -729,7 +749,7 @@ async def test_pressing_t_says_what_happens_before_the_first_record(tmp_path):
             await pilot.press("t")
             await pilot.pause()
             # the fake sends nothing: as the real engine while it reads data and builds a model
-            assert app.state == "starting…"
+            assert app.runs.state == "starting…"
             await wait_until(pilot, lambda: "starting: reading the data" in status(app), "hint")
     finally:
         engine.close()
@@ -762,7 +782,7 @@ async def test_an_engine_notice_equal_to_the_keys_text_shows_once(engine):
         engine.answering.clear()
         await pilot.press("p")
         app.on_record(events.NoticeGiven(FINAL_STEP, "pausing after this step").to_record())
-        await wait_until(pilot, lambda: app.histories["fake-run"].notice is not None, "notice")
+        await wait_until(pilot, lambda: app.runs.histories["fake-run"].notice is not None, "notice")
         assert status(app).count("pausing after this step") == 1
         engine.answering.set()
 
@@ -784,7 +804,7 @@ async def test_resume_shows_the_runs_history_before_training(tmp_path):
     app = live_app(engine)
     try:
         async with app.run_test(size=SIZE) as pilot:
-            history = app.histories["fake-run"]
+            history = app.runs.histories["fake-run"]
             await wait_until(pilot, lambda: len(history.train) == 30, "the old steps")
             assert card(app, "state") == "idle — t resumes at step 20"
             assert "history from metrics.jsonl: 30 steps (to step 30)" in log_text(app)
@@ -807,13 +827,18 @@ async def test_live_engine_replays_a_resumed_runs_metrics_jsonl(tmp_path):
     write_jsonl(run_dir / METRICS_FILE, scripted_records(steps=25))
     with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
         handle.write('{"event": "step", "step": "x"}\nnot json\n{"event": "step", "st')  # torn
-    prepared = SimpleNamespace(run_dir=run_dir, resume_from=SimpleNamespace(step=20))
+    prepared = SimpleNamespace(
+        run_dir=run_dir,
+        resume_from=SimpleNamespace(step=20),
+        tokenizer=None,
+        config=resolve("tiny"),
+    )
     engine = LiveEngine(prepared)  # type: ignore[arg-type]
     records, skipped = engine.previous_records()
     assert len(records) == len(scripted_records(steps=25)) + 1 and skipped == 1
     app = make_app(engine, monitor=False, refresh_s=0.05)
     async with app.run_test(size=SIZE) as pilot:
-        history = app.histories["resumed"]
+        history = app.runs.histories["resumed"]
         await wait_until(pilot, lambda: len(history.train) == 25, "the replayed steps")
         await wait_until(pilot, step_card_shows(app, 25), "the step card")
         assert card(app, "state") == "idle — t resumes at step 20"
@@ -846,7 +871,7 @@ def inside(region, outer) -> bool:
 
 @pytest.mark.parametrize("size", [(80, 24), (100, 30), (160, 48)])
 async def test_every_pane_fits_and_no_number_wraps(engine, size):
-    from h2q_tui.app.widgets import CARDS, card_texts, process_text
+    from h2q_tui.app.panes.icu_cards import CARDS, card_texts, process_text
 
     app = live_app(engine)
     async with app.run_test(size=size) as pilot:
@@ -857,7 +882,7 @@ async def test_every_pane_fits_and_no_number_wraps(engine, size):
             assert inside(app.query_one(selector).region, screen), (selector, size)
         status_line = app.query_one("#status-line")
         assert inside(status_line.region, screen) and status_line.region.height == 1
-        texts = card_texts(app.histories["fake-run"], "running", app.compact)
+        texts = card_texts(app.runs.histories["fake-run"], "running", app.compact)
         texts["process"] = process_text(FAKE_SNAPSHOT_WITH_GPU, compact=app.compact)
         for key, _title in CARDS:
             box = app.query_one(f"#card-{key}")

@@ -705,7 +705,7 @@ async def test_attach_keeps_running_on_numbers_no_chart_can_draw(tmp_path: Path)
     for run, bad_count in ((huge, 3), (far, 0)):
         app = make_app(attach=[run], monitor=False, refresh_s=0.05)
         async with app.run_test(size=(160, 48)) as pilot:
-            history = app.histories[run.name]
+            history = app.runs.histories[run.name]
             await wait_until(pilot, lambda h=history: h.last_step is not None, "the steps")
             for key in ("a", "a", "u", "a"):  # every x axis, both units
                 await pilot.press(key)
@@ -720,21 +720,21 @@ async def test_attach_loads_a_long_log_in_slices_and_answers_keys_meanwhile(
 ) -> None:
     from pilot_helpers import wait_until
 
-    from h2q_tui.app import make_app
-    from h2q_tui.app import shell as app_module
+    from h2q_tui.app import make_app, runs, shell
+    from h2q_tui.app.panes.icu import IcuPane
 
-    monkeypatch.setattr(app_module, "POLL_SLICE_BYTES", 1024)
-    monkeypatch.setattr(app_module, "POLL_SLICE_S", 0.0)
-    monkeypatch.setattr(app_module, "CATCH_UP_S", 0.02)  # a load of 180 slices: seconds
+    monkeypatch.setattr(runs, "POLL_SLICE_BYTES", 1024)
+    monkeypatch.setattr(runs, "POLL_SLICE_S", 0.0)
+    monkeypatch.setattr(shell, "CATCH_UP_S", 0.02)  # a load of 180 slices: seconds
     last = 2000
     run = metrics_of(
         tmp_path / "long", [started_record(last), *map(step_record, range(1, last + 1))]
     )
     app = make_app(attach=[run], monitor=False, refresh_s=0.05)
     async with app.run_test(size=(160, 48)) as pilot:
-        history = app.histories["long"]
+        history = app.runs.histories["long"]
         await pilot.press("u")
-        assert app.units == "bpb"  # answered...
+        assert app.query_one(IcuPane).units == "bpb"  # answered...
         assert (history.last_step or {}).get("step", 0) < last  # ...while the log loads
         await wait_until(pilot, lambda: (history.last_step or {}).get("step") == last, "all")
         assert history.records == last + 1 and history.bad_records == 0
@@ -745,15 +745,16 @@ async def test_attach_says_so_when_the_log_turns_into_a_fifo(tmp_path: Path) -> 
     from textual.widgets import Static
 
     from h2q_tui.app import make_app
+    from h2q_tui.app.panes.icu import IcuPane
 
     run = metrics_of(tmp_path / "run", [started_record(), step_record(1)])
     app = make_app(attach=[run], monitor=False, refresh_s=0.05)
     async with app.run_test(size=(160, 48)) as pilot:
-        history = app.histories["run"]
+        history = app.runs.histories["run"]
         await wait_until(pilot, lambda: history.last_step is not None, "the first step")
         (run / "metrics.jsonl").unlink()
         os.mkfifo(run / "metrics.jsonl")
         status = app.query_one("#status-line", Static)
         await wait_until(pilot, lambda: "is a FIFO, not a regular file" in text_of(status))
         await pilot.press("u")
-        assert app.is_running and app.units == "bpb"
+        assert app.is_running and app.query_one(IcuPane).units == "bpb"

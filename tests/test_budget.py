@@ -11,7 +11,7 @@ import torch
 from test_bad_input import DATA, TEXT, assert_user_error, cli_in_process
 
 from h2q_tui import checkpoints
-from h2q_tui.app.widgets import budget_bar, system_text
+from h2q_tui.app.panes.system import budget_bar, system_text
 from h2q_tui.config import resolve
 from h2q_tui.data.sources import load_corpus
 from h2q_tui.errors import UserError

@@ -13,6 +13,7 @@ from pilot_helpers import screen_lines, text_of, wait_until
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static, TabbedContent, TextArea
 
+from h2q_tui.app.panes.icu import IcuPane
 from h2q_tui.app.screens import HelpScreen
 from h2q_tui.app.shell import H2QApp, SnapshotTaken, make_app
 from h2q_tui.system.monitor import SystemSnapshot
@@ -127,7 +128,8 @@ async def test_letters_typed_into_any_field_of_any_pane_fire_no_key(engine, size
                 assert fired == [], (pane_id, field.id, fired)
                 assert app.focused is field and app.query_one(TabbedContent).active == pane_id
                 checked.append(field.id)
-        assert app.units == "nats" and app.axis == "step" and app.is_running
+        icu = app.query_one(IcuPane)
+        assert icu.units == "nats" and icu.axis == "step" and app.is_running
         assert engine.received == []  # no save, sample, stop or LR change was sent
         assert {"gen-prompt", "gen-tokens", "gen-seed", "cry-windows", "oll-seed"} <= set(checked)
 
@@ -297,7 +299,7 @@ async def test_charts_without_points_show_no_empty_legend_and_the_pareto_legend_
     app = live_app(engine)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause(0.3)
-        from h2q_tui.app.widgets import LossChart
+        from h2q_tui.app.panes.icu_chart import LossChart
 
         assert not app.query_one(LossChart).query_one("#legend").display  # no curves yet
     engine.close()

@@ -23,11 +23,9 @@ CYCLE_EXCEPTIONS: set[str] = {
 LONG_MODULES: dict[str, str] = {
     name: "being split"
     for name in [
-        "h2q_tui.app.shell",
         "h2q_tui.app.panes.crystal",
         "h2q_tui.crystal.crystallize",
         "h2q_tui.codecs.tensor",
-        "h2q_tui.app.widgets",
         "h2q_tui.codecs.policy",
     ]
 }

@@ -12,6 +12,7 @@ from pilot_helpers import text_of, wait_until
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static, TabbedContent
 
+from h2q_tui.app.keys import KEYS
 from h2q_tui.app.panes.generate import GeneratePane
 from h2q_tui.app.panes.steer_readout import strength_bar
 from h2q_tui.app.shell import H2QApp, make_app
@@ -428,15 +429,15 @@ async def test_steering_readout_shows_progress_and_escape_cancels_it(model, engi
 async def test_command_palette_actions_reach_the_pane(engine):
     app = live_app(engine)
     async with app.run_test(size=SIZE) as pilot:
-        await app.run_action("generate_pane('strength(1)')")
+        await app.run_pane_action("generate", "strength(1)")
         await pilot.pause()
         pane = pane_of(app)
         assert app.query_one(TabbedContent).active == "generate"
         assert pane.strength == 0.1
-        await app.run_action("generate_pane('strength_reset')")
+        await app.run_pane_action("generate", "strength_reset")
         assert pane.strength == 0.0
-        actions = {action for _, action, _ in H2QApp.ACTIONS}
-        assert {"pane('generate')", "generate_pane('generate')", "generate_pane('readout')"} <= (
+        actions = {(row.pane, row.action) for row in KEYS}
+        assert {("", "pane('generate')"), ("generate", "generate"), ("generate", "readout")} <= (
             actions
         )
 
@@ -457,7 +458,7 @@ async def test_real_engine_snapshot_while_training_goes_on(tmp_path, text_file):
     )
     app = make_app(LiveEngine(prepared), monitor=False, refresh_s=0.05)
     async with app.run_test(size=SIZE) as pilot:
-        history = app.histories["real-run"]
+        history = app.runs.histories["real-run"]
         await pilot.press("t")
         await wait_until(pilot, lambda: history.last_step, "the first step", tries=2400)
         pane = await open_pane(pilot)

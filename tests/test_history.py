@@ -155,7 +155,7 @@ def test_bad_records_are_skipped_counted_and_explained():
 
 
 def test_every_bad_record_leaves_a_history_the_cards_can_draw():
-    from h2q_tui.app.widgets import card_texts
+    from h2q_tui.app.panes.icu_cards import card_texts
 
     h = RunHistory()
     for record in BAD_RECORDS:
@@ -173,7 +173,7 @@ def test_records_of_unknown_events_and_extra_fields_are_accepted():
 
 
 def test_null_and_nan_readings_are_shown_not_rejected():
-    from h2q_tui.app.widgets import card_texts
+    from h2q_tui.app.panes.icu_cards import card_texts
 
     h = RunHistory()
     h.add(started())
@@ -318,7 +318,7 @@ def test_numbers_no_chart_or_card_can_draw_are_bad_records(record, problem):
 
 
 def test_the_largest_numbers_a_chart_can_draw_are_kept():
-    from h2q_tui.app.widgets import card_texts
+    from h2q_tui.app.panes.icu_cards import card_texts
     from h2q_tui.training.records import MAX_COUNT, MAX_READING, MAX_SECONDS
 
     h = RunHistory()

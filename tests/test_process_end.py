@@ -20,7 +20,7 @@ FAILING_UI = [
     "import sys\n"
     "from h2q_tui.app import shell as app\n"
     "def redraw(self, force=False):\n"
-    "    if any(h.last_step for h in self.histories.values()):\n"
+    "    if any(h.last_step for h in self.runs.histories.values()):\n"
     "        raise RuntimeError('injected UI failure')\n"
     "app.H2QApp.redraw = redraw\n"
     "from h2q_tui.cli.main import main\n"

@@ -15,8 +15,9 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
 
 from h2q_tui.app.panes.generate import GeneratePane
+from h2q_tui.app.panes.icu import IcuPane
+from h2q_tui.app.panes.system import SystemPanel
 from h2q_tui.app.shell import H2QApp, SnapshotTaken, make_app
-from h2q_tui.app.widgets import SystemPanel
 from h2q_tui.generation.generate import GenerationStats
 from h2q_tui.system.monitor import GpuReading, SystemSnapshot
 from h2q_tui.training.writers import METRICS_FILE
@@ -65,8 +66,15 @@ def test_icu_pane_after_the_scripted_run(snap_compare, tmp_path):
 
 def test_icu_pane_in_bits_per_byte_against_tokens(snap_compare, tmp_path):
     app = fake_app(tmp_path)
-    assert snap_compare(app, terminal_size=SIZE, run_before=play_script("u", "a"))
-    assert (app.units, app.axis) == ("bpb", "tokens")
+    play, seen = play_script("u", "a"), []
+
+    async def run_before(pilot: Pilot) -> None:
+        await play(pilot)
+        icu = app.query_one(IcuPane)
+        seen.append((icu.units, icu.axis))
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+    assert seen == [("bpb", "tokens")]
 
 
 def test_icu_pane_at_80x24(snap_compare, tmp_path):
@@ -161,7 +169,7 @@ def test_attach_view_of_two_runs(snap_compare, tmp_path):
     app = make_app(attach=runs, monitor=False, refresh_s=0.05)
 
     async def run_before(pilot: Pilot) -> None:
-        histories = app.histories.values()
+        histories = app.runs.histories.values()
         await wait_until(pilot, lambda: all(h.records for h in histories), "both runs")
         await wait_until(pilot, lambda: step_card(app).startswith("30 / "), "run-a's cards")
         await settle(pilot)

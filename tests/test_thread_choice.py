@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from h2q_tui.app.widgets import system_text
+from h2q_tui.app.panes.system import system_text
 from h2q_tui.system import openmp, thread_choice
 from h2q_tui.system.monitor import SystemSnapshot
 from h2q_tui.system.thread_choice import StepThreadChooser

@@ -9,14 +9,40 @@ from __future__ import annotations
 import queue
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from h2q_tui.config import TrainConfig
+from h2q_tui.data.tokenizer import BpeTokenizer
 from h2q_tui.training import commands
 from h2q_tui.training.session import PreparedRun
 from h2q_tui.training.tail import CHUNK_BYTES, JsonlTailer
 from h2q_tui.training.writers import METRICS_FILE, JsonlWriter
 
 OnRecord = Callable[[dict[str, Any]], None]
+
+
+class Engine(Protocol):
+    """What the dashboard needs from a run it trains (LiveEngine; the tests' fake engine)."""
+
+    name: str
+    run_dir: Path
+
+    @property
+    def resume_step(self) -> int | None: ...
+
+    @property
+    def tokenizer(self) -> BpeTokenizer | None: ...
+
+    @property
+    def train_config(self) -> TrainConfig | None: ...
+
+    def previous_records(self) -> tuple[list[dict[str, Any]], int]: ...
+
+    def send(self, command: commands.Command) -> None: ...
+
+    def request_stop(self, reason: str) -> None: ...
+
+    def run(self, on_record: OnRecord) -> str: ...
 
 
 class LiveEngine:
@@ -45,6 +71,16 @@ class LiveEngine:
         """The step a resumed run continues from (None for a fresh run)."""
         resume_from = self.prepared.resume_from
         return None if resume_from is None else resume_from.step
+
+    @property
+    def tokenizer(self) -> BpeTokenizer | None:
+        """The run's BPE tokenizer (None: bytes), for the panes that decode its snapshots."""
+        return self.prepared.tokenizer
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The run's training options (its memory budget and threads, before step 1)."""
+        return self.prepared.config.train
 
     def previous_records(self) -> tuple[list[dict[str, Any]], int]:
         """A resumed run's metrics.jsonl as it stands before training (records, unparsable
