@@ -7,7 +7,9 @@ Run ``python tests/floors.py`` for the report (upward imports, cycles, module an
 from __future__ import annotations
 
 import ast
+import io
 import sys
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +116,57 @@ def all_imports() -> list[Import]:
     return [imp for name, path in mods.items() for imp in imports_of(name, path, known)]
 
 
+def _comment_lines(source: str) -> tuple[set[int], set[int]]:
+    """(lines holding a comment, lines holding nothing but a comment) of one file."""
+    anywhere: set[int] = set()
+    alone: set[int] = set()
+    lines = source.splitlines()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            row, col = token.start
+            anywhere.add(row)
+            if not lines[row - 1][:col].strip():
+                alone.add(row)
+    return anywhere, alone
+
+
+def _unexplained_import_lines(source: str) -> set[int]:
+    """Lines of import statements with no comment saying why they are where they are.
+
+    A comment on an import's own line explains it; a comment on the line just above a run of
+    consecutive import statements, or on the run's first line, explains the whole run.
+    """
+    anywhere, alone = _comment_lines(source)
+    unexplained: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        for field in ("body", "orelse", "finalbody"):
+            statements = getattr(node, field, None)
+            if not isinstance(statements, list):
+                continue
+            run_explained = False
+            previous_was_import = False
+            for statement in statements:
+                is_import = isinstance(statement, (ast.Import, ast.ImportFrom))
+                if is_import and not previous_was_import:
+                    first = statement.lineno
+                    run_explained = first - 1 in alone or first in anywhere
+                if is_import and not run_explained and statement.lineno not in anywhere:
+                    unexplained.add(statement.lineno)
+                previous_was_import = is_import
+    return unexplained
+
+
+def unexplained_function_imports() -> list[Import]:
+    """h2q_tui imports written inside functions without a comment saying why (start-up time:
+    an import belongs at the top of its module unless loading it later saves something)."""
+    found: list[Import] = []
+    imports = all_imports()
+    for name, path in modules().items():
+        lines = _unexplained_import_lines(path.read_text(encoding="utf-8"))
+        found += [i for i in imports if i.source == name and i.in_function and i.line in lines]
+    return found
+
+
 def is_upward(imp: Import) -> bool:
     """True when an import reaches a unit on its own floor (a sibling) or above."""
     src, dst = imp.source_unit, imp.target_unit
@@ -189,6 +242,7 @@ def report() -> str:
     upward = [imp for imp in imports if is_upward(imp)]
     lines = [
         f"internal imports: {len(imports)} ({sum(i.in_function for i in imports)} inside functions)",
+        f"  of which without a comment saying why: {len(unexplained_function_imports())}",
         f"upward or sideways imports: {len(upward)}",
     ]
     lines += [

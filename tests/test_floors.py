@@ -35,6 +35,18 @@ LONG_FUNCTIONS: dict[str, str] = {
     "h2q_tui.crystal.crystallize:_run": "being split",
 }
 
+# Modules (or packages: every module under them) whose imports inside functions may go
+# without a comment saying why, with the reason.
+UNEXPLAINED_IMPORTS: dict[str, str] = {
+    name: "crystal helper's files; swept at merge"
+    for name in [
+        "h2q_tui.crystal",
+        "h2q_tui.cli.crystallize",
+        "h2q_tui.app.panes.crystal",
+        "h2q_tui.app.panes.hotstart_panel",
+    ]
+}
+
 
 def test_every_package_has_a_floor():
     units = {floors.unit_of(name) for name in floors.modules()}
@@ -65,6 +77,50 @@ def test_functions_are_short():
     long = set(floors.long_functions())
     assert long - set(LONG_FUNCTIONS) == set(), f"functions over {floors.MAX_FUNCTION_LINES} lines"
     assert set(LONG_FUNCTIONS) - long == set(), "functions now short enough: remove them"
+
+
+def _excused(module: str) -> str | None:
+    """The UNEXPLAINED_IMPORTS key that covers ``module`` (None when none does)."""
+    return next((k for k in UNEXPLAINED_IMPORTS if module == k or module.startswith(k + ".")), None)
+
+
+def test_imports_inside_functions_say_why():
+    """An import inside a function saves start-up time (or it belongs at the top), and a
+    comment on it, or just above its run of imports, says what it saves."""
+    found = floors.unexplained_function_imports()
+    bare = [f"{i.source}:{i.line} -> {i.target}" for i in found if _excused(i.source) is None]
+    assert bare == [], "imports inside functions without a comment saying why"
+    used = {_excused(i.source) for i in found}
+    assert set(UNEXPLAINED_IMPORTS) - used == set(), "exceptions that no longer happen: remove them"
+
+
+def test_an_unexplained_import_is_caught(tmp_path, monkeypatch):
+    """Only the import inside a function with no comment on it or above its run is reported."""
+    pkg = tmp_path / "h2q_tui"
+    (pkg / "cli").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "errors.py").write_text("")
+    (pkg / "units.py").write_text("")
+    (pkg / "cli" / "__init__.py").write_text("")
+    (pkg / "cli" / "a.py").write_text(
+        "from h2q_tui import units\n"  # at the top: nothing to explain
+        "def f():\n"
+        "    x = 1\n"
+        "    from h2q_tui import errors\n"  # the violation: line 4
+        "def g():\n"
+        "    # lazy: why, for the run below\n"
+        "    from h2q_tui import errors\n"
+        "    from h2q_tui import units\n"
+        "def h():\n"
+        "    from h2q_tui import errors  # lazy: why\n"
+        "    if True:\n"
+        "        from h2q_tui import units  # lazy: why\n"
+    )
+    monkeypatch.setattr(floors, "PACKAGE_ROOT", pkg)
+    found = floors.unexplained_function_imports()
+    assert [f"{i.source}:{i.line} -> {i.target}" for i in found] == [
+        "h2q_tui.cli.a:4 -> h2q_tui.errors"
+    ]
 
 
 def test_the_rules_catch_a_violation(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from h2q_tui.checkpoints.layout import (
     file_crc,
     tensor_crc,
 )
+from h2q_tui.codecs.policy import is_crystallized, read_layout
 from h2q_tui.errors import UserError
 from h2q_tui.units import first_sentence
 
@@ -226,18 +227,10 @@ class BackgroundCheck:
         return self._problem
 
 
-def is_crystallized(metadata: dict[str, str]) -> bool:
-    from h2q_tui.codecs.policy import is_crystallized
-
-    return is_crystallized(metadata)
-
-
 def _crystal_problem(metadata: dict[str, str]) -> str | None:
     """Why a crystallized file's layout cannot be read (None when it can, or it is not one)."""
     if not is_crystallized(metadata):
         return None
-    from h2q_tui.codecs.policy import read_layout
-
     try:
         read_layout(metadata)
     except ValueError as exc:

@@ -4,6 +4,7 @@ weights (crystallized folders decoded at load), its tokenizer and the trainer st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -14,9 +15,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 from torch import nn
 
-from h2q_tui.checkpoints.find import candidate_weights, is_crystallized, resolve_checkpoint
+from h2q_tui.checkpoints.find import candidate_weights, resolve_checkpoint
 from h2q_tui.checkpoints.layout import FORMAT, STATE, TOKENIZER, CheckpointInfo
 from h2q_tui.checkpoints.state import state_problem
+from h2q_tui.codecs import stored
+from h2q_tui.codecs.policy import is_crystallized
 from h2q_tui.config import RunConfig, from_dict, validate_model
 from h2q_tui.config.ranges import RANGES
 from h2q_tui.data.tokenizer import BpeTokenizer
@@ -87,10 +90,6 @@ def info_of(weights: Path, note: str = "") -> CheckpointInfo:
 
 def _crystal_info(metadata, weights: Path, config: RunConfig, step: int, run_id: str):
     """(config with the layout's overrides, rank_growths, CrystalOrigin) of a crystallized file."""
-    import dataclasses
-
-    from h2q_tui.codecs import stored
-
     try:
         origin = stored.origin(metadata, weights, step, run_id)
         model = dataclasses.replace(config.model, **stored.config_overrides(origin))
@@ -222,8 +221,6 @@ def load_weights(
 
 def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
     """Decode a crystallized file on ``device`` and load it strictly into ``model``."""
-    from h2q_tui.codecs import stored
-
     try:
         state_dict, _ = stored.decode_file(info.weights, device)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
