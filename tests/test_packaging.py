@@ -96,3 +96,18 @@ def test_checkpoint_readers_do_not_import_training():
         print(sorted(m for m in sys.modules if m.startswith(('h2q_tui.training', 'h2q_tui.app'))))
     """)
     assert out == "[]"
+
+
+def test_help_loads_neither_torch_nor_the_dashboard():
+    """``--help``, and the subcommands that import torch only once their flags are read, stay
+    fast: the imports written inside functions for start-up time keep doing their job."""
+    out = _python("""
+        import contextlib, io, sys
+        from h2q_tui.cli.main import main
+        for name in ('', 'attach', 'hotstart', 'presets', 'serve', 'web'):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+                main([name, '--help'] if name else ['--help'])
+        heavy = {'torch', 'textual', 'requests', 'uvicorn'}
+        print(sorted({m.split('.')[0] for m in sys.modules} & heavy))
+    """)
+    assert out == "[]"

@@ -9,6 +9,7 @@ import argparse
 import textwrap
 from collections.abc import Callable
 
+import h2q_tui
 from h2q_tui.errors import UserError
 from h2q_tui.system.budget import EXAMPLES, SIZE_HELP, parse_size
 
@@ -60,13 +61,13 @@ class Parser(argparse.ArgumentParser):
 
 def version_text() -> str:
     """``h2q-tui 0.1.0 (torch 2.x, Python 3.x)``: the package metadata's version first."""
+    # lazy: only --version loads torch; --help and every other flag do without it
     import platform
 
-    import torch  # only here: --help and every other flag do without it
+    import torch
 
-    from h2q_tui import __version__
-
-    return f"h2q-tui {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
+    version = h2q_tui.__version__  # read from the installed distribution only when asked
+    return f"h2q-tui {version} (torch {torch.__version__}, Python {platform.python_version()})"
 
 
 class _VersionAction(argparse.Action):

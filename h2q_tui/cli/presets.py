@@ -48,6 +48,7 @@ def description_of(path: Path) -> str:
 
 def count_on_meta(model_config: config.ModelConfig) -> int:
     """Trainable parameters of the model ``model_config`` describes, without allocating it."""
+    # lazy: torch and the models load once the arguments are read (presets --help does without)
     import torch
 
     from h2q_tui.models import build_model, count_parameters

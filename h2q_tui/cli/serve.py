@@ -14,6 +14,8 @@ from h2q_tui.cli.parser import Parser, add_device_flag
 from h2q_tui.errors import UserError
 from h2q_tui.ollama import protocol
 from h2q_tui.system import net
+from h2q_tui.system.openmp import wait_policy
+from h2q_tui.system.thread_choice import decoding_choice
 
 # uvicorn (loop, http) per --stack. Through the event loop, every streamed token wakes the
 # loop thread, which holds the GIL while the decoder wants it; "direct" lets the generation
@@ -115,13 +117,12 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         raise UserError(f"--keep-alive: {exc}") from None
 
+    # lazy: uvicorn and the models (torch) load once the flags are known to be good
     import uvicorn
 
     from h2q_tui.ollama.models import Registry
     from h2q_tui.ollama.server import ServeConfig, make_app
     from h2q_tui.system import hardware
-    from h2q_tui.system.openmp import wait_policy
-    from h2q_tui.system.thread_choice import decoding_choice
 
     device = hardware.resolve_device(args.device)
     registry = Registry.discover(args.checkpoints, follow=args.follow, queue=args.queue)

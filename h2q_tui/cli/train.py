@@ -22,6 +22,8 @@ EXIT_MEMORY = 3  # --no-ui stopped above --memory-budget / --vram-budget (checkp
 
 
 def run_headless(args: argparse.Namespace) -> int:
+    # lazy (as in every function here): cli.main imports this module for --help; torch
+    # and the trainer load when a run starts
     from h2q_tui.system import hardware
     from h2q_tui.training import distributed
 
@@ -39,6 +41,7 @@ def _prepare_on_every_rank(request, world):
     """Rank 0 prepares the run (lock, run.json, resume bookkeeping) and tells the others its
     run dir; they then read the same config, data and checkpoint without writing anything.
     None on a rank other than 0 when rank 0 refused the request (it says why)."""
+    # lazy: torch loads when a run starts, not for --help
     from h2q_tui.checkpoints import run_lock
     from h2q_tui.training.session import prepare_run
 
@@ -62,6 +65,7 @@ def _prepare_on_every_rank(request, world):
 
 
 def _train_headless(args: argparse.Namespace, world) -> int:
+    # lazy: torch and the writers' config load when a run starts, not for --help
     from h2q_tui.training.session import RunRequest
     from h2q_tui.training.writers import ConsolePrinter, JsonlWriter
 
@@ -131,6 +135,7 @@ def stop_signals_save(trainer, speak: bool = True):
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
+    # lazy: the dashboard (textual) and torch load when it starts, not for --help
     from h2q_tui.app import make_app, run_app
     from h2q_tui.app.engine_link import LiveEngine
     from h2q_tui.training.session import RunRequest, prepare_run

@@ -20,6 +20,7 @@ import tomllib
 
 from h2q_tui.config.ranges import NO_LIMIT, check_value, shown
 from h2q_tui.errors import UserError
+from h2q_tui.system.budget import parse_size
 
 
 @dataclass(frozen=True)
@@ -294,8 +295,6 @@ def validate(config: RunConfig) -> None:
         _check_section(section, getattr(config, section))
     validate_model(config.model)
     m, t, e = config.model, config.train, config.eval
-    from h2q_tui.system.budget import parse_size  # no torch: config stays light
-
     for key in ("memory_budget", "vram_budget"):
         if getattr(t, key):
             parse_size(getattr(t, key), f"config key train.{key}")

@@ -136,6 +136,7 @@ def _resolve_train(data: str | None, progress) -> tuple[bytes, str, Path | None]
         return read_text_directory(path), str(path), None
     if path.exists():
         return read_text_file(path), str(path), None
+    # lazy: requests (~0.1 s) loads only when a named corpus is fetched, not for every run
     from h2q_tui.data.download import CORPORA, fetch_corpus
 
     if data in CORPORA:

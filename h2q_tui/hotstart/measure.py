@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from h2q_tui.errors import UserError
+from h2q_tui.system.thread_choice import DECODE_THREADS, decoding_choice
 
 PHASE_ORDER = (
     "start",
@@ -191,7 +192,7 @@ def run_in_process(
     checkpoint: Path, method: str, pickle_path: Path | None, prompt: str, rate_tokens: int
 ) -> dict[str, object]:
     """One load up to its first token in this process (torch already imported)."""
-    from h2q_tui.hotstart import phases
+    from h2q_tui.hotstart import phases  # torch: imported once the flags are read
 
     info, model, _, times = phases.load_for_first_token(
         checkpoint, prompt, method, pickle_path, rate_tokens
@@ -259,8 +260,7 @@ def _measure(request: Request) -> dict[str, object]:
 
 def _report_head(request: Request, info, unavailable: str | None) -> dict[str, object]:
     """The report's checkpoint, machine and cache facts, its columns still empty."""
-    from h2q_tui.system import hardware
-    from h2q_tui.system.thread_choice import DECODE_THREADS, decoding_choice
+    from h2q_tui.system import hardware  # torch: imported once the flags are read
 
     weights = info.weights
     return {
@@ -291,7 +291,7 @@ def _samples(
     request: Request, info, is_cold: bool, fresh: bool, method: str, pickle_path: Path | None
 ) -> dict[str, object]:
     """One column's repeats, summarised; each in-process load is recorded in the timeline."""
-    from h2q_tui.checkpoints import timing
+    from h2q_tui.checkpoints import timing  # torch: imported once the flags are read
 
     weights = info.weights
     pickle_path = pickle_path if method == "naive" else None

@@ -29,6 +29,8 @@ from torch import nn
 from h2q_tui.checkpoints import CheckpointInfo, load_checkpoint
 from h2q_tui.checkpoints.loader import ChecksumFailed
 from h2q_tui.checkpoints.timing import Clock
+from h2q_tui.generation.generate import Generation
+from h2q_tui.generation.sampling import SamplingConfig
 from h2q_tui.generation.text import Codec
 
 PROMPT = "Once upon a time"
@@ -78,7 +80,6 @@ def _timed_generation(forward_done: list[float]):
     that ``generate`` uses (h2q_tui/generation/decoder.py takes the model path whenever a
     module has a forward hook), so the figures are those of a real generation.
     """
-    from h2q_tui.generation.generate import Generation
 
     class FirstCallTimed:
         def __init__(self, decoder) -> None:
@@ -115,8 +116,6 @@ def first_token(
     lap verify_wait; ChecksumFailed when the file failed it), ``on_first_token`` then,
     and goes on for ``rate_tokens`` more tokens. Returns (tokens/s after the first token,
     tokens counted, the text)."""
-    from h2q_tui.generation.sampling import SamplingConfig
-
     forward_done: list[float] = []
     generation = _timed_generation(forward_done)(
         model, codec, prompt, SamplingConfig(max_new_tokens=1 + rate_tokens, seed=seed)

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     imports_at = time.perf_counter()
+    # imported here, not at the top: each import below is timed, as the phase that a user's
+    # h2q-tui generate pays (import_torch, then import_h2q)
     from h2q_tui.system.openmp import prefer_passive_waiting
 
     prefer_passive_waiting()  # as the h2q-tui command does, before torch loads
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch_at = time.perf_counter()
     torch.set_num_threads(args.threads)
+    # timed: the import_h2q phase, from torch_at to the lap below
     from h2q_tui.checkpoints.timing import Clock
     from h2q_tui.errors import UserError
     from h2q_tui.hotstart import phases

@@ -33,6 +33,7 @@ import torch
 
 from h2q_tui.config import ModelConfig, RunConfig
 from h2q_tui.errors import UserError
+from h2q_tui.models import build_model, count_parameters
 from h2q_tui.units import first_line
 
 ACTIVATION_FLOATS = 12
@@ -47,8 +48,6 @@ class ModelBuildError(UserError):
 
 
 def _meta_parameters(config: ModelConfig, rank_growths: int = 0) -> int:
-    from h2q_tui.models import build_model, count_parameters
-
     with torch.device("meta"):
         model = build_model(config)
         for _ in range(rank_growths):
