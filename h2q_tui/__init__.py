@@ -9,7 +9,7 @@ def __getattr__(name: str) -> str:
     """``h2q_tui.__version__``: the installed distribution's version (pyproject.toml), read lazily."""
     if name != "__version__":
         raise AttributeError(f"module 'h2q_tui' has no attribute {name!r}")
-    from importlib import metadata
+    from importlib import metadata  # lazy: read only by --version and serve's /api/version
 
     try:
         return metadata.version("h2q-tui")

@@ -195,6 +195,7 @@ class QuietOutput:
 def quiet_driver(driver_class: type) -> type:
     """Textual's Linux terminal driver writing through QuietOutput; any other driver as it is."""
     try:
+        # here, not at the top: where it is missing, the driver given is kept
         from textual.drivers.linux_driver import LinuxDriver
     except ImportError:  # not a POSIX terminal
         return driver_class

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import sys
 
+from torch.distributed import run
+from torch.distributed.elastic.multiprocessing.api import SignalException
+
 ELASTIC_LOGGER = "torch.distributed.elastic"
 
 
 def main(argv: list[str]) -> int:
-    from torch.distributed import run
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-
     logging.getLogger(ELASTIC_LOGGER).setLevel(logging.ERROR)  # "Received 2 death signal" ...
     try:
         run.main(argv)

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from h2q_tui.cli.parser import Parser
 from h2q_tui.errors import UserError
 from h2q_tui.system import net
@@ -85,6 +87,7 @@ def main(argv: list[str]) -> int:
                 "(h2q-tui --no-ui ...) or name a RUN_DIR"
             )
     try:
+        # lazy: textual-serve (~0.3 s) loads once the flags are read; missing, it is one line
         from textual_serve.server import Server
     except ImportError:
         raise UserError("h2q-tui web needs textual-serve: pip install 'textual-serve'") from None
@@ -109,7 +112,7 @@ def main(argv: list[str]) -> int:
 def tab_processes_ended():
     """While serving: a closed tab's process that does not quit is terminated, SIGHUP stops
     the server as SIGTERM does, and on the way out every tab process still running ends."""
-    from textual_serve import server as serve_module
+    from textual_serve import server as serve_module  # lazy: ~0.3 s, found by main already
 
     tabs: set[int] = set()
 
@@ -149,8 +152,6 @@ def tab_processes_ended():
 def end_process(pid: int) -> None:
     """SIGTERM, then SIGKILL if ``pid`` still runs QUIT_GRACE_S later (without reaping it:
     asyncio's child watcher does that)."""
-    import psutil
-
     for signum in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.kill(pid, signum)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import torch
 
@@ -71,8 +72,6 @@ def read_text_directory(path: Path) -> bytes:
 
 def default_corpus_bytes() -> bytes:
     """The embedded default: Python's own documentation topics (``pydoc_data.topics``)."""
-    from pydoc_data.topics import topics
-
     return "\n\n".join(topics[key] for key in sorted(topics)).encode("utf-8")
 
 

@@ -16,7 +16,7 @@ class BpeTokenizer:
     """A ``tokenizers`` tokenizer read from a local tokenizer.json."""
 
     def __init__(self, path: str | Path) -> None:
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # lazy: only BPE runs pay for it (byte runs never)
 
         self.path = Path(path)
         if not self.path.is_file():

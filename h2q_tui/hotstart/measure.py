@@ -223,7 +223,7 @@ def _pickle_folder() -> tempfile.TemporaryDirectory:
 def measure(request: Request) -> dict[str, object]:
     """Every figure the request asks for, as a JSON-ready report; the in-process load and
     decode run on ``request.threads`` torch threads, as the fresh processes do."""
-    import torch
+    import torch  # lazy: imported once the flags are read
 
     check_request(request)
     previous = torch.get_num_threads()

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from h2q_tui.system.openmp import prefer_passive_waiting
 
     prefer_passive_waiting()  # as the h2q-tui command does, before torch loads
-    import torch
+    import torch  # timed: the import_torch phase
 
     torch_at = time.perf_counter()
     torch.set_num_threads(args.threads)

@@ -119,6 +119,7 @@ class NvmlReader:
             return self._nvml
         self._tried = True
         try:
+            # lazy: only the first GPU reading pays for it, and where it fails the pane says why
             import pynvml
         except Exception as exc:
             self.status = f"pynvml unavailable: {exc}"

@@ -28,7 +28,7 @@ def compile_for_training(module: nn.Module) -> nn.Module:
 
 def is_compile_failure(exc: BaseException) -> bool:
     """Whether ``exc`` came from Dynamo or Inductor (then eager training is the way on)."""
-    from torch._dynamo import exc as dynamo_exc
+    from torch._dynamo import exc as dynamo_exc  # lazy: ~1 s, paid only where compile ran
 
     return isinstance(exc, dynamo_exc.TorchDynamoException)
 
