@@ -197,8 +197,9 @@ def add_budget_flags(parser: argparse.ArgumentParser) -> None:
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     """Sampling, mode and steering flags shared by ``generate`` and ``steer-eval``."""
     # only the decoding commands call this; the generator (and torch) load with them
-    from h2q_tui.generation.generate import DECODE_THREADS, MODES, ModeConfig
+    from h2q_tui.generation.generate import MODES, ModeConfig
     from h2q_tui.generation.sampling import SamplingConfig
+    from h2q_tui.system.thread_choice import DECODE_THREADS
 
     s, m = SamplingConfig(), ModeConfig()
     group = parser.add_argument_group("sampling")

@@ -27,7 +27,7 @@ from h2q_tui.generation.decoder import Decoder
 from h2q_tui.generation.sampling import SamplingConfig, choose_token
 from h2q_tui.generation.steering import SteerConfig, Steering, build_steering
 from h2q_tui.generation.text import Codec, TextStream
-from h2q_tui.system.thread_choice import DECODE_THREADS, ThreadChoice, decoding_choice  # noqa: F401
+from h2q_tui.system.thread_choice import ThreadChoice, decoding_choice
 
 MODES = ("sample", "steer", "lookahead", "flow")
 
