@@ -295,7 +295,7 @@ def test_decoding_happens_once_at_load_into_a_plain_dense_model(
     """Each encoded tensor is decoded once, at load, into the plain model's own dense
     tensors, so generation runs as fast as from the plain checkpoint (the load time itself
     is benchmarks/crystallize.py's to report)."""
-    from h2q_tui.codecs import policy
+    from h2q_tui.codecs import layout
 
     crystallize(
         work,
@@ -309,18 +309,18 @@ def test_decoding_happens_once_at_load_into_a_plain_dense_model(
         str(work / DATA),
     )
     decoded: list[str] = []
-    real_decode = policy.decode_chain
+    real_decode = layout.decode_chain
 
     def counting_decode(stored, meta):
         decoded.append(meta["codec"])
         return real_decode(stored, meta)
 
-    monkeypatch.setattr(policy, "decode_chain", counting_decode)
+    monkeypatch.setattr(layout, "decode_chain", counting_decode)
     info = checkpoints.read_info(work / "gpt" / "crystal" / "int4-g32")
     model = checkpoints.load_model_from(info)
     with safe_open(str(info.weights), framework="pt") as handle:
-        layout = policy.read_layout(handle.metadata())
-    encoded = [name for name, record in layout["tensors"].items() if record is not None]
+        layout_doc = layout.read_layout(handle.metadata())
+    encoded = [name for name, record in layout_doc["tensors"].items() if record is not None]
     assert encoded and len(decoded) == len(encoded)  # once per encoded tensor
     plain = checkpoints.load_model_from(checkpoints.read_info(work / "gpt"))
     assert {k: (v.shape, v.dtype, v.layout) for k, v in model.state_dict().items()} == {

@@ -8,7 +8,7 @@ from h2q_tui.errors import UserError
 def main(argv: list[str]) -> int:
     """``h2q-tui crystallize``: parse the flags, run :func:`h2q_tui.crystal.crystallize.run`."""
     from h2q_tui.cli.main import Parser, add_device_flag
-    from h2q_tui.codecs.tensor import METHOD_HELP
+    from h2q_tui.codecs.method import METHOD_HELP
     from h2q_tui.crystal import crystallize
 
     parser = Parser(

@@ -41,8 +41,10 @@ import torch
 
 from h2q_tui.codecs import stored
 from h2q_tui.codecs.kronecker import model_rank
-from h2q_tui.codecs.policy import Crystal, encode_state_dict, plan, tied_names
-from h2q_tui.codecs.tensor import Step, method_name, parse_method, stored_bytes
+from h2q_tui.codecs.layout import Crystal, encode_state_dict
+from h2q_tui.codecs.method import Step, method_name, parse_method
+from h2q_tui.codecs.policy import plan, tied_names
+from h2q_tui.codecs.tensor import stored_bytes
 from h2q_tui.errors import UserError, write_error
 from h2q_tui.system.files import give_umask_mode
 

@@ -19,8 +19,8 @@ from typing import IO, Any
 
 import torch
 
-from h2q_tui.codecs.policy import encode_state_dict, is_crystallized
-from h2q_tui.codecs.tensor import method_name
+from h2q_tui.codecs.layout import encode_state_dict, is_crystallized
+from h2q_tui.codecs.method import method_name
 from h2q_tui.crystal.crystallize import (
     Request,
     format_rows,
