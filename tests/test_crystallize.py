@@ -23,7 +23,8 @@ from h2q_tui import checkpoints
 from h2q_tui.cli import main as cli
 from h2q_tui.codecs import stored
 from h2q_tui.crystal import measure
-from h2q_tui.crystal.crystallize import mark_pareto, slug
+from h2q_tui.crystal.folders import slug
+from h2q_tui.crystal.sweep import mark_pareto
 from h2q_tui.errors import UserError
 from h2q_tui.training.evaluate import heldout_cross_entropy
 from h2q_tui.training.events import bits_per_byte
@@ -333,7 +334,7 @@ def test_decoding_happens_once_at_load_into_a_plain_dense_model(
 
 
 def test_pareto_front() -> None:
-    from h2q_tui.crystal.crystallize import Row
+    from h2q_tui.crystal.sweep import Row
 
     def row(name, size, delta):
         comparison = None if name == "original" else {"delta_bits_per_byte": delta}
