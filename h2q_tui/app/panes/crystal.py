@@ -2,25 +2,24 @@
 methods, measure each against the original on held-out windows, and plot Δ bits/byte against
 the compression ratio with the Pareto front.
 
-The work is the ``h2q-tui crystallize`` command's (:mod:`h2q_tui.crystal.crystallize`), one
-method at a time so each row shows as soon as it is measured: encode, write ``OUT/<method>/``,
-load it back (decoding, as every command does) and compare it with the original
-(:func:`h2q_tui.crystal.measure.compare_many`). It runs in a thread worker on a thread of its
-own (h2q_tui/system/threads.py), so the UI never waits and training goes on.
+The work is the ``h2q-tui crystallize`` command's loop (:func:`h2q_tui.crystal.sweep.sweep`),
+one method per pass so each row shows as soon as it is measured: encode, write
+``OUT/<method>/``, load it back (decoding, as every command does) and compare it with the
+original. It runs in a thread worker on a thread of its own (h2q_tui/system/threads.py), so
+the UI never waits and training goes on.
 
 A live snapshot is first saved as a plain checkpoint, ``RUN/crystal/checkpoints/live-step_N/``
 (a temporary folder when the run dir is not writable), and its crystallized folders go to
 ``RUN/crystal/live-step_N/<method>/``; a checkpoint's go where the command puts them
 (``RUN/crystal/`` for ``RUN/checkpoints/<name>/``). Every folder opens in the Generate pane
-(``g`` on its row) or in any command that takes a CHECKPOINT.
+(``g`` on its row posts :class:`~h2q_tui.app.messages.OpenInGenerate`) or in any command that
+takes a CHECKPOINT.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,19 @@ from textual.events import Key
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, SelectionList, Static
 from textual.worker import get_current_worker
-from textual_plot import HiResMode, LegendLocation, PlotWidget
 
-from h2q_tui.app.panes.hotstart_panel import HotStartPanel, generation_source_of
-from h2q_tui.app.widgets import safe_axes
+from h2q_tui import checkpoints
+from h2q_tui.app.messages import OpenInGenerate
+from h2q_tui.app.panes.crystal_results import CrystalResults
+from h2q_tui.app.panes.hotstart_panel import HotStartPanel
+from h2q_tui.crystal.folders import check_out, default_out, save_snapshot
+from h2q_tui.crystal.methods import resolve_methods, sweep_methods
+from h2q_tui.crystal.sweep import Plan, Row, Source, load_source, mark_pareto, sweep, unique_tensors
+from h2q_tui.errors import UserError
 from h2q_tui.system.threads import on_own_thread
 
 BATCH = 32  # windows per forward pass
 DEFAULT_TICKS = ("bf16", "int8", "int4-g128", "int4-g32", "svd:0.5+int8")
-COLUMNS = ("", "method", "bytes", "ratio", "Δ bits/byte ± s.e.", "mean KLD", "top-1 %", "s")
 
 
 class _Cancelled(Exception):
@@ -49,87 +52,21 @@ class _Cancelled(Exception):
 
 
 @dataclass
-class Source:
-    """A checkpoint ready to crystallize: its base model, state_dict and applicable methods."""
+class Loaded:
+    """A checkpoint ready to crystallize: the loaded source, the methods that apply to its
+    model (offered for ticking) and where its folders go."""
 
-    path: str  # the checkpoint folder
+    source: Source
     describe: str
-    info: Any
-    base: Any
-    state_dict: dict[str, Any]
     methods: list[str]
     skipped: list[str]
     out_root: Path
     out_note: str  # where the folders go, for the screen
-    about: Any = None  # h2q_tui.crystal.crystallize.Source: what each folder records of it
 
 
-@dataclass
-class SweepRow:
-    method: str
-    path: str
-    bytes: int
-    ratio: float
-    delta: float | None = None
-    std_error: float | None = None
-    mean_kld: float | None = None
-    same_top1: float | None = None
-    seconds: float = 0.0
-    pareto: bool = False
-    notes: list[str] = field(default_factory=list)
-
-
-def mark_front(rows: list[SweepRow]) -> None:
-    """Pareto front on (bytes, Δ): no other row (the original: Δ 0) is as small with as small a Δ."""
-    for row in rows:
-        row.pareto = (
-            row.delta is not None
-            and row.method != "original"
-            and not any(
-                other is not row
-                and other.delta is not None
-                and other.bytes <= row.bytes
-                and other.delta <= row.delta
-                and (other.bytes < row.bytes or other.delta < row.delta)
-                for other in rows
-            )
-        )
-
-
-def row_cells(row: SweepRow) -> list[str | Text]:
-    star = Text("*", style="bold green") if row.pareto else ""
-    if row.method == "original":
-        measured = ["—", "—", "—"]
-    else:
-        measured = [
-            f"{row.delta:+.4f} ± {row.std_error:.4f}",
-            f"{row.mean_kld:.5f}",
-            f"{100 * row.same_top1:.1f}",
-        ]
-    return [
-        star,
-        row.method,
-        f"{row.bytes:,}",
-        f"{row.ratio:.2f}×",
-        *measured,
-        f"{row.seconds:.1f}",
-    ]
-
-
-def load_source(path: str, out: Path | None = None, out_note: str = "") -> Source:
+def load_checkpoint(path: str, out: Path | None = None, out_note: str = "") -> Loaded:
     """The checkpoint at ``path`` (a run dir means its latest) with the methods that apply to
     its model; UserError (one line) for a bad path, a damaged or already crystallized file."""
-    from h2q_tui import checkpoints
-    from h2q_tui.codecs.policy import tied_names
-    from h2q_tui.crystal.crystallize import (
-        check_out,
-        cpu_state_dict,
-        default_out,
-        describe_source,
-        sweep_methods,
-    )
-    from h2q_tui.errors import UserError
-
     info = checkpoints.read_info(path)
     if info.crystal is not None:
         raise UserError(
@@ -138,22 +75,11 @@ def load_source(path: str, out: Path | None = None, out_note: str = "") -> Sourc
         )
     out = out if out is not None else default_out(info.weights)
     check_out(out, info.weights)
-    base = checkpoints.load_model_from(info).eval()
-    state_dict = cpu_state_dict(base)
-    aliases = tied_names(state_dict)
-    methods, skipped = sweep_methods({k: v for k, v in state_dict.items() if k not in aliases})
+    source = load_source(info)
+    methods, skipped = sweep_methods(unique_tensors(source.state_dict))
     describe = f"{info.describe()} · {info.config.model.family} · {short(info.weights.parent)}"
-    return Source(
-        str(info.weights.parent),
-        describe,
-        info,
-        base,
-        state_dict,
-        methods,
-        skipped,
-        out,
-        out_note or f"folders go to {short(out)}/",
-        describe_source(info, base, state_dict),
+    return Loaded(
+        source, describe, methods, skipped, out, out_note or f"folders go to {short(out)}/"
     )
 
 
@@ -167,47 +93,6 @@ def short(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
-
-
-class ParetoPlot(PlotWidget):
-    """Δ bits/byte against the compression ratio; the Pareto front joined and marked."""
-
-    def on_mount(self) -> None:
-        safe_axes(self)
-
-    def draw(self, rows: list[SweepRow]) -> None:
-        self.clear()
-        measured = [r for r in rows if r.delta is not None and r.method != "original"]
-        others = [r for r in measured if not r.pareto]
-        front = sorted((r for r in measured if r.pareto), key=lambda r: r.ratio)
-        if others:
-            xs, ys = [r.ratio for r in others], [r.delta for r in others]
-            self.scatter(xs, ys, "○", "grey62", None, "other methods")
-        if front:
-            xs, ys = [r.ratio for r in front], [r.delta for r in front]
-            self.plot(xs, ys, "green", HiResMode.BRAILLE)
-            self.scatter(xs, ys, "●", "bold green", None, "Pareto front")
-        self.set_xlabel("ratio (× smaller)")
-        self.set_ylabel("Δ bits/byte")
-        points = [(r.ratio, r.delta) for r in measured]
-        # no legend over an empty chart, nor over the points: it goes in the emptiest corner
-        self.show_legend(quiet_corner(points), is_visible=bool(points) and self.size.height >= 12)
-
-
-def quiet_corner(points: list[tuple[float, float]]) -> LegendLocation:
-    """The corner of the data's range (x right or left, y top or bottom) with the fewest
-    points, the top right on a tie."""
-    if not points:
-        return LegendLocation.TOPRIGHT
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x_mid, y_mid = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
-    corners = {
-        LegendLocation.TOPRIGHT: lambda x, y: x >= x_mid and y >= y_mid,
-        LegendLocation.TOPLEFT: lambda x, y: x <= x_mid and y >= y_mid,
-        LegendLocation.BOTTOMRIGHT: lambda x, y: x >= x_mid and y <= y_mid,
-        LegendLocation.BOTTOMLEFT: lambda x, y: x <= x_mid and y <= y_mid,
-    }
-    return min(corners, key=lambda c: sum(corners[c](x, y) for x, y in points))
 
 
 class CrystalPane(Vertical, can_focus=True):
@@ -247,9 +132,9 @@ class CrystalPane(Vertical, can_focus=True):
             self.model, self.step, self.live = model, step, live
 
     class SourceReady(Message, bubble=False):
-        def __init__(self, source: Source) -> None:
+        def __init__(self, loaded: Loaded) -> None:
             super().__init__()
-            self.source = source
+            self.loaded = loaded
 
     class Failed(Message, bubble=False):
         def __init__(self, message: str) -> None:
@@ -262,7 +147,7 @@ class CrystalPane(Vertical, can_focus=True):
             self.text = text
 
     class RowDone(Message, bubble=False):
-        def __init__(self, row: SweepRow) -> None:
+        def __init__(self, row: Row) -> None:
             super().__init__()
             self.row = row
 
@@ -281,8 +166,8 @@ class CrystalPane(Vertical, can_focus=True):
         super().__init__(id=id)
         self.engine, self.request_snapshot = engine, request_snapshot
         self.checkpoint_hint = checkpoint_hint
-        self.source: Source | None = None
-        self.rows: list[SweepRow] = []
+        self.loaded: Loaded | None = None
+        self.rows: list[Row] = []
         self.busy: str | None = None  # "loading", "sweeping" or None
         self.last_error = ""
 
@@ -317,15 +202,11 @@ class CrystalPane(Vertical, can_focus=True):
         yield Static("", id="cry-progress")
         with Horizontal(id="cry-body"):
             yield SelectionList[str](id="cry-methods")
-            with Vertical(id="cry-results"):
-                yield DataTable(id="cry-table", cursor_type="row", zebra_stripes=True)
-                yield ParetoPlot(id="cry-plot")
-        yield HotStartPanel(lambda: generation_source_of(self.app))
+            yield CrystalResults()
+        yield HotStartPanel()
 
     def on_mount(self) -> None:
         self.query_one("#cry-methods").border_title = "methods (space)"
-        table = self.query_one("#cry-table", DataTable)
-        table.add_columns(*COLUMNS)
         if self.request_snapshot is None:
             self.query_one("#cry-snapshot", Button).display = False
 
@@ -397,77 +278,49 @@ class CrystalPane(Vertical, can_focus=True):
     @work(thread=True, exclusive=True, group="source", exit_on_error=False)
     @on_own_thread
     def _source_worker(self, path: str) -> None:
-        self._post_source(lambda: load_source(path))
+        self._post_source(lambda: load_checkpoint(path))
 
     @work(thread=True, exclusive=True, group="source", exit_on_error=False)
     @on_own_thread
     def _snapshot_worker(self, model: Any, step: int, live: dict[str, Any]) -> None:
-        from h2q_tui import checkpoints
-        from h2q_tui.config import RunConfig
-        from h2q_tui.errors import UserError
-
-        def save_and_load() -> Source:
-            config = live["config"] or RunConfig(model=model.config)  # as Trainer.save
-            name = f"live-step_{step:08d}"
-            extra = {checkpoints.TOKENIZER: Path(live["tokenizer"])} if live["tokenizer"] else {}
-            run_dir = live["run_dir"]
-            roots = [Path(run_dir) / "crystal"] if run_dir else []
-            roots.append(Path(tempfile.mkdtemp(prefix="h2q-crystal-")))
-            problem = ""
-            for root in roots:
-                try:
-                    folder = checkpoints.save_checkpoint(
-                        root,
-                        model,
-                        config,
-                        step,
-                        str(live["run_id"]),
-                        {"rank_growths": live["rank_growths"]},
-                        extra_files=extra,
-                        name=name,
-                    )
-                except UserError as exc:
-                    problem = str(exc)
-                    continue
-                where = "run dir" if root is roots[0] and run_dir else "temporary folder"
-                note = f"snapshot + folders in the {where}: {short(root / name)}/"
-                return load_source(str(folder), root / name, note)
-            raise UserError(problem or "cannot save the snapshot")
+        def save_and_load() -> Loaded:
+            folder, out_root, in_run_dir = save_snapshot(model, step, live)
+            where = "run dir" if in_run_dir else "temporary folder"
+            note = f"snapshot + folders in the {where}: {short(out_root)}/"
+            return load_checkpoint(str(folder), out_root, note)
 
         self._post_source(save_and_load)
 
     def _post_source(self, load) -> None:
-        from h2q_tui.errors import UserError
-
         try:
-            source = load()
+            loaded = load()
         except UserError as exc:
             self.post_message(self.Failed(str(exc)))
         except Exception as exc:  # noqa: BLE001 - any load failure is a line, not a crash
             self.post_message(self.Failed(f"cannot load: {type(exc).__name__}: {exc}"))
         else:
-            self.post_message(self.SourceReady(source))
+            self.post_message(self.SourceReady(loaded))
 
     def on_crystal_pane_source_ready(self, message: SourceReady) -> None:
         self.busy = None
-        self.source = source = message.source
+        self.loaded = loaded = message.loaded
         self.rows = []
         self._show_rows()
         picker = self.query_one("#cry-methods", SelectionList)
         picker.clear_options()
-        ranks = [m for m in source.methods if m.startswith("rank:")]
+        ranks = [m for m in loaded.methods if m.startswith("rank:")]
         ticks = set(DEFAULT_TICKS) | set(ranks[:1]) | {m for m in ranks if m.endswith("+int8")}
-        picker.add_options([(m, m, m in ticks) for m in source.methods])
+        picker.add_options([(m, m, m in ticks) for m in loaded.methods])
         self.query_one("#cry-source", Static).update(
             Text.assemble(
                 ("source: ", "bold"),
-                (source.describe, "bold cyan"),
+                (loaded.describe, "bold cyan"),
                 no_wrap=True,
                 overflow="ellipsis",
             )
         )
-        skipped = f" · {'; '.join(source.skipped)}" if source.skipped else ""
-        self.say(f"ready: {source.out_note} — tick methods (space), r runs{skipped}")
+        skipped = f" · {'; '.join(loaded.skipped)}" if loaded.skipped else ""
+        self.say(f"ready: {loaded.out_note} — tick methods (space), r runs{skipped}")
         self.progress_line("")
 
     def on_crystal_pane_failed(self, message: Failed) -> None:
@@ -477,7 +330,7 @@ class CrystalPane(Vertical, can_focus=True):
 
     # ------------------------------------------------------------------ the sweep
     def action_run(self) -> None:
-        if self.source is None:
+        if self.loaded is None:
             self.say("no source yet: s snapshots the live run, or a checkpoint path + Enter", True)
             return
         if self.busy:
@@ -494,24 +347,23 @@ class CrystalPane(Vertical, can_focus=True):
         except ValueError:
             self.say(f"windows must be a number, got {raw!r}", error=True)
             return
-        order = [m for m in self.source.methods if m in methods]
+        order = [m for m in self.loaded.methods if m in methods]
         self.busy = "sweeping"
         self.rows = []
         self._show_rows()
         self.say(
-            f"crystallizing {len(order)} methods → {short(self.source.out_root)}/ · Esc cancels"
+            f"crystallizing {len(order)} methods → {short(self.loaded.out_root)}/ · Esc cancels"
         )
-        self._sweep_worker(self.source, order, data, windows)
+        self._sweep_worker(self.loaded, order, data, windows)
 
     @work(thread=True, exclusive=True, group="sweep", exit_on_error=False)
     @on_own_thread
-    def _sweep_worker(self, source: Source, methods: list[str], data: str | None, windows: int):
-        from h2q_tui.errors import UserError
+    def _sweep_worker(self, loaded: Loaded, methods: list[str], data: str | None, windows: int):
         from h2q_tui.generation.generate import use_decoding_threads
 
         use_decoding_threads()
         try:
-            text = self._sweep(source, methods, data, windows)
+            text = self._sweep(loaded, methods, data, windows)
         except _Cancelled:
             self.post_message(self.SweepDone("cancelled: the rows above are measured"))
         except UserError as exc:
@@ -521,70 +373,52 @@ class CrystalPane(Vertical, can_focus=True):
         else:
             self.post_message(self.SweepDone(text))
 
-    def _sweep(self, source: Source, methods: list[str], data: str | None, windows: int) -> str:
-        """One method at a time (the command's steps): encode, write, load, measure, post."""
-        from h2q_tui import checkpoints
-        from h2q_tui.crystal import measure
-        from h2q_tui.crystal.crystallize import crystallize_method, resolve_methods
-
+    def _sweep(self, loaded: Loaded, methods: list[str], data: str | None, windows: int) -> str:
+        """Drive the sweep one method per pass, posting each row and the progress."""
         worker = get_current_worker()
-        info = source.info
-        heldout = measure.load_heldout(
-            data, info.config.model.context, checkpoints.tokenizer_of(info), windows
-        )
+        source = loaded.source
+        heldout = source.heldout(data, windows)
         parsed, _ = resolve_methods(",".join(methods), source.state_dict)
-        source_bytes = source.about.bytes
-        rows, base = [], None
-        for index, steps in enumerate(parsed):
-            if worker.is_cancelled:
-                raise _Cancelled
-            name = methods[index]
-            self.post_message(self.Progress(f"{index + 1}/{len(parsed)} {name}: encoding…"))
-            row, model = crystallize_method(
-                steps, source.about, source.state_dict, (), source.out_root, "cpu", io.StringIO()
-            )
+        plan = Plan(source, parsed, heldout, loaded.out_root, batch=BATCH)
+        measured: list[Row] = []
 
-            def progress(done: int, total: int, index=index, name=name) -> None:
+        def step(index: int) -> str:
+            return f"{index + 1}/{len(parsed)} {methods[index]}"
+
+        def progress(label: str, windows: int, batch: int):
+            index = len(measured)  # one method per pass: the next one
+
+            def report(done: int, total: int) -> None:
                 if worker.is_cancelled:
                     raise _Cancelled
                 self.post_message(
                     self.Progress(
-                        f"{index + 1}/{len(parsed)} {name}: measuring batch {done}/{total} "
-                        f"({heldout.windows:,} windows)"
+                        f"{step(index)}: measuring batch {done}/{total} ({windows:,} windows)"
                     )
                 )
 
-            base, (comparison,) = measure.compare_many(
-                source.base, [model], heldout, "cpu", BATCH, progress
-            )
-            del model
-            if index == 0:
-                self.post_message(
-                    self.RowDone(SweepRow("original", source.path, source_bytes, 1.0, 0.0, 0.0))
-                )
-            done = SweepRow(
-                row.method,
-                row.path,
-                row.bytes,
-                row.ratio,
-                comparison.delta_bits_per_byte,
-                comparison.delta_std_error,
-                comparison.mean_kld,
-                comparison.same_top1,
-                row.seconds + comparison.seconds,
-                notes=row.notes,
-            )
-            rows.append(done)
-            self.post_message(self.RowDone(done))
+            return report
+
+        original = source.original_row()
+        self.post_message(self.Progress(f"{step(0)}: encoding…"))
+        for row in sweep(plan, original, progress):
+            self.post_message(self.RowDone(row))
+            if row is original:
+                continue
+            measured.append(row)
+            if worker.is_cancelled:
+                raise _Cancelled
+            if len(measured) < len(parsed):
+                self.post_message(self.Progress(f"{step(len(measured))}: encoding…"))
         summary = {
-            "source": source.about.as_dict(),
+            "source": source.as_dict(),
             "data": heldout.describe(),
-            "rows": [r.__dict__ for r in rows],
+            "rows": [row.as_dict() for row in measured],
         }
-        (source.out_root / "crystal-pane.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (loaded.out_root / "crystal-pane.json").write_text(json.dumps(summary, indent=2) + "\n")
         return (
-            f"done: {len(rows)} methods · ↑/↓ + g opens a row in Generate · original {base.bits_per_byte:.4f} bits/byte on "
-            f"{heldout.describe()} · * Pareto front"
+            f"done: {len(measured)} methods · ↑/↓ + g opens a row in Generate · original "
+            f"{original.bits_per_byte:.4f} bits/byte on {heldout.describe()} · * Pareto front"
         )
 
     def on_crystal_pane_progress(self, message: Progress) -> None:
@@ -593,7 +427,7 @@ class CrystalPane(Vertical, can_focus=True):
 
     def on_crystal_pane_row_done(self, message: RowDone) -> None:
         self.rows.append(message.row)
-        mark_front(self.rows)
+        mark_pareto(self.rows)
         self._show_rows()
 
     def on_crystal_pane_sweep_done(self, message: SweepDone) -> None:
@@ -602,14 +436,7 @@ class CrystalPane(Vertical, can_focus=True):
         self.say(message.text, error=message.error)
 
     def _show_rows(self) -> None:
-        table = self.query_one("#cry-table", DataTable)
-        cursor = table.cursor_row
-        table.clear()
-        for row in self.rows:
-            table.add_row(*row_cells(row), key=row.method)
-        if self.rows:
-            table.move_cursor(row=min(cursor, len(self.rows) - 1))
-        self.query_one(ParetoPlot).draw(self.rows)
+        self.query_one(CrystalResults).show(self.rows)
 
     def action_cancel(self) -> None:
         if self.busy != "sweeping":
@@ -620,22 +447,19 @@ class CrystalPane(Vertical, can_focus=True):
         self.progress_line("cancelling after this batch…")
 
     # ------------------------------------------------------------------ open in Generate
-    def selected_row(self) -> SweepRow | None:
-        table = self.query_one("#cry-table", DataTable)
-        if not self.rows or table.cursor_row < 0 or table.cursor_row >= len(self.rows):
-            return None
-        return self.rows[table.cursor_row]
+    def selected_row(self) -> Row | None:
+        return self.query_one(CrystalResults).selected()
 
     def action_row(self, step: int) -> None:
         """↑/↓ on the pane move the table's cursor (the row g opens)."""
-        table = self.query_one("#cry-table", DataTable)
-        if self.rows:
-            table.move_cursor(row=max(0, min(len(self.rows) - 1, table.cursor_row + step)))
+        self.query_one(CrystalResults).move(step)
 
     def action_hotstart(self) -> None:
         """Time load → first token of the selected row's folder (else the source checkpoint)."""
         row = self.selected_row()
-        path = row.path if row is not None else self.source.path if self.source else ""
+        path = (
+            row.path if row is not None else str(self.loaded.source.folder) if self.loaded else ""
+        )
         path = path or self.query_one("#cry-checkpoint", Input).value.strip()
         if not path or not Path(path).exists():
             self.say("hotstart needs a checkpoint on disk: type one above, or crystallize a "
@@ -648,14 +472,11 @@ class CrystalPane(Vertical, can_focus=True):
             self.say(f"hotstart: timing {path} (fresh processes take a few seconds)…")
 
     def action_open_in_generate(self) -> None:
-        from h2q_tui.app.panes.generate import GeneratePane
-
         row = self.selected_row()
         if row is None:
             self.say("no row yet: r runs the ticked methods, then select a row", error=True)
             return
-        self.app.query_one("TabbedContent").active = "generate"
-        self.app.query_one(GeneratePane).load_path(row.path)
+        self.post_message(OpenInGenerate(row.path))
 
     # ------------------------------------------------------------------ widget events
     @on(Input.Submitted, "#cry-checkpoint")

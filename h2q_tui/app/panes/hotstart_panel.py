@@ -8,7 +8,6 @@ the ``h`` key runs on a worker thread of its own (it starts fresh processes: sec
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
@@ -90,9 +89,8 @@ class HotStartPanel(Vertical):
             super().__init__()
             self.report, self.error = report, error
 
-    def __init__(self, generation_source: Callable[[], str], id: str = "hot-panel") -> None:  # noqa: A002
+    def __init__(self, id: str = "hot-panel") -> None:  # noqa: A002 - Textual's name
         super().__init__(id=id)
-        self.generation_source = generation_source
         self.running: str | None = None  # the checkpoint being measured
         self.report: dict[str, Any] = {}  # the last hotstart report (measure()'s JSON)
 
@@ -111,7 +109,9 @@ class HotStartPanel(Vertical):
         self.set_interval(REFRESH_S, self.refresh_lines)
 
     def refresh_lines(self) -> None:
-        source = self.generation_source() or "no model loaded (Generate pane: s, a path, or f)"
+        # the shell keeps what the Generate pane uses; an app without one (a test's) has none
+        source = getattr(self.app, "generation_source", "")
+        source = source or "no model loaded (Generate pane: s, a path, or f)"
         self.query_one("#hot-using", Static).update(
             Text.assemble(("generation uses: ", "bold"), source)
         )
@@ -155,14 +155,3 @@ class HotStartPanel(Vertical):
         self.report = message.report or {}
         widget.update(compact_report(self.report))
         self.refresh_lines()
-
-
-def generation_source_of(app: Any) -> str:
-    """What the Generate pane is using ("" when it has no model)."""
-    from h2q_tui.app.panes.generate import GeneratePane
-
-    try:
-        pane = app.query_one(GeneratePane)
-    except Exception:  # noqa: BLE001 - no Generate pane (a test app)
-        return ""
-    return pane.source if pane.model is not None else ""
