@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,10 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from h2q_tui.app.display import printable, short_path
 from h2q_tui.app.fields import FieldSelect
+from h2q_tui.app.messages import GenerationSourceChanged
+from h2q_tui.app.model_source import ModelSource, RequestSnapshot
 from h2q_tui.generation.generate import (
     MODES,
     Generation,
@@ -53,19 +55,6 @@ READOUT_SAMPLES = 4
 READOUT_TOKENS = 60
 REPAINT_S = 0.1  # streamed text repaints at most this often (a repaint per token slows decoding)
 FOLLOW_POLL_S = 1.0  # how often follow mode looks at the run's checkpoints/latest
-
-# Deliver(model, step) is called by the trainer on the training thread; the callable given to
-# the pane sends the request and returns None, or returns why no snapshot can be taken.
-Deliver = Callable[[Any, int], None]
-RequestSnapshot = Callable[[Deliver], "str | None"]
-
-# Untrained byte models emit control bytes: show them as visible symbols (␀…␟, ␡, �), keep \t \n.
-_VISIBLE = {c: 0x2400 + c for c in range(32) if c not in (9, 10)}
-_VISIBLE.update({127: 0x2421, **{c: 0xFFFD for c in range(0x80, 0xA0)}})
-
-
-def printable(text: str) -> str:
-    return text.translate(_VISIBLE)
 
 
 def strength_bar(strength: float, limit: float = STRENGTH_LIMIT, half: int = BAR_HALF) -> Text:
@@ -105,29 +94,6 @@ def describe_model(model: Any, codec: Codec) -> str:
     return f"{family}, {layers} layers, {params:,} parameters, {tokens}"
 
 
-def short_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def load_checkpoint(path: str) -> tuple[Any, Codec, str]:
-    """Model (eval) and codec of a checkpoint (a run dir means its latest), and a source line.
-
-    Raises UserError with one line for a bad path or a damaged file.
-    """
-    from h2q_tui.hotstart.recorded import load_recorded
-
-    info, model, codec, _ = load_recorded(path, "generate pane")
-    crystal = f" · {info.describe()}" if info.crystal is not None else ""  # int8 of run X…
-    return (
-        model,
-        codec,
-        f"checkpoint {short_path(info.weights.parent)} (step {info.step:,}){crystal}",
-    )
-
-
 class _Cancelled(Exception):
     """Raised from the readout's progress callback when its worker was cancelled."""
 
@@ -151,11 +117,6 @@ class GeneratePane(Vertical, can_focus=True):
         def __init__(self, model: Any, codec: Codec, source: str) -> None:
             super().__init__()
             self.model, self.codec, self.source = model, codec, source
-
-    class LoadFailed(Message, bubble=False):
-        def __init__(self, message: str) -> None:
-            super().__init__()
-            self.message = message
 
     class Streamed(Message, bubble=False):
         """Pieces wait in the pane's deque (coalesced: at most one pending)."""
@@ -230,15 +191,19 @@ class GeneratePane(Vertical, can_focus=True):
             else "model: none yet — load a checkpoint below (o, a path, Enter)",
             id="gen-source",
         )
-        with Horizontal(classes="gen-row"):
-            yield Label("checkpoint", classes="gen-label")
-            yield Input(
-                self.checkpoint_hint,
-                placeholder="checkpoint folder, model.safetensors or run dir (latest) — Enter loads",
-                id="gen-checkpoint",
-                compact=True,
-            )
-            yield Button("Snapshot live (s)", id="gen-snapshot", compact=True)
+        yield ModelSource(
+            label="checkpoint",
+            input_id="gen-checkpoint",
+            snapshot_id="gen-snapshot",
+            placeholder="checkpoint folder, model.safetensors or run dir (latest) — Enter loads",
+            consumer="generate pane",
+            value=self.checkpoint_hint,
+            request_snapshot=self.request_snapshot,
+            live_run=self.live_run,
+            live_codec=self.live_codec,
+            classes="gen-row",
+            label_classes="gen-label",
+        )
         with Horizontal(classes="gen-row"):
             yield Label("prompt", classes="gen-label")
             yield Input(DEFAULT_PROMPT, id="gen-prompt", compact=True)
@@ -288,8 +253,6 @@ class GeneratePane(Vertical, can_focus=True):
     def on_mount(self) -> None:
         self.query_one("#gen-output-box").border_title = "Output"
         self.query_one("#gen-output-box").can_focus = False
-        if self.request_snapshot is None:  # attached runs: no live model to copy
-            self.query_one("#gen-snapshot", Button).display = False
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """No live run (attach): the snapshot key leaves the footer."""
@@ -352,52 +315,28 @@ class GeneratePane(Vertical, can_focus=True):
     def action_snapshot(self) -> None:
         if self.follower is not None:
             self.stop_following()  # the snapshot is the model now
-        if self.request_snapshot is None:
-            self.say("no live run (attached runs): load a checkpoint instead", error=True)
-            return
-        why = self.request_snapshot(self._deliver)
-        if why:
-            self.say(why, error=True)
-        else:
-            self.say("snapshot requested: the trainer copies its model between two steps…")
-
-    def _deliver(self, model: Any, step: int) -> None:
-        """Called by the trainer on the training thread: post and return at once."""
-        source = f"live snapshot of run {self.live_run} at step {step:,}"
-        self.post_message(self.ModelReady(model, self.live_codec, source))
+        self.query_one(ModelSource).snapshot()
 
     def action_open_checkpoint(self) -> None:
-        self.query_one("#gen-checkpoint", Input).focus()
-
-    def load_checkpoint(self, path: str) -> None:
-        path = path.strip()
-        if not path:
-            self.say("type a checkpoint folder, model.safetensors or run dir, then Enter", True)
-            return
-        if self.follower is not None:
-            self.stop_following()  # the checkpoint asked for is the model now
-        self.say(f"loading {path}…")
-        self._load_worker(path)
+        self.query_one(ModelSource).focus_box()
 
     def load_path(self, path: str) -> None:
         """Load a checkpoint folder (e.g. a crystallized one from the Crystal pane)."""
-        self.query_one("#gen-checkpoint", Input).value = path
         self.focus()
-        self.load_checkpoint(path)
+        self.query_one(ModelSource).load(path)
 
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    @on_own_thread
-    def _load_worker(self, path: str) -> None:
-        from h2q_tui.errors import UserError
+    def on_model_source_started(self, message: ModelSource.Started) -> None:
+        if self.follower is not None:
+            self.stop_following()  # the checkpoint or snapshot asked for is the model now
+        self.say(message.text)
 
-        try:
-            model, codec, source = load_checkpoint(path)
-        except UserError as exc:
-            self.post_message(self.LoadFailed(str(exc)))
-        except Exception as exc:  # noqa: BLE001 - any load failure is a message, not a crash
-            self.post_message(self.LoadFailed(f"cannot load {path}: {type(exc).__name__}: {exc}"))
-        else:
-            self.post_message(self.ModelReady(model, codec, source))
+    def on_model_source_loaded(self, message: ModelSource.Loaded) -> None:
+        self.on_generate_pane_model_ready(
+            self.ModelReady(message.model, message.codec, message.source)
+        )
+
+    def on_model_source_failed(self, message: ModelSource.Failed) -> None:
+        self.say(message.reason, error=True)
 
     def on_generate_pane_model_ready(self, message: ModelReady) -> None:
         self.model, self.codec, self.source = message.model, message.codec, message.source
@@ -414,9 +353,7 @@ class GeneratePane(Vertical, can_focus=True):
             )
         )
         self.say(f"ready: {self.source} — g or Enter in the prompt generates")
-
-    def on_generate_pane_load_failed(self, message: LoadFailed) -> None:
-        self.say(message.message, error=True)
+        self.post_message(GenerationSourceChanged(self.source))
 
     # ------------------------------------------------------------------ strength
     def action_strength(self, steps: int) -> None:
@@ -646,7 +583,7 @@ class GeneratePane(Vertical, can_focus=True):
             self.stop_following()
             self.say("stopped following: the model stays as it is")
             return
-        typed = self.query_one("#gen-checkpoint", Input).value.strip()
+        typed = self.query_one(ModelSource).path
         target = typed if typed and not Path(typed, "model.safetensors").is_file() else ""
         target = target or self.follow_hint
         if not target:
@@ -714,15 +651,8 @@ class GeneratePane(Vertical, can_focus=True):
             self.action_generate()
 
     # ------------------------------------------------------------------ widget events
-    @on(Input.Submitted, "#gen-checkpoint")
-    def _checkpoint_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self.load_checkpoint(event.value)
-
     @on(Input.Submitted)
     def _settings_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "gen-checkpoint":
-            return
         event.stop()
         self.action_generate()
         self.focus()  # ←/→, 0, g and r work again; Tab goes back to the fields
@@ -733,7 +663,6 @@ class GeneratePane(Vertical, can_focus=True):
         actions = {
             "gen-go": self.action_generate,
             "gen-cancel": self.action_cancel,
-            "gen-snapshot": self.action_snapshot,
             "gen-readout-go": self.action_readout,
         }
         action = actions.get(event.button.id or "")

@@ -28,10 +28,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import Key
 from textual.message import Message
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.widgets import Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from h2q_tui.app.display import one_line, printable
 from h2q_tui.app.fields import FieldSelect
+from h2q_tui.app.model_source import ModelSource
+from h2q_tui.generation.text import Codec
 from h2q_tui.system.threads import on_own_thread
 
 DEFAULT_PROMPT = "Once upon a time"
@@ -39,12 +42,9 @@ SIDES = ("ollama", "local")
 REPAINT_S = 0.1  # the side-by-side text repaints at most 10 times a second
 
 
-def one_line(text: str, style: str = "") -> Text:
-    return Text(text, style=style, no_wrap=True, overflow="ellipsis", end="")
-
-
-def printable(text: str) -> str:
-    return "".join(c if c.isprintable() or c in "\n\t" else "·" for c in text)
+def local_line(info: Any) -> str:
+    """The local side's title for a loaded checkpoint: ``run X step N (step_00000007)``."""
+    return f"{info.describe()} ({info.weights.parent.name})"
 
 
 def local_stats(stats: Any, load_s: float | None) -> str:
@@ -108,16 +108,6 @@ class OllamaPane(Vertical, can_focus=True):
             super().__init__()
             self.url, self.version, self.models, self.error = url, version, models, error
 
-    class LocalReady(Message, bubble=False):
-        def __init__(self, model: Any, codec: Any, source: str, load_s: float) -> None:
-            super().__init__()
-            self.model, self.codec, self.source, self.load_s = model, codec, source, load_s
-
-    class Said(Message, bubble=False):
-        def __init__(self, text: str, error: bool = False) -> None:
-            super().__init__()
-            self.text, self.error = text, error
-
     class Streamed(Message, bubble=False):
         """Pieces wait in the pane's deque (at most one of these pending)."""
 
@@ -141,7 +131,6 @@ class OllamaPane(Vertical, can_focus=True):
         id: str | None = "ollama-pane",  # noqa: A002 - Textual's name
     ) -> None:
         super().__init__(id=id)
-        from h2q_tui.generation.text import Codec
         from h2q_tui.ollama.client import default_host
 
         self.live_run, self.request_snapshot = live_run, request_snapshot
@@ -161,7 +150,6 @@ class OllamaPane(Vertical, can_focus=True):
         self._cancel = threading.Event()
         self._stream: Any = None
         self._generation: Any = None
-        self._snapshot_asked = 0.0
         self._probed = False
         self._model_lock = threading.Lock()  # one generation on the local model at a time
 
@@ -173,15 +161,20 @@ class OllamaPane(Vertical, can_focus=True):
             yield Input(self.host, id="oll-url", compact=True)
             yield Label("model", classes="oll-short")
             yield FieldSelect([], prompt="no models", id="oll-model", compact=True)
-        with Horizontal(classes="oll-row"):
-            yield Label("local")
-            yield Input(
-                self.checkpoint_hint,
-                placeholder="checkpoint or run dir — Enter loads",
-                id="oll-local",
-                compact=True,
-            )
-            yield Button("Snapshot (s)", id="oll-snapshot", compact=True)
+        yield ModelSource(
+            label="local",
+            input_id="oll-local",
+            snapshot_id="oll-snapshot",
+            placeholder="checkpoint or run dir — Enter loads",
+            consumer="ollama pane",
+            value=self.checkpoint_hint,
+            snapshot_label="Snapshot (s)",
+            request_snapshot=self.request_snapshot,
+            live_run=self.live_run,
+            live_codec=self.live_codec,
+            describe=local_line,
+            classes="oll-row",
+        )
         with Horizontal(classes="oll-row"):
             yield Label("prompt")
             yield Input(DEFAULT_PROMPT, id="oll-prompt", compact=True)
@@ -199,14 +192,12 @@ class OllamaPane(Vertical, can_focus=True):
                         yield Static("", id=f"oll-{side}-text")
                     yield Static("", id=f"oll-{side}-stats", classes="oll-stats")
 
-    _run_after_load = False
-    _posted_at = 0.0  # when the last Streamed message went out  # r pressed before the typed local checkpoint was loaded
+    _run_after_load = False  # r pressed before the typed local checkpoint was loaded
+    _posted_at = 0.0  # when the last Streamed message went out
 
     def on_mount(self) -> None:
         self.query_one("#oll-ollama-side").border_title = "Ollama: no model"
         self.query_one("#oll-local-side").border_title = "local: none (o path, or s)"
-        if self.request_snapshot is None:
-            self.query_one("#oll-snapshot", Button).display = False
 
     def on_show(self) -> None:
         """The server is first asked when the pane is first shown (not at the app's start)."""
@@ -226,11 +217,6 @@ class OllamaPane(Vertical, can_focus=True):
         line = (message.strip().splitlines() or [""])[0]
         self.last_error = line if error else ""
         self.query_one("#oll-message", Static).update(one_line(line, "bold red" if error else ""))
-
-    def on_ollama_pane_said(self, message: Said) -> None:
-        if message.error:
-            self._run_after_load = False  # the load failed: r does not wait for it any more
-        self.say(message.text, message.error)
 
     # ------------------------------------------------------------------ the server
     def action_refresh(self) -> None:
@@ -276,53 +262,23 @@ class OllamaPane(Vertical, can_focus=True):
 
     # ------------------------------------------------------------------ the local model
     def action_open_checkpoint(self) -> None:
-        self.query_one("#oll-local", Input).focus()
+        self.query_one(ModelSource).focus_box()
 
     def load_local(self, path: str) -> None:
-        path = path.strip()
-        if not path:
-            self.say("type a checkpoint folder or run dir, then Enter", error=True)
-            return
-        self.query_one("#oll-local", Input).value = path
-        self.say(f"loading {path}…")
-        self._load_worker(path)
-
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    @on_own_thread
-    def _load_worker(self, path: str) -> None:
-        from h2q_tui.errors import UserError
-        from h2q_tui.hotstart.recorded import load_recorded
-
-        started = time.perf_counter()
-        try:
-            info, model, codec, _ = load_recorded(path, "ollama pane")
-        except UserError as exc:
-            self.post_message(self.Said(str(exc), error=True))
-            return
-        except Exception as exc:  # noqa: BLE001 - a load failure is a line, not a crash
-            self.post_message(self.Said(f"cannot load {path}: {type(exc).__name__}: {exc}", True))
-            return
-        source = f"{info.describe()} ({info.weights.parent.name})"
-        self.post_message(self.LocalReady(model, codec, source, time.perf_counter() - started))
+        self.query_one(ModelSource).load(path)
 
     def action_snapshot(self) -> None:
-        if self.request_snapshot is None:
-            self.say("no live run (attached runs): load a checkpoint instead", error=True)
-            return
-        self._snapshot_asked = time.perf_counter()
-        why = self.request_snapshot(self._deliver)
-        if why:
-            self.say(why, error=True)
-        else:
-            self.say("snapshot requested: the trainer copies its model between two steps…")
+        self.query_one(ModelSource).snapshot()
 
-    def _deliver(self, model: Any, step: int) -> None:
-        """Called on the training thread: post and return."""
-        load_s = time.perf_counter() - self._snapshot_asked
-        source = f"live snapshot of run {self.live_run} at step {step:,}"
-        self.post_message(self.LocalReady(model, self.live_codec, source, load_s))
+    def on_model_source_started(self, message: ModelSource.Started) -> None:
+        self.focus()  # r, s and l work again once the box is left
+        self.say(message.text)
 
-    def on_ollama_pane_local_ready(self, message: LocalReady) -> None:
+    def on_model_source_failed(self, message: ModelSource.Failed) -> None:
+        self._run_after_load = False  # the load failed: r does not wait for it any more
+        self.say(message.reason, error=True)
+
+    def on_model_source_loaded(self, message: ModelSource.Loaded) -> None:
         self.local = (message.model, message.codec, message.source, message.load_s)
         self.query_one("#oll-local-side").border_title = Text(f"local: {message.source}")
         self.say(f"local model ready: {message.source} — r runs the prompt on both")
@@ -345,7 +301,7 @@ class OllamaPane(Vertical, can_focus=True):
         return prompt, tokens, temperature, seed
 
     def action_run(self) -> None:
-        typed = self.query_one("#oll-local", Input).value.strip()
+        typed = self.query_one(ModelSource).path
         if self.local is None and typed and not self._run_after_load:
             self._run_after_load = True  # the path in the box is what "local" means: load it
             self.load_local(typed)
@@ -518,16 +474,7 @@ class OllamaPane(Vertical, can_focus=True):
         self.focus()
         self.action_refresh()
 
-    @on(Input.Submitted, "#oll-local")
-    def _local_submitted(self, event: Input.Submitted) -> None:
-        self.focus()
-        self.load_local(event.value)
-
     @on(Input.Submitted, "#oll-prompt, #oll-tokens, #oll-temperature, #oll-seed")
     def _prompt_submitted(self, event: Input.Submitted) -> None:
         self.focus()
         self.action_run()
-
-    @on(Button.Pressed, "#oll-snapshot")
-    def _snapshot_pressed(self, event: Button.Pressed) -> None:
-        self.action_snapshot()
