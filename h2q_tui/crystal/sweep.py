@@ -131,7 +131,7 @@ class Source:
         return measure.load_heldout(data, context, checkpoints.tokenizer_of(self.info), windows)
 
     def original_row(self, load_seconds: float = 0.0) -> Row:
-        """Its own row, before measuring (bits/byte and evaluation time come with the first pass)."""
+        """Its row before measuring (bits/byte and evaluation time come with the first pass)."""
         unique = stored_bytes(unique_tensors(self.state_dict))
         return Row(
             method="original",
@@ -147,9 +147,14 @@ class Source:
 
 def load_source(info: Any, device: torch.device | str = "cpu") -> Source:
     """The :class:`Source` of a checkpoint's info (not a crystallized one): its model loaded."""
+    return source_of(info, checkpoints.load_model_from(info, device))
+
+
+def source_of(info: Any, model: torch.nn.Module) -> Source:
+    """The :class:`Source` of a checkpoint's info and its model, already loaded."""
     from safetensors import safe_open
 
-    model = checkpoints.load_model_from(info, device).eval()
+    model = model.eval()
     state_dict = cpu_state_dict(model)
     folder = source_folder(info.weights)
     with safe_open(str(info.weights), framework="pt") as handle:  # the header only

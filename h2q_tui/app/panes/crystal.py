@@ -18,8 +18,7 @@ takes a CHECKPOINT.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,66 +32,26 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, SelectionList, Static
 from textual.worker import get_current_worker
 
-from h2q_tui import checkpoints
+from h2q_tui.app.display import one_line, short_path
 from h2q_tui.app.messages import OpenInGenerate
+from h2q_tui.app.model_source import Deliver, ModelSource
 from h2q_tui.app.panes.crystal_results import CrystalResults
+from h2q_tui.app.panes.crystal_work import (
+    Cancelled,
+    Loaded,
+    Order,
+    drive_sweep,
+    live_run,
+    prepare,
+    prepare_snapshot,
+)
 from h2q_tui.app.panes.hotstart_panel import HotStartPanel
-from h2q_tui.crystal.folders import check_out, default_out, save_snapshot
-from h2q_tui.crystal.methods import resolve_methods, sweep_methods
-from h2q_tui.crystal.sweep import Plan, Row, Source, load_source, mark_pareto, sweep, unique_tensors
+from h2q_tui.crystal.sweep import Row, mark_pareto
 from h2q_tui.errors import UserError
 from h2q_tui.system.threads import on_own_thread
 
 BATCH = 32  # windows per forward pass
 DEFAULT_TICKS = ("bf16", "int8", "int4-g128", "int4-g32", "svd:0.5+int8")
-
-
-class _Cancelled(Exception):
-    """Raised from the measurement's progress callback when the sweep was cancelled."""
-
-
-@dataclass
-class Loaded:
-    """A checkpoint ready to crystallize: the loaded source, the methods that apply to its
-    model (offered for ticking) and where its folders go."""
-
-    source: Source
-    describe: str
-    methods: list[str]
-    skipped: list[str]
-    out_root: Path
-    out_note: str  # where the folders go, for the screen
-
-
-def load_checkpoint(path: str, out: Path | None = None, out_note: str = "") -> Loaded:
-    """The checkpoint at ``path`` (a run dir means its latest) with the methods that apply to
-    its model; UserError (one line) for a bad path, a damaged or already crystallized file."""
-    info = checkpoints.read_info(path)
-    if info.crystal is not None:
-        raise UserError(
-            f"{info.weights.parent} is already crystallized ({info.crystal.method}): "
-            f"pick its source {info.crystal.source or 'checkpoint'}"
-        )
-    out = out if out is not None else default_out(info.weights)
-    check_out(out, info.weights)
-    source = load_source(info)
-    methods, skipped = sweep_methods(unique_tensors(source.state_dict))
-    describe = f"{info.describe()} · {info.config.model.family} · {short(info.weights.parent)}"
-    return Loaded(
-        source, describe, methods, skipped, out, out_note or f"folders go to {short(out)}/"
-    )
-
-
-def one_line(text: str, style: str = "") -> Text:
-    """A fixed one-line Static: cut with … at the width, never wrapped."""
-    return Text(text, style=style, no_wrap=True, overflow="ellipsis", end="")
-
-
-def short(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 class CrystalPane(Vertical, can_focus=True):
@@ -125,11 +84,6 @@ class CrystalPane(Vertical, can_focus=True):
         Binding("up", "row(-1)", "Row up", show=False),
         Binding("down", "row(1)", "Row down", show=False),
     ]
-
-    class SnapshotArrived(Message, bubble=False):
-        def __init__(self, model: Any, step: int, live: dict[str, Any]) -> None:
-            super().__init__()
-            self.model, self.step, self.live = model, step, live
 
     class SourceReady(Message, bubble=False):
         def __init__(self, loaded: Loaded) -> None:
@@ -169,6 +123,7 @@ class CrystalPane(Vertical, can_focus=True):
         self.loaded: Loaded | None = None
         self.rows: list[Row] = []
         self.busy: str | None = None  # "loading", "sweeping" or None
+        self._live: dict[str, Any] = {}  # the live run's details of the last snapshot
         self.last_error = ""
 
     # ------------------------------------------------------------------ layout
@@ -179,15 +134,17 @@ class CrystalPane(Vertical, can_focus=True):
             else "source: none yet — a checkpoint path + Enter (o)",
             id="cry-source",
         )
-        with Horizontal(classes="cry-row"):
-            yield Label("checkpoint")
-            yield Input(
-                self.checkpoint_hint,
-                placeholder="checkpoint folder, model.safetensors or run dir (latest) — Enter",
-                id="cry-checkpoint",
-                compact=True,
-            )
-            yield Button("Snapshot live (s)", id="cry-snapshot", compact=True)
+        yield ModelSource(
+            label="checkpoint",
+            input_id="cry-checkpoint",
+            snapshot_id="cry-snapshot",
+            placeholder="checkpoint folder, model.safetensors or run dir (latest) — Enter",
+            consumer="crystal pane",  # hotstart_panel.MEASURING: not a load for generation
+            value=self.checkpoint_hint,
+            request_snapshot=self._request_snapshot if self.request_snapshot else None,
+            guard=self._refusal,
+            classes="cry-row",
+        )
         with Horizontal(classes="cry-row"):
             yield Label("held-out")
             yield Input(
@@ -207,8 +164,6 @@ class CrystalPane(Vertical, can_focus=True):
 
     def on_mount(self) -> None:
         self.query_one("#cry-methods").border_title = "methods (space)"
-        if self.request_snapshot is None:
-            self.query_one("#cry-snapshot", Button).display = False
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return not (action == "snapshot" and self.request_snapshot is None)
@@ -229,69 +184,56 @@ class CrystalPane(Vertical, can_focus=True):
 
     # ------------------------------------------------------------------ the source
     def action_open_checkpoint(self) -> None:
-        self.query_one("#cry-checkpoint", Input).focus()
+        self.query_one(ModelSource).focus_box()
 
     def action_snapshot(self) -> None:
-        if self.request_snapshot is None:
-            self.say("no live run (attached runs): give a checkpoint path instead", error=True)
-            return
-        if self.busy:
-            self.say(f"{self.busy}: wait for it or press Esc first", error=True)
-            return
-        why = self.request_snapshot(self._deliver)
-        if why:
-            self.say(why, error=True)
-        else:
-            self.busy = "loading"
-            self.say("snapshot requested: the trainer copies its model between two steps…")
+        self.query_one(ModelSource).snapshot()
 
-    def _deliver(self, model: Any, step: int) -> None:
-        """On the training thread: read what a checkpoint of the copy needs, post, return."""
-        trainer = getattr(self.engine, "trainer", None)
-        prepared = getattr(self.engine, "prepared", None)
-        tokenizer = getattr(prepared, "tokenizer", None)
-        live = {
-            "config": getattr(trainer, "config", None) or getattr(prepared, "config", None),
-            "run_id": getattr(trainer, "run_id", None) or getattr(self.engine, "name", "live"),
-            "rank_growths": getattr(trainer, "rank_growths", 0),
-            "tokenizer": getattr(tokenizer, "path", None),
-            "run_dir": getattr(self.engine, "run_dir", None),
-        }
-        self.post_message(self.SnapshotArrived(model, step, live))
-
-    def on_crystal_pane_snapshot_arrived(self, message: SnapshotArrived) -> None:
-        self.say(f"saving the snapshot of step {message.step:,}…")
-        self._snapshot_worker(message.model, message.step, message.live)
-
-    def load_source(self, path: str) -> None:
-        path = path.strip()
-        if not path:
-            self.say("type a checkpoint folder, model.safetensors or run dir, then Enter", True)
-            return
+    def _refusal(self) -> str:
+        """Why no load or snapshot may start now ("" when it may)."""
         if self.busy == "sweeping":
-            self.say("a sweep is running: Esc cancels it first", error=True)
-            return
+            return "a sweep is running: Esc cancels it first"
+        return f"{self.busy}: wait for it or press Esc first" if self.busy else ""
+
+    def _request_snapshot(self, deliver: Deliver) -> str | None:
+        def on_training_thread(model: Any, step: int) -> None:
+            self._live = live_run(self.engine)  # read between two steps, beside the copy
+            deliver(model, step)
+
+        return self.request_snapshot(on_training_thread)
+
+    @on(ModelSource.Started)
+    def _load_started(self, message: ModelSource.Started) -> None:
+        message.stop()
         self.busy = "loading"
-        self.say(f"loading {path}…")
-        self._source_worker(path)
+        self.say(message.text)
+        self.focus()
+
+    @on(ModelSource.Failed)
+    def _load_failed(self, message: ModelSource.Failed) -> None:
+        message.stop()
+        self._failed(message.reason)
+
+    @on(ModelSource.Loaded)
+    def _loaded(self, message: ModelSource.Loaded) -> None:
+        message.stop()
+        if message.info is None:  # a live snapshot: saved as a checkpoint first
+            self.say(f"saving the snapshot of step {message.step:,}…")
+            self._snapshot_worker(message.model, message.step, self._live)
+        else:
+            self._source_worker(message.info, message.model)
 
     @work(thread=True, exclusive=True, group="source", exit_on_error=False)
     @on_own_thread
-    def _source_worker(self, path: str) -> None:
-        self._post_source(lambda: load_checkpoint(path))
+    def _source_worker(self, info: Any, model: Any) -> None:
+        self._post_source(lambda: prepare(info, model))
 
     @work(thread=True, exclusive=True, group="source", exit_on_error=False)
     @on_own_thread
     def _snapshot_worker(self, model: Any, step: int, live: dict[str, Any]) -> None:
-        def save_and_load() -> Loaded:
-            folder, out_root, in_run_dir = save_snapshot(model, step, live)
-            where = "run dir" if in_run_dir else "temporary folder"
-            note = f"snapshot + folders in the {where}: {short(out_root)}/"
-            return load_checkpoint(str(folder), out_root, note)
+        self._post_source(lambda: prepare_snapshot(model, step, live))
 
-        self._post_source(save_and_load)
-
-    def _post_source(self, load) -> None:
+    def _post_source(self, load: Callable[[], Loaded]) -> None:
         try:
             loaded = load()
         except UserError as exc:
@@ -305,7 +247,7 @@ class CrystalPane(Vertical, can_focus=True):
         self.busy = None
         self.loaded = loaded = message.loaded
         self.rows = []
-        self._show_rows()
+        self.query_one(CrystalResults).show(self.rows)
         picker = self.query_one("#cry-methods", SelectionList)
         picker.clear_options()
         ranks = [m for m in loaded.methods if m.startswith("rank:")]
@@ -324,8 +266,11 @@ class CrystalPane(Vertical, can_focus=True):
         self.progress_line("")
 
     def on_crystal_pane_failed(self, message: Failed) -> None:
+        self._failed(message.message)
+
+    def _failed(self, reason: str) -> None:
         self.busy = None
-        self.say(message.message, error=True)
+        self.say(reason, error=True)
         self.progress_line("")
 
     # ------------------------------------------------------------------ the sweep
@@ -350,10 +295,9 @@ class CrystalPane(Vertical, can_focus=True):
         order = [m for m in self.loaded.methods if m in methods]
         self.busy = "sweeping"
         self.rows = []
-        self._show_rows()
-        self.say(
-            f"crystallizing {len(order)} methods → {short(self.loaded.out_root)}/ · Esc cancels"
-        )
+        self.query_one(CrystalResults).show(self.rows)
+        out = short_path(self.loaded.out_root)
+        self.say(f"crystallizing {len(order)} methods → {out}/ · Esc cancels")
         self._sweep_worker(self.loaded, order, data, windows)
 
     @work(thread=True, exclusive=True, group="sweep", exit_on_error=False)
@@ -363,8 +307,15 @@ class CrystalPane(Vertical, can_focus=True):
 
         use_decoding_threads()
         try:
-            text = self._sweep(loaded, methods, data, windows)
-        except _Cancelled:
+            worker = get_current_worker()
+            text = drive_sweep(
+                loaded,
+                Order(methods, data, windows, BATCH),
+                lambda: worker.is_cancelled,
+                lambda text: self.post_message(self.Progress(text)),
+                lambda row: self.post_message(self.RowDone(row)),
+            )
+        except Cancelled:
             self.post_message(self.SweepDone("cancelled: the rows above are measured"))
         except UserError as exc:
             self.post_message(self.SweepDone(str(exc), error=True))
@@ -373,54 +324,6 @@ class CrystalPane(Vertical, can_focus=True):
         else:
             self.post_message(self.SweepDone(text))
 
-    def _sweep(self, loaded: Loaded, methods: list[str], data: str | None, windows: int) -> str:
-        """Drive the sweep one method per pass, posting each row and the progress."""
-        worker = get_current_worker()
-        source = loaded.source
-        heldout = source.heldout(data, windows)
-        parsed, _ = resolve_methods(",".join(methods), source.state_dict)
-        plan = Plan(source, parsed, heldout, loaded.out_root, batch=BATCH)
-        measured: list[Row] = []
-
-        def step(index: int) -> str:
-            return f"{index + 1}/{len(parsed)} {methods[index]}"
-
-        def progress(label: str, windows: int, batch: int):
-            index = len(measured)  # one method per pass: the next one
-
-            def report(done: int, total: int) -> None:
-                if worker.is_cancelled:
-                    raise _Cancelled
-                self.post_message(
-                    self.Progress(
-                        f"{step(index)}: measuring batch {done}/{total} ({windows:,} windows)"
-                    )
-                )
-
-            return report
-
-        original = source.original_row()
-        self.post_message(self.Progress(f"{step(0)}: encoding…"))
-        for row in sweep(plan, original, progress):
-            self.post_message(self.RowDone(row))
-            if row is original:
-                continue
-            measured.append(row)
-            if worker.is_cancelled:
-                raise _Cancelled
-            if len(measured) < len(parsed):
-                self.post_message(self.Progress(f"{step(len(measured))}: encoding…"))
-        summary = {
-            "source": source.as_dict(),
-            "data": heldout.describe(),
-            "rows": [row.as_dict() for row in measured],
-        }
-        (loaded.out_root / "crystal-pane.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return (
-            f"done: {len(measured)} methods · ↑/↓ + g opens a row in Generate · original "
-            f"{original.bits_per_byte:.4f} bits/byte on {heldout.describe()} · * Pareto front"
-        )
-
     def on_crystal_pane_progress(self, message: Progress) -> None:
         if self.busy == "sweeping":
             self.progress_line(message.text)
@@ -428,15 +331,12 @@ class CrystalPane(Vertical, can_focus=True):
     def on_crystal_pane_row_done(self, message: RowDone) -> None:
         self.rows.append(message.row)
         mark_pareto(self.rows)
-        self._show_rows()
+        self.query_one(CrystalResults).show(self.rows)
 
     def on_crystal_pane_sweep_done(self, message: SweepDone) -> None:
         self.busy = None
         self.progress_line("")
         self.say(message.text, error=message.error)
-
-    def _show_rows(self) -> None:
-        self.query_one(CrystalResults).show(self.rows)
 
     def action_cancel(self) -> None:
         if self.busy != "sweeping":
@@ -460,7 +360,7 @@ class CrystalPane(Vertical, can_focus=True):
         path = (
             row.path if row is not None else str(self.loaded.source.folder) if self.loaded else ""
         )
-        path = path or self.query_one("#cry-checkpoint", Input).value.strip()
+        path = path or self.query_one(ModelSource).path
         if not path or not Path(path).exists():
             self.say("hotstart needs a checkpoint on disk: type one above, or crystallize a "
                      "snapshot first", error=True)  # fmt: skip
@@ -479,17 +379,10 @@ class CrystalPane(Vertical, can_focus=True):
         self.post_message(OpenInGenerate(row.path))
 
     # ------------------------------------------------------------------ widget events
-    @on(Input.Submitted, "#cry-checkpoint")
-    def _checkpoint_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self.load_source(event.value)
-        self.focus()
-
     @on(Input.Submitted)
-    def _other_submitted(self, event: Input.Submitted) -> None:
+    def _submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        if event.input.id != "cry-checkpoint":
-            self.focus()
+        self.focus()
 
     @on(DataTable.RowSelected)
     def _row_selected(self, event: DataTable.RowSelected) -> None:
@@ -499,7 +392,5 @@ class CrystalPane(Vertical, can_focus=True):
     @on(Button.Pressed)
     def _button(self, event: Button.Pressed) -> None:
         event.stop()
-        actions = {"cry-go": self.action_run, "cry-snapshot": self.action_snapshot}
-        action = actions.get(event.button.id or "")
-        if action is not None:
-            action()
+        if event.button.id == "cry-go":
+            self.action_run()

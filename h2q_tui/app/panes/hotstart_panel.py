@@ -23,6 +23,8 @@ from h2q_tui.system.threads import on_own_thread
 SWAPS_SHOWN = 3
 HOTSTART_REPEATS = 2  # fresh processes per column when h is pressed (each ~1–2 s)
 REFRESH_S = 1.0
+# loads made to measure a checkpoint, not to generate from it: never "generation's last load"
+MEASURING = ("hotstart", "crystal pane")
 
 
 def describe_last_load(event: timeline.LoadEvent | None) -> Text:
@@ -116,7 +118,9 @@ class HotStartPanel(Vertical):
             Text.assemble(("generation uses: ", "bold"), source)
         )
         events = timeline.events()
-        loads = [e for e in events if e.kind in ("load", "snapshot") and e.consumer != "hotstart"]
+        loads = [
+            e for e in events if e.kind in ("load", "snapshot") and e.consumer not in MEASURING
+        ]
         self.query_one("#hot-last", Static).update(describe_last_load(loads[-1] if loads else None))
         self.query_one("#hot-swaps", Static).update(describe_swaps(events))
 
