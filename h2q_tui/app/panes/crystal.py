@@ -57,23 +57,6 @@ DEFAULT_TICKS = ("bf16", "int8", "int4-g128", "int4-g32", "svd:0.5+int8")
 class CrystalPane(Vertical, can_focus=True):
     """Source → ticked methods → rows (bytes, ratio, Δ, KLD, top-1) and the Pareto plot."""
 
-    DEFAULT_CSS = """
-    CrystalPane { height: 1fr; padding: 0 1; }
-    CrystalPane:focus { background: $boost; }
-    #cry-source, #cry-message, #cry-progress { height: 1; }
-    .cry-row { height: 1; }
-    .cry-row Label { width: 11; padding: 0 1 0 0; color: $text-muted; }
-    .cry-row Input { width: 1fr; }
-    .cry-row Button { margin-left: 2; min-width: 14; }
-    #cry-windows { width: 6; }
-    .cry-row Label.cry-short { width: auto; margin-left: 2; }
-    #cry-body { height: 1fr; }
-    #cry-methods { width: 26; height: 1fr; border: round $secondary 60%; }
-    #cry-results { width: 1fr; }
-    #cry-table { height: 1fr; min-height: 4; }
-    #cry-plot { height: 1fr; min-height: 6; }
-    """
-
     BINDINGS = [
         Binding("r", "run", "Crystallize"),
         Binding("escape", "cancel", "Cancel"),

@@ -79,13 +79,6 @@ def compact_report(report: dict[str, Any]) -> Text:
 class HotStartPanel(Vertical):
     """A few lines under the Crystal pane's table; refreshed once a second from the timeline."""
 
-    DEFAULT_CSS = """
-    HotStartPanel { height: auto; max-height: 12; border: round $secondary 60%;
-                    border-title-color: $text-muted; padding: 0 1; }
-    HotStartPanel Static { height: auto; }
-    #hot-report { color: $text; }
-    """
-
     class Measured(Message, bubble=False):
         def __init__(self, report: dict[str, Any] | None, error: str | None) -> None:
             super().__init__()
