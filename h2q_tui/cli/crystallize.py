@@ -10,8 +10,10 @@ from h2q_tui.errors import UserError
 def main(argv: list[str]) -> int:
     """``h2q-tui crystallize``: parse the flags, run the command (a progress bar on stderr)."""
     from h2q_tui.cli.main import Parser, add_device_flag
+
+    # torch loads with the command, not when the CLI starts
     from h2q_tui.codecs.method import METHOD_HELP
-    from h2q_tui.crystal import crystallize, tensor_report  # torch loads with the command
+    from h2q_tui.crystal import crystallize, tensor_report
 
     parser = Parser(
         prog="h2q-tui crystallize",

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import save_file
+
 from h2q_tui import checkpoints
 from h2q_tui.codecs import stored
 from h2q_tui.codecs.layout import Crystal
@@ -88,8 +90,6 @@ def write_crystal(
     tokenizer: Path | None,
 ) -> Path:
     """Write ``out/name/`` atomically (temporary folder + rename) and return it."""
-    from safetensors.torch import save_file
-
     final = out / name
     tmp = out / f".tmp-{name}-{os.getpid()}"
     metadata = {key: source_metadata[key] for key in SOURCE_METADATA if key in source_metadata}

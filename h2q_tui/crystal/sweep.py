@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
+from safetensors import safe_open
 
 from h2q_tui import checkpoints
 from h2q_tui.codecs import stored
@@ -152,8 +154,6 @@ def load_source(info: Any, device: torch.device | str = "cpu") -> Source:
 
 def source_of(info: Any, model: torch.nn.Module) -> Source:
     """The :class:`Source` of a checkpoint's info and its model, already loaded."""
-    from safetensors import safe_open
-
     model = model.eval()
     state_dict = cpu_state_dict(model)
     folder = source_folder(info.weights)
@@ -229,8 +229,6 @@ def group_size(model: torch.nn.Module, device: torch.device | str) -> int:
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
     else:
-        import psutil
-
         free = psutil.virtual_memory().available
     return max(1, min(32, int(free * MEASURE_MEMORY_SHARE // size)))
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from h2q_tui.codecs.layout import encode_state_dict, is_crystallized
 from h2q_tui.codecs.method import method_name
@@ -43,8 +44,6 @@ COLUMNS = (
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Path]:
     """(tensors, metadata, the file) of a safetensors file or a folder holding model.safetensors."""
-    from safetensors import SafetensorError, safe_open
-
     if not path.exists():
         raise UserError(f"safetensors file not found: {path}")
     file = path / "model.safetensors" if path.is_dir() else path

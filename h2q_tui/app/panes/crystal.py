@@ -48,6 +48,7 @@ from h2q_tui.app.panes.crystal_work import (
 from h2q_tui.app.panes.hotstart_panel import HotStartPanel
 from h2q_tui.crystal.sweep import Row, mark_pareto
 from h2q_tui.errors import UserError
+from h2q_tui.generation.generate import use_decoding_threads
 from h2q_tui.system.threads import on_own_thread
 
 BATCH = 32  # windows per forward pass
@@ -286,8 +287,6 @@ class CrystalPane(Vertical, can_focus=True):
     @work(thread=True, exclusive=True, group="sweep", exit_on_error=False)
     @on_own_thread
     def _sweep_worker(self, loaded: Loaded, methods: list[str], data: str | None, windows: int):
-        from h2q_tui.generation.generate import use_decoding_threads
-
         use_decoding_threads()
         try:
             worker = get_current_worker()

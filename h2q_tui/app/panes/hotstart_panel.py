@@ -17,7 +17,9 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static
 
+from h2q_tui.errors import UserError
 from h2q_tui.hotstart import timeline
+from h2q_tui.hotstart.measure import Request, measure
 from h2q_tui.system.threads import on_own_thread
 
 SWAPS_SHOWN = 3
@@ -131,9 +133,6 @@ class HotStartPanel(Vertical):
     @work(thread=True, exclusive=True, group="hotstart", exit_on_error=False)
     @on_own_thread
     def _measure_worker(self, checkpoint: str) -> None:
-        from h2q_tui.errors import UserError
-        from h2q_tui.hotstart.measure import Request, measure
-
         try:
             report = measure(Request(checkpoint=checkpoint, repeats=HOTSTART_REPEATS))
         except UserError as exc:
