@@ -69,7 +69,7 @@ async def open_pane(pilot: Pilot) -> GeneratePane:
 
 async def give_model(pilot: Pilot, model, source: str = "a test model") -> GeneratePane:
     pane = await open_pane(pilot)
-    pane.post_message(GeneratePane.ModelReady(model, Codec(), source))
+    pane.use_model(model, Codec(), source)
     await wait_until(pilot, lambda: pane.model is model, "the model")
     return pane
 

@@ -21,7 +21,8 @@ dir (its latest) in a thread worker through ``hotstart.recorded.load_recorded``;
 ``snapshot()``) asks the trainer for a copy of the live model between two steps. The widget
 then posts, bubbling to its pane:
 
-- ``ModelSource.Started(text)``: a load or a snapshot request went out (``text`` says which);
+- ``ModelSource.Started(text, path)``: a load of ``path`` (or, with path "", a snapshot
+  request) went out; ``text`` is the line to show;
 - ``ModelSource.Loaded(model, codec, source, info, step, load_s)``: the model (eval mode) is
   ready; ``info`` is the checkpoint's CheckpointInfo, None for a live snapshot; ``load_s``
   is the load's time (for a snapshot, from the request to the copy's arrival);
@@ -43,7 +44,9 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label
 
 from h2q_tui.app.display import short_path
+from h2q_tui.errors import UserError
 from h2q_tui.generation.text import Codec
+from h2q_tui.hotstart.recorded import load_recorded
 from h2q_tui.system.threads import on_own_thread
 
 # Deliver(model, step) is called by the trainer on the training thread; RequestSnapshot sends
@@ -66,9 +69,9 @@ class ModelSource(Horizontal):
     """Label, checkpoint box and snapshot button; loads in a worker and posts the model."""
 
     class Started(Message):
-        def __init__(self, text: str) -> None:
+        def __init__(self, text: str, path: str = "") -> None:
             super().__init__()
-            self.text = text
+            self.text, self.path = text, path
 
     class Loaded(Message):
         def __init__(
@@ -141,7 +144,7 @@ class ModelSource(Horizontal):
         if self._refused():
             return
         self.query_one(f"#{self.input_id}", Input).value = path
-        self.post_message(self.Started(f"loading {path}…"))
+        self.post_message(self.Started(f"loading {path}…", path))
         self._load_worker(path)
 
     def snapshot(self) -> None:
@@ -167,9 +170,6 @@ class ModelSource(Horizontal):
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     @on_own_thread
     def _load_worker(self, path: str) -> None:
-        from h2q_tui.errors import UserError
-        from h2q_tui.hotstart.recorded import load_recorded  # torch: loaded when first used
-
         started = time.perf_counter()
         try:
             info, model, codec, _ = load_recorded(path, self.consumer)

@@ -7,10 +7,8 @@ thread worker on that copy, one at a time (the steering hooks live on the model)
 back through coalesced messages, so the UI never waits on them and the training thread is
 never touched.
 
-Follow mode (``f``) watches a run dir (the live run's, the attached one's, or the one typed
-in the checkpoint box) and swaps each new complete checkpoint into the model in place
-between two generations (h2q_tui/generation/follow.py), then generates again: a live look
-at how the run learns. The source line says which step is in use and how long the swap took.
+Follow mode (``f``, app/panes/follow_mode.py) swaps each new checkpoint of a run dir into the
+model in place between two generations, then generates again: a live look at how it learns.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -28,74 +25,30 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import Key
 from textual.message import Message
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.widgets import Button, Input, Label, Static
 from textual.worker import get_current_worker
 
-from h2q_tui.app.display import printable, short_path
-from h2q_tui.app.fields import FieldSelect
+from h2q_tui.app.display import printable
 from h2q_tui.app.messages import GenerationSourceChanged
 from h2q_tui.app.model_source import ModelSource, RequestSnapshot
-from h2q_tui.generation.generate import (
-    MODES,
-    Generation,
-    GenerationStats,
-    ModeConfig,
-    use_decoding_threads,
+from h2q_tui.app.panes import generate_settings as settings
+from h2q_tui.app.panes.follow_mode import FollowMode
+from h2q_tui.app.panes.generate_settings import compose_settings, describe_model, format_stats
+from h2q_tui.app.panes.steer_readout import (
+    READOUT_SAMPLES,
+    READOUT_TOKENS,
+    STRENGTH_LIMIT,
+    STRENGTH_STEP,
+    SteerReadout,
+    format_strength,
+    steering_phrase,
+    strength_bar,
 )
-from h2q_tui.generation.sampling import SamplingConfig
-from h2q_tui.generation.steering import SteerConfig
+from h2q_tui.generation.generate import Generation, GenerationStats, use_decoding_threads
 from h2q_tui.generation.text import Codec
 from h2q_tui.system.threads import on_own_thread
 
-DEFAULT_PROMPT = "Once upon a time"
-STRENGTH_STEP = 0.1  # ←/→ change the strength by this much
-STRENGTH_LIMIT = 2.0  # … within ±this
-BAR_HALF = 20  # cells on each side of the bar's centre: one cell per step
-READOUT_SAMPLES = 4
-READOUT_TOKENS = 60
 REPAINT_S = 0.1  # streamed text repaints at most this often (a repaint per token slows decoding)
-FOLLOW_POLL_S = 1.0  # how often follow mode looks at the run's checkpoints/latest
-
-
-def strength_bar(strength: float, limit: float = STRENGTH_LIMIT, half: int = BAR_HALF) -> Text:
-    """``−2 ━━━━━━━━━━│━━━━━━━━━━ +2   strength +0.5``, filled from the centre."""
-    filled = min(half, round(abs(strength) / limit * half))
-    neg = filled if strength < 0 else 0
-    pos = filled if strength > 0 else 0
-    bar = Text()
-    bar.append(f"−{limit:g} ", style="dim")
-    bar.append("━" * (half - neg), style="grey35")
-    bar.append("━" * neg, style="bold red")
-    bar.append("│", style="bold")
-    bar.append("━" * pos, style="bold green")
-    bar.append("━" * (half - pos), style="grey35")
-    bar.append(f" +{limit:g}", style="dim")
-    bar.append(f"   strength {format_strength(strength)}", style="bold")
-    bar.append("  × residual norm   ←/→ ±0.1 · 0 resets", style="dim")
-    return bar
-
-
-def format_strength(strength: float) -> str:
-    return f"{strength:+.1f}" if strength else "0.0"
-
-
-def format_stats(stats: GenerationStats) -> str:
-    return (
-        f"{stats.new_tokens} tokens · {stats.tokens_per_s:.1f} tokens/s · first token "
-        f"{1000 * stats.first_token_s:.0f} ms · {stats.seconds:.2f} s · stop: {stats.stop_reason}"
-    )
-
-
-def describe_model(model: Any, codec: Codec) -> str:
-    family = getattr(getattr(model, "config", None), "family", type(model).__name__)
-    layers = len(model.residual_blocks())
-    params = sum(p.numel() for p in model.parameters())
-    tokens = "BPE" if codec.tokenizer is not None else "bytes"
-    return f"{family}, {layers} layers, {params:,} parameters, {tokens}"
-
-
-class _Cancelled(Exception):
-    """Raised from the readout's progress callback when its worker was cancelled."""
 
 
 class GeneratePane(Vertical, can_focus=True):
@@ -113,11 +66,6 @@ class GeneratePane(Vertical, can_focus=True):
         Binding("f", "follow", "Follow run"),
     ]
 
-    class ModelReady(Message, bubble=False):
-        def __init__(self, model: Any, codec: Codec, source: str) -> None:
-            super().__init__()
-            self.model, self.codec, self.source = model, codec, source
-
     class Streamed(Message, bubble=False):
         """Pieces wait in the pane's deque (coalesced: at most one pending)."""
 
@@ -125,26 +73,6 @@ class GeneratePane(Vertical, can_focus=True):
         def __init__(self, gen_id: int, generation: Generation, error: str | None) -> None:
             super().__init__()
             self.gen_id, self.generation, self.error = gen_id, generation, error
-
-    class FollowTaken(Message, bubble=False):
-        def __init__(self, swapped: Any, codec: Codec) -> None:
-            super().__init__()
-            self.swapped, self.codec = swapped, codec
-
-    class FollowSaid(Message, bubble=False):
-        def __init__(self, text: str, error: bool = False) -> None:
-            super().__init__()
-            self.text, self.error = text, error
-
-    class ReadoutProgress(Message, bubble=False):
-        def __init__(self, done: int, total: int, strength: float) -> None:
-            super().__init__()
-            self.done, self.total, self.strength = done, total, strength
-
-    class ReadoutDone(Message, bubble=False):
-        def __init__(self, text: str | None, error: str | None) -> None:
-            super().__init__()
-            self.text, self.error = text, error
 
     def __init__(
         self,
@@ -162,10 +90,6 @@ class GeneratePane(Vertical, can_focus=True):
         self.live_codec = Codec(live_tokenizer)
         self.checkpoint_hint = checkpoint_hint
         self.follow_hint = follow_hint  # the run dir f follows when the box names none
-        self.follower: Any = None  # RunFollower while following
-        self._follow_timer: Any = None
-        self._followed_model: Any = None  # the model the follower loaded: swaps go into it
-        self._follow_waiting_said = False
         self._posted_at = 0.0
         self.readout_samples, self.readout_tokens = readout_samples, readout_tokens
         self.model: Any = None
@@ -182,6 +106,7 @@ class GeneratePane(Vertical, can_focus=True):
         self._pieces: deque[tuple[int, str]] = deque()
         self._streamed_pending = False
         self._model_lock = threading.Lock()  # one generation or readout on the model at a time
+        self.follow = FollowMode(self, self._model_lock)
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -204,47 +129,11 @@ class GeneratePane(Vertical, can_focus=True):
             classes="gen-row",
             label_classes="gen-label",
         )
-        with Horizontal(classes="gen-row"):
-            yield Label("prompt", classes="gen-label")
-            yield Input(DEFAULT_PROMPT, id="gen-prompt", compact=True)
-            yield Button("Generate (g)", id="gen-go", variant="primary", compact=True)
-            yield Button("Cancel (Esc)", id="gen-cancel", compact=True)
-        with Horizontal(classes="gen-row"):
-            yield Label("mode", classes="gen-label")
-            options = [(mode, mode) for mode in MODES]
-            yield FieldSelect(
-                options, value="sample", allow_blank=False, id="gen-mode", compact=True
-            )
-            yield Label("word", classes="gen-label-short")
-            yield Input(placeholder="target word", id="gen-word", compact=True)
-            yield Label("layer", classes="gen-label-short")
-            yield FieldSelect([], prompt="no model", id="gen-layer", compact=True)
-        with Horizontal(classes="gen-row"):  # a row of its own: 80 columns hold it
-            yield Label("decoding", classes="gen-label")
-            yield Label("L", classes="gen-label-tiny gen-first")
-            yield Input("3", id="gen-lookahead", type="integer", compact=True)
-            yield Label("w", classes="gen-label-tiny")
-            yield Input("0.5", id="gen-flow", type="number", compact=True)
-            yield Label("temp", classes="gen-label-short")
-            yield Input("0.7", id="gen-temperature", type="number", compact=True)
-            yield Label("tokens", classes="gen-label-short")
-            yield Input("200", id="gen-tokens", type="integer", compact=True)
-            yield Label("seed", classes="gen-label-short")
-            yield Input("0", id="gen-seed", type="integer", compact=True)
+        yield from compose_settings()
         with Horizontal(classes="gen-row"):
             yield Label("steer", classes="gen-label")
             yield Static(strength_bar(0.0), id="gen-strength")
-        with Horizontal(classes="gen-row", id="gen-readout-row"):
-            yield Label("", classes="gen-label")
-            yield Button("Steering readout (r)", id="gen-readout-go", compact=True)
-            yield Static(
-                Text(
-                    "hit rate and fluency cost of the word, layer and strength above, "
-                    "against strength 0",
-                    style="dim",
-                ),
-                id="gen-readout",
-            )
+        yield SteerReadout(classes="gen-row", id="gen-readout-row")
         yield Static("", id="gen-message")
         with VerticalScroll(id="gen-output-box"):
             yield Static("", id="gen-output")
@@ -265,6 +154,11 @@ class GeneratePane(Vertical, can_focus=True):
 
     # ------------------------------------------------------------------ small helpers
     @property
+    def follower(self) -> Any:
+        """The RunFollower while following, else None."""
+        return self.follow.follower
+
+    @property
     def strength(self) -> float:
         return round(self.strength_tenths * STRENGTH_STEP, 1)
 
@@ -273,43 +167,6 @@ class GeneratePane(Vertical, can_focus=True):
         line = (message.strip().splitlines() or [""])[0]
         self.last_error = line if error else ""
         self.query_one("#gen-message", Static).update(Text(line, style="bold red" if error else ""))
-
-    def _value(self, widget_id: str, kind: type, name: str):
-        raw = self.query_one(f"#{widget_id}", Input).value.strip()
-        try:
-            return kind(raw)
-        except ValueError:
-            raise ValueError(f"{name} must be a number, got {raw!r}") from None
-
-    def _layer(self) -> int:
-        value = self.query_one("#gen-layer", Select).value
-        return value if isinstance(value, int) else 0
-
-    def _word(self) -> str:
-        return self.query_one("#gen-word", Input).value.strip()
-
-    def _prompt(self) -> str:
-        return self.query_one("#gen-prompt", Input).value
-
-    def build_generation(self) -> Generation:
-        """A Generation from the widgets; ValueError (readable) for a bad setting."""
-        mode = str(self.query_one("#gen-mode", Select).value)
-        sampling = SamplingConfig(
-            temperature=self._value("gen-temperature", float, "temp"),
-            max_new_tokens=self._value("gen-tokens", int, "tokens"),
-            seed=self._value("gen-seed", int, "seed"),
-        )
-        modes = ModeConfig(
-            mode=mode,
-            lookahead=self._value("gen-lookahead", int, "L"),
-            flow_weight=self._value("gen-flow", float, "w"),
-        )
-        # as `generate --steer WORD`: a word and a non-zero strength steer in every mode,
-        # and sampling with them is the steer mode
-        steer = SteerConfig(word=self._word(), strength=self.strength, layer=self._layer())
-        if mode == "sample" and steer.active:
-            modes.mode = "steer"
-        return Generation(self.model, self.codec, self._prompt(), sampling, modes, steer)
 
     # ------------------------------------------------------------------ the model
     def action_snapshot(self) -> None:
@@ -331,20 +188,15 @@ class GeneratePane(Vertical, can_focus=True):
         self.say(message.text)
 
     def on_model_source_loaded(self, message: ModelSource.Loaded) -> None:
-        self.on_generate_pane_model_ready(
-            self.ModelReady(message.model, message.codec, message.source)
-        )
+        self.use_model(message.model, message.codec, message.source)
 
     def on_model_source_failed(self, message: ModelSource.Failed) -> None:
         self.say(message.reason, error=True)
 
-    def on_generate_pane_model_ready(self, message: ModelReady) -> None:
-        self.model, self.codec, self.source = message.model, message.codec, message.source
-        layers = len(self.model.residual_blocks())
-        picker = self.query_one("#gen-layer", Select)
-        keep = min(self._layer(), layers - 1)
-        picker.set_options([(str(i), i) for i in range(layers)])
-        picker.value = keep
+    def use_model(self, model: Any, codec: Codec, source: str) -> None:
+        """Generate from ``model`` from now on; ``source`` says where it came from."""
+        self.model, self.codec, self.source = model, codec, source
+        settings.offer_layers(self, len(self.model.residual_blocks()))
         self.query_one("#gen-source", Static).update(
             Text.assemble(
                 ("model: ", "bold"),
@@ -372,7 +224,7 @@ class GeneratePane(Vertical, can_focus=True):
             )
             return
         try:
-            generation = self.build_generation()
+            generation = settings.build_generation(self, self.model, self.codec, self.strength)
         except ValueError as exc:
             self.say(str(exc), error=True)
             return
@@ -381,13 +233,7 @@ class GeneratePane(Vertical, can_focus=True):
         self.generation, self.busy, self.output = generation, "generating", ""
         self._started = time.perf_counter()
         self.query_one("#gen-output-box").border_title = Text(f"Output · {self.source}")
-        steer = generation.steer
-        steering = (
-            f" towards {steer.word!r} at {format_strength(steer.strength)}, layer {steer.layer}"
-            if steer.active
-            else ""
-        )
-        self._what = f"{generation.mode.mode}{steering}"
+        self._what = f"{generation.mode.mode}{steering_phrase(generation.steer)}"
         self.say(f"generating ({self._what})… Esc cancels")
         self.query_one("#gen-stats", Static).update("")
         self._show_output()
@@ -397,6 +243,7 @@ class GeneratePane(Vertical, can_focus=True):
         if self.generation is not None:
             self.generation.cancel()
         self.workers.cancel_group(self, "generate")
+        self.query_one(SteerReadout).stop()
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
     @on_own_thread
@@ -470,7 +317,7 @@ class GeneratePane(Vertical, can_focus=True):
         self._stop_current()
         if what == "readout":
             self.busy = None
-            self.query_one("#gen-readout", Static).update(Text("readout cancelled", style="dim"))
+            self.query_one(SteerReadout).stop("readout cancelled")
         self.say(f"{what} cancelled")
 
     # ------------------------------------------------------------------ steering readout
@@ -478,14 +325,10 @@ class GeneratePane(Vertical, can_focus=True):
         if self.model is None:
             self.say("no model yet: press s for a snapshot, or load a checkpoint", error=True)
             return
-        word, strength = self._word(), self.strength
-        if not word or strength == 0.0:
-            self.say("the steering readout needs a target word and a non-zero strength (←/→)", True)
-            return
-        steer = SteerConfig(word=word, strength=strength, layer=self._layer())
         try:
-            steer.check(len(self.model.residual_blocks()))
-            temperature = self._value("gen-temperature", float, "temp")
+            steer, sampling = settings.readout_settings(
+                self, self.model, self.strength, self.readout_tokens
+            )
         except ValueError as exc:
             self.say(str(exc), error=True)
             return
@@ -494,159 +337,37 @@ class GeneratePane(Vertical, can_focus=True):
         self.busy = "readout"
         self.say(
             f"steering readout: {self.readout_samples} samples at strength 0 and "
-            f"{format_strength(strength)}… Esc cancels"
+            f"{format_strength(steer.strength)}… Esc cancels"
         )
-        self._readout_worker(self.model, self.codec, steer, self._prompt(), temperature)
+        self.query_one(SteerReadout).start(self.model, self.codec, steer, settings.prompt(self),
+                                           sampling, self.readout_samples, self._model_lock)  # fmt: skip
 
-    @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
-    @on_own_thread
-    def _readout_worker(
-        self, model: Any, codec: Codec, steer: SteerConfig, prompt: str, temperature: float
-    ) -> None:
-        from h2q_tui.generation.steer_eval import evaluate_steering
-
-        use_decoding_threads()
-        worker = get_current_worker()
-        samples = self.readout_samples
-        order = sorted({0.0, steer.strength})
-        total = len(order) * samples
-
-        def progress(strength: float, seed: int) -> None:
-            if worker.is_cancelled:
-                raise _Cancelled
-            done = order.index(strength) * samples + seed
-            self.post_message(self.ReadoutProgress(done, total, strength))
-
-        with self._model_lock:
-            try:
-                if worker.is_cancelled:
-                    raise _Cancelled
-                rows = evaluate_steering(
-                    model,
-                    codec,
-                    steer,
-                    [0.0, steer.strength],
-                    prompt=prompt,
-                    samples=samples,
-                    sampling=SamplingConfig(
-                        temperature=temperature, max_new_tokens=self.readout_tokens
-                    ),
-                    progress=progress,
-                )
-            except _Cancelled:
-                return
-            except Exception as exc:  # noqa: BLE001 - shown as a line in the pane
-                self.post_message(self.ReadoutDone(None, f"readout failed: {exc}"))
-                return
-        base = next(r for r in rows if r.strength == 0.0)
-        steered = next(r for r in rows if r.strength == steer.strength)
-        text = (
-            f"{steer.word!r} @ layer {steer.layer}, {format_strength(steer.strength)}: "
-            f"hit rate {round(steered.hit_rate * samples)}/{samples} vs "
-            f"{round(base.hit_rate * samples)}/{samples} at strength 0 (as a whole word "
-            f"{round(steered.word_hit_rate * samples)}/{samples} vs "
-            f"{round(base.word_hit_rate * samples)}/{samples}) · fluency "
-            f"{steered.fluency_bpb:.2f} vs {base.fluency_bpb:.2f} bits/byte "
-            f"({steered.fluency_bpb - base.fluency_bpb:+.2f}) · Δ log p(word) "
-            f"{steered.delta_logprob:+.2f} nats"
-        )
-        self.post_message(self.ReadoutDone(text, None))
-
-    def on_generate_pane_readout_progress(self, message: ReadoutProgress) -> None:
-        if self.busy != "readout":
-            return
-        self.query_one("#gen-readout", Static).update(
-            Text(
-                f"readout running: sample {message.done + 1}/{message.total} "
-                f"(strength {format_strength(message.strength)})…",
-                style="italic",
-            )
-        )
-
-    def on_generate_pane_readout_done(self, message: ReadoutDone) -> None:
-        if self.busy != "readout":
-            return
+    def on_steer_readout_done(self, message: SteerReadout.Done) -> None:
         self.busy = None
         if message.error:
-            self.query_one("#gen-readout", Static).update("")
             self.say(message.error, error=True)
-            return
-        self.query_one("#gen-readout", Static).update(Text(message.text or "", style="bold"))
-        self.say(f"readout done · model: {self.source}")
+        else:
+            self.say(f"readout done · model: {self.source}")
 
     # ------------------------------------------------------------------ follow mode
     def action_follow(self) -> None:
-        from h2q_tui.errors import UserError
-        from h2q_tui.generation.follow import RunFollower
-
         if self.follower is not None:
             self.stop_following()
             self.say("stopped following: the model stays as it is")
             return
-        typed = self.query_one(ModelSource).path
-        target = typed if typed and not Path(typed, "model.safetensors").is_file() else ""
-        target = target or self.follow_hint
-        if not target:
-            self.say("nothing to follow: type a run dir in the checkpoint box, then f", True)
-            return
-        try:
-            self.follower = RunFollower(target, consumer="generate pane")
-        except UserError as exc:
-            self.say(str(exc), error=True)
-            return
-        self._followed_model, self._follow_waiting_said = None, False
-        self.say(f"following {short_path(self.follower.run_dir)}: each new checkpoint is "
-                 "swapped in and generated from · f stops")  # fmt: skip
-        self._follow_timer = self.set_interval(FOLLOW_POLL_S, self._follow_tick)
-        self._follow_tick()
+        line, error = self.follow.start(self.query_one(ModelSource).path, self.follow_hint)
+        self.say(line, error)
 
     def stop_following(self) -> None:
-        if self._follow_timer is not None:
-            self._follow_timer.stop()
-        self.follower = self._follow_timer = None
-        self.workers.cancel_group(self, "follow")
+        self.follow.stop()
 
-    def _follow_tick(self) -> None:
-        if self.follower is not None:
-            self._follow_worker(self.follower)
-
-    @work(thread=True, exclusive=True, group="follow", exit_on_error=False)
-    @on_own_thread
-    def _follow_worker(self, follower: Any) -> None:
-        from h2q_tui.checkpoints import tokenizer_of
-        from h2q_tui.errors import UserError
-
-        info = follower.poll()
-        if info is None:
-            if self._followed_model is None and not self._follow_waiting_said:
-                self._follow_waiting_said = True
-                self.post_message(
-                    self.FollowSaid(
-                        f"following {short_path(follower.run_dir)}: waiting for "
-                        "its first complete checkpoint…"
-                    )  # fmt: skip
-                )
-            return
-        use_decoding_threads()
-        with self._model_lock:  # between two generations, never during one
-            try:
-                swapped = follower.take(self._followed_model, info)
-                codec = Codec(tokenizer_of(info))
-            except UserError as exc:
-                self.post_message(self.FollowSaid(str(exc), error=True))
-                return
-        self._followed_model = swapped.model
-        self.post_message(self.FollowTaken(swapped, codec))
-
-    def on_generate_pane_follow_said(self, message: FollowSaid) -> None:
+    def on_follow_mode_said(self, message: FollowMode.Said) -> None:
         self.say(message.text, message.error)
 
-    def on_generate_pane_follow_taken(self, message: FollowTaken) -> None:
+    def on_follow_mode_taken(self, message: FollowMode.Taken) -> None:
         if self.follower is None:
             return  # stopped meanwhile
-        swapped = message.swapped
-        source = f"following {short_path(self.follower.run_dir)} · {swapped.line()}"
-        self.on_generate_pane_model_ready(self.ModelReady(swapped.model, message.codec, source))
+        self.use_model(message.model, message.codec, message.source)
         if self.busy != "readout":
             self.action_generate()
 

@@ -34,66 +34,23 @@ from textual.worker import get_current_worker
 from h2q_tui.app.display import one_line, printable
 from h2q_tui.app.fields import FieldSelect
 from h2q_tui.app.model_source import ModelSource
+from h2q_tui.app.panes.ollama_run import (
+    DEFAULT_PROMPT,
+    SideRun,
+    local_line,
+    probe,
+    read_settings,
+)
 from h2q_tui.generation.text import Codec
+from h2q_tui.ollama.client import default_host
 from h2q_tui.system.threads import on_own_thread
 
-DEFAULT_PROMPT = "Once upon a time"
 SIDES = ("ollama", "local")
 REPAINT_S = 0.1  # the side-by-side text repaints at most 10 times a second
 
 
-def local_line(info: Any) -> str:
-    """The local side's title for a loaded checkpoint: ``run X step N (step_00000007)``."""
-    return f"{info.describe()} ({info.weights.parent.name})"
-
-
-def local_stats(stats: Any, load_s: float | None) -> str:
-    """The local side's line, counted as Ollama counts: tokens over the time after the first."""
-    eval_s = stats.seconds - stats.first_token_s
-    rate = (
-        f"{stats.new_tokens / eval_s:,.1f} tok/s"
-        if stats.new_tokens and eval_s > 0
-        else "tok/s n/a"
-    )
-    first = f"first {1000 * stats.first_token_s:,.0f} ms" if stats.new_tokens else "no tokens"
-    load = f"load {1000 * load_s:,.1f} ms" if load_s is not None else "load n/a"
-    return f"{stats.new_tokens} tokens · {rate} · {first} · {load}"
-
-
-def ollama_stats(result: Any) -> str:
-    rate = result.tokens_per_s
-    count = result.eval_count if result.eval_count is not None else result.pieces
-    parts = [f"{count} tokens", f"{rate:,.1f} tok/s" if rate is not None else "tok/s n/a"]
-    parts.append(
-        f"first {1000 * result.first_token_s:,.0f} ms"
-        if result.first_token_s is not None
-        else "no tokens"
-    )
-    load = result.load_s
-    parts.append(f"hot start {1000 * load:,.1f} ms" if load is not None else "hot start n/a")
-    return " · ".join(parts)
-
-
 class OllamaPane(Vertical, can_focus=True):
     """Server URL + status + models, a prompt, and the Ollama model vs a local model."""
-
-    DEFAULT_CSS = """
-    OllamaPane { height: 1fr; padding: 0 1; }
-    OllamaPane:focus { background: $boost; }
-    #oll-server, #oll-message, #oll-local-source { height: 1; }
-    .oll-row { height: 1; }
-    .oll-row Label { width: 8; padding: 0 1 0 0; color: $text-muted; }
-    .oll-row Label.oll-short { width: auto; margin-left: 1; }
-    .oll-row Input { width: 1fr; }
-    .oll-row Button { margin-left: 1; min-width: 10; }
-    #oll-model { width: 1fr; }
-    #oll-tokens, #oll-seed { width: 6; }
-    #oll-temperature { width: 5; }
-    #oll-sides { height: 1fr; }
-    .oll-side { width: 1fr; height: 1fr; border: round $secondary 60%; border-title-color: $text-muted; }
-    .oll-out { height: 1fr; padding: 0 1; }
-    .oll-stats { height: 2; color: $text-muted; padding: 0 1; }
-    """
 
     BINDINGS = [
         Binding("r", "run", "Run both"),
@@ -131,8 +88,6 @@ class OllamaPane(Vertical, can_focus=True):
         id: str | None = "ollama-pane",  # noqa: A002 - Textual's name
     ) -> None:
         super().__init__(id=id)
-        from h2q_tui.ollama.client import default_host
-
         self.live_run, self.request_snapshot = live_run, request_snapshot
         self.live_codec = Codec(live_tokenizer)
         self.checkpoint_hint = checkpoint_hint
@@ -147,9 +102,7 @@ class OllamaPane(Vertical, can_focus=True):
         self._run_id = 0
         self._pieces: deque[tuple[int, str, str]] = deque()
         self._pending = False
-        self._cancel = threading.Event()
-        self._stream: Any = None
-        self._generation: Any = None
+        self._run: SideRun | None = None  # the run in flight (or the last one)
         self._probed = False
         self._model_lock = threading.Lock()  # one generation on the local model at a time
 
@@ -228,21 +181,7 @@ class OllamaPane(Vertical, can_focus=True):
 
     @work(thread=True, exclusive=True, group="probe", exit_on_error=False)
     def _probe_worker(self, url: str) -> None:
-        from h2q_tui.ollama.client import BridgeError, OllamaClient
-
-        try:
-            client = OllamaClient(url or None)
-        except ValueError as exc:
-            self.post_message(self.ServerStatus(url, None, [], f"bad server address: {exc}"))
-            return
-        with client:
-            try:
-                version = client.probe()
-                names = [str(m.get("name") or m.get("model")) for m in client.list()]
-            except BridgeError as exc:
-                self.post_message(self.ServerStatus(client.base_url, None, [], str(exc)))
-                return
-        self.post_message(self.ServerStatus(client.base_url, version, names, ""))
+        self.post_message(self.ServerStatus(*probe(url)))
 
     def on_ollama_pane_server_status(self, message: ServerStatus) -> None:
         self.host = message.url
@@ -271,7 +210,8 @@ class OllamaPane(Vertical, can_focus=True):
         self.query_one(ModelSource).snapshot()
 
     def on_model_source_started(self, message: ModelSource.Started) -> None:
-        self.focus()  # r, s and l work again once the box is left
+        if message.path:
+            self.focus()  # Enter in the box: r, s and l work again
         self.say(message.text)
 
     def on_model_source_failed(self, message: ModelSource.Failed) -> None:
@@ -286,20 +226,6 @@ class OllamaPane(Vertical, can_focus=True):
             self.action_run()
 
     # ------------------------------------------------------------------ running
-    def _settings(self) -> tuple[str, int, float, int]:
-        prompt = self.query_one("#oll-prompt", Input).value or DEFAULT_PROMPT
-        try:
-            tokens = int(self.query_one("#oll-tokens", Input).value or "100")
-            temperature = float(self.query_one("#oll-temperature", Input).value or "0.7")
-            seed = int(self.query_one("#oll-seed", Input).value or "0")
-        except ValueError:
-            raise ValueError("tokens and seed must be whole numbers, T a number") from None
-        if not 1 <= tokens <= 4096:
-            raise ValueError(f"tokens must be in 1..4096, got {tokens}")
-        if temperature < 0:
-            raise ValueError(f"T must be ≥ 0, got {temperature}")
-        return prompt, tokens, temperature, seed
-
     def action_run(self) -> None:
         typed = self.query_one(ModelSource).path
         if self.local is None and typed and not self._run_after_load:
@@ -317,13 +243,14 @@ class OllamaPane(Vertical, can_focus=True):
             )
             return
         try:
-            settings = self._settings()
+            settings = read_settings(self)
         except ValueError as exc:
             self.say(str(exc), error=True)
             return
         self.action_cancel(quiet=True)
         self._run_id += 1
-        self._cancel = threading.Event()
+        run_id = self._run_id
+        self._run = SideRun(lambda side, piece: self._push(run_id, side, piece))
         self.busy = True
         for side in SIDES:
             self.outputs[side] = ""
@@ -335,16 +262,19 @@ class OllamaPane(Vertical, can_focus=True):
         skipped += [] if self.local else ["no local model"]
         note = f" ({', '.join(skipped)})" if skipped else ""
         self.say(f"running the prompt{note}… Esc cancels")
-        self._run_worker(self._run_id, url, model, self.local, settings)
+        self._run_worker(self._run, run_id, url, model, self.local, settings)
 
     @work(thread=True, exclusive=True, group="run", exit_on_error=False)
     @on_own_thread
-    def _run_worker(self, run_id: int, url: str, model: str | None, local, settings) -> None:
+    def _run_worker(self, run: SideRun, run_id: int, url: str, model: str | None, local,
+                    settings) -> None:  # fmt: skip
         worker = get_current_worker()
         if model is not None:
-            self._run_ollama(run_id, url, model, settings)
-        if local is not None and not (self._cancel.is_set() or worker.is_cancelled):
-            self._run_local(run_id, local, settings)
+            stats, error = run.ollama(url, model, settings)
+            self.post_message(self.SideDone(run_id, "ollama", stats, error))
+        if local is not None and not (run.cancelled.is_set() or worker.is_cancelled):
+            stats, error = run.local(local, settings, self._model_lock)
+            self.post_message(self.SideDone(run_id, "local", stats, error))
         self.post_message(self.RunDone(run_id))
 
     def _push(self, run_id: int, side: str, piece: str) -> None:
@@ -359,61 +289,6 @@ class OllamaPane(Vertical, can_focus=True):
             self._pending = True
             self._posted_at = now
             self.post_message(self.Streamed())
-
-    def _run_ollama(self, run_id: int, url: str, model: str, settings) -> None:
-        from h2q_tui.ollama.client import BridgeError, OllamaClient
-
-        prompt, tokens, temperature, seed = settings
-        options = {"num_predict": tokens, "temperature": temperature, "seed": seed}
-        try:
-            with OllamaClient(url) as client:
-                stream = client.generate(model, prompt, options)
-                self._stream = stream
-                if self._cancel.is_set():
-                    stream.cancel()
-                for piece in stream:
-                    self._push(run_id, "ollama", piece)
-                result = stream.result
-        except BridgeError as exc:
-            self.post_message(self.SideDone(run_id, "ollama", "", str(exc)))
-            return
-        finally:
-            self._stream = None
-        stats = ollama_stats(result) + (" · cancelled" if result.cancelled else "")
-        self.post_message(self.SideDone(run_id, "ollama", stats))
-
-    def _run_local(self, run_id: int, local, settings) -> None:
-        from h2q_tui.generation.generate import use_decoding_threads
-
-        model, codec, _, load_s = local
-        prompt, tokens, temperature, seed = settings
-        use_decoding_threads()
-        with self._model_lock:
-            self._local_generation(run_id, model, codec, load_s, prompt, tokens, temperature, seed)
-
-    def _local_generation(self, run_id, model, codec, load_s, prompt, tokens, temperature, seed):
-        from h2q_tui.generation.generate import Generation
-        from h2q_tui.generation.sampling import SamplingConfig
-
-        try:
-            sampling = SamplingConfig(temperature=temperature, max_new_tokens=tokens, seed=seed)
-            generation = Generation(model, codec, prompt, sampling=sampling)
-            self._generation = generation
-            if self._cancel.is_set():
-                generation.cancel()
-            for piece in generation:
-                self._push(run_id, "local", piece)
-        except Exception as exc:  # noqa: BLE001 - one line in the pane
-            self.post_message(
-                self.SideDone(run_id, "local", "", f"local: {type(exc).__name__}: {exc}")
-            )
-            return
-        finally:
-            self._generation = None
-        stats = local_stats(generation.stats, load_s)
-        if generation.stats.stop_reason == "cancelled":
-            stats += " · cancelled"
-        self.post_message(self.SideDone(run_id, "local", stats))
 
     def on_ollama_pane_streamed(self, _: Streamed) -> None:
         self._pending = False
@@ -459,12 +334,8 @@ class OllamaPane(Vertical, can_focus=True):
             if not quiet and self.screen.focused is not self:
                 self.focus()
             return
-        self._cancel.set()
-        stream, generation = self._stream, self._generation
-        if stream is not None:
-            stream.cancel()  # closing the stream ends the server's generation
-        if generation is not None:
-            generation.cancel()
+        if self._run is not None:
+            self._run.cancel()
         if not quiet:
             self.say("cancelled")
 
