@@ -37,13 +37,21 @@ import torch
 
 from h2q_tui import checkpoints
 from h2q_tui.codecs.method import method_name
-from h2q_tui.crystal import sweep as sweeping
 from h2q_tui.crystal.folders import check_out, default_out, refuse_foreign_files, slug, write_json
 from h2q_tui.crystal.methods import SWEEP, resolve_methods
-from h2q_tui.crystal.sweep import Plan, ProgressFactory, Row, Source, mark_pareto
+from h2q_tui.crystal.sweep import (
+    Plan,
+    ProgressFactory,
+    Row,
+    group_size,
+    load_source,
+    mark_pareto,
+    refuse_crystallized,
+    sweep,
+)
 from h2q_tui.errors import UserError
 from h2q_tui.system import hardware
-from h2q_tui.system.thread_choice import batched_choice
+from h2q_tui.system.thread_choice import ThreadChoice, batched_choice
 
 JSON_NAME = "crystallize.json"
 
@@ -117,8 +125,8 @@ class Request:
 
 
 @contextmanager
-def batched_threads() -> Iterator[Any]:
-    """Torch on the batched thread count (a ThreadChoice, yielded); the caller's restored after."""
+def batched_threads() -> Iterator[ThreadChoice]:
+    """Torch on the batched thread count (yielded); the caller's count restored after."""
     threads = batched_choice()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads.threads)
@@ -148,7 +156,7 @@ def run(
             print(f"note: {line}", file=err)
         original = plan.source.original_row(time.perf_counter() - started)
         _describe(plan, out)
-        rows = list(sweeping.sweep(plan, original, progress, lambda row: _written(row, err)))
+        rows = list(sweep(plan, original, progress, lambda row: _written(row, err)))
         if not rows:  # no methods (cannot happen: --method is required)
             raise UserError("--method names no method")
         mark_pareto(rows)
@@ -175,7 +183,7 @@ def _check(request: Request) -> None:
         raise UserError(f"data file not found: {request.data}")
 
 
-def read_source_info(checkpoint: str) -> Any:
+def _source_info(checkpoint: str) -> Any:
     """The checkpoint's info; refused when it is not ours or already crystallized."""
     try:
         info = checkpoints.read_info(checkpoint)
@@ -184,11 +192,7 @@ def read_source_info(checkpoint: str) -> Any:
         if "not an h2q-tui checkpoint" in text:
             text += " (--tensors-only reports on any safetensors file)"
         raise UserError(text) from None
-    if info.crystal is not None:
-        raise UserError(
-            f"checkpoint {info.weights} is already crystallized ({info.crystal.method}); "
-            f"crystallize its source {info.crystal.source or 'checkpoint'} instead"
-        )
+    refuse_crystallized(info)
     return info
 
 
@@ -196,16 +200,16 @@ def _prepare(request: Request) -> tuple[Plan, list[str]]:
     """The source loaded, the methods checked, the output folders cleared to write, the
     held-out windows read: the sweep's plan, and the notes of ladders it skips."""
     device = hardware.resolve_device(request.device)
-    info = read_source_info(request.checkpoint)
+    info = _source_info(request.checkpoint)
     out_root = check_out(
         Path(request.out) if request.out else default_out(info.weights), info.weights
     )
-    source: Source = sweeping.load_source(info, device)
+    source = load_source(info, device)
     methods, skipped = resolve_methods(request.method, source.state_dict, request.keep)
     for steps in methods:  # before any work: a folder holding other files is never replaced
         refuse_foreign_files(out_root / slug(method_name(steps)))
     heldout = source.heldout(request.data, request.windows)
-    group = sweeping.group_size(source.model, device)
+    group = group_size(source.model, device)
     plan = Plan(source, methods, heldout, out_root, request.keep, device, request.batch, group)
     return plan, skipped
 
@@ -228,7 +232,12 @@ def _written(row: Row, err: IO[str]) -> None:
 
 
 def _document(
-    request: Request, plan: Plan, rows: list[Row], skipped: list[str], threads, started: float
+    request: Request,
+    plan: Plan,
+    rows: list[Row],
+    skipped: list[str],
+    threads: ThreadChoice,
+    started: float,
 ) -> dict[str, Any]:
     heldout = plan.heldout
     return {

@@ -31,6 +31,7 @@ from h2q_tui.codecs.tensor import stored_bytes
 from h2q_tui.crystal import measure
 from h2q_tui.crystal.folders import folder_bytes, slug, source_folder, write_crystal
 from h2q_tui.crystal.methods import method_error
+from h2q_tui.errors import UserError
 from h2q_tui.models import count_parameters
 
 MEASURE_MEMORY_SHARE = 0.25  # of available memory, for the crystallized models measured at once
@@ -147,6 +148,15 @@ class Source:
         )
 
 
+def refuse_crystallized(info: Any) -> None:
+    """A one-line UserError when the checkpoint is itself crystallized: crystallize its source."""
+    if info.crystal is not None:
+        raise UserError(
+            f"checkpoint {info.weights} is already crystallized ({info.crystal.method}); "
+            f"crystallize its source {info.crystal.source or 'checkpoint'} instead"
+        )
+
+
 def load_source(info: Any, device: torch.device | str = "cpu") -> Source:
     """The :class:`Source` of a checkpoint's info (not a crystallized one): its model loaded."""
     return source_of(info, checkpoints.load_model_from(info, device))
@@ -259,9 +269,10 @@ def sweep(
     ``progress`` makes each pass's ``progress(done, total)`` (it may raise to stop the sweep);
     ``written(row)`` hears of each folder once it is written and loaded back.
     """
-    for first in range(0, len(plan.methods), max(1, plan.group)):
+    group = max(1, plan.group)
+    for first in range(0, len(plan.methods), group):
         rows, models = [], []
-        for steps in plan.methods[first : first + max(1, plan.group)]:
+        for steps in plan.methods[first : first + group]:
             row, model = crystallize_method(
                 steps, plan.source, plan.keep, plan.out_root, plan.device
             )

@@ -14,8 +14,15 @@ from h2q_tui import checkpoints
 from h2q_tui.app.display import short_path
 from h2q_tui.crystal.folders import check_out, default_out, save_snapshot
 from h2q_tui.crystal.methods import resolve_methods, sweep_methods
-from h2q_tui.crystal.sweep import Plan, Row, Source, source_of, sweep, unique_tensors
-from h2q_tui.errors import UserError
+from h2q_tui.crystal.sweep import (
+    Plan,
+    Row,
+    Source,
+    refuse_crystallized,
+    source_of,
+    sweep,
+    unique_tensors,
+)
 
 SUMMARY = "crystal-pane.json"  # beside the folders: the source, the data and the rows
 
@@ -40,11 +47,7 @@ class Loaded:
 def prepare(info: Any, model: Any, out: Path | None = None, out_note: str = "") -> Loaded:
     """A loaded checkpoint ready to crystallize, with the methods that apply to its model;
     UserError (one line) for an already crystallized file or an output folder inside it."""
-    if info.crystal is not None:
-        raise UserError(
-            f"{info.weights.parent} is already crystallized ({info.crystal.method}): "
-            f"pick its source {info.crystal.source or 'checkpoint'}"
-        )
+    refuse_crystallized(info)
     out = out if out is not None else default_out(info.weights)
     check_out(out, info.weights)
     source = source_of(info, model)
