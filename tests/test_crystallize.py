@@ -333,6 +333,30 @@ def test_decoding_happens_once_at_load_into_a_plain_dense_model(
     assert len(decoded) == len(encoded)  # nothing decoded again while it runs
 
 
+def test_the_sweep_yields_the_original_then_each_method_whatever_the_group(work: Path) -> None:
+    """The command measures several methods per pass, the Crystal pane one: the same rows."""
+    from h2q_tui.crystal.methods import resolve_methods
+    from h2q_tui.crystal.sweep import Plan, load_source, sweep
+
+    source = load_source(checkpoints.read_info(work / "ms"))
+    methods, _ = resolve_methods("int8,bf16,rank:1", source.state_dict)
+    heldout = source.heldout(str(work / DATA), 4)
+    measured = {}
+    for group in (1, 3):
+        plan = Plan(source, methods, heldout, work / f"out-{group}", group=group, batch=2)
+        passes: list[str] = []
+
+        def progress(label: str, windows: int, batch: int, passes=passes) -> None:
+            passes.append(label)  # no callback: the pass runs without progress
+
+        rows = list(sweep(plan, source.original_row(), progress))
+        assert [r.method for r in rows] == ["original", "int8", "bf16", "rank:1"]
+        assert rows[0].comparison is None and all(r.comparison for r in rows[1:])
+        assert len(passes) == 3 // group  # one pass over the windows per group
+        measured[group] = [(r.method, r.bytes, r.bits_per_byte, r.delta) for r in rows]
+    assert measured[1] == measured[3]
+
+
 def test_pareto_front() -> None:
     from h2q_tui.crystal.sweep import Row
 
