@@ -69,13 +69,12 @@ def prepare(preset: str, steps: int, run_dir: Path):
 
 def train_plain(prepared, on_thread: bool) -> None:
     """The Trainer alone, writing metrics.jsonl as --no-ui does: here, or on a new thread."""
-    from h2q_tui.training.trainer import Trainer
     from h2q_tui.training.writers import JsonlWriter
 
     writer = JsonlWriter(prepared.run_dir)
 
     def train() -> None:
-        Trainer(prepared.config, prepared.corpus, prepared.run_dir, writer).run()
+        prepared.trainer(writer).run()
         writer.close()
 
     if not on_thread:

@@ -9,7 +9,7 @@ For each preset, one process, the same (untrained, seeded) model and the same pr
   the model forward with a DecodeState (``torch.cat`` per token) and reference sampling, the
   cached form before issue 15 item 4;
 - "KV cache": ``Generation(use_cache=True)`` — the decoder's step program (preallocated
-  caches, fused q/k/v, direct torch calls; h2q_tui/generation/decoder.py).
+  caches, fused q/k/v, direct torch calls; h2q_tui/generation/steps.py).
 Variants are interleaved over the repeats (this VM's speed drifts); medians are reported,
 and the ratio of the two cached forms is the median of the per-repeat ratios.
 "Its matrix products alone" replays one cached step's matrix products on the model's own
@@ -37,7 +37,7 @@ from h2q_kernels.hamiltonian import frozen_weights
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from h2q_tui.config import resolve
-from h2q_tui.generation import decoder, sampling
+from h2q_tui.generation import decoder, sampling, steps
 from h2q_tui.generation.decoder import reference_decoding
 from h2q_tui.generation.generate import Generation
 from h2q_tui.generation.sampling import SamplingConfig
@@ -121,27 +121,27 @@ def generation(
 
 
 LEVERS = {  # name: (step program, fast sampling, inference_mode, the programs' GELU)
-    "today": (False, False, False, decoder.exact_gelu),
-    "fast sampling": (False, True, False, decoder.exact_gelu),
-    "step program": (True, False, False, decoder.exact_gelu),
+    "today": (False, False, False, steps.exact_gelu),
+    "fast sampling": (False, True, False, steps.exact_gelu),
+    "step program": (True, False, False, steps.exact_gelu),
     "both, F.gelu": (True, True, False, F.gelu),
-    "both (the default)": (True, True, False, decoder.exact_gelu),
-    "both + inference_mode": (True, True, True, decoder.exact_gelu),
+    "both (the default)": (True, True, False, steps.exact_gelu),
+    "both + inference_mode": (True, True, True, steps.exact_gelu),
 }
 
 
 def lever_rate(model, tokens: int, levers: tuple) -> float:
     """tokens/s of one cached generation with the levers set (module flags, restored after)."""
     program, fast_sampling, inference, gelu = levers
-    before = decoder.FAST_DECODING, sampling.FAST_SAMPLING, decoder.GELU
-    decoder.FAST_DECODING, sampling.FAST_SAMPLING, decoder.GELU = program, fast_sampling, gelu
+    before = decoder.FAST_DECODING, sampling.FAST_SAMPLING, steps.GELU
+    decoder.FAST_DECODING, sampling.FAST_SAMPLING, steps.GELU = program, fast_sampling, gelu
     try:
         if inference:
             with torch.inference_mode():
                 return generation(model, PROMPT, tokens, True).stats.tokens_per_s
         return generation(model, PROMPT, tokens, True).stats.tokens_per_s
     finally:
-        decoder.FAST_DECODING, sampling.FAST_SAMPLING, decoder.GELU = before
+        decoder.FAST_DECODING, sampling.FAST_SAMPLING, steps.GELU = before
 
 
 def measure_levers(preset: str, tokens: int, repeats: int) -> dict:

@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 
 from h2q_tui import checkpoints
+from h2q_tui.checkpoints import page_cache as cold
 from h2q_tui.checkpoints.layout import TOKENIZER
 from h2q_tui.config import resolve
-from h2q_tui.hotstart import cold, command
+from h2q_tui.hotstart import measure as command
 from h2q_tui.models import build_model, count_parameters
 from h2q_tui.system import hardware
 

@@ -67,7 +67,7 @@ def measure(preset: str, root: Path, repeats: int) -> dict:
     fresh = []
     for _ in range(repeats):
         started = time.perf_counter()
-        checkpoints.load_model_fast(checkpoints.read_info(run))
+        checkpoints.load_checkpoint(checkpoints.read_info(run), "fast")
         fresh.append(time.perf_counter() - started)
     return {
         "preset": preset,

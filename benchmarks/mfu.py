@@ -47,7 +47,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from h2q_tui.config import resolve
 from h2q_tui.models import build_model, common
 from h2q_tui.system import hardware
-from h2q_tui.training import compiled, trainer
+from h2q_tui.training import compiled
+from h2q_tui.training import optimizer as training_optimizer
 
 PRESETS = "microstream,microstream-cpu,gpt-cpu,h2q-transformer-cpu,qrlm-cpu,hamiltonian-llm"
 aten = torch.ops.aten
@@ -140,7 +141,7 @@ def training_step(preset: str, precision: str):
     if COMPILE:
         torch._dynamo.reset()  # a fresh compile per model (and no cache-size fallback to eager)
     forward = compiled.compile_for_training(model) if COMPILE else model
-    optimizer = trainer.build_optimizer(model, config)
+    optimizer = training_optimizer.build_optimizer(model, config)
     idx = torch.randint(0, config.model.vocab_size, (config.train.batch_size, config.model.context))
     penalty_weight = config.train.axiom_lambda
     optimizer_seconds: list[float] = []
@@ -269,7 +270,7 @@ def _levers() -> dict[str, tuple[object, str, tuple, tuple[str, ...], str]]:
             "microstream,microstream-cpu,h2q-transformer-cpu",
         ),
         # AdamW: PyTorch's default on a CPU (a loop of small ops per tensor) or its fused kernel
-        "adamw": (trainer, "FUSED_ADAMW", (False, True), ("fp32", "bf16"), PRESETS),
+        "adamw": (training_optimizer, "FUSED_ADAMW", (False, True), ("fp32", "bf16"), PRESETS),
     }
 
 

@@ -100,15 +100,14 @@ def one_request(client, name: str, options: dict) -> dict:
             first = time.perf_counter()
     done = time.perf_counter()
     r = stream.result
-    streamed = (
-        (r.eval_count - 1) / (done - first) if first and r.eval_count and done > first else None
-    )
+    count = r.final.eval_count
+    streamed = (count - 1) / (done - first) if first and count and done > first else None
     return {
         "first_token_s": r.first_token_s,
         "client_tokens_per_s": streamed,
         "server_tokens_per_s": r.tokens_per_s,
         "load_s": r.load_s,
-        "eval_count": r.eval_count,
+        "eval_count": count,
         "wall_s": done - started,
     }
 
@@ -117,10 +116,13 @@ class InProcess:
     """The same generation in this process, on one torch thread (the server's setting)."""
 
     def __init__(self, checkpoint: Path, options: dict) -> None:
-        from h2q_tui.generation.generate import load_for_generation, use_decoding_threads
+        from h2q_tui import checkpoints
+        from h2q_tui.generation.generate import use_decoding_threads
+        from h2q_tui.generation.text import Codec
 
         use_decoding_threads()
-        _, self.model, self.codec = load_for_generation(str(checkpoint))
+        loaded = checkpoints.load_checkpoint(checkpoint)
+        self.model, self.codec = loaded.model, Codec(loaded.tokenizer)
         self.options = options
         self.rate()  # warm-up
 

@@ -35,3 +35,12 @@ def first_line(exc: BaseException) -> str:
 def first_sentence(exc: BaseException) -> str:
     """The first sentence of :func:`first_line`: the reason without the advice that follows it."""
     return first_line(exc).split(". ")[0]
+
+
+def format_number(value: Any) -> str:
+    """A number for a message: a float as %g, an integer too long to read (a pasted value)
+    by its first digits and its length."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:10]}… ({len(text.lstrip('-'))} digits)"

@@ -30,8 +30,8 @@ def test_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_hotstart_json_error_is_one_line(tmp_path, monkeypatch):
+    from h2q_tui.cli import hotstart as command
     from h2q_tui.errors import UserError
-    from h2q_tui.hotstart import measure as command
 
     target = tmp_path / "hot.json"
     target.write_text("old\n")

@@ -307,7 +307,7 @@ def test_ctrl_c_saves_a_loadable_checkpoint(workdir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- issue 11 item 6
-# Every config key has a range (h2q_tui/config.py RANGES); these go through the real CLI,
+# Every config key has a range (h2q_tui/config/ranges.py RANGES); these go through the real CLI,
 # tests/test_config_fuzz.py covers every key in-process.
 def sets(*overrides: str) -> tuple[str, ...]:
     return tuple(arg for override in overrides for arg in ("--set", override))
@@ -618,7 +618,8 @@ def test_resume_cannot_change_the_loop(run_dir: Path) -> None:
 
 def test_build_failure_is_one_line(trained_run: Path, monkeypatch) -> None:
     """A builder that raises (a config the validation let through) is a 'does not match' line."""
-    from h2q_tui import checkpoints, models
+    from h2q_tui import checkpoints
+    from h2q_tui.checkpoints import load
     from h2q_tui.errors import UserError
 
     info = checkpoints.read_info(trained_run)
@@ -626,7 +627,7 @@ def test_build_failure_is_one_line(trained_run: Path, monkeypatch) -> None:
     def broken(config):
         raise ValueError("width 96 is not a multiple of 4 x factor_size 32\nsecond line")
 
-    monkeypatch.setattr(models, "build_model", broken)
+    monkeypatch.setattr(load, "build_model", broken)
     with pytest.raises(UserError, match="does not match") as caught:
         checkpoints.load_model_from(info)
     assert "\n" not in str(caught.value)
@@ -696,7 +697,7 @@ async def test_attach_keeps_running_on_numbers_no_chart_can_draw(tmp_path: Path)
     from pilot_helpers import wait_until
 
     from h2q_tui.app import make_app
-    from h2q_tui.training.history import MAX_COUNT
+    from h2q_tui.training.records import MAX_COUNT
 
     far = metrics_of(tmp_path / "far", [started_record(), step_record(MAX_COUNT, MAX_COUNT, 1e12)])
     bad = [step_record(2**62), step_record(10**30), step_record(4, tokens=10**30)]

@@ -19,7 +19,7 @@ from h2q_tui.system import budget as budget_module
 from h2q_tui.system.budget import BudgetWatch, MemoryBudget, Reading, parse_size
 from h2q_tui.system.monitor import SystemSnapshot
 from h2q_tui.training import commands, events
-from h2q_tui.training import trainer as trainer_module
+from h2q_tui.training import step as step_module
 from h2q_tui.training.trainer import Trainer
 
 GB, MB = 10**9, 10**6
@@ -137,7 +137,7 @@ def fake_rss(monkeypatch, values_mb):
     def read() -> int:
         return int((values.pop(0) if len(values) > 1 else values[0]) * MB)
 
-    monkeypatch.setattr(trainer_module, "rss_bytes", read)
+    monkeypatch.setattr(step_module, "rss_bytes", read)
 
 
 def alarms(log):

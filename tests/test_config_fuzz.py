@@ -20,6 +20,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from h2q_tui import config as cfg
+from h2q_tui.config.ranges import RANGES
 from h2q_tui.errors import UserError
 
 KEYS = [
@@ -65,9 +66,9 @@ def check(data: dict) -> None:
 
 def test_every_numeric_key_has_a_range_rule() -> None:
     assert NUMERIC, "no numeric keys found"
-    missing = [f"{s}.{k}" for s, k in NUMERIC if (s, k) not in cfg.RANGES]
+    missing = [f"{s}.{k}" for s, k in NUMERIC if (s, k) not in RANGES]
     assert not missing, f"keys without a range rule in config.RANGES: {missing}"
-    stale = [f"{s}.{k}" for s, k in cfg.RANGES if (s, k) not in NUMERIC]
+    stale = [f"{s}.{k}" for s, k in RANGES if (s, k) not in NUMERIC]
     assert not stale, f"range rules for keys that do not exist: {stale}"
 
 
@@ -128,7 +129,7 @@ def test_a_section_that_is_not_a_table_is_refused_by_name(section, value, overri
 
 
 def test_an_out_of_range_number_is_told_the_whole_range() -> None:
-    for (section, key), rule in cfg.RANGES.items():
+    for (section, key), rule in RANGES.items():
         for value in (2**63 - 1, -(2**63)):  # past every bound of every key
             if rule.holds(value):
                 continue

@@ -143,7 +143,7 @@ def test_the_programs_gelu_is_the_exact_gelu():
     """x · Φ(x) by ndtr (the step programs' GELU) against F.gelu and float64, tails included:
     within 2e-6 of F.gelu, and as close to the float64 value as F.gelu within a factor of two
     (fp32 ndtr's rounding differs with the CPU's vector width: AVX2 against AVX-512)."""
-    from h2q_tui.generation.decoder import exact_gelu
+    from h2q_tui.generation.steps import exact_gelu
 
     x = torch.cat([torch.linspace(-12, 12, 4001), torch.randn(4096) * 3, torch.zeros(1)])
     expected, exact = torch.nn.functional.gelu(x), x.double() * torch.special.ndtr(x.double())

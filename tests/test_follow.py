@@ -10,12 +10,12 @@ import torch
 from run_cli import h2q
 
 from h2q_tui import checkpoints
+from h2q_tui.checkpoints import timing as timeline
 from h2q_tui.errors import UserError
 from h2q_tui.generation.follow import RunFollower, swap_weights
 from h2q_tui.generation.generate import Generation
 from h2q_tui.generation.sampling import SamplingConfig
 from h2q_tui.generation.text import Codec
-from h2q_tui.hotstart import timeline
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from pilot_helpers import text_of, wait_until
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static, TabbedContent
 
-from h2q_tui.app.panes.generate import GeneratePane, strength_bar
+from h2q_tui.app.panes.generate import GeneratePane
+from h2q_tui.app.panes.steer_readout import strength_bar
 from h2q_tui.app.shell import H2QApp, make_app
 from h2q_tui.config import resolve
 from h2q_tui.generation.generate import ModeConfig, generate_text

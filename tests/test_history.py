@@ -319,7 +319,7 @@ def test_numbers_no_chart_or_card_can_draw_are_bad_records(record, problem):
 
 def test_the_largest_numbers_a_chart_can_draw_are_kept():
     from h2q_tui.app.widgets import card_texts
-    from h2q_tui.training.history import MAX_COUNT, MAX_READING, MAX_SECONDS
+    from h2q_tui.training.records import MAX_COUNT, MAX_READING, MAX_SECONDS
 
     h = RunHistory()
     h.add(started(max_steps=MAX_COUNT, max_seconds=MAX_SECONDS))

@@ -14,14 +14,15 @@ import pytest
 import torch
 
 from h2q_tui import checkpoints
-from h2q_tui.checkpoints.load import load_model_fast
+from h2q_tui.checkpoints import page_cache as cold
+from h2q_tui.checkpoints import timing as timeline
+from h2q_tui.cli import hotstart as command
 from h2q_tui.config import ModelConfig, RunConfig
-from h2q_tui.hotstart import cold, phases, timeline
-from h2q_tui.hotstart import measure as command
+from h2q_tui.hotstart import measure, phases
 from h2q_tui.models import build_model
 
 MAIN = (
-    "from h2q_tui.hotstart.measure import run_as_script; import sys; "
+    "from h2q_tui.cli.hotstart import run_as_script; import sys; "
     "sys.exit(run_as_script(sys.argv[1:]))"
 )
 SMALL = {"d_model": 64, "n_layers": 2, "n_heads": 2, "context": 16, "factor_size": 8, "rank": 3}
@@ -80,7 +81,8 @@ def assert_phases_add_up(sample: dict) -> None:
 )
 def test_fast_loader_equals_the_normal_loader(tmp_path, family, growths, overrides) -> None:
     info = checkpoints.read_info(save_small(tmp_path, family, growths, **overrides))
-    normal, fast = checkpoints.load_model_from(info).eval(), load_model_fast(info).eval()
+    normal = checkpoints.load_model_from(info).eval()
+    fast = checkpoints.load_checkpoint(info, "fast").model
     assert type(fast) is type(normal)
     normal_state, fast_state = normal.state_dict(), fast.state_dict()
     assert list(fast_state) == list(normal_state)
@@ -114,17 +116,17 @@ def test_fast_loader_refuses_a_file_that_does_not_match(tmp_path) -> None:
     from h2q_tui.errors import UserError
 
     info = checkpoints.read_info(save_small(tmp_path, "gpt"))
-    from h2q_tui.checkpoints import load
+    from h2q_tui.checkpoints import fast
 
-    skeleton = load.build_unfilled(info)
-    tensors = load.read_tensors(info)
+    skeleton = fast.build_unfilled(info)
+    tensors = fast.read_tensors(info)
     tensors.pop("wpe.weight")
     with pytest.raises(UserError, match="does not match its model: missing"):
-        load.assign_weights(info, skeleton, tensors)
-    tensors = load.read_tensors(info)
+        fast.assign_weights(info, skeleton, tensors)
+    tensors = fast.read_tensors(info)
     tensors["wpe.weight"] = torch.zeros(3, 3)
     with pytest.raises(UserError, match="wpe.weight is \\[3, 3\\] in the file"):
-        load.assign_weights(info, load.build_unfilled(info), tensors)
+        fast.assign_weights(info, fast.build_unfilled(info), tensors)
 
 
 def test_fast_loader_takes_the_normal_path_for_a_crystallized_checkpoint(tmp_path, capsys):
@@ -139,7 +141,10 @@ def test_fast_loader_takes_the_normal_path_for_a_crystallized_checkpoint(tmp_pat
     folder = next(path.parent for path in out.rglob("model.safetensors"))
     info = checkpoints.read_info(folder)
     assert info.crystal is not None
-    normal, fast = checkpoints.load_model_from(info), load_model_fast(info)
+    normal, fast = (
+        checkpoints.load_model_from(info),
+        checkpoints.load_checkpoint(info, "fast").model,
+    )
     for name, tensor in normal.state_dict().items():
         assert torch.equal(fast.state_dict()[name], tensor), name
     _, _, _, times = phases.load_for_first_token(folder, "Once", rate_tokens=4)
@@ -183,7 +188,7 @@ def test_the_overlapped_checksum_pass_refuses_a_damaged_file(tmp_path) -> None:
     with pytest.raises(UserError, match="damaged"):
         phases.load_for_first_token(folder, "Once", rate_tokens=2)
     with pytest.raises(UserError, match="damaged"):
-        phases.load_timed(folder)
+        checkpoints.load_checkpoint(folder, "fast")
 
 
 def test_a_run_dir_whose_latest_is_damaged_loads_the_one_before(tmp_path) -> None:
@@ -201,7 +206,7 @@ def test_a_run_dir_whose_latest_is_damaged_loads_the_one_before(tmp_path) -> Non
 
 def test_a_fresh_process_times_its_start_and_imports(run_dir) -> None:
     info = checkpoints.read_info(run_dir)
-    sample = command.run_probe(info.weights, "fast", None, "Once", 4, 1)
+    sample = measure.run_probe(info.weights, "fast", None, "Once", 4, 1)
     assert list(sample["phases"])[:4] == ["start", "python", "import_torch", "import_h2q"]
     assert_phases_add_up(sample)
     assert sample["phases"]["import_torch"] > 0.05  # a real import, not a cached module
@@ -256,8 +261,8 @@ def test_cold_on_tmpfs_says_cold_unavailable(run_dir, capsys) -> None:
         assert command.main(argv) == 0
         printed = capsys.readouterr().out
         assert "cold unavailable" in printed and "tmpfs" in printed
-        report = command.measure(
-            command.Request(str(target), repeats=1, cold=True, columns=("in_process",))
+        report = measure.measure(
+            measure.Request(str(target), repeats=1, cold=True, columns=("in_process",))
         )
         assert report["cold"] is False and "tmpfs" in report["cold_unavailable"]
         assert all(not s["cold"] for s in report["columns"]["in_process"]["samples"])
@@ -270,7 +275,7 @@ def test_dropping_a_files_pages_on_a_disk(tmp_path) -> None:
         pytest.skip(f"{tmp_path} is in memory")
     path = tmp_path / "blob.bin"
     path.write_bytes(os.urandom(1 << 20))
-    command.warm_up(path)
+    measure.warm_up(path)
     assert cold.residency(path).fraction > 0.9
     why = cold.drop_file_cache(path)
     if why is not None:

@@ -16,7 +16,7 @@ from h2q_tui.app.panes.crystal import CrystalPane
 from h2q_tui.app.panes.generate import GeneratePane
 from h2q_tui.app.panes.hotstart_panel import HotStartPanel
 from h2q_tui.app.shell import make_app
-from h2q_tui.hotstart import timeline
+from h2q_tui.checkpoints import timing as timeline
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from h2q_tui.ollama.client import (
     ServerUnreachable,
 )
 from h2q_tui.ollama.models import Registry
+from h2q_tui.ollama.replies import ModelInfo, Reply
 from h2q_tui.ollama.server import Server
 
 HOSTS = [
@@ -71,14 +72,17 @@ def test_the_client_reads_ollama_host(monkeypatch) -> None:
 
 
 def test_tokens_per_s_comes_from_the_final_object_only() -> None:
-    result = Result()
-    result.read_final({"done": True, "eval_count": 50, "eval_duration": 250_000_000})
-    assert result.tokens_per_s == pytest.approx(200.0)
-    result.read_final({"done": True})  # counts missing: tolerated
-    assert result.tokens_per_s is None and result.load_s is None
-    assert "tokens/s n/a" in result.stats_line() and "hot start n/a" in result.stats_line()
-    result.read_final({"done": True, "eval_count": "many", "eval_duration": -1})
-    assert result.eval_count is None and result.eval_duration is None
+    def result(final: dict) -> Result:
+        return Result(final=Reply.from_json(final, chat=False))
+
+    assert result({"done": True, "eval_count": 50, "eval_duration": 250_000_000}).tokens_per_s == (
+        pytest.approx(200.0)
+    )
+    missing = result({"done": True})  # counts missing: tolerated
+    assert missing.tokens_per_s is None and missing.load_s is None
+    assert "tokens/s n/a" in missing.stats_line() and "hot start n/a" in missing.stats_line()
+    wrong = result({"done": True, "eval_count": "many", "eval_duration": -1}).final
+    assert wrong.eval_count is None and wrong.eval_duration is None
 
 
 # ----------------------------------------------------------------------------- refused
@@ -114,7 +118,7 @@ def test_list_pull_generate_and_chat_against_serve(served) -> None:
     with OllamaClient(url) as client:
         assert client.probe()
         (model,) = client.list()
-        assert model["name"] == "tiny:latest"
+        assert model.name == "tiny:latest"
         progress = list(client.pull("tiny"))
         assert progress[-1].status == "success" and "100.0%" in progress[1].line()
         with pytest.raises(ModelNotFound, match="nothing to pull"):
@@ -123,14 +127,15 @@ def test_list_pull_generate_and_chat_against_serve(served) -> None:
         stream = client.generate("tiny", "Once", options, keep_alive="5m")
         pieces = list(stream)
         result = stream.result
-        assert "".join(pieces) == result.text and result.done and result.done_reason == "length"
-        assert result.eval_count == 16 and result.tokens_per_s == pytest.approx(
-            16 / result.eval_duration * 1e9
+        final = result.final
+        assert "".join(pieces) == result.text and result.done and final.done_reason == "length"
+        assert final.eval_count == 16 and result.tokens_per_s == pytest.approx(
+            16 / final.eval_duration * 1e9
         )
-        assert result.load_duration is not None and result.first_token_s is not None
+        assert final.load_duration is not None and result.first_token_s is not None
         assert result.first_token_s <= result.wall_s
         chat = client.chat("tiny", [{"role": "user", "content": "Hi"}], options).run()
-        assert chat.done and chat.eval_count is not None and chat.eval_count <= 16
+        assert chat.done and chat.final.eval_count is not None and chat.final.eval_count <= 16
         with pytest.raises(ModelNotFound, match="model 'nope' not found"):
             client.generate("nope", "x").run()
 
@@ -251,7 +256,7 @@ def test_an_error_line_mid_stream_raises_after_the_text_so_far(fake) -> None:
 def test_a_final_object_without_counts_is_tolerated(fake) -> None:
     with OllamaClient(fake) as client:
         result = client.generate("nocounts", "x").run()
-    assert result.done and result.text == "Hello" and result.eval_count is None
+    assert result.done and result.text == "Hello" and result.final.eval_count is None
     assert result.tokens_per_s is None and "2 tokens" in result.stats_line()
 
 
@@ -303,18 +308,18 @@ class _ListingClient:
     def probe(self) -> None:
         pass
 
-    def list(self) -> list[dict]:
+    def list(self) -> list[ModelInfo]:
         details = {"family": "llama", "parameter_size": "8.0B", "quantization_level": "Q4_K_M"}
         return [
-            {"name": "tiny:latest", "size": 1234, "details": details},
-            {"name": LONG, "size": 4_900_000_000, "details": details},
+            ModelInfo("tiny:latest", size=1234, details=details),
+            ModelInfo(LONG, size=4_900_000_000, details=details),
         ]
 
 
 def test_ollama_list_keeps_its_columns_aligned_with_long_names(capsys, monkeypatch) -> None:
-    from h2q_tui.ollama import client as client_module
+    from h2q_tui.cli import ollama as command
 
-    monkeypatch.setattr(client_module, "OllamaClient", _ListingClient)
+    monkeypatch.setattr(command, "OllamaClient", _ListingClient)
     assert cli.main(["ollama", "list"]) == 0
     header, short, long = capsys.readouterr().out.splitlines()
     assert long.startswith(LONG + "  ")
@@ -325,7 +330,7 @@ def test_ollama_list_keeps_its_columns_aligned_with_long_names(capsys, monkeypat
 
 
 def test_serve_rows_line_up_with_long_names() -> None:
-    from h2q_tui.cli.serve import aligned
+    from h2q_tui.cli.columns import aligned
 
     lines = aligned([["tiny", "microstream", "step 40"], [LONG, "gpt", "step 7"]])
     assert lines[0].index("microstream") == lines[1].index("gpt") == len(LONG) + 2

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from ollama_helpers import LiveServer, crystallize_int8, hooked, make_run, wait_for
 
 from h2q_tui.checkpoints import save_checkpoint
+from h2q_tui.checkpoints import timing as timeline
 from h2q_tui.cli import main as cli
 from h2q_tui.config import resolve
-from h2q_tui.hotstart import timeline
 from h2q_tui.models import build_model
-from h2q_tui.ollama import direct, protocol
+from h2q_tui.ollama import direct, protocol, replies
 from h2q_tui.ollama.models import Entry, Registry
 from h2q_tui.ollama.server import ServeConfig, Server
 
@@ -173,7 +173,7 @@ def test_ndjson_framing_per_token_flush_and_integer_durations(served, request, m
             timeout=30,
         ) as response,
     ):
-        assert response.headers["content-type"].startswith(protocol.NDJSON)
+        assert response.headers["content-type"].startswith(replies.NDJSON)
         chunks = response.iter_bytes()
         first = next(chunks)
         assert server.jobs, "the first line came while the generation was still running"

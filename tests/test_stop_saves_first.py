@@ -7,8 +7,7 @@ import pytest
 
 from h2q_tui.config import resolve
 from h2q_tui.data.sources import load_corpus
-from h2q_tui.training import events
-from h2q_tui.training import trainer as trainer_module
+from h2q_tui.training import events, stopping
 from h2q_tui.training.trainer import Trainer
 
 STOP_AT_STEP = 3
@@ -47,7 +46,7 @@ def test_a_stop_saves_before_the_final_eval(tmp_path, text_file, reason):
 
 
 def test_a_final_eval_over_its_budget_is_skipped_and_said(tmp_path, text_file, monkeypatch):
-    monkeypatch.setattr(trainer_module, "STOP_EVAL_BUDGET_S", 0.0)
+    monkeypatch.setattr(stopping, "STOP_EVAL_BUDGET_S", 0.0)
     log = stopped_run(tmp_path, text_file, "terminated")
     after = kinds_after_the_last_step(log)
     assert "EvalCompleted" not in after and "CheckpointSaved" in after

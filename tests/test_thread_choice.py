@@ -18,7 +18,8 @@ from h2q_tui.system import openmp, thread_choice
 from h2q_tui.system.monitor import SystemSnapshot
 from h2q_tui.system.thread_choice import StepThreadChooser
 from h2q_tui.training import events
-from h2q_tui.training.history import RunHistory, record_problem
+from h2q_tui.training.history import RunHistory
+from h2q_tui.training.records import record_problem
 from h2q_tui.training.writers import ConsolePrinter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,6 +242,7 @@ def test_threads_flag_is_train_threads(monkeypatch):
 # ----------------------------------------------------------------------------- hotstart
 def test_hotstart_in_process_runs_on_the_thread_count_its_header_states(tmp_path, monkeypatch):
     from h2q_tui import checkpoints
+    from h2q_tui.cli.hotstart import format_report
     from h2q_tui.config import ModelConfig, RunConfig
     from h2q_tui.hotstart import measure as command
     from h2q_tui.hotstart import phases
@@ -271,4 +273,4 @@ def test_hotstart_in_process_runs_on_the_thread_count_its_header_states(tmp_path
         torch.set_num_threads(before)
     assert report["threads"] == 1 and seen == [1, 1]
     assert "batch-1 decoding" in report["threads_reason"]
-    assert "1 decoding thread(s) in every column (batch-1" in command.format_report(report)
+    assert "1 decoding thread(s) in every column (batch-1" in format_report(report)

@@ -15,7 +15,8 @@ from h2q_tui.config import resolve
 from h2q_tui.data.sources import load_corpus
 from h2q_tui.training import commands, events
 from h2q_tui.training.evaluate import mean_cross_entropy
-from h2q_tui.training.trainer import Trainer, scheduled_lr
+from h2q_tui.training.optimizer import scheduled_lr
+from h2q_tui.training.trainer import Trainer
 from h2q_tui.training.writers import JsonlWriter
 
 
@@ -199,12 +200,12 @@ def test_resume_is_exact(tmp_path, text_file, overrides, split_at):
 
 def test_adamw_is_fused_and_follows_the_per_tensor_loop(tmp_path, text_file, monkeypatch):
     """The fused AdamW (the default on a CPU) gives the loss curve of PyTorch's default loop."""
-    from h2q_tui.training import trainer as trainer_module
+    from h2q_tui.training import optimizer
 
     fused, log_fused = make_trainer(tmp_path, text_file, ["train.max_steps=12"], name="fused")
     assert all(g["fused"] for g in fused.optimizer.param_groups)
     fused.run()
-    monkeypatch.setattr(trainer_module, "FUSED_ADAMW", False)
+    monkeypatch.setattr(optimizer, "FUSED_ADAMW", False)
     loop, log_loop = make_trainer(tmp_path, text_file, ["train.max_steps=12"], name="loop")
     assert not any(g["fused"] for g in loop.optimizer.param_groups)
     loop.run()
@@ -214,12 +215,12 @@ def test_adamw_is_fused_and_follows_the_per_tensor_loop(tmp_path, text_file, mon
 
 def test_a_run_trained_with_the_loop_resumes_with_it(tmp_path, text_file, monkeypatch):
     """A checkpoint from before the fused default keeps its optimizer form: resumes stay exact."""
-    from h2q_tui.training import trainer as trainer_module
+    from h2q_tui.training import optimizer
 
-    monkeypatch.setattr(trainer_module, "FUSED_ADAMW", False)
+    monkeypatch.setattr(optimizer, "FUSED_ADAMW", False)
     first, _ = make_trainer(tmp_path, text_file, ["train.max_steps=3"], name="old")
     first.run()
-    monkeypatch.setattr(trainer_module, "FUSED_ADAMW", True)
+    monkeypatch.setattr(optimizer, "FUSED_ADAMW", True)
     info = checkpoints.read_info(tmp_path / "old")
     resumed, _ = make_trainer(tmp_path, text_file, ["train.max_steps=5"], resume=info, name="old")
     assert not any(g["fused"] for g in resumed.optimizer.param_groups)

@@ -63,31 +63,17 @@ class LiveEngine:
 
     def run(self, on_record: OnRecord) -> str:
         """Build the trainer and train until it finishes (blocking; call from a worker thread)."""
-        from h2q_tui.training.trainer import Trainer
-
         writer = JsonlWriter(self.run_dir)
 
         def emit(event) -> None:
             writer(event)
             on_record(event.to_record())
 
-        p = self.prepared
         self.busy = True
         try:
             if self.stop_reason is not None:  # stopped before it began: nothing to save
                 return self.stop_reason
-            trainer = Trainer(
-                p.config,
-                p.corpus,
-                p.run_dir,
-                emit,
-                self.commands,
-                preset=p.preset,
-                resume_from=p.resume_from,
-                pause_on_nan=True,
-                tokenizer=p.tokenizer,
-                device=p.device,
-            )
+            trainer = self.prepared.trainer(emit, commands=self.commands, pause_on_nan=True)
             trainer.stop_requested = self.stop_reason
             self.trainer = trainer
             return trainer.run()

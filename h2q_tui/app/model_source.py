@@ -17,7 +17,7 @@ One row the Generate, Ollama and Crystal panes compose instead of writing it eac
     )
 
 Enter in the box (or ``load(path)``) loads that checkpoint folder, ``model.safetensors`` or run
-dir (its latest) in a thread worker through ``hotstart.recorded.load_recorded``; the button (or
+dir (its latest) in a thread worker through :func:`load_for_pane` (the one loader, ``fast``, recorded); the button (or
 ``snapshot()``) asks the trainer for a copy of the live model between two steps. The widget
 then posts, bubbling to its pane:
 
@@ -44,9 +44,9 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label
 
 from h2q_tui.app.display import short_path
+from h2q_tui.checkpoints import load_checkpoint
 from h2q_tui.errors import UserError
 from h2q_tui.generation.text import Codec
-from h2q_tui.hotstart.recorded import load_recorded
 from h2q_tui.system.threads import on_own_thread
 
 # Deliver(model, step) is called by the trainer on the training thread; RequestSnapshot sends
@@ -63,6 +63,14 @@ def checkpoint_line(info: Any) -> str:
     """``checkpoint runs/x/checkpoints/step_00000007 (step 7) · int8 of run X…``."""
     crystal = f" · {info.describe()}" if info.crystal is not None else ""
     return f"checkpoint {short_path(info.weights.parent)} (step {info.step:,}){crystal}"
+
+
+def load_for_pane(path: str, consumer: str) -> tuple[Any, Any, Codec]:
+    """Checkpoint info, model (eval) and codec, as every pane loads them: the one loader's
+    ``fast`` path (memory-mapped weights, checksums alongside), recorded for the hot-start
+    panel under ``consumer``."""
+    loaded = load_checkpoint(path, "fast", consumer=consumer)
+    return loaded.info, loaded.model, Codec(loaded.tokenizer)
 
 
 class ModelSource(Horizontal):
@@ -172,7 +180,7 @@ class ModelSource(Horizontal):
     def _load_worker(self, path: str) -> None:
         started = time.perf_counter()
         try:
-            info, model, codec, _ = load_recorded(path, self.consumer)
+            info, model, codec = load_for_pane(path, self.consumer)
             source = self.describe(info)
         except UserError as exc:
             self.post_message(self.Failed(str(exc)))

@@ -34,9 +34,10 @@ from h2q_tui.app.panes.crystal import CrystalPane
 from h2q_tui.app.panes.generate import GeneratePane
 from h2q_tui.app.panes.ollama import OllamaPane
 from h2q_tui.app.screens import ConfigDiffScreen, ConfirmScreen, ErrorScreen, HelpScreen
-from h2q_tui.app.signals import EXIT_UI_FAILED, Lifeline, exit_code, quiet_driver
+from h2q_tui.app.signals import EXIT_UI_FAILED, Lifeline, quiet_driver
 from h2q_tui.app.widgets import X_AXES, CardGrid, LossChart, SystemPanel
 from h2q_tui.system.monitor import SystemMonitor, SystemSnapshot
+from h2q_tui.system.stop_signals import BY_SIGNUM, exit_code
 from h2q_tui.system.threads import run_on_own_thread
 from h2q_tui.training import commands
 from h2q_tui.training.history import RunHistory
@@ -675,7 +676,7 @@ class H2QApp(App[int]):
     async def action_help_quit(self) -> None:
         """Ctrl-C with nothing selected to copy: save (when training) and exit 130."""
         if self.engine is not None and self.run_active:
-            self.engine.request_stop("interrupted")
+            self.engine.request_stop(BY_SIGNUM[signal.SIGINT].reason)
         await self._save_and_exit(exit_code(signal.SIGINT), "Ctrl-C")
 
     async def _save_and_exit(self, code: int, name: str) -> None:

@@ -30,7 +30,8 @@ import threading
 import time
 from typing import Any
 
-STOP_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hangup", signal.SIGINT: "interrupted"}
+from h2q_tui.system.stop_signals import BY_SIGNUM
+
 EXIT_UI_FAILED = 1
 GRACE_S = 3.0  # after training has ended: the app's own shutdown gets this long
 # leave the alternate screen, show the cursor, stop mouse and paste reports, kitty keys off
@@ -39,10 +40,6 @@ RESET_TERMINAL = (
 )
 PR_SET_PDEATHSIG = 1
 WEB_PARENT_ENV = "H2Q_TUI_WEB_PARENT"  # set by ``h2q-tui web`` for its tabs: its own pid
-
-
-def exit_code(signum: int) -> int:
-    return 128 + int(signum)
 
 
 class Lifeline:
@@ -57,14 +54,14 @@ class Lifeline:
     def install(self, loop: Any) -> None:
         """Take over the stop signals and start the threads that watch for them (main thread)."""
         self._loop = loop
-        for signum in STOP_SIGNALS:  # a driver's own (Textual's web driver) needs the loop
+        for signum in BY_SIGNUM:  # a driver's own (Textual's web driver) needs the loop
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(signum)
         reader, writer = socket.socketpair()
         writer.setblocking(False)
         try:
             signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-            for signum in STOP_SIGNALS:
+            for signum in BY_SIGNUM:
                 signal.signal(signum, _noted)
         except ValueError:  # not the main thread: Python delivers no signals here
             return
@@ -81,17 +78,17 @@ class Lifeline:
         reader = self._wakeup[0]
         while data := reader.recv(64):
             for signum in data:
-                if signum in STOP_SIGNALS:
+                if signum in BY_SIGNUM:
                     self._on_signal(signum)
 
     def _on_signal(self, signum: int) -> None:
         """Attributes, a thread-safe call and an event: nothing that waits on the app."""
         if self.code is not None:
             return  # saving already; the watchdog ends the process once it is saved
-        reason = STOP_SIGNALS[signal.Signals(signum)]
-        self.code = exit_code(signum)
+        stop = BY_SIGNUM[signal.Signals(signum)]
+        self.code = stop.exit_code
         if self.engine is not None:
-            self.engine.request_stop(reason)
+            self.engine.request_stop(stop.reason)
         if signum == signal.SIGHUP:  # the terminal is gone: stop the input thread's spinning
             exit_event = getattr(getattr(self.app, "_driver", None), "exit_event", None)
             if exit_event is not None:

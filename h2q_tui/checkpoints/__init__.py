@@ -4,8 +4,8 @@ Below every package that reads or writes weights (training, generation, crystall
 serving), so none of them imports another to get at a checkpoint::
 
     from h2q_tui import checkpoints
-    info = checkpoints.read_info("runs/X")          # run dir, checkpoint folder or file
-    model = checkpoints.load_model_from(info)        # crystallized folders decoded at load
+    loaded = checkpoints.load_checkpoint("runs/X")  # run dir, checkpoint folder or file
+    loaded.info, loaded.model, loaded.tokenizer      # crystallized folders decoded at load
 """
 
 from h2q_tui.checkpoints.find import checkpoint_problem, find_checkpoint, resolve_checkpoint
@@ -24,13 +24,13 @@ from h2q_tui.checkpoints.layout import (
     tensor_crc,
 )
 from h2q_tui.checkpoints.load import (
-    load_model_fast,
     load_model_from,
     load_state,
     load_weights,
     read_info,
     tokenizer_of,
 )
+from h2q_tui.checkpoints.loader import Loaded, load_checkpoint
 from h2q_tui.checkpoints.save import remove_leftovers, save_checkpoint
 
 __all__ = [
@@ -46,8 +46,9 @@ __all__ = [
     "checkpoint_problem",
     "file_crc",
     "find_checkpoint",
+    "Loaded",
+    "load_checkpoint",
     "load_model_from",
-    "load_model_fast",
     "load_state",
     "load_weights",
     "read_info",

@@ -265,8 +265,7 @@ def _pointer_target(root: Path) -> tuple[Path | None, str | None]:
     if not pointer.is_file():
         return None, None
     try:
-        with open(pointer, "rb") as handle:
-            name = handle.read(64).decode("utf-8").strip()
+        name = _read_pointer(pointer)[1].decode("utf-8").strip()
     except (OSError, UnicodeDecodeError):
         return None, f"{pointer} is unreadable"
     if not STEP_NAME.fullmatch(name):
@@ -276,6 +275,21 @@ def _pointer_target(root: Path) -> tuple[Path | None, str | None]:
     if not (root / name / WEIGHTS).is_file():
         return None, f"{pointer} names {name}, which holds no {WEIGHTS}"
     return root / name, None
+
+
+def _read_pointer(pointer: Path) -> tuple[int, bytes]:
+    """(mtime_ns, the first 64 bytes) of a ``latest`` pointer file; OSError when unreadable."""
+    with open(pointer, "rb") as handle:
+        return os.fstat(handle.fileno()).st_mtime_ns, handle.read(64)
+
+
+def pointer_state(run_dir: Path) -> tuple[int, bytes] | None:
+    """(mtime_ns, contents) of ``RUN/checkpoints/latest`` now, None when it cannot be read:
+    what a follower compares to see the pointer move, for one open and a tiny read."""
+    try:
+        return _read_pointer(Path(run_dir) / "checkpoints" / LATEST)
+    except OSError:
+        return None
 
 
 def named_run_dir(path: Path) -> Path:

@@ -9,7 +9,7 @@ from h2q_tui.errors import UserError
 
 def main(argv: list[str]) -> int:
     """``h2q-tui crystallize``: parse the flags, run the command (a progress bar on stderr)."""
-    from h2q_tui.cli.main import Parser, add_device_flag
+    from h2q_tui.cli.parser import Parser, add_device_flag
 
     # torch loads with the command, not when the CLI starts
     from h2q_tui.codecs.method import METHOD_HELP

@@ -6,11 +6,14 @@ initialisation), so even the 124 M-parameter preset lists instantly.
 
 from __future__ import annotations
 
+import shutil
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 from h2q_tui import config
+from h2q_tui.cli.parser import Parser
 from h2q_tui.errors import UserError
 
 MIN_DESCRIPTION_W = 24  # narrower terminals: descriptions go past the edge, unwrapped
@@ -96,3 +99,16 @@ def format_table(rows: list[PresetSummary], width: int | None = None) -> str:
         )
         lines += [" " * indent + part for part in parts[1:]]
     return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    Parser(
+        prog="h2q-tui presets",
+        description="The bundled presets: name, model family, parameter count (counted on "
+        "torch's meta device, so nothing is allocated) and the first sentence of the "
+        "preset's comment. Use one with --preset NAME.",
+    ).parse_args(argv)
+    # on a terminal the descriptions wrap at its width; piped, one line per preset
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print(format_table(summaries(), width))
+    return 0

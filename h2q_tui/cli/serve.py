@@ -1,7 +1,6 @@
-"""``h2q-tui serve`` and ``h2q-tui ollama list|pull|generate``.
+"""``h2q-tui serve CHECKPOINT_OR_RUN_DIR...``: checkpoints and run dirs through the Ollama API.
 
-Bad input is one line on stderr and exit 2 (``h2q_tui.cli.Parser`` and UserError), so is a
-server that cannot be reached or answers with an error.
+Bad input is one line on stderr and exit 2 (``h2q_tui.cli.parser.Parser`` and UserError).
 """
 
 from __future__ import annotations
@@ -10,12 +9,12 @@ import socket
 import sys
 from typing import Any
 
-from h2q_tui.cli.main import Parser, add_device_flag
+from h2q_tui.cli.columns import aligned
+from h2q_tui.cli.parser import Parser, add_device_flag
 from h2q_tui.errors import UserError
 from h2q_tui.ollama import protocol
 from h2q_tui.system import net
 
-# ----------------------------------------------------------------------------- serve
 # uvicorn (loop, http) per --stack. Through the event loop, every streamed token wakes the
 # loop thread, which holds the GIL while the decoder wants it; "direct" lets the generation
 # thread write each token's chunk to the socket itself (h2q_tui/ollama/direct.py). Measured
@@ -27,7 +26,7 @@ STACKS = {
 }
 
 
-def serve_parser() -> Parser:
+def parser() -> Parser:
     parser = Parser(
         prog="h2q-tui serve",
         description="Serve checkpoints, run dirs and crystallized folders through the Ollama "
@@ -103,8 +102,8 @@ def bind(host: str, port: int) -> socket.socket:
     return net.bind(host, port, holder="another Ollama or h2q-tui serve?")
 
 
-def serve_main(argv: list[str]) -> int:
-    args = serve_parser().parse_args(argv)
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
     if args.queue < 0:
@@ -172,129 +171,4 @@ def serve_main(argv: list[str]) -> int:
         server.run(sockets=[sock])
     finally:
         sock.close()
-    return 0
-
-
-# ----------------------------------------------------------------------------- ollama
-def aligned(rows: list[list[str]], right: tuple[int, ...] = ()) -> list[str]:
-    """Rows of cells as lines whose columns line up however long a name is: each column as
-    wide as its widest cell, two spaces apart; ``right``: the columns aligned right."""
-    if not rows:
-        return []
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [
-            cell.rjust(width) if i in right else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
-def ollama_parser() -> Parser:
-    parser = Parser(
-        prog="h2q-tui ollama",
-        description="Talk to an Ollama server (or h2q-tui serve): OLLAMA_HOST is read as the "
-        "official client reads it (default http://127.0.0.1:11434).",
-    )
-    parser.add_argument("--host", help="server (default: $OLLAMA_HOST, else 127.0.0.1:11434)")
-    commands = parser.add_subparsers(dest="command", metavar="list|pull|generate", required=True)
-    commands.add_parser("list", help="the server's models", description="The server's models.")
-    pull = commands.add_parser("pull", help="pull a model (progress on stderr)")
-    pull.add_argument("model")
-    gen = commands.add_parser(
-        "generate",
-        help="stream a completion to stdout (statistics on stderr)",
-        description="Stream a completion to stdout; tokens/s, first-token latency, the "
-        "server's load_duration (hot start) and done_reason on stderr.",
-    )
-    gen.add_argument("model")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--chat", action="store_true", help="send the prompt as a chat message")
-    gen.add_argument("--temperature", type=float)
-    gen.add_argument("--top-k", type=int)
-    gen.add_argument("--top-p", type=float)
-    gen.add_argument("--repeat-penalty", type=float)
-    gen.add_argument("--num-predict", type=int)
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("--stop", action="append", default=[])
-    gen.add_argument("--steer", help="h2q-tui serve only: steer towards this word")
-    gen.add_argument("--strength", type=float, help="steering strength (with --steer)")
-    gen.add_argument("--layer", type=int, help="steered block (with --steer)")
-    gen.add_argument("--keep-alive", help="how long the server keeps the model loaded")
-    return parser
-
-
-def _options(args) -> dict:
-    names = {
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "repeat_penalty": args.repeat_penalty,
-        "num_predict": args.num_predict,
-        "seed": args.seed,
-        "steer": args.steer,
-        "strength": args.strength,
-        "layer": args.layer,
-    }
-    options = {k: v for k, v in names.items() if v is not None}
-    if args.stop:
-        options["stop"] = args.stop
-    return options
-
-
-def ollama_main(argv: list[str]) -> int:
-    from h2q_tui.ollama.client import BridgeError, OllamaClient
-    from h2q_tui.units import format_size
-
-    args = ollama_parser().parse_args(argv)
-    try:
-        client = OllamaClient(args.host)
-    except ValueError as exc:
-        raise UserError(f"bad server address: {exc}") from None
-    with client:
-        try:
-            client.probe()
-            if args.command == "list":
-                rows = [["NAME", "SIZE", "FAMILY", "PARAMS", "QUANT"]]
-                for m in client.list():
-                    d = m.get("details") if isinstance(m.get("details"), dict) else {}
-                    rows.append(
-                        [
-                            str(m.get("name") or m.get("model")),
-                            format_size(m.get("size"), binary=False),
-                            str(d.get("family", "")),
-                            str(d.get("parameter_size", "")),
-                            str(d.get("quantization_level", "")),
-                        ]
-                    )
-                print("\n".join(aligned(rows, right=(1, 3))))
-                return 0
-            if args.command == "pull":
-                for progress in client.pull(args.model):
-                    print(progress.line(), file=sys.stderr, flush=True)
-                return 0
-            return _generate(client, args)
-        except BridgeError as exc:
-            raise UserError(str(exc)) from None
-
-
-def _generate(client, args) -> int:
-    options = _options(args)
-    if args.chat:
-        stream = client.chat(
-            args.model, [{"role": "user", "content": args.prompt}], options, args.keep_alive
-        )
-    else:
-        stream = client.generate(args.model, args.prompt, options, args.keep_alive)
-    try:
-        for piece in stream:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        stream.cancel()  # closing the stream ends the server's generation
-        raise
-    print()
-    print(f"{client.base_url} · {args.model} · {stream.result.stats_line()}", file=sys.stderr)
     return 0

@@ -15,6 +15,7 @@ import sys
 
 from h2q_tui.cli.progress import download_progress
 from h2q_tui.errors import UserError
+from h2q_tui.system.stop_signals import BY_REASON, BY_SIGNUM
 
 EXIT_OK, EXIT_USAGE = 0, 2
 EXIT_MEMORY = 3  # --no-ui stopped above --memory-budget / --vram-budget (checkpoint saved)
@@ -62,7 +63,6 @@ def _prepare_on_every_rank(request, world):
 
 def _train_headless(args: argparse.Namespace, world) -> int:
     from h2q_tui.training.session import RunRequest
-    from h2q_tui.training.trainer import Trainer
     from h2q_tui.training.writers import ConsolePrinter, JsonlWriter
 
     request = RunRequest(**{k: getattr(args, k) for k in RunRequest.__dataclass_fields__})
@@ -83,17 +83,7 @@ def _train_headless(args: argparse.Namespace, world) -> int:
         except OSError:  # the terminal is gone (SIGHUP, closed SSH): keep training and saving
             printer.stream = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the run
 
-    trainer = Trainer(
-        prepared.config,
-        prepared.corpus,
-        prepared.run_dir,
-        emit,
-        preset=prepared.preset,
-        resume_from=prepared.resume_from,
-        tokenizer=prepared.tokenizer,
-        device=prepared.device,
-        world=world,
-    )
+    trainer = prepared.trainer(emit, world=world)
     if world.is_main:
         print(f"run dir: {prepared.run_dir}", flush=True)
         if world.distributed:
@@ -104,18 +94,12 @@ def _train_headless(args: argparse.Namespace, world) -> int:
         finally:
             if writer is not None:
                 writer.close()
-    if reason in STOP_EXIT_CODES:
-        return STOP_EXIT_CODES[reason]
+    if reason in BY_REASON:  # 128 + the signal number
+        return BY_REASON[reason].exit_code
     if reason == "memory":  # one line: what was over, where the checkpoint is, what to do
         print(f"h2q-tui: stopped: {trainer.budget_stop_message}", file=sys.stderr, flush=True)
         return EXIT_MEMORY
     return 1 if reason == "nan" else EXIT_OK
-
-
-# Stop signals finish the run like Ctrl-C: checkpoint, run_finished with the reason, then exit
-# 128 + the signal number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP: closed terminal, dropped SSH).
-STOP_REASONS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hangup"}
-STOP_EXIT_CODES = {reason: 128 + int(sig) for sig, reason in STOP_REASONS.items()}
 
 
 @contextlib.contextmanager
@@ -129,14 +113,16 @@ def stop_signals_save(trainer, speak: bool = True):
     def on_signal(signum, frame) -> None:
         if trainer.stop_requested:
             raise KeyboardInterrupt  # a second signal: give up on saving
-        trainer.stop_requested = STOP_REASONS[signal.Signals(signum)]
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        stop = BY_SIGNUM[signal.Signals(signum)]
+        trainer.stop_requested = stop.reason
         if not speak:
             return
         with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
-            os.write(2, f"\n{name}: stopping after this step, then saving a checkpoint…\n".encode())
+            os.write(
+                2, f"\n{stop.name}: stopping after this step, then saving a checkpoint…\n".encode()
+            )
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_REASONS}
+    previous = {sig: signal.signal(sig, on_signal) for sig in BY_SIGNUM}
     try:
         yield
     finally:

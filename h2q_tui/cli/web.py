@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from h2q_tui.cli.main import Parser
+from h2q_tui.cli.parser import Parser
 from h2q_tui.errors import UserError
 from h2q_tui.system import net
 

@@ -4,9 +4,9 @@ For each method (:mod:`h2q_tui.crystal.methods`) the sweep (:func:`h2q_tui.cryst
 encodes the source's weights, writes ``OUT/<slug>/`` atomically (a temporary folder renamed
 into place: model.safetensors with the source's metadata, the layout, fresh per-tensor CRC-32s
 of the stored tensors and the source's size; a copy of tokenizer.json when the source has one;
-no state.pt), loads it back the way every command does (``checkpoints.read_info`` +
-``load_model_from``, decoding at load), and measures it against the source on the same
-held-out windows (:mod:`h2q_tui.crystal.measure`). One table row per method beside the original:
+no state.pt), loads it back the way every command does (``checkpoints.load_checkpoint``,
+decoding at load), and measures it against the source on the same held-out windows
+(:mod:`h2q_tui.crystal.measure`). One table row per method beside the original:
 
     method | bytes on disk | ratio | bits/weight | held-out bits/byte | Δ bits/byte ± s.e. |
     mean KLD | KLD p99 | RMS Δp | same top-1 % | seconds

@@ -4,7 +4,7 @@
 drive. Per method it encodes the source's weights
 (:func:`h2q_tui.codecs.layout.encode_state_dict`), writes ``OUT/<slug>/``
 (:func:`h2q_tui.crystal.folders.write_crystal`), loads it back the way every command does
-(``checkpoints.read_info`` + ``load_model_from``, decoding at load) and measures it against the
+(:func:`h2q_tui.checkpoints.load_checkpoint`, decoding at load) and measures it against the
 source on the same held-out windows (:func:`h2q_tui.crystal.measure.compare_many`, ``group``
 models per pass). It yields the original's row first, then each method's row as soon as it is
 measured; :func:`mark_pareto` marks the Pareto front on (bytes, Δ bits/byte).
@@ -159,7 +159,7 @@ def refuse_crystallized(info: Any) -> None:
 
 def load_source(info: Any, device: torch.device | str = "cpu") -> Source:
     """The :class:`Source` of a checkpoint's info (not a crystallized one): its model loaded."""
-    return source_of(info, checkpoints.load_model_from(info, device))
+    return source_of(info, checkpoints.load_checkpoint(info, device=device).model)
 
 
 def source_of(info: Any, model: torch.nn.Module) -> Source:
@@ -206,7 +206,7 @@ def crystallize_method(
         out_root, slug(name), crystal, source.metadata, source.as_dict(), source.tokenizer
     )
     written = time.perf_counter()
-    model = checkpoints.load_model_from(checkpoints.read_info(folder), device).eval()
+    model = checkpoints.load_checkpoint(folder, device=device).model
     loaded = time.perf_counter()
     files = folder_bytes(folder)
     total = sum(files.values())

@@ -12,7 +12,7 @@ lives in each :class:`~h2q_tui.generation.decoder.Decoder`, so the next generati
 clean. Call it between two generations, never during one. A checkpoint whose shapes differ
 (a qrlm run that grew its rank) cannot be swapped in place and is loaded afresh instead.
 
-Every swap or load is recorded in h2q_tui/hotstart/timeline.py for the Crystal pane.
+Every swap or load is recorded in h2q_tui/checkpoints/timing.py for the Crystal pane.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from typing import Any
 from torch import nn
 
 from h2q_tui import checkpoints
-from h2q_tui.checkpoints.find import named_run_dir
-from h2q_tui.checkpoints.layout import LATEST
+from h2q_tui.checkpoints import timing
+from h2q_tui.checkpoints.find import named_run_dir, pointer_state
 from h2q_tui.errors import UserError
-from h2q_tui.hotstart import timeline
 
 
 @dataclass
@@ -70,17 +69,7 @@ class RunFollower:
             )
         self.consumer = consumer
         self.info: checkpoints.CheckpointInfo | None = None  # what the model holds now
-        self._seen: tuple[int, str] | None = None  # (mtime_ns, text) of latest last looked at
-
-    @property
-    def pointer(self) -> Path:
-        return self.run_dir / "checkpoints" / LATEST
-
-    def _pointer_state(self) -> tuple[int, str] | None:
-        try:
-            return self.pointer.stat().st_mtime_ns, self.pointer.read_text(errors="replace")
-        except OSError:
-            return None
+        self._seen: tuple[int, bytes] | None = None  # pointer_state last looked at
 
     def poll(self) -> checkpoints.CheckpointInfo | None:
         """The run's newest sound checkpoint when it differs from the one held, else None.
@@ -88,7 +77,7 @@ class RunFollower:
         Cheap while nothing changed (one stat and a tiny read of ``latest``); a moved pointer
         is followed only to a checkpoint that passes its checksums.
         """
-        state = self._pointer_state()
+        state = pointer_state(self.run_dir)
         if state is None or state == self._seen:
             return None
         try:
@@ -103,16 +92,14 @@ class RunFollower:
     def take(self, model: nn.Module | None, info: checkpoints.CheckpointInfo) -> Swapped:
         """Put ``info``'s weights in front of the generator: in ``model`` when it can be
         swapped in place, else a freshly loaded model. Records the event."""
-        from h2q_tui.hotstart.recorded import load_recorded
-
         previous = self.info
         note = f"step {previous.step:,} → {info.step:,}" if previous else ""
         if model is not None and can_swap(model, info, previous):
             kind, started = "swap", time.perf_counter()
             swap_weights(model, info)
             seconds = time.perf_counter() - started
-            timeline.record(
-                timeline.LoadEvent(
+            timing.record(
+                timing.LoadEvent(
                     kind="swap",
                     what=info.describe(),
                     path=str(info.weights.parent),
@@ -125,8 +112,10 @@ class RunFollower:
             )
         else:
             kind = "load"
-            info, model, _, event = load_recorded(info.weights.parent, self.consumer, note=note)
-            seconds = event.total_s
+            loaded = checkpoints.load_checkpoint(
+                info.weights.parent, "fast", consumer=self.consumer, note=note
+            )
+            info, model, seconds = loaded.info, loaded.model, loaded.event.total_s
         self.info = info
         return Swapped(info, model, kind, seconds, previous.step if previous else None)
 

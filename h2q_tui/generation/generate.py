@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from h2q_kernels.hamiltonian import frozen_weights
 from torch import nn
 
-from h2q_tui import checkpoints
-from h2q_tui.generation.decoder import Decoder, check_output
+from h2q_tui.generation.decoder import Decoder
 from h2q_tui.generation.sampling import SamplingConfig, choose_token
 from h2q_tui.generation.steering import SteerConfig, Steering, build_steering
 from h2q_tui.generation.text import Codec, TextStream
@@ -218,17 +217,6 @@ def use_decoding_threads(threads: int | None = None) -> ThreadChoice:
     choice = decoding_choice(threads)
     torch.set_num_threads(choice.threads)
     return choice
-
-
-def load_for_generation(path: str) -> tuple[checkpoints.CheckpointInfo, nn.Module, Codec]:
-    """A checkpoint's info, its model (eval mode, CPU) and codec (BPE when it has a tokenizer).
-
-    Raises UserError with one line for a bad path or a damaged file.
-    """
-    info = checkpoints.read_info(path)
-    model = checkpoints.load_model_from(info).eval()
-    check_output(model)  # weights that overflow: refused here, before anything is printed
-    return info, model, Codec(checkpoints.tokenizer_of(info))
 
 
 def generate_text(model: nn.Module, codec: Codec, prompt: str, **kwargs) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from h2q_tui.units import format_number
+
 FAST_SAMPLING = True  # decoder.reference_decoding() turns it off (today's form)
 
 
@@ -64,15 +66,7 @@ def limit_problem(field: str, value: Any, names: Mapping[str, str] = NAMES) -> s
         return f"{name} must be a finite number, got {value}"
     if ok(value):
         return None
-    return f"{name} must be {allowed}, got {shown(value)}"
-
-
-def shown(value: Any) -> str:
-    """A number for a message: floats as %g, a huge integer by its first digits and length."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    text = str(value)
-    return text if len(text) <= 24 else f"{text[:10]}… ({len(text.lstrip('-'))} digits)"
+    return f"{name} must be {allowed}, got {format_number(value)}"
 
 
 @dataclass

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from h2q_tui.generation.sampling import limit_problem, shown
+from h2q_tui.generation.sampling import limit_problem
+from h2q_tui.units import format_number
 
 DIRECTIONS = ("embedding", "contrast")
 POSITIONS = ("all", "front")
@@ -45,9 +46,9 @@ class SteerConfig:
         if problem:
             raise ValueError(problem)
         if n_layers is not None and not 0 <= self.layer < n_layers:
-            raise ValueError(f"layer must be in 0..{n_layers - 1}, got {shown(self.layer)}")
+            raise ValueError(f"layer must be in 0..{n_layers - 1}, got {format_number(self.layer)}")
         if self.layer < 0:
-            raise ValueError(f"layer must be ≥ 0, got {shown(self.layer)}")
+            raise ValueError(f"layer must be ≥ 0, got {format_number(self.layer)}")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
         if self.positions not in POSITIONS:

@@ -1,4 +1,4 @@
-"""``h2q-tui hotstart CHECKPOINT``: load → first token, by phase, cold and warm, measured.
+"""Measuring load → first token, by phase, cold and warm (``h2q-tui hotstart``, the panel).
 
 Each repeat of the fresh-process figure runs ``python -m h2q_tui.hotstart.probe`` as a user
 starts ``h2q-tui generate``: the process start, ``import torch``, the h2q-tui imports, then
@@ -8,7 +8,7 @@ Generate pane or ``serve`` pays), and the naive path as the anchor (the model bu
 initialised on the CPU, a pickle ``torch.load`` of its state_dict, ``load_state_dict``).
 
 ``--cold`` drops the file's pages before every repeat and checks with mincore that they are
-gone (:mod:`h2q_tui.hotstart.cold`); where they stay (tmpfs, a mapping held elsewhere) it
+gone (:mod:`h2q_tui.checkpoints.page_cache`); where they stay (tmpfs, a mapping held elsewhere) it
 says "cold unavailable (why)" and labels the figures warm.
 """
 
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from h2q_tui.errors import UserError
-from h2q_tui.system.files import write_text_atomic
 
 PHASE_ORDER = (
     "start",
@@ -80,57 +79,6 @@ class Request:
     rate_tokens: int = 64
     columns: tuple[str, ...] = tuple(key for key, *_ in COLUMNS)
     threads: int = 1
-
-
-def main(argv: list[str]) -> int:
-    """``h2q-tui hotstart``: parse the flags, measure, print the table (and write --json)."""
-    from h2q_tui.cli.main import Parser
-
-    parser = Parser(
-        prog="h2q-tui hotstart",
-        description="Time loading a checkpoint up to its first generated token, by phase: "
-        "in fresh processes (as a user starts generate), in this process (what the Generate "
-        "pane and serve pay) and the naive pickle path as the anchor; median and range over "
-        "--repeats, warm (file in the page cache) or --cold.",
-    )
-    parser.add_argument("checkpoint", help="checkpoint folder, model.safetensors or run dir")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of every figure")
-    parser.add_argument(
-        "--cold",
-        action="store_true",
-        help="drop the file's pages from the page cache before every repeat (checked with "
-        "mincore; impossible on tmpfs)",
-    )
-    parser.add_argument("--prompt", default="Once upon a time", help="text to continue")
-    parser.add_argument("--json", metavar="PATH", help="write every figure here as JSON")
-    parser.add_argument(
-        "--in-process-only", action="store_true", help="skip the fresh-process figures"
-    )
-    parser.add_argument("--no-naive", action="store_true", help="skip the naive anchor")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads for decoding, as generate"
-    )
-    args = parser.parse_args(argv)
-    columns = tuple(
-        key
-        for key, _, fresh, method in COLUMNS
-        if not (fresh and args.in_process_only) and not (method == "naive" and args.no_naive)
-    )
-    request = Request(
-        checkpoint=args.checkpoint,
-        repeats=args.repeats,
-        cold=args.cold,
-        prompt=args.prompt,
-        json=args.json,
-        columns=columns,
-        threads=args.threads,
-    )
-    report = measure(request)
-    print(format_report(report))
-    if request.json:
-        write_json(report, request.json)
-        print(f"wrote {request.json}")
-    return 0
 
 
 def check_request(request: Request) -> None:
@@ -255,7 +203,7 @@ def run_in_process(
 
 def _pickle_folder() -> tempfile.TemporaryDirectory:
     """A temporary folder for the naive path's pickle, on a disk when one is at hand."""
-    from h2q_tui.hotstart import cold
+    from h2q_tui.checkpoints import page_cache as cold  # torch: imported once flags are read
 
     default = tempfile.TemporaryDirectory(prefix="h2q-hotstart-")
     if not cold.in_memory_filesystem(default.name):
@@ -286,19 +234,36 @@ def measure(request: Request) -> dict[str, object]:
 
 
 def _measure(request: Request) -> dict[str, object]:
-    from h2q_tui import checkpoints
-    from h2q_tui.hotstart import cold, timeline
+    from h2q_tui import checkpoints  # torch: imported once the flags are read
+    from h2q_tui.checkpoints import page_cache
     from h2q_tui.hotstart.phases import write_pickle_state
+
+    info = checkpoints.read_info(request.checkpoint)
+    checkpoints.load_checkpoint(info)  # a damaged file fails here, in one line, not in a probe
+    gc.collect()
+    unavailable = page_cache.drop_file_cache(info.weights) if request.cold else None
+    report = _report_head(request, info, unavailable)
+    folder = _pickle_folder() if any("naive" in key for key in request.columns) else None
+    try:
+        pickle_path = write_pickle_state(info, folder.name) if folder else None
+        gc.collect()
+        for key, heading, fresh, method in COLUMNS:
+            if key in request.columns:
+                samples = _samples(request, info, report["cold"], fresh, method, pickle_path)
+                report["columns"][key] = {"heading": heading, "method": method, **samples}
+    finally:
+        if folder is not None:
+            folder.cleanup()
+    return report
+
+
+def _report_head(request: Request, info, unavailable: str | None) -> dict[str, object]:
+    """The report's checkpoint, machine and cache facts, its columns still empty."""
     from h2q_tui.system import hardware
     from h2q_tui.system.thread_choice import DECODE_THREADS, decoding_choice
 
-    info = checkpoints.read_info(request.checkpoint)
     weights = info.weights
-    checkpoints.load_model_from(info)  # a damaged file fails here, in one line, not in a probe
-    gc.collect()
-    unavailable = cold.drop_file_cache(weights) if request.cold else None
-    is_cold = request.cold and unavailable is None
-    report: dict[str, object] = {
+    return {
         "checkpoint": str(weights),
         "what": info.describe(),
         "family": info.config.model.family,
@@ -315,66 +280,56 @@ def _measure(request: Request) -> dict[str, object]:
             None if request.threads == DECODE_THREADS else request.threads
         ).reason,
         "cold_requested": request.cold,
-        "cold": is_cold,
+        "cold": request.cold and unavailable is None,
         "cold_unavailable": unavailable,
         "cache": cache_label(request.cold, unavailable),
         "columns": {},
     }
-    folder = _pickle_folder() if any("naive" in key for key in request.columns) else None
-    try:
-        pickle_path = write_pickle_state(info, folder.name) if folder else None
-        gc.collect()
-        for key, heading, fresh, method in COLUMNS:
-            if key not in request.columns:
-                continue
-            # the naive path reads the safetensors metadata too: both files go cold
-            targets = [weights, pickle_path] if method == "naive" else [weights]
-            samples = []
-            for _ in range(request.repeats):
-                sample_cold = all([_prepare_cache(path, is_cold) for path in targets])
-                if fresh:
-                    sample = run_probe(
-                        weights,
-                        method,
-                        pickle_path if method == "naive" else None,
-                        request.prompt,
-                        request.rate_tokens,
-                        request.threads,
-                    )
-                else:
-                    sample = run_in_process(
-                        weights,
-                        method,
-                        pickle_path if method == "naive" else None,
-                        request.prompt,
-                        request.rate_tokens,
-                    )
-                    timeline.record(
-                        timeline.LoadEvent(
-                            kind="load",
-                            what=info.describe(),
-                            path=str(weights),
-                            step=info.step,
-                            total_s=sample["total_s"],
-                            phases=dict(sample["phases"]),
-                            overlapped=dict(sample.get("overlapped", {})),
-                            cold=sample_cold,
-                            consumer="hotstart",
-                            note=f"{method} path, in-process",
-                        )
-                    )
-                sample["cold"] = sample_cold
-                samples.append(sample)
-            report["columns"][key] = {"heading": heading, "method": method, **_summary(samples)}
-    finally:
-        if folder is not None:
-            folder.cleanup()
-    return report
+
+
+def _samples(
+    request: Request, info, is_cold: bool, fresh: bool, method: str, pickle_path: Path | None
+) -> dict[str, object]:
+    """One column's repeats, summarised; each in-process load is recorded in the timeline."""
+    from h2q_tui.checkpoints import timing
+
+    weights = info.weights
+    pickle_path = pickle_path if method == "naive" else None
+    # the naive path reads the safetensors metadata too: both files go cold
+    targets = [weights, pickle_path] if method == "naive" else [weights]
+    samples = []
+    for _ in range(request.repeats):
+        sample_cold = all([_prepare_cache(path, is_cold) for path in targets])
+        if fresh:
+            sample = run_probe(
+                weights, method, pickle_path, request.prompt, request.rate_tokens, request.threads
+            )
+        else:
+            sample = run_in_process(
+                weights, method, pickle_path, request.prompt, request.rate_tokens
+            )
+            timing.record(
+                timing.LoadEvent(
+                    kind="load",
+                    what=info.describe(),
+                    path=str(weights),
+                    step=info.step,
+                    total_s=sample["total_s"],
+                    phases=dict(sample["phases"]),
+                    overlapped=dict(sample.get("overlapped", {})),
+                    cold=sample_cold,
+                    consumer="hotstart",
+                    note=f"{method} path, in-process",
+                )
+            )
+        sample["cold"] = sample_cold
+        samples.append(sample)
+    return _summary(samples)
 
 
 def _prepare_cache(path: Path, cold_wanted: bool) -> bool:
     """Drop ``path``'s pages (cold) or read it in (warm); True when it is now cold."""
-    from h2q_tui.hotstart import cold
+    from h2q_tui.checkpoints import page_cache as cold  # torch: imported once flags are read
 
     if cold_wanted:
         return cold.drop_file_cache(path) is None
@@ -388,87 +343,3 @@ def cache_label(requested: bool, unavailable: str | None) -> str:
     if unavailable:
         return f"cold unavailable ({unavailable}): the figures are warm"
     return "cold (the file's pages dropped before every repeat, checked with mincore)"
-
-
-def _cell(summary: dict[str, float] | None, scale: float = 1000.0, digits: int = 1) -> str:
-    if summary is None:
-        return "—"
-    median, low, high = (scale * summary[k] for k in ("median", "min", "max"))
-    return f"{median:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
-
-
-def format_report(report: dict[str, object]) -> str:
-    """The readable table: one row per phase, one column per way of loading."""
-    columns = report["columns"]
-    headings = [column["heading"] for column in columns.values()]
-    rows: list[list[str]] = []
-    for name in PHASE_ORDER:
-        if not any(name in column["phases"] for column in columns.values()):
-            continue
-        rows.append(
-            [f"{name}", *(_cell(column["phases"].get(name)) for column in columns.values())]
-        )
-    rows.append(["total → first token", *(_cell(c["total_s"]) for c in columns.values())])
-    for name in OVERLAPPED_ORDER:
-        if any(name in column.get("overlapped", {}) for column in columns.values()):
-            rows.append(
-                [
-                    f"{name} (overlapped)",
-                    *(_cell(c.get("overlapped", {}).get(name)) for c in columns.values()),
-                ]
-            )
-    rows.append(
-        [
-            f"tokens/s ({report['rate_tokens']} tokens)",
-            *(_cell(c["tokens_per_s"], 1.0) for c in columns.values()),
-        ]
-    )
-    label_width = max(len(row[0]) for row in rows)
-    widths = [
-        max(len(headings[i]), *(len(row[i + 1]) for row in rows)) for i in range(len(headings))
-    ]
-    lines = [
-        f"hotstart {report['checkpoint']}",
-        f"  {report['what']} · {report['file_bytes'] / 1e6:.1f} MB",
-        f"  machine: {report['machine_line']}",
-        f"  cache: {report['cache']}",
-        f"  median (min–max) of {report['repeats']} repeat(s), ms; {report['threads']} "
-        "decoding thread(s) in every column"
-        + (f" ({report['threads_reason']})" if report.get("threads_reason") else ""),
-        "",
-        "  ".join(
-            [" " * label_width, *(h.rjust(w) for h, w in zip(headings, widths, strict=True))]
-        ),
-    ]
-    for row in rows:
-        cells = (cell.rjust(w) for cell, w in zip(row[1:], widths, strict=True))
-        lines.append("  ".join([row[0].ljust(label_width), *cells]))
-    if any(column.get("overlapped") for column in columns.values()):
-        lines.append(
-            "verify (overlapped): the checksum pass over every tensor, on a thread of its own "
-            "beside read, build, assign and the first forward (not in the total, which "
-            "includes verify_wait: the wait for it before the first token is handed over)"
-        )
-    if report.get("cold_unavailable"):
-        lines.append(f"cold unavailable ({report['cold_unavailable']})")
-    return "\n".join(lines)
-
-
-def write_json(report: dict[str, object], path: str | Path) -> None:
-    try:
-        write_text_atomic(path, json.dumps(report, indent=2) + "\n")
-    except OSError as exc:
-        raise UserError(f"cannot write --json {path}: {exc.strerror or exc}") from None
-
-
-def run_as_script(argv: list[str]) -> int:
-    """``python -m h2q_tui.hotstart.measure``: :func:`main` with the CLI's error handling."""
-    try:
-        return main(argv)
-    except UserError as exc:
-        print(f"h2q-tui: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(run_as_script(sys.argv[1:]))

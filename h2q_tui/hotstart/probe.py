@@ -35,15 +35,16 @@ def main(argv: list[str] | None = None) -> int:
 
     torch_at = time.perf_counter()
     torch.set_num_threads(args.threads)
+    from h2q_tui.checkpoints.timing import Clock
     from h2q_tui.errors import UserError
     from h2q_tui.hotstart import phases
 
-    clock = phases.Clock(STARTED)
+    clock = Clock(STARTED)
     clock.lap("python", imports_at)
     clock.lap("import_torch", torch_at)
     clock.lap("import_h2q")
 
-    def report(running: phases.Clock) -> None:
+    def report(running: Clock) -> None:
         line = {
             "started_perf": STARTED,
             "started_wall": STARTED_WALL,

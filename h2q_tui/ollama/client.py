@@ -13,6 +13,9 @@
   First-token latency is measured here (request sent → first text). ``cancel()`` closes the
   stream, which an Ollama server (and ``serve``) takes as the end of that generation.
 - :meth:`~OllamaClient.pull` streams the progress lines of ``POST /api/pull``.
+- Answers are parsed into the types the server builds them from
+  (:mod:`h2q_tui.ollama.replies`): :class:`~h2q_tui.ollama.replies.Reply`,
+  :class:`~h2q_tui.ollama.replies.ModelInfo`, :class:`~h2q_tui.ollama.replies.PullProgress`.
 
 httpx only (no ``ollama`` package at runtime); nothing here imports torch.
 """
@@ -30,6 +33,7 @@ from typing import Any
 import httpx
 
 from h2q_tui.ollama import protocol
+from h2q_tui.ollama.replies import ModelInfo, PullProgress, Reply
 from h2q_tui.units import first_line
 
 PROBE_TIMEOUT = 2.0  # seconds for /api/version
@@ -60,66 +64,47 @@ def default_host() -> str:
     return protocol.parse_host(os.environ.get("OLLAMA_HOST"))
 
 
-def _ns(final: Mapping[str, Any], key: str) -> int | None:
-    value = final.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        return None
-    return int(value)
-
-
 @dataclass
 class Result:
-    """What one generation gave: the text, and what the server's final object said."""
+    """What one generation gave: the text, the server's final object, what was measured here."""
 
     model: str = ""
     text: str = ""
-    done: bool = False
-    done_reason: str | None = None
-    total_duration: int | None = None  # nanoseconds, from the final object only
-    load_duration: int | None = None
-    prompt_eval_count: int | None = None
-    prompt_eval_duration: int | None = None
-    eval_count: int | None = None
-    eval_duration: int | None = None
+    final: Reply = field(default_factory=Reply)  # the final (done) object, as the server sent it
     first_token_s: float | None = None  # measured here: request sent → first text
     wall_s: float = 0.0  # measured here: request sent → stream closed
     pieces: int = 0  # NDJSON lines with text
     cancelled: bool = False
-    final: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.final.done
+
+    @property
+    def tokens(self) -> int:
+        """The server's ``eval_count``, or the pieces received when it did not say."""
+        return self.final.eval_count if self.final.eval_count is not None else self.pieces
 
     @property
     def tokens_per_s(self) -> float | None:
         """eval_count / eval_duration · 1e9 (None when the server did not say)."""
-        return protocol.tokens_per_s(self.eval_count, self.eval_duration)
+        return self.final.tokens_per_s
 
     @property
     def load_s(self) -> float | None:
-        return None if self.load_duration is None else self.load_duration / 1e9
-
-    def read_final(self, final: Mapping[str, Any]) -> None:
-        self.done, self.final = True, dict(final)
-        reason = final.get("done_reason")
-        self.done_reason = reason if isinstance(reason, str) else None
-        for key in (
-            "total_duration",
-            "load_duration",
-            "prompt_eval_count",
-            "prompt_eval_duration",
-            "eval_count",
-            "eval_duration",
-        ):
-            setattr(self, key, _ns(final, key))
+        return self.final.load_s
 
     def stats_line(self) -> str:
         """``42 tokens · 512.3 tokens/s · first token 12 ms · hot start 0.1 ms · length``."""
-        parts = [f"{self.eval_count if self.eval_count is not None else self.pieces} tokens"]
+        parts = [f"{self.tokens} tokens"]
         rate = self.tokens_per_s
         parts.append(f"{rate:,.1f} tokens/s" if rate is not None else "tokens/s n/a")
         if self.first_token_s is not None:
             parts.append(f"first token {1000 * self.first_token_s:,.0f} ms")
         load = self.load_s
         parts.append(f"hot start {1000 * load:,.1f} ms" if load is not None else "hot start n/a")
-        parts.append("cancelled" if self.cancelled else (self.done_reason or "no done_reason"))
+        reason = self.final.done_reason or "no done_reason"
+        parts.append("cancelled" if self.cancelled else reason)
         return " · ".join(parts)
 
 
@@ -164,26 +149,19 @@ class Stream:
             part = read_line(line)
             if part is None:
                 continue
-            piece = self._piece(part)
+            reply = Reply.from_json(part, self.chat)
+            piece = reply.text
             if piece:
                 if self.result.first_token_s is None:
                     self.result.first_token_s = time.perf_counter() - started
                 self.result.text += piece
                 self.result.pieces += 1
                 yield piece
-            if part.get("done"):
-                self.result.read_final(part)
+            if reply.done:
+                self.result.final = reply
                 return
         if not self._cancelled.is_set():
             raise ServerError("the stream ended without a final (done) object")
-
-    def _piece(self, part: Mapping[str, Any]) -> str:
-        if self.chat:
-            message = part.get("message")
-            text = message.get("content") if isinstance(message, Mapping) else None
-        else:
-            text = part.get("response")
-        return text if isinstance(text, str) else ""
 
     def run(self, on_piece: Callable[[str], None] | None = None) -> Result:
         """Iterate to the end (``on_piece`` gets each piece) and return the result."""
@@ -191,21 +169,6 @@ class Stream:
             if on_piece is not None:
                 on_piece(piece)
         return self.result
-
-
-@dataclass
-class PullProgress:
-    status: str
-    completed: int | None = None
-    total: int | None = None
-    digest: str | None = None
-
-    def line(self) -> str:
-        if self.total and self.completed is not None:
-            return (
-                f"{self.status} {100 * self.completed / self.total:5.1f}% of {self.total:,} bytes"
-            )
-        return self.status
 
 
 class OllamaClient:
@@ -314,13 +277,18 @@ class OllamaClient:
             )
         return version
 
-    def list(self) -> list[dict[str, Any]]:
-        models = self._request("GET", "/api/tags").get("models")
-        return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+    def list(self) -> list[ModelInfo]:
+        return self._models("/api/tags")
 
-    def ps(self) -> list[dict[str, Any]]:
-        models = self._request("GET", "/api/ps").get("models")
-        return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+    def ps(self) -> list[ModelInfo]:
+        """The models loaded now."""
+        return self._models("/api/ps")
+
+    def _models(self, path: str) -> list[ModelInfo]:
+        models = self._request("GET", path).get("models")
+        if not isinstance(models, list):
+            return []
+        return [ModelInfo.from_json(m) for m in models if isinstance(m, dict)]
 
     def show(self, model: str) -> dict[str, Any]:
         return self._request("POST", "/api/show", {"model": model})
@@ -333,12 +301,7 @@ class OllamaClient:
                     part = read_line(line)
                     if part is None:
                         continue
-                    progress = PullProgress(
-                        str(part.get("status", "")),
-                        _ns(part, "completed"),
-                        _ns(part, "total"),
-                        part.get("digest") if isinstance(part.get("digest"), str) else None,
-                    )
+                    progress = PullProgress.from_json(part)
                     yield progress
                     if progress.status == "success":
                         return

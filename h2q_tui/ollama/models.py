@@ -8,9 +8,9 @@ each crystallized folder under it, ``runs/gpt-cpu/crystal/int8/``, is a tag of i
 Characters other than letters, digits and ``_ . + -`` become ``-``; a name given twice gets
 ``-2``.
 
-Models load through :mod:`h2q_tui.checkpoints` (``read_info`` + ``load_model_from``: meta
-build, memory-mapped weights, crystallized folders decoded at load) and every load is
-recorded in :mod:`h2q_tui.hotstart.timeline` (consumer ``serve``). Loading runs on whatever
+Models load through :func:`h2q_tui.checkpoints.load_checkpoint` (the plain way: checksums
+first, crystallized folders decoded at load) and every load is recorded in
+:mod:`h2q_tui.checkpoints.timing` (consumer ``serve``). Loading runs on whatever
 thread the server gives it (a thread of its own, see server.py); an entry is only ever
 loaded, used or unloaded by the one request that holds its gate.
 
@@ -33,9 +33,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from h2q_tui.checkpoints.find import named_run_dir
-from h2q_tui.checkpoints.layout import LATEST, STEP_NAME, TOKENIZER, WEIGHTS
+from h2q_tui import checkpoints
+from h2q_tui.checkpoints import timing
+from h2q_tui.checkpoints.find import named_run_dir, pointer_state
+from h2q_tui.checkpoints.layout import STEP_NAME, TOKENIZER, WEIGHTS
 from h2q_tui.errors import UserError
+from h2q_tui.generation.decoder import check_output
+from h2q_tui.generation.follow import can_swap, swap_weights
+from h2q_tui.generation.text import Codec
+from h2q_tui.models import count_parameters
 from h2q_tui.ollama.protocol import safe_name
 
 CRYSTAL = "crystal"  # RUN/crystal/<method>/: written by h2q-tui crystallize
@@ -137,7 +143,7 @@ class Entry:
     quantization: str = "F32"
     describe: str = ""
     error: str = ""  # why it cannot be read now (a --follow run with no checkpoint yet)
-    _pointer: tuple[int, str] | None = None  # (mtime_ns, text) of checkpoints/latest seen
+    _pointer: tuple[int, bytes] | None = None  # pointer_state of checkpoints/latest seen
 
     # ------------------------------------------------------------------ what it is
     def refresh(self, info) -> None:
@@ -222,11 +228,9 @@ class Entry:
         return time.perf_counter() - started, kind
 
     def _pointer_moved(self) -> bool:
-        seen = self._read_pointer()
+        seen = pointer_state(self.path)
         if seen is None or seen == self._pointer:
             return False
-        from h2q_tui import checkpoints
-
         try:
             weights, _ = checkpoints.resolve_checkpoint(self.path)
         except UserError:
@@ -234,42 +238,27 @@ class Entry:
         self._pointer = seen
         return self.info is None or Path(weights) != Path(self.info.weights)
 
-    def _read_pointer(self) -> tuple[int, str] | None:
-        """(mtime_ns, text) of the run's ``checkpoints/latest`` (None when unreadable)."""
-        pointer = self.path / "checkpoints" / LATEST
-        try:
-            return pointer.stat().st_mtime_ns, pointer.read_text(errors="replace")
-        except OSError:
-            return None
-
     def _load(self, device, kind: str, previous) -> None:
-        from h2q_tui import checkpoints
-        from h2q_tui.generation.text import Codec
-        from h2q_tui.hotstart import timeline
-        from h2q_tui.models import count_parameters
-
         started = time.perf_counter()
         if self.follow:
-            self._pointer = self._read_pointer()
+            self._pointer = pointer_state(self.path)
         try:
             info = checkpoints.read_info(self.path)
         except UserError as exc:
             self.error = str(exc)
             raise
-        from h2q_tui.generation.decoder import check_output
-        from h2q_tui.generation.follow import can_swap, swap_weights
-
-        timings: dict[str, float] = {}
+        phases: dict[str, float] = {}
         if kind == "swap" and self.model is not None and can_swap(self.model, info, previous):
             swapped = time.perf_counter()
             swap_weights(self.model, info)  # in place, between two requests (the gate is held)
-            model = self.model
-            timings["copy"] = time.perf_counter() - swapped
+            model, tokenizer = self.model, checkpoints.tokenizer_of(info)
+            phases["copy"] = time.perf_counter() - swapped
         else:
             kind = "load" if kind == "swap" else kind  # another shape: a model of its own
-            model = checkpoints.load_model_from(info, device).eval()
+            loaded = checkpoints.load_checkpoint(info, device=device)
+            model, tokenizer = loaded.model, loaded.tokenizer
             check_output(model)  # weights that overflow: a failed load, not a failed request
-        codec = Codec(checkpoints.tokenizer_of(info))
+        codec = Codec(tokenizer)
         total = time.perf_counter() - started
         self.model, self.codec = model, codec
         self.refresh(info)
@@ -278,12 +267,11 @@ class Entry:
         note = ""
         if kind == "swap" and previous is not None:
             note = f"--follow: step {previous.step} → {info.step}"
-        phases = {k: v for k, v in timings.items() if k != "slow"}
         rest = total - sum(phases.values())
         if phases and rest > 0:
             phases["rest"] = rest
-        timeline.record(
-            timeline.LoadEvent(
+        timing.record(
+            timing.LoadEvent(
                 kind=kind,
                 what=info.describe(),
                 path=str(Path(info.weights).parent),
@@ -340,8 +328,6 @@ class Registry:
     def discover(cls, paths: list[str | Path], follow: bool = False, queue: int = 32) -> Registry:
         """The registry of the CHECKPOINT_OR_RUN_DIR arguments; UserError (one line) for a
         path that is none of them, or a checkpoint that cannot be read."""
-        from h2q_tui import checkpoints
-
         registry = cls()
         followed = 0
         for raw in paths:

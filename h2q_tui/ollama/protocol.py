@@ -1,5 +1,6 @@
-"""What the server and the bridge share: ``OLLAMA_HOST``, durations, options, model names and
-the chat template. Pure Python (no torch, no HTTP), so the client side stays light.
+"""What a request says, read the same way by the server and the bridge: ``OLLAMA_HOST``,
+``keep_alive`` durations, model names, options and the chat template. What the server answers
+is in :mod:`h2q_tui.ollama.replies`. Pure Python (no torch, no HTTP), so the client stays light.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from h2q_tui.units import format_number
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
-NDJSON = "application/x-ndjson"
 BUSY = "server busy, please try again.  maximum pending requests exceeded"  # Ollama's 503
 
 
@@ -105,14 +107,12 @@ def parse_duration(value: Any) -> float | None:
     return None if seconds < 0 else seconds
 
 
-def shorten(value: Any, limit: int = 24) -> str:
-    """``value`` as JSON, cut to about ``limit`` characters (a huge number names its length)."""
-    text = json.dumps(value) if not isinstance(value, int) or abs(value) < 10**limit else ""
-    if text and len(text) <= limit:
-        return text
-    if isinstance(value, int):
-        return f"{str(value)[:10]}… ({len(str(abs(value)))} digits)"
-    return text[: limit - 1] + "…"
+def shorten(value: Any) -> str:
+    """``value`` as JSON, cut to about 24 characters (an integer as ``format_number`` writes it)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return format_number(value)
+    text = json.dumps(value)
+    return text if len(text) <= 24 else text[:23] + "…"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -148,6 +148,7 @@ def safe_name(text: str) -> str:
 
 # ----------------------------------------------------------------------------- options
 MAX_PREDICT = 4096  # the server's default cap: byte models have no end-of-text token
+DEFAULT_PREDICT = 200  # num_predict when a request gives none (h2q-tui generate's default)
 
 
 @dataclass(frozen=True)
@@ -263,20 +264,3 @@ def render_chat(messages: Any) -> str:
             )
     head = "\n\n".join(system) + "\n\n" if system else ""
     return head + "".join(lines) + "Assistant:"
-
-
-# ----------------------------------------------------------------------------- stats
-def tokens_per_s(eval_count: Any, eval_duration: Any) -> float | None:
-    """``eval_count / eval_duration · 1e9`` when both are there and positive, else None."""
-    if not isinstance(eval_count, (int, float)) or not isinstance(eval_duration, (int, float)):
-        return None
-    if eval_duration <= 0 or isinstance(eval_count, bool):
-        return None
-    return eval_count / eval_duration * 1e9
-
-
-def ndjson(obj: Mapping[str, Any]) -> bytes:
-    """One NDJSON line: compact JSON (no NaN), then ``\\n``."""
-    return (
-        json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode() + b"\n"
-    )

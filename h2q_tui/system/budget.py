@@ -17,16 +17,13 @@ turns readings into crossings, once each: an alarm is raised again only after th
 fell back under 85 % (so a reading hovering at 90 % does not repeat it every step), "over"
 only after it fell back under the budget.
 
-``add_budget_flags(parser)`` gives any command (training, the dashboard, ``serve``) the same
-``--memory-budget`` / ``--vram-budget`` flags; ``budget_from_args(args)`` reads them.
+The ``--memory-budget`` / ``--vram-budget`` flags are :func:`h2q_tui.cli.parser.add_budget_flags`.
 This module imports neither torch nor the config, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -250,40 +247,3 @@ class BudgetWatch:
                 alarm_armed = False
             self._alarm_armed[key], self._over_armed[key] = alarm_armed, over_armed
         return crossed
-
-
-# ---------------------------------------------------------------------------- flags
-def size_argument(name: str) -> Callable[[str], str]:
-    """An argparse ``type``: the size as written, once it parses (else a one-line UserError)."""
-
-    def check(text: str) -> str:
-        parse_size(text, name)
-        return text.strip()
-
-    check.__name__ = "size"
-    return check
-
-
-def add_budget_flags(parser: argparse.ArgumentParser, during: str = "training") -> None:
-    """``--memory-budget SIZE`` and ``--vram-budget SIZE`` (training, the dashboard, serve)."""
-    parser.add_argument(
-        "--memory-budget",
-        metavar="SIZE",
-        type=size_argument("--memory-budget"),
-        help=f"this process's RSS limit, {EXAMPLES} ({SIZE_HELP}); from 90 %% an alarm, above "
-        f"100 %% {during} saves a checkpoint and pauses (--no-ui: stops, exit 3); the "
-        "machine's RAM is shown apart (train.memory_budget; default: none)",
-    )
-    parser.add_argument(
-        "--vram-budget",
-        metavar="SIZE",
-        type=size_argument("--vram-budget"),
-        help="the same for CUDA memory reserved by this process (train.vram_budget; default: none)",
-    )
-
-
-def budget_from_args(args: argparse.Namespace) -> MemoryBudget:
-    """The budget of parsed ``add_budget_flags`` flags (for commands without a config)."""
-    return MemoryBudget.from_texts(
-        getattr(args, "memory_budget", None), getattr(args, "vram_budget", None)
-    )

@@ -27,8 +27,10 @@ import torch.distributed as dist
 from torch import nn
 
 from h2q_tui.errors import UserError
+from h2q_tui.system.stop_signals import STOP_SIGNALS
 
-# Stop reasons all ranks can agree on, in rising priority: a signal outranks a limit.
+# Stop reasons all ranks can agree on, in rising priority: a signal outranks a limit, and
+# Ctrl-C outranks SIGTERM, which outranks SIGHUP (the table lists them highest first).
 REASONS = (
     "",
     "max_steps",
@@ -36,9 +38,7 @@ REASONS = (
     "memory",
     "nan",
     "stopped",
-    "hangup",
-    "terminated",
-    "interrupted",
+    *(stop.reason for stop in reversed(STOP_SIGNALS)),
 )
 TIMEOUT = datetime.timedelta(minutes=30)  # a rank that waits this long in a collective fails
 

@@ -1,6 +1,7 @@
 """Everything between command-line flags and a ready Trainer: config, data, run dir, resume.
 
-Shared by the headless runner and the dashboard, so both write the same files.
+The one way to prepare and start a run: the headless runner and the dashboard both call
+``prepare_run`` then ``PreparedRun.trainer``, so both write the same files and train alike.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import queue
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,16 +20,23 @@ from pathlib import Path
 from h2q_tui import checkpoints
 from h2q_tui import config as cfg
 from h2q_tui.checkpoints import run_lock
-from h2q_tui.checkpoints.find import is_inside, named_run_dir
 from h2q_tui.data.sources import Corpus, load_corpus
 from h2q_tui.data.tokenizer import BpeTokenizer
-from h2q_tui.errors import UserError, write_error
+from h2q_tui.errors import UserError
 from h2q_tui.models import memory
 from h2q_tui.system import hardware
-from h2q_tui.system.files import write_text_atomic
+from h2q_tui.training.distributed import SINGLE, World
+from h2q_tui.training.run_files import (
+    ensure_writable,
+    read_run_file,
+    refuse_inside_a_run,
+    resume_source,
+    set_aside_later_steps,
+    write_run_file,
+)
+from h2q_tui.training.trainer import Emit, Trainer
 
 DEFAULT_PRESET = "microstream-cpu"
-RUN_FILE = "run.json"
 
 
 @dataclass
@@ -51,6 +60,8 @@ class RunRequest:
 
 @dataclass
 class PreparedRun:
+    """A run ready to train: its config, data, run dir (locked) and what it resumes from."""
+
     config: cfg.RunConfig
     corpus: Corpus
     run_dir: Path
@@ -59,6 +70,35 @@ class PreparedRun:
     tokenizer: BpeTokenizer | None = None
     device: str = "auto"
     warnings: list[str] = field(default_factory=list)  # one line each, for stderr or the log
+
+    def trainer(
+        self,
+        emit: Emit,
+        *,
+        commands: queue.Queue | None = None,
+        pause_on_nan: bool = False,
+        world: World = SINGLE,
+    ) -> Trainer:
+        """This run's Trainer, reporting every event through ``emit``.
+
+        The options are where the dashboard and the headless runner differ: the dashboard
+        sends ``commands`` (its keys) and pauses on a NaN or above the memory budget
+        (``pause_on_nan``) because a person is there to resume; only the headless runner
+        trains as one rank of a torchrun job (``world``).
+        """
+        return Trainer(
+            self.config,
+            self.corpus,
+            self.run_dir,
+            emit,
+            commands,
+            preset=self.preset,
+            resume_from=self.resume_from,
+            pause_on_nan=pause_on_nan,
+            tokenizer=self.tokenizer,
+            device=self.device,
+            world=world,
+        )
 
 
 def load_tokenizer(path: str | None, config: cfg.RunConfig) -> BpeTokenizer | None:
@@ -100,39 +140,6 @@ def _flag_overrides(request: RunRequest) -> list[str]:
         ),
     ]
     return request.overrides + [f for f in flags if f]
-
-
-def ensure_writable(run_dir: Path, created: list[Path] | None = None) -> None:
-    """Create the run dir and prove we can write in it, or raise a one-line UserError.
-
-    ``created`` is given the folders this call made (outermost first), for a refused
-    request to remove again.
-    """
-    missing = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if created is not None:
-            created.extend(reversed(missing))
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write run dir {run_dir}: {exc.strerror or exc}") from None
-
-
-def refuse_inside_a_run(run_dir: Path) -> None:
-    """A UserError when a new run dir is another run's ``checkpoints/`` folder or inside it."""
-    path = Path(os.path.abspath(run_dir))
-    for folder in (path, *path.parents):
-        run = folder.parent
-        if folder.name == "checkpoints" and (
-            (run / RUN_FILE).is_file() or (folder / checkpoints.LATEST).is_file()
-        ):
-            run = Path(os.path.relpath(run)) if run.is_relative_to(Path.cwd()) else run
-            raise UserError(
-                f"--run-dir {run_dir} is inside the checkpoints of run {run}: use "
-                f"--resume {run} to continue it, or another --run-dir"
-            )
 
 
 def check_corpus_size(config: cfg.RunConfig, corpus: Corpus) -> None:
@@ -207,7 +214,7 @@ def _prepare(
         raise UserError(
             f"run dir {run_dir} already holds a run; use --resume {run_dir} or another --run-dir"
         )
-    _write_run_file(
+    write_run_file(
         run_dir,
         {
             "preset": preset,
@@ -221,43 +228,6 @@ def _prepare(
     return PreparedRun(
         config, corpus, run_dir, preset, None, tokenizer, request.device, warnings=warnings
     )
-
-
-def resume_source(path: str | Path) -> tuple[Path, Path]:
-    """(run dir, checkpoint path) of ``--resume``: a run dir (its latest sound checkpoint), or
-    one of its ``checkpoints/step_N`` folders (or that folder's model.safetensors).
-
-    A path inside a run (``RUN/checkpoints``, ``RUN/checkpoints/latest``, a file of the run)
-    means that run, so that its data, its files and its lock are the ones used.
-    """
-    path = named_run_dir(Path(os.path.normpath(path)))
-    folder = path.parent if path.is_file() else path
-    if not (folder / checkpoints.WEIGHTS).is_file():
-        return folder, folder
-    if folder.parent.name == "checkpoints":
-        if not is_inside(folder.parent, folder):
-            raise UserError(
-                f"--resume {path}: the checkpoint folder is a link to outside "
-                f"{folder.parent}; resume only checkpoints the run wrote itself"
-            )
-        return folder.parent.parent, folder
-    raise UserError(
-        f"--resume {path}: a lone checkpoint folder; resume its run dir or a "
-        "RUN/checkpoints/step_N folder, or evaluate it with h2q-tui eval"
-    )
-
-
-def _set_aside_later_steps(run_dir: Path, step: int) -> str:
-    """Resuming from an earlier step: move the later step_* folders out of the way."""
-    root = run_dir / "checkpoints"
-    later = [p for p in root.glob("step_*") if p.name > f"step_{step:08d}"]
-    if not later:
-        return ""
-    aside = root / f"superseded-{datetime.now():%Y%m%d-%H%M%S}"
-    aside.mkdir()
-    for folder in later:
-        os.rename(folder, aside / folder.name)
-    return f"resuming from step {step}: the {len(later)} later checkpoint(s) moved to {aside}"
 
 
 def _prepare_resume(request: RunRequest, progress, writes: bool = True) -> PreparedRun:
@@ -279,7 +249,7 @@ def _prepare_resume(request: RunRequest, progress, writes: bool = True) -> Prepa
             f"train.loop cannot change on --resume (the data position saved is the "
             f"{info.config.train.loop} loop's)"
         )
-    saved = _read_run_file(run_dir)
+    saved = read_run_file(run_dir)
     tokenizer = load_tokenizer(request.tokenizer or saved.get("tokenizer"), config)
     memory.check_training_memory(config, hardware.resolve_device(request.device))
     corpus = load_corpus(
@@ -302,7 +272,7 @@ def _prepare_resume(request: RunRequest, progress, writes: bool = True) -> Prepa
     run_lock.acquire(target)
     checkpoints.remove_leftovers(target / "checkpoints", owner=True)
     if target == run_dir and source != run_dir:
-        aside = _set_aside_later_steps(run_dir, info.step)
+        aside = set_aside_later_steps(run_dir, info.step)
         if aside:
             info = dataclasses.replace(info, note="; ".join(n for n in (info.note, aside) if n))
     warnings = leakage_warnings(
@@ -318,31 +288,6 @@ def _prepare_resume(request: RunRequest, progress, writes: bool = True) -> Prepa
         request.device,
         warnings=warnings,
     )
-
-
-def _write_run_file(run_dir: Path, payload: dict) -> None:
-    try:
-        write_text_atomic(run_dir / RUN_FILE, json.dumps(payload, indent=2) + "\n")
-    except OSError as exc:
-        raise write_error(RUN_FILE, run_dir, exc, ", then start again") from None
-
-
-def _read_run_file(run_dir: Path) -> dict:
-    """run.json as a dict of strings (or None) per key; a damaged file is a one-line UserError."""
-    path = run_dir / RUN_FILE
-    if not path.is_file():
-        return {}
-    fix = "move it away and pass --data (and --heldout, --tokenizer) to resume"
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # ValueError: bad JSON or not UTF-8
-        raise UserError(f"{path} is unreadable: {fix}") from None
-    if not isinstance(saved, dict):
-        raise UserError(f"{path} holds a JSON {type(saved).__name__}, not an object: {fix}")
-    for key, value in saved.items():
-        if value is not None and not isinstance(value, str):
-            raise UserError(f"{path}: {key!r} must be a string, got {type(value).__name__}: {fix}")
-    return saved
 
 
 def leakage_warnings(data: str | None, heldout: str | None) -> list[str]:

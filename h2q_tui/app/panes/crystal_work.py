@@ -77,8 +77,8 @@ def prepare_snapshot(model: Any, step: int, live: dict[str, Any]) -> Loaded:
     folder, out_root, in_run_dir = save_snapshot(model, step, live)
     where = "run dir" if in_run_dir else "temporary folder"
     note = f"snapshot + folders in the {where}: {short_path(out_root)}/"
-    info = checkpoints.read_info(folder)
-    return prepare(info, checkpoints.load_model_from(info), out_root, note)
+    loaded = checkpoints.load_checkpoint(folder)
+    return prepare(loaded.info, loaded.model, out_root, note)
 
 
 @dataclass

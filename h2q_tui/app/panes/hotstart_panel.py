@@ -1,7 +1,7 @@
 """The Crystal pane's hot-start half: what generation is using, how its last load went
 (phases, cold or warm), the hot swaps with their timings, and ``hotstart`` on demand.
 
-Everything shown comes from h2q_tui/hotstart/timeline.py (every load, swap and snapshot a
+Everything shown comes from h2q_tui/checkpoints/timing.py (every load, swap and snapshot a
 generator in this process made) and from :func:`h2q_tui.hotstart.measure.measure`, which
 the ``h`` key runs on a worker thread of its own (it starts fresh processes: seconds).
 """
@@ -17,8 +17,8 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static
 
+from h2q_tui.checkpoints import timing as timeline
 from h2q_tui.errors import UserError
-from h2q_tui.hotstart import timeline
 from h2q_tui.hotstart.measure import Request, measure
 from h2q_tui.system.threads import on_own_thread
 

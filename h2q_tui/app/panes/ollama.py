@@ -9,8 +9,9 @@ over the time after the first, as Ollama counts them; the load is what loading t
 checkpoint or taking the snapshot took). The two run one after the other, so neither shares
 the CPU with the other (on one machine, a local Ollama or ``h2q-tui serve`` would).
 
-Every network call and every generation runs in a thread worker, the local generation on a
-thread of its own (h2q_tui/system/threads.py); the UI thread only draws. An unreachable
+Every network call and every generation runs in a thread worker (the work itself is in
+app/panes/ollama_run.py), the local generation on a thread of its own
+(h2q_tui/system/threads.py); the UI thread only draws. An unreachable
 server is one line in the pane.
 """
 

@@ -15,9 +15,9 @@ from textual.widgets import Input
 
 from h2q_tui.generation.generate import Generation, use_decoding_threads
 from h2q_tui.generation.sampling import SamplingConfig
+from h2q_tui.generation.steer_eval import DEFAULT_PROMPT
 from h2q_tui.ollama.client import BridgeError, OllamaClient
 
-DEFAULT_PROMPT = "Once upon a time"
 MAX_TOKENS = 4096  # the most new tokens the pane asks either side for
 
 # What one run asks of both sides: prompt, new tokens, temperature, seed.
@@ -49,7 +49,7 @@ def probe(url: str) -> tuple[str, str | None, list[str], str]:
     with client:
         try:
             version = client.probe()
-            names = [str(m.get("name") or m.get("model")) for m in client.list()]
+            names = [m.name for m in client.list()]
         except BridgeError as exc:
             return client.base_url, None, [], str(exc)
     return client.base_url, version, names, ""
@@ -75,8 +75,7 @@ def local_stats(stats: Any, load_s: float | None) -> str:
 
 def ollama_stats(result: Any) -> str:
     rate = result.tokens_per_s
-    count = result.eval_count if result.eval_count is not None else result.pieces
-    parts = [f"{count} tokens", f"{rate:,.1f} tok/s" if rate is not None else "tok/s n/a"]
+    parts = [f"{result.tokens} tokens", f"{rate:,.1f} tok/s" if rate is not None else "tok/s n/a"]
     parts.append(
         f"first {1000 * result.first_token_s:,.0f} ms"
         if result.first_token_s is not None

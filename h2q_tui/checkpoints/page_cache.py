@@ -132,3 +132,15 @@ def drop_file_cache(path: str | Path) -> str | None:
             "POSIX_FADV_DONTNEED (a mapping held elsewhere, or a file system that ignores it)"
         )
     return None
+
+
+def cache_state(path: str | Path) -> bool | None:
+    """True when ``path`` is (almost) not in the page cache, False when it (almost) all is,
+    None in between or where it cannot be checked."""
+    try:
+        fraction = residency(path).fraction
+    except OSError:
+        return None
+    if fraction <= RESIDENT_LIMIT:
+        return True
+    return False if fraction >= 1 - RESIDENT_LIMIT else None

@@ -1,4 +1,4 @@
-"""What this process loaded for generation, and when: loads with their phases, hot swaps.
+"""Timing loads: the :class:`Clock` of a load's phases, and what this process loaded, when.
 
 Every place that puts weights in front of a generator (the Generate pane, ``generate
 --follow``, ``serve``, ``hotstart``) records one :class:`LoadEvent`; the Crystal pane shows
@@ -14,6 +14,27 @@ from collections import deque
 from dataclasses import dataclass, field
 
 KEEP = 100  # events kept per process
+
+
+class Clock:
+    """Contiguous phases: each ``lap`` closes the phase that began at the previous one."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.start = time.perf_counter() if start is None else start
+        self.last = self.start
+        self.phases: dict[str, float] = {}
+        # seconds of work that ran beside the phases on another thread (not in the total)
+        self.overlapped: dict[str, float] = {}
+
+    def lap(self, name: str, at: float | None = None) -> None:
+        """End phase ``name`` now (or at the perf_counter time ``at``)."""
+        now = time.perf_counter() if at is None else at
+        self.phases[name] = self.phases.get(name, 0.0) + max(now - self.last, 0.0)
+        self.last = max(now, self.last)
+
+    @property
+    def elapsed(self) -> float:
+        return self.last - self.start
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,30 @@
+"""``h2q-tui attach RUN_DIR...``: the dashboard on runs other processes are writing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from h2q_tui.cli.parser import Parser
+from h2q_tui.errors import UserError
+from h2q_tui.training.tail import not_regular
+from h2q_tui.training.writers import METRICS_FILE
+
+
+def main(argv: list[str]) -> int:
+    parser = Parser(
+        prog="h2q-tui attach", description="The dashboard on runs other processes are writing."
+    )
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run dirs holding metrics.jsonl")
+    args = parser.parse_args(argv)
+    for run_dir in args.run_dirs:
+        if not run_dir.is_dir():
+            raise UserError(f"run dir not found: {run_dir}")
+        problem = not_regular(run_dir / METRICS_FILE)  # a FIFO or a device: never read
+        if problem:
+            raise UserError(f"{problem}: attach reads only a regular file")
+    # the dashboard (textual, torch) loads once the run dirs are known to be readable
+    from h2q_tui.app import make_app, run_app
+    from h2q_tui.app.signals import end_with_web_parent
+
+    end_with_web_parent()  # a web tab's process: it ends with its server
+    return run_app(make_app(attach=args.run_dirs))  # non-zero if the app crashed

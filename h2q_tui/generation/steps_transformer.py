@@ -1,0 +1,151 @@
+"""The step programs of the transformer families: the GPT baseline, the reversible blocks
+of MicroStream and h2q-transformer, and QRLM (see :mod:`~h2q_tui.generation.steps`).
+
+Dimension legend: V vocabulary, C hidden width, T new positions, H half the width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from h2q_kernels.hamiltonian import HamLinear
+
+from h2q_tui.generation import steps
+from h2q_tui.generation.steps import (
+    StepProgram,
+    causal_attention,
+    layer_norm,
+    layer_norm_args,
+    pre_hooks,
+)
+from h2q_tui.models.gpt import GPT
+from h2q_tui.models.microstream import MicroStream
+from h2q_tui.models.qrlm import QRLM
+
+
+class GPTStep(StepProgram):
+    """The GPT baseline: pre-LN blocks, the fused c_attn as it is."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__(model)
+        self.n_heads = model.config.n_heads
+        self.embedding, self.positions = model.wte.weight, model.wpe.weight
+        self.layers = [
+            (
+                layer_norm_args(b.ln_1),
+                (b.attn.c_attn.weight, b.attn.c_attn.bias),
+                (b.attn.c_proj.weight, b.attn.c_proj.bias),
+                layer_norm_args(b.ln_2),
+                (b.mlp.c_fc.weight, b.mlp.c_fc.bias),
+                (b.mlp.c_proj.weight, b.mlp.c_proj.bias),
+            )
+            for b in self.blocks
+        ]
+        self.kv = [self.kv_cache(self.n_heads, model.config.d_model) for _ in self.blocks]
+        self.final, self.head = layer_norm_args(model.ln_f), model.lm_head.weight
+
+    def run(self, tokens: list[int], offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        time = len(tokens)
+        x = self.rows(self.embedding, tokens) + self.positions[offset : offset + time]
+        for block, layer, kv in zip(self.blocks, self.layers, self.kv, strict=True):
+            if block._forward_pre_hooks:
+                x = pre_hooks(block, x)
+            ln_1, qkv, proj, ln_2, fc, fc_proj = layer
+            y = causal_attention(F.linear(layer_norm(x, ln_1), *qkv), kv, offset, self.n_heads)
+            x = x + F.linear(y, *proj)
+            x = x + F.linear(steps.GELU(F.linear(layer_norm(x, ln_2), *fc)), *fc_proj)
+        hidden = layer_norm(x[-1], self.final)
+        return F.linear(hidden, self.head), hidden
+
+
+def _frozen(layer: HamLinear) -> tuple[torch.Tensor, torch.Tensor]:
+    """A frozen HamLinear's W and bias, for F.linear."""
+    return layer.frozen_weight, layer.bias
+
+
+def _fused(layers: list[HamLinear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One (3D, D) weight and (3D,) bias from the frozen W of the q, k, v HamLinears."""
+    weight = torch.cat([layer.frozen_weight for layer in layers])
+    return weight, torch.cat([layer.bias.detach() for layer in layers])
+
+
+def _quaternion_phase(y: torch.Tensor) -> torch.Tensor:
+    """common.phase_rotation on (T, C): each quaternion y -> y · r / sqrt(|y|² + 1e-6)."""
+    time, width = y.shape
+    quats = y.view(time, 4, width // 4)  # (T, 4, C/4)
+    scale = quats[:, 0:1] / torch.sqrt(quats.pow(2).sum(dim=1, keepdim=True) + 1e-6)
+    return (quats * scale).reshape(time, width)
+
+
+class ReversibleStep(StepProgram):
+    """MicroStream and h2q-transformer: reversible half-split blocks of frozen HamLinears."""
+
+    def __init__(self, model: MicroStream) -> None:
+        super().__init__(model)
+        self.n_heads = model.config.n_heads
+        self.quaternion = model.config.family == "h2q-transformer"
+        self.embedding, self.positions = model.tok_emb.weight, model.pos_emb
+        self.layers = [
+            (
+                layer_norm_args(b.ln1),
+                _fused([b.attn.q, b.attn.k, b.attn.v]),
+                _frozen(b.attn.o),
+                layer_norm_args(b.ln2),
+                _frozen(b.ffn.fc1),
+                _frozen(b.ffn.fc2),
+            )
+            for b in self.blocks
+        ]
+        self.kv = [self.kv_cache(self.n_heads, model.config.d_model // 2) for _ in self.blocks]
+        self.final, self.head = layer_norm_args(model.norm), (model.head.weight, model.head.bias)
+
+    def run(self, tokens: list[int], offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        time = len(tokens)
+        h = self.rows(self.embedding, tokens) + self.positions[offset : offset + time]
+        h1, h2 = h.chunk(2, dim=-1)  # (T, H) each; joined only where a hook or the head needs
+        for block, layer, kv in zip(self.blocks, self.layers, self.kv, strict=True):
+            if block._forward_pre_hooks:
+                h1, h2 = pre_hooks(block, torch.cat([h1, h2], dim=-1)).chunk(2, dim=-1)
+            ln1, qkv, o, ln2, fc1, fc2 = layer
+            y = causal_attention(F.linear(layer_norm(h2, ln1), *qkv), kv, offset, self.n_heads)
+            if self.quaternion:
+                y = _quaternion_phase(y)
+            h1 = h1 + F.linear(y, *o)
+            h2 = h2 + F.linear(steps.GELU(F.linear(layer_norm(h1, ln2), *fc1)), *fc2)
+        hidden = layer_norm(torch.cat([h1[-1], h2[-1]]), self.final)
+        return F.linear(hidden, *self.head), hidden
+
+
+class QRLMStep(StepProgram):
+    """QRLM: pre-LN blocks of frozen HamLinears, q/k/v fused."""
+
+    def __init__(self, model: QRLM) -> None:
+        super().__init__(model)
+        self.n_heads = model.config.n_heads
+        self.embedding, self.positions = model.tok_emb.weight, model.pos_emb
+        self.layers = [
+            (
+                layer_norm_args(b.ln1),
+                _fused([b.attn.q_proj, b.attn.k_proj, b.attn.v_proj]),
+                _frozen(b.attn.o_proj),
+                layer_norm_args(b.ln2),
+                _frozen(b.fc1),
+                _frozen(b.fc2),
+            )
+            for b in self.blocks
+        ]
+        self.kv = [self.kv_cache(self.n_heads, model.config.d_model) for _ in self.blocks]
+        self.final, self.head = layer_norm_args(model.norm), (model.head.weight, model.head.bias)
+
+    def run(self, tokens: list[int], offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        time = len(tokens)
+        x = self.rows(self.embedding, tokens) + self.positions[offset : offset + time]
+        for block, layer, kv in zip(self.blocks, self.layers, self.kv, strict=True):
+            if block._forward_pre_hooks:
+                x = pre_hooks(block, x)
+            ln1, qkv, o, ln2, fc1, fc2 = layer
+            y = causal_attention(F.linear(layer_norm(x, ln1), *qkv), kv, offset, self.n_heads)
+            x = x + F.linear(y, *o)
+            x = x + F.linear(steps.GELU(F.linear(layer_norm(x, ln2), *fc1)), *fc2)
+        hidden = layer_norm(x[-1], self.final)
+        return F.linear(hidden, *self.head), hidden

@@ -1,0 +1,106 @@
+"""The endpoints that describe what is served: ``/`` ("Ollama is running"), ``/api/version``,
+``/api/tags``, ``/api/ps``, ``/api/show`` and ``/api/pull`` (our models are local: a served
+name "pulls" at once)."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from h2q_tui import __version__
+from h2q_tui.generation.sampling import SamplingConfig
+from h2q_tui.ollama import api, protocol
+from h2q_tui.ollama.api import ApiError
+from h2q_tui.ollama.models import Entry, iso
+from h2q_tui.ollama.replies import ModelInfo, PullProgress
+
+FOREVER = "2318-01-01T00:00:00Z"  # expires_at of a model kept loaded forever (as Ollama shows it)
+
+
+async def index(request: Request) -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+async def version(request: Request) -> Response:
+    return JSONResponse({"version": __version__})
+
+
+def _listing(entry: Entry) -> ModelInfo:
+    return ModelInfo(
+        name=entry.name,
+        modified_at=iso(entry.modified_at or time.time()),
+        size=entry.size,
+        digest=entry.digest,
+        details=entry.details(),
+    )
+
+
+async def tags(request: Request) -> Response:
+    entries = api.server_of(request).registry.entries.values()
+    listed = [_listing(e).to_json() for e in entries if e.info is not None]
+    return JSONResponse({"models": listed})
+
+
+async def ps(request: Request) -> Response:
+    models = []
+    for entry in api.server_of(request).registry.entries.values():
+        if not entry.loaded:
+            continue
+        shown = _listing(entry)
+        shown.expires_at = FOREVER if entry.expires_at is None else iso(entry.expires_at)
+        shown.size_vram, shown.context_length = 0, entry.info.config.model.context
+        models.append(shown.to_json())
+    return JSONResponse({"models": models})
+
+
+async def show(request: Request) -> Response:
+    server = api.server_of(request)
+    entry = api.model_entry(server.registry, await api.read_body(request, server.config.max_body))
+    if entry.info is None:
+        raise ApiError(500, f"{entry.name}: {entry.error}")
+    s = SamplingConfig()
+    parameters = (
+        f"temperature {s.temperature}\ntop_k {s.top_k}\ntop_p {s.top_p}\n"
+        f"repeat_penalty {s.repetition_penalty}\nnum_predict {protocol.DEFAULT_PREDICT}\n"
+        f"num_ctx {entry.info.config.model.context}"
+    )
+    return JSONResponse(
+        {
+            "modelfile": f"# {entry.describe} (h2q-tui serve)\nFROM {entry.info.weights}\n",
+            "parameters": parameters,
+            "template": protocol.CHAT_TEMPLATE,
+            "details": entry.details(),
+            "model_info": entry.model_info(),
+            "capabilities": ["completion", "embedding"],
+            "modified_at": iso(entry.modified_at or time.time()),
+        }
+    )
+
+
+async def pull(request: Request) -> Response:
+    server = api.server_of(request)
+    body = await api.read_body(request, server.config.max_body)
+    stream = api.flag(body, "stream", True)
+    try:
+        entry = api.model_entry(server.registry, body)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        raise ApiError(
+            404, f"{exc.message}: h2q-tui serve serves local checkpoints, nothing to pull"
+        ) from None
+    steps = [
+        PullProgress("pulling manifest"),
+        PullProgress(
+            "using local checkpoint",
+            completed=entry.size,
+            total=entry.size,
+            digest=f"sha256:{entry.digest}",
+        ),
+        PullProgress("success"),
+    ]
+    if not stream:
+        return JSONResponse(steps[-1].to_json())
+    return api.NdjsonResponse(api.lines([step.to_json() for step in steps]))
