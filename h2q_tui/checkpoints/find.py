@@ -227,7 +227,7 @@ class BackgroundCheck:
 
 
 def is_crystallized(metadata: dict[str, str]) -> bool:
-    from h2q_tui.codecs.policy import is_crystallized
+    from h2q_tui.codecs.layout import is_crystallized
 
     return is_crystallized(metadata)
 
@@ -236,7 +236,7 @@ def _crystal_problem(metadata: dict[str, str]) -> str | None:
     """Why a crystallized file's layout cannot be read (None when it can, or it is not one)."""
     if not is_crystallized(metadata):
         return None
-    from h2q_tui.codecs.policy import read_layout
+    from h2q_tui.codecs.layout import read_layout
 
     try:
         read_layout(metadata)
