@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from h2q_tui import checkpoints
+from h2q_tui.cli.progress import WindowProgressBar
 from h2q_tui.crystal import crystallize
 from h2q_tui.errors import UserError
 from h2q_tui.system import hardware
@@ -77,7 +78,10 @@ def run_one(path: Path, args: argparse.Namespace) -> dict:
         batch=args.batch,
         device=args.device,
     )
-    document = crystallize.run(request)
+    document = crystallize.run(
+        request,
+        progress=lambda label, windows, batch: WindowProgressBar(windows, batch, label=label),
+    )
     rows = document["rows"]
     original = load_seconds(rows[0]["path"], args.load_repeats)
     loads = [{"method": "original", "seconds": original, "added": 0.0}]

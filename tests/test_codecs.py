@@ -1,4 +1,4 @@
-"""Crystallization codecs (h2q_tui/crystal): error bounds, exact int4 packing, Kronecker-rank
+"""Crystallization codecs (h2q_tui/codecs): error bounds, exact int4 packing, Kronecker-rank
 truncation against the kernels' own materialisation, the method parser and the policy."""
 
 from __future__ import annotations
@@ -11,23 +11,18 @@ import torch
 from h2q_kernels.hamiltonian import materialise_weight, quaternion_block_matrix
 from safetensors.torch import load_file, save_file
 
-from h2q_tui.codecs import (
-    CrystalFormatError,
-    Step,
-    decode_chain,
-    decode_state_dict,
-    encode_chain,
-    encode_state_dict,
+from h2q_tui.codecs.kronecker import (
     ham_groups,
     model_rank,
-    parse_method,
-    plan,
-    stored_bytes,
     truncate_optimal,
     truncate_shared,
     truncate_state_dict,
 )
+from h2q_tui.codecs.layout import decode_state_dict, encode_state_dict
+from h2q_tui.codecs.method import Step, decode_chain, encode_chain, parse_method
+from h2q_tui.codecs.policy import plan
 from h2q_tui.codecs.tensor import (
+    CrystalFormatError,
     decode_cast,
     decode_int4,
     decode_int8,
@@ -39,6 +34,7 @@ from h2q_tui.codecs.tensor import (
     encode_int8,
     encode_svd,
     pack_bits,
+    stored_bytes,
     unpack_bits,
     unpack_int4,
 )

@@ -16,7 +16,7 @@ from test_bad_input import english_text
 from textual.pilot import Pilot
 from textual.widgets import Input, SelectionList, Static, TabbedContent
 
-from h2q_tui.app.panes.crystal import CrystalPane, SweepRow, mark_front
+from h2q_tui.app.panes.crystal import CrystalPane
 from h2q_tui.app.panes.generate import GeneratePane
 from h2q_tui.app.shell import H2QApp, make_app
 from h2q_tui.cli import main as cli
@@ -115,15 +115,15 @@ async def test_a_sweep_fills_rows_whose_bytes_are_the_files_and_g_opens_one(work
         pane = await open_pane(pilot)
         await load(pilot, pane, str(work / "run"))
         assert not pane.last_error, pane.last_error
-        assert "int8" in pane.source.methods and "rank:1" in pane.source.methods
-        assert "svd:0.5+int8" not in pane.source.methods  # microstream: no dense matrices
-        base_forward = pane.source.base.forward
+        assert "int8" in pane.loaded.methods and "rank:1" in pane.loaded.methods
+        assert "svd:0.5+int8" not in pane.loaded.methods  # microstream: no dense matrices
+        base_forward = pane.loaded.source.model.forward
 
         def recording_forward(*args, **kwargs):
             threads.add(threading.current_thread())
             return base_forward(*args, **kwargs)
 
-        pane.source.base.forward = recording_forward
+        pane.loaded.source.model.forward = recording_forward
         await sweep(pilot, pane, work, ["int8", "rank:1", "int4-g32"])
         assert not pane.last_error, pane.last_error
         assert message(app).startswith("done: 3 methods")
@@ -163,7 +163,7 @@ async def test_bad_paths_are_one_line_messages(work, engine, tmp_path):
         missing = tmp_path / "nowhere"
         await load(pilot, pane, str(missing))
         assert pane.last_error == f"checkpoint not found: {missing}"
-        assert "\n" not in message(app) and pane.source is None
+        assert "\n" not in message(app) and pane.loaded is None
         await load(pilot, pane, str(work / "run"))
         await sweep(pilot, pane, work, ["int8"])
         crystallized = pane.rows[1].path
@@ -184,15 +184,15 @@ async def test_escape_cancels_between_methods(work, engine):
         pane = await open_pane(pilot)
         await load(pilot, pane, str(work / "run"))
         gate = threading.Event()  # the second method's measurement waits for Esc
-        base_forward = pane.source.base.forward
+        base_forward = pane.loaded.source.model.forward
 
         def gated_forward(*args, **kwargs):
             if pane.rows:
                 gate.wait(10)
             return base_forward(*args, **kwargs)
 
-        pane.source.base.forward = gated_forward
-        tick_only(pane, pane.source.methods)
+        pane.loaded.source.model.forward = gated_forward
+        tick_only(pane, pane.loaded.methods)
         pane.query_one("#cry-data", Input).value = str(work / DATA)
         pane.query_one("#cry-windows", Input).value = WINDOWS
         pane.focus()
@@ -202,7 +202,7 @@ async def test_escape_cancels_between_methods(work, engine):
         gate.set()
         await wait_until(pilot, lambda: pane.busy is None, "the cancellation", tries=1200)
         assert message(app).startswith("cancelled")
-        assert len(pane.rows) < len(pane.source.methods) + 1
+        assert len(pane.rows) < len(pane.loaded.methods) + 1
 
 
 async def test_a_live_snapshot_is_saved_in_the_run_dir_and_crystallized(work, engine):
@@ -218,10 +218,10 @@ async def test_a_live_snapshot_is_saved_in_the_run_dir_and_crystallized(work, en
         await wait_until(pilot, engine.script_done.is_set, "the script")
         pane = await open_pane(pilot)
         await pilot.press("s")
-        await wait_until(pilot, lambda: pane.source is not None or pane.last_error, "snapshot")
+        await wait_until(pilot, lambda: pane.loaded is not None or pane.last_error, "snapshot")
         assert not pane.last_error, pane.last_error
         assert "run dir" in message(app)
-        assert Path(pane.source.path).parent == engine.run_dir / "crystal" / "checkpoints"
+        assert pane.loaded.source.folder.parent == engine.run_dir / "crystal" / "checkpoints"
         await sweep(pilot, pane, work, ["int8"])
         assert not pane.last_error, pane.last_error
         assert Path(pane.rows[1].path).is_dir()
@@ -237,15 +237,4 @@ async def test_attached_runs_use_checkpoints_only(work):
         await pilot.press("s")
         assert "no live run" in message(app)
         await pilot.press("o", "enter")
-        await wait_until(pilot, lambda: pane.source is not None, "the source", tries=600)
-
-
-def test_the_pareto_front():
-    rows = [
-        SweepRow("original", "", 1000, 1.0, 0.0, 0.0),
-        SweepRow("a", "", 500, 2.0, 0.01, 0.0, 0.0, 1.0),
-        SweepRow("b", "", 600, 1.7, 0.02, 0.0, 0.0, 1.0),  # larger and worse than a
-        SweepRow("c", "", 250, 4.0, 0.05, 0.0, 0.0, 1.0),
-    ]
-    mark_front(rows)
-    assert [r.pareto for r in rows] == [False, True, False, True]
+        await wait_until(pilot, lambda: pane.loaded is not None, "the source", tries=600)

@@ -23,7 +23,8 @@ from h2q_tui import checkpoints
 from h2q_tui.cli import main as cli
 from h2q_tui.codecs import stored
 from h2q_tui.crystal import measure
-from h2q_tui.crystal.crystallize import mark_pareto, slug
+from h2q_tui.crystal.folders import slug
+from h2q_tui.crystal.sweep import mark_pareto
 from h2q_tui.errors import UserError
 from h2q_tui.training.evaluate import heldout_cross_entropy
 from h2q_tui.training.events import bits_per_byte
@@ -295,7 +296,7 @@ def test_decoding_happens_once_at_load_into_a_plain_dense_model(
     """Each encoded tensor is decoded once, at load, into the plain model's own dense
     tensors, so generation runs as fast as from the plain checkpoint (the load time itself
     is benchmarks/crystallize.py's to report)."""
-    from h2q_tui.codecs import policy
+    from h2q_tui.codecs import layout
 
     crystallize(
         work,
@@ -309,18 +310,18 @@ def test_decoding_happens_once_at_load_into_a_plain_dense_model(
         str(work / DATA),
     )
     decoded: list[str] = []
-    real_decode = policy.decode_chain
+    real_decode = layout.decode_chain
 
     def counting_decode(stored, meta):
         decoded.append(meta["codec"])
         return real_decode(stored, meta)
 
-    monkeypatch.setattr(policy, "decode_chain", counting_decode)
+    monkeypatch.setattr(layout, "decode_chain", counting_decode)
     info = checkpoints.read_info(work / "gpt" / "crystal" / "int4-g32")
     model = checkpoints.load_model_from(info)
     with safe_open(str(info.weights), framework="pt") as handle:
-        layout = policy.read_layout(handle.metadata())
-    encoded = [name for name, record in layout["tensors"].items() if record is not None]
+        layout_doc = layout.read_layout(handle.metadata())
+    encoded = [name for name, record in layout_doc["tensors"].items() if record is not None]
     assert encoded and len(decoded) == len(encoded)  # once per encoded tensor
     plain = checkpoints.load_model_from(checkpoints.read_info(work / "gpt"))
     assert {k: (v.shape, v.dtype, v.layout) for k, v in model.state_dict().items()} == {
@@ -332,8 +333,32 @@ def test_decoding_happens_once_at_load_into_a_plain_dense_model(
     assert len(decoded) == len(encoded)  # nothing decoded again while it runs
 
 
+def test_the_sweep_yields_the_original_then_each_method_whatever_the_group(work: Path) -> None:
+    """The command measures several methods per pass, the Crystal pane one: the same rows."""
+    from h2q_tui.crystal.methods import resolve_methods
+    from h2q_tui.crystal.sweep import Plan, load_source, sweep
+
+    source = load_source(checkpoints.read_info(work / "ms"))
+    methods, _ = resolve_methods("int8,bf16,rank:1", source.state_dict)
+    heldout = source.heldout(str(work / DATA), 4)
+    measured = {}
+    for group in (1, 3):
+        plan = Plan(source, methods, heldout, work / f"out-{group}", group=group, batch=2)
+        passes: list[str] = []
+
+        def progress(label: str, windows: int, batch: int, passes=passes) -> None:
+            passes.append(label)  # no callback: the pass runs without progress
+
+        rows = list(sweep(plan, source.original_row(), progress))
+        assert [r.method for r in rows] == ["original", "int8", "bf16", "rank:1"]
+        assert rows[0].comparison is None and all(r.comparison for r in rows[1:])
+        assert len(passes) == 3 // group  # one pass over the windows per group
+        measured[group] = [(r.method, r.bytes, r.bits_per_byte, r.delta) for r in rows]
+    assert measured[1] == measured[3]
+
+
 def test_pareto_front() -> None:
-    from h2q_tui.crystal.crystallize import Row
+    from h2q_tui.crystal.sweep import Row
 
     def row(name, size, delta):
         comparison = None if name == "original" else {"delta_bits_per_byte": delta}

@@ -293,7 +293,7 @@ async def test_a_long_line_in_a_pane_ends_in_an_ellipsis(engine, size):
 async def test_charts_without_points_show_no_empty_legend_and_the_pareto_legend_avoids_points():
     from textual_plot import LegendLocation
 
-    from h2q_tui.app.panes.crystal import quiet_corner
+    from h2q_tui.app.panes.crystal_results import quiet_corner
 
     engine = FakeEngine(Path("unused"), script=[])
     app = live_app(engine)

@@ -33,7 +33,7 @@ STUCK_WEB = textwrap.dedent(
     from h2q_tui.cli import web as command
     STUCK = (
         "import sys, time\\n"
-        "from h2q_tui.app import app\\n"
+        "from h2q_tui.app import shell as app\\n"
         "calls = []\\n"
         "original = app.H2QApp.redraw\\n"
         "def redraw(self, force=False):\\n"

@@ -26,7 +26,7 @@ from h2q_tui.checkpoints.layout import (
     file_crc,
     tensor_crc,
 )
-from h2q_tui.codecs.policy import is_crystallized, read_layout
+from h2q_tui.codecs.layout import is_crystallized, read_layout
 from h2q_tui.errors import UserError
 from h2q_tui.units import first_sentence
 

@@ -19,7 +19,7 @@ from h2q_tui.checkpoints.find import candidate_weights, resolve_checkpoint
 from h2q_tui.checkpoints.layout import FORMAT, STATE, TOKENIZER, CheckpointInfo
 from h2q_tui.checkpoints.state import state_problem
 from h2q_tui.codecs import stored
-from h2q_tui.codecs.policy import is_crystallized
+from h2q_tui.codecs.layout import is_crystallized
 from h2q_tui.config import RunConfig, from_dict, validate_model
 from h2q_tui.config.ranges import RANGES
 from h2q_tui.data.tokenizer import BpeTokenizer

@@ -1,16 +1,17 @@
-"""The ``crystallize`` subcommand's flags (the logic is :mod:`h2q_tui.crystal.crystallize`)."""
+"""The ``crystallize`` subcommand's flags (the logic is :mod:`h2q_tui.crystal.crystallize`, and
+:mod:`h2q_tui.crystal.tensor_report` for ``--tensors-only``)."""
 
 from __future__ import annotations
 
+from h2q_tui.cli.parser import Parser, add_device_flag
+from h2q_tui.cli.progress import WindowProgressBar
+from h2q_tui.codecs.method import METHOD_HELP
+from h2q_tui.crystal import crystallize, tensor_report
 from h2q_tui.errors import UserError
 
 
 def main(argv: list[str]) -> int:
-    """``h2q-tui crystallize``: parse the flags, run :func:`h2q_tui.crystal.crystallize.run`."""
-    from h2q_tui.cli.parser import Parser, add_device_flag
-    from h2q_tui.codecs.tensor import METHOD_HELP
-    from h2q_tui.crystal import crystallize
-
+    """``h2q-tui crystallize``: parse the flags, run the command (a progress bar on stderr)."""
     parser = Parser(
         prog="h2q-tui crystallize",
         description="Compress a checkpoint (int8, int4, Kronecker rank, SVD, ...) into "
@@ -63,21 +64,27 @@ def main(argv: list[str]) -> int:
     )
     add_device_flag(parser)
     args = parser.parse_args(argv)
-    crystallize.run(
-        crystallize.Request(
-            checkpoint=args.checkpoint,
-            method=args.method,
-            data=args.data,
-            out=args.out,
-            json=args.json,
-            keep=args.keep,
-            windows=_windows(args.windows),
-            batch=args.batch,
-            device=args.device,
-            tensors_only=args.tensors_only,
-        )
+    request = crystallize.Request(
+        checkpoint=args.checkpoint,
+        method=args.method,
+        data=args.data,
+        out=args.out,
+        json=args.json,
+        keep=args.keep,
+        windows=_windows(args.windows),
+        batch=args.batch,
+        device=args.device,
     )
+    if args.tensors_only:
+        tensor_report.run(request)
+    else:
+        crystallize.run(request, progress=_progress_bar)
     return 0
+
+
+def _progress_bar(label: str, windows: int, batch: int) -> WindowProgressBar:
+    """A measuring pass's progress, drawn on stderr."""
+    return WindowProgressBar(windows, batch, label=label)
 
 
 def _windows(flag: int | None) -> int:

@@ -9,8 +9,8 @@ holds ``model.safetensors`` and, when the source had one, a copy of its ``tokeni
   recognises the file;
 - ``checksums``: per-tensor CRC-32s of the **stored** tensors (``head.weight::q``, …), so the
   usual soundness check (``checkpoint_problem``) covers the file as it is;
-- :data:`~h2q_tui.codecs.policy.LAYOUT_KEY` / ``METHOD_KEY``: the layout document of
-  :mod:`h2q_tui.codecs.policy` (which codec stored which tensor, and the model-config
+- :data:`~h2q_tui.codecs.layout.LAYOUT_KEY` / ``METHOD_KEY``: the layout document of
+  :mod:`h2q_tui.codecs.layout` (which codec stored which tensor, and the model-config
   overrides of a rank truncation);
 - :data:`SOURCE_KEY`: JSON naming the source checkpoint, its step and run, and the bytes of its
   model files (``model.safetensors`` + ``tokenizer.json``) when it was crystallized, so a reader
@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
-from h2q_tui.codecs.policy import METHOD_KEY, decode_state_dict, is_crystallized, read_layout
+from h2q_tui.codecs.layout import METHOD_KEY, decode_state_dict, is_crystallized, read_layout
 from h2q_tui.codecs.tensor import CrystalFormatError
 
 SOURCE_KEY = "h2q.crystal.source"
@@ -117,8 +118,6 @@ def decode_file(
     Raises CrystalFormatError (a ValueError) for a layout that does not match its tensors, and
     whatever safetensors raises for an unreadable file.
     """
-    from safetensors import safe_open
-
     with safe_open(str(weights), framework="pt", device=str(device)) as handle:
         metadata = handle.metadata() or {}
         if not is_crystallized(metadata):

@@ -1,6 +1,10 @@
 """Crystallization: measured compression of checkpoints (SPEC §7).
 
-- :mod:`h2q_tui.crystal.crystallize`: encode a checkpoint by each method, write the folders, report.
+- :mod:`h2q_tui.crystal.crystallize`: the ``crystallize`` command: the table and the JSON report.
+- :mod:`h2q_tui.crystal.sweep`: the one loop (encode, write, load back, measure) that the
+  command and the Crystal pane drive, one row per method.
+- :mod:`h2q_tui.crystal.methods`: ``--method``'s list, or the sweep ladder for a model.
+- :mod:`h2q_tui.crystal.folders`: where crystallized folders go and how each is written.
 - :mod:`h2q_tui.crystal.measure`: held-out bits/byte and agreement of a decoded model.
 - :mod:`h2q_tui.crystal.tensor_report`: per-tensor error and bytes of one method.
 

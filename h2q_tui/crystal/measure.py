@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from h2q_tui.data.sources import default_corpus_bytes
 from h2q_tui.data.streams import heldout_batches
 from h2q_tui.errors import UserError
 
@@ -81,8 +82,6 @@ def load_heldout(
     if windows < 0:
         raise UserError(f"--windows must be >= 0 (0 = the whole file), got {windows}")
     if path is None:
-        from h2q_tui.data.sources import default_corpus_bytes
-
         corpus = default_corpus_bytes()
         cut = len(corpus) - max(1, int(len(corpus) * DEFAULT_HELDOUT_FRACTION))
         raw, source = corpus[cut:], f"tail {len(corpus) - cut:,} bytes of the embedded corpus"

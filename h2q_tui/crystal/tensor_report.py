@@ -13,22 +13,22 @@ but the JSON (``--json PATH``, default ``<file stem>.tensors.json`` in the curre
 from __future__ import annotations
 
 import math
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
-from h2q_tui.codecs.policy import encode_state_dict, is_crystallized
-from h2q_tui.codecs.tensor import method_name
-from h2q_tui.crystal.crystallize import (
-    Request,
-    format_rows,
-    method_error,
-    resolve_methods,
-    write_json,
-)
+from h2q_tui.codecs.layout import encode_state_dict, is_crystallized
+from h2q_tui.codecs.method import method_name
+from h2q_tui.crystal.crystallize import Request, batched_threads, format_rows
+from h2q_tui.crystal.folders import write_json
+from h2q_tui.crystal.methods import method_error, resolve_methods
 from h2q_tui.errors import UserError
+from h2q_tui.system import hardware
 
 COLUMNS = (
     "tensor",
@@ -44,8 +44,6 @@ COLUMNS = (
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Path]:
     """(tensors, metadata, the file) of a safetensors file or a folder holding model.safetensors."""
-    from safetensors import SafetensorError, safe_open
-
     if not path.exists():
         raise UserError(f"safetensors file not found: {path}")
     file = path / "model.safetensors" if path.is_dir() else path
@@ -74,10 +72,16 @@ def _error(value: float | None) -> str:
     return "inf" if math.isinf(value) else f"{value:.2e}"
 
 
-def run(request: Request, out, err: IO[str]) -> dict[str, Any]:
-    """Per-tensor table per method, and the JSON document (also returned)."""
-    from h2q_tui.system import hardware
+def run(
+    request: Request, out: Callable[[str], None] = print, err: IO[str] | None = None
+) -> dict[str, Any]:
+    """Per-tensor table per method, and the JSON document (also returned); torch on the
+    thread count the command measures on."""
+    with batched_threads():
+        return _run(request, out, err if err is not None else sys.stderr)
 
+
+def _run(request: Request, out: Callable[[str], None], err: IO[str]) -> dict[str, Any]:
     started = time.perf_counter()
     tensors, _, file = read_tensors(Path(request.checkpoint))
     methods, skipped = resolve_methods(request.method, tensors, request.keep)

@@ -8,7 +8,6 @@ the ``h`` key runs on a worker thread of its own (it starts fresh processes: sec
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
@@ -19,11 +18,15 @@ from textual.message import Message
 from textual.widgets import Static
 
 from h2q_tui.checkpoints import timing as timeline
+from h2q_tui.errors import UserError
+from h2q_tui.hotstart.measure import Request, measure
 from h2q_tui.system.threads import on_own_thread
 
 SWAPS_SHOWN = 3
 HOTSTART_REPEATS = 2  # fresh processes per column when h is pressed (each ~1–2 s)
 REFRESH_S = 1.0
+# loads made to measure a checkpoint, not to generate from it: never "generation's last load"
+MEASURING = ("hotstart", "crystal pane")
 
 
 def describe_last_load(event: timeline.LoadEvent | None) -> Text:
@@ -78,21 +81,13 @@ def compact_report(report: dict[str, Any]) -> Text:
 class HotStartPanel(Vertical):
     """A few lines under the Crystal pane's table; refreshed once a second from the timeline."""
 
-    DEFAULT_CSS = """
-    HotStartPanel { height: auto; max-height: 12; border: round $secondary 60%;
-                    border-title-color: $text-muted; padding: 0 1; }
-    HotStartPanel Static { height: auto; }
-    #hot-report { color: $text; }
-    """
-
     class Measured(Message, bubble=False):
         def __init__(self, report: dict[str, Any] | None, error: str | None) -> None:
             super().__init__()
             self.report, self.error = report, error
 
-    def __init__(self, generation_source: Callable[[], str], id: str = "hot-panel") -> None:  # noqa: A002
+    def __init__(self, id: str = "hot-panel") -> None:  # noqa: A002 - Textual's name
         super().__init__(id=id)
-        self.generation_source = generation_source
         self.running: str | None = None  # the checkpoint being measured
         self.report: dict[str, Any] = {}  # the last hotstart report (measure()'s JSON)
 
@@ -111,12 +106,16 @@ class HotStartPanel(Vertical):
         self.set_interval(REFRESH_S, self.refresh_lines)
 
     def refresh_lines(self) -> None:
-        source = self.generation_source() or "no model loaded (Generate pane: s, a path, or f)"
+        # the shell keeps what the Generate pane uses; an app without one (a test's) has none
+        source = getattr(self.app, "generation_source", "")
+        source = source or "no model loaded (Generate pane: s, a path, or f)"
         self.query_one("#hot-using", Static).update(
             Text.assemble(("generation uses: ", "bold"), source)
         )
         events = timeline.events()
-        loads = [e for e in events if e.kind in ("load", "snapshot") and e.consumer != "hotstart"]
+        loads = [
+            e for e in events if e.kind in ("load", "snapshot") and e.consumer not in MEASURING
+        ]
         self.query_one("#hot-last", Static).update(describe_last_load(loads[-1] if loads else None))
         self.query_one("#hot-swaps", Static).update(describe_swaps(events))
 
@@ -134,9 +133,6 @@ class HotStartPanel(Vertical):
     @work(thread=True, exclusive=True, group="hotstart", exit_on_error=False)
     @on_own_thread
     def _measure_worker(self, checkpoint: str) -> None:
-        from h2q_tui.errors import UserError
-        from h2q_tui.hotstart.measure import Request, measure
-
         try:
             report = measure(Request(checkpoint=checkpoint, repeats=HOTSTART_REPEATS))
         except UserError as exc:
@@ -155,14 +151,3 @@ class HotStartPanel(Vertical):
         self.report = message.report or {}
         widget.update(compact_report(self.report))
         self.refresh_lines()
-
-
-def generation_source_of(app: Any) -> str:
-    """What the Generate pane is using ("" when it has no model)."""
-    from h2q_tui.app.panes.generate import GeneratePane
-
-    try:
-        pane = app.query_one(GeneratePane)
-    except Exception:  # noqa: BLE001 - no Generate pane (a test app)
-        return ""
-    return pane.source if pane.model is not None else ""
