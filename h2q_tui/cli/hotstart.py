@@ -9,6 +9,7 @@ from pathlib import Path
 
 from h2q_tui.cli.parser import Parser
 from h2q_tui.errors import UserError
+from h2q_tui.generation.text import DEFAULT_PROMPT
 from h2q_tui.hotstart.measure import COLUMNS, OVERLAPPED_ORDER, PHASE_ORDER, Request, measure
 from h2q_tui.system.files import write_text_atomic
 
@@ -30,7 +31,7 @@ def main(argv: list[str]) -> int:
         help="drop the file's pages from the page cache before every repeat (checked with "
         "mincore; impossible on tmpfs)",
     )
-    parser.add_argument("--prompt", default="Once upon a time", help="text to continue")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue")
     parser.add_argument("--json", metavar="PATH", help="write every figure here as JSON")
     parser.add_argument(
         "--in-process-only", action="store_true", help="skip the fresh-process figures"

@@ -22,6 +22,7 @@ from h2q_tui.cli.parser import Parser, add_generation_flags
 from h2q_tui.errors import UserError
 from h2q_tui.generation import steer_eval
 from h2q_tui.generation.sampling import SamplingConfig, limit_problem
+from h2q_tui.generation.text import DEFAULT_PROMPT
 
 
 def parser() -> Parser:
@@ -34,9 +35,7 @@ def parser() -> Parser:
     p.add_argument("--word", required=True, help="target word")
     p.add_argument("--strengths", default="-1,0,0.5,1", help="comma-separated signed strengths")
     p.add_argument("--samples", type=int, default=16, help="seeded samples per strength")
-    p.add_argument(
-        "--prompt", default=steer_eval.DEFAULT_PROMPT, help="the prompt every sample continues"
-    )
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt every sample continues")
     p.add_argument(
         "--json",
         metavar="PATH",

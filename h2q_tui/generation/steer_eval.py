@@ -28,9 +28,8 @@ from torch import nn
 from h2q_tui.generation.generate import Generation, ModeConfig
 from h2q_tui.generation.sampling import SamplingConfig
 from h2q_tui.generation.steering import SteerConfig, Steering, build_steering
-from h2q_tui.generation.text import Codec
+from h2q_tui.generation.text import DEFAULT_PROMPT, Codec
 
-DEFAULT_PROMPT = "Once upon a time"
 REPORTS = "reports"  # a run dir's folder for measurements: never pruned or replaced
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import codecs
 
+DEFAULT_PROMPT = "Once upon a time"  # what every command and pane continues unless told
+
 
 class Codec:
     """Encodes prompts to token ids and decodes ids back to bytes (raw bytes by default)."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from h2q_tui.errors import UserError
+from h2q_tui.generation.text import DEFAULT_PROMPT
 from h2q_tui.system.thread_choice import DECODE_THREADS, decoding_choice
 
 PHASE_ORDER = (
@@ -75,7 +76,7 @@ class Request:
     checkpoint: str
     repeats: int = 3
     cold: bool = False
-    prompt: str = "Once upon a time"
+    prompt: str = DEFAULT_PROMPT
     json: str | None = None
     rate_tokens: int = 64
     columns: tuple[str, ...] = tuple(key for key, *_ in COLUMNS)

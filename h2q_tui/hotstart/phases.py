@@ -31,9 +31,9 @@ from h2q_tui.checkpoints.loader import ChecksumFailed
 from h2q_tui.checkpoints.timing import Clock
 from h2q_tui.generation.generate import Generation
 from h2q_tui.generation.sampling import SamplingConfig
-from h2q_tui.generation.text import Codec
+from h2q_tui.generation.text import DEFAULT_PROMPT, Codec
 
-PROMPT = "Once upon a time"
+PROMPT = DEFAULT_PROMPT
 RATE_TOKENS = 64  # tokens after the first one, for tokens/s
 METHODS = ("fast", "naive")
 

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint")
     parser.add_argument("--method", default="fast", choices=("fast", "naive"))
     parser.add_argument("--pickle", help="the naive path's torch.save'd state_dict")
-    parser.add_argument("--prompt", default="Once upon a time")
+    parser.add_argument("--prompt", required=True)  # measure always names it
     parser.add_argument("--rate-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

@@ -34,7 +34,7 @@ import torch
 from h2q_tui.config import ModelConfig, RunConfig
 from h2q_tui.errors import UserError
 from h2q_tui.models import build_model, count_parameters
-from h2q_tui.units import first_line
+from h2q_tui.units import first_line, format_size
 
 ACTIVATION_FLOATS = 12
 CHECKPOINTED_FLOATS = 3  # a layer's kept floats under activation checkpointing (see above)
@@ -137,12 +137,12 @@ def check_training_memory(config: RunConfig, device: torch.device | str = "cpu")
             lighter = training_bytes(dataclasses.replace(config, model=checkpointed), params)
             if lighter <= have:
                 remedy = (
-                    f"--set model.checkpointing=true would need ~{gigabytes(lighter)} (each "
+                    f"--set model.checkpointing=true would need ~{format_size(lighter, binary=False)} (each "
                     f"block recomputed in the backward, slower), or {remedy}"
                 )
         raise UserError(
-            f"model needs ~{gigabytes(need)} to train ({parameters(params)}); {where} "
-            f"{gigabytes(have)} available: {remedy}"
+            f"model needs ~{format_size(need, binary=False)} to train ({parameters(params)}); {where} "
+            f"{format_size(have, binary=False)} available: {remedy}"
         )
     return need
 
@@ -164,17 +164,10 @@ def check_weights_memory(
     need = params * WEIGHT_BYTES_PER_PARAM
     if need > have:
         raise UserError(
-            f"{what or 'the model'} needs ~{gigabytes(need)} for its weights "
-            f"({parameters(params)}); {where} {gigabytes(have)} available"
+            f"{what or 'the model'} needs ~{format_size(need, binary=False)} for its weights "
+            f"({parameters(params)}); {where} {format_size(have, binary=False)} available"
         )
     return need
-
-
-def gigabytes(count: int) -> str:
-    """37.2 GB (or MB below 0.1 GB, TB from 1000 GB)."""
-    if count >= 1e12:
-        return f"{count / 1e12:,.1f} TB"
-    return f"{count / 1e9:.1f} GB" if count >= 1e8 else f"{count / 1e6:.1f} MB"
 
 
 def parameters(count: int) -> str:

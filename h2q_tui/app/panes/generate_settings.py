@@ -17,9 +17,8 @@ from textual.widgets import Button, Input, Label, Select
 from h2q_tui.app.fields import FieldSelect
 from h2q_tui.generation.generate import MODES, Generation, GenerationStats, ModeConfig
 from h2q_tui.generation.sampling import SamplingConfig
-from h2q_tui.generation.steer_eval import DEFAULT_PROMPT
 from h2q_tui.generation.steering import SteerConfig
-from h2q_tui.generation.text import Codec
+from h2q_tui.generation.text import DEFAULT_PROMPT, Codec
 
 
 def compose_settings() -> ComposeResult:

@@ -36,13 +36,12 @@ from h2q_tui.app.display import one_line, printable
 from h2q_tui.app.fields import FieldSelect
 from h2q_tui.app.model_source import ModelSource
 from h2q_tui.app.panes.ollama_run import (
-    DEFAULT_PROMPT,
     SideRun,
     local_line,
     probe,
     read_settings,
 )
-from h2q_tui.generation.text import Codec
+from h2q_tui.generation.text import DEFAULT_PROMPT, Codec
 from h2q_tui.ollama.client import default_host
 from h2q_tui.system.threads import on_own_thread
 

@@ -15,7 +15,7 @@ from textual.widgets import Input
 
 from h2q_tui.generation.generate import Generation, use_decoding_threads
 from h2q_tui.generation.sampling import SamplingConfig
-from h2q_tui.generation.steer_eval import DEFAULT_PROMPT
+from h2q_tui.generation.text import DEFAULT_PROMPT
 from h2q_tui.ollama.client import BridgeError, OllamaClient
 
 MAX_TOKENS = 4096  # the most new tokens the pane asks either side for
