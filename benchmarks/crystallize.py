@@ -6,8 +6,8 @@ runs/bench-cpu-presets`` writes them), runs ``h2q-tui crystallize CHECKPOINT --m
 (:mod:`h2q_tui.crystal.crystallize`) on the whole held-out file (default
 ``../shared/data/tinystories_valid_head.txt``), then:
 
-- times loading each crystallized folder the way eval/generate do (``read_info`` +
-  ``load_model_from``, decoding at load) against loading the original: median of
+- times loading each crystallized folder the way eval/generate do (``checkpoints.load_checkpoint``,
+  the one loader, decoding at load) against loading the original: median of
   ``--load-repeats`` loads, warm page cache, so the difference is what decoding adds;
 - checks the issue's targets: at least 4× smaller at Δ ≤ 0.01 bits/byte and at least 7× at
   Δ ≤ 0.05 bits/byte (the best row under each bound).
@@ -53,11 +53,11 @@ def default_checkpoints() -> list[Path]:
 
 
 def load_seconds(path: str | Path, repeats: int) -> float:
-    """Median seconds of read_info + load_model_from (what eval and generate do)."""
+    """Median seconds of checkpoints.load_checkpoint (what eval and generate do)."""
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        checkpoints.load_model_from(checkpoints.read_info(path))
+        checkpoints.load_checkpoint(path)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
