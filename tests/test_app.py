@@ -547,6 +547,7 @@ def run_openmp_probe(text_file: Path, run_dir: Path, *flags: str) -> dict[str, i
     return json.loads(out.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow  # 18 s; the passive wait policy set before torch loads: test_thread_choice
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
 def test_a_run_leaves_no_openmp_team_behind(tmp_path, text_file):
     """A parallel op on the UI thread or on Textual's pooled worker threads would leave an

@@ -10,6 +10,7 @@ import pytest
 from run_cli import h2q
 
 
+@pytest.mark.slow  # 12 s of microstream training; the header's first line: test_console_printer
 def test_no_ui_microstream_prints_the_source_parameter_count_first(tmp_path):
     result = h2q(
         "--no-ui",

@@ -65,6 +65,7 @@ def test_two_ranks_train_like_one_with_the_same_global_batch(tmp_path: Path) -> 
     load_model_from(info)  # strict: a DDP-wrapped state dict ("module.…") would not load
 
 
+@pytest.mark.slow  # 20 s: two torchrun jobs; two ranks training like one stays in the default run
 def test_a_two_rank_run_resumes_exactly_and_another_count_may_go_on(tmp_path: Path) -> None:
     whole = torchrun(*TINY, "--max-steps", "16", "--run-dir", "whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]

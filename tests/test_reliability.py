@@ -74,7 +74,7 @@ def small_run(workdir: Path, run: str, steps: int = 6, *extra: str) -> Path:
     return workdir / run
 
 
-@pytest.mark.parametrize(("signum", "code", "reason"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGHUP, 129, "hangup")])  # fmt: skip
+@pytest.mark.parametrize(("signum", "code", "reason"), [(signal.SIGTERM, 143, "terminated"), pytest.param(signal.SIGHUP, 129, "hangup", marks=pytest.mark.slow)])  # fmt: skip  # SIGHUP: test_process_end closes a real terminal
 def test_a_stop_signal_saves_at_the_interrupted_step(workdir, signum, code, reason):
     proc = start_long_run(workdir, "run")
     proc.send_signal(signum)
@@ -151,7 +151,14 @@ def test_a_flipped_bit_is_caught_and_resume_falls_back_saying_which(workdir):
     assert records(run)[-1]["step"] == 7 and latest_step(run) == 7
 
 
-@pytest.mark.parametrize("pointer", [b"../../../etc\n", b"\xff\xfe\n", b"step_00000099\n"])
+@pytest.mark.parametrize(
+    "pointer",
+    [
+        b"../../../etc\n",
+        pytest.param(b"\xff\xfe\n", marks=pytest.mark.slow),  # the same refusal as ../ (6 s each)
+        pytest.param(b"step_00000099\n", marks=pytest.mark.slow),
+    ],
+)
 def test_latest_may_only_name_a_checkpoint_of_its_own_folder(workdir, pointer):
     run = small_run(workdir, "run", 4)
     (run / "checkpoints" / "latest").write_bytes(pointer)
@@ -160,7 +167,9 @@ def test_latest_may_only_name_a_checkpoint_of_its_own_folder(workdir, pointer):
     assert "using step_00000004" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["run/checkpoints/latest", "run/checkpoints"])
+@pytest.mark.parametrize(
+    "name", ["run/checkpoints/latest", pytest.param("run/checkpoints", marks=pytest.mark.slow)]
+)
 def test_the_latest_pointer_or_checkpoints_folder_named_directly_means_the_run(workdir, name):
     small_run(workdir, "run", 4)
     result = h2q("eval", name, "--data", "data.txt", "--windows", "2", cwd=workdir)

@@ -132,7 +132,7 @@ def test_closing_a_tab_ends_its_process(run_dir, stuck):
 @pytest.mark.parametrize(
     ("signum", "stuck"),
     [
-        pytest.param(signal.SIGKILL, True, id="SIGKILL-stuck"),
+        pytest.param(signal.SIGKILL, True, id="SIGKILL-stuck", marks=pytest.mark.slow),
         pytest.param(signal.SIGTERM, True, id="SIGTERM-stuck", marks=pytest.mark.slow),
         pytest.param(signal.SIGINT, False, id="SIGINT", marks=pytest.mark.slow),
         pytest.param(signal.SIGHUP, False, id="SIGHUP"),
