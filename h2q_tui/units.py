@@ -26,6 +26,16 @@ def format_size(n: Any, binary: bool = True) -> str:
     return f"{value:.1f} {units[-1]}"
 
 
+def short_size(n: Any) -> str:
+    """``312M``, ``2.0G``: binary sizes in at most five characters, for compact cards."""
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return "n/a"
+    if n < 1024**3:
+        return f"{n / 1024**2:.0f}M"
+    gib = n / 1024**3
+    return f"{gib:.1f}G" if gib < 100 else f"{gib:.0f}G"
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's first line, at most 160 characters (its type's name when it says nothing)."""
     lines = str(exc).strip().splitlines()

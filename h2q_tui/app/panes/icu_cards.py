@@ -10,7 +10,7 @@ from textual.widgets import Static
 from h2q_tui.app import formatting as fmt
 from h2q_tui.system.monitor import SystemSnapshot, format_value
 from h2q_tui.training.history import RunHistory
-from h2q_tui.units import format_size
+from h2q_tui.units import format_size, short_size
 
 CARDS = [
     ("state", "State"),
@@ -89,7 +89,7 @@ def process_text(
     """This process's RSS, CPU share and CUDA memory (when it has some), from the monitor
     thread's last snapshot. Attached (``live`` false) the run's RSS from its step records:
     this viewer's own readings say nothing of the run."""
-    size = short_bytes if compact else format_size
+    size = short_size if compact else format_size
     if not live:
         step = (history.last_step if history else None) or {}
         rss = step.get("rss_bytes")
@@ -106,16 +106,6 @@ def process_text(
     if compact:  # two lines of at most 17 characters
         return Text(f"{rss} {cpu}\nGPU {size(cuda)} reserved")
     return Text(f"{rss}\n{cpu}\nGPU {size(cuda)} reserved")
-
-
-def short_bytes(n: int | None) -> str:
-    """``312M``, ``2.0G``: sizes for the compact cards."""
-    if n is None:
-        return fmt.NA
-    if n < 1024**3:
-        return f"{n / 1024**2:.0f}M"
-    gib = n / 1024**3
-    return f"{gib:.1f}G" if gib < 100 else f"{gib:.0f}G"
 
 
 def card_texts(h: RunHistory, state: str, compact: bool = False) -> dict[str, str | Text]:
