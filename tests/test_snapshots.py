@@ -35,7 +35,15 @@ async def settle(pilot: Pilot) -> None:
     app: H2QApp = pilot.app  # type: ignore[assignment]
     await wait_until(pilot, lambda: app.settled, "the last redraw")
     app.clear_notifications()
-    await pilot.pause()
+    # on a loaded machine a layout change (compact cards, a status line that got shorter) can
+    # still be on its way: take the picture once two renders in a row are the same
+    previous = None
+    for _ in range(100):
+        await pilot.pause(0.05)
+        shot = app.export_screenshot()
+        if shot == previous and app.settled:
+            break
+        previous = shot
 
 
 def play_script(*keys: str):
