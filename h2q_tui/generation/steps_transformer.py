@@ -23,6 +23,21 @@ from h2q_tui.models.microstream import MicroStream
 from h2q_tui.models.qrlm import QRLM
 
 
+def pre_ln_blocks(program: StepProgram, tokens: list[int], offset: int) -> torch.Tensor:
+    """The last position's final hidden state through pre-LN attention + GELU-MLP blocks whose
+    weights ``program.layers`` holds as (ln 1, qkv, out, ln 2, fc 1, fc 2): GPT and QRLM alike."""
+    time = len(tokens)
+    x = program.rows(program.embedding, tokens) + program.positions[offset : offset + time]
+    for block, layer, kv in zip(program.blocks, program.layers, program.kv, strict=True):
+        if block._forward_pre_hooks:
+            x = pre_hooks(block, x)
+        ln_1, qkv, out, ln_2, fc_1, fc_2 = layer
+        y = causal_attention(F.linear(layer_norm(x, ln_1), *qkv), kv, offset, program.n_heads)
+        x = x + F.linear(y, *out)
+        x = x + F.linear(steps.GELU(F.linear(layer_norm(x, ln_2), *fc_1)), *fc_2)
+    return layer_norm(x[-1], program.final)
+
+
 class GPTStep(StepProgram):
     """The GPT baseline: pre-LN blocks, the fused c_attn as it is."""
 
@@ -45,16 +60,7 @@ class GPTStep(StepProgram):
         self.final, self.head = layer_norm_args(model.ln_f), model.lm_head.weight
 
     def run(self, tokens: list[int], offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-        time = len(tokens)
-        x = self.rows(self.embedding, tokens) + self.positions[offset : offset + time]
-        for block, layer, kv in zip(self.blocks, self.layers, self.kv, strict=True):
-            if block._forward_pre_hooks:
-                x = pre_hooks(block, x)
-            ln_1, qkv, proj, ln_2, fc, fc_proj = layer
-            y = causal_attention(F.linear(layer_norm(x, ln_1), *qkv), kv, offset, self.n_heads)
-            x = x + F.linear(y, *proj)
-            x = x + F.linear(steps.GELU(F.linear(layer_norm(x, ln_2), *fc)), *fc_proj)
-        hidden = layer_norm(x[-1], self.final)
+        hidden = pre_ln_blocks(self, tokens, offset)
         return F.linear(hidden, self.head), hidden
 
 
@@ -138,14 +144,5 @@ class QRLMStep(StepProgram):
         self.final, self.head = layer_norm_args(model.norm), (model.head.weight, model.head.bias)
 
     def run(self, tokens: list[int], offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-        time = len(tokens)
-        x = self.rows(self.embedding, tokens) + self.positions[offset : offset + time]
-        for block, layer, kv in zip(self.blocks, self.layers, self.kv, strict=True):
-            if block._forward_pre_hooks:
-                x = pre_hooks(block, x)
-            ln1, qkv, o, ln2, fc1, fc2 = layer
-            y = causal_attention(F.linear(layer_norm(x, ln1), *qkv), kv, offset, self.n_heads)
-            x = x + F.linear(y, *o)
-            x = x + F.linear(steps.GELU(F.linear(layer_norm(x, ln2), *fc1)), *fc2)
-        hidden = layer_norm(x[-1], self.final)
+        hidden = pre_ln_blocks(self, tokens, offset)
         return F.linear(hidden, *self.head), hidden
