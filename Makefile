@@ -4,6 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 ARGS    ?=
+WORKERS ?=        # make test WORKERS=2: pytest-xdist processes (empty: one process)
 
 .PHONY: run test test-all lint bench clean browser
 
@@ -18,7 +19,7 @@ run: $(STAMP)            ## set up, then train on the embedded default corpus
 	$(BIN)/h2q-tui $(ARGS)
 
 test: $(STAMP) browser   ## set up, then run the test suite (slow tests excluded)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" $(if $(WORKERS),-n $(WORKERS))
 
 browser:                 ## Debian's chromium for the browser test of h2q-tui web (skipped without it)
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
