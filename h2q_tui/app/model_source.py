@@ -40,6 +40,7 @@ from typing import Any
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
+from textual.events import Key
 from textual.message import Message
 from textual.widgets import Button, Input, Label
 
@@ -71,6 +72,22 @@ def load_for_pane(path: str, consumer: str) -> tuple[Any, Any, Codec]:
     panel under ``consumer``."""
     loaded = load_checkpoint(path, "fast", consumer=consumer)
     return loaded.info, loaded.model, Codec(loaded.tokenizer)
+
+
+class SnapshotKeyOff:
+    """For a pane whose ``s`` snapshots the live run: without one (an attached run) the key
+    leaves the footer, and ``s`` pressed on the pane itself still runs ``action_snapshot``,
+    which says why nothing happens."""
+
+    request_snapshot: Callable[..., Any] | None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return not (action == "snapshot" and self.request_snapshot is None)
+
+    def on_key(self, event: Key) -> None:
+        if event.key == "s" and self.request_snapshot is None and self.screen.focused is self:
+            event.stop()
+            self.action_snapshot()
 
 
 class ModelSource(Horizontal):

@@ -27,14 +27,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.events import Key
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, SelectionList, Static
 from textual.worker import get_current_worker
 
 from h2q_tui.app.display import one_line, short_path
 from h2q_tui.app.messages import OpenInGenerate
-from h2q_tui.app.model_source import Deliver, ModelSource
+from h2q_tui.app.model_source import Deliver, ModelSource, SnapshotKeyOff
 from h2q_tui.app.panes.crystal_results import CrystalResults
 from h2q_tui.app.panes.crystal_work import (
     Cancelled,
@@ -55,7 +54,7 @@ BATCH = 32  # windows per forward pass
 DEFAULT_TICKS = ("bf16", "int8", "int4-g128", "int4-g32", "svd:0.5+int8")
 
 
-class CrystalPane(Vertical, can_focus=True):
+class CrystalPane(SnapshotKeyOff, Vertical, can_focus=True):
     """Source → ticked methods → rows (bytes, ratio, Δ, KLD, top-1) and the Pareto plot."""
 
     BINDINGS = [
@@ -148,14 +147,6 @@ class CrystalPane(Vertical, can_focus=True):
 
     def on_mount(self) -> None:
         self.query_one("#cry-methods").border_title = "methods (space)"
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return not (action == "snapshot" and self.request_snapshot is None)
-
-    def on_key(self, event: Key) -> None:
-        if event.key == "s" and self.request_snapshot is None and self.screen.focused is self:
-            event.stop()
-            self.action_snapshot()
 
     def say(self, message: str, error: bool = False) -> None:
         line = (message.strip().splitlines() or [""])[0]

@@ -27,14 +27,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.events import Key
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from h2q_tui.app.display import one_line, printable
 from h2q_tui.app.fields import FieldSelect
-from h2q_tui.app.model_source import ModelSource
+from h2q_tui.app.model_source import ModelSource, SnapshotKeyOff
 from h2q_tui.app.panes.ollama_run import (
     SideRun,
     local_line,
@@ -49,7 +48,7 @@ SIDES = ("ollama", "local")
 REPAINT_S = 0.1  # the side-by-side text repaints at most 10 times a second
 
 
-class OllamaPane(Vertical, can_focus=True):
+class OllamaPane(SnapshotKeyOff, Vertical, can_focus=True):
     """Server URL + status + models, a prompt, and the Ollama model vs a local model."""
 
     BINDINGS = [
@@ -157,14 +156,6 @@ class OllamaPane(Vertical, can_focus=True):
         if not self._probed:
             self._probed = True
             self.action_refresh()
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return not (action == "snapshot" and self.request_snapshot is None)
-
-    def on_key(self, event: Key) -> None:
-        if event.key == "s" and self.request_snapshot is None and self.screen.focused is self:
-            event.stop()
-            self.action_snapshot()
 
     def say(self, message: str, error: bool = False) -> None:
         line = (message.strip().splitlines() or [""])[0]
