@@ -9,7 +9,8 @@
    w · (1 − cos(h_now, h_after_c)) on the final hidden state; the argmin wins.
 
 Lookahead and flow are deterministic and score raw log-probabilities (temperature 1); the
-steering vector, when set, acts in every mode.
+steering vector, when set, acts in every mode. A constraint (structured output) and
+log-probabilities work in the sampling modes (sample, steer).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ import torch.nn.functional as F
 from h2q_kernels.hamiltonian import frozen_weights
 from torch import nn
 
+from h2q_tui.generation.constraint import (
+    MAX_TOP_LOGPROBS,
+    Constraint,
+    TokenLogprob,
+    token_logprob,
+)
 from h2q_tui.generation.decoder import Decoder
 from h2q_tui.generation.sampling import SamplingConfig, choose_token
 from h2q_tui.generation.steering import SteerConfig, Steering, build_steering
@@ -119,7 +126,10 @@ class GenerationStats:
 class Generation:
     """One generation request; iterate to stream text pieces, read ``stats``/``text`` after.
 
-    ``cancel()`` (from any thread) stops it before the next token.
+    ``cancel()`` (from any thread) stops it before the next token. ``logprobs`` (a count of
+    alternatives, 0..20; None: off) records each token's :class:`TokenLogprob` in
+    ``token_logprobs``; ``constraint`` limits each token to what it allows and stops the
+    generation once it is finished.
     """
 
     model: nn.Module
@@ -129,15 +139,23 @@ class Generation:
     mode: ModeConfig = field(default_factory=ModeConfig)
     steer: SteerConfig = field(default_factory=SteerConfig)
     use_cache: bool = True
+    logprobs: int | None = None
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         self.sampling.check()
         self.mode.check()
+        sampled = self.mode.mode in ("sample", "steer")
+        if not sampled and (self.constraint is not None or self.logprobs is not None):
+            raise ValueError("a format constraint and logprobs need mode sample or steer")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {self.logprobs}")
         if self.mode.mode == "steer" and not self.steer.active:
             raise ValueError("mode steer needs a target word and a non-zero strength")
         self.steer.check(len(self.model.residual_blocks()))
         self.prompt_ids = self.codec.encode(self.prompt) or self.codec.encode("\n")
         self.tokens: list[int] = []  # generated ids
+        self.token_logprobs: list[TokenLogprob] = []  # one per generated id, when asked
         self.stream = TextStream(self.codec, self.sampling.stop)
         self.stats = GenerationStats(prompt_tokens=len(self.prompt_ids))
         self.steering: Steering | None = None
@@ -193,6 +211,9 @@ class Generation:
             if self.stream.stopped:
                 self.stats.stop_reason = "stop"
                 return
+            if self.constraint is not None and self.constraint.finished:
+                self.stats.stop_reason = "stop"
+                break
         tail = self.stream.finish()
         if tail:
             yield tail
@@ -204,7 +225,16 @@ class Generation:
         if self.mode.mode == "flow":
             return flow_choice(decoder, context, self.mode)
         logits, _ = decoder(context)
-        return choose_token(logits, self.tokens, self.sampling, generator)
+        if self.constraint is None:
+            token = choose_token(logits, self.tokens, self.sampling, generator)
+        else:
+            allowed = self.constraint.allowed().to(logits.device)
+            masked = logits.masked_fill(~allowed, float("-inf"))
+            token = choose_token(masked, self.tokens, self.sampling, generator)
+            self.constraint.advance(token)
+        if self.logprobs is not None:
+            self.token_logprobs.append(token_logprob(logits, token, self.logprobs))
+        return token
 
 
 def use_decoding_threads(threads: int | None = None) -> ThreadChoice:

@@ -1,4 +1,5 @@
-"""Next-token choice from logits: repetition penalty, temperature, top-k, top-p, seeded draw.
+"""Next-token choice from logits: repetition penalty (CTRL's, multiplicative), frequency and
+presence penalties (OpenAI's, additive), temperature, top-k, top-p, seeded draw.
 
 Dimension legend: V vocabulary.
 """
@@ -26,6 +27,7 @@ FAST_SAMPLING = True  # decoder.reference_decoding() turns it off (today's form)
 TEMPERATURE_RANGE = (1e-3, 1e3)  # or exactly 0: greedy
 PENALTY_RANGE = (1e-3, 1e3)  # the repetition penalty; 1 = off
 SEED_MAX = 2**64 - 1
+ADDITIVE_PENALTY_RANGE = (-2.0, 2.0)  # frequency and presence penalties, as OpenAI allows
 STRENGTH_MAX = 1e3  # |steering strength|, in residual norms; useful values are below ~10
 
 
@@ -45,6 +47,14 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda p: _within(p, PENALTY_RANGE),
         f"in {PENALTY_RANGE[0]:g}..{PENALTY_RANGE[1]:g} (1 = off)",
     ),
+    "frequency_penalty": (
+        lambda p: _within(p, ADDITIVE_PENALTY_RANGE),
+        f"in {ADDITIVE_PENALTY_RANGE[0]:g}..{ADDITIVE_PENALTY_RANGE[1]:g} (0 = off)",
+    ),
+    "presence_penalty": (
+        lambda p: _within(p, ADDITIVE_PENALTY_RANGE),
+        f"in {ADDITIVE_PENALTY_RANGE[0]:g}..{ADDITIVE_PENALTY_RANGE[1]:g} (0 = off)",
+    ),
     "max_new_tokens": (lambda n: n >= 0, ">= 0"),
     "seed": (lambda s: 0 <= s <= SEED_MAX, "in 0..2**64-1"),
     "strength": (lambda s: abs(s) <= STRENGTH_MAX, f"in -{STRENGTH_MAX:g}..{STRENGTH_MAX:g}"),
@@ -54,6 +64,8 @@ NAMES = {
     "top_p": "top-p",
     "repetition_penalty": "repetition penalty",
     "max_new_tokens": "max new tokens",
+    "frequency_penalty": "frequency penalty",
+    "presence_penalty": "presence penalty",
 }
 
 
@@ -80,10 +92,23 @@ class SamplingConfig:
     max_new_tokens: int = 200
     seed: int = 0
     stop: tuple[str, ...] = ()
+    # OpenAI's: logit − count × frequency_penalty − (count > 0) × presence_penalty, over
+    # the generated tokens; 0 = off
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def check(self, names: Mapping[str, str] = NAMES) -> None:
         """ValueError naming the first setting outside :data:`LIMITS`."""
-        fields = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed")
+        fields = (
+            "temperature",
+            "top_k",
+            "top_p",
+            "repetition_penalty",
+            "frequency_penalty",
+            "presence_penalty",
+            "max_new_tokens",
+            "seed",
+        )
         for field in fields:
             problem = limit_problem(field, getattr(self, field), names)
             if problem:
@@ -102,6 +127,16 @@ def apply_repetition_penalty(
     chosen = logits[index]
     logits[index] = torch.where(chosen > 0, chosen / penalty, chosen * penalty)
     return logits
+
+
+def apply_additive_penalties(
+    logits: torch.Tensor, previous: list[int], frequency: float, presence: float
+) -> torch.Tensor:
+    """OpenAI's penalties: each generated token's logit − count × frequency − presence."""
+    if (frequency == 0 and presence == 0) or not previous:
+        return logits
+    counts = torch.bincount(torch.tensor(previous), minlength=logits.numel()).to(logits.dtype)
+    return logits - counts * frequency - (counts > 0).to(logits.dtype) * presence
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -189,6 +224,9 @@ def _choose(
         mask = _generated_mask(generated, logits.numel())
         penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
         logits = torch.where(mask, penalised, logits)
+    logits = apply_additive_penalties(
+        logits, generated, config.frequency_penalty, config.presence_penalty
+    )
     if config.temperature == 0:
         return int(torch.argmax(logits))
     logits = logits / config.temperature
@@ -209,6 +247,9 @@ def choose_token_reference(
 ) -> int:
     """choose_token in today's form (copies, boolean index puts): the reference of the tests."""
     logits = apply_repetition_penalty(logits.float().cpu(), generated, config.repetition_penalty)
+    logits = apply_additive_penalties(
+        logits, generated, config.frequency_penalty, config.presence_penalty
+    )
     if config.temperature == 0:
         return int(torch.argmax(logits))
     logits = filter_top_k_top_p(logits / config.temperature, config.top_k, config.top_p)

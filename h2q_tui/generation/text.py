@@ -22,6 +22,14 @@ class Codec:
         raw = self.tokenizer.decode(ids) if self.tokenizer is not None else bytes(ids)
         return raw.decode("utf-8", errors="replace")
 
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one token id stands for (a byte model: that byte)."""
+        return bytes([token]) if self.tokenizer is None else bytes(self.tokenizer.decode([token]))
+
+    def vocabulary(self, size: int) -> list[bytes]:
+        """The bytes of every id below ``size`` (what a grammar engine matches tokens by)."""
+        return [self.token_bytes(token) for token in range(size)]
+
 
 class TextStream:
     """Turns generated ids into text pieces as they arrive.

@@ -1,0 +1,110 @@
+"""Structured output: a JSON schema (or "any JSON object") as a :class:`Constraint` on the
+token ids, through llguidance (the grammar engine; benchmarks/grammar_engines.py measures it
+beside outlines-core and xgrammar on our vocabularies).
+
+The engine sees the model's vocabulary as the bytes of each id (a byte model: 256 one-byte
+tokens) plus one end token of our own, which the generator never samples: the constraint is
+finished once the end token is the only way on, or the text is complete and accepting, so
+the output always parses and validates against the schema — unless the token budget runs
+out first (then the reason is ``length``, as with OpenAI and Ollama).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import llguidance
+import torch
+
+ANY_OBJECT: dict[str, Any] = {"type": "object"}  # Ollama's format "json", OpenAI's json_object
+
+
+class _Vocabulary:
+    """What llguidance's TokenizerWrapper reads: each id's bytes, and the end token."""
+
+    def __init__(self, vocabulary: list[bytes]) -> None:
+        self.tokens = list(vocabulary) + [b"<end>"]
+        self.eos_token_id = len(vocabulary)
+        self.bos_token_id = None
+        self.special_token_ids = [self.eos_token_id]
+        self._ids = {token: i for i, token in enumerate(vocabulary) if token}
+
+    def __call__(self, text: bytes) -> list[int]:
+        # llguidance tokenizes only to check the grammar's fixed strings: greedy longest match
+        ids, at = [], 0
+        longest = max((len(t) for t in self._ids), default=1)
+        while at < len(text):
+            for size in range(min(longest, len(text) - at), 0, -1):
+                token = self._ids.get(text[at : at + size])
+                if token is not None:
+                    ids.append(token)
+                    at += size
+                    break
+            else:
+                raise ValueError(f"byte {text[at]} has no token")
+        return ids
+
+
+_tokenizers: dict[tuple[bytes, ...], llguidance.LLTokenizer] = {}
+
+
+def _tokenizer(vocabulary: list[bytes]) -> llguidance.LLTokenizer:
+    key = tuple(vocabulary)
+    if key not in _tokenizers:
+        wrapper = llguidance.TokenizerWrapper(_Vocabulary(vocabulary))
+        _tokenizers[key] = llguidance.LLTokenizer(wrapper, n_vocab=len(vocabulary) + 1)
+    return _tokenizers[key]
+
+
+def check_schema(schema: Any) -> dict[str, Any]:
+    """The schema when it is one (a JSON object valid under its meta-schema); ValueError."""
+    if not isinstance(schema, dict):
+        raise ValueError('format must be "json" or a JSON schema (an object)')
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"invalid JSON schema: {exc.message}") from None
+    return schema
+
+
+class JsonConstraint:
+    """The ids that keep the text a prefix of JSON valid under one schema."""
+
+    def __init__(self, schema: dict[str, Any], vocabulary: list[bytes]) -> None:
+        self.size = len(vocabulary)
+        tokenizer = _tokenizer(vocabulary)
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(
+                json.dumps(schema), defaults={"whitespace_flexible": False}
+            )
+        except ValueError as exc:
+            raise ValueError(f"invalid JSON schema: {exc}") from None
+        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        if self.matcher.is_error():
+            raise ValueError(f"unsupported JSON schema: {_first(self.matcher.get_error())}")
+
+    def allowed(self) -> torch.Tensor:
+        bias = torch.frombuffer(bytearray(self.matcher.compute_logit_bias()), dtype=torch.uint8)
+        return bias[: self.size] > 0
+
+    def advance(self, token: int) -> None:
+        if not self.matcher.consume_token(token):
+            raise RuntimeError(f"grammar refused token {token}: {self.matcher.get_error()}")
+
+    @property
+    def finished(self) -> bool:
+        return self.matcher.is_accepting() or self.matcher.is_stopped()
+
+
+def json_constraint(format: Any, vocabulary: list[bytes]) -> JsonConstraint:
+    """The constraint of a request's ``format``: ``"json"`` (any JSON object) or a JSON
+    schema; ValueError (one line) for anything else or a schema that is not one."""
+    if format == "json":
+        return JsonConstraint(ANY_OBJECT, vocabulary)
+    return JsonConstraint(check_schema(format), vocabulary)
+
+
+def _first(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "the grammar engine refused it"
