@@ -143,6 +143,8 @@ class Entry:
     quantization: str = "F32"
     describe: str = ""
     error: str = ""  # why it cannot be read now (a --follow run with no checkpoint yet)
+    default_options: dict[str, Any] = field(default_factory=dict)  # /api/create's parameters
+    system: str = ""  # /api/create's system prompt
     _pointer: tuple[int, bytes] | None = None  # pointer_state of checkpoints/latest seen
 
     # ------------------------------------------------------------------ what it is
