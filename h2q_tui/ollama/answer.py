@@ -21,6 +21,7 @@ from h2q_tui.generation.generate import Generation
 from h2q_tui.generation.grammar import json_constraint
 from h2q_tui.generation.sampling import SamplingConfig
 from h2q_tui.generation.steering import SteerConfig
+from h2q_tui.generation.text import Codec
 from h2q_tui.ollama import direct, protocol
 from h2q_tui.ollama.api import ApiError
 from h2q_tui.ollama.jobs import Job, Piece
@@ -196,3 +197,17 @@ async def collect(request: Request, answer: Answer) -> tuple[str, list[TokenLogp
                     return "".join(parts), records
     finally:
         job.cancel()
+
+
+def logprob_json(codec: Codec, record: TokenLogprob) -> dict[str, Any]:
+    """One token's log-probability as both APIs write it: ``token`` (its text; a byte that is
+    not a character alone shows as U+FFFD), ``logprob``, ``bytes`` (the exact bytes) and
+    ``top_logprobs`` (the likeliest tokens, each with the same three fields)."""
+
+    def one(token: int, logprob: float) -> dict[str, Any]:
+        raw = codec.token_bytes(token)
+        text = raw.decode("utf-8", errors="replace")
+        return {"token": text, "logprob": logprob, "bytes": list(raw)}
+
+    top = [one(token, logprob) for token, logprob in record.top]
+    return one(record.token, record.logprob) | {"top_logprobs": top}
