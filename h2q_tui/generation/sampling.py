@@ -1,5 +1,6 @@
 """Next-token choice from logits: repetition penalty (CTRL's, multiplicative), frequency and
-presence penalties (OpenAI's, additive), temperature, top-k, top-p, seeded draw.
+presence penalties (OpenAI's, additive), over all generated tokens or the last
+``penalty_window``; temperature, top-k, top-p, min-p, seeded draw.
 
 Dimension legend: V vocabulary.
 """
@@ -56,6 +57,8 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"in {ADDITIVE_PENALTY_RANGE[0]:g}..{ADDITIVE_PENALTY_RANGE[1]:g} (0 = off)",
     ),
     "max_new_tokens": (lambda n: n >= 0, ">= 0"),
+    "min_p": (lambda p: 0 <= p <= 1, "in 0..1 (0 = off)"),
+    "penalty_window": (lambda n: n >= 0, ">= 0 (0 = every generated token)"),
     "seed": (lambda s: 0 <= s <= SEED_MAX, "in 0..2**64-1"),
     "strength": (lambda s: abs(s) <= STRENGTH_MAX, f"in -{STRENGTH_MAX:g}..{STRENGTH_MAX:g}"),
 }
@@ -66,6 +69,8 @@ NAMES = {
     "max_new_tokens": "max new tokens",
     "frequency_penalty": "frequency penalty",
     "presence_penalty": "presence penalty",
+    "min_p": "min-p",
+    "penalty_window": "penalty window",
 }
 
 
@@ -96,6 +101,10 @@ class SamplingConfig:
     # the generated tokens; 0 = off
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # tokens below min_p × the likeliest one's probability (after temperature, top-k and
+    # top-p) are not drawn; 0 = off
+    min_p: float = 0.0
+    penalty_window: int = 0  # the three penalties read the last n generated tokens; 0 = all
 
     def check(self, names: Mapping[str, str] = NAMES) -> None:
         """ValueError naming the first setting outside :data:`LIMITS`."""
@@ -108,6 +117,8 @@ class SamplingConfig:
             "presence_penalty",
             "max_new_tokens",
             "seed",
+            "min_p",
+            "penalty_window",
         )
         for field in fields:
             problem = limit_problem(field, getattr(self, field), names)
@@ -152,6 +163,19 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
         outside[0] = False  # the likeliest stays, whatever the rounding of a tiny top_p
         logits[order[outside]] = float("-inf")
     return logits
+
+
+def penalised_tokens(generated: list[int], window: int) -> list[int]:
+    """The generated tokens the penalties read: the last ``window`` (0: all of them)."""
+    return generated[-window:] if 0 < window < len(generated) else generated
+
+
+def filter_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Set logits whose probability is below ``min_p`` × the likeliest one's to −inf."""
+    if min_p <= 0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    return logits.masked_fill(probs < min_p * probs.max(), float("-inf"))
 
 
 class _GeneratedMask:
@@ -220,12 +244,17 @@ def _choose(
     """choose_token's fast form (inside inference mode)."""
     logits = logits.float().cpu()
     penalty = config.repetition_penalty
-    if penalty != 1.0 and generated:
-        mask = _generated_mask(generated, logits.numel())
+    recent = penalised_tokens(generated, config.penalty_window)
+    if penalty != 1.0 and recent:
+        if recent is generated:  # the mask grows by one entry per token
+            mask = _generated_mask(generated, logits.numel())
+        else:  # a window: its tokens change at both ends
+            mask = torch.zeros(logits.numel(), dtype=torch.bool)
+            mask[torch.tensor(recent)] = True
         penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
         logits = torch.where(mask, penalised, logits)
     logits = apply_additive_penalties(
-        logits, generated, config.frequency_penalty, config.presence_penalty
+        logits, recent, config.frequency_penalty, config.presence_penalty
     )
     if config.temperature == 0:
         return int(torch.argmax(logits))
@@ -235,6 +264,7 @@ def _choose(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if config.top_p < 1.0:
         logits = filter_top_k_top_p(logits, 0, config.top_p)
+    logits = filter_min_p(logits, config.min_p)
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
 
@@ -246,12 +276,14 @@ def choose_token_reference(
     generator: torch.Generator,
 ) -> int:
     """choose_token in today's form (copies, boolean index puts): the reference of the tests."""
-    logits = apply_repetition_penalty(logits.float().cpu(), generated, config.repetition_penalty)
+    recent = penalised_tokens(generated, config.penalty_window)
+    logits = apply_repetition_penalty(logits.float().cpu(), recent, config.repetition_penalty)
     logits = apply_additive_penalties(
-        logits, generated, config.frequency_penalty, config.presence_penalty
+        logits, recent, config.frequency_penalty, config.presence_penalty
     )
     if config.temperature == 0:
         return int(torch.argmax(logits))
     logits = filter_top_k_top_p(logits / config.temperature, config.top_k, config.top_p)
+    logits = filter_min_p(logits, config.min_p)
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))

@@ -8,6 +8,7 @@ sampling, the constraint, the queue and the measured durations are the same for 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +29,11 @@ from h2q_tui.ollama.jobs import Job, Piece
 from h2q_tui.ollama.models import Entry, iso
 
 # the sampler's settings by the names of Ollama's options
-OPTION_NAMES = {"repetition_penalty": "repeat_penalty", "max_new_tokens": "num_predict"}
+OPTION_NAMES = {
+    "repetition_penalty": "repeat_penalty",
+    "max_new_tokens": "num_predict",
+    "penalty_window": "repeat_last_n",
+}
 Line = Callable[[Any, bytes], bytes]  # (a piece: str or Piece, created-at stamp) -> bytes
 
 
@@ -43,6 +48,9 @@ class Ask:
     context: list[int] = field(default_factory=list)  # token ids before the prompt
     logprobs: int | None = None  # alternatives per token (0..20); None: no logprobs
     format: Any = None  # None, "json" (any JSON object) or a JSON schema
+    truncate: bool = True  # a prompt longer than the context is cut (see fit_context); or 400
+    shift: bool = True  # past the context the window moves on; False: stop, reason "length"
+    keep: int = 0  # num_keep: the prompt's first tokens that a cut keeps (-1: all)
 
 
 @dataclass
@@ -91,10 +99,15 @@ def settings(options: protocol.Options, chat: bool) -> tuple[SamplingConfig, Ste
         repetition_penalty=pick(options.repeat_penalty, default.repetition_penalty),
         frequency_penalty=pick(options.frequency_penalty, default.frequency_penalty),
         presence_penalty=pick(options.presence_penalty, default.presence_penalty),
+        min_p=pick(options.min_p, default.min_p),
+        penalty_window=max(0, pick(options.repeat_last_n, default.penalty_window)),
         max_new_tokens=pick(options.num_predict, protocol.DEFAULT_PREDICT),
         seed=pick(options.seed, secrets.randbelow(2**31)),
         stop=options.stop + (protocol.CHAT_STOPS if chat else ()),
     )
+    if options.repeat_last_n == 0:  # Ollama's repeat_last_n 0: the penalties are off
+        off = {"repetition_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
+        sampling = dataclasses.replace(sampling, **off)
     steer = SteerConfig(word=options.steer, strength=options.strength, layer=options.layer)
     try:
         sampling.check(OPTION_NAMES)
@@ -130,7 +143,7 @@ def _generation(entry: Entry, ask: Ask) -> Generation:
     constraint = None
     if ask.format is not None:
         constraint = json_constraint(ask.format, entry.codec.vocabulary(vocab))
-    return Generation(
+    generation = Generation(
         entry.model,
         entry.codec,
         prompt,
@@ -139,6 +152,8 @@ def _generation(entry: Entry, ask: Ask) -> Generation:
         logprobs=ask.logprobs,
         constraint=constraint,
     )
+    fit_context(generation, ask)
+    return generation
 
 
 async def stream(
@@ -211,3 +226,28 @@ def logprob_json(codec: Codec, record: TokenLogprob) -> dict[str, Any]:
 
     top = [one(token, logprob) for token, logprob in record.top]
     return one(record.token, record.logprob) | {"top_logprobs": top}
+
+
+def fit_context(generation: Generation, ask: Ask) -> None:
+    """The prompt and the generation fitted to the model's context before it starts, as
+    Ollama does: a prompt longer than the context keeps its first ``ask.keep`` tokens and
+    its last ones, half the context in all, leaving the other half for the reply
+    (``truncate``; off: ValueError with Ollama's words); with ``shift`` off the reply stops
+    (reason "length") where prompt and reply fill the context, instead of the decoder's
+    window jumping on by half the context."""
+    context = generation.model.config.context
+    ids = generation.prompt_ids
+    if len(ids) > context:
+        if not ask.truncate:
+            raise ValueError(
+                f"the input length exceeds the context length ({len(ids)} tokens; the "
+                f"context is {context}; truncate true keeps its last tokens)"
+            )
+        keep = len(ids) if ask.keep < 0 else ask.keep
+        keep = min(keep, context - 1)
+        limit = context - max((context - keep) // 2, 1)
+        generation.prompt_ids = ids[:keep] + ids[len(ids) - (limit - keep) :]
+        generation.stats.prompt_tokens = len(generation.prompt_ids)
+    if not ask.shift:
+        room = max(0, context - len(generation.prompt_ids))
+        generation.sampling.max_new_tokens = min(generation.sampling.max_new_tokens, room)

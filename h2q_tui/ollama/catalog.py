@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from h2q_tui import __version__
 from h2q_tui.generation.sampling import SamplingConfig
-from h2q_tui.ollama import api, protocol
+from h2q_tui.ollama import api, fields, protocol
 from h2q_tui.ollama.api import ApiError
 from h2q_tui.ollama.models import Entry, iso
 from h2q_tui.ollama.replies import ModelInfo, PullProgress
@@ -61,10 +61,11 @@ async def show(request: Request) -> Response:
     if entry.info is None:
         raise ApiError(500, f"{entry.name}: {entry.error}")
     s = SamplingConfig()
+    context = entry.info.config.model.context
     parameters = (
         f"temperature {s.temperature}\ntop_k {s.top_k}\ntop_p {s.top_p}\n"
         f"repeat_penalty {s.repetition_penalty}\nnum_predict {protocol.DEFAULT_PREDICT}\n"
-        f"num_ctx {entry.info.config.model.context}"
+        f"num_ctx {context}\nnum_keep 0\nmin_p {s.min_p}"
     )
     return JSONResponse(
         {
@@ -72,8 +73,8 @@ async def show(request: Request) -> Response:
             "parameters": parameters,
             "template": protocol.CHAT_TEMPLATE,
             "details": entry.details(),
-            "model_info": entry.model_info(),
-            "capabilities": ["completion", "embedding"],
+            "model_info": entry.model_info() | past_context(context),
+            "capabilities": fields.CAPABILITIES,
             "modified_at": iso(entry.modified_at or time.time()),
         }
     )
@@ -104,3 +105,19 @@ async def pull(request: Request) -> Response:
     if not stream:
         return JSONResponse(steps[-1].to_json())
     return api.NdjsonResponse(api.lines([step.to_json() for step in steps]))
+
+
+def past_context(context: int) -> dict[str, str]:
+    """What happens past the model's context, as ``/api/show``'s ``model_info`` states it."""
+    half = context - context // 2
+    return {
+        "h2q.truncate": (
+            f"a prompt longer than {context} tokens keeps its first num_keep tokens (default 0) "
+            f"and its last ones, {half} in all (truncate true, the default); truncate false: 400"
+        ),
+        "h2q.shift": (
+            f"past {context} tokens of prompt and reply the window jumps on by {context // 2} "
+            "tokens (shift true, the default; positions are learned, the window cannot slide "
+            "by one); shift false: the reply stops there, done_reason length"
+        ),
+    }

@@ -16,11 +16,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from h2q_tui.ollama import answer, api, protocol
+from h2q_tui.ollama import answer, api, fields, protocol
 from h2q_tui.ollama.answer import Answer, Ask
 from h2q_tui.ollama.api import ApiError
 from h2q_tui.ollama.models import Entry, iso
-from h2q_tui.ollama.replies import Reply, ndjson, piece_line
+from h2q_tui.ollama.replies import Reply, logprob_line, ndjson, piece_line
 
 
 async def generate(request: Request) -> Response:
@@ -38,13 +38,28 @@ async def _complete(request: Request, chat: bool) -> Response:
     entry = api.model_entry(server.registry, body)
     stream = api.flag(body, "stream", True)
     keep_alive = api.keep_alive(body, server.config.keep_alive)
+    fields.refuse_unsupported(body, entry.name, chat)  # all before a model loads for nothing
+    context_length = entry.info.config.model.context if entry.info is not None else None
     try:
         raw_options = answer.merged_options(entry, body.get("options"))
-        options = protocol.parse_options(raw_options, server.config.max_predict)
-        sampling, steer = answer.settings(options, chat)  # before a model loads for nothing
+        options = protocol.parse_options(raw_options, server.config.max_predict, context_length)
+        sampling, steer = answer.settings(options, chat)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-    prompt, context = _prompt(body, chat, entry)
+    raw = not chat and api.flag(body, "raw", False)
+    prompt, context = _prompt(body, chat, entry, raw)
+    ask = Ask(
+        prompt,
+        sampling,
+        steer,
+        keep_alive,
+        context,
+        logprobs=fields.read_logprobs(body),
+        format=fields.read_format(body),
+        truncate=api.flag(body, "truncate", True),
+        shift=api.flag(body, "shift", True),
+        keep=options.num_keep,
+    )
     if not prompt and not context:  # an empty prompt loads (keep_alive 0: unloads)
         lease, _ = await server.hold(entry)
         server.request_done(entry, lease, keep_alive)
@@ -53,23 +68,31 @@ async def _complete(request: Request, chat: bool) -> Response:
         if stream:
             return api.NdjsonResponse(api.lines([final.to_json()]))
         return JSONResponse(final.to_json())
-    ask = Ask(prompt, sampling, steer, keep_alive, context)
     started_answer = await answer.begin(server, entry, ask, started, stream)
+    codec = entry.codec  # the loaded model's, for the log-probabilities' bytes
     if stream:
-        line = piece_line(entry.name, chat)
-        end = lambda done: ndjson(_final(done, chat, "").to_json())  # noqa: E731
+        if ask.logprobs is None:
+            line = piece_line(entry.name, chat)
+        else:
+            line = logprob_line(entry.name, chat, lambda r: answer.logprob_json(codec, r))
+        end = lambda done: ndjson(_final(done, chat, "", raw).to_json())  # noqa: E731
         error = lambda message: ndjson({"error": message})  # noqa: E731
         content = answer.stream(server, request.scope, started_answer, line, end, error)
         return api.NdjsonResponse(content, started_answer.job)
     collected = await answer.collect(request, started_answer)
     if collected is None:
         return Response(status_code=499)  # nobody reads it
-    return JSONResponse(_final(started_answer, chat, collected[0]).to_json())
+    text, records = collected
+    final = _final(started_answer, chat, text, raw)
+    if ask.logprobs is not None:
+        final.logprobs = [answer.logprob_json(codec, record) for record in records]
+    return JSONResponse(final.to_json())
 
 
-def _prompt(body: dict[str, Any], chat: bool, entry: Entry) -> tuple[str, list[int]]:
+def _prompt(body: dict[str, Any], chat: bool, entry: Entry, raw: bool) -> tuple[str, list[int]]:
     """The request's prompt (a chat rendered as text) and its ``context`` token ids; the
-    model's system prompt (``/api/create``) where the request gives none."""
+    model's system prompt (``/api/create``) where the request gives none. ``raw``: the
+    prompt as given (no system prompt; with ``system`` or ``context``, 400 as in Ollama)."""
     if chat:
         messages = body.get("messages")
         if messages is not None and not isinstance(messages, list):
@@ -80,6 +103,10 @@ def _prompt(body: dict[str, Any], chat: bool, entry: Entry) -> tuple[str, list[i
             return (protocol.render_chat(messages) if messages else ""), []
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
+    if raw:
+        if api.text(body, "system") or body.get("context"):
+            raise ApiError(400, "raw mode does not support template, system, or context")
+        return api.text(body, "prompt"), []
     prompt, system = api.text(body, "prompt"), api.text(body, "system") or entry.system
     if system and prompt:
         prompt = f"{system}\n\n{prompt}"
@@ -95,8 +122,9 @@ def _has_system(messages: list[Any]) -> bool:
     return any(isinstance(m, dict) and m.get("role") == "system" for m in messages)
 
 
-def _final(done: Answer, chat: bool, text: str) -> Reply:
-    """The final object: why the generation stopped, and what it took."""
+def _final(done: Answer, chat: bool, text: str, raw: bool) -> Reply:
+    """The final object: why the generation stopped, and what it took (``context``: on
+    generate's, unless ``raw``, as in Ollama)."""
     generation = done.generation
     stats = generation.stats
     prompt_s, eval_s = done.durations()
@@ -107,7 +135,7 @@ def _final(done: Answer, chat: bool, text: str) -> Reply:
         chat=chat,
         done=True,
         done_reason=done.done_reason,
-        context=None if chat else generation.prompt_ids + generation.tokens,
+        context=None if chat or raw else generation.prompt_ids + generation.tokens,
         total_duration=api.nanoseconds(done.total_s),
         load_duration=api.nanoseconds(done.load_s),
         prompt_eval_count=stats.prompt_tokens,

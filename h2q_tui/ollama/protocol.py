@@ -164,6 +164,9 @@ class Options:
     repeat_penalty: float | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
+    min_p: float | None = None
+    repeat_last_n: int | None = None  # -1: the context; 0: penalties off; None: all generated
+    num_keep: int = 0  # prompt tokens kept from the start when a long prompt is truncated
     steer: str = ""  # ours: steering towards a word (other servers ignore these three)
     strength: float = 0.0
     layer: int = 0
@@ -175,9 +178,36 @@ _FLOATS = (
     "repeat_penalty",
     "frequency_penalty",
     "presence_penalty",
+    "min_p",
     "strength",
 )
-_INTS = ("top_k", "num_predict", "seed", "layer")
+_INTS = ("top_k", "num_predict", "seed", "layer", "repeat_last_n", "num_keep")
+
+# Ollama's options that would change the output in a way this server cannot: accepted at
+# the value that leaves sampling as it is, refused (400) at any other.
+NEUTRAL: dict[str, tuple[Any, str]] = {
+    "mirostat": (0, "Mirostat sampling is not implemented"),
+    "typical_p": (1.0, "locally typical sampling is not implemented"),
+    "tfs_z": (1.0, "tail-free sampling is not implemented"),
+    "penalize_newline": (True, "the repetition penalty applies to every token, newline included"),
+}
+# Ollama's options that change no output here, type-checked then ignored: the hardware
+# and loading ones (the device is serve's --device, a generation decodes on one thread,
+# weights are read into memory at load), a draft model's (none), Mirostat's rates (only
+# read when mirostat is on, which is refused).
+IGNORED: dict[str, type] = {
+    "numa": bool,
+    "num_batch": int,
+    "num_gpu": int,
+    "main_gpu": int,
+    "use_mmap": bool,
+    "use_mlock": bool,
+    "low_vram": bool,
+    "num_thread": int,
+    "draft_num_predict": int,
+    "mirostat_tau": float,
+    "mirostat_eta": float,
+}
 
 
 def _number(name: str, value: Any, integer: bool) -> float | int:
@@ -198,14 +228,42 @@ def _number(name: str, value: Any, integer: bool) -> float | int:
         raise ValueError(f"option {name!r} is out of range, got {shorten(value)}") from None
 
 
-def parse_options(raw: Any, max_predict: int = MAX_PREDICT) -> Options:
-    """Options from a request's ``options`` object; ValueError (one line) for a wrong type.
+def _typed(name: str, value: Any, kind: type) -> Any:
+    """``value`` as an option of ``kind`` (bool, int or float); ValueError for another type."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"option {name!r} must be true or false, got {shorten(value)}")
+        return value
+    return _number(name, value, kind is int)
 
-    Options this server does not use (``num_ctx``, ``mirostat``…) are ignored, as Ollama
-    ignores those a model does not take. Ollama's conventions are applied here:
+
+def _check_unsupported(raw: Mapping[str, Any]) -> None:
+    """ValueError (one line) for an option this server refuses or one of the wrong type."""
+    for name, kind in IGNORED.items():
+        if raw.get(name) is not None:
+            _typed(name, raw[name], kind)
+    for name, (neutral, why) in NEUTRAL.items():
+        if raw.get(name) is None:
+            continue
+        value = _typed(name, raw[name], type(neutral))
+        if value != neutral:
+            raise ValueError(
+                f"option {name} {shorten(value)} is not supported ({why}; "
+                f"{json.dumps(neutral)} is accepted)"
+            )
+
+
+def parse_options(raw: Any, max_predict: int = MAX_PREDICT, context: int | None = None) -> Options:
+    """Options from a request's ``options`` object; ValueError (one line) for a wrong type
+    or an option this server refuses (:data:`NEUTRAL`).
+
+    :data:`IGNORED` options are type-checked and change nothing; names Ollama does not
+    document are ignored, as Ollama ignores them. Ollama's conventions are applied here:
     ``num_predict`` -1 or -2 ("no limit", "fill the context") mean the server's cap,
-    ``max_predict``; ``seed`` -1 means a random one. The ranges of the sampling settings are
-    the generator's (``h2q_tui.generation.sampling.LIMITS``), checked by the server.
+    ``max_predict``; ``seed`` -1 means a random one; ``num_ctx`` at or above the model's
+    ``context`` means the context (Ollama caps it at the trained length too), below it is
+    refused (the window is the model's). The ranges of the sampling settings are the
+    generator's (``h2q_tui.generation.sampling.LIMITS``), checked by the server.
     """
     if raw is None:
         return Options()
@@ -225,6 +283,8 @@ def parse_options(raw: Any, max_predict: int = MAX_PREDICT) -> Options:
         if not isinstance(raw["steer"], str):
             raise ValueError("option 'steer' must be a word (a string)")
         values["steer"] = raw["steer"]
+    _check_unsupported(raw)
+    _check_context(raw.get("num_ctx"), context, values)
     if values.get("seed") == -1:
         del values["seed"]  # random
     options = Options(**values)
@@ -239,6 +299,26 @@ def parse_options(raw: Any, max_predict: int = MAX_PREDICT) -> Options:
                 f"got {shorten(options.num_predict)}"
             )
     return options
+
+
+def _check_context(num_ctx: Any, context: int | None, values: dict[str, Any]) -> None:
+    """``num_ctx``, ``num_keep`` and ``repeat_last_n`` against the model's ``context``."""
+    if num_ctx is not None:
+        num_ctx = _number("num_ctx", num_ctx, True)
+        if context is not None and num_ctx < context:
+            raise ValueError(
+                f"invalid option: num_ctx {shorten(num_ctx)} is below the model's context "
+                f"of {context} tokens (the window is the model's own; {context} or more is "
+                "accepted)"
+            )
+    if values.get("num_keep", 0) < -1:
+        raise ValueError(f"invalid option: num_keep must be >= -1, got {values['num_keep']}")
+    if values.get("repeat_last_n", 0) < -1:
+        raise ValueError(
+            f"invalid option: repeat_last_n must be >= -1, got {values['repeat_last_n']}"
+        )
+    if values.get("repeat_last_n") == -1 and context is not None:
+        values["repeat_last_n"] = context  # Ollama's -1: num_ctx
 
 
 # ----------------------------------------------------------------------------- chat

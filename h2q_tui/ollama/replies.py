@@ -51,6 +51,9 @@ class Reply:
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
+    # the tokens' log-probabilities, each as answer.logprob_json writes it: on a streamed
+    # piece those of the tokens that made its text, on an unstreamed answer all of them
+    logprobs: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The object as the server sends it (absent fields left out)."""
@@ -62,6 +65,7 @@ class Reply:
         obj["done"] = self.done
         optional = {"done_reason": self.done_reason, "context": self.context}
         optional |= {key: getattr(self, key) for key in STATS}
+        optional["logprobs"] = self.logprobs
         return obj | {key: value for key, value in optional.items() if value is not None}
 
     @classmethod
@@ -76,6 +80,9 @@ class Reply:
         context = obj.get("context")
         if not isinstance(context, list) or not all(isinstance(t, int) for t in context):
             context = None
+        logprobs = obj.get("logprobs")
+        if not isinstance(logprobs, list) or not all(isinstance(t, Mapping) for t in logprobs):
+            logprobs = None
         return cls(
             model=_string(obj.get("model")) or "",
             created_at=_string(obj.get("created_at")) or "",
@@ -85,6 +92,7 @@ class Reply:
             done_reason=_string(obj.get("done_reason")),
             context=context,
             **{key: _count(obj.get(key)) for key in STATS},
+            logprobs=[dict(t) for t in logprobs] if logprobs is not None else None,
         )
 
     @property
@@ -110,6 +118,21 @@ def piece_line(model: str, chat: bool) -> Callable[[str, bytes], bytes]:
 
     def line(text: str, stamp: bytes) -> bytes:
         return b"".join((head, stamp, middle, dumps(text).encode(), tail))
+
+    return line
+
+
+def logprob_line(
+    model: str, chat: bool, shape: Callable[[Any], dict[str, Any]]
+) -> Callable[[Any, bytes], bytes]:
+    """``line(piece, stamp)``: the NDJSON line of a streamed :class:`Reply` holding a piece
+    that carries log-probabilities (``piece.text``, ``piece.logprobs``, each record made
+    JSON by ``shape``). The pieces without them keep :func:`piece_line`'s faster line."""
+
+    def line(piece: Any, stamp: bytes) -> bytes:
+        records = [shape(record) for record in piece.logprobs]
+        reply = Reply(model, stamp.decode(), piece.text, chat=chat, logprobs=records)
+        return ndjson(reply.to_json())
 
     return line
 
