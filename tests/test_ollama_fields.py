@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from h2q_tui.checkpoints import load_checkpoint
 from h2q_tui.generation.sampling import SamplingConfig, choose_token, choose_token_reference
+from h2q_tui.ollama import protocol
 from h2q_tui.ollama.models import Registry
 from h2q_tui.ollama.server import ServeConfig, Server
 
@@ -167,6 +168,23 @@ def test_a_long_prompt_keeps_its_last_tokens_or_is_refused(served) -> None:
     assert refused.json()["error"].startswith("the input length exceeds the context length")
     fits = post(url, GEN, {**body, "prompt": prompt[:CONTEXT], "truncate": False}).json()
     assert fits["prompt_eval_count"] == CONTEXT
+
+
+def test_a_long_chat_drops_its_oldest_messages_as_ollama_does(served) -> None:
+    url = served[1]
+    messages = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "a" * 10},
+        {"role": "assistant", "content": "b" * 10},
+        {"role": "user", "content": "hi"},
+    ]
+    body = {"model": "tiny", "messages": messages, "stream": False}
+    body["options"] = {"num_predict": 2}
+    assert len(protocol.render_chat(messages)) > CONTEXT
+    kept = protocol.render_chat([messages[0], messages[3]])  # the system and the last
+    assert post(url, "/api/chat", body).json()["prompt_eval_count"] == len(kept)
+    refused = post(url, "/api/chat", {**body, "truncate": False})
+    assert refused.status_code == 400 and "exceeds the context length" in refused.json()["error"]
 
 
 def test_shift_false_stops_at_the_context_shift_true_goes_on(served) -> None:

@@ -112,8 +112,10 @@ def past_context(context: int) -> dict[str, str]:
     half = context - context // 2
     return {
         "h2q.truncate": (
-            f"a prompt longer than {context} tokens keeps its first num_keep tokens (default 0) "
-            f"and its last ones, {half} in all (truncate true, the default); truncate false: 400"
+            f"a chat longer than {context} tokens drops its oldest messages (not the system "
+            f"ones, not the last); a prompt still longer keeps its first num_keep tokens "
+            f"(default 0) and its last ones, {half} in all (truncate true, the default); "
+            "truncate false: 400"
         ),
         "h2q.shift": (
             f"past {context} tokens of prompt and reply the window jumps on by {context // 2} "

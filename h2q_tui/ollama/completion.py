@@ -6,6 +6,14 @@ object (``"stream": false``).
 The final object's durations are measured here: ``total_duration`` from the request's arrival,
 ``load_duration`` what this request spent loading the model, ``prompt_eval_duration`` the time
 to the first token (prompt forward + steering set-up), ``eval_duration`` the rest.
+
+The other fields (:mod:`~h2q_tui.ollama.fields`): ``format`` constrains the decoding to JSON
+or a JSON schema; ``logprobs`` puts on each streamed piece the log-probabilities of the tokens
+that made its text (on an unstreamed answer, all of them), the model's raw distribution:
+before the repetition, frequency and presence penalties, temperature, top-k/top-p/min-p and
+the format constraint; ``raw`` sends the prompt as given and returns no ``context``;
+``truncate`` and ``shift`` fit prompt and reply to the model's context
+(``answer.fit_context``; a chat first drops its oldest messages, as Ollama does).
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from h2q_tui import checkpoints
+from h2q_tui.generation.text import Codec
 from h2q_tui.ollama import answer, api, fields, protocol
 from h2q_tui.ollama.answer import Answer, Ask
 from h2q_tui.ollama.api import ApiError
@@ -47,7 +57,8 @@ async def _complete(request: Request, chat: bool) -> Response:
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     raw = not chat and api.flag(body, "raw", False)
-    prompt, context = _prompt(body, chat, entry, raw)
+    truncate = api.flag(body, "truncate", True)
+    prompt, context = _prompt(body, chat, entry, raw, truncate)
     ask = Ask(
         prompt,
         sampling,
@@ -56,7 +67,7 @@ async def _complete(request: Request, chat: bool) -> Response:
         context,
         logprobs=fields.read_logprobs(body),
         format=fields.read_format(body),
-        truncate=api.flag(body, "truncate", True),
+        truncate=truncate,
         shift=api.flag(body, "shift", True),
         keep=options.num_keep,
     )
@@ -89,10 +100,13 @@ async def _complete(request: Request, chat: bool) -> Response:
     return JSONResponse(final.to_json())
 
 
-def _prompt(body: dict[str, Any], chat: bool, entry: Entry, raw: bool) -> tuple[str, list[int]]:
-    """The request's prompt (a chat rendered as text) and its ``context`` token ids; the
-    model's system prompt (``/api/create``) where the request gives none. ``raw``: the
-    prompt as given (no system prompt; with ``system`` or ``context``, 400 as in Ollama)."""
+def _prompt(
+    body: dict[str, Any], chat: bool, entry: Entry, raw: bool, truncate: bool
+) -> tuple[str, list[int]]:
+    """The request's prompt (a chat rendered as text, :func:`_fitted_chat` when
+    ``truncate``) and its ``context`` token ids; the model's system prompt (``/api/create``)
+    where the request gives none. ``raw``: the prompt as given (no system prompt; with
+    ``system`` or ``context``, 400 as in Ollama)."""
     if chat:
         messages = body.get("messages")
         if messages is not None and not isinstance(messages, list):
@@ -100,7 +114,11 @@ def _prompt(body: dict[str, Any], chat: bool, entry: Entry, raw: bool) -> tuple[
         if messages and entry.system and not _has_system(messages):
             messages = [{"role": "system", "content": entry.system}, *messages]
         try:
-            return (protocol.render_chat(messages) if messages else ""), []
+            if not messages:
+                return "", []
+            return (
+                _fitted_chat(messages, entry) if truncate else protocol.render_chat(messages)
+            ), []
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
     if raw:
@@ -116,6 +134,29 @@ def _prompt(body: dict[str, Any], chat: bool, entry: Entry, raw: bool) -> tuple[
     ):
         raise ApiError(400, "context must be a list of token ids")
     return prompt, context
+
+
+def _fitted_chat(messages: list[Any], entry: Entry) -> str:
+    """The rendered chat; when it is longer than the model's context, Ollama's truncation
+    of a chat: the oldest messages dropped, the system ones and the last kept, until it
+    fits or nothing else is left (then the prompt's tokens are cut, ``answer.fit_context``).
+    """
+    rendered = protocol.render_chat(messages)
+    if entry.info is None or len(rendered.encode()) <= entry.info.config.model.context:
+        return rendered  # a token is at least a byte: it fits without counting tokens
+    context = entry.info.config.model.context
+    codec = entry.codec or Codec(checkpoints.tokenizer_of(entry.info))
+    system = [m for m in messages if m.get("role") == "system"]
+    rest = [m for m in messages if m.get("role") != "system"]
+
+    def fits(dropped: int) -> bool:
+        return len(codec.encode(protocol.render_chat(system + rest[dropped:]))) <= context
+
+    low, high = 0, max(0, len(rest) - 1)  # the fewest dropped that fit (at most all but one)
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle + 1, high)
+    return protocol.render_chat(system + rest[low:])
 
 
 def _has_system(messages: list[Any]) -> bool:
