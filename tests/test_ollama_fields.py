@@ -7,6 +7,7 @@ model loads; hardware options and unknown fields ignored; ``/api/show``'s capabi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import string
 from pathlib import Path
@@ -17,6 +18,8 @@ import jsonschema
 import ollama
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ollama_helpers import LiveServer, make_run
 from pydantic import BaseModel, ConfigDict
 
@@ -344,3 +347,57 @@ def test_show_lists_capabilities_and_what_happens_past_the_context(client) -> No
     assert "done_reason length" in shown.modelinfo["h2q.shift"]
     assert f"{CONTEXT // 2} in all" in shown.modelinfo["h2q.truncate"]
     assert f"num_ctx {CONTEXT}" in shown.parameters
+
+
+# ----------------------------------------------------------------------------- any number
+numbers = st.one_of(
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, -1, 1, 20, 21, 1.0, 0.5, 1e308, -1e308, 10**400, True, "1", None]),
+)
+NEW_FIELDS = (
+    "min_p",
+    "repeat_last_n",
+    "num_keep",
+    "num_ctx",
+    "num_thread",
+    "mirostat",
+    "typical_p",
+    "tfs_z",
+    "penalize_newline",
+    "top_logprobs",
+)
+
+
+@pytest.fixture(scope="module")
+def generate_in_process(run):
+    """POST /api/generate to the app in process, at most 2 tokens per request."""
+    app = Server(Registry.discover([run]), ServeConfig(max_predict=2)).app
+    loop = asyncio.new_event_loop()
+
+    async def post(body: dict):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as http:
+            return await http.post(GEN, content=json.dumps(body))  # NaN, Infinity too
+
+    yield lambda body: loop.run_until_complete(post(body))
+    loop.close()
+
+
+@settings(max_examples=120, deadline=None, database=None)
+@given(field=st.sampled_from(NEW_FIELDS), value=numbers)
+def test_any_value_of_a_new_field_is_served_or_refused_naming_it(
+    generate_in_process, field, value
+) -> None:
+    body = {"model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 2}}
+    if field == "top_logprobs":
+        body |= {"logprobs": True, "top_logprobs": value}
+    else:
+        body["options"][field] = value
+    response = generate_in_process(body)
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 400:
+        error = response.json()["error"]
+        assert field in error and "\n" not in error and len(error) < 200, error
+    else:
+        assert response.json()["done"] is True

@@ -312,10 +312,12 @@ def _check_context(num_ctx: Any, context: int | None, values: dict[str, Any]) ->
                 "accepted)"
             )
     if values.get("num_keep", 0) < -1:
-        raise ValueError(f"invalid option: num_keep must be >= -1, got {values['num_keep']}")
+        raise ValueError(
+            f"invalid option: num_keep must be >= -1, got {shorten(values['num_keep'])}"
+        )
     if values.get("repeat_last_n", 0) < -1:
         raise ValueError(
-            f"invalid option: repeat_last_n must be >= -1, got {values['repeat_last_n']}"
+            f"invalid option: repeat_last_n must be >= -1, got {shorten(values['repeat_last_n'])}"
         )
     if values.get("repeat_last_n") == -1 and context is not None:
         values["repeat_last_n"] = context  # Ollama's -1: num_ctx
