@@ -89,6 +89,19 @@ def test_format_json_gives_an_object_streamed_or_not(client) -> None:
     assert "".join(p.response for p in parts) == whole.response
 
 
+def test_a_schema_the_grammar_engine_cannot_do_is_400_in_one_line(served) -> None:
+    url = served[1]
+    for schema, words in (
+        ({"not": {"type": "string"}}, "unsupported JSON schema"),
+        ({"type": "integer", "minimum": 5, "maximum": 1}, "minimum (5) is greater than maximum"),
+    ):
+        body = {"model": "tiny", "prompt": "J", "format": schema, "stream": False}
+        response = post(url, "/api/chat", {**body, "messages": [{"role": "user", "content": "J"}]})
+        assert response.status_code == 400 and words in response.json()["error"]
+        assert "\n" not in response.json()["error"]
+    assert post(url, GEN, {"model": "tiny", "prompt": "J", "stream": False}).status_code == 200
+
+
 # ----------------------------------------------------------------------------- logprobs
 def test_logprobs_are_the_served_models_raw_distribution(run, served, client) -> None:
     options = {**OPTIONS, "repeat_penalty": 1.5, "top_k": 5}  # the draw's settings: not in them
