@@ -29,7 +29,7 @@ from h2q_tui.ollama.answer import Answer, Ask
 from h2q_tui.ollama.api import ApiError
 from h2q_tui.ollama.models import Entry
 
-# option names in the generator's messages -> the /v1 field a client sent
+# words of the generator's messages -> the /v1 field a client sent (the first found)
 PARAMS = {
     "num_predict": "max_tokens",
     "temperature": "temperature",
@@ -38,9 +38,9 @@ PARAMS = {
     "presence": "presence_penalty",
     "seed": "seed",
     "stop": "stop",
-    "steer": "steer",
-    "strength": "strength",
+    "strength": "strength",  # before steer: "strength needs a steer word"
     "layer": "layer",
+    "steer": "steer",
 }
 
 
