@@ -340,6 +340,9 @@ BAD = [  # method, path, body, status, words, param
         "max_completion_tokens",
     ),
     ("POST", COMP, _comp(max_tokens=10**9), 400, "max_tokens", "max_tokens"),
+    ("POST", CHAT, _chat(max_tokens=4, max_completion_tokens=5), 400, "differ", "max_tokens"),
+    ("POST", CHAT, _chat(top_k=-1), 400, "top_k", "top_k"),
+    ("POST", CHAT, _chat(repeat_penalty="x"), 400, "repeat_penalty", "repeat_penalty"),
     ("POST", CHAT, _chat(n=1000), 400, "n must be a whole number in 1..8", "n"),
     ("POST", CHAT, _chat(n=0), 400, "n must be", "n"),
     ("POST", CHAT, _chat(stream="yes"), 400, "stream must be true or false", "stream"),
@@ -486,3 +489,17 @@ def test_ignored_and_harmless_fields_are_accepted(client) -> None:
         model="tiny", messages=USER, extra_body={"steer": "cat", "strength": 4.0}, **SEEDED
     )
     assert steered.choices[0].message.content != plain.choices[0].message.content
+    # Ollama's top_k as an extra field: one candidate, so the seed no longer matters
+    greedy = [
+        client.chat.completions.create(
+            model="tiny", messages=USER, extra_body={"top_k": 1}, **{**SEEDED, "seed": seed}
+        )
+        .choices[0]
+        .message.content
+        for seed in (5, 6)
+    ]
+    assert greedy[0] == greedy[1] != plain.choices[0].message.content
+    same = client.chat.completions.create(
+        model="tiny", messages=USER, max_completion_tokens=8, **{**SEEDED, "max_tokens": 8}
+    )
+    assert same.choices[0].message.content == plain.choices[0].message.content

@@ -34,6 +34,8 @@ PARAMS = {
     "num_predict": "max_tokens",
     "temperature": "temperature",
     "top_p": "top_p",
+    "top_k": "top_k",
+    "repeat_penalty": "repeat_penalty",
     "frequency": "frequency_penalty",
     "presence": "presence_penalty",
     "seed": "seed",

@@ -4,8 +4,8 @@
 
 Every field OpenAI documents is honoured, refused with a one-line reason (:data:`REFUSED`),
 or accepted and ignored because it never changes the output (:data:`IGNORED`); fields that
-are not OpenAI's are ignored, as Ollama ignores them, except our own ``steer``, ``strength``,
-``layer`` and ``keep_alive``.
+are not OpenAI's are ignored, as Ollama ignores them, except :data:`EXTRA` and
+``keep_alive``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ MAX_CHOICES = 8  # n: choices are generated one after another, each a whole gene
 # what OpenAI's API means when a request leaves them out (Ollama's /v1 sends the same); a
 # model's own defaults (/api/create) come before these
 DEFAULTS = {"temperature": 1.0, "top_p": 1.0}
+# not OpenAI's: our steering, and two of Ollama's options OpenAI has no field for
+EXTRA = ("steer", "strength", "layer", "top_k", "repeat_penalty")
 IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key")
 # field -> what the model lacks (Ollama's words: '"name" does not support tools')
 REFUSED = {
@@ -137,7 +139,7 @@ def _common(body: Mapping[str, Any], max_predict: int, budget: tuple[str, ...]) 
     for key in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed"):
         if body.get(key) is not None:
             options[key] = body[key]
-    for key in ("steer", "strength", "layer"):  # ours, as extra body fields
+    for key in EXTRA:
         if body.get(key) is not None:
             options[key] = body[key]
     stop = body.get("stop")
@@ -147,11 +149,12 @@ def _common(body: Mapping[str, Any], max_predict: int, budget: tuple[str, ...]) 
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise Invalid("stop must be a string or a list of strings", "stop")
         options["stop"] = stop
-    for key in budget:
-        tokens = _whole(body, key, 0, max_predict)
-        if tokens is not None:
-            options["num_predict"] = tokens
-            break
+    given = {key: _whole(body, key, 0, max_predict) for key in budget if key in body}
+    given = {key: tokens for key, tokens in given.items() if tokens is not None}
+    if len(set(given.values())) > 1:
+        raise Invalid(f"{' and '.join(given)} differ: give one of them", budget[-1])
+    if given:
+        options["num_predict"] = next(iter(given.values()))
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, Mapping):
         raise Invalid("stream_options must be an object", "stream_options")
