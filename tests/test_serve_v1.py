@@ -290,6 +290,7 @@ def asgi(run):
 
 CHAT, COMP, EMB = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 SCHEMA = {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}
+REF = {"type": "object", "properties": {"a": {"$ref": "#/nope"}}}  # valid, yet not compilable
 
 
 def _chat(**fields) -> dict:
@@ -353,6 +354,14 @@ BAD = [  # method, path, body, status, words, param
     ("POST", CHAT, _chat(seed="x"), 400, "seed", "seed"),
     ("POST", CHAT, _chat(stop=[1]), 400, "stop must be", "stop"),
     ("POST", CHAT, _chat(response_format=SCHEMA), 400, "invalid JSON schema", "response_format"),
+    (
+        "POST",
+        CHAT,
+        _chat(response_format={"type": "json_schema", "json_schema": {"schema": REF}}),
+        400,
+        "unsupported JSON schema",
+        "response_format",
+    ),
     (
         "POST",
         CHAT,

@@ -133,12 +133,12 @@ async def _generate(request: Request, chat: bool) -> Response:
     asks = _asks(entry, wanted, chat, keep_alive, server.config.max_predict)
     shape = shapes.Shape(chat, entry.name, f"fp_{entry.digest[:12]}")
     if wanted.stream:
-        first = await answer.begin(server, entry, asks[0], started, stream=True)
+        first = await _begin(server, entry, asks[0], started, stream=True)
         choices = Choices(request, entry, shape, wanted, asks, first)
         return api.EventStreamResponse(choices.events(), choices)
     chosen, used = [], shapes.usage(0, 0)
     for index, ask in enumerate(asks):
-        done = await answer.begin(server, entry, ask, started, stream=False)
+        done = await _begin(server, entry, ask, started, stream=False)
         codec = entry.codec  # loaded now
         collected = await answer.collect(request, done)
         if collected is None:
@@ -152,6 +152,17 @@ async def _generate(request: Request, chat: bool) -> Response:
         chosen.append(shape.choice(index, text, done.done_reason, items))
         used = _used(used, done)
     return JSONResponse(shape.whole(chosen, used))
+
+
+async def _begin(server: Any, entry: Entry, ask: Ask, started: float, stream: bool) -> Answer:
+    """:func:`answer.begin`; a schema the grammar engine cannot compile is the fault of
+    ``response_format`` (the only 400 it gives a /v1 request)."""
+    try:
+        return await answer.begin(server, entry, ask, started, stream)
+    except ApiError as exc:
+        if exc.status == 400 and ask.format is not None:
+            raise ApiError(400, exc.message, "response_format") from None
+        raise
 
 
 def _prompt(entry: Entry, wanted: shapes.V1Request, chat: bool) -> str:
@@ -218,7 +229,7 @@ class Choices:
             for index, ask in enumerate(self.asks):
                 if index:
                     try:
-                        self.current = await answer.begin(
+                        self.current = await _begin(
                             server, self.entry, ask, self.started, stream=True
                         )
                     except ApiError as exc:  # the queue filled up, a load failed
