@@ -14,7 +14,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from ollama_helpers import LiveServer, hooked, make_run
+from ollama_helpers import LiveServer, hooked, make_run, wait_for
 
 from h2q_tui.generation.generate import Generation
 from h2q_tui.generation.sampling import SamplingConfig
@@ -233,6 +233,24 @@ def test_a_failure_mid_stream_is_an_error_event(served, client) -> None:
             ):
                 pass
     assert client.completions.create(model="tiny", prompt="x", max_tokens=2).choices[0].text
+
+
+def test_a_client_that_disconnects_stops_its_choices(served, client) -> None:
+    server, url = served
+    client.completions.create(model="tiny", prompt="x", max_tokens=1)  # loaded
+    payload = {"model": "tiny", "prompt": "Once", "stream": True, "n": 3, "max_tokens": 4000}
+    ended = len(server.ended)
+    with hooked(server.registry.get("tiny:latest").model, delay_s=0.005) as calls:
+        with httpx.stream("POST", f"{url}/v1/completions", json=payload, timeout=30) as response:
+            lines = response.iter_lines()
+            for _ in range(3):
+                next(lines)
+            (job,) = server.jobs
+        wait_for(lambda: not job.thread.is_alive(), "the worker to end", timeout=5)
+        wait_for(lambda: not server.jobs, "no generation left", timeout=5)
+    assert calls["n"] < 1000  # it stopped long before 4000 tokens, and no other choice began
+    assert list(server.ended)[ended:] == [(job.thread.name, "cancelled")]
+    assert server.registry.get("tiny:latest").gate.count == 0  # the model is free again
 
 
 # ----------------------------------------------------------------------------- the wire

@@ -244,8 +244,8 @@ class Choices:
                 )
                 async for data in pieces:
                     yield data
-                if self.failed:
-                    return
+                if self.failed or self.current.generation.stats.stop_reason == "cancelled":
+                    return  # an error event went out, or the client went away
         finally:
             self.cancel()
 
