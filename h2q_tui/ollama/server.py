@@ -46,7 +46,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from h2q_tui.errors import UserError
-from h2q_tui.ollama import api, catalog, completion, embed, protocol
+from h2q_tui.ollama import api, catalog, completion, embed, manage, protocol
 from h2q_tui.ollama.api import ApiError
 from h2q_tui.ollama.jobs import Job, run_thread
 from h2q_tui.ollama.models import Entry, Lease, Registry
@@ -64,6 +64,10 @@ ROUTES = [  # path, endpoint, methods
     ("/api/embed", embed.embed, POST),
     ("/api/embeddings", embed.embeddings, POST),
     ("/api/pull", catalog.pull, POST),
+    ("/api/create", manage.create, POST),
+    ("/api/copy", manage.copy, POST),
+    ("/api/delete", manage.delete, ["DELETE"]),
+    ("/api/swap", manage.swap, POST),
 ]
 
 
