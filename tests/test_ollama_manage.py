@@ -29,6 +29,7 @@ def root(tmp_path_factory) -> Path:
     make_run(root / "spare", "other", steps=(9,))
     outside = make_run(root / "outside", "away", steps=(3,))
     (root / "spare" / "escape").symlink_to(outside)
+    (root / "spare" / "loop").symlink_to(root / "spare" / "loop")
     return root
 
 
@@ -118,6 +119,9 @@ BAD = [
     ("POST", "/api/create", {"model": "x", "from": "/etc"}, 400, "outside the allowed roots"),
     ("POST", "/api/create", {"model": "x", "from": "SPARE/escape"}, 400, "outside the allowed"),
     ("POST", "/api/create", {"model": "x", "from": "SPARE/nothing"}, 404, "not found"),
+    ("POST", "/api/create", {"model": "x", "from": "SPARE/loop"}, 400, "cannot be resolved"),
+    ("POST", "/api/create", {"model": "x", "from": "SPARE/\u0000"}, 400, "null byte"),
+    ("POST", "/api/create", {"model": "x", "from": "SPARE" + "/x" * 3000}, 400, "too long"),
     ("POST", "/api/create", {"model": "x", "from": "SPARE"}, 400, "not a checkpoint"),
     ("POST", "/api/create", {"model": "x", "from": "nope"}, 404, "model 'nope' not found"),
     ("POST", "/api/create", {"model": "x"}, 400, "from is required"),

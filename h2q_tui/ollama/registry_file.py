@@ -64,14 +64,19 @@ class Roots:
         path = Path(raw)
         if ".." in path.parts:
             raise Refused(f"path {_shown(raw)} must not contain '..'")
-        resolved = ((base or Path.cwd()) / path).resolve()
+        try:
+            resolved = ((base or Path.cwd()) / path).resolve()
+            exists = resolved.exists()
+        except (OSError, RuntimeError, ValueError) as exc:  # a NUL, a loop, a name too long
+            why = getattr(exc, "strerror", None) or first_line(exc)
+            raise Refused(f"path {_shown(raw)} cannot be resolved: {why}") from None
         if not any(resolved.is_relative_to(root) for root in self.folders):
             where = ", ".join(str(root) for root in self.folders) or "none"
             raise Refused(
                 f"path {_shown(raw)} is outside the allowed roots ({where}; serve "
                 "--allow-root DIR adds one)"
             )
-        if not resolved.exists():
+        if not exists:
             raise FileNotFoundError(f"path {_shown(raw)} not found")
         return resolved
 
