@@ -1,6 +1,7 @@
-"""``/api/generate`` and ``/api/chat``: a request's prompt and options, its :class:`Job`, and
-the answer, streamed (NDJSON, one :class:`~h2q_tui.ollama.replies.Reply` per piece, then the
-final one) or collected into one object (``"stream": false``).
+"""``/api/generate`` and ``/api/chat``: a request's prompt and options become an
+:class:`~h2q_tui.ollama.answer.Ask`, and the answer is streamed (NDJSON, one
+:class:`~h2q_tui.ollama.replies.Reply` per piece, then the final one) or collected into one
+object (``"stream": false``).
 
 The final object's durations are measured here: ``total_duration`` from the request's arrival,
 ``load_duration`` what this request spent loading the model, ``prompt_eval_duration`` the time
@@ -9,26 +10,17 @@ to the first token (prompt forward + steering set-up), ``eval_duration`` the res
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from h2q_tui.generation.generate import Generation
-from h2q_tui.generation.sampling import SamplingConfig
-from h2q_tui.generation.steering import SteerConfig
-from h2q_tui.ollama import api, direct, protocol
+from h2q_tui.ollama import answer, api, protocol
+from h2q_tui.ollama.answer import Answer, Ask
 from h2q_tui.ollama.api import ApiError
-from h2q_tui.ollama.jobs import Job
 from h2q_tui.ollama.models import Entry, iso
 from h2q_tui.ollama.replies import Reply, ndjson, piece_line
-
-# the sampler's settings by the names of Ollama's options
-OPTION_NAMES = {"repetition_penalty": "repeat_penalty", "max_new_tokens": "num_predict"}
 
 
 async def generate(request: Request) -> Response:
@@ -47,46 +39,48 @@ async def _complete(request: Request, chat: bool) -> Response:
     stream = api.flag(body, "stream", True)
     keep_alive = api.keep_alive(body, server.config.keep_alive)
     try:
-        options = protocol.parse_options(body.get("options"), server.config.max_predict)
-        sampling, steer = settings(options, chat)  # before a model loads for nothing
+        raw_options = answer.merged_options(entry, body.get("options"))
+        options = protocol.parse_options(raw_options, server.config.max_predict)
+        sampling, steer = answer.settings(options, chat)  # before a model loads for nothing
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-    prompt, context = _prompt(body, chat)
-    lease, load_s = await server.hold(entry)
+    prompt, context = _prompt(body, chat, entry)
     if not prompt and not context:  # an empty prompt loads (keep_alive 0: unloads)
+        lease, _ = await server.hold(entry)
         server.request_done(entry, lease, keep_alive)
         reason = "unload" if keep_alive == 0 else "load"
         final = Reply(entry.name, iso(time.time()), chat=chat, done=True, done_reason=reason)
         if stream:
             return api.NdjsonResponse(api.lines([final.to_json()]))
         return JSONResponse(final.to_json())
-    try:
-        generation = _generation(entry, prompt, context, sampling, steer)
-    except ValueError as exc:
-        server.request_done(entry, lease, keep_alive)
-        raise ApiError(400, f"invalid option: {exc}") from None
-    except BaseException:
-        server.request_done(entry, lease, keep_alive)
-        raise
-    job = Job(entry, lease, generation, keep_alive, server.job_ended, wake_per_piece=stream)
-    server.start(job)
-    timing = (started, load_s)
+    ask = Ask(prompt, sampling, steer, keep_alive, context)
+    started_answer = await answer.begin(server, entry, ask, started, stream)
     if stream:
-        return api.NdjsonResponse(_stream(server, request.scope, job, chat, timing), job)
-    return await _collect(request, job, chat, timing)
+        line = piece_line(entry.name, chat)
+        end = lambda done: ndjson(_final(done, chat, "").to_json())  # noqa: E731
+        error = lambda message: ndjson({"error": message})  # noqa: E731
+        content = answer.stream(server, request.scope, started_answer, line, end, error)
+        return api.NdjsonResponse(content, started_answer.job)
+    collected = await answer.collect(request, started_answer)
+    if collected is None:
+        return Response(status_code=499)  # nobody reads it
+    return JSONResponse(_final(started_answer, chat, collected[0]).to_json())
 
 
-def _prompt(body: dict[str, Any], chat: bool) -> tuple[str, list[int]]:
-    """The request's prompt (a chat rendered as text) and its ``context`` token ids."""
+def _prompt(body: dict[str, Any], chat: bool, entry: Entry) -> tuple[str, list[int]]:
+    """The request's prompt (a chat rendered as text) and its ``context`` token ids; the
+    model's system prompt (``/api/create``) where the request gives none."""
     if chat:
         messages = body.get("messages")
         if messages is not None and not isinstance(messages, list):
             raise ApiError(400, "messages must be a list")
+        if messages and entry.system and not _has_system(messages):
+            messages = [{"role": "system", "content": entry.system}, *messages]
         try:
             return (protocol.render_chat(messages) if messages else ""), []
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-    prompt, system = api.text(body, "prompt"), api.text(body, "system")
+    prompt, system = api.text(body, "prompt"), api.text(body, "system") or entry.system
     if system and prompt:
         prompt = f"{system}\n\n{prompt}"
     context = body.get("context") or []
@@ -97,105 +91,27 @@ def _prompt(body: dict[str, Any], chat: bool) -> tuple[str, list[int]]:
     return prompt, context
 
 
-def settings(options: protocol.Options, chat: bool) -> tuple[SamplingConfig, SteerConfig]:
-    """The sampler's and the steering's settings from a request's options; ValueError (one
-    line, naming the option as Ollama does) for a value outside the generator's limits."""
-    default = SamplingConfig()
-    pick = lambda value, fallback: fallback if value is None else value  # noqa: E731
-    sampling = SamplingConfig(
-        temperature=pick(options.temperature, default.temperature),
-        top_k=pick(options.top_k, default.top_k),
-        top_p=pick(options.top_p, default.top_p),
-        repetition_penalty=pick(options.repeat_penalty, default.repetition_penalty),
-        max_new_tokens=pick(options.num_predict, protocol.DEFAULT_PREDICT),
-        seed=pick(options.seed, secrets.randbelow(2**31)),
-        stop=options.stop + (protocol.CHAT_STOPS if chat else ()),
-    )
-    steer = SteerConfig(word=options.steer, strength=options.strength, layer=options.layer)
-    try:
-        sampling.check(OPTION_NAMES)
-        steer.check()
-    except ValueError as exc:
-        raise ValueError(f"invalid option: {exc}") from None
-    return sampling, steer
+def _has_system(messages: list[Any]) -> bool:
+    return any(isinstance(m, dict) and m.get("role") == "system" for m in messages)
 
 
-def _generation(entry: Entry, prompt: str, context: list[int], sampling, steer) -> Generation:
-    vocab = entry.info.config.model.vocab_size
-    if any(not 0 <= t < vocab for t in context):
-        raise ValueError(f"context holds token ids outside 0..{vocab - 1}")
-    if context:
-        prompt = entry.codec.decode(context) + prompt
-    return Generation(entry.model, entry.codec, prompt, sampling=sampling, steer=steer)
-
-
-def _final(job: Job, chat: bool, timing: tuple[float, float], text: str) -> Reply:
+def _final(done: Answer, chat: bool, text: str) -> Reply:
     """The final object: why the generation stopped, and what it took."""
-    started, load_s = timing
-    stats = job.generation.stats
-    first = stats.first_token_s if stats.new_tokens else stats.seconds
+    generation = done.generation
+    stats = generation.stats
+    prompt_s, eval_s = done.durations()
     return Reply(
-        model=job.entry.name,
+        model=done.job.entry.name,
         created_at=iso(time.time()),
         text=text,
         chat=chat,
         done=True,
-        done_reason="stop" if stats.stop_reason in ("stop", "cancelled") else "length",
-        context=None if chat else job.generation.prompt_ids + job.generation.tokens,
-        total_duration=api.nanoseconds(time.perf_counter() - started),
-        load_duration=api.nanoseconds(load_s),
+        done_reason=done.done_reason,
+        context=None if chat else generation.prompt_ids + generation.tokens,
+        total_duration=api.nanoseconds(done.total_s),
+        load_duration=api.nanoseconds(done.load_s),
         prompt_eval_count=stats.prompt_tokens,
-        prompt_eval_duration=api.nanoseconds(first),
+        prompt_eval_duration=api.nanoseconds(prompt_s),
         eval_count=stats.new_tokens,
-        eval_duration=api.nanoseconds(stats.seconds - first) if stats.new_tokens else 0,
+        eval_duration=api.nanoseconds(eval_s),
     )
-
-
-async def _stream(server, scope, job: Job, chat: bool, timing) -> AsyncIterator[bytes]:
-    """The NDJSON lines of a streamed answer; on serve's own stack the generation thread
-    writes the pieces itself once the head is out, and this sends only the end."""
-    line = piece_line(job.entry.name, chat)
-    try:
-        fd = direct.socket_of(scope)  # on serve's default stack (direct.Protocol)
-        if fd is not None:  # the head is out: the generation thread writes the pieces
-            writer = direct.ChunkWriter(fd, lambda: job.generation.cancelled)
-            server.direct_streams += job.go_direct(writer, line)
-        async for items in job.batches():
-            lines = []
-            stamp = iso(time.time()).encode()  # one batch goes out in one write: one time
-            for kind, value in items:
-                if kind == "piece":
-                    lines.append(line(value, stamp))
-                elif kind == "error":
-                    lines.append(ndjson({"error": value}))
-                else:
-                    await job.ended()
-                    lines.append(ndjson(_final(job, chat, timing, "").to_json()))
-            yield b"".join(lines)
-    finally:
-        job.cancel()  # a client gone mid-stream: stop before the next token
-
-
-async def _collect(request: Request, job: Job, chat: bool, timing) -> Response:
-    """The whole answer as one object (``"stream": false``)."""
-    parts: list[str] = []
-    try:
-        while True:
-            try:
-                items = await asyncio.wait_for(job.next_batch(), 0.5)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    job.cancel()
-                    return Response(status_code=499)  # nobody reads it
-                continue
-            for kind, value in items:
-                if kind == "piece":
-                    parts.append(value)
-                elif kind == "error":
-                    raise ApiError(500, value)
-                else:
-                    await job.ended()
-                    final = _final(job, chat, timing, "".join(parts))
-                    return JSONResponse(final.to_json())
-    finally:
-        job.cancel()

@@ -15,8 +15,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from h2q_tui.generation.constraint import TokenLogprob
 from h2q_tui.generation.generate import Generation, use_decoding_threads
 from h2q_tui.ollama import direct
 from h2q_tui.ollama.models import Entry, Lease, iso
@@ -47,6 +49,15 @@ def run_thread(fn: Callable[..., Any], *args: Any, name: str = "h2q-serve-load")
 
     threading.Thread(target=target, name=name, daemon=True).start()
     return future
+
+
+@dataclass
+class Piece:
+    """A piece of text with the log-probabilities of the tokens that made it (a generation
+    asked for logprobs; otherwise pieces are plain strings)."""
+
+    text: str
+    logprobs: list[TokenLogprob]
 
 
 class Job:
@@ -88,7 +99,7 @@ class Job:
         self.wake_per_piece = wake_per_piece
         self._ended_event = asyncio.Event()  # set once request_done ran (keep-alive applied)
         self._writer: direct.ChunkWriter | None = None  # set by go_direct, then thread-owned
-        self._line: Callable[[str, bytes], bytes] | None = None
+        self._line: Callable[[Any, bytes], bytes] | None = None  # (piece, stamp) -> bytes
         self._pending = b""  # lines queued before go_direct, written first
         self._over = False  # the thread has ended: no going direct any more
 
@@ -98,7 +109,7 @@ class Job:
     def cancel(self) -> None:
         self.generation.cancel()  # before its next token; the thread then ends
 
-    def go_direct(self, writer: direct.ChunkWriter, line: Callable[[str, bytes], bytes]) -> bool:
+    def go_direct(self, writer: direct.ChunkWriter, line: Callable[[Any, bytes], bytes]) -> bool:
         """Hand the socket to the generation thread (False: keep streaming through the loop,
         and the writer is closed). Pieces already queued go out first, in order."""
         with self._lock:
@@ -132,9 +143,15 @@ class Job:
 
     def _run(self) -> None:
         use_decoding_threads()
+        generation, taken = self.generation, 0
         try:
-            for piece in self.generation:
-                self._put(("piece", piece))
+            for piece in generation:
+                if generation.logprobs is None:
+                    self._put(("piece", piece))
+                    continue
+                records = generation.token_logprobs[taken:]
+                taken += len(records)
+                self._put(("piece", Piece(piece, records)))
             self._put(("done", None))
         except Exception as exc:  # noqa: BLE001 - one error line for the client
             self._put(("error", f"generation failed: {type(exc).__name__}: {exc}"))

@@ -162,12 +162,21 @@ class Options:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     repeat_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
     steer: str = ""  # ours: steering towards a word (other servers ignore these three)
     strength: float = 0.0
     layer: int = 0
 
 
-_FLOATS = ("temperature", "top_p", "repeat_penalty", "strength")
+_FLOATS = (
+    "temperature",
+    "top_p",
+    "repeat_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "strength",
+)
 _INTS = ("top_k", "num_predict", "seed", "layer")
 
 
