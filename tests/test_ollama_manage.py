@@ -97,9 +97,6 @@ def test_a_registry_file_inside_the_served_folder_keeps_relative_paths(root, tmp
     assert json.loads(file.read_text())["models"]["near:copy"] == {"from": "."}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="until the completion code applies Entry.default_options and .system"
-)
 def test_a_created_name_generates_with_its_defaults(root) -> None:
     with LiveServer(serving(root, None).app) as live:
         client = ollama.Client(host=live.url)
@@ -111,6 +108,10 @@ def test_a_created_name_generates_with_its_defaults(root) -> None:
         client.create("kind", from_="tiny", system="Be kind.")
         reply = client.chat("kind", messages=[{"role": "user", "content": "Hi"}])
         assert reply.prompt_eval_count == len("Be kind.\n\nUser: Hi\nAssistant:")
+        said = client.generate("kind", "Once", options={"num_predict": 1})
+        assert said.prompt_eval_count == len("Be kind.\n\nOnce")
+        own = client.generate("kind", "Once", system="No.", options={"num_predict": 1})
+        assert own.prompt_eval_count == len("No.\n\nOnce")  # the request's own system wins
 
 
 # ----------------------------------------------------------------------------- refusals

@@ -26,7 +26,7 @@ from h2q_tui import checkpoints
 from h2q_tui.checkpoints.find import named_run_dir
 from h2q_tui.errors import UserError
 from h2q_tui.ollama import protocol
-from h2q_tui.ollama.completion import settings
+from h2q_tui.ollama.answer import settings
 from h2q_tui.ollama.models import Entry, Gate, Registry, names_of
 from h2q_tui.system.files import write_text_atomic
 from h2q_tui.units import first_line
