@@ -50,7 +50,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from h2q_tui.errors import UserError
-from h2q_tui.ollama import api, catalog, completion, embed, protocol, v1
+from h2q_tui.ollama import api, catalog, completion, embed, manage, protocol, v1
 from h2q_tui.ollama.api import ApiError
 from h2q_tui.ollama.jobs import Job, run_thread
 from h2q_tui.ollama.models import Entry, Lease, Registry
@@ -68,6 +68,10 @@ ROUTES = [  # path, endpoint, methods
     ("/api/embed", embed.embed, POST),
     ("/api/embeddings", embed.embeddings, POST),
     ("/api/pull", catalog.pull, POST),
+    ("/api/create", manage.create, POST),
+    ("/api/copy", manage.copy, POST),
+    ("/api/delete", manage.delete, ["DELETE"]),
+    ("/api/swap", manage.swap, POST),
     ("/v1/chat/completions", v1.chat_completions, POST),
     ("/v1/completions", v1.completions, POST),
     ("/v1/embeddings", v1.embeddings, POST),
