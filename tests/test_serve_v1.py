@@ -18,7 +18,7 @@ from ollama_helpers import LiveServer, hooked, make_run, wait_for
 
 from h2q_tui.generation.generate import Generation
 from h2q_tui.generation.sampling import SamplingConfig
-from h2q_tui.ollama import api, protocol, v1_shapes
+from h2q_tui.ollama import api, protocol, registry_file, v1_shapes
 from h2q_tui.ollama.models import Registry
 from h2q_tui.ollama.server import ServeConfig, Server
 
@@ -251,6 +251,34 @@ def test_a_client_that_disconnects_stops_its_choices(served, client) -> None:
     assert calls["n"] < 1000  # it stopped long before 4000 tokens, and no other choice began
     assert list(server.ended)[ended:] == [(job.thread.name, "cancelled")]
     assert server.registry.get("tiny:latest").gate.count == 0  # the model is free again
+
+
+def test_a_created_name_s_defaults_come_before_openai_s(run) -> None:
+    registry = Registry.discover([run])
+    registry_file.attach(registry, registry_file.Roots.of([run], ()), None)
+    with LiveServer(Server(registry).app) as live:
+        made = httpx.post(
+            f"{live.url}/api/create",
+            json={
+                "model": "kind",
+                "from": "tiny",
+                "system": "Be kind.",
+                "parameters": {"num_predict": 3, "temperature": 0},
+            },
+            timeout=30,
+        )
+        assert made.status_code == 200, made.text
+        client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0)
+        assert "kind:latest" in [m.id for m in client.models.list()]
+        a, b = (
+            client.chat.completions.create(model="kind", messages=USER, seed=seed)
+            for seed in (1, 2)
+        )
+        assert a.usage.completion_tokens == 3  # the model's num_predict
+        assert a.choices[0].message.content == b.choices[0].message.content  # its temperature 0
+        assert a.usage.prompt_tokens == len("Be kind.\n\nUser: Hello\nAssistant:")
+        own = client.chat.completions.create(model="kind", messages=USER, max_tokens=5)
+        assert own.usage.completion_tokens == 5  # the request's field wins
 
 
 # ----------------------------------------------------------------------------- the wire
