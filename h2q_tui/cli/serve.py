@@ -176,10 +176,11 @@ def main(argv: list[str]) -> int:
         + (" · --follow" if args.follow else ""),
         flush=True,
     )
-    print(f"  names made through the API: {names.path or 'in memory only'}", flush=True)
     rows = [[e.name, e.family, e.describe or e.error] for e in registry.entries.values()]
     for line in aligned(rows):
         print(f"  {line}", flush=True)
+    print(f"  names made through the API: {names.path or 'in memory only'}", flush=True)
+    print(f"  OpenAI-compatible clients: base_url {url}/v1", flush=True)
     print(f"  decoding on {decoding_choice().describe()}; {wait_policy().describe()}", flush=True)
     if not net.is_loopback(args.host):
         print(
