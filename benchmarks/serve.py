@@ -21,7 +21,11 @@ server do not share one interpreter), then, through the bridge client
    and per stack one streaming request read by ``curl`` (where installed), whose final line
    gives the server's own rate while it streams to a light C client;
 3. ``--clients`` concurrent streaming clients × ``--requests`` each: requests/s, total
-   tokens/s, first-token p50/p99, errors.
+   tokens/s, first-token p50/p99, errors;
+4. the OpenAI-compatible layer: per stack, a streaming ``/v1/completions`` request (SSE,
+   ``stream_options.include_usage``) read by httpx beside each native one, its tokens/s
+   measured the same way; and the cost of structured output: a ``"stream": false`` request
+   with ``format`` (a JSON schema) against the same without, the server's own rates.
 
 Targets (issue 14): 8 clients × 25 requests with 0 errors, API overhead ≤ 10 % of single-stream
 tokens/s. The machine line heads the output and the JSON (``--json``, default
@@ -195,14 +199,51 @@ def curl_stream(url: str, name: str, options: dict) -> float | None:
     return (final["eval_count"] - 1) / final["eval_duration"] * 1e9
 
 
-def whole(url: str, name: str, options: dict) -> float:
+def whole(url: str, name: str, options: dict, format: dict | None = None) -> float:
     """One ``"stream": false`` request: the server's decoding rate with no per-token sends,
-    (eval_count − 1) / eval_duration (eval_duration runs from the first token to the end)."""
+    (eval_count − 1) / eval_duration (eval_duration runs from the first token to the end);
+    with ``format``, constrained to that JSON schema."""
     import httpx
 
     body = {"model": name, "prompt": PROMPT, "stream": False, "options": options}
+    if format is not None:
+        body["format"] = format
     final = httpx.post(f"{url}/api/generate", json=body, timeout=120).json()
     return (final["eval_count"] - 1) / final["eval_duration"] * 1e9
+
+
+# what the constrained requests ask for: an object whose one string runs to the token budget
+SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+
+
+def v1_stream(url: str, name: str, options: dict) -> dict:
+    """One streaming ``/v1/completions`` request (SSE, usage in the last chunk), read by
+    httpx: (completion tokens − 1) over first text → last chunk, as one_request measures."""
+    import httpx
+
+    body = {
+        "model": name,
+        "prompt": PROMPT,
+        "max_tokens": options["num_predict"],
+        "seed": options["seed"],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    first = last = 0.0
+    usage: dict = {}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: ") :])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            if any(choice.get("text") for choice in chunk.get("choices", [])):
+                last = time.perf_counter()
+                first = first or last
+    count = usage.get("completion_tokens", 0)
+    return {"client_tokens_per_s": (count - 1) / (last - first) if last > first else None}
 
 
 def concurrent(url: str, name: str, options: dict, clients: int, requests: int) -> dict:
@@ -283,12 +324,14 @@ def main() -> None:
             client.probe()
         local_run, reader, poller = InProcess(checkpoint, options), Reader(), Reader(POLLING_READ)
         single: dict[str, list[dict]] = {stack: [] for stack in stacks}
+        openai: dict[str, list[dict]] = {stack: [] for stack in stacks}
         curled: dict[str, list[float]] = {stack: [] for stack in stacks}
-        local, floor, unwoken, unstreamed = [], [], [], []
+        local, floor, unwoken, unstreamed, constrained = [], [], [], [], []
         first_url, first_name = servers[stacks[0]][1], servers[stacks[0]][2]
         for _ in range(args.single):  # interleaved, so a busy machine slows all alike
             for stack, client in clients.items():
                 single[stack].append(one_request(client, servers[stack][2], options))
+                openai[stack].append(v1_stream(servers[stack][1], servers[stack][2], options))
                 rate = curl_stream(servers[stack][1], servers[stack][2], options)
                 if rate is not None:
                     curled[stack].append(rate)
@@ -296,6 +339,7 @@ def main() -> None:
             floor.append(local_run.rate(reader.sock))
             unwoken.append(local_run.rate(poller.sock))
             unstreamed.append(whole(first_url, first_name, options))
+            constrained.append(whole(first_url, first_name, options, SCHEMA))
         reader.close()
         poller.close()
         for client in clients.values():
@@ -314,6 +358,7 @@ def main() -> None:
     local_rate, floor_rate = statistics.median(local), statistics.median(floor)
     unwoken_rate = statistics.median(unwoken)
     unstreamed_rate = statistics.median(unstreamed[1:])
+    constrained_rate = statistics.median(constrained)
     print(f"machine: {hardware.machine_line()}")
     print(
         f"serve {checkpoint if args.checkpoint else 'tiny (random weights)'} as {name}: "
@@ -330,6 +375,11 @@ def main() -> None:
         f"tok/s, {100 * (1 - unwoken_rate / local_rate):+.1f} % (the floor less waking the "
         "reader's process)"
     )
+    print(
+        f"structured output (format: a JSON schema, stream false): {constrained_rate:,.0f} "
+        f"tok/s against {unstreamed_rate:,.0f} without, "
+        f"{100 * (1 - constrained_rate / unstreamed_rate):+.1f} %"
+    )
     report = {
         "checkpoint": str(checkpoint if args.checkpoint else "tiny (random weights)"),
         "name": name,
@@ -340,11 +390,16 @@ def main() -> None:
         "unwoken_tokens_per_s": unwoken_rate,
         "unwoken_overhead": 1 - unwoken_rate / local_rate,
         "unstreamed_server_tokens_per_s": unstreamed_rate,
+        "constrained_server_tokens_per_s": constrained_rate,
+        "constraint_cost": 1 - constrained_rate / unstreamed_rate,
         "stacks": {},
     }
     for stack in stacks:
         hot = single[stack][1:]
         api_rate = statistics.median(r["client_tokens_per_s"] for r in hot)
+        v1_rates = [r["client_tokens_per_s"] for r in openai[stack][1:] if r["client_tokens_per_s"]]
+        v1_rate = statistics.median(v1_rates) if v1_rates else None
+        floor_points = 100 * (1 - floor_rate / local_rate)
         row = {
             "cold_load_ms": 1000 * single[stack][0]["load_s"],
             "hot_load_ms": 1000 * statistics.median(r["load_s"] for r in hot),
@@ -352,6 +407,12 @@ def main() -> None:
             "api_tokens_per_s": api_rate,
             "server_tokens_per_s": statistics.median(r["server_tokens_per_s"] for r in hot),
             "api_overhead": 1 - api_rate / local_rate,
+            "api_points_over_floor": 100 * (1 - api_rate / local_rate) - floor_points,
+            "v1_tokens_per_s": v1_rate,
+            "v1_overhead": None if v1_rate is None else 1 - v1_rate / local_rate,
+            "v1_points_over_floor": None
+            if v1_rate is None
+            else 100 * (1 - v1_rate / local_rate) - floor_points,
             "curl_server_tokens_per_s": statistics.median(curled[stack]) if curled[stack] else None,
             "concurrent": loaded[stack],
         }
@@ -362,8 +423,14 @@ def main() -> None:
             f"{row['hot_load_ms']:.3f} ms, first token {row['first_token_ms']:.1f} ms, "
             f"{api_rate:,.0f} tok/s through the API (server says "
             f"{row['server_tokens_per_s']:,.0f}): overhead {100 * row['api_overhead']:+.1f} % "
-            f"(target ≤ 10 %)"
+            f"({row['api_points_over_floor']:+.1f} points over the floor)"
         )
+        if v1_rate is not None:
+            print(
+                f"  /v1/completions (SSE): {v1_rate:,.0f} tok/s, overhead "
+                f"{100 * row['v1_overhead']:+.1f} % ({row['v1_points_over_floor']:+.1f} points "
+                "over the floor)"
+            )
         if row["curl_server_tokens_per_s"]:
             curl_rate = row["curl_server_tokens_per_s"]
             print(

@@ -14,9 +14,10 @@ import pytest
 from pilot_helpers import text_of, wait_until
 from test_bad_input import english_text
 from textual.pilot import Pilot
-from textual.widgets import Input, SelectionList, Static, TabbedContent
+from textual.widgets import DataTable, Input, SelectionList, Static, TabbedContent
 
 from h2q_tui.app.panes.crystal import CrystalPane
+from h2q_tui.app.panes.crystal_results import COLUMNS, NARROW_COLUMNS
 from h2q_tui.app.panes.generate import GeneratePane
 from h2q_tui.app.shell import H2QApp, make_app
 from h2q_tui.cli import main as cli
@@ -238,3 +239,20 @@ async def test_attached_runs_use_checkpoints_only(work):
         assert "no live run" in message(app)
         await pilot.press("o", "enter")
         await wait_until(pilot, lambda: pane.loaded is not None, "the source", tries=600)
+
+
+async def test_an_80_column_terminal_gets_the_narrow_table_that_needs_no_sideways_scroll(
+    work, engine
+):
+    app = make_app(engine, monitor=False, refresh_s=0.05)
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = await open_pane(pilot)
+        await load(pilot, pane, str(work / "run"))
+        await sweep(pilot, pane, work, ["int8"])
+        table = pane.query_one("#cry-table", DataTable)
+        await pilot.pause()
+        assert [str(c.label) for c in table.columns.values()] == list(NARROW_COLUMNS)
+        assert table.row_count == 2 and table.virtual_size.width <= table.content_region.width
+        await pilot.resize_terminal(160, 48)
+        await wait_until(pilot, lambda: len(table.columns) == len(COLUMNS), "the full table")
+        assert table.row_count == 2 and "±" in str(table.get_row_at(1)[4])

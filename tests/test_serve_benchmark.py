@@ -21,7 +21,10 @@ def test_the_serve_benchmark_reports_every_figure(tmp_path) -> None:
     assert report["machine"] and report["in_process_tokens_per_s"] > 0
     for key in ("floor_tokens_per_s", "unwoken_tokens_per_s", "unstreamed_server_tokens_per_s"):
         assert report[key] > 0
+    assert report["constrained_server_tokens_per_s"] > 0
     direct = report["stacks"]["direct"]  # the default stack
+    assert direct["v1_tokens_per_s"] > 0 and "points over the floor" in result.stdout
+    assert "/v1/completions (SSE)" in result.stdout and "structured output" in result.stdout
     assert direct["concurrent"]["requests_ok"] == 4 and direct["concurrent"]["errors"] == 0
     bench = load("serve")
     assert (direct["curl_server_tokens_per_s"] is None) == (bench.CURL is None)

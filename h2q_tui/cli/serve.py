@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from h2q_tui.cli.columns import aligned
@@ -63,6 +64,21 @@ def parser() -> Parser:
         default=protocol.MAX_PREDICT,
         help="most tokens one request may ask for (num_predict -1 means this)",
     )
+    parser.add_argument(
+        "--registry",
+        metavar="PATH",
+        help="the JSON file keeping the names made by /api/create and /api/copy across "
+        "restarts (default: h2q-serve-models.json in the first served folder; a read-only "
+        "folder: names last until serve stops)",
+    )
+    parser.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder inside which /api/create and /api/swap may name checkpoints, besides "
+        "the folders served (repeatable)",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn)")
     parser.add_argument(
         "--stack",
@@ -104,8 +120,8 @@ def bind(host: str, port: int) -> socket.socket:
     return net.bind(host, port, holder="another Ollama or h2q-tui serve?")
 
 
-def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+def checked(args) -> float | None:
+    """The flags' refusals (UserError, one line); the keep-alive in seconds (None: forever)."""
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
     if args.queue < 0:
@@ -116,16 +132,34 @@ def main(argv: list[str]) -> int:
         keep_alive = protocol.parse_duration(args.keep_alive)
     except ValueError as exc:
         raise UserError(f"--keep-alive: {exc}") from None
+    for root in args.allow_root:
+        if not Path(root).is_dir():
+            raise UserError(f"--allow-root: {root} is not a folder")
+    if args.registry and not Path(args.registry).parent.is_dir():
+        raise UserError(f"--registry: folder {Path(args.registry).parent} does not exist")
+    return keep_alive
 
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    keep_alive = checked(args)
     # lazy: uvicorn and the models (torch) load once the flags are known to be good
     import uvicorn
 
+    from h2q_tui.ollama import registry_file
     from h2q_tui.ollama.models import Registry
     from h2q_tui.ollama.server import ServeConfig, make_app
     from h2q_tui.system import hardware
 
     device = hardware.resolve_device(args.device)
     registry = Registry.discover(args.checkpoints, follow=args.follow, queue=args.queue)
+    names = registry_file.attach(
+        registry,
+        registry_file.Roots.of(args.checkpoints, args.allow_root),
+        Path(args.registry) if args.registry else registry_file.default_path(args.checkpoints),
+        args.queue,
+        args.max_predict,
+    )
     for warning in registry.warnings:
         print(f"h2q-tui serve: warning: {warning}", file=sys.stderr)
     sock = bind(args.host, args.port)
@@ -145,6 +179,8 @@ def main(argv: list[str]) -> int:
     rows = [[e.name, e.family, e.describe or e.error] for e in registry.entries.values()]
     for line in aligned(rows):
         print(f"  {line}", flush=True)
+    print(f"  names made through the API: {names.path or 'in memory only'}", flush=True)
+    print(f"  OpenAI-compatible clients: base_url {url}/v1", flush=True)
     print(f"  decoding on {decoding_choice().describe()}; {wait_policy().describe()}", flush=True)
     if not net.is_loopback(args.host):
         print(

@@ -18,12 +18,16 @@ from h2q_tui.ollama.models import Entry, Registry
 from h2q_tui.units import first_line
 
 MAX_BODY = 1 << 20  # bytes; far more than any prompt these models can read
+SSE = "text/event-stream"  # the media type of a streamed /v1 answer
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """A refused request: its status and one line; ``param`` names the field at fault (the
+    /v1 routes' error object carries it)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.param = status, message, param
 
 
 def server_of(request: Request) -> Any:
@@ -103,12 +107,13 @@ def text(body: dict[str, Any], key: str) -> str:
 
 
 class NdjsonResponse(StreamingResponse):
-    """NDJSON lines as they are made; the job is cancelled however the response ends."""
+    """NDJSON lines as they are made; the job (anything with ``cancel()``: a :class:`Job`,
+    or the /v1 route's choices) is cancelled however the response ends."""
 
     media_type = replies.NDJSON
 
-    def __init__(self, content: AsyncIterator[bytes], job: Job | None = None) -> None:
-        super().__init__(content, media_type=replies.NDJSON)
+    def __init__(self, content: AsyncIterator[bytes], job: Job | Any = None) -> None:
+        super().__init__(content, media_type=self.media_type)
         self.job = job
 
     async def __call__(self, scope, receive, send) -> None:
@@ -117,6 +122,12 @@ class NdjsonResponse(StreamingResponse):
         finally:
             if self.job is not None:
                 self.job.cancel()
+
+
+class EventStreamResponse(NdjsonResponse):
+    """Server-sent events (the /v1 routes' streams) as they are made, cancelled the same way."""
+
+    media_type = SSE
 
 
 async def lines(objects: list[dict[str, Any]]) -> AsyncIterator[bytes]:

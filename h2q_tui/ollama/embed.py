@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import torch
 from h2q_kernels.hamiltonian import frozen_weights
@@ -31,17 +32,9 @@ async def embed(request: Request) -> Response:
         raise ApiError(400, "input must be a string or a list of strings")
     inputs = [s for s in inputs if s]
     truncate = api.flag(body, "truncate", True)
-    dimensions = body.get("dimensions")
-    if dimensions is not None and (
-        isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1
-    ):
-        raise ApiError(400, "dimensions must be a whole number ≥ 1")
-    vectors, tokens, load_s = await _vectors(server, entry, inputs, truncate, keep_alive)
-    if dimensions is not None:
-        if vectors and dimensions > len(vectors[0]):
-            raise ApiError(400, f"dimensions must be at most {len(vectors[0])}")
-        vectors = [v[:dimensions] for v in vectors]
-    vectors = [_unit(v) for v in vectors]
+    vectors, tokens, load_s = await unit_vectors(
+        server, entry, inputs, truncate, keep_alive, body.get("dimensions")
+    )
     return JSONResponse(
         {
             "model": entry.name,
@@ -61,6 +54,23 @@ async def embeddings(request: Request) -> Response:
     prompt = api.text(body, "prompt")
     vectors, _, _ = await _vectors(server, entry, [prompt] if prompt else [], True, keep_alive)
     return JSONResponse({"embedding": vectors[0] if vectors else []})
+
+
+async def unit_vectors(
+    server, entry: Entry, inputs: list[str], truncate: bool, keep_alive, dimensions: Any
+) -> tuple[list[list[float]], int, float]:
+    """(vectors, tokens read, load seconds) of ``inputs``: each cut to its first
+    ``dimensions`` (None: all), then made unit length; shared by /api/embed and /v1."""
+    if dimensions is not None and (
+        isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1
+    ):
+        raise ApiError(400, "dimensions must be a whole number ≥ 1", "dimensions")
+    vectors, tokens, load_s = await _vectors(server, entry, inputs, truncate, keep_alive)
+    if dimensions is not None:
+        if vectors and dimensions > len(vectors[0]):
+            raise ApiError(400, f"dimensions must be at most {len(vectors[0])}", "dimensions")
+        vectors = [v[:dimensions] for v in vectors]
+    return [_unit(v) for v in vectors], tokens, load_s
 
 
 async def _vectors(server, entry: Entry, inputs: list[str], truncate: bool, keep_alive):

@@ -26,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,7 @@ class Entry:
         else:
             self.quantization = "F32" if dtypes <= {"F32"} else "/".join(sorted(dtypes))
             self.parameters = sum(
-                _numel(v["shape"]) for k, v in header.items() if k != "__metadata__"
+                math.prod(map(int, v["shape"])) for k, v in header.items() if k != "__metadata__"
             )
 
     @property
@@ -289,12 +290,13 @@ class Entry:
         self.model = self.codec = None
         self.expires_at = None
 
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+    def adopt(self, other: Entry) -> None:
+        """Serve ``other``'s checkpoint and loaded model under this name (/api/swap, with the
+        gate held); the name, its queue, keep-alive and defaults stay."""
+        keep = {"name", "gate", "expires_at", "default_options", "system"}
+        for f in fields(self):
+            if f.name not in keep:
+                setattr(self, f.name, getattr(other, f.name))
 
 
 @dataclass
@@ -303,6 +305,7 @@ class Registry:
 
     entries: dict[str, Entry] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    names: Any = None  # registry_file.Names: the allowed roots and where API-made names persist
 
     def get(self, name: str) -> Entry | None:
         """The entry of a normalised ``name:tag`` (names match regardless of case)."""
@@ -336,7 +339,7 @@ class Registry:
             path = Path(raw)
             if not path.exists():
                 raise UserError(f"not found: {path}")
-            for base, tag, target, is_run in _names_of(path):
+            for base, tag, target, is_run in names_of(path):
                 entry = registry.add(base, tag, target, follow=follow and is_run)
                 entry.gate = Gate(queue)
                 followed += entry.follow
@@ -356,10 +359,10 @@ class Registry:
         return registry
 
 
-def _names_of(path: Path) -> list[tuple[str, str, Path, bool]]:
+def names_of(path: Path) -> list[tuple[str, str, Path, bool]]:
     """(name, tag, path for read_info, is a run dir) of one argument."""
     if path.exists() and named_run_dir(path) != path:  # RUN/checkpoints[/latest]: the run
-        return _names_of(named_run_dir(path))
+        return names_of(named_run_dir(path))
     if path.is_file():
         folder = path.parent
         if path.name == WEIGHTS:

@@ -13,6 +13,10 @@ Endpoints: ``GET``/``HEAD /`` ("Ollama is running"), ``/api/version``, ``/api/ta
   time to the first token (prompt forward + steering set-up), ``eval_duration`` the rest;
   ``load_duration`` what this request spent loading (or, with ``--follow``, swapping in) the
   model: microseconds when it was already loaded.
+- The OpenAI-compatible routes (``/v1/chat/completions``, ``/v1/completions``,
+  ``/v1/embeddings``, ``/v1/models``, ``/v1/models/{id}``) translate into the same
+  generation (:mod:`~h2q_tui.ollama.v1`); they stream server-sent events and answer errors
+  with OpenAI's error object.
 - Errors as Ollama gives them: ``{"error": "..."}`` with 400 (bad JSON, missing model, bad
   options), 404 (``model 'x' not found``), 413 (a body over the limit), 503 (the model's
   queue is full), 500 (a load that failed); once streaming has begun a failure is one
@@ -46,7 +50,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from h2q_tui.errors import UserError
-from h2q_tui.ollama import api, catalog, completion, embed, protocol
+from h2q_tui.ollama import api, catalog, completion, embed, manage, protocol, v1
 from h2q_tui.ollama.api import ApiError
 from h2q_tui.ollama.jobs import Job, run_thread
 from h2q_tui.ollama.models import Entry, Lease, Registry
@@ -64,6 +68,15 @@ ROUTES = [  # path, endpoint, methods
     ("/api/embed", embed.embed, POST),
     ("/api/embeddings", embed.embeddings, POST),
     ("/api/pull", catalog.pull, POST),
+    ("/api/create", manage.create, POST),
+    ("/api/copy", manage.copy, POST),
+    ("/api/delete", manage.delete, ["DELETE"]),
+    ("/api/swap", manage.swap, POST),
+    ("/v1/chat/completions", v1.chat_completions, POST),
+    ("/v1/completions", v1.completions, POST),
+    ("/v1/embeddings", v1.embeddings, POST),
+    ("/v1/models", v1.models, GET),
+    ("/v1/models/{id:path}", v1.model, GET),
 ]
 
 
@@ -166,17 +179,27 @@ class Server:
     # ------------------------------------------------------------------ errors
     async def _api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return _error(request, exc.status, exc.message, exc.param)
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        status = exc.status_code
         text = {404: "404 page not found", 405: "405 method not allowed"}.get(
-            exc.status_code, str(exc.detail)
+            status, str(exc.detail)
         )
-        return JSONResponse({"error": text}, status_code=exc.status_code)
+        if status == 404 and v1.is_v1(request):
+            text = f"invalid URL ({request.method} {request.url.path})"
+        return _error(request, status, text)
 
     async def _server_error(self, request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": f"internal error: {_described(exc)}"}, status_code=500)
+        return _error(request, 500, f"internal error: {_described(exc)}")
+
+
+def _error(request: Request, status: int, message: str, param: str | None = None) -> Response:
+    """Ollama's ``{"error": "..."}``, or OpenAI's error object on a /v1 path."""
+    if v1.is_v1(request):
+        return v1.error_response(status, message, param)
+    return JSONResponse({"error": message}, status_code=status)
 
 
 def _described(exc: BaseException) -> str:

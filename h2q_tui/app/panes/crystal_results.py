@@ -13,27 +13,26 @@ from h2q_tui.app.widgets import safe_axes
 from h2q_tui.crystal.sweep import Row
 
 COLUMNS = ("", "method", "bytes", "ratio", "Δ bits/byte ± s.e.", "mean KLD", "top-1 %", "s")
+# a narrow pane (an 80-column terminal) keeps what the choice needs: no bytes, s.e. or time
+NARROW_COLUMNS = ("", "method", "ratio", "Δ bits/byte", "KLD", "top-1 %")
+WIDE_MIN = 92  # cells the full table needs without scrolling sideways
 
 
-def row_cells(row: Row) -> list[str | Text]:
+def row_cells(row: Row, narrow: bool = False) -> list[str | Text]:
+    """The row's cells under :data:`COLUMNS` (``narrow``: :data:`NARROW_COLUMNS`)."""
     star = Text("*", style="bold green") if row.pareto else ""
     c = row.comparison
     if c is None:
-        measured = ["—", "—", "—"]
+        delta, kld, top1 = "—", "—", "—"
     else:
-        measured = [
-            f"{c['delta_bits_per_byte']:+.4f} ± {c['delta_std_error']:.4f}",
-            f"{c['mean_kld']:.5f}",
-            f"{100 * c['same_top1']:.1f}",
-        ]
-    return [
-        star,
-        row.method,
-        f"{row.bytes:,}",
-        f"{row.ratio:.2f}×",
-        *measured,
-        f"{row.seconds:.1f}",
-    ]
+        delta = f"{c['delta_bits_per_byte']:+.4f}"
+        if not narrow:
+            delta += f" ± {c['delta_std_error']:.4f}"
+        kld, top1 = f"{c['mean_kld']:.5f}", f"{100 * c['same_top1']:.1f}"
+    ratio = f"{row.ratio:.2f}×"
+    if narrow:
+        return [star, row.method, ratio, delta, kld, top1]
+    return [star, row.method, f"{row.bytes:,}", ratio, delta, kld, top1, f"{row.seconds:.1f}"]
 
 
 class ParetoPlot(PlotWidget):
@@ -83,13 +82,29 @@ class CrystalResults(Vertical):
     def __init__(self, id: str = "cry-results") -> None:  # noqa: A002 - Textual's name
         super().__init__(id=id)
         self.rows: list[Row] = []
+        self.narrow: bool | None = None  # which column set the table has (None: none yet)
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="cry-table", cursor_type="row", zebra_stripes=True)
         yield ParetoPlot(id="cry-plot")
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns(*COLUMNS)
+        self._fit_columns()
+
+    def on_resize(self) -> None:
+        if self._fit_columns():
+            self.show(self.rows)
+
+    def _fit_columns(self) -> bool:
+        """The column set for the pane's width; True when it changed."""
+        narrow = 0 < self.size.width < WIDE_MIN
+        if narrow == self.narrow:
+            return False
+        self.narrow = narrow
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        table.add_columns(*(NARROW_COLUMNS if narrow else COLUMNS))
+        return True
 
     def show(self, rows: list[Row]) -> None:
         """Show these rows (the cursor stays on its line where it can)."""
@@ -98,7 +113,7 @@ class CrystalResults(Vertical):
         cursor = table.cursor_row
         table.clear()
         for row in rows:
-            table.add_row(*row_cells(row), key=row.method)
+            table.add_row(*row_cells(row, bool(self.narrow)), key=row.method)
         if rows:
             table.move_cursor(row=min(cursor, len(rows) - 1))
         self.query_one(ParetoPlot).draw(rows)
