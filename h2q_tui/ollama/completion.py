@@ -101,7 +101,7 @@ async def _complete(request: Request, chat: bool) -> Response:
 
 
 def _prompt(
-    body: dict[str, Any], chat: bool, entry: Entry, raw: bool, truncate: bool
+    body: dict[str, Any], chat: bool, entry: Entry, raw: bool = False, truncate: bool = True
 ) -> tuple[str, list[int]]:
     """The request's prompt (a chat rendered as text, :func:`_fitted_chat` when
     ``truncate``) and its ``context`` token ids; the model's system prompt (``/api/create``)
