@@ -74,7 +74,7 @@ async def show(request: Request) -> Response:
             "template": protocol.CHAT_TEMPLATE,
             "details": entry.details(),
             "model_info": entry.model_info() | past_context(context),
-            "capabilities": fields.CAPABILITIES,
+            "capabilities": list(fields.CAPABILITIES),
             "modified_at": iso(entry.modified_at or time.time()),
         }
     )

@@ -17,7 +17,7 @@ from h2q_tui.ollama.api import ApiError
 from h2q_tui.ollama.protocol import shorten
 
 THINK_LEVELS = ("high", "medium", "low", "max")  # Ollama's thinking levels
-CAPABILITIES = ["completion", "embedding"]  # what /api/show lists: all that is real here
+CAPABILITIES = ("completion", "embedding")  # what /api/show lists: all that is real here
 
 
 def refuse_unsupported(body: dict[str, Any], name: str, chat: bool) -> None:
