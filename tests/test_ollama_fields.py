@@ -174,11 +174,10 @@ def test_a_long_prompt_keeps_its_last_tokens_or_is_refused(served) -> None:
     prompt = string.ascii_letters  # 52 distinct bytes, longer than the context
     body = {"model": "tiny", "prompt": prompt, "stream": False, "options": {"num_predict": 2}}
     cut = post(url, GEN, body).json()
-    assert cut["prompt_eval_count"] == CONTEXT // 2
-    assert bytes(cut["context"][: CONTEXT // 2]) == prompt[-CONTEXT // 2 :].encode()
+    assert cut["prompt_eval_count"] == CONTEXT  # Ollama's rule: num_keep, then the end
+    assert bytes(cut["context"][:CONTEXT]) == prompt[-CONTEXT:].encode()
     kept = post(url, GEN, {**body, "options": {"num_predict": 2, "num_keep": 4}}).json()
-    limit = CONTEXT - (CONTEXT - 4) // 2  # Ollama's rule: num_keep, then the end
-    assert bytes(kept["context"][:limit]) == (prompt[:4] + prompt[-(limit - 4) :]).encode()
+    assert bytes(kept["context"][:CONTEXT]) == (prompt[:4] + prompt[-(CONTEXT - 4) :]).encode()
     refused = post(url, GEN, {**body, "truncate": False})
     assert refused.status_code == 400
     assert refused.json()["error"].startswith("the input length exceeds the context length")
@@ -358,7 +357,7 @@ def test_show_lists_capabilities_and_what_happens_past_the_context(client) -> No
     shown = client.show("tiny")
     assert shown.capabilities == ["completion", "embedding"]
     assert "done_reason length" in shown.modelinfo["h2q.shift"]
-    assert f"{CONTEXT // 2} in all" in shown.modelinfo["h2q.truncate"]
+    assert f"{CONTEXT} in all" in shown.modelinfo["h2q.truncate"]
     assert f"num_ctx {CONTEXT}" in shown.parameters
 
 

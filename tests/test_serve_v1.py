@@ -83,13 +83,13 @@ def test_chat_streaming_and_not_seeded(client) -> None:
     assert other.choices[0].message.content != text
     # developer is system; a list of text parts is their texts joined by newlines
     parts = [
-        {"role": "developer", "content": "Be kind."},
+        {"role": "developer", "content": "Be kind"},
         {
             "role": "user",
             "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}],
         },
     ]
-    plain = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hel\nlo"}]
+    plain = [{"role": "system", "content": "Be kind"}, {"role": "user", "content": "Hel\nlo"}]
     a = client.chat.completions.create(model="tiny", messages=parts, **SEEDED)
     b = client.chat.completions.create(model="tiny", messages=plain, **SEEDED)
     assert a.choices[0].message.content == b.choices[0].message.content

@@ -231,10 +231,9 @@ def logprob_json(codec: Codec, record: TokenLogprob) -> dict[str, Any]:
 def fit_context(generation: Generation, ask: Ask) -> None:
     """The prompt and the generation fitted to the model's context before it starts, as
     Ollama does: a prompt longer than the context keeps its first ``ask.keep`` tokens and
-    its last ones, half the context in all, leaving the other half for the reply
-    (``truncate``; off: ValueError with Ollama's words); with ``shift`` off the reply stops
-    (reason "length") where prompt and reply fill the context, instead of the decoder's
-    window jumping on by half the context."""
+    its last ones, the context's length in all (``truncate``; off: ValueError with Ollama's
+    words); with ``shift`` off the reply stops (reason "length") where prompt and reply fill
+    the context, instead of the decoder's window moving on by half the context."""
     context = generation.model.config.context
     ids = generation.prompt_ids
     if len(ids) > context:
@@ -245,8 +244,7 @@ def fit_context(generation: Generation, ask: Ask) -> None:
             )
         keep = len(ids) if ask.keep < 0 else ask.keep
         keep = min(keep, context - 1)
-        limit = context - max((context - keep) // 2, 1)
-        generation.prompt_ids = ids[:keep] + ids[len(ids) - (limit - keep) :]
+        generation.prompt_ids = ids[:keep] + ids[len(ids) - (context - keep) :]
         generation.stats.prompt_tokens = len(generation.prompt_ids)
     if not ask.shift:
         room = max(0, context - len(generation.prompt_ids))

@@ -109,12 +109,11 @@ async def pull(request: Request) -> Response:
 
 def past_context(context: int) -> dict[str, str]:
     """What happens past the model's context, as ``/api/show``'s ``model_info`` states it."""
-    half = context - context // 2
     return {
         "h2q.truncate": (
             f"a chat longer than {context} tokens drops its oldest messages (not the system "
             f"ones, not the last); a prompt still longer keeps its first num_keep tokens "
-            f"(default 0) and its last ones, {half} in all (truncate true, the default); "
+            f"(default 0) and its last ones, {context} in all (truncate true, the default); "
             "truncate false: 400"
         ),
         "h2q.shift": (
