@@ -62,7 +62,12 @@ def test_create_copy_delete_through_the_official_client_survive_a_restart(root, 
         assert client.copy("story:v1", "story:v2").status == "success"
         assert client.delete("story:v1").status == "success"
         assert names(client) == ["tiny:latest", "short:latest", "story:v2"]
-        assert client.show("story:v2").modelinfo["h2q.step"] == 9
+        shown = client.show("story:v2")
+        assert shown.modelinfo["h2q.step"] == 9
+        raw = httpx.post(f"{live.url}/api/show", json={"model": "story:v2"}).json()
+        assert raw["system"] == "Be brief."
+        assert "num_predict 5\nnum_ctx" in shown.parameters and 'stop "\\n"' in shown.parameters
+        assert 'SYSTEM """Be brief."""' in shown.modelfile and "PARAMETER seed 3" in shown.modelfile
         assert client.show("short").modelinfo["h2q.step"] == 5
         # replacing a name, as Ollama does: the same name, another checkpoint
         client.create("short", from_="story:v2", parameters={"num_predict": 2})

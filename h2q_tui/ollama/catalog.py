@@ -4,7 +4,9 @@ name "pulls" at once)."""
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -60,18 +62,19 @@ async def show(request: Request) -> Response:
     entry = api.model_entry(server.registry, await api.read_body(request, server.config.max_body))
     if entry.info is None:
         raise ApiError(500, f"{entry.name}: {entry.error}")
-    s = SamplingConfig()
     context = entry.info.config.model.context
-    parameters = (
-        f"temperature {s.temperature}\ntop_k {s.top_k}\ntop_p {s.top_p}\n"
-        f"repeat_penalty {s.repetition_penalty}\nnum_predict {protocol.DEFAULT_PREDICT}\n"
-        f"num_ctx {context}\nnum_keep 0\nmin_p {s.min_p}"
-    )
+    parameters = _parameters(entry, context)
+    modelfile = f"# {entry.describe} (h2q-tui serve)\nFROM {entry.info.weights}\n"
+    modelfile += "".join(f"PARAMETER {line}\n" for line in parameters.splitlines())
+    if entry.system:
+        modelfile += f'SYSTEM """{entry.system}"""\n'
+    shown = {"system": entry.system} if entry.system else {}
     return JSONResponse(
         {
-            "modelfile": f"# {entry.describe} (h2q-tui serve)\nFROM {entry.info.weights}\n",
+            "modelfile": modelfile,
             "parameters": parameters,
             "template": protocol.CHAT_TEMPLATE,
+            **shown,
             "details": entry.details(),
             "model_info": entry.model_info() | past_context(context),
             "capabilities": list(fields.CAPABILITIES),
@@ -105,6 +108,29 @@ async def pull(request: Request) -> Response:
     if not stream:
         return JSONResponse(steps[-1].to_json())
     return api.NdjsonResponse(api.lines([step.to_json() for step in steps]))
+
+
+def _parameters(entry: Entry, context: int) -> str:
+    """Ollama's ``parameters`` text: the defaults a request gets, the model's own
+    (``/api/create``) over the server's, one ``name value`` line each (``stop`` once per
+    string, quoted)."""
+    s = SamplingConfig()
+    values: dict[str, Any] = {
+        "temperature": s.temperature,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+        "min_p": s.min_p,
+        "repeat_penalty": s.repetition_penalty,
+        "num_predict": protocol.DEFAULT_PREDICT,
+        "num_ctx": context,
+        "num_keep": 0,
+    }
+    values |= entry.default_options
+    lines = []
+    for name, value in values.items():
+        for one in value if isinstance(value, list) else [value]:
+            lines.append(f"{name} {json.dumps(one) if isinstance(one, str) else one}")
+    return "\n".join(lines)
 
 
 def past_context(context: int) -> dict[str, str]:

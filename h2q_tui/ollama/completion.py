@@ -58,7 +58,7 @@ async def _complete(request: Request, chat: bool) -> Response:
         raise ApiError(400, str(exc)) from None
     raw = not chat and api.flag(body, "raw", False)
     truncate = api.flag(body, "truncate", True)
-    prompt, context = _prompt(body, chat, entry, raw, truncate)
+    prompt, context = prompt_of(body, chat, entry, raw, truncate)
     ask = Ask(
         prompt,
         sampling,
@@ -100,7 +100,7 @@ async def _complete(request: Request, chat: bool) -> Response:
     return JSONResponse(final.to_json())
 
 
-def _prompt(
+def prompt_of(
     body: dict[str, Any], chat: bool, entry: Entry, raw: bool = False, truncate: bool = True
 ) -> tuple[str, list[int]]:
     """The request's prompt (a chat rendered as text, :func:`_fitted_chat` when

@@ -169,7 +169,7 @@ def _prompt(entry: Entry, wanted: shapes.V1Request, chat: bool) -> str:
     """The text the model reads, rendered as the native routes render it (the chat template,
     the model's system prompt where the request gives none)."""
     body = {"messages": wanted.messages} if chat else {"prompt": wanted.prompt}
-    return completion._prompt(body, chat, entry)[0]
+    return completion.prompt_of(body, chat, entry)[0]
 
 
 def _asks(
