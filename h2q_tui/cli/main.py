@@ -65,7 +65,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "serve": Subcommand(
         "h2q_tui.cli.serve",
         "CHECKPOINT_OR_RUN_DIR ...",
-        "serve models through the Ollama API",
+        "serve models through the Ollama and OpenAI-compatible APIs",
     ),
     "ollama": Subcommand(
         "h2q_tui.cli.ollama",
