@@ -124,4 +124,11 @@ def json_constraint(format: Any, vocabulary: list[bytes]) -> JsonConstraint:
 
 
 def _first(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else "the grammar engine refused it"
+    """The engine's message on one line: its first, and its last when the first announces
+    more (``regex parse error:`` then the pattern and a caret line, then the reason)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "the grammar engine refused it"
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[-1].removeprefix('error: ')}"
+    return lines[0]
