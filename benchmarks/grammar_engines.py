@@ -1,23 +1,19 @@
 """Grammar engines for structured output on our vocabularies: llguidance, outlines-core, xgrammar.
 
-For each engine and vocabulary (the 256-symbol byte vocabulary, where each id is one byte
-and ids 128..255 are not UTF-8 alone, and a small byte-level BPE tokenizer trained here on
-README.md), and each JSON schema of :data:`SCHEMAS`:
-- does the engine take the vocabulary at all;
-- compile time: from the schema to the first mask (median over the walks);
-- time per token: advance by the chosen id and compute the next mask as a (V+1,) bool
-  tensor (the model's ids + one end id), mean and p99 over every step of every walk;
-- validity: random walks (each id drawn uniformly among those allowed, the end id
-  included) until the end id or a step budget; every finished walk's bytes must decode as
-  UTF-8, ``json.loads`` and validate with ``jsonschema``.
-Each engine is driven through its bit-mask API into the same bool tensor; the row
-"llguidance (grammar.py)" is what serve ships (:class:`~h2q_tui.generation.grammar.JsonConstraint`).
+For each engine, vocabulary (256 one-byte ids, 128 of them not UTF-8 alone; a byte-level BPE
+of 1024 ids trained here on README.md) and JSON schema of :data:`SCHEMAS`: does the engine
+take the vocabulary; compile time (schema to first mask, median over walks); time per token
+(advance, then the next mask as a (V+1,) bool array: the ids + one end id), mean and p99;
+validity: random walks (ids drawn uniformly among those allowed, the end id included) until
+the end or a step budget, every finished walk's bytes decoded as UTF-8, ``json.loads``-ed and
+validated with ``jsonschema``. Every engine goes through its bit-mask API into the same
+array; "llguidance (grammar.py)" is what serve ships (JsonConstraint + constrained_logits).
 
-A second table: ``Generation`` on a tiny model of every family, tokens/s with and without the
-constraint (same seed, same token budget, one thread), the constraint built beforehand.
+A second table: ``Generation`` on a tiny model of every family, decoding tokens/s with and
+without a constraint (same seed, same token budget, one thread, constraint built beforehand).
 
     python benchmarks/grammar_engines.py [--walks 20] [--steps 3000] [--tokens 128]
-        [--repeats 3] [--out runs/bench-grammar-engines.json]
+        [--repeats 3] [--full] [--out runs/bench-grammar-engines.json]
 """
 
 from __future__ import annotations
@@ -28,10 +24,12 @@ import random
 import statistics
 import subprocess
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import jsonschema
 import llguidance
+import numpy as np
 import outlines_core
 import torch
 import xgrammar
@@ -47,58 +45,37 @@ from h2q_tui.system import hardware
 
 REPO = Path(__file__).resolve().parent.parent
 SHORT = {"type": "string", "maxLength": 8}
+INTEGER, NUMBER = {"type": "integer"}, {"type": "number"}
+
+
+def obj(closed: bool = False, **properties) -> dict:
+    """An object schema requiring every property (closed: no others allowed)."""
+    schema = {"type": "object", "properties": properties, "required": list(properties)}
+    return {**schema, "additionalProperties": False} if closed else schema
+
+
 SCHEMAS: dict[str, dict] = {
-    "flat": {
-        "type": "object",
-        "properties": {"name": SHORT, "age": {"type": "integer"}, "ok": {"type": "boolean"}},
-        "required": ["name", "age", "ok"],
-        "additionalProperties": False,
-    },
-    "nested": {
-        "type": "object",
-        "properties": {
-            "user": {
-                "type": "object",
-                "properties": {"id": {"type": "integer"}, "email": SHORT},
-                "required": ["id", "email"],
-            },
-            "meta": {"type": "object", "properties": {"n": {"type": "number"}}},
-        },
-        "required": ["user", "meta"],
-    },
-    "arrays": {
-        "type": "object",
-        "properties": {
-            "xs": {"type": "array", "items": {"type": "integer"}, "maxItems": 5},
-            "names": {"type": "array", "items": SHORT, "minItems": 1, "maxItems": 3},
-        },
-        "required": ["xs", "names"],
-    },
-    "enums": {
-        "type": "object",
-        "properties": {
-            "color": {"enum": ["red", "green", "blue", 7, None]},
-            "size": {"type": "string", "enum": ["S", "M", "L"]},
-        },
-        "required": ["color", "size"],
-    },
-    "numbers": {
-        "type": "object",
-        "properties": {
-            "x": {"type": "number"},
-            "n": {"type": "integer", "minimum": 0, "maximum": 100},
-        },
-        "required": ["x", "n"],
-    },
-    "top-level number": {"type": "number"},
+    "flat": obj(True, name=SHORT, age=INTEGER, ok={"type": "boolean"}),
+    "nested": obj(user=obj(id=INTEGER, email=SHORT), meta=obj(n=NUMBER)),
+    "arrays": obj(
+        xs={"type": "array", "items": INTEGER, "maxItems": 5},
+        names={"type": "array", "items": SHORT, "minItems": 1, "maxItems": 3},
+    ),
+    "enums": obj(
+        color={"enum": ["red", "green", "blue", 7, None]},
+        size={"type": "string", "enum": ["S", "M", "L"]},
+    ),
+    "numbers": obj(x=NUMBER, n={"type": "integer", "minimum": 0, "maximum": 100}),
+    "top-level number": NUMBER,
     "json": grammar.ANY_OBJECT,
 }
-SHIFTS = torch.arange(32, dtype=torch.int32)
 
 
-def unpack(bits: torch.Tensor, size: int) -> torch.Tensor:
-    """A (size,) bool mask from a bit mask of int32 words (bit i of word w: id 32w + i)."""
-    return ((bits.unsqueeze(-1) >> SHIFTS) & 1).flatten()[:size].bool()
+def unpack(words: np.ndarray, size: int) -> np.ndarray:
+    """A (size,) bool mask from a bit mask of 32-bit words (bit i of word w: id 32w + i),
+    as grammar.py unpacks llguidance's."""
+    bits = np.unpackbits(words.astype("<u4").view(np.uint8), bitorder="little")
+    return bits[:size].view(np.bool_)
 
 
 class Llguidance:
@@ -107,7 +84,7 @@ class Llguidance:
     def __init__(self, vocabulary: list[bytes]) -> None:
         self.size = len(vocabulary) + 1
         self.tokenizer = grammar._tokenizer(vocabulary)
-        self.bits = torch.zeros((self.size + 31) // 32, dtype=torch.int32)
+        self.words = np.zeros((self.size + 31) // 32, dtype=np.uint32)
 
     def start(self, schema: dict) -> None:
         text = llguidance.LLMatcher.grammar_from_json_schema(
@@ -120,9 +97,9 @@ class Llguidance:
     def advance(self, token: int) -> None:
         assert self.matcher.consume_token(token), self.matcher.get_error()
 
-    def mask(self) -> torch.Tensor:
-        self.matcher.unsafe_compute_mask_ptr(self.bits.data_ptr(), self.bits.numel() * 4)
-        return unpack(self.bits, self.size)
+    def mask(self) -> np.ndarray:
+        self.matcher.unsafe_compute_mask_ptr(self.words.ctypes.data, self.words.nbytes)
+        return unpack(self.words, self.size)
 
 
 class Shipped:
@@ -140,10 +117,10 @@ class Shipped:
     def advance(self, token: int) -> None:
         self.constraint.advance(token)
 
-    def mask(self) -> torch.Tensor:
+    def mask(self) -> np.ndarray:
         if self.constraint.finished:  # only the end
-            return torch.arange(len(self.vocabulary) + 1) == len(self.vocabulary)
-        return constrained_logits(self.logits, self.constraint) > float("-inf")
+            return np.arange(len(self.vocabulary) + 1) == len(self.vocabulary)
+        return constrained_logits(self.logits, self.constraint).numpy() > -np.inf
 
 
 class OutlinesCore:
@@ -155,7 +132,7 @@ class OutlinesCore:
         for token, piece in enumerate(vocabulary):
             ids.setdefault(piece, []).append(token)
         self.vocabulary = outlines_core.Vocabulary(len(vocabulary), ids)
-        self.bits = torch.zeros((self.size + 31) // 32, dtype=torch.int32)
+        self.words = np.zeros((self.size + 31) // 32, dtype=np.uint32)
 
     def start(self, schema: dict) -> None:
         regex = outlines_core.json_schema.build_regex_from_schema(json.dumps(schema), "")
@@ -164,10 +141,10 @@ class OutlinesCore:
     def advance(self, token: int) -> None:
         self.guide.advance(token, return_tokens=False)
 
-    def mask(self) -> torch.Tensor:
-        self.bits.zero_()
-        self.guide.write_mask_into(self.bits.data_ptr(), self.bits.numel(), 4)
-        return unpack(self.bits, self.size)
+    def mask(self) -> np.ndarray:
+        self.words.fill(0)
+        self.guide.write_mask_into(self.words.ctypes.data, self.words.size, 4)
+        return unpack(self.words, self.size)
 
 
 class Xgrammar:
@@ -175,12 +152,8 @@ class Xgrammar:
 
     def __init__(self, vocabulary: list[bytes]) -> None:
         self.size = len(vocabulary) + 1
-        info = xgrammar.TokenizerInfo(
-            list(vocabulary) + [b"<end>"],
-            xgrammar.VocabType.RAW,
-            vocab_size=self.size,
-            stop_token_ids=[len(vocabulary)],
-        )
+        tokens = [*vocabulary, b"<end>"]  # raw bytes per id (VocabType.RAW, the default)
+        info = xgrammar.TokenizerInfo(tokens, vocab_size=self.size, stop_token_ids=[self.size - 1])
         self.compiler = xgrammar.GrammarCompiler(info, max_threads=1, cache_enabled=False)
         self.bits = xgrammar.allocate_token_bitmask(1, self.size)
 
@@ -191,9 +164,9 @@ class Xgrammar:
     def advance(self, token: int) -> None:
         assert self.matcher.accept_token(token)
 
-    def mask(self) -> torch.Tensor:
+    def mask(self) -> np.ndarray:
         self.matcher.fill_next_token_bitmask(self.bits)
-        return unpack(self.bits[0], self.size)
+        return unpack(self.bits[0].numpy().view(np.uint32), self.size)
 
 
 ENGINES = (Llguidance, Shipped, OutlinesCore, Xgrammar)
@@ -202,32 +175,27 @@ ENGINES = (Llguidance, Shipped, OutlinesCore, Xgrammar)
 def byte_level_table() -> dict[str, int]:
     """The byte-level BPE alphabet: each printable byte stands for itself, the other bytes
     for the characters from U+0100 on, in byte order (how the tokenizer spells bytes)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    chars, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            chars[chr(byte)] = byte
-        else:
-            chars[chr(256 + extra)] = byte
-            extra += 1
-    return chars
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
 
 
 def bpe_vocabulary(size: int) -> list[bytes]:
-    """Each id's bytes in a byte-level BPE tokenizer of ``size`` ids trained on README.md."""
+    """Each id's bytes in a byte-level BPE tokenizer of ``size`` ids trained on README.md
+    (as tests/test_tokenizer.py trains one for data/tokenizer.py)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # only here
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=size, initial_alphabet=alphabet, show_progress=False)
     tokenizer.train([str(REPO / "README.md")], trainer)
     table = byte_level_table()
-    return [
-        bytes(table[c] for c in tokenizer.id_to_token(i)) for i in range(tokenizer.get_vocab_size())
-    ]
+    vocabulary = [bytes(table[c] for c in tokenizer.id_to_token(i)) for i in range(size)]
+    sample = 'héllo → {"naïve": [1, 2]} 日本'
+    assert b"".join(vocabulary[i] for i in tokenizer.encode(sample).ids) == sample.encode()
+    return vocabulary
 
 
 def check(text: bytes, schema: dict) -> str | None:
@@ -247,7 +215,7 @@ def walk(engine, schema: dict, vocabulary: list[bytes], rng: random.Random, step
     compiled = time.perf_counter() - started
     end, out, times = len(vocabulary), [], []
     for _ in range(steps):
-        token = rng.choice(mask.nonzero().flatten().tolist())
+        token = rng.choice(np.flatnonzero(mask).tolist())
         if token == end:
             return compiled, times, b"".join(vocabulary[t] for t in out)
         started = time.perf_counter()
@@ -358,24 +326,20 @@ def lscpu_model() -> str:
 
 
 def print_engines(vocabulary: str, rows: list[dict]) -> None:
-    print(f"\n{vocabulary}: compile ms | per token µs mean / p99 | walks finished, invalid")
-    print("| engine | " + " | ".join(SCHEMAS) + " |")
-    print("|---|" + "---|" * len(SCHEMAS))
+    print(f"\n{vocabulary}: compile = schema to first mask; a token = advance + next mask")
+    print("| engine | schema | compile (ms) | µs/token mean | p99 | walks finished | invalid |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for row in rows:
         if not row["schemas"]:
-            print(f"| {row['engine']} | {row['vocabulary']} |")
-            continue
-        cells = []
-        for name in SCHEMAS:
-            r = row["schemas"][name]
+            print(f"| {row['engine']} | vocabulary {row['vocabulary']} | | | | | |")
+        for name, r in row["schemas"].items():
             if "error" in r:
-                cells.append(f"error: {r['error'][:50]}")
+                print(f"| {row['engine']} | {name} | {r['error'][:60]} | | | | |")
                 continue
-            cells.append(
-                f"{r['compile_ms']:.1f} ms; {r['token_us_mean']:.0f} / {r['token_us_p99']:.0f} µs; "
-                f"{r['finished']}/{r['walks']}, {r['invalid']} invalid"
+            print(
+                f"| {row['engine']} | {name} | {r['compile_ms']:.1f} | {r['token_us_mean']:.0f} | "
+                f"{r['token_us_p99']:.0f} | {r['finished']}/{r['walks']} | {r['invalid']} |"
             )
-        print(f"| {row['engine']} | " + " | ".join(cells) + " |")
 
 
 def print_generation(rows: list[dict], tokens: int) -> None:
@@ -419,28 +383,16 @@ def main() -> None:
     generation = [measure_generation(f, args.full, args.tokens, args.repeats) for f in TINY]
     machine = {**hardware.machine_info(), "lscpu_model": lscpu_model()}
     print(f"machine: {machine['lscpu_model']}, torch {torch.__version__}")
-    versions = {m: _version(m) for m in ("llguidance", "outlines_core", "xgrammar")}
+    versions = {m: version(m) for m in ("llguidance", "outlines-core", "xgrammar")}
     print("engines:", ", ".join(f"{m} {v}" for m, v in versions.items()))
     for name, rows in engines.items():
         print_engines(name, rows)
     print_generation(generation, args.tokens)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "machine": machine,
-        "versions": versions,
-        "schemas": SCHEMAS,
-        "walks": args.walks,
-        "engines": engines,
-        "generation": generation,
-    }
+    payload = dict(machine=machine, versions=versions, schemas=SCHEMAS, walks=args.walks)
+    payload.update(engines=engines, generation=generation, tokens=args.tokens)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
-
-
-def _version(module: str) -> str:
-    from importlib.metadata import version  # only for the report
-
-    return version(module.replace("_", "-"))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ class Constraint(Protocol):
 
 def constrained_logits(logits: torch.Tensor, constraint: Constraint) -> torch.Tensor:
     """``logits`` (V,) with the ids ``constraint`` forbids at −inf, and one more entry (id V:
-    end here): the log of the forbidden ids' summed probability when it may end, else −inf.
+    end here): when it may end, the forbidden ids' log-sum-exp (so ending draws exactly
+    their summed probability), else −inf.
 
     On the CPU in numpy (sampling happens there anyway): a token's few small torch ops
     cost more than the model's step on a tiny model."""
@@ -53,7 +54,9 @@ def constrained_logits(logits: torch.Tensor, constraint: Constraint) -> torch.Te
     out[:-1] = values
     out[:-1][forbidden] = -np.inf
     if constraint.can_end and forbidden.any():
-        out[-1] = np.logaddexp.reduce(values[forbidden])
+        others = values[forbidden]
+        top = others.max()
+        out[-1] = top + np.log(np.exp(others - top).sum())  # their log-sum-exp
     return torch.from_numpy(out)
 
 
