@@ -2,7 +2,7 @@
 
 For each engine, vocabulary (256 one-byte ids, 128 of them not UTF-8 alone; a byte-level BPE
 of 1024 ids trained here on README.md) and JSON schema of :data:`SCHEMAS`: does the engine
-take the vocabulary; compile time (schema to first mask, median over walks); time per token
+take the vocabulary; compile time (schema to first mask, median of 3); time per token
 (advance, then the next mask as a (V+1,) bool array: the ids + one end id), mean and p99;
 validity: random walks (ids drawn uniformly among those allowed, the end id included) until
 the end or a step budget, every finished walk's bytes decoded as UTF-8, ``json.loads``-ed and
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
-import subprocess
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -94,6 +94,9 @@ class Llguidance:
         if self.matcher.is_error():
             raise ValueError(self.matcher.get_error())
 
+    def restart(self) -> None:
+        self.matcher.reset()
+
     def advance(self, token: int) -> None:
         assert self.matcher.consume_token(token), self.matcher.get_error()
 
@@ -112,7 +115,10 @@ class Shipped:
         self.logits = torch.zeros(len(vocabulary))
 
     def start(self, schema: dict) -> None:
-        self.constraint = grammar.json_constraint(schema, self.vocabulary)
+        self.schema, self.constraint = schema, grammar.json_constraint(schema, self.vocabulary)
+
+    def restart(self) -> None:
+        self.start(self.schema)
 
     def advance(self, token: int) -> None:
         self.constraint.advance(token)
@@ -138,6 +144,9 @@ class OutlinesCore:
         regex = outlines_core.json_schema.build_regex_from_schema(json.dumps(schema), "")
         self.guide = outlines_core.Guide(outlines_core.Index(regex, self.vocabulary))
 
+    def restart(self) -> None:
+        self.guide.reset()
+
     def advance(self, token: int) -> None:
         self.guide.advance(token, return_tokens=False)
 
@@ -160,6 +169,9 @@ class Xgrammar:
     def start(self, schema: dict) -> None:
         compiled = self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
         self.matcher = xgrammar.GrammarMatcher(compiled)
+
+    def restart(self) -> None:
+        self.matcher.reset()
 
     def advance(self, token: int) -> None:
         assert self.matcher.accept_token(token)
@@ -207,23 +219,32 @@ def check(text: bytes, schema: dict) -> str | None:
     return None
 
 
-def walk(engine, schema: dict, vocabulary: list[bytes], rng: random.Random, steps: int):
-    """One random walk: (compile seconds, step seconds, its bytes or None when unfinished)."""
-    started = time.perf_counter()
-    engine.start(schema)
+def walk(engine, vocabulary: list[bytes], rng: random.Random, steps: int):
+    """One random walk from the start: (step seconds, its bytes or None when unfinished)."""
+    engine.restart()
     mask = engine.mask()
-    compiled = time.perf_counter() - started
     end, out, times = len(vocabulary), [], []
     for _ in range(steps):
         token = rng.choice(np.flatnonzero(mask).tolist())
         if token == end:
-            return compiled, times, b"".join(vocabulary[t] for t in out)
+            return times, b"".join(vocabulary[t] for t in out)
         started = time.perf_counter()
         engine.advance(token)
         mask = engine.mask()
         times.append(time.perf_counter() - started)
         out.append(token)
-    return compiled, times, None
+    return times, None
+
+
+def compile_seconds(engine, schema: dict, repeats: int = 3) -> float:
+    """Median time from the schema to the first mask."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        engine.start(schema)
+        engine.mask()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def measure_engine(kind, vocabulary: list[bytes], walks: int, steps: int) -> dict:
@@ -234,31 +255,23 @@ def measure_engine(kind, vocabulary: list[bytes], walks: int, steps: int) -> dic
         return {"engine": kind.name, "vocabulary": f"refused: {str(exc)[:120]}", "schemas": {}}
     rows = {}
     for name, schema in SCHEMAS.items():
-        rng = random.Random(0)
-        compiles, times, finished, failures = [], [], 0, []
+        rng, times, finished, failures = random.Random(0), [], 0, []
         try:
+            compiled = compile_seconds(engine, schema)
             for _ in range(walks):
-                compiled, steps_s, text = walk(engine, schema, vocabulary, rng, steps)
-                compiles.append(compiled)
+                steps_s, text = walk(engine, vocabulary, rng, steps)
                 times += steps_s
-                if text is not None:
-                    finished += 1
-                    problem = check(text, schema)
-                    failures += [problem] if problem else []
+                problem = None if text is None else check(text, schema)
+                finished += text is not None
+                failures += [problem] if problem else []
         except Exception as exc:  # noqa: BLE001 - an engine that fails a schema is the finding
             rows[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
             continue
         ordered = sorted(times) or [0.0]
-        rows[name] = {
-            "compile_ms": 1000 * statistics.median(compiles),
-            "token_us_mean": 1e6 * statistics.fmean(ordered),
-            "token_us_p99": 1e6 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-            "steps": len(times),
-            "walks": walks,
-            "finished": finished,
-            "invalid": len(failures),
-            "first_invalid": failures[0] if failures else None,
-        }
+        p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        rows[name] = dict(compile_ms=1000 * compiled, token_us_mean=1e6 * statistics.fmean(ordered))
+        rows[name].update(token_us_p99=1e6 * p99, steps=len(times), walks=walks, finished=finished)
+        rows[name].update(invalid=len(failures), first_invalid=(failures or [None])[0])
     return {"engine": kind.name, "vocabulary": "accepted", "schemas": rows}
 
 
@@ -289,18 +302,13 @@ def generation_rate(model, schema: dict | None, tokens: int) -> tuple[float, int
     return rate, stats.new_tokens, stats.stop_reason
 
 
-def generation_variants(tokens: int) -> dict[str, dict | None]:
-    """No constraint; two schemas; a string as long as the budget (every token constrained)."""
-    string = {"type": "string", "minLength": tokens, "maxLength": tokens}
-    return {"none": None, "flat": SCHEMAS["flat"], "json": SCHEMAS["json"], "string": string}
-
-
 def measure_generation(family: str, full: bool, tokens: int, repeats: int) -> dict:
     """One family: decoding tokens/s unconstrained and constrained, interleaved, medians."""
     preset, overrides = TINY[family]
     torch.manual_seed(0)
     model = build_model(resolve(preset, [] if full else overrides + TINY_SIZE).model).eval()
-    variants = generation_variants(tokens)
+    string = {"type": "string", "minLength": tokens, "maxLength": tokens}  # all constrained
+    variants = {"none": None, "flat": SCHEMAS["flat"], "json": SCHEMAS["json"], "string": string}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     counts: dict[str, tuple[int, str]] = {}
     generation_rate(model, None, 8)  # warm-up
@@ -314,15 +322,6 @@ def measure_generation(family: str, full: bool, tokens: int, repeats: int) -> di
         row[f"{name}_tokens_per_s"] = statistics.median(rates[name])
         row[f"{name}_tokens"], row[f"{name}_stop"] = counts[name]
     return row
-
-
-def lscpu_model() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return hardware.cpu_model()
-    names = [line.split(":", 1)[1].strip() for line in lines.splitlines() if "Model name" in line]
-    return names[0] if names else hardware.cpu_model()
 
 
 def print_engines(vocabulary: str, rows: list[dict]) -> None:
@@ -381,8 +380,8 @@ def main() -> None:
         for name, vocab in vocabularies.items()
     }
     generation = [measure_generation(f, args.full, args.tokens, args.repeats) for f in TINY]
-    machine = {**hardware.machine_info(), "lscpu_model": lscpu_model()}
-    print(f"machine: {machine['lscpu_model']}, torch {torch.__version__}")
+    machine = hardware.machine_info()  # cpu_model: /proc/cpuinfo's model name, as lscpu shows
+    print(f"machine: {machine['cpu_model']}, {os.cpu_count()} cores, torch {torch.__version__}")
     versions = {m: version(m) for m in ("llguidance", "outlines-core", "xgrammar")}
     print("engines:", ", ".join(f"{m} {v}" for m, v in versions.items()))
     for name, rows in engines.items():

@@ -25,6 +25,7 @@ from h2q_tui.generation.grammar import ANY_OBJECT, json_constraint
 from h2q_tui.generation.sampling import SamplingConfig
 from h2q_tui.generation.text import Codec
 from h2q_tui.models import build_model
+from tests.benchmark_module import load
 
 CODEC = Codec()
 VOCABULARY = CODEC.vocabulary(256)
@@ -207,3 +208,16 @@ def test_a_constraint_at_its_end_allows_nothing_more():
     assert not constraint.allowed().any()
     with pytest.raises(RuntimeError, match="grammar refused token"):
         constraint.advance(ord(" "))
+
+
+def test_random_walks_through_the_shipped_constraint_always_validate():
+    """benchmarks/grammar_engines.py's walks (every id drawn uniformly among those allowed,
+    ending included) over its schemas, on the byte vocabulary and a byte-level BPE one."""
+    bench = load("grammar_engines")
+    for vocabulary in (VOCABULARY, bench.bpe_vocabulary(400)):
+        row = bench.measure_engine(bench.Shipped, vocabulary, walks=3, steps=400)
+        assert row["vocabulary"] == "accepted"
+        for name, result in row["schemas"].items():
+            assert result["invalid"] == 0, (name, result["first_invalid"])
+        for name in ("flat", "enums", "top-level number"):  # the others may run long
+            assert row["schemas"][name]["finished"] > 0, name
