@@ -14,6 +14,7 @@ constraint), with the likeliest alternatives.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -50,13 +51,14 @@ def constrained_logits(logits: torch.Tensor, constraint: Constraint) -> torch.Te
     cost more than the model's step on a tiny model."""
     forbidden = ~constraint.allowed().cpu().numpy()
     values = logits.detach().float().cpu().numpy()
-    out = np.full(values.size + 1, -np.inf, dtype=np.float32)
+    out = np.empty(values.size + 1, dtype=np.float32)
     out[:-1] = values
     out[:-1][forbidden] = -np.inf
+    out[-1] = -np.inf
     if constraint.can_end and forbidden.any():
         others = values[forbidden]
-        top = others.max()
-        out[-1] = top + np.log(np.exp(others - top).sum())  # their log-sum-exp
+        top = float(others.max())
+        out[-1] = top + math.log(float(np.exp(others - top).sum()))  # their log-sum-exp
     return torch.from_numpy(out)
 
 

@@ -87,19 +87,26 @@ class JsonConstraint:
         if self.matcher.is_error():
             raise ValueError(f"unsupported JSON schema: {_first(self.matcher.get_error())}")
         self._words = np.zeros((self.size + 1 + 31) // 32, dtype=np.uint32)  # bit mask
-        self._mask = np.zeros(0, dtype=np.bool_)  # (V + 1,) of the text so far; the end last
+        self._address = self._words.ctypes.data
+        self._allowed = torch.zeros(self.size, dtype=torch.bool)
+        self._can_end = self._finished = False
         self._fresh = False
 
-    def _next(self) -> np.ndarray:
-        if not self._fresh:
-            self.matcher.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
-            bits = np.unpackbits(self._words.astype("<u4").view(np.uint8), bitorder="little")
-            self._mask = bits[: self.size + 1].view(np.bool_)
-            self._fresh = True
-        return self._mask
+    def _next(self) -> None:
+        """The mask of the text so far, once per token (llguidance's bits, unpacked)."""
+        if self._fresh:
+            return
+        self.matcher.unsafe_compute_mask_ptr(self._address, self._words.nbytes)
+        bits = np.unpackbits(self._words.astype("<u4").view(np.uint8), bitorder="little")
+        mask = bits[: self.size + 1].view(np.bool_)
+        self._allowed = torch.from_numpy(mask[: self.size])
+        self._can_end = bool(mask[self.size])
+        self._finished = not mask[: self.size].any()
+        self._fresh = True
 
     def allowed(self) -> torch.Tensor:
-        return torch.from_numpy(self._next()[: self.size])
+        self._next()
+        return self._allowed
 
     def advance(self, token: int) -> None:
         if not self.matcher.consume_token(token):
@@ -108,11 +115,13 @@ class JsonConstraint:
 
     @property
     def can_end(self) -> bool:
-        return bool(self._next()[self.size])
+        self._next()
+        return self._can_end
 
     @property
     def finished(self) -> bool:
-        return not bool(self._next()[: self.size].any())
+        self._next()
+        return self._finished
 
 
 def json_constraint(format: Any, vocabulary: list[bytes]) -> JsonConstraint:
