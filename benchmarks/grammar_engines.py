@@ -286,6 +286,7 @@ TINY = {  # family: (preset, overrides), as tests/test_decode_speed.py builds th
     ),
 }
 TINY_SIZE = ["model.n_layers=2", "model.context=256"]
+FULL = {f: p for f, (p, _) in TINY.items()} | {"microstream": "microstream-cpu"}  # --full
 
 
 def generation_rate(model, schema: dict | None, tokens: int) -> tuple[float, int, str]:
@@ -304,9 +305,11 @@ def generation_rate(model, schema: dict | None, tokens: int) -> tuple[float, int
 
 def measure_generation(family: str, full: bool, tokens: int, repeats: int) -> dict:
     """One family: decoding tokens/s unconstrained and constrained, interleaved, medians."""
-    preset, overrides = TINY[family]
+    preset, overrides = (
+        (FULL[family], []) if full else (TINY[family][0], TINY[family][1] + TINY_SIZE)
+    )
     torch.manual_seed(0)
-    model = build_model(resolve(preset, [] if full else overrides + TINY_SIZE).model).eval()
+    model = build_model(resolve(preset, overrides).model).eval()
     string = {"type": "string", "minLength": tokens, "maxLength": tokens}  # all constrained
     variants = {"none": None, "flat": SCHEMAS["flat"], "json": SCHEMAS["json"], "string": string}
     rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -317,7 +320,7 @@ def measure_generation(family: str, full: bool, tokens: int, repeats: int) -> di
             rate, count, reason = generation_rate(model, schema, tokens)
             rates[name].append(rate)
             counts[name] = (count, reason)
-    row: dict = {"family": family, "preset": preset, "full_size": full}
+    row: dict = {"family": family, "preset": preset, "overrides": overrides, "full_size": full}
     for name in variants:
         row[f"{name}_tokens_per_s"] = statistics.median(rates[name])
         row[f"{name}_tokens"], row[f"{name}_stop"] = counts[name]
@@ -342,10 +345,9 @@ def print_engines(vocabulary: str, rows: list[dict]) -> None:
 
 
 def print_generation(rows: list[dict], tokens: int) -> None:
-    print(
-        f"\nGeneration (tiny models), up to {tokens} new tokens, seed 0, 1 thread: decoding "
-        "tok/s after the first token (tokens, stop reason); cost = 1 − constrained / none"
-    )
+    size = "CPU presets at full size" if rows[0]["full_size"] else "tiny models"
+    print(f"\nGeneration ({size}), up to {tokens} new tokens, seed 0, 1 thread: decoding tok/s")
+    print("after the first token (tokens, stop reason; cost = 1 − constrained / none)")
     print("| family | no constraint | schema flat | format json | string (all constrained) |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
@@ -353,9 +355,8 @@ def print_generation(rows: list[dict], tokens: int) -> None:
         cells = [f"{none:,.0f} ({r['none_tokens']}, {r['none_stop']})"]
         for n in ("flat", "json", "string"):
             rate = r[f"{n}_tokens_per_s"]
-            cells.append(
-                f"{rate:,.0f} ({r[f'{n}_tokens']}, {r[f'{n}_stop']}; {100 * (1 - rate / none):.0f}%)"
-            )
+            info = f"{r[f'{n}_tokens']}, {r[f'{n}_stop']}; {100 * (1 - rate / none):.0f}%"
+            cells.append(f"{rate:,.0f} ({info})")
         print(f"| {r['family']} | " + " | ".join(cells) + " |")
 
 
@@ -363,7 +364,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--walks", type=int, default=20, help="random walks per schema")
+    parser.add_argument("--walks", type=int, default=20, help="walks per schema (0: no engines)")
     parser.add_argument("--steps", type=int, default=3000, help="step budget of one walk")
     parser.add_argument("--bpe", type=int, default=1024, help="BPE vocabulary size (0: skip)")
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per generation")
@@ -373,11 +374,12 @@ def main() -> None:
     args = parser.parse_args()
     use_decoding_threads(1)
     vocabularies = {"bytes (256)": [bytes([i]) for i in range(256)]}
-    if args.bpe:
+    if args.bpe and args.walks:
         vocabularies[f"byte-level BPE ({args.bpe})"] = bpe_vocabulary(args.bpe)
     engines = {
         name: [measure_engine(kind, vocab, args.walks, args.steps) for kind in ENGINES]
         for name, vocab in vocabularies.items()
+        if args.walks
     }
     generation = [measure_generation(f, args.full, args.tokens, args.repeats) for f in TINY]
     machine = hardware.machine_info()  # cpu_model: /proc/cpuinfo's model name, as lscpu shows
