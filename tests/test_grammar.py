@@ -198,6 +198,16 @@ def test_a_bad_format_is_a_one_line_value_error(format, words):
     assert "\n" not in message and len(message) < 300
 
 
+def test_a_schema_the_vocabulary_cannot_spell_is_a_value_error():
+    """A key of "é" (bytes C3 A9) with no id for byte C3: refused up front, not an empty
+    output that claims to be finished."""
+    vocabulary = [b"\xef\xbf\xbd" if byte == 0xC3 else bytes([byte]) for byte in range(256)]
+    schema = {"type": "object", "properties": {"é": {"type": "integer"}}, "required": ["é"]}
+    with pytest.raises(ValueError, match="^unsupported JSON schema: it needs a byte that no token"):
+        json_constraint(schema, vocabulary)
+    json_constraint(schema, VOCABULARY)  # every byte has its id
+
+
 def test_a_constraint_at_its_end_allows_nothing_more():
     constraint = json_constraint({"type": "boolean"}, VOCABULARY)
     assert not constraint.can_end and not constraint.finished

@@ -91,12 +91,21 @@ class JsonConstraint:
         self._allowed = torch.zeros(self.size, dtype=torch.bool)
         self._can_end = self._finished = False
         self._fresh = False
+        try:
+            self._next()  # the engine tokenizes the schema's words lazily: on this first mask
+        except RuntimeError:
+            error = self.matcher.get_error()
+            no_token = "has no token" in error
+            why = "it needs a byte that no token of the model spells" if no_token else _first(error)
+            raise ValueError(f"unsupported JSON schema: {why}") from None
 
     def _next(self) -> None:
         """The mask of the text so far, once per token (llguidance's bits, unpacked)."""
         if self._fresh:
             return
         self.matcher.unsafe_compute_mask_ptr(self._address, self._words.nbytes)
+        if self.matcher.is_error():
+            raise RuntimeError(f"grammar engine: {_first(self.matcher.get_error())[:200]}")
         bits = np.unpackbits(self._words.astype("<u4").view(np.uint8), bitorder="little")
         mask = bits[: self.size + 1].view(np.bool_)
         self._allowed = torch.from_numpy(mask[: self.size])
