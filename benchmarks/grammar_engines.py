@@ -6,11 +6,9 @@ take the vocabulary; compile time (schema to first mask, median of 3); time per 
 (advance, then the next mask as a (V+1,) bool array: the ids + one end id), mean and p99;
 validity: random walks (ids drawn uniformly among those allowed, the end id included) until
 the end or a step budget, every finished walk's bytes decoded as UTF-8, ``json.loads``-ed and
-validated with ``jsonschema``. Every engine goes through its bit-mask API into the same
-array; "llguidance (grammar.py)" is what serve ships (JsonConstraint + constrained_logits).
-
-A second table: ``Generation`` on a tiny model of every family, decoding tokens/s with and
-without a constraint (same seed, same token budget, one thread, constraint built beforehand).
+validated with ``jsonschema``. Each engine's bit mask is unpacked alike; "llguidance
+(grammar.py)" is what serve ships. Then ``Generation`` on a model of every family: decoding
+tokens/s with and without a constraint (same seed and token budget, one thread).
 
     python benchmarks/grammar_engines.py [--walks 20] [--steps 3000] [--tokens 128]
         [--repeats 3] [--full] [--out runs/bench-grammar-engines.json]
@@ -24,15 +22,13 @@ import os
 import random
 import statistics
 import time
-from importlib.metadata import version
+from importlib.metadata import distributions
 from pathlib import Path
 
 import jsonschema
 import llguidance
 import numpy as np
-import outlines_core
 import torch
-import xgrammar
 
 from h2q_tui.config import resolve
 from h2q_tui.generation import grammar
@@ -133,7 +129,9 @@ class OutlinesCore:
     name = "outlines-core"
 
     def __init__(self, vocabulary: list[bytes]) -> None:
-        self.size = len(vocabulary) + 1
+        import outlines_core  # only here: optional (tests load this script without it)
+
+        self.oc, self.size = outlines_core, len(vocabulary) + 1
         ids: dict[bytes, list[int]] = {}
         for token, piece in enumerate(vocabulary):
             ids.setdefault(piece, []).append(token)
@@ -141,8 +139,8 @@ class OutlinesCore:
         self.words = np.zeros((self.size + 31) // 32, dtype=np.uint32)
 
     def start(self, schema: dict) -> None:
-        regex = outlines_core.json_schema.build_regex_from_schema(json.dumps(schema), "")
-        self.guide = outlines_core.Guide(outlines_core.Index(regex, self.vocabulary))
+        regex = self.oc.json_schema.build_regex_from_schema(json.dumps(schema), "")
+        self.guide = self.oc.Guide(self.oc.Index(regex, self.vocabulary))
 
     def restart(self) -> None:
         self.guide.reset()
@@ -160,7 +158,9 @@ class Xgrammar:
     name = "xgrammar"
 
     def __init__(self, vocabulary: list[bytes]) -> None:
-        self.size = len(vocabulary) + 1
+        import xgrammar  # only here: optional (tests load this script without it)
+
+        self.xg, self.size = xgrammar, len(vocabulary) + 1
         tokens = [*vocabulary, b"<end>"]  # raw bytes per id (VocabType.RAW, the default)
         info = xgrammar.TokenizerInfo(tokens, vocab_size=self.size, stop_token_ids=[self.size - 1])
         self.compiler = xgrammar.GrammarCompiler(info, max_threads=1, cache_enabled=False)
@@ -168,7 +168,7 @@ class Xgrammar:
 
     def start(self, schema: dict) -> None:
         compiled = self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
-        self.matcher = xgrammar.GrammarMatcher(compiled)
+        self.matcher = self.xg.GrammarMatcher(compiled)
 
     def restart(self) -> None:
         self.matcher.reset()
@@ -193,8 +193,7 @@ def byte_level_table() -> dict[str, int]:
 
 
 def bpe_vocabulary(size: int) -> list[bytes]:
-    """Each id's bytes in a byte-level BPE tokenizer of ``size`` ids trained on README.md
-    (as tests/test_tokenizer.py trains one for data/tokenizer.py)."""
+    """Each id's bytes in a byte-level BPE tokenizer of ``size`` ids trained on README.md."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # only here
 
     tokenizer = Tokenizer(models.BPE())
@@ -251,6 +250,8 @@ def measure_engine(kind, vocabulary: list[bytes], walks: int, steps: int) -> dic
     """One engine on one vocabulary: per schema, compile, per-token time, walk validity."""
     try:
         engine = kind(vocabulary)
+    except ImportError as exc:
+        return {"engine": kind.name, "vocabulary": f"not installed ({exc.name})", "schemas": {}}
     except Exception as exc:  # noqa: BLE001 - any refusal of the vocabulary is the finding
         return {"engine": kind.name, "vocabulary": f"refused: {str(exc)[:120]}", "schemas": {}}
     rows = {}
@@ -275,15 +276,13 @@ def measure_engine(kind, vocabulary: list[bytes], walks: int, steps: int) -> dic
     return {"engine": kind.name, "vocabulary": "accepted", "schemas": rows}
 
 
+HEADS = ["model.d_model=64", "model.n_heads=2"]
 TINY = {  # family: (preset, overrides), as tests/test_decode_speed.py builds them
-    "gpt": ("gpt-cpu", ["model.d_model=64", "model.n_heads=2"]),
+    "gpt": ("gpt-cpu", HEADS),
     "microstream": ("tiny", []),
     "h2q-transformer": ("h2q-transformer-cpu", ["model.d_model=128", "model.factor_size=16"]),
     "qrlm": ("qrlm-cpu", ["model.d_model=64", "model.factor_size=16"]),
-    "hamiltonian-llm": (
-        "hamiltonian-llm",
-        ["model.d_model=64", "model.n_heads=2", "model.separator_token=10"],
-    ),
+    "hamiltonian-llm": ("hamiltonian-llm", [*HEADS, "model.separator_token=10"]),
 }
 TINY_SIZE = ["model.n_layers=2", "model.context=256"]
 FULL = {f: p for f, (p, _) in TINY.items()} | {"microstream": "microstream-cpu"}  # --full
@@ -384,7 +383,8 @@ def main() -> None:
     generation = [measure_generation(f, args.full, args.tokens, args.repeats) for f in TINY]
     machine = hardware.machine_info()  # cpu_model: /proc/cpuinfo's model name, as lscpu shows
     print(f"machine: {machine['cpu_model']}, {os.cpu_count()} cores, torch {torch.__version__}")
-    versions = {m: version(m) for m in ("llguidance", "outlines-core", "xgrammar")}
+    names = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in distributions()}
+    versions = {m: names.get(m, "absent") for m in ("llguidance", "outlines-core", "xgrammar")}
     print("engines:", ", ".join(f"{m} {v}" for m, v in versions.items()))
     for name, rows in engines.items():
         print_engines(name, rows)
