@@ -28,6 +28,7 @@ from h2q_tui.generation.constraint import (
     MAX_TOP_LOGPROBS,
     Constraint,
     TokenLogprob,
+    constrained_logits,
     token_logprob,
 )
 from h2q_tui.generation.decoder import Decoder
@@ -129,7 +130,7 @@ class Generation:
     ``cancel()`` (from any thread) stops it before the next token. ``logprobs`` (a count of
     alternatives, 0..20; None: off) records each token's :class:`TokenLogprob` in
     ``token_logprobs``; ``constraint`` limits each token to what it allows and stops the
-    generation once it is finished.
+    generation when it may end and ending is drawn, or once it is finished.
     """
 
     model: nn.Module
@@ -201,6 +202,9 @@ class Generation:
                 self.stats.stop_reason = "cancelled"
                 break
             token = self._next_token(decoder, generator)
+            if token is None:  # the constraint's text is complete and ending was chosen
+                self.stats.stop_reason = "stop"
+                break
             self.tokens.append(token)
             if len(self.tokens) == 1:
                 self.stats.first_token_s = time.perf_counter() - started
@@ -218,7 +222,7 @@ class Generation:
         if tail:
             yield tail
 
-    def _next_token(self, decoder: Decoder, generator: torch.Generator) -> int:
+    def _next_token(self, decoder: Decoder, generator: torch.Generator) -> int | None:
         context = self.prompt_ids + self.tokens
         if self.mode.mode == "lookahead":
             return lookahead_choice(decoder, context, self.mode)
@@ -228,9 +232,10 @@ class Generation:
         if self.constraint is None:
             token = choose_token(logits, self.tokens, self.sampling, generator)
         else:
-            allowed = self.constraint.allowed().to(logits.device)
-            masked = logits.masked_fill(~allowed, float("-inf"))
+            masked = constrained_logits(logits, self.constraint)
             token = choose_token(masked, self.tokens, self.sampling, generator)
+            if token == logits.numel():  # the end entry
+                return None
             self.constraint.advance(token)
         if self.logprobs is not None:
             self.token_logprobs.append(token_logprob(logits, token, self.logprobs))

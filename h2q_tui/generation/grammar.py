@@ -3,10 +3,11 @@ token ids, through llguidance (the grammar engine; benchmarks/grammar_engines.py
 beside outlines-core and xgrammar on our vocabularies).
 
 The engine sees the model's vocabulary as the bytes of each id (a byte model: 256 one-byte
-tokens) plus one end token of our own, which the generator never samples: the constraint is
-finished once the end token is the only way on, or the text is complete and accepting, so
-the output always parses and validates against the schema — unless the token budget runs
-out first (then the reason is ``length``, as with OpenAI and Ollama).
+tokens) plus one end token of our own, which the generator never samples as a token: the
+constraint ``can_end`` once the text is complete (the generator then weighs ending against
+the ids still allowed) and is ``finished`` once ending is the only way on, so the output
+always parses and validates against the schema — unless the token budget runs out first
+(then the reason is ``length``, as with OpenAI and Ollama).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import jsonschema
 import llguidance
+import numpy as np
 import torch
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}  # Ollama's format "json", OpenAI's json_object
@@ -30,13 +32,13 @@ class _Vocabulary:
         self.bos_token_id = None
         self.special_token_ids = [self.eos_token_id]
         self._ids = {token: i for i, token in enumerate(vocabulary) if token}
+        self._longest = max((len(t) for t in self._ids), default=1)
 
     def __call__(self, text: bytes) -> list[int]:
         # llguidance tokenizes only to check the grammar's fixed strings: greedy longest match
         ids, at = [], 0
-        longest = max((len(t) for t in self._ids), default=1)
         while at < len(text):
-            for size in range(min(longest, len(text) - at), 0, -1):
+            for size in range(min(self._longest, len(text) - at), 0, -1):
                 token = self._ids.get(text[at : at + size])
                 if token is not None:
                     ids.append(token)
@@ -80,22 +82,55 @@ class JsonConstraint:
                 json.dumps(schema), defaults={"whitespace_flexible": False}
             )
         except ValueError as exc:
-            raise ValueError(f"invalid JSON schema: {exc}") from None
+            raise ValueError(f"invalid JSON schema: {_first(str(exc))}") from None
         self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
         if self.matcher.is_error():
             raise ValueError(f"unsupported JSON schema: {_first(self.matcher.get_error())}")
+        self._words = np.zeros((self.size + 1 + 31) // 32, dtype=np.uint32)  # bit mask
+        self._address = self._words.ctypes.data
+        self._allowed = torch.zeros(self.size, dtype=torch.bool)
+        self._can_end = self._finished = False
+        self._fresh = False
+        try:
+            self._next()  # the engine tokenizes the schema's words lazily: on this first mask
+        except RuntimeError:
+            error = self.matcher.get_error()
+            no_token = "has no token" in error
+            why = "it needs a byte that no token of the model spells" if no_token else _first(error)
+            raise ValueError(f"unsupported JSON schema: {why}") from None
+
+    def _next(self) -> None:
+        """The mask of the text so far, once per token (llguidance's bits, unpacked)."""
+        if self._fresh:
+            return
+        self.matcher.unsafe_compute_mask_ptr(self._address, self._words.nbytes)
+        if self.matcher.is_error():
+            raise RuntimeError(f"grammar engine: {_first(self.matcher.get_error())[:200]}")
+        bits = np.unpackbits(self._words.astype("<u4").view(np.uint8), bitorder="little")
+        mask = bits[: self.size + 1].view(np.bool_)
+        self._allowed = torch.from_numpy(mask[: self.size])
+        self._can_end = bool(mask[self.size])
+        self._finished = not mask[: self.size].any()
+        self._fresh = True
 
     def allowed(self) -> torch.Tensor:
-        bias = torch.frombuffer(bytearray(self.matcher.compute_logit_bias()), dtype=torch.uint8)
-        return bias[: self.size] > 0
+        self._next()
+        return self._allowed
 
     def advance(self, token: int) -> None:
         if not self.matcher.consume_token(token):
             raise RuntimeError(f"grammar refused token {token}: {self.matcher.get_error()}")
+        self._fresh = False
+
+    @property
+    def can_end(self) -> bool:
+        self._next()
+        return self._can_end
 
     @property
     def finished(self) -> bool:
-        return self.matcher.is_accepting() or self.matcher.is_stopped()
+        self._next()
+        return self._finished
 
 
 def json_constraint(format: Any, vocabulary: list[bytes]) -> JsonConstraint:
@@ -107,4 +142,11 @@ def json_constraint(format: Any, vocabulary: list[bytes]) -> JsonConstraint:
 
 
 def _first(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else "the grammar engine refused it"
+    """The engine's message on one line: its first, and its last when the first announces
+    more (``regex parse error:`` then the pattern and a caret line, then the reason)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "the grammar engine refused it"
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[-1].removeprefix('error: ')}"
+    return lines[0]
