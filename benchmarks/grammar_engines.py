@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from h2q_tui.config import resolve
+from h2q_tui.data.tokenizer import byte_level_table
 from h2q_tui.generation import grammar
 from h2q_tui.generation.constraint import constrained_logits
 from h2q_tui.generation.generate import Generation, use_decoding_threads
@@ -182,14 +183,6 @@ class Xgrammar:
 
 
 ENGINES = (Llguidance, Shipped, OutlinesCore, Xgrammar)
-
-
-def byte_level_table() -> dict[str, int]:
-    """The byte-level BPE alphabet: each printable byte stands for itself, the other bytes
-    for the characters from U+0100 on, in byte order (how the tokenizer spells bytes)."""
-    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    others = [byte for byte in range(256) if byte not in printable]
-    return {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
 
 
 def bpe_vocabulary(size: int) -> list[bytes]:

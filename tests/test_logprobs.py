@@ -26,6 +26,8 @@ SETTINGS = {  # none of these may change the recorded distribution
         "repetition_penalty": 3.0,
         "frequency_penalty": 2.0,
         "presence_penalty": -2.0,
+        "min_p": 0.3,
+        "penalty_window": 2,
     },
 }
 

@@ -91,6 +91,7 @@ def test_format_json_gives_an_object_streamed_or_not(client) -> None:
 
 def test_a_schema_the_grammar_engine_cannot_do_is_400_in_one_line(served) -> None:
     url = served[1]
+    post(url, GEN, {"model": "tiny", "keep_alive": 0})  # unloaded: a refusal must not load it
     for schema, words in (
         ({"not": {"type": "string"}}, "unsupported JSON schema"),
         ({"type": "integer", "minimum": 5, "maximum": 1}, "minimum (5) is greater than maximum"),
@@ -99,6 +100,7 @@ def test_a_schema_the_grammar_engine_cannot_do_is_400_in_one_line(served) -> Non
         response = post(url, "/api/chat", {**body, "messages": [{"role": "user", "content": "J"}]})
         assert response.status_code == 400 and words in response.json()["error"]
         assert "\n" not in response.json()["error"]
+        assert httpx.get(f"{url}/api/ps").json()["models"] == []  # refused before the load
     assert post(url, GEN, {"model": "tiny", "prompt": "J", "stream": False}).status_code == 200
 
 

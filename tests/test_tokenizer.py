@@ -102,3 +102,15 @@ def test_bad_tokenizer_is_one_line_exit_2(tmp_path, text_file, tokenizer_file, c
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_each_id_of_a_byte_level_bpe_maps_to_its_exact_bytes(tokenizer_file):
+    from h2q_tui.data.tokenizer import BpeTokenizer
+    from h2q_tui.generation.text import Codec
+
+    tokenizer = BpeTokenizer(tokenizer_file)
+    vocabulary = Codec(tokenizer).vocabulary(tokenizer.vocab_size)
+    assert len(set(vocabulary)) == len(vocabulary)  # no two ids collapse into U+FFFD
+    sample = 'héllo → {"naïve": [1, 2]}'
+    ids = tokenizer.encode(sample.encode()).tolist()
+    assert b"".join(vocabulary[i] for i in ids) == sample.encode()

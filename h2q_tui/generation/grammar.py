@@ -61,14 +61,28 @@ def _tokenizer(vocabulary: list[bytes]) -> llguidance.LLTokenizer:
 
 
 def check_schema(schema: Any) -> dict[str, Any]:
-    """The schema when it is one (a JSON object valid under its meta-schema); ValueError."""
+    """The schema when it is one (a JSON object valid under its meta-schema) and the engine
+    can constrain to it (checked without a vocabulary: before any model loads); ValueError."""
     if not isinstance(schema, dict):
         raise ValueError('format must be "json" or a JSON schema (an object)')
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ValueError(f"invalid JSON schema: {exc.message}") from None
+    problem = llguidance.LLMatcher.validate_grammar(_grammar(schema))
+    if problem:
+        raise ValueError(f"unsupported JSON schema: {_first(problem)}")
     return schema
+
+
+def _grammar(schema: dict[str, Any]) -> str:
+    """The engine's grammar of a schema (compact JSON: no whitespace between tokens)."""
+    try:
+        return llguidance.LLMatcher.grammar_from_json_schema(
+            json.dumps(schema), defaults={"whitespace_flexible": False}
+        )
+    except ValueError as exc:
+        raise ValueError(f"invalid JSON schema: {_first(str(exc))}") from None
 
 
 class JsonConstraint:
@@ -77,13 +91,7 @@ class JsonConstraint:
     def __init__(self, schema: dict[str, Any], vocabulary: list[bytes]) -> None:
         self.size = len(vocabulary)
         tokenizer = _tokenizer(vocabulary)
-        try:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(
-                json.dumps(schema), defaults={"whitespace_flexible": False}
-            )
-        except ValueError as exc:
-            raise ValueError(f"invalid JSON schema: {_first(str(exc))}") from None
-        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        self.matcher = llguidance.LLMatcher(tokenizer, _grammar(schema), log_level=0)
         if self.matcher.is_error():
             raise ValueError(f"unsupported JSON schema: {_first(self.matcher.get_error())}")
         self._words = np.zeros((self.size + 1 + 31) // 32, dtype=np.uint32)  # bit mask

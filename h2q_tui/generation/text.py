@@ -24,7 +24,7 @@ class Codec:
 
     def token_bytes(self, token: int) -> bytes:
         """The bytes one token id stands for (a byte model: that byte)."""
-        return bytes([token]) if self.tokenizer is None else bytes(self.tokenizer.decode([token]))
+        return bytes([token]) if self.tokenizer is None else self.tokenizer.token_bytes(token)
 
     def vocabulary(self, size: int) -> list[bytes]:
         """The bytes of every id below ``size`` (what a grammar engine matches tokens by)."""
