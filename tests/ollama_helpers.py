@@ -109,3 +109,14 @@ def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def serving(run: Path) -> Iterator[tuple]:
+    """(Server, base URL) of ``h2q-tui serve RUN`` live on serve's own stack."""
+    from h2q_tui.ollama.models import Registry
+    from h2q_tui.ollama.server import Server
+
+    server = Server(Registry.discover([run]))
+    with LiveServer(server.app) as live:
+        yield server, live.url

@@ -20,7 +20,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ollama_helpers import LiveServer, make_run
+from ollama_helpers import make_run, serving
 from pydantic import BaseModel, ConfigDict
 
 from h2q_tui.checkpoints import load_checkpoint
@@ -41,10 +41,8 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(run):
-    """(Server, base URL) of ``serve RUN`` on serve's own stack."""
-    server = Server(Registry.discover([run]))
-    with LiveServer(server.app) as live:
-        yield server, live.url
+    with serving(run) as pair:
+        yield pair
 
 
 @pytest.fixture

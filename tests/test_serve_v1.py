@@ -14,7 +14,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from ollama_helpers import LiveServer, hooked, make_run, wait_for
+from ollama_helpers import LiveServer, hooked, make_run, serving, wait_for
 
 from h2q_tui.generation.generate import Generation
 from h2q_tui.generation.sampling import SamplingConfig
@@ -33,10 +33,8 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(run):
-    """(Server, base URL) on serve's default stack (the generation thread writes events)."""
-    server = Server(Registry.discover([run]))
-    with LiveServer(server.app) as live:
-        yield server, live.url
+    with serving(run) as pair:
+        yield pair
 
 
 @pytest.fixture
