@@ -91,7 +91,9 @@ def test_a_plain_torch_loop_using_track_is_attached_live(tmp_path):
     assert history.train.step == list(range(1, 21))
     assert history.train.tokens[-1] == 64 * 20
     assert history.train.value[-1] < history.train.value[0] / 10  # it learned
-    assert history.finished["reason"] == track.COMPLETED and history.config["train"]["max_steps"] == 20
+    assert (
+        history.finished["reason"] == track.COMPLETED and history.config["train"]["max_steps"] == 20
+    )
     assert history.started["config"]["script"] == {"lr": 0.1}
     assert lock_is_free(run_dir)
 
@@ -107,7 +109,9 @@ async def test_attach_shows_a_tracked_runs_loss_on_the_icu_pane(tmp_path):
         train = app.query_one("#card-train", Static)
         await wait_until(pilot, lambda: "0.4000" in text_of(train), "the logged loss")
         assert "0.8750" in text_of(app.query_one("#card-heldout", Static))
-        assert "1.000e-03" in text_of(app.query_one("#card-lr", Static)).replace("1e-03", "1.000e-03")
+        assert "1.000e-03" in text_of(app.query_one("#card-lr", Static)).replace(
+            "1e-03", "1.000e-03"
+        )
         assert "completed" in text_of(app.query_one("#card-state", Static))
 
 
@@ -169,7 +173,11 @@ def test_the_lock_refuses_a_second_writer_and_an_open_run_ends_with_the_script(t
     for ending in ("exits", "raises"):
         argv = [str(held), str(tmp_path / ending)] + (["raise"] if ending == "raises" else [])
         other = subprocess.run(
-            [sys.executable, "-c", SCRIPT, *argv], env=ENV, capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", SCRIPT, *argv],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert f"in use by another h2q-tui process (PID {os.getpid()})" in other.stdout
     run.finish()

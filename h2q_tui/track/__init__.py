@@ -30,7 +30,6 @@ from h2q_tui.errors import UserError
 from h2q_tui.track import names
 from h2q_tui.training import events
 from h2q_tui.training.records import record_problem
-from h2q_tui.training.run_files import ensure_writable
 from h2q_tui.training.writers import JsonlWriter
 
 COMPLETED = "completed"  # finish()'s reason when the script does not name one
@@ -75,8 +74,10 @@ class Run:
     """One run being logged: ``log`` a step's scalars, then ``finish`` (or use ``with``)."""
 
     def __init__(self, run_dir: Path, config: dict, name: str | None, max_steps: int | None):
-        # the checkpoints package loads torch: only a run that starts needs its lock
+        # they load torch (the checkpoints package): only a run that starts needs them, and
+        # attach --help imports this package for its TensorBoard reader
         from h2q_tui.checkpoints import run_lock
+        from h2q_tui.training.run_files import ensure_writable
 
         self._lock = run_lock
         if run_lock.holds(run_dir):
@@ -135,10 +136,10 @@ class Run:
             isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0
         ):
             raise ValueError(f"tokens={tokens!r}: a token count is a whole number >= 0")
-        values = {key: names.number(key, value) for key, value in scalars.items()}
+        values: dict[str, float] = {k: names.number(k, v) for k, v in scalars.items()}
         step_fields, eval_fields = names.fields(values)
-        where = {"step": step, "tokens": self.tokens if tokens is None else tokens}
-        where["time"] = self.elapsed_s
+        tokens = self.tokens if tokens is None else tokens
+        where: dict[str, Any] = {"step": step, "tokens": tokens, "time": self.elapsed_s}
         records = []
         if step_fields or not eval_fields:
             records.append({"event": "step", **where, "train_loss_nats": None, **step_fields})
@@ -148,7 +149,7 @@ class Run:
             problem = record_problem(_clean(record))
             if problem is not None:
                 raise ValueError(f"not logged: {problem}")
-        self.step, self.tokens = step, where["tokens"]
+        self.step, self.tokens = step, tokens
         for record in records:
             self._write(record)
 
@@ -206,7 +207,9 @@ class Run:
 
 def _clean(record: dict[str, Any]) -> dict[str, Any]:
     """As the writer writes it: NaN and Inf as null."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
+    }
 
 
 def _jsonable(config: dict) -> Any:

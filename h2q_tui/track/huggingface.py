@@ -35,7 +35,7 @@ class H2QCallback:
     def on_log(self, args: Any, state: Any, control: Any, logs=None, **kwargs: Any) -> None:
         if self.run is None or not logs or SUMMARY_KEY in logs:
             return
-        numbers = {
+        numbers: dict[str, Any] = {
             k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
         self.run.log(step=max(state.global_step, self.run.step), **numbers)

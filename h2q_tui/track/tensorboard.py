@@ -66,7 +66,9 @@ class TensorBoardTailer:
             by_step[step][tag] = value
             wall[step] = max(wall.get(step, wall_time), wall_time)
         for step in sorted(by_step):
-            records.extend(self._records(step, wall[step] - (self._first_wall or 0.0), by_step[step]))
+            records.extend(
+                self._records(step, wall[step] - (self._first_wall or 0.0), by_step[step])
+            )
         return records
 
     def _started_record(self) -> dict[str, Any]:
