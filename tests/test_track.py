@@ -264,6 +264,13 @@ def test_tensorboard_event_files_are_read_back_as_records(tmp_path):
     tailer._scanned = -math.inf  # look for new files at once
     write_tensorboard(tmp_path, range(4, 6))  # a second writer, a second file
     assert [r["step"] for r in tailer.read_new() if r["event"] == "step"] == [4, 5]
+    writer = pytest.importorskip("torch.utils.tensorboard").SummaryWriter(str(tmp_path / "live"))
+    tailer._scanned = -math.inf
+    for step in (6, 7):  # a writer still open: each flush is read as it lands
+        writer.add_scalar("loss", 0.5, step)
+        writer.flush()
+        assert [r["step"] for r in tailer.read_new()] == [step]
+    writer.close()
     assert tailer.read_error is None
 
 
