@@ -205,7 +205,7 @@ def test_an_error_or_ctrl_c_ends_the_run_as_the_trainer_names_it(tmp_path):
 
 def test_names_map_to_the_fields_the_dashboard_charts():
     assert names.field_of("loss") == names.field_of("Loss/train") == ("step", "train_loss_nats")
-    for held_out in ("eval_loss", "val/loss", "Loss/val", "test_loss"):
+    for held_out in ("eval_loss", "val/loss", "Loss/val", "test_loss", "Loss_val/Loss"):
         assert names.field_of(held_out) == ("eval", "val_loss_nats")
     assert names.field_of("train/learning_rate") == ("step", "lr")
     assert names.field_of("accuracy") == ("step", "accuracy")

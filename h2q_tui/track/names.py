@@ -64,7 +64,8 @@ def field_of(name: str) -> tuple[str, str]:
     """
     words = [w for w in re.split(r"[/_\-. ]+", name.lower()) if w]
     evaluation = any(w in EVAL_WORDS for w in words)
-    base = "_".join(w for w in words if w not in TRAIN_WORDS | EVAL_WORDS)
+    # each word once: add_scalars("Loss", {"val": ...}) writes tag Loss in folder Loss_val
+    base = "_".join(dict.fromkeys(w for w in words if w not in TRAIN_WORDS | EVAL_WORDS))
     if base in LOSS_WORDS:
         return ("eval", "val_loss_nats") if evaluation else ("step", "train_loss_nats")
     if base in STEP_FIELDS and not evaluation:
