@@ -21,6 +21,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("__main__",),
     ("cli",),
     ("app",),
+    ("track",),  # the public logging API and the TensorBoard reader: training's records
     ("ollama", "hotstart", "crystal", "training"),
     ("generation",),
     ("checkpoints",),

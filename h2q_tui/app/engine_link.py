@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from h2q_tui.config import TrainConfig
 from h2q_tui.data.tokenizer import BpeTokenizer
+from h2q_tui.track import tensorboard
 from h2q_tui.training import commands
 from h2q_tui.training.session import PreparedRun
 from h2q_tui.training.tail import CHUNK_BYTES, JsonlTailer
@@ -124,10 +125,7 @@ class AttachedRuns:
     def __init__(self, run_dirs: list[Path]) -> None:
         self.run_dirs = run_dirs
         self.names = unique_names(run_dirs)
-        self.tailers = {
-            name: JsonlTailer(d / METRICS_FILE)
-            for name, d in zip(self.names, run_dirs, strict=True)
-        }
+        self.tailers = {name: _tailer(d) for name, d in zip(self.names, run_dirs, strict=True)}
 
     def read_new(self, max_bytes: int = CHUNK_BYTES) -> dict[str, list[dict[str, Any]]]:
         """New records of every run, from at most ``max_bytes`` of each log; bad lines are
@@ -138,6 +136,13 @@ class AttachedRuns:
     def behind(self) -> bool:
         """Some log has more to read than the last read_new took."""
         return any(tailer.behind for tailer in self.tailers.values())
+
+
+def _tailer(run_dir: Path) -> JsonlTailer | tensorboard.TensorBoardTailer:
+    """A run dir's metrics.jsonl, or a TensorBoard logdir's event files read as its records."""
+    if tensorboard.is_logdir(run_dir):
+        return tensorboard.TensorBoardTailer(run_dir)
+    return JsonlTailer(run_dir / METRICS_FILE)
 
 
 def unique_names(run_dirs: list[Path]) -> list[str]:

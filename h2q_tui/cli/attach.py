@@ -6,6 +6,7 @@ from pathlib import Path
 
 from h2q_tui.cli.parser import Parser
 from h2q_tui.errors import UserError
+from h2q_tui.track import tensorboard
 from h2q_tui.training.tail import not_regular
 from h2q_tui.training.writers import METRICS_FILE
 
@@ -14,11 +15,21 @@ def main(argv: list[str]) -> int:
     parser = Parser(
         prog="h2q-tui attach", description="The dashboard on runs other processes are writing."
     )
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="run dirs holding metrics.jsonl")
+    parser.add_argument(
+        "run_dirs",
+        nargs="+",
+        type=Path,
+        help="run dirs holding metrics.jsonl, or TensorBoard logdirs (events.out.tfevents.*)",
+    )
     args = parser.parse_args(argv)
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
             raise UserError(f"run dir not found: {run_dir}")
+        if tensorboard.is_logdir(run_dir):
+            missing = tensorboard.missing_extra(run_dir)
+            if missing:
+                raise UserError(missing)
+            continue
         problem = not_regular(run_dir / METRICS_FILE)  # a FIFO or a device: never read
         if problem:
             raise UserError(f"{problem}: attach reads only a regular file")
