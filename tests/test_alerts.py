@@ -32,7 +32,7 @@ RECORDER = (
 
 class Receiver(ThreadingHTTPServer):
     """A webhook on a free local port that keeps each JSON body it is sent; ``mode`` "ok"
-    answers 200, "500" answers 500, "hang" answers only once ``release`` is set."""
+    answers 200, "500" and "302" (a redirect) answer so, "hang" only once ``release`` is set."""
 
     daemon_threads = True
 
@@ -51,7 +51,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.bodies.append(json.loads(body))
         if self.server.mode == "hang":
             self.server.release.wait(30)
-        self.send_response(500 if self.server.mode == "500" else 200)
+        self.send_response({"500": 500, "302": 302}.get(self.server.mode, 200))
+        self.send_header("Location", self.path)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -179,6 +180,18 @@ def test_a_failing_receiver_neither_slows_nor_stops_training(tmp_path, text_file
     assert "secret-path" not in said  # a webhook's path is its secret: only the host is named
 
 
+def test_a_redirect_is_reported_not_followed_as_a_get(tmp_path, receiver):
+    hook = receiver("302")
+    log: list[events.Event] = []
+    alerts = Alerts(AlertTargets(webhook=hook.url), tmp_path, log.append)
+    alerts(alarm("divergence"))
+    finish(alerts)
+    assert len(hook.bodies) == 1
+    assert notices(log) == [
+        "alert webhook 127.0.0.1 answered HTTP 302 (a redirect: give the URL it points to)"
+    ]
+
+
 def test_a_hanging_command_is_killed_with_its_children(tmp_path):
     folder = shlex.quote(str(tmp_path))
     script = f"sleep 60 & echo $! > {folder}/child.pid; cat > {folder}/stdin.json; sleep 60"
@@ -189,10 +202,16 @@ def test_a_hanging_command_is_killed_with_its_children(tmp_path):
         log.append,
         command_timeout_s=0.5,
     )
-    alerts(alarm("memory"))
+    alerts(events.MemoryAlarmRaised(3, "memory", "RSS at 91 %", "RAM", 91, 100))
     finish(alerts)
     assert notices(log) == ["alert command sh killed after 0.5 s"]
-    assert json.loads((tmp_path / "stdin.json").read_text())["kind"] == "memory"
+    sent = json.loads((tmp_path / "stdin.json").read_text())
+    assert (sent["kind"], sent["resource"], sent["used_bytes"], sent["budget_bytes"]) == (
+        "memory",
+        "RAM",
+        91,
+        100,
+    )
     child = int((tmp_path / "child.pid").read_text())
     assert wait_gone(child), f"the command's child {child} outlived it"
 

@@ -207,6 +207,12 @@ def post_json(url: str, body: bytes, timeout_s: float) -> str | None:
     import urllib.error
     import urllib.request
 
+    class Refuse(urllib.request.HTTPRedirectHandler):
+        """A redirect would turn the POST into a GET without its body: say so instead."""
+
+        def redirect_request(self, *args, **kwargs) -> None:
+            return None
+
     host = urlsplit(url).hostname
     request = urllib.request.Request(
         url,
@@ -215,10 +221,11 @@ def post_json(url: str, body: bytes, timeout_s: float) -> str | None:
         headers={"Content-Type": "application/json", "User-Agent": "h2q-tui alerts"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with urllib.request.build_opener(Refuse).open(request, timeout=timeout_s) as response:
             response.read(65536)
     except urllib.error.HTTPError as exc:
-        return f"alert webhook {host} answered HTTP {exc.code}"
+        moved = " (a redirect: give the URL it points to)" if 300 <= exc.code < 400 else ""
+        return f"alert webhook {host} answered HTTP {exc.code}{moved}"
     except urllib.error.URLError as exc:
         return f"alert webhook {host} failed: {exc.reason}"
     except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, bad answers
