@@ -192,12 +192,13 @@ def test_a_redirect_is_reported_not_followed_as_a_get(tmp_path, receiver):
     ]
 
 
-def test_a_hanging_command_is_killed_with_its_children(tmp_path):
+def test_a_hanging_command_is_killed_with_its_children(tmp_path, receiver):
+    hook = receiver()
     folder = shlex.quote(str(tmp_path))
     script = f"sleep 60 & echo $! > {folder}/child.pid; cat > {folder}/stdin.json; sleep 60"
     log: list[events.Event] = []
     alerts = Alerts(
-        AlertTargets(command=("sh", "-c", script)),
+        AlertTargets(command=("sh", "-c", script), webhook=hook.url),
         tmp_path,
         log.append,
         command_timeout_s=0.5,
@@ -212,6 +213,7 @@ def test_a_hanging_command_is_killed_with_its_children(tmp_path):
         91,
         100,
     )
+    assert [b["kind"] for b in hook.bodies] == ["memory"]  # the webhook did not wait for it
     child = int((tmp_path / "child.pid").read_text())
     assert wait_gone(child), f"the command's child {child} outlived it"
 
@@ -242,3 +244,16 @@ def wait_gone(pid: int) -> bool:
 def test_bad_alert_flags_exit_2_with_one_line(tmp_path, flag, value, words):
     assert_user_error(h2q("--no-ui", f"{flag}={value}", cwd=tmp_path), *words)
     assert not list(tmp_path.iterdir())  # refused before any run dir was made
+
+
+def test_the_dashboard_and_no_ui_take_the_flags_into_the_run_request():
+    from h2q_tui.cli.parser import main_parser
+
+    for mode in ([], ["--no-ui"]):
+        args = main_parser("").parse_args(
+            [*mode, "--on-alarm", "sh -c 'cat'", "--alarm-webhook", "https://example.com/h"]
+        )
+        request = RunRequest(**{k: getattr(args, k) for k in RunRequest.__dataclass_fields__})
+        assert AlertTargets.parse(request.on_alarm, request.alarm_webhook) == AlertTargets(
+            ("sh", "-c", "cat"), "https://example.com/h"
+        )

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -29,7 +30,7 @@ from urllib.parse import urlsplit
 from h2q_tui.errors import UserError
 from h2q_tui.training import events
 
-COMMAND_TIMEOUT_S = 10.0  # a command still running then is killed, with its children
+COMMAND_TIMEOUT_S = 8.0  # a command still running then is killed, with its children
 WEBHOOK_TIMEOUT_S = 5.0  # per connect and per read of a webhook POST
 GRACE_S = 10.0  # at the end of a run, pending deliveries get this long, then are abandoned
 PER_KIND_S = 60.0  # at most one alert per alarm kind in this many seconds
@@ -143,41 +144,41 @@ def payload(
     }
 
 
-def run_command(
-    argv: tuple[str, ...],
-    body: bytes,
-    env: dict[str, str],
-    timeout_s: float,
-    started: Callable[[subprocess.Popen | None], None],
-) -> str | None:
-    """Run ``argv`` with ``body`` on stdin; None when it exits 0, else what went wrong.
-
-    It runs in a session of its own so that, past ``timeout_s``, it is killed with every
-    child it started. ``started`` is told the process (then None), for an abandon to kill.
-    """
+def start_command(
+    argv: tuple[str, ...], body: bytes, env: dict[str, str]
+) -> subprocess.Popen | str:
+    """Start ``argv`` with ``body`` on stdin (a temporary file: writing never blocks), in a
+    session of its own so that it can be killed with every child it starts; or what failed."""
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **env},
-            start_new_session=True,
-        )
+        with tempfile.TemporaryFile() as stdin:
+            stdin.write(body)
+            stdin.seek(0)
+            return subprocess.Popen(
+                argv,
+                stdin=stdin,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
     except OSError as exc:
         return f"alert command {argv[0]} could not start: {exc.strerror or exc}"
-    started(proc)
+
+
+def finish_command(
+    proc: subprocess.Popen, name: str, timeout_s: float, left_s: float
+) -> str | None:
+    """Wait ``left_s`` more for a started command; None when it exited 0, else what went
+    wrong. Past its ``timeout_s`` it is killed with its children."""
     try:
-        _, err = proc.communicate(body, timeout=timeout_s)
+        _, err = proc.communicate(timeout=max(0.0, left_s))
     except subprocess.TimeoutExpired:
         kill_group(proc)
-        return f"alert command {argv[0]} killed after {timeout_s:g} s"
-    finally:
-        started(None)
+        return f"alert command {name} killed after {timeout_s:g} s"
     if proc.returncode == 0:
         return None
     last = err.decode(errors="replace").strip().splitlines()[-1:]
-    return f"alert command {argv[0]} exited {proc.returncode}" + (
+    return f"alert command {name} exited {proc.returncode}" + (
         f": {last[0][:NOTE_CHARS]}" if last else ""
     )
 
@@ -319,8 +320,10 @@ class Alerts:
                 self._idle.notify_all()
 
     def _deliver(self, sent: dict[str, Any]) -> list[str]:
+        """The command runs while the webhook is posted: neither waits for the other."""
         body = json.dumps(sent).encode()
-        failures: list[str] = []
+        started, proc = time.monotonic(), None
+        failures: list[str | None] = []
         if self.targets.command:
             env = {
                 "H2Q_ALARM_KIND": sent["kind"],
@@ -328,15 +331,20 @@ class Alerts:
                 "H2Q_RUN_DIR": sent["run_dir"],
                 "H2Q_STEP": str(sent["step"]),
             }
-            failures.append(
-                run_command(self.targets.command, body, env, self.command_timeout_s, self._started)
-            )
+            proc = start_command(self.targets.command, body, env)
+            if isinstance(proc, str):
+                failures.append(proc)
+                proc = None
+            self._proc = proc
         if self.targets.webhook:
             failures.append(post_json(self.targets.webhook, body, self.webhook_timeout_s))
+        if proc is not None:
+            left = self.command_timeout_s - (time.monotonic() - started)
+            failures.append(
+                finish_command(proc, self.targets.command[0], self.command_timeout_s, left)
+            )
+            self._proc = None
         return [f for f in failures if f]
-
-    def _started(self, proc: subprocess.Popen | None) -> None:
-        self._proc = proc
 
     def close(self) -> None:
         """Wait up to ``grace_s`` for pending deliveries, then abandon the rest (once)."""
