@@ -37,6 +37,7 @@ PER_KIND_S = 60.0  # at most one alert per alarm kind in this many seconds
 HOURLY_CAP = 20  # and at most this many alerts an hour in all
 QUEUE_SIZE = 8  # alerts waiting for the delivery thread; a further one is dropped and counted
 NOTE_CHARS = 200  # the most of a command's stderr quoted in a failure notice
+HOST = socket.gethostname()  # named in each alert: which machine's run raised it
 
 
 def parse_command(text: str) -> tuple[str, ...]:
@@ -107,9 +108,8 @@ class RateLimit:
         while self._sent and now - self._sent[0] >= 3600.0:
             self._sent.popleft()
         last = self._last.get(kind)
-        if (last is not None and now - last < self.per_kind_s) or len(
-            self._sent
-        ) >= self.hourly_cap:
+        too_soon = last is not None and now - last < self.per_kind_s
+        if too_soon or len(self._sent) >= self.hourly_cap:
             self.suppressed[kind] += 1
             return False
         self._last[kind] = now
@@ -121,7 +121,8 @@ def payload(
     event: events.AlarmRaised, run_dir: Path, suppressed: dict[str, int], dropped: int
 ) -> dict[str, Any]:
     """The JSON an alert carries: a ``text`` line (Slack; ``content`` for Discord), then the
-    alarm record's fields, the run, the host and what the rate limit or queue held back."""
+    alarm record's fields, the run (``run_dir`` as given: absolute), the host and what the
+    rate limit or queue held back."""
     record = event.to_record()
     text = (
         f"h2q-tui alarm ({event.kind}) in run {run_dir.name} at step {event.step}: {event.message}"
@@ -136,8 +137,8 @@ def payload(
         "text": text,
         "content": text,
         **record,
-        "run_dir": str(run_dir.resolve()),
-        "host": socket.gethostname(),
+        "run_dir": str(run_dir),
+        "host": HOST,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "suppressed": dict(suppressed),
         "dropped": dropped,
@@ -257,7 +258,7 @@ class Alerts:
         hourly_cap: int = HOURLY_CAP,
         queue_size: int = QUEUE_SIZE,
     ) -> None:
-        self.targets, self.run_dir, self._emit = targets, Path(run_dir), emit
+        self.targets, self.run_dir, self._emit = targets, Path(run_dir).resolve(), emit
         self.command_timeout_s, self.webhook_timeout_s = command_timeout_s, webhook_timeout_s
         self.grace_s = grace_s
         self.limit = RateLimit(clock, per_kind_s, hourly_cap)
