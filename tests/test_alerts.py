@@ -19,8 +19,9 @@ from run_cli import h2q
 from test_bad_input import assert_user_error
 from test_trainer import make_trainer
 
+from h2q_tui.system.alerting import AlertTargets
 from h2q_tui.training import events
-from h2q_tui.training.alerts import Alerts, AlertTargets
+from h2q_tui.training.alerts import Alerts
 from h2q_tui.training.session import RunRequest, prepare_run
 
 # a command that writes its stdin and its H2Q_* variables to files in its working folder

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import h2q_tui
 from h2q_tui.errors import UserError
+from h2q_tui.system import alerting
 from h2q_tui.system.budget import EXAMPLES, SIZE_HELP, parse_size
-from h2q_tui.training import alerts
 
 EXIT_OK = 0
 
@@ -165,18 +165,18 @@ def add_alert_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--on-alarm",
         metavar="CMD",
-        type=alerts.command_argument,
+        type=alerting.command_argument,
         help="run CMD on each alarm (NaN/Inf, divergence, memory budget): split like a shell "
         "line but run without one, the alarm's JSON on stdin and H2Q_ALARM_KIND, "
         "H2Q_ALARM_MESSAGE, H2Q_RUN_DIR, H2Q_STEP set; killed after "
-        f"{alerts.COMMAND_TIMEOUT_S:g} s",
+        f"{alerting.COMMAND_TIMEOUT_S:g} s",
     )
     parser.add_argument(
         "--alarm-webhook",
         metavar="URL",
-        type=alerts.webhook_argument,
+        type=alerting.webhook_argument,
         help="POST each alarm as JSON to an http(s) URL (a Slack or Discord incoming webhook "
-        f"takes its text line); at most one per kind a minute and {alerts.HOURLY_CAP} an hour; "
+        f"takes its text line); at most one per kind a minute and {alerting.HOURLY_CAP} an hour; "
         "never blocks training, failures are noted in metrics.jsonl",
     )
 

@@ -25,7 +25,8 @@ from h2q_tui.data.tokenizer import BpeTokenizer
 from h2q_tui.errors import UserError
 from h2q_tui.models import memory
 from h2q_tui.system import hardware
-from h2q_tui.training.alerts import Alerts, AlertTargets
+from h2q_tui.system.alerting import AlertTargets
+from h2q_tui.training.alerts import Alerts
 from h2q_tui.training.distributed import SINGLE, World
 from h2q_tui.training.run_files import (
     ensure_writable,
