@@ -19,6 +19,7 @@ from run_cli import h2q
 from test_bad_input import assert_user_error
 from test_trainer import make_trainer
 
+from h2q_tui.errors import UserError
 from h2q_tui.system.alerting import AlertTargets
 from h2q_tui.training import events
 from h2q_tui.training.alerts import Alerts
@@ -193,6 +194,17 @@ def test_a_redirect_is_reported_not_followed_as_a_get(tmp_path, receiver):
     ]
 
 
+def test_a_log_that_cannot_take_a_note_is_heard_by_the_trainer(tmp_path):
+    def emit(event: events.Event) -> None:  # the disk fills as the note is written
+        if isinstance(event, events.NoticeGiven):
+            raise UserError("disk full while writing metrics.jsonl")
+
+    alerts = Alerts(AlertTargets(command=("false",)), tmp_path, emit)
+    alerts(alarm("nan"))
+    with pytest.raises(UserError, match="disk full"):
+        finish(alerts)  # the note of the failed command could not be written
+
+
 def test_a_hanging_command_is_killed_with_its_children(tmp_path, receiver):
     hook = receiver()
     folder = shlex.quote(str(tmp_path))
@@ -237,6 +249,7 @@ def wait_gone(pid: int) -> bool:
     [
         ("--alarm-webhook", "ftp://example.com/x", ["--alarm-webhook", "http://", "https://"]),
         ("--alarm-webhook", "example.com/hook", ["--alarm-webhook", "http://"]),
+        ("--alarm-webhook", "http://[::1/hook", ["--alarm-webhook", "http://"]),
         ("--on-alarm", "", ["--on-alarm", "empty"]),
         ("--on-alarm", "no-such-program-h2q --now", ["no-such-program-h2q", "PATH"]),
         ("--on-alarm", "notify 'unclosed", ["--on-alarm", "quotation"]),

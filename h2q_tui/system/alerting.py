@@ -43,8 +43,12 @@ def parse_command(text: str) -> tuple[str, ...]:
 def parse_webhook(text: str) -> str:
     """``--alarm-webhook URL``: an http:// or https:// URL with a host."""
     url = text.strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed [IPv6] bracket
+        host = None
+    if host is None or parts.scheme not in ("http", "https"):
         raise UserError(
             f"--alarm-webhook needs an http:// or https:// URL with a host, got {text!r}"
         )
@@ -144,7 +148,10 @@ def finish_command(
 
 
 def signal_group(proc: subprocess.Popen) -> None:
-    """SIGKILL to a process started in a session of its own and to everything in its group."""
+    """SIGKILL to a process started in a session of its own and to everything in its group
+    (unless it was reaped already: its number may then belong to another process)."""
+    if proc.returncode is not None:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
 

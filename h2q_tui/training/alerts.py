@@ -100,6 +100,7 @@ class Alerts:
         self._lock = threading.Lock()  # one emit at a time: the trainer's and the notes'
         self._step = 0
         self._closed = False
+        self._failed: Exception | None = None  # what emitting a note raised, for the trainer
         self._proc: subprocess.Popen | None = None
         threading.Thread(target=self._deliver_all, name="h2q-alerts", daemon=True).start()
 
@@ -107,6 +108,9 @@ class Alerts:
         if isinstance(event, (events.RunFinished, events.RunFailed)):
             self.close()  # before the last record, so that its notes come first
         with self._lock:
+            failed, self._failed = self._failed, None
+            if failed is not None:  # a note's write failed (disk full): the trainer hears of it
+                raise failed
             self._emit(event)
         self._step = getattr(event, "step", self._step)
         if isinstance(event, events.AlarmRaised) and not self._closed:
@@ -130,11 +134,15 @@ class Alerts:
             self._note(f"alert dropped: {dropped} waiting alert(s) filled the delivery queue")
 
     def _note(self, message: str) -> None:
-        """A failure becomes a notice in the log (and on screen); never raises."""
+        """A failure becomes a notice in the log (and on screen). Never raises: an error of
+        the log itself is kept for the trainer's next event to raise."""
         if self._closed:
             return
-        with self._lock, contextlib.suppress(Exception):  # a full disk must not end delivery
-            self._emit(events.NoticeGiven(self._step, message))
+        with self._lock:
+            try:
+                self._emit(events.NoticeGiven(self._step, message))
+            except Exception as exc:  # e.g. the disk is full: the trainer must still hear it
+                self._failed = exc
 
     def _deliver_all(self) -> None:
         while True:
