@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import h2q_tui
 from h2q_tui.errors import UserError
+from h2q_tui.system import alerting
 from h2q_tui.system.budget import EXAMPLES, SIZE_HELP, parse_size
 
 EXIT_OK = 0
@@ -154,7 +155,30 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--tokenizer", help="a local BPE tokenizer.json (tokenizers library); default: bytes"
     )
     add_budget_flags(parser)
+    add_alert_flags(parser)
     add_device_flag(parser)
+
+
+def add_alert_flags(parser: argparse.ArgumentParser) -> None:
+    """``--on-alarm CMD`` and ``--alarm-webhook URL``: alarms (NaN/Inf, divergence, memory)
+    reach a person; only rank 0 of a torchrun job sends them."""
+    parser.add_argument(
+        "--on-alarm",
+        metavar="CMD",
+        type=alerting.command_argument,
+        help="run CMD on each alarm (NaN/Inf, divergence, memory budget): split like a shell "
+        "line but run without one, the alarm's JSON on stdin and H2Q_ALARM_KIND, "
+        "H2Q_ALARM_MESSAGE, H2Q_RUN_DIR, H2Q_STEP set; killed after "
+        f"{alerting.COMMAND_TIMEOUT_S:g} s",
+    )
+    parser.add_argument(
+        "--alarm-webhook",
+        metavar="URL",
+        type=alerting.webhook_argument,
+        help="POST each alarm as JSON to an http(s) URL (a Slack or Discord incoming webhook "
+        f"takes its text line); at most one per kind a minute and {alerting.HOURLY_CAP} an hour; "
+        "never blocks training, failures are noted in metrics.jsonl",
+    )
 
 
 def add_device_flag(parser: argparse.ArgumentParser) -> None:

@@ -25,6 +25,8 @@ from h2q_tui.data.tokenizer import BpeTokenizer
 from h2q_tui.errors import UserError
 from h2q_tui.models import memory
 from h2q_tui.system import hardware
+from h2q_tui.system.alerting import AlertTargets
+from h2q_tui.training.alerts import Alerts
 from h2q_tui.training.distributed import SINGLE, World
 from h2q_tui.training.run_files import (
     ensure_writable,
@@ -56,6 +58,8 @@ class RunRequest:
     device: str = "auto"
     memory_budget: str | None = None  # --memory-budget: train.memory_budget
     vram_budget: str | None = None  # --vram-budget: train.vram_budget
+    on_alarm: str | None = None  # --on-alarm: a command run on each alarm
+    alarm_webhook: str | None = None  # --alarm-webhook: a URL each alarm is posted to
 
 
 @dataclass
@@ -70,6 +74,7 @@ class PreparedRun:
     tokenizer: BpeTokenizer | None = None
     device: str = "auto"
     warnings: list[str] = field(default_factory=list)  # one line each, for stderr or the log
+    alerts: AlertTargets | None = None  # where alarms go (rank 0 only; never saved: secrets)
 
     def trainer(
         self,
@@ -85,7 +90,10 @@ class PreparedRun:
         sends ``commands`` (its keys) and pauses on a NaN or above the memory budget
         (``pause_on_nan``) because a person is there to resume; only the headless runner
         trains as one rank of a torchrun job (``world``).
+        Alarms also go to ``alerts``, when set, through an :class:`Alerts` in front of ``emit``.
         """
+        if self.alerts is not None:
+            emit = Alerts(self.alerts, self.run_dir, emit)
         return Trainer(
             self.config,
             self.corpus,
@@ -177,8 +185,11 @@ def prepare_run(
     """
     held_before = run_lock.held()
     created: list[Path] = []  # folders this request made, outermost first
+    targets = AlertTargets.parse(request.on_alarm, request.alarm_webhook) if writes else None
     try:
-        return _prepare(request, progress, writes, created)
+        prepared = _prepare(request, progress, writes, created)
+        prepared.alerts = targets
+        return prepared
     except BaseException:
         for run_dir in run_lock.held() - held_before:
             run_lock.release(run_dir, remove=True)
