@@ -66,7 +66,7 @@ def _prepare_on_every_rank(request, world):
 
 def _train_headless(args: argparse.Namespace, world) -> int:
     # lazy: torch and the writers' config load when a run starts, not for --help
-    from h2q_tui.system.monitor import SystemMonitor
+    from h2q_tui.system.monitor import DEFAULT_INTERVAL_S, SystemMonitor
     from h2q_tui.training.session import RunRequest
     from h2q_tui.training.system_log import SystemLog
     from h2q_tui.training.writers import ConsolePrinter, JsonlWriter
@@ -91,7 +91,8 @@ def _train_headless(args: argparse.Namespace, world) -> int:
 
     # rank 0 samples the machine on the monitor's own thread; its readings go in the log
     interval_s = prepared.config.log.system_interval_s
-    monitor = SystemMonitor() if writer is not None and interval_s > 0 else None
+    sample_s = min(DEFAULT_INTERVAL_S, interval_s)  # a fresh snapshot for every event
+    monitor = SystemMonitor(interval_s=sample_s) if writer is not None and interval_s > 0 else None
     latest = (lambda: monitor.latest) if monitor is not None else (lambda: None)
     trainer = prepared.trainer(SystemLog(emit, latest, interval_s), world=world)
     if monitor is not None:

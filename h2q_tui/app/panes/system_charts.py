@@ -124,13 +124,15 @@ def charts_text(history: SystemHistory, width: int, height: int, source: str) ->
     across = 2 if width >= 60 else 1
     cell = max(10, (width - GUTTER * (across - 1)) // across)
     grid_rows = math.ceil(len(shown) / across)
-    tall = max(1, (height - 1) // grid_rows)
+    header = height > grid_rows  # else every row goes to a sparkline
+    tall = max(1, (height - header) // grid_rows)
     text = Text(no_wrap=True, overflow="crop", end="")
-    text.append(f"History · {span_text(history)} · {len(history)} samples · {source}", style="dim")
+    if header:
+        text.append(f"History · {span_text(history)} · {len(history)} samples · {source}", style="dim")
     for start in range(0, len(shown), across):
         panels = [panel(history, i, cell, tall) for i in shown[start : start + across]]
         for line in range(max(len(p) for p in panels)):
-            text.append("\n")
+            text.append("\n" if text else "")
             for n, lines in enumerate(panels):
                 part = lines[line] if line < len(lines) else Text()
                 part.truncate(cell, pad=n < len(panels) - 1)
