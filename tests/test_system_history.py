@@ -4,11 +4,10 @@ rate, their check, attach reading them back) and the System pane's charts."""
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import pytest
-from fake_engine import FakeEngine, scripted_records
+from fake_engine import FakeEngine, scripted_records, system_records
 from pilot_helpers import screen_lines, wait_until
 from run_cli import h2q
 
@@ -42,30 +41,6 @@ def snap(t: float, cpu: float = 50.0, gpus: tuple[GpuReading, ...] = ()) -> Syst
         cuda_reserved_bytes=None,
         gpu_status="test",
     )
-
-
-def system_records(count: int, with_gpu: bool = True) -> list[dict]:
-    """Fixed `system` records, one a step from step 1: the snapshot test's history."""
-    out = []
-    for step in range(1, count + 1):
-        wave = math.sin(step / 4)
-        out.append(
-            events.SystemSampled(
-                step=step,
-                tokens=step * 128,
-                time=round(step * 0.05, 4),
-                host_cpu_percent=round(55 + 35 * wave, 1),
-                process_cpu_percent=round(120 + 60 * wave, 1),
-                process_rss_bytes=(300 + 5 * step) * 1024**2,
-                host_ram_used_bytes=(8 * GIB + step * 64 * 1024**2),
-                host_ram_total_bytes=32 * GIB,
-                gpu_util_percent=round(60 + 30 * math.cos(step / 3), 1) if with_gpu else None,
-                gpu_memory_used_bytes=(4 * GIB + step * 50 * 1024**2) if with_gpu else None,
-                gpu_memory_total_bytes=24 * GIB if with_gpu else None,
-                gpus=1 if with_gpu else 0,
-            ).to_record()
-        )
-    return out
 
 
 # ---------------------------------------------------------------------- the history's bound
@@ -119,7 +94,9 @@ def test_the_monitor_keeps_its_history_on_its_own_thread():
             time.sleep(0.05)
     history = monitor.history()
     assert len(history) >= 3
-    rss = [s.values[[n for n, _, _ in SERIES].index("process_rss_bytes")] for s in history.samples()]
+    rss = [
+        s.values[[n for n, _, _ in SERIES].index("process_rss_bytes")] for s in history.samples()
+    ]
     assert all(r is not None and r > 0 for r in rss)
 
 
@@ -213,7 +190,7 @@ async def test_the_live_pane_charts_this_dashboards_own_readings(tmp_path):
 
 
 # ---------------------------------------------------------------------- a real run, attached
-@pytest.mark.slow  # a 2 s tiny run plus start-up: ~10 s
+@pytest.mark.slow  # a 2 s tiny run plus start-up: 10-15 s
 async def test_a_real_run_logs_system_events_at_its_rate_and_attach_charts_them(
     tmp_path, text_file
 ):

@@ -50,7 +50,11 @@ class SystemLog:
         self.emit(system_event(snap, step.step, step.tokens, step.time))
 
 
-def system_event(snap: SystemSnapshot, step: int, tokens: int, time_s: float) -> events.SystemSampled:
+def system_event(
+    snap: SystemSnapshot, step: int, tokens: int, time_s: float
+) -> events.SystemSampled:
     """A snapshot's readings as the ``system`` record of a step."""
     readings = snapshot_readings(snap)
-    return events.SystemSampled(step=step, tokens=tokens, time=time_s, gpus=len(snap.gpus), **readings)
+    return events.SystemSampled(
+        step=step, tokens=tokens, time=time_s, gpus=len(snap.gpus), **readings
+    )

@@ -31,9 +31,7 @@ class SystemPanel(Static):
         self.update(system_text(snap, history, self.budget, self.live, self.train_threads))
 
 
-def system_history(
-    history: RunHistory, monitor: SystemMonitor | None
-) -> tuple[SystemHistory, str]:
+def system_history(history: RunHistory, monitor: SystemMonitor | None) -> tuple[SystemHistory, str]:
     """What the history charts show, and where it comes from: this dashboard's monitor
     (a live run: every reading), else the run's ``system`` records (its log)."""
     if monitor is not None:

@@ -128,7 +128,9 @@ def charts_text(history: SystemHistory, width: int, height: int, source: str) ->
     tall = max(1, (height - header) // grid_rows)
     text = Text(no_wrap=True, overflow="crop", end="")
     if header:
-        text.append(f"History · {span_text(history)} · {len(history)} samples · {source}", style="dim")
+        text.append(
+            f"History · {span_text(history)} · {len(history)} samples · {source}", style="dim"
+        )
     for start in range(0, len(shown), across):
         panels = [panel(history, i, cell, tall) for i in shown[start : start + across]]
         for line in range(max(len(p) for p in panels)):
