@@ -13,7 +13,7 @@ from h2q_tui.training import events
 
 class SystemLog:
     """An ``emit`` that passes every event on, and after a step record also a SystemSampled
-    when ``interval_s`` seconds have passed since the last one (the first step writes one)
+    when ``interval_s`` seconds have passed since the last one (or none was written yet)
     and the monitor has a snapshot not logged yet.
 
     It runs where the step record is emitted (the training thread) but only reads the
