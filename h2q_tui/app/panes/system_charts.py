@@ -152,9 +152,15 @@ class SystemCharts(Widget):
         self.history: SystemHistory | None = None
         self.source = ""
         self.display = False
+        self._stamp: tuple[int, int, str] | None = None  # what was drawn last
 
     def show(self, history: SystemHistory | None, source: str) -> None:
-        """Chart ``history`` (said to come from ``source``); fewer than two samples: hidden."""
+        """Chart ``history`` (said to come from ``source``); fewer than two samples: hidden.
+        Drawn again only when it changed (a resize redraws by itself)."""
+        stamp = (history.added, len(history), source) if history is not None else None
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
         self.history, self.source = history, source
         self.display = history is not None and len(history) >= 2
         self.refresh()
