@@ -25,6 +25,7 @@ STEP_S = 0.05
 TRAIN_BYTES = 36_000
 LR = 2e-3
 CHECKPOINT_BYTES = 1_234_567
+GIB = 1024**3
 PRECISION_REASON = "this CPU has no fast bf16 (no AMX, no AVX512-BF16)"
 
 
@@ -133,6 +134,30 @@ def scripted_records(
             records.append(events.SampleReady(step, "The quick brown fox thinks").to_record())
     records.append(checkpoint_record(steps))
     return records
+
+
+def system_records(count: int, with_gpu: bool = True) -> list[dict]:
+    """Fixed `system` records, one a step from step 1 (one GPU unless ``with_gpu`` is False)."""
+    out = []
+    for step in range(1, count + 1):
+        wave = math.sin(step / 4)
+        out.append(
+            events.SystemSampled(
+                step=step,
+                tokens=step * 128,
+                time=round(step * 0.05, 4),
+                host_cpu_percent=round(55 + 35 * wave, 1),
+                process_cpu_percent=round(120 + 60 * wave, 1),
+                process_rss_bytes=(300 + 5 * step) * 1024**2,
+                host_ram_used_bytes=(8 * GIB + step * 64 * 1024**2),
+                host_ram_total_bytes=32 * GIB,
+                gpu_util_percent=round(60 + 30 * math.cos(step / 3), 1) if with_gpu else None,
+                gpu_memory_used_bytes=(4 * GIB + step * 50 * 1024**2) if with_gpu else None,
+                gpu_memory_total_bytes=24 * GIB if with_gpu else None,
+                gpus=1 if with_gpu else 0,
+            ).to_record()
+        )
+    return out
 
 
 class FakeEngine:

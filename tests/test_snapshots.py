@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fake_engine import FINAL_STEP, FakeEngine, scripted_records
+from fake_engine import FINAL_STEP, FakeEngine, scripted_records, system_records
 from pilot_helpers import wait_until
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
@@ -17,6 +17,7 @@ from textual.widgets import Input, Select, Static
 from h2q_tui.app.panes.generate import GeneratePane
 from h2q_tui.app.panes.icu import IcuPane
 from h2q_tui.app.panes.system import SystemPanel
+from h2q_tui.app.panes.system_charts import SystemCharts
 from h2q_tui.app.shell import H2QApp, SnapshotTaken, make_app
 from h2q_tui.generation.generate import GenerationStats
 from h2q_tui.system.monitor import GpuReading, SystemSnapshot
@@ -157,6 +158,40 @@ def test_system_pane_at_80x24_with_a_memory_budget(snap_compare, tmp_path):
         await show_system_pane(pilot)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+def attached_with_system_history(tmp_path: Path) -> H2QApp:
+    """An attached run whose log has a `system` record after each of its 40 steps (one GPU)."""
+    run_dir = tmp_path / "run-a"
+    run_dir.mkdir()
+    systems = iter(system_records(FINAL_STEP))
+    lines = []
+    for record in scripted_records("run-a"):
+        lines.append(json.dumps(record))
+        if record["event"] == "step":
+            lines.append(json.dumps(next(systems)))
+    (run_dir / METRICS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return make_app(attach=[run_dir], monitor=False, refresh_s=0.05)
+
+
+async def show_system_history(pilot: Pilot) -> None:
+    app: H2QApp = pilot.app  # type: ignore[assignment]
+    await wait_until(pilot, lambda: len(app.runs.history.system) == FINAL_STEP, "the history")
+    await show_system_pane(pilot)
+    await wait_until(pilot, lambda: app.query_one(SystemCharts).display, "the charts")
+    await settle(pilot)
+
+
+def test_system_pane_history_of_an_attached_run(snap_compare, tmp_path):
+    """Charts of the run's logged readings (CPU, RSS, host RAM, GPU) under the viewer's."""
+    app = attached_with_system_history(tmp_path)
+    assert snap_compare(app, terminal_size=SIZE, run_before=show_system_history)
+
+
+def test_system_pane_history_at_80x24(snap_compare, tmp_path):
+    """A short screen: the readings lose their padding and each history is a sparkline."""
+    app = attached_with_system_history(tmp_path)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=show_system_history)
 
 
 def test_help_screen(snap_compare, tmp_path):

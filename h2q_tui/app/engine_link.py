@@ -13,9 +13,11 @@ from typing import Any, Protocol
 
 from h2q_tui.config import TrainConfig
 from h2q_tui.data.tokenizer import BpeTokenizer
+from h2q_tui.system.monitor import SystemSnapshot
 from h2q_tui.track import tensorboard
 from h2q_tui.training import commands
 from h2q_tui.training.session import PreparedRun
+from h2q_tui.training.system_log import SystemLog
 from h2q_tui.training.tail import CHUNK_BYTES, JsonlTailer
 from h2q_tui.training.writers import METRICS_FILE, JsonlWriter
 
@@ -57,6 +59,8 @@ class LiveEngine:
         self.trainer = None  # set while ``run`` trains
         self.stop_reason: str | None = None
         self.busy = False  # from the start of ``run`` until the trainer has saved and ended
+        # the dashboard's monitor's latest snapshot (the app sets it): logged as `system` events
+        self.latest_readings: Callable[[], SystemSnapshot | None] = lambda: None
 
     def request_stop(self, reason: str) -> None:
         """Stop after the current step and save (safe from a signal handler: no locks); the
@@ -106,11 +110,13 @@ class LiveEngine:
             writer(event)
             on_record(event.to_record())
 
+        interval_s = self.prepared.config.log.system_interval_s
+        log = SystemLog(emit, lambda: self.latest_readings(), interval_s)
         self.busy = True
         try:
             if self.stop_reason is not None:  # stopped before it began: nothing to save
                 return self.stop_reason
-            trainer = self.prepared.trainer(emit, commands=self.commands, pause_on_nan=True)
+            trainer = self.prepared.trainer(log, commands=self.commands, pause_on_nan=True)
             trainer.stop_requested = self.stop_reason
             self.trainer = trainer
             return trainer.run()

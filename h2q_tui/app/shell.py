@@ -21,14 +21,15 @@ from textual.widgets import Header, Static, TabbedContent, TabPane
 
 from h2q_tui.app import formatting as fmt
 from h2q_tui.app import keys
-from h2q_tui.app.engine_link import AttachedRuns, Engine
+from h2q_tui.app.engine_link import AttachedRuns, Engine, LiveEngine
 from h2q_tui.app.fields import FittingFooter
 from h2q_tui.app.messages import GenerationSourceChanged, OpenInGenerate
 from h2q_tui.app.panes.crystal import CrystalPane
 from h2q_tui.app.panes.generate import GeneratePane
 from h2q_tui.app.panes.icu import IcuPane, write_chart_csv
 from h2q_tui.app.panes.ollama import OllamaPane
-from h2q_tui.app.panes.system import SystemPanel
+from h2q_tui.app.panes.system import SystemPanel, system_history
+from h2q_tui.app.panes.system_charts import SystemCharts
 from h2q_tui.app.runs import attached_state
 from h2q_tui.app.screens import ConfigDiffScreen, HelpScreen
 from h2q_tui.app.signals import EXIT_UI_FAILED, Lifeline, quiet_driver
@@ -92,6 +93,7 @@ class H2QApp(TrainingApp):
                 yield IcuPane(self.runs.histories)
             with TabPane("System", id="system"):
                 yield SystemPanel(engine is not None, engine.train_config if engine else None)
+                yield SystemCharts()
             with TabPane("Generate", id="generate"):
                 yield GeneratePane(
                     live_run=live_run,
@@ -131,6 +133,8 @@ class H2QApp(TrainingApp):
             self.monitor = SystemMonitor(
                 on_snapshot=lambda snap: self.post_message(SnapshotTaken(snap))
             ).start()
+            if isinstance(self.engine, LiveEngine):  # its log gets `system` events from these
+                self.engine.latest_readings = lambda: self.monitor.latest if self.monitor else None
         self.redraw(force=True)
         self.call_after_refresh(self.redraw_chart)  # a replayed or attached history: now
         if self.autostart:
@@ -179,7 +183,7 @@ class H2QApp(TrainingApp):
         if self.attached is None:  # attached: the card shows the run's RSS, not this viewer's
             self.query_one(IcuPane).show_process(self.snapshot)
         if self.query_one(TabbedContent).active == "system":
-            self.query_one(SystemPanel).show(self.snapshot, self.runs.history)
+            self.show_system()
 
     # ------------------------------------------------------------------ messages between panes
     def on_open_in_generate(self, message: OpenInGenerate) -> None:
@@ -216,7 +220,7 @@ class H2QApp(TrainingApp):
         self.query_one(IcuPane).show(history, state, self.compact, self.snapshot, live)
         self.draw_status()
         if self.query_one(TabbedContent).active == "system":
-            self.query_one(SystemPanel).show(self.snapshot, history)
+            self.show_system()
 
     def redraw_chart(self, force: bool = False) -> None:
         if not self.is_running:
@@ -240,6 +244,15 @@ class H2QApp(TrainingApp):
         self.redraw()
         self.redraw_chart(force=True)
 
+    def show_system(self) -> None:
+        """The System pane's readings and their history (a live run: this dashboard's
+        monitor; attached: the run's ``system`` records)."""
+        history = self.runs.history
+        self.query_one(SystemPanel).show(self.snapshot, history)
+        charts = self.query_one(SystemCharts)
+        charts.show(*system_history(history, self.monitor if self.attached is None else None))
+        self.query_one(SystemPanel).set_class(charts.display, "-with-history")
+
     # ------------------------------------------------------------------ view control
     def action_pane(self, pane: str) -> None:
         self.query_one(TabbedContent).active = pane
@@ -247,7 +260,7 @@ class H2QApp(TrainingApp):
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.pane.id == "system":  # it is only drawn while visible
-            self.query_one(SystemPanel).show(self.snapshot, self.runs.history)
+            self.show_system()
         if event.pane.id == "icu":  # what came while another pane showed
             self.call_after_refresh(self.query_one(IcuPane).append_log)
         panes: dict[str, Widget] = {

@@ -66,7 +66,9 @@ def _prepare_on_every_rank(request, world):
 
 def _train_headless(args: argparse.Namespace, world) -> int:
     # lazy: torch and the writers' config load when a run starts, not for --help
+    from h2q_tui.system.monitor import DEFAULT_INTERVAL_S, SystemMonitor
     from h2q_tui.training.session import RunRequest
+    from h2q_tui.training.system_log import SystemLog
     from h2q_tui.training.writers import ConsolePrinter, JsonlWriter
 
     request = RunRequest(**{k: getattr(args, k) for k in RunRequest.__dataclass_fields__})
@@ -87,7 +89,14 @@ def _train_headless(args: argparse.Namespace, world) -> int:
         except OSError:  # the terminal is gone (SIGHUP, closed SSH): keep training and saving
             printer.stream = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the run
 
-    trainer = prepared.trainer(emit, world=world)
+    # rank 0 samples the machine on the monitor's own thread; its readings go in the log
+    interval_s = prepared.config.log.system_interval_s
+    sample_s = min(DEFAULT_INTERVAL_S, interval_s)  # a fresh snapshot for every event
+    monitor = SystemMonitor(interval_s=sample_s) if writer is not None and interval_s > 0 else None
+    latest = (lambda: monitor.latest) if monitor is not None else (lambda: None)
+    trainer = prepared.trainer(SystemLog(emit, latest, interval_s), world=world)
+    if monitor is not None:
+        monitor.start()
     if world.is_main:
         print(f"run dir: {prepared.run_dir}", flush=True)
         if world.distributed:
@@ -96,6 +105,8 @@ def _train_headless(args: argparse.Namespace, world) -> int:
         try:
             reason = trainer.run()
         finally:
+            if monitor is not None:
+                monitor.stop()
             if writer is not None:
                 writer.close()
     if reason in BY_REASON:  # 128 + the signal number

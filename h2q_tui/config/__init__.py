@@ -110,6 +110,7 @@ class LogConfig:
     sample_temperature: float = 0.8
     checkpoint_interval: int = 1000  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 3  # newest step_* folders kept (the best held-out one is kept apart)
+    system_interval_s: float = 10.0  # seconds between `system` events in metrics.jsonl (0 = none)
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("log", "sample_temperature"): _positive(),
     ("log", "checkpoint_interval"): _int(0, note="0 = only at the end"),
     ("log", "keep_checkpoints"): _int(1, 2**20, "step_* checkpoints kept"),
+    ("log", "system_interval_s"): _non_negative("seconds between system events; 0 = none"),
 }
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import psutil
 
+from h2q_tui.system.readings_history import SystemHistory
+
 DEFAULT_INTERVAL_S = 1.5
 
 
@@ -192,7 +194,8 @@ SnapshotCallback = Callable[[SystemSnapshot], None]
 
 
 class SystemMonitor:
-    """A daemon thread taking a snapshot every interval_s and handing it to on_snapshot."""
+    """A daemon thread taking a snapshot every interval_s, keeping it in a bounded history
+    (see SystemHistory) and handing it to on_snapshot."""
 
     def __init__(
         self,
@@ -203,6 +206,8 @@ class SystemMonitor:
     ) -> None:
         self.interval_s = interval_s
         self.latest: SystemSnapshot | None = None
+        self._history = SystemHistory()
+        self._history_lock = threading.Lock()  # the sampler adds while the UI copies
         self._on_snapshot = on_snapshot
         self._process = process if process is not None else psutil.Process()
         self._owns_nvml = nvml is None
@@ -246,6 +251,8 @@ class SystemMonitor:
             snapshot = take_snapshot(self._process, self._nvml)
         except Exception:
             return
+        with self._history_lock:
+            self._history.add_snapshot(snapshot)
         self.latest = snapshot
         if self._on_snapshot is None:
             return
@@ -253,6 +260,11 @@ class SystemMonitor:
             self._on_snapshot(snapshot)
         except Exception:
             pass  # a faulty consumer must not kill the sampler
+
+    def history(self) -> SystemHistory:
+        """A copy of the readings so far (the sampler goes on adding to its own)."""
+        with self._history_lock:
+            return self._history.copy()
 
     def __enter__(self) -> SystemMonitor:
         return self.start()

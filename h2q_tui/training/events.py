@@ -82,6 +82,26 @@ class StepCompleted(Event):
 
 
 @dataclass(frozen=True)
+class SystemSampled(Event):
+    """The system monitor's latest readings, logged after a step at most every
+    ``log.system_interval_s`` seconds; step, tokens and time are that step's."""
+
+    name: ClassVar[str] = "system"
+    step: int
+    tokens: int
+    time: float  # the step's training time: the same x axis as the step records
+    host_cpu_percent: float | None = None  # the whole machine, 0-100
+    process_cpu_percent: float | None = None  # the training process (100 = one core)
+    process_rss_bytes: int | None = None
+    host_ram_used_bytes: int | None = None  # total - available
+    host_ram_total_bytes: int | None = None
+    gpu_util_percent: float | None = None  # mean over the GPUs NVML sees
+    gpu_memory_used_bytes: int | None = None  # summed over them
+    gpu_memory_total_bytes: int | None = None
+    gpus: int = 0  # how many GPUs NVML sees
+
+
+@dataclass(frozen=True)
 class EvalCompleted(Event):
     name: ClassVar[str] = "eval"
     step: int

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from h2q_tui.system.readings_history import SystemHistory
 from h2q_tui.training.records import record_problem
 
 LOG_LINES = 200
@@ -97,6 +98,7 @@ class RunHistory:
         self._notice_until = math.inf  # training time at which the notice goes
         self.progress: dict[str, Any] | None = None  # a long task between steps, while it runs
         self.threads_chosen: dict[str, Any] | None = None  # the last ``threads`` record
+        self.system = SystemHistory()  # the run's ``system`` records (CPU, memory, GPU)
         self.records = 0  # records seen, bad ones included
         self.bad_records = 0  # valid JSON that is not a valid record: skipped
         self.last_problem: str | None = None  # why the last bad record was skipped
@@ -162,6 +164,7 @@ class RunHistory:
         start = r.get("start_step") or 0
         for curve in (self.train, self.heldout, self.horizon):
             curve.drop_after(start)  # steps after the checkpoint are trained (and logged) again
+        self.system.drop_after(r.get("time", math.inf))  # and their system records
         for name in ("last_step", "last_heldout", "last_horizon"):
             if (getattr(self, name) or {}).get("step", 0) > start:
                 setattr(self, name, None)
@@ -183,6 +186,9 @@ class RunHistory:
             self._notice_until = r["time"] + NOTICE_SECONDS  # counted from the next step on
         elif r["time"] >= self._notice_until:
             self._end_notice()
+
+    def _on_system(self, r: dict[str, Any]) -> None:
+        self.system.add(r["time"], r)
 
     def _on_notice(self, r: dict[str, Any]) -> None:
         self.notice, self._notice_until = r, math.inf

@@ -137,6 +137,24 @@ RECORD_FIELDS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
         },
         dict.fromkeys(("val_bpb", "train_loss_nats", "diff_nats"), _reading),
     ),
+    "system": (
+        {"step": _count, "tokens": _count, "time": _finite},
+        {
+            **dict.fromkeys(("host_cpu_percent", "process_cpu_percent"), _reading),
+            "gpu_util_percent": _reading,
+            **dict.fromkeys(
+                (
+                    "process_rss_bytes",
+                    "host_ram_used_bytes",
+                    "host_ram_total_bytes",
+                    "gpu_memory_used_bytes",
+                    "gpu_memory_total_bytes",
+                ),
+                _optional_count,
+            ),
+            "gpus": _count,
+        },
+    ),
     "sample": ({"step": _count, "text": _text}, {}),
     "checkpoint": ({"step": _count, "path": _text, "checkpoint_bytes": _count}, {}),
     "paused": ({"step": _count}, {}),

@@ -9,7 +9,8 @@ from textual.widgets import Static
 from h2q_tui.app import formatting as fmt
 from h2q_tui.config import TrainConfig
 from h2q_tui.system.budget import MemoryBudget, Reading
-from h2q_tui.system.monitor import SystemSnapshot, format_value
+from h2q_tui.system.monitor import SystemMonitor, SystemSnapshot, format_value
+from h2q_tui.system.readings_history import SystemHistory
 from h2q_tui.system.thread_choice import DECODE_THREADS, usable_cores
 from h2q_tui.training.history import RunHistory
 from h2q_tui.units import format_size
@@ -28,6 +29,14 @@ class SystemPanel(Static):
 
     def show(self, snap: SystemSnapshot | None, history: RunHistory | None = None) -> None:
         self.update(system_text(snap, history, self.budget, self.live, self.train_threads))
+
+
+def system_history(history: RunHistory, monitor: SystemMonitor | None) -> tuple[SystemHistory, str]:
+    """What the history charts show, and where it comes from: this dashboard's monitor
+    (a live run: every reading), else the run's ``system`` records (its log)."""
+    if monitor is not None:
+        return monitor.history(), f"this process, every {monitor.interval_s:g} s"
+    return history.system, "the run's system records, by training time"
 
 
 BAR_WIDTH = 16
