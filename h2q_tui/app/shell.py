@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ from h2q_tui.app.panes.generate import GeneratePane
 from h2q_tui.app.panes.icu import IcuPane, write_chart_csv
 from h2q_tui.app.panes.ollama import OllamaPane
 from h2q_tui.app.panes.system import SystemPanel
-from h2q_tui.app.runs import attached_state
+from h2q_tui.app.run_browser import RunBrowserScreen
+from h2q_tui.app.runs import Runs, attached_state
 from h2q_tui.app.screens import ConfigDiffScreen, HelpScreen
 from h2q_tui.app.signals import EXIT_UI_FAILED, Lifeline, quiet_driver
 from h2q_tui.app.training_app import TrainingApp
@@ -64,20 +65,26 @@ class H2QApp(TrainingApp):
         autostart: bool = False,
         monitor: bool = True,
         refresh_s: float = 1.0,
+        browser: RunBrowserScreen | None = None,
     ) -> None:
         super().__init__(engine, attached)
+        self.browser = browser  # a folder of runs: the dashboard waits for the runs picked
         self.autostart, self.use_monitor, self.refresh_s = autostart, monitor, refresh_s
         self.monitor: SystemMonitor | None = None
         self.snapshot: SystemSnapshot | None = None
         self.generation_source = ""  # what the Generate pane uses ("" when it has no model)
-        if attached and len(attached.names) > 1:
+        self._show_compare_keys()
+        self.lifeline: Lifeline | None = None  # a real terminal or web tab: see signals.py
+        self._catching_up = False  # a poll of a log that is behind is scheduled
+
+    def _show_compare_keys(self) -> None:
+        """Several runs attached: f and d show in the footer."""
+        if self.attached and len(self.attached.names) > 1:
             for key in keys.COMPARE_KEYS:  # this instance's bindings: the class keeps its own
                 bindings = self._bindings.key_to_bindings.get(key, [])
                 self._bindings.key_to_bindings[key] = [
                     dataclasses.replace(b, show=True) for b in bindings
                 ]
-        self.lifeline: Lifeline | None = None  # a real terminal or web tab: see signals.py
-        self._catching_up = False  # a poll of a log that is behind is scheduled
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -121,8 +128,10 @@ class H2QApp(TrainingApp):
         # the chart (textual-plot, pure Python) is the costly widget: it redraws 4x less often
         self.set_interval(4 * self.refresh_s, self.redraw_chart)
         if self.attached:
-            self.poll_attached()
-            self.set_interval(0.5, self.poll_attached)
+            self._follow_attached()
+        elif self.browser is not None:
+            self.sub_title = "run browser"
+            self.push_screen(self.browser, callback=self.open_runs)
         elif self.engine is not None:
             records, skipped = self.engine.previous_records()
             self.runs.replay(records, skipped, self.engine.resume_step)
@@ -157,6 +166,24 @@ class H2QApp(TrainingApp):
     def get_driver_class(self):
         """Textual's own driver, but writes to a terminal that has gone never block the app."""
         return quiet_driver(super().get_driver_class())
+
+    def _follow_attached(self) -> None:
+        self.poll_attached()
+        self.set_interval(0.5, self.poll_attached)
+
+    async def open_runs(self, run_dirs: list[Path] | None) -> None:
+        """The browser's pick: the dashboard on those runs, overlaid as ``attach RUN...``."""
+        if not run_dirs:
+            return
+        self.attached = AttachedRuns(run_dirs)
+        self.runs = Runs(self.attached.names, "attached", self.notify)
+        self._show_compare_keys()
+        await self.recompose()  # the panes, built again on these runs' histories
+        self.sub_title = " + ".join(self.runs.histories) + " (attached)"
+        self._follow_attached()
+        self._dirty = True
+        self.redraw(force=True)
+        self.call_after_refresh(self.redraw_chart)
 
     # ------------------------------------------------------------------ records in
     def poll_attached(self) -> None:
@@ -336,9 +363,18 @@ def make_app(
     autostart: bool = False,
     monitor: bool = True,
     refresh_s: float = 1.0,
+    browse: Path | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> H2QApp:
-    """The one factory used by the CLI, Pilot tests and snapshot tests."""
+    """The one factory used by the CLI, Pilot tests and snapshot tests; ``browse``: a folder of
+    runs to pick from first (``clock``: the browser's ages)."""
     attached = AttachedRuns([Path(p) for p in attach]) if attach else None
+    browser = RunBrowserScreen(Path(browse), clock=clock) if browse is not None else None
     return H2QApp(
-        engine=engine, attached=attached, autostart=autostart, monitor=monitor, refresh_s=refresh_s
+        engine=engine,
+        attached=attached,
+        autostart=autostart,
+        monitor=monitor,
+        refresh_s=refresh_s,
+        browser=browser,
     )
