@@ -14,7 +14,7 @@ from fake_engine import scripted_records
 from pilot_helpers import screen_lines, wait_until
 from run_cli import h2q
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, TabbedContent
 
 from h2q_tui.app.panes.icu import IcuPane
 from h2q_tui.app.run_browser import RunBrowserScreen, age_text
@@ -67,7 +67,7 @@ def runs(tmp_path: Path):
     run_lock.acquire(live)
     crashed = write_run(root, "crashed", unfinished(10))
     (crashed / run_lock.LOCK_FILE).write_text(f"{dead_pid()}\n")
-    write_run(root, "garbage", [], tail="not json\n{\"half\": \n")
+    write_run(root, "garbage", [], tail='not json\n{"half": \n')
     (root / "no-log").mkdir()
     (root / "no-log" / "run.json").write_text("{}")
     (root / "dir-log" / METRICS_FILE).mkdir(parents=True)  # not a file: never opened
@@ -222,6 +222,10 @@ async def test_enter_opens_the_highlighted_run_and_new_runs_appear(tmp_path):
         await wait_until(pilot, lambda: app.attached is not None, "the dashboard")
         assert app.attached.run_dirs == [root / "first"]
         assert list(app.runs.histories) == ["first"]
+        await pilot.press("2", "1")  # the dashboard's keys work on the new panes
+        assert app.query_one(TabbedContent).active == "icu"
+        await pilot.press("q")
+        await wait_until(pilot, lambda: not app.is_running, "the quit")
 
 
 # ---------------------------------------------------------------------------- the CLI

@@ -142,8 +142,9 @@ BROWSER_KEYS: tuple[KeyRow, ...] = (
     _browser("Backspace", "", "filter: delete its last character"),
     _browser("↑ / ↓", "", "move the highlight (PgUp/PgDn, Home/End)"),
     _browser("space", "toggle_select", "select / unselect the highlighted run", "space", "Select"),
-    _browser("Enter", "open", "open the selected runs overlaid (or the highlighted one)", "enter",
-             "Open"),
+    _browser(
+        "Enter", "open", "open the selected runs overlaid (or the highlighted one)", "enter", "Open"
+    ),
     _browser("Esc", "back", "clear the filter; with none, quit", "escape", "Quit"),
     _browser("q", "", "quit (with an empty filter; else q is typed)"),
     _browser("?", "help", "help: these keys", "question_mark", "Help"),

@@ -178,7 +178,9 @@ class H2QApp(TrainingApp):
         self.attached = AttachedRuns(run_dirs)
         self.runs = Runs(self.attached.names, "attached", self.notify)
         self._show_compare_keys()
+        self.set_focus(None)  # the focused widget is about to go
         await self.recompose()  # the panes, built again on these runs' histories
+        self.screen.focus_next()  # the first focusable widget, as at start
         self.sub_title = " + ".join(self.runs.histories) + " (attached)"
         self._follow_attached()
         self._dirty = True
