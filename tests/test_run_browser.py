@@ -21,6 +21,7 @@ from h2q_tui.app.run_browser import RunBrowserScreen, age_text
 from h2q_tui.app.screens import HelpScreen
 from h2q_tui.app.shell import H2QApp, make_app
 from h2q_tui.checkpoints import run_lock
+from h2q_tui.training import run_files, run_list
 from h2q_tui.training.run_list import (
     CRASHED,
     FINISHED,
@@ -91,6 +92,10 @@ def test_the_listing_tells_live_finished_crashed_and_malformed(runs):
     assert rows["garbage"].problem == "no readable record (2 unparsable lines)"
     assert (rows["no-log"].status, rows["no-log"].problem) == (MALFORMED, "no metrics.jsonl")
     assert rows["dir-log"].status == MALFORMED and "is a directory" in rows["dir-log"].problem
+
+
+def test_the_listing_knows_the_run_files_by_their_names():
+    assert (run_list.LOCK_FILE, run_list.RUN_FILE) == (run_lock.LOCK_FILE, run_files.RUN_FILE)
 
 
 def test_best_heldout_bpb_is_the_lowest_heldout_eval(tmp_path):

@@ -76,6 +76,7 @@ class H2QApp(TrainingApp):
         self._show_compare_keys()
         self.lifeline: Lifeline | None = None  # a real terminal or web tab: see signals.py
         self._catching_up = False  # a poll of a log that is behind is scheduled
+        self._swapping = False  # the panes are being built again (open_runs): no redraw
 
     def _show_compare_keys(self) -> None:
         """Several runs attached: f and d show in the footer."""
@@ -179,7 +180,11 @@ class H2QApp(TrainingApp):
         self.runs = Runs(self.attached.names, "attached", self.notify)
         self._show_compare_keys()
         self.set_focus(None)  # the focused widget is about to go
-        await self.recompose()  # the panes, built again on these runs' histories
+        self._swapping = True  # the redraw timers run on their own tasks: they wait
+        try:
+            await self.recompose()  # the panes, built again on these runs' histories
+        finally:
+            self._swapping = False
         self.screen.focus_next()  # the first focusable widget, as at start
         self.sub_title = " + ".join(self.runs.histories) + " (attached)"
         self._follow_attached()
@@ -232,7 +237,7 @@ class H2QApp(TrainingApp):
 
     def redraw(self, force: bool = False) -> None:
         """Cards, Thought Stream and event log, when new records arrived."""
-        if not self.is_running:
+        if not self.is_running or self._swapping:
             return
         self._fold_pending()
         self._notified = False
@@ -248,7 +253,7 @@ class H2QApp(TrainingApp):
             self.query_one(SystemPanel).show(self.snapshot, history)
 
     def redraw_chart(self, force: bool = False) -> None:
-        if not self.is_running:
+        if not self.is_running or self._swapping:
             return
         icu = self.query_one(IcuPane)
         if not (icu.chart_dirty or force):

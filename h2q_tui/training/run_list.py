@@ -15,14 +15,16 @@ from typing import Any
 
 import psutil
 
-from h2q_tui.checkpoints.run_lock import LOCK_FILE
 from h2q_tui.training.events import bits_per_byte
 from h2q_tui.training.records import record_problem
-from h2q_tui.training.run_files import RUN_FILE
 from h2q_tui.training.tail import JsonlTailer
 from h2q_tui.training.writers import METRICS_FILE
 
 LIVE, FINISHED, CRASHED, MALFORMED = "live", "finished", "crashed", "malformed"
+# run_lock.LOCK_FILE and run_files.RUN_FILE, named here because importing those modules loads
+# torch (the checkpoints package), which ``h2q-tui web`` and ``attach --help`` must not; a test
+# checks the names agree
+LOCK_FILE, RUN_FILE = ".lock", "run.json"
 RUN_MARKERS = (METRICS_FILE, RUN_FILE, LOCK_FILE)  # a folder holding one of these is a run
 LOCK_CLOCK_SLACK_S = 2.0  # a holder started this much after the lock file was written is a reuse
 
