@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from fake_engine import scripted_records
 from pilot_helpers import screen_lines, wait_until
-from run_cli import h2q
+from run_cli import ENV, h2q
 from textual.pilot import Pilot
 from textual.widgets import DataTable, TabbedContent
 
@@ -243,3 +245,31 @@ def test_attach_refuses_a_folder_of_runs_beside_other_runs(tmp_path):
     assert result.stderr.strip() == (
         f"h2q-tui: error: {root} is a folder of runs, not a run: attach it alone to pick from it"
     )
+
+
+@pytest.mark.slow
+def test_a_real_run_is_live_while_it_trains_and_finished_after(tmp_path):
+    """A --no-ui run holds its lock while it trains: the listing says live, then finished."""
+    root = tmp_path / "runs"
+    training = subprocess.Popen(
+        [sys.executable, "-m", "h2q_tui", "--no-ui", "--preset", "tiny", "--max-steps",
+         "100000", "--max-seconds", "120", "--run-dir", str(root / "real")],
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        scan = RunScan(root)
+        for _ in range(600):
+            rows = scan.rows()
+            if rows and rows[0].steps:
+                break
+            time.sleep(0.1)
+        (row,) = scan.rows()
+        assert (row.status, row.preset) == (LIVE, "tiny") and row.steps
+        assert lock_holder(root / "real") == training.pid
+        training.send_signal(signal.SIGTERM)
+        assert training.wait(timeout=60) is not None
+    finally:
+        training.kill()
+        training.wait()
+    (row,) = scan.rows()
+    assert row.status == FINISHED and row.problem == "terminated"
