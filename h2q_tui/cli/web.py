@@ -98,7 +98,8 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
     names = ", ".join(str(d) for d in run_dirs)
-    print(f"h2q-tui web: http://{args.host}:{args.port} · each tab attaches to {names}", flush=True)
+    shows = f"opens the run browser on {names}" if not args.run_dirs else f"attaches to {names}"
+    print(f"h2q-tui web: http://{args.host}:{args.port} · each tab {shows}", flush=True)
     os.environ[WEB_PARENT_ENV] = str(os.getpid())  # tabs inherit it: see end_with_web_parent
     server = Server(attach_command(run_dirs), host=args.host, port=args.port, title="h2q-tui")
     with tab_processes_ended():
