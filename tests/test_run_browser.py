@@ -273,3 +273,22 @@ def test_a_real_run_is_live_while_it_trains_and_finished_after(tmp_path):
         training.wait()
     (row,) = scan.rows()
     assert row.status == FINISHED and row.problem == "terminated"
+
+
+async def test_highlight_and_selection_stay_on_their_runs_as_the_listing_moves(tmp_path):
+    root = tmp_path / "runs"
+    older = write_run(root, "older", unfinished(4))
+    os.utime(older / METRICS_FILE, (1_000, 1_000))
+    write_run(root, "newer", unfinished(2))
+    app = browser_app(root)
+    async with app.run_test(size=(100, 20)) as pilot:
+        await listed(pilot)
+        assert table_names(app) == ["newer", "older"]
+        await pilot.press("down", "space")
+        screen = browser(app)
+        with open(older / METRICS_FILE, "a", encoding="utf-8") as log:  # now the newest
+            step = {"event": "step", "step": 7, "tokens": 896, "time": 7.0, "train_loss_nats": 2.5}
+            log.write(json.dumps(step) + "\n")
+        await wait_until(pilot, lambda: table_names(app) == ["older", "newer"], "the new order")
+        assert screen.highlighted is not None and screen.highlighted.name == "older"
+        assert screen.highlighted.steps == 7 and [p.name for p in screen.selected] == ["older"]

@@ -124,14 +124,22 @@ class RunBrowserScreen(ModalScreen[list[Path]]):
         return [row for row in self.rows if matches(row, self.filter)]
 
     def draw_table(self) -> None:
+        """The shown rows: updated in place when they are the same runs in the same order
+        (no flicker, the scroll stays), else listed again with the highlight kept."""
         table = self.query_one(DataTable)
-        highlighted = self.highlighted
-        table.clear()
-        now = self.clock()
-        for row in self.shown:
-            table.add_row(*row_cells(row, row.path in self.selected, now), key=str(row.path))
-        if highlighted is not None and str(highlighted.path) in table.rows:
-            table.move_cursor(row=table.get_row_index(str(highlighted.path)), animate=False)
+        shown, now = self.shown, self.clock()
+        cells = {str(row.path): row_cells(row, row.path in self.selected, now) for row in shown}
+        if [key.value for key in table.rows] == list(cells):
+            for key, values in cells.items():
+                for column, value in zip(table.columns, values, strict=True):
+                    table.update_cell(key, column, value)
+        else:
+            highlighted = self.highlighted
+            table.clear()
+            for key, values in cells.items():
+                table.add_row(*values, key=key)
+            if highlighted is not None and str(highlighted.path) in cells:
+                table.move_cursor(row=table.get_row_index(str(highlighted.path)), animate=False)
         self.draw_title()
         self.draw_detail()
 
