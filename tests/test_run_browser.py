@@ -130,6 +130,9 @@ def test_a_pid_reused_after_the_lock_was_written_is_not_live(tmp_path):
     assert lock_holder(run_dir) is None
     lock.write_text("not a pid\n")
     assert lock_holder(run_dir) is None
+    lock.unlink()
+    os.mkfifo(lock)  # never opened: reading it would wait for a writer
+    assert lock_holder(run_dir) is None
     (row,) = RunScan(tmp_path).rows()
     assert row.status == CRASHED
 
@@ -193,6 +196,8 @@ async def test_typing_filters_and_esc_clears(runs):
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
+        titles = [c.title for c in app.get_system_commands(browser(app))]
+        assert "Theme" in " ".join(titles) and not any("Export" in t for t in titles)
         await pilot.press("q")  # an empty filter: q quits
         await pilot.pause()
     assert app.return_code in (0, None)

@@ -346,6 +346,8 @@ class H2QApp(TrainingApp):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        if isinstance(screen, RunBrowserScreen):
+            return  # no run is open yet: the dashboard's actions have nothing to act on
         for row in self.available_actions():
             yield SystemCommand(row.description, f"key: {row.keys}", self._palette_callback(row))
 

@@ -17,7 +17,7 @@ import psutil
 
 from h2q_tui.training.events import bits_per_byte
 from h2q_tui.training.records import record_problem
-from h2q_tui.training.tail import JsonlTailer
+from h2q_tui.training.tail import JsonlTailer, not_regular
 from h2q_tui.training.writers import METRICS_FILE
 
 LIVE, FINISHED, CRASHED, MALFORMED = "live", "finished", "crashed", "malformed"
@@ -73,10 +73,15 @@ def lock_holder(run_dir: Path) -> int | None:
     """The PID of the live process that wrote ``RUN_DIR/.lock``, or None (no lock file, a
     dead PID, or one reused by a process started after the lock was written)."""
     path = run_dir / LOCK_FILE
+    if not os.path.lexists(path) or not_regular(path):  # a FIFO would block the open
+        return None
     try:
-        with open(path, "rb") as file:
-            pid = int(file.read(32).decode("ascii", errors="replace").strip() or "0")
-        written = path.stat().st_mtime
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            text, written = os.read(fd, 32), os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
+        pid = int(text.decode("ascii", errors="replace").strip() or "0")
     except (OSError, ValueError):
         return None
     if pid <= 0:
