@@ -18,6 +18,7 @@ from run_cli import ENV, h2q
 from textual.pilot import Pilot
 from textual.widgets import DataTable, TabbedContent
 
+from h2q_tui.app.keys import BROWSER_KEYS
 from h2q_tui.app.panes.icu import IcuPane
 from h2q_tui.app.run_browser import RunBrowserScreen, age_text
 from h2q_tui.app.screens import HelpScreen
@@ -193,8 +194,11 @@ async def test_typing_filters_and_esc_clears(runs):
         assert table_names(app) == [] and browser(app).filter == "t1q"
         await pilot.press("escape")
         assert browser(app).filter == "" and len(table_names(app)) == 6
+        footer = {binding.action for _, binding, *_ in browser(app).active_bindings.values()}
+        assert {r.action for r in BROWSER_KEYS if r.bind} <= footer
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
+        assert [key for key, _ in app.screen.bindings] == [r.keys for r in BROWSER_KEYS]
         await pilot.press("escape")
         titles = [c.title for c in app.get_system_commands(browser(app))]
         assert "Theme" in " ".join(titles) and not any("Export" in t for t in titles)
