@@ -7,6 +7,7 @@ Update the baselines after an intended UI change with
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from fake_engine import FINAL_STEP, FakeEngine, scripted_records, system_records
@@ -256,3 +257,45 @@ def test_generate_pane_steered_from_a_live_snapshot(snap_compare, tmp_path):
     engine = FakeEngine(tmp_path, max_idle_s=30, model=model)
     app = make_app(engine, monitor=False, refresh_s=0.05)
     assert snap_compare(app, terminal_size=SIZE, run_before=show_generate_pane)
+
+
+def test_run_browser_of_live_finished_crashed_and_malformed_runs(
+    snap_compare, tmp_path, monkeypatch
+):
+    """h2q-tui attach runs/: one run of each status, fixed ages (the clock is injected), the
+    second run selected."""
+    from h2q_tui.app.run_browser import RunBrowserScreen
+    from h2q_tui.checkpoints import run_lock
+
+    monkeypatch.chdir(tmp_path)  # the title and the detail line show runs/..., not tmp paths
+    now = 1_800_000_000.0
+    finished = {"event": "run_finished", "step": 40, "time": 9.0, "reason": "max_steps"}
+    runs = {
+        "tiny-live": (scripted_records("live", steps=30), 20),
+        "tiny-done": ([*scripted_records("done", floor=1.8, steps=40), finished], 3 * 3600),
+        "tiny-crashed": (scripted_records("crashed", steps=12), 2 * 86400),
+    }
+    for name, (records, age_s) in runs.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        log = tmp_path / "runs" / name / METRICS_FILE
+        log.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        os.utime(log, (now - age_s, now - age_s))
+    (tmp_path / "runs" / "tiny-crashed" / ".lock").write_text("999999999\n")  # no such PID
+    garbage = tmp_path / "runs" / "garbage" / METRICS_FILE
+    garbage.parent.mkdir()
+    garbage.write_text("not json\n")
+    os.utime(garbage, (now - 5 * 60, now - 5 * 60))
+    run_lock.acquire(Path("runs/tiny-live"))
+    app = make_app(browse=Path("runs"), monitor=False, refresh_s=0.05, clock=lambda: now)
+
+    async def run_before(pilot: Pilot) -> None:
+        await wait_until(pilot, lambda: isinstance(app.screen, RunBrowserScreen), "the browser")
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.scans > 0, "the listing")
+        await pilot.press("down", "space")
+        await pilot.pause(0.1)
+
+    try:
+        assert snap_compare(app, terminal_size=(100, 16), run_before=run_before)
+    finally:
+        run_lock.release(Path("runs/tiny-live"))

@@ -16,7 +16,8 @@ import pytest
 from browser import Browser, chromium_path
 from run_cli import ENV, h2q
 
-from h2q_tui.cli.web import attach_command, newest_runs
+from h2q_tui.cli.web import attach_command, listed_runs
+from h2q_tui.training.run_list import is_runs_folder
 
 README_SHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "web.png"
 
@@ -139,14 +140,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert bad.returncode == 2 and "--port must be in 1..65535" in bad.stderr
 
 
-def test_each_tab_attaches_and_the_newest_runs_are_the_default(tmp_path):
-    for name, when in (("old", 100), ("new", 200), ("empty", 300)):
+def test_each_tab_attaches_and_the_run_browser_is_the_default(tmp_path):
+    for name, when in (("old", 100), ("new", 200)):
         (tmp_path / name).mkdir()
-        if name != "empty":
-            log = tmp_path / name / "metrics.jsonl"
-            log.write_text("")
-            os.utime(log, (when, when))
-    assert newest_runs(tmp_path) == [tmp_path / "new", tmp_path / "old"]
-    command = attach_command([tmp_path / "new"])
+        log = tmp_path / name / "metrics.jsonl"
+        log.write_text("")
+        os.utime(log, (when, when))
+    (tmp_path / "not-a-run").mkdir()
+    assert listed_runs(tmp_path) == [tmp_path / "new", tmp_path / "old"]  # the browser's rows
+    assert is_runs_folder(tmp_path)  # attach on it opens the browser
+    command = attach_command([tmp_path])
     assert command.startswith("exec ") and " -m h2q_tui attach " in command
     assert "--no-ui" not in command  # a tab never trains

@@ -130,6 +130,26 @@ KEYS: tuple[KeyRow, ...] = (
 )
 PALETTE_ONLY = ("ctrl+p", "Command palette: these actions, themes")  # the help screen's last row
 
+
+def _browser(keys: str, action: str, description: str, bind: str = "", label: str = "") -> KeyRow:
+    return KeyRow(keys, action, f"Runs: {description}", pane="browser", bind=bind, label=label)
+
+
+# the run browser (h2q-tui attach on a folder of runs): its own screen, so its own rows; a
+# typed character goes to the filter, so only these keys act there
+BROWSER_KEYS: tuple[KeyRow, ...] = (
+    _browser("letters, digits", "", "filter: runs whose name or preset holds the typed text"),
+    _browser("Backspace", "", "filter: delete its last character"),
+    _browser("↑ / ↓", "", "move the highlight (PgUp/PgDn, Home/End)"),
+    _browser("space", "toggle_select", "select / unselect the highlighted run", "space", "Select"),
+    _browser(
+        "Enter", "open", "open the selected runs overlaid (or the highlighted one)", "enter", "Open"
+    ),
+    _browser("Esc", "back", "clear the filter; with none, quit", "escape", "Quit"),
+    _browser("q", "", "quit (with an empty filter; else q is typed)"),
+    _browser("?", "help", "help: these keys", "question_mark", "Help"),
+)
+
 BINDINGS = [row.binding() for row in sorted(KEYS, key=lambda row: row.footer) if row.bind]
 # app actions that act on a run this process trains, and the keys that run them
 ENGINE_ACTIONS = frozenset(row.action for row in KEYS if row.engine and not row.pane)

@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import ComposeResult, SystemCommand
 from textual.events import Resize
 from textual.message import Message
 from textual.screen import Screen
@@ -30,7 +29,8 @@ from h2q_tui.app.panes.icu import IcuPane, write_chart_csv
 from h2q_tui.app.panes.ollama import OllamaPane
 from h2q_tui.app.panes.system import SystemPanel, system_history
 from h2q_tui.app.panes.system_charts import SystemCharts
-from h2q_tui.app.runs import attached_state
+from h2q_tui.app.run_browser import RunBrowserScreen
+from h2q_tui.app.runs import Runs, attached_state
 from h2q_tui.app.screens import ConfigDiffScreen, HelpScreen
 from h2q_tui.app.signals import EXIT_UI_FAILED, Lifeline, quiet_driver
 from h2q_tui.app.training_app import TrainingApp
@@ -65,20 +65,27 @@ class H2QApp(TrainingApp):
         autostart: bool = False,
         monitor: bool = True,
         refresh_s: float = 1.0,
+        browser: RunBrowserScreen | None = None,
     ) -> None:
         super().__init__(engine, attached)
+        self.browser = browser  # a folder of runs: the dashboard waits for the runs picked
         self.autostart, self.use_monitor, self.refresh_s = autostart, monitor, refresh_s
         self.monitor: SystemMonitor | None = None
         self.snapshot: SystemSnapshot | None = None
         self.generation_source = ""  # what the Generate pane uses ("" when it has no model)
-        if attached and len(attached.names) > 1:
+        self._show_compare_keys()
+        self.lifeline: Lifeline | None = None  # a real terminal or web tab: see signals.py
+        self._catching_up = False  # a poll of a log that is behind is scheduled
+        self._swapping = False  # the panes are being built again (open_runs): no redraw
+
+    def _show_compare_keys(self) -> None:
+        """Several runs attached: f and d show in the footer."""
+        if self.attached and len(self.attached.names) > 1:
             for key in keys.COMPARE_KEYS:  # this instance's bindings: the class keeps its own
                 bindings = self._bindings.key_to_bindings.get(key, [])
                 self._bindings.key_to_bindings[key] = [
                     dataclasses.replace(b, show=True) for b in bindings
                 ]
-        self.lifeline: Lifeline | None = None  # a real terminal or web tab: see signals.py
-        self._catching_up = False  # a poll of a log that is behind is scheduled
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -123,8 +130,10 @@ class H2QApp(TrainingApp):
         # the chart (textual-plot, pure Python) is the costly widget: it redraws 4x less often
         self.set_interval(4 * self.refresh_s, self.redraw_chart)
         if self.attached:
-            self.poll_attached()
-            self.set_interval(0.5, self.poll_attached)
+            self._follow_attached()
+        elif self.browser is not None:
+            self.sub_title = "run browser"
+            self.push_screen(self.browser, callback=self.open_runs)
         elif self.engine is not None:
             records, skipped = self.engine.previous_records()
             self.runs.replay(records, skipped, self.engine.resume_step)
@@ -161,6 +170,30 @@ class H2QApp(TrainingApp):
     def get_driver_class(self):
         """Textual's own driver, but writes to a terminal that has gone never block the app."""
         return quiet_driver(super().get_driver_class())
+
+    def _follow_attached(self) -> None:
+        self.poll_attached()
+        self.set_interval(0.5, self.poll_attached)
+
+    async def open_runs(self, run_dirs: list[Path] | None) -> None:
+        """The browser's pick: the dashboard on those runs, overlaid as ``attach RUN...``."""
+        if not run_dirs:
+            return
+        self.attached = AttachedRuns(run_dirs)
+        self.runs = Runs(self.attached.names, "attached", self.notify)
+        self._show_compare_keys()
+        self.set_focus(None)  # the focused widget is about to go
+        self._swapping = True  # the redraw timers run on their own tasks: they wait
+        try:
+            await self.recompose()  # the panes, built again on these runs' histories
+        finally:
+            self._swapping = False
+        self.screen.focus_next()  # the first focusable widget, as at start
+        self.sub_title = " + ".join(self.runs.histories) + " (attached)"
+        self._follow_attached()
+        self._dirty = True
+        self.redraw(force=True)
+        self.call_after_refresh(self.redraw_chart)
 
     # ------------------------------------------------------------------ records in
     def poll_attached(self) -> None:
@@ -207,7 +240,7 @@ class H2QApp(TrainingApp):
 
     def redraw(self, force: bool = False) -> None:
         """Cards, Thought Stream and event log, when new records arrived."""
-        if not self.is_running:
+        if not self.is_running or self._swapping:
             return
         self._fold_pending()
         self._notified = False
@@ -223,7 +256,7 @@ class H2QApp(TrainingApp):
             self.show_system()
 
     def redraw_chart(self, force: bool = False) -> None:
-        if not self.is_running:
+        if not self.is_running or self._swapping:
             return
         icu = self.query_one(IcuPane)
         if not (icu.chart_dirty or force):
@@ -325,6 +358,8 @@ class H2QApp(TrainingApp):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        if isinstance(screen, RunBrowserScreen):
+            return  # no run is open yet: the dashboard's actions have nothing to act on
         for row in self.available_actions():
             yield SystemCommand(row.description, f"key: {row.keys}", self._palette_callback(row))
 
@@ -334,24 +369,24 @@ class H2QApp(TrainingApp):
         return lambda: self.run_action(row.action)
 
 
-def run_app(app: App, **run_options: Any) -> int:
-    """Run the dashboard to its end: its exit code, non-zero when Textual ended with an
-    unhandled exception (Textual has then printed the traceback and set return_code 1)."""
-    result = app.run(**run_options)
-    if app.return_code:
-        return app.return_code
-    return result if isinstance(result, int) else 0
-
-
 def make_app(
     engine: Engine | None = None,
     attach: list[Path] | None = None,
     autostart: bool = False,
     monitor: bool = True,
     refresh_s: float = 1.0,
+    browse: Path | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> H2QApp:
-    """The one factory used by the CLI, Pilot tests and snapshot tests."""
+    """The one factory used by the CLI, Pilot tests and snapshot tests; ``browse``: a folder of
+    runs to pick from first (``clock``: the browser's ages)."""
     attached = AttachedRuns([Path(p) for p in attach]) if attach else None
+    browser = RunBrowserScreen(Path(browse), clock=clock) if browse is not None else None
     return H2QApp(
-        engine=engine, attached=attached, autostart=autostart, monitor=monitor, refresh_s=refresh_s
+        engine=engine,
+        attached=attached,
+        autostart=autostart,
+        monitor=monitor,
+        refresh_s=refresh_s,
+        browser=browser,
     )

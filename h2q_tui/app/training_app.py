@@ -230,3 +230,12 @@ class TrainingApp(App[int]):
         self.push_screen(
             ConfirmScreen("Training is running. Save a checkpoint and quit?"), answered
         )
+
+
+def run_app(app: App, **run_options: Any) -> int:
+    """Run the dashboard to its end: its exit code, non-zero when Textual ended with an
+    unhandled exception (Textual has then printed the traceback and set return_code 1)."""
+    result = app.run(**run_options)
+    if app.return_code:
+        return app.return_code
+    return result if isinstance(result, int) else 0

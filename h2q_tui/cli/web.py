@@ -2,8 +2,9 @@
 
 textual-serve (aiohttp) serves a page with a terminal (xterm.js) and starts one app process
 per browser tab. A tab must never start training of its own, so every tab runs
-``h2q-tui attach`` on the run dirs given (or on the newest runs under ``runs/``): the same
-ICU, System, Generate, Crystal and Ollama panes as the terminal, on runs that ``--no-ui``
+``h2q-tui attach`` on the run dirs given, or on ``runs/``: the run browser, which lists the
+runs there (the listing of h2q_tui.training.run_list) to open one or several. The same ICU,
+System, Generate, Crystal and Ollama panes as the terminal, on runs that ``--no-ui``
 processes write. Closing the tab asks the app to quit (textual-serve's ``quit`` message);
 one that has not ended a few seconds later is terminated, then killed. When ``web`` ends, by
 Ctrl-C, SIGTERM, SIGHUP or even SIGKILL, every tab's process ends too: it gets SIGTERM when
@@ -27,10 +28,9 @@ import psutil
 from h2q_tui.cli.parser import Parser
 from h2q_tui.errors import UserError
 from h2q_tui.system import net
+from h2q_tui.training.run_list import RunScan
 
 DEFAULT_PORT = 8000
-NEWEST = 4  # runs under runs/ attached when no run dir is given
-METRICS = "metrics.jsonl"
 # each tab's environment names this server's pid (h2q_tui.app.signals.end_with_web_parent;
 # the dashboard package is not imported here: it loads torch)
 WEB_PARENT_ENV = "H2Q_TUI_WEB_PARENT"
@@ -41,28 +41,26 @@ def parser() -> Parser:
     p = Parser(
         prog="h2q-tui web",
         description="Serve the dashboard to a browser (textual-serve): each tab attaches to "
-        "the run dirs given, or to the newest runs under runs/, and never trains by itself. "
+        "the run dirs given, or opens the run browser on runs/, and never trains by itself. "
         "There is no authentication: it binds 127.0.0.1 unless --host says otherwise.",
     )
-    p.add_argument("run_dirs", nargs="*", type=Path, help="run dirs to show (default: newest)")
+    p.add_argument(
+        "run_dirs", nargs="*", type=Path, help="run dirs to show (default: the browser of --runs)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 8000)")
     p.add_argument(
         "--runs",
         type=Path,
         default=Path("runs"),
-        help=f"without RUN_DIR: the {NEWEST} newest run dirs here (default runs/)",
+        help="without RUN_DIR: each tab lists the runs here to pick from (default runs/)",
     )
     return p
 
 
-def newest_runs(root: Path, limit: int = NEWEST) -> list[Path]:
-    """The run dirs under ``root`` with a metrics.jsonl, newest first (by its mtime)."""
-    if not root.is_dir():
-        return []
-    found = [d for d in root.iterdir() if (d / METRICS).is_file()]
-    found.sort(key=lambda d: (d / METRICS).stat().st_mtime, reverse=True)
-    return found[:limit]
+def listed_runs(root: Path) -> list[Path]:
+    """The runs a tab's browser lists under ``root``, the most recently changed first."""
+    return [row.path for row in RunScan(root).rows()]
 
 
 def attach_command(run_dirs: list[Path]) -> str:
@@ -80,12 +78,12 @@ def main(argv: list[str]) -> int:
         if not run_dir.is_dir():
             raise UserError(f"run dir not found: {run_dir}")
     if not run_dirs:
-        run_dirs = newest_runs(args.runs)
-        if not run_dirs:
+        if not listed_runs(args.runs):
             raise UserError(
-                f"no run to show: {args.runs}/ holds no run dir with {METRICS}; start one "
+                f"no run to show: {args.runs}/ holds no run dir; start one "
                 "(h2q-tui --no-ui ...) or name a RUN_DIR"
             )
+        run_dirs = [args.runs]  # a folder of runs: each tab opens the run browser on it
     try:
         # lazy: textual-serve (~0.3 s) loads once the flags are read; missing, it is one line
         from textual_serve.server import Server
@@ -100,7 +98,8 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
     names = ", ".join(str(d) for d in run_dirs)
-    print(f"h2q-tui web: http://{args.host}:{args.port} · each tab attaches to {names}", flush=True)
+    shows = f"opens the run browser on {names}" if not args.run_dirs else f"attaches to {names}"
+    print(f"h2q-tui web: http://{args.host}:{args.port} · each tab {shows}", flush=True)
     os.environ[WEB_PARENT_ENV] = str(os.getpid())  # tabs inherit it: see end_with_web_parent
     server = Server(attach_command(run_dirs), host=args.host, port=args.port, title="h2q-tui")
     with tab_processes_ended():
