@@ -26,6 +26,7 @@ from h2q_tui.app.messages import GenerationSourceChanged, OpenInGenerate
 from h2q_tui.app.panes.crystal import CrystalPane
 from h2q_tui.app.panes.generate import GeneratePane
 from h2q_tui.app.panes.icu import IcuPane, write_chart_csv
+from h2q_tui.app.panes.metrics import MetricsPane
 from h2q_tui.app.panes.ollama import OllamaPane
 from h2q_tui.app.panes.system import SystemPanel, system_history
 from h2q_tui.app.panes.system_charts import SystemCharts
@@ -40,6 +41,7 @@ CATCH_UP_S = 0.001  # the pause between two slices of an attached log: keys and 
 # below either size the cards go compact (4 x 3 on narrow screens, two lines each): 80x24 works
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 40
 PANES_WITH_KEYS = {"generate": GeneratePane, "crystal": CrystalPane, "ollama": OllamaPane}
+PANES_WITH_KEYS["metrics"] = MetricsPane
 
 
 class SnapshotTaken(Message):
@@ -118,6 +120,8 @@ class H2QApp(TrainingApp):
                     live_tokenizer=tokenizer,
                     checkpoint_hint=hint,
                 )
+            with TabPane("Metrics", id="metrics"):
+                yield MetricsPane(self.runs.histories, self.export_dir)
         yield Static(id="status-line")  # under every pane: notices show wherever one looks
         yield FittingFooter()
 
@@ -258,18 +262,21 @@ class H2QApp(TrainingApp):
     def redraw_chart(self, force: bool = False) -> None:
         if not self.is_running or self._swapping:
             return
-        icu = self.query_one(IcuPane)
+        icu, active = self.query_one(IcuPane), self.query_one(TabbedContent).active
+        if active == "metrics":  # hidden, it costs nothing; shown, only new data redraws it
+            self.query_one(MetricsPane).draw(icu.axis, force)
         if not (icu.chart_dirty or force):
             return
-        if self.query_one(TabbedContent).active == "icu":
+        if active == "icu":
             icu.draw_chart()
 
     @property
     def settled(self) -> bool:
         """Nothing waits to be folded in or drawn (tests and benchmarks wait on this)."""
         icu = self.query_one(IcuPane)
-        chart_waiting = icu.chart_dirty and self.query_one(TabbedContent).active == "icu"
-        return not (self._records or self._dirty or chart_waiting)
+        active = self.query_one(TabbedContent).active
+        waiting = {"icu": icu.chart_dirty, "metrics": self.query_one(MetricsPane).changed()}
+        return not (self._records or self._dirty or waiting.get(active, False))
 
     def _view_changed(self) -> None:
         """A key changed what the chart shows: redraw it now, not at the next tick."""

@@ -75,6 +75,50 @@ def debiased_ema(values: list[float], weight: float) -> list[float]:
     return out
 
 
+# a record's x axes, not scalars: the Metrics pane charts every other numeric field
+AXES_FIELDS = frozenset({"event", "step", "tokens", "time"})
+
+
+def scalar_fields(record: dict[str, Any]) -> dict[str, float]:
+    """The numeric fields of a step, eval or system record by scalar name: a step's keep
+    their names (``grad_norm``), an eval's get its split before them
+    (``heldout.val_loss_nats``), a reading ``system.``; bools and strings are no scalars."""
+    kind = record.get("event")
+    if kind not in ("step", "eval", "system"):
+        return {}
+    prefix = {"step": "", "eval": f"{record.get('split', 'eval')}.", "system": "system."}[kind]
+    return {
+        prefix + key: float(value)
+        for key, value in record.items()
+        if key not in AXES_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+class Scalars:
+    """Curves by scalar name, in the order the names first appeared; ``version`` grows with
+    every change, so a view can tell that nothing changed without looking at the data."""
+
+    def __init__(self, max_points: int = 4000) -> None:
+        self.curves: dict[str, Curve] = {}
+        self.max_points = max_points
+        self.version = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        fields = scalar_fields(record)
+        for name, value in fields.items():
+            curve = self.curves.get(name)
+            if curve is None:
+                curve = self.curves[name] = Curve(self.max_points)
+            curve.append(record["step"], record["tokens"], record["time"], value)
+        self.version += bool(fields)
+
+    def drop_after(self, step: int) -> None:
+        """Forget the points after ``step`` (a resume logs those steps again)."""
+        for curve in self.curves.values():
+            curve.drop_after(step)
+        self.version += 1
+
+
 class RunHistory:
     """Everything the dashboard shows about one run, as data (no colours, no widgets)."""
 
@@ -99,6 +143,7 @@ class RunHistory:
         self.progress: dict[str, Any] | None = None  # a long task between steps, while it runs
         self.threads_chosen: dict[str, Any] | None = None  # the last ``threads`` record
         self.system = SystemHistory()  # the run's ``system`` records (CPU, memory, GPU)
+        self.scalars = Scalars(max_points)  # every numeric field of steps, evals, readings
         self.records = 0  # records seen, bad ones included
         self.bad_records = 0  # valid JSON that is not a valid record: skipped
         self.last_problem: str | None = None  # why the last bad record was skipped
@@ -141,6 +186,7 @@ class RunHistory:
             self.bad_records += 1
             self.last_problem = problem
             return False
+        self.scalars.add(record)
         handler = getattr(self, f"_on_{record['event']}", None)
         if handler is not None:
             handler(record)
@@ -164,6 +210,7 @@ class RunHistory:
         start = r.get("start_step") or 0
         for curve in (self.train, self.heldout, self.horizon):
             curve.drop_after(start)  # steps after the checkpoint are trained (and logged) again
+        self.scalars.drop_after(start)
         self.system.drop_after(r.get("time", math.inf))  # and their system records
         for name in ("last_step", "last_heldout", "last_horizon"):
             if (getattr(self, name) or {}).get("step", 0) > start:
