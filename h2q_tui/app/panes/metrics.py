@@ -175,6 +175,7 @@ class MetricsPane(Vertical, can_focus=True):
             self.query_one("#metrics-grid").display = False
             self.query_one("#metrics-full").display = True
             self.draw(self.axis, force=True)
+            self.focus()  # the focused chart is hidden now: the pane keeps the keys (Esc)
 
     def action_back(self) -> None:
         """Esc: leave the full-size chart, else clear the filter."""
