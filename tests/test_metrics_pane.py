@@ -88,9 +88,19 @@ async def test_the_grid_charts_every_scalar_on_the_icu_axis(tmp_path):
         pane = app.query_one(MetricsPane)
         assert pane._drawn is None  # hidden: never drawn, whatever the log brought
         pane = await open_metrics(pilot, app)
-        for name in ("train_loss_nats", "grad_norm", "lr", "energy", "aux_loss", "step_ms",
-                     "tokens_per_s", "wobble", "heldout.val_loss_nats",
-                     "horizon.val_loss_nats", "system.process_rss_bytes"):
+        for name in (
+            "train_loss_nats",
+            "grad_norm",
+            "lr",
+            "energy",
+            "aux_loss",
+            "step_ms",
+            "tokens_per_s",
+            "wobble",
+            "heldout.val_loss_nats",
+            "horizon.val_loss_nats",
+            "system.process_rss_bytes",
+        ):
             assert name in pane.names, name
         assert shown(pane) == pane.names
         assert chart(pane, "grad_norm").border_title == "grad_norm 1.1"
@@ -133,7 +143,9 @@ async def test_log_y_survives_zero_and_negative_values(tmp_path):
     series = [Series("a", "cyan", [1, 2, 3], [-1.0, 0.0, 10.0])]
     lines = str(render(series, 20, 5, True, "step")).splitlines()
     assert lines[0].split()[0] == "10" and lines[3].split()[0] == "10"  # clipped up to 10
-    assert chart_title("x", [Series("a", "c", [1], [-3.0])], True) == "x -3 · log-Y: n/a (values ≤ 0)"
+    assert (
+        chart_title("x", [Series("a", "c", [1], [-3.0])], True) == "x -3 · log-Y: n/a (values ≤ 0)"
+    )
 
 
 def test_more_points_than_columns_draw_the_min_max_envelope_and_the_mean():
@@ -151,8 +163,7 @@ def test_more_points_than_columns_draw_the_min_max_envelope_and_the_mean():
 
 
 async def test_the_envelope_shows_on_a_long_run_at_80x24(tmp_path):
-    app = make_app(attach=[write_run(tmp_path, "run-a", steps=300)], monitor=False,
-                   refresh_s=0.05)
+    app = make_app(attach=[write_run(tmp_path, "run-a", steps=300)], monitor=False, refresh_s=0.05)
     async with app.run_test(size=(80, 24)) as pilot:
         pane = await open_metrics(pilot, app, steps=300)
         grad = chart(pane, "train_loss_nats")

@@ -90,7 +90,9 @@ def scalar_fields(record: dict[str, Any]) -> dict[str, float]:
     return {
         prefix + key: float(value)
         for key, value in record.items()
-        if key not in AXES_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key not in AXES_FIELDS
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
     }
 
 

@@ -58,8 +58,9 @@ class MetricsPane(Vertical, can_focus=True):
         self._charts: dict[str, MetricChart] = {}  # one a scalar ever seen; the filter hides
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="filter: a substring or a glob (*loss*), Esc clears",
-                    id="metrics-filter")
+        yield Input(
+            placeholder="filter: a substring or a glob (*loss*), Esc clears", id="metrics-filter"
+        )
         yield Static(id="metrics-note")
         yield Grid(id="metrics-grid")
         yield MetricChart("", id="metrics-full")
@@ -101,7 +102,9 @@ class MetricsPane(Vertical, can_focus=True):
         self._drawn = self._view()
         every = self.scalar_names()
         self.names = [name for name in every if matches(name, self.pattern)]
-        new = [MetricChart(name, classes="metric-chart") for name in every if name not in self._charts]
+        new = [
+            MetricChart(name, classes="metric-chart") for name in every if name not in self._charts
+        ]
         self._charts.update((chart.scalar, chart) for chart in new)
         if new:  # a scalar seen for the first time: its chart goes at the end, as in `every`
             self.query_one("#metrics-grid", Grid).mount_all(new)
@@ -122,7 +125,9 @@ class MetricsPane(Vertical, can_focus=True):
         parts = [shown + (f" matching {self.pattern!r}" if self.pattern else "")]
         parts.append(f"x: {self.axis} (a)")
         parts.append("log-Y (y)" if self.log_y else "linear Y (y)")
-        parts.append("Esc: back to the grid" if self.full else "/ filter · Enter full size · e export")
+        parts.append(
+            "Esc: back to the grid" if self.full else "/ filter · Enter full size · e export"
+        )
         self.query_one("#metrics-note", Static).update(" · ".join(parts))
 
     def on_show(self) -> None:
