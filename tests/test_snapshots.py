@@ -299,3 +299,34 @@ def test_run_browser_of_live_finished_crashed_and_malformed_runs(
         assert snap_compare(app, terminal_size=(100, 16), run_before=run_before)
     finally:
         run_lock.release(Path("runs/tiny-live"))
+
+
+def test_metrics_pane_grid(snap_compare, tmp_path):
+    """Key 6: a chart per scalar of the scripted run, four a row at 160 columns."""
+    app = fake_app(tmp_path)
+    assert snap_compare(app, terminal_size=SIZE, run_before=play_script("6"))
+
+
+def test_metrics_pane_at_80x24_in_log_y(snap_compare, tmp_path):
+    app = fake_app(tmp_path)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=play_script("6", "y"))
+
+
+def test_metrics_pane_full_size_of_two_runs_with_envelopes(snap_compare, tmp_path):
+    """Two attached runs of 400 steps overlaid: more points than columns, so envelopes."""
+    run_dirs = []
+    for name, floor in (("run-a", 2.0), ("run-b", 1.2)):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        lines = [json.dumps(r) for r in scripted_records(name, floor=floor, steps=400)]
+        (run_dir / METRICS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        run_dirs.append(run_dir)
+    app = make_app(attach=run_dirs, monitor=False, refresh_s=0.05)
+
+    async def run_before(pilot: Pilot) -> None:
+        histories = app.runs.histories.values()
+        await wait_until(pilot, lambda: all(len(h.train) == 400 for h in histories), "the logs")
+        await pilot.press("6", "enter")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -126,12 +126,12 @@ KEYS: tuple[KeyRow, ...] = (
     _pane("ollama", "l", "refresh", "probe the server again, list its models"),
     _pane("ollama", "s", "snapshot", "snapshot the live model as the local one", engine=True),
     _pane("ollama", "Esc", "cancel", "cancel both sides"),
-    _app("?", "help", "Help: every key", "question_mark", 4, "Help"),
     _pane("metrics", "/", "filter", "filter the charts (a substring or a glob; Esc clears)"),
     _pane("metrics", "y", "log_y", "log-Y on/off (values ≤ 0 clipped to the smallest > 0)"),
     _pane("metrics", "← → ↑ ↓", "move(1, 0)", "move between the charts"),
     _pane("metrics", "Enter", "open", "the focused chart full size (Esc: back)"),
     _pane("metrics", "e", "export", "export the series shown (CSV) into the run dir"),
+    _app("?", "help", "Help: every key", "question_mark", 4, "Help"),
     _app("q", "quit", "Quit (asks while training; saves first)", "q", 5, "Quit"),
 )
 PALETTE_ONLY = ("ctrl+p", "Command palette: these actions, themes")  # the help screen's last row
