@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -24,6 +24,9 @@ class _Modal(ModalScreen[bool]):
         self.dismiss(False)
 
 
+HELP_TWO_COLUMNS = 150  # from this terminal width help shows its rows in two tables
+
+
 class HelpScreen(_Modal):
     """Every key binding of the app, generated from its BINDINGS, in a box that scrolls
     (arrows, PageUp/PageDown, Home/End, the wheel) where the terminal is too short."""
@@ -35,14 +38,22 @@ class HelpScreen(_Modal):
         self.bindings = bindings
 
     def compose(self) -> ComposeResult:
-        table = Table(title="h2q-tui keys", expand=True, show_edge=False)
-        table.add_column("key", style="bold cyan", no_wrap=True)
-        table.add_column("action")
-        for key, description in self.bindings:
-            table.add_row(Text(key), Text(description))
-        with Vertical(id="dialog", classes="help"):
-            with VerticalScroll(id="help-keys"):
-                yield Static(table)
+        # a wide terminal gets the rows in two tables side by side: all of them at 160x48
+        halves = [self.bindings]
+        if self.app.size.width >= HELP_TWO_COLUMNS:
+            middle = (len(self.bindings) + 1) // 2
+            halves = [self.bindings[:middle], self.bindings[middle:]]
+        with Vertical(id="dialog", classes="help" + (" -two" if len(halves) > 1 else "")):
+            with VerticalScroll(id="help-keys"), Horizontal(id="help-columns"):
+                for index, half in enumerate(halves):
+                    table = Table(
+                        title="h2q-tui keys" if index == 0 else " ", expand=True, show_edge=False
+                    )
+                    table.add_column("key", style="bold cyan", no_wrap=True)
+                    table.add_column("action")
+                    for key, description in half:
+                        table.add_row(Text(key), Text(description))
+                    yield Static(table, classes="help-table")
             yield Static(
                 "↑/↓ PgUp/PgDn scroll · Ctrl+P: the same actions (and themes) · Esc closes",
                 classes="hint",
