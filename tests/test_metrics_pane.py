@@ -10,6 +10,7 @@ from pathlib import Path
 from fake_engine import scripted_records, system_records
 from pilot_helpers import wait_until
 from textual.containers import Grid
+from textual.events import Key
 from textual.widgets import Input
 
 from h2q_tui.app.panes.icu_chart import RUN_COLOURS
@@ -218,3 +219,17 @@ async def test_attached_runs_overlay_in_the_icu_colours(tmp_path):
         content = chart(pane, "train_loss_nats").content
         styles = {str(span.style) for span in content.spans}
         assert f"bold {RUN_COLOURS[0]}" in styles and f"bold {RUN_COLOURS[1]}" in styles
+
+
+async def test_keys_typed_before_the_filter_has_the_focus_go_to_it(tmp_path):
+    """A terminal can deliver ``/loss`` in one read: the letters must not act as keys."""
+    app = make_app(attach=[write_run(tmp_path, "run-a")], monitor=False, refresh_s=0.05)
+    async with app.run_test(size=(160, 48)) as pilot:
+        pane = await open_metrics(pilot, app)
+        pane.action_filter()  # the field's focus comes later: these keys arrive first
+        for char in "y*norm":
+            pane.on_key(Key(char, char))
+        await pilot.pause()
+        assert pane.pattern == "y*norm" and not pane.log_y
+        await pilot.press("escape", "y")  # the field cleared and left: y is log-Y again
+        assert pane.log_y and pane.pattern == ""

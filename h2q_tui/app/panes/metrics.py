@@ -14,6 +14,7 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Vertical
+from textual.events import Key
 from textual.widgets import Input, Static
 
 from h2q_tui.app.panes.icu_chart import RUN_COLOURS
@@ -55,6 +56,7 @@ class MetricsPane(Vertical, can_focus=True):
         self.current = 0  # the chart arrows move and Enter opens
         self.full: str | None = None  # the scalar shown full size
         self._drawn: tuple | None = None  # what the last draw showed
+        self._to_filter = False  # `/` was pressed and its field has not had the focus yet
         self._charts: dict[str, MetricChart] = {}  # one a scalar ever seen; the filter hides
 
     def compose(self) -> ComposeResult:
@@ -142,6 +144,14 @@ class MetricsPane(Vertical, can_focus=True):
         field = self.query_one("#metrics-filter", Input)
         field.display = True
         field.focus()
+        self._to_filter = True  # until the field has the focus, keys typed go to it
+
+    def on_key(self, event: Key) -> None:
+        """Characters typed right after ``/``, before the field has the focus, go to it."""
+        field = self.query_one("#metrics-filter", Input)
+        if self._to_filter and not field.has_focus and event.is_printable and event.character:
+            field.insert_text_at_cursor(event.character)
+            event.stop()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.pattern = event.value
@@ -171,6 +181,7 @@ class MetricsPane(Vertical, can_focus=True):
 
     def on_descendant_focus(self, event) -> None:
         """A chart focused by a click or Tab becomes the current one."""
+        self._to_filter = False  # the focus moved on: keys go where it is now
         if isinstance(event.widget, MetricChart) and event.widget.scalar in self.names:
             self.current = self.names.index(event.widget.scalar)
 
@@ -202,7 +213,8 @@ class MetricsPane(Vertical, can_focus=True):
         path = folder / f"metrics-{time.strftime('%Y%m%d-%H%M%S')}.csv"
         names = [self.full] if self.full is not None else self.names
         rows = write_metrics_csv(path, {name: self.series(name) for name in names}, self.axis)
-        self.app.notify(f"wrote {rows:,} points of {len(names)} scalars to {path}", markup=False)
+        scalars = f"{len(names)} scalar{'s' * (len(names) != 1)}"
+        self.app.notify(f"wrote {rows:,} points of {scalars} to {path}", markup=False)
 
 
 def write_metrics_csv(path: Path, charts: dict[str, list[Series]], axis: str) -> int:
