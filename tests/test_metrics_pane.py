@@ -226,10 +226,9 @@ async def test_keys_typed_before_the_filter_has_the_focus_go_to_it(tmp_path):
     app = make_app(attach=[write_run(tmp_path, "run-a")], monitor=False, refresh_s=0.05)
     async with app.run_test(size=(160, 48)) as pilot:
         pane = await open_metrics(pilot, app)
-        pane.action_filter()  # the field's focus comes later: these keys arrive first
-        for char in "y*norm":
-            pane.on_key(Key(char, char))
-        await pilot.pause()
+        for key, char in [("slash", "/"), *((char, char) for char in "y*norm")]:
+            app.post_message(Key(key, char))  # all queued before the field can have the focus
+        await wait_until(pilot, lambda: app.focused is app.query_one("#metrics-filter"))
         assert pane.pattern == "y*norm" and not pane.log_y
         await pilot.press("escape", "y")  # the field cleared and left: y is log-Y again
         assert pane.log_y and pane.pattern == ""

@@ -147,10 +147,17 @@ class MetricsPane(Vertical, can_focus=True):
         self._to_filter = True  # until the field has the focus, keys typed go to it
 
     def on_key(self, event: Key) -> None:
-        """Characters typed right after ``/``, before the field has the focus, go to it."""
+        """Characters typed right after ``/``, before the field has the focus, go to it: a
+        terminal can deliver ``/loss`` at once, and a binding acts only after its key has
+        gone through the widgets (so ``/`` is taken here, not left to the binding)."""
         field = self.query_one("#metrics-filter", Input)
-        if self._to_filter and not field.has_focus and event.is_printable and event.character:
+        if field.has_focus or not (event.is_printable and event.character):
+            return
+        if self._to_filter:
             field.insert_text_at_cursor(event.character)
+            event.stop()
+        elif event.key == "slash":
+            self.action_filter()
             event.stop()
 
     def on_input_changed(self, event: Input.Changed) -> None:
