@@ -1,4 +1,4 @@
-"""The h2q-tui dashboard's shell: the bindings, the tabs of the five panes, the link to the
+"""The h2q-tui dashboard's shell: the bindings, the tabs of the six panes, the link to the
 engine (TrainingApp, which it builds on) and the timers that redraw; it routes the messages
 panes send each other, so no pane queries another.
 """
