@@ -105,11 +105,11 @@ async def test_the_grid_charts_every_scalar_on_the_icu_axis(tmp_path):
             assert name in pane.names, name
         assert shown(pane) == pane.names
         assert chart(pane, "grad_norm").border_title == "grad_norm 1.1"
-        assert str(chart(pane, "lr").content).splitlines()[-1].endswith("40 step")
+        assert str(chart(pane, "lr").text()).splitlines()[-1].endswith("40 step")
         await pilot.press("a")  # the ICU pane's x axis key: the grid follows it
         await wait_until(pilot, lambda: app.settled, "the redraw")
         assert pane.axis == "tokens"
-        assert str(chart(pane, "lr").content).splitlines()[-1].endswith("5120 tokens")
+        assert str(chart(pane, "lr").text()).splitlines()[-1].endswith("5120 tokens")
 
 
 async def test_the_filter_narrows_by_substring_or_glob_and_esc_clears_it(tmp_path):
@@ -140,7 +140,7 @@ async def test_log_y_survives_zero_and_negative_values(tmp_path):
         assert chart(pane, "aux_loss").border_title == "aux_loss 0 · log-Y: n/a (values ≤ 0)"
         assert chart(pane, "wobble").border_title == "wobble -2 · log-Y (≤ 0 clipped)"
         assert chart(pane, "lr").border_title == "lr 0.002 · log-Y"
-        assert MEAN in str(chart(pane, "wobble").content)
+        assert MEAN in str(chart(pane, "wobble").text())
     series = [Series("a", "cyan", [1, 2, 3], [-1.0, 0.0, 10.0])]
     lines = str(render(series, 20, 5, True, "step")).splitlines()
     assert lines[0].split()[0] == "10" and lines[3].split()[0] == "10"  # clipped up to 10
@@ -169,7 +169,7 @@ async def test_the_envelope_shows_on_a_long_run_at_80x24(tmp_path):
         pane = await open_metrics(pilot, app, steps=300)
         grad = chart(pane, "train_loss_nats")
         assert grad.content_size.width < 300
-        assert ENVELOPE in str(grad.content) and MEAN in str(grad.content)
+        assert ENVELOPE in str(grad.text()) and MEAN in str(grad.text())
 
 
 async def test_enter_opens_the_focused_chart_full_size_and_esc_returns(tmp_path):
@@ -216,7 +216,7 @@ async def test_attached_runs_overlay_in_the_icu_colours(tmp_path):
             ("run-a", RUN_COLOURS[0]),
             ("run-b", RUN_COLOURS[1]),
         ]
-        content = chart(pane, "train_loss_nats").content
+        content = chart(pane, "train_loss_nats").text()
         styles = {str(span.style) for span in content.spans}
         assert f"bold {RUN_COLOURS[0]}" in styles and f"bold {RUN_COLOURS[1]}" in styles
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from rich.text import Text
-from textual.widgets import Static
+from textual.widget import Widget
 
 ENVELOPE, MEAN = "░", "•"
 GUTTER = 8  # the y labels' columns
@@ -113,23 +113,31 @@ def buckets(points: list[tuple[float, float]], column) -> dict[int, tuple[float,
     return {col: (min(ys), max(ys), sum(ys) / len(ys)) for col, ys in found.items()}
 
 
-class MetricChart(Static, can_focus=True):
-    """A titled chart of one scalar; it draws again at each new size."""
+class MetricChart(Widget, can_focus=True):
+    """A titled chart of one scalar. It renders only when Textual paints it, so the charts
+    scrolled out of view cost nothing until they show; the text is kept until the data,
+    the view or the size change."""
+
+    DEFAULT_CSS = "MetricChart { height: auto; }"
 
     def __init__(self, name: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.scalar = name
         self._view: tuple[list[Series], bool, str] = ([], False, "step")
+        self._text: tuple[tuple[int, int], Text] | None = None  # the size it was drawn at
 
     def show(self, series: list[Series], log_y: bool, axis: str) -> None:
-        self._view = (series, log_y, axis)
+        self._view, self._text = (series, log_y, axis), None
         self.border_title = chart_title(self.scalar, series, log_y)
-        self._render_now()
+        self.refresh()
 
-    def on_resize(self) -> None:
-        self._render_now()
+    def text(self) -> Text:
+        """The chart at its present size (drawn again only when something changed)."""
+        size = (self.content_size.width, self.content_size.height)
+        if self._text is None or self._text[0] != size:
+            series, log_y, axis = self._view
+            self._text = (size, render(series, *size, log_y, axis) if size[0] else Text(""))
+        return self._text[1]
 
-    def _render_now(self) -> None:
-        series, log_y, axis = self._view
-        width, height = self.content_size
-        self.update(render(series, width, height, log_y, axis) if width else "")
+    def render(self) -> Text:
+        return self.text()
