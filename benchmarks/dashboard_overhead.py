@@ -7,7 +7,8 @@ each in a fresh process, as a user would start them:
   (training on the main thread, writing metrics.jsonl and progress lines);
 * a plain worker thread with no UI (the cost of the thread apart from the cost of the UI);
 * the dashboard: the Textual app with the engine in its worker thread (headless driver:
-  full layout and rendering, system monitor on, no terminal, no key presses).
+  full layout and rendering, system monitor on, no terminal, no key presses), on the ICU
+  pane and, a fourth way, on the Metrics pane (a chart per scalar, redrawn as points arrive).
 
 Tokens/s comes from each run's own metrics.jsonl step records, steps 2..N (start-up, the
 final held-out eval and the checkpoint are excluded). The order of the three rotates from
@@ -37,6 +38,7 @@ MODES = {
     "--no-ui": "--no-ui (main thread)",
     "thread": "worker thread, no UI",
     "dashboard": "dashboard",
+    "metrics": "dashboard, Metrics pane open",
 }
 
 
@@ -84,12 +86,13 @@ def train_plain(prepared, on_thread: bool) -> None:
     worker.join()
 
 
-async def train_in_dashboard(preset: str, steps: int, run_dir: Path) -> None:
+async def train_in_dashboard(preset: str, steps: int, run_dir: Path, pane: str = "icu") -> None:
     from h2q_tui.app import make_app
     from h2q_tui.app.engine_link import LiveEngine
 
     app = make_app(LiveEngine(prepare(preset, steps, run_dir)), autostart=True, monitor=True)
     async with app.run_test(size=(160, 48)):
+        app.action_pane(pane)
         while not app.runs.state.startswith("finished"):
             await asyncio.sleep(0.5)  # an idle user: no key presses
 
@@ -126,13 +129,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-dashboard.json")
-    parser.add_argument("--one", choices=["thread", "dashboard"], help=argparse.SUPPRESS)
+    parser.add_argument("--one", choices=["thread", "dashboard", "metrics"], help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one == "thread":
         return train_plain(prepare(args.preset, args.steps, args.run_dir), on_thread=True)
-    if args.one == "dashboard":
-        return asyncio.run(train_in_dashboard(args.preset, args.steps, args.run_dir))
+    if args.one in ("dashboard", "metrics"):
+        pane = "metrics" if args.one == "metrics" else "icu"
+        return asyncio.run(train_in_dashboard(args.preset, args.steps, args.run_dir, pane))
 
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
     precisions: set[str] = set()
@@ -150,6 +154,7 @@ def main() -> None:
     medians = {mode: statistics.median(values) for mode, values in rates.items()}
     base = medians["--no-ui"]
     paired = [d / n - 1 for d, n in zip(rates["dashboard"], rates["--no-ui"], strict=True)]
+    paired_metrics = [m / n - 1 for m, n in zip(rates["metrics"], rates["--no-ui"], strict=True)]
     print(f"\nmachine: {hardware.machine_line()}")
     print(
         f"{args.preset}, {args.steps} steps, {args.trials} interleaved trials, "
@@ -162,6 +167,11 @@ def main() -> None:
         f"dashboard vs --no-ui trial by trial: median {100 * statistics.median(paired):+.1f} %"
         f" ({', '.join(f'{100 * p:+.1f}' for p in paired)})"
     )
+    print(
+        "Metrics pane open vs --no-ui trial by trial: median "
+        f"{100 * statistics.median(paired_metrics):+.1f} %"
+        f" ({', '.join(f'{100 * p:+.1f}' for p in paired_metrics)})"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "preset": args.preset,
@@ -171,6 +181,7 @@ def main() -> None:
         "tokens_per_s": {MODES[m]: v for m, v in rates.items()},
         "medians": {MODES[m]: v for m, v in medians.items()},
         "dashboard_vs_no_ui_per_trial": paired,
+        "metrics_pane_vs_no_ui_per_trial": paired_metrics,
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
