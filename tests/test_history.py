@@ -99,6 +99,19 @@ def test_rank_growth_reaches_the_rank_card_and_event_log():
     assert h.rank == 9 and "rank grown to 9" in h.log[-1]
 
 
+def test_the_rank_is_a_scalar_of_every_step_and_follows_its_growth():
+    h = RunHistory()
+    h.add({**started(), "config": {"model": {"family": "qrlm", "rank": 4}}})
+    h.add(step(1))
+    h.add({"event": "rank_grown", "step": 1, "rank": 9, "new_parameters": 8192, "lr": 1e-3})
+    h.add(step(2))
+    assert h.scalars.curves["rank"].value == [4.0, 9.0]
+    gpt = RunHistory()
+    gpt.add({**started(), "config": {"model": {"family": "gpt", "rank": 4}}})
+    gpt.add(step(1))
+    assert "rank" not in gpt.scalars.curves
+
+
 # ---------------------------------------------------------------------- bad records
 BAD_RECORDS = [
     {"event": "step"},

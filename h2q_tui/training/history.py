@@ -114,6 +114,14 @@ class Scalars:
             curve.append(record["step"], record["tokens"], record["time"], value)
         self.version += bool(fields)
 
+    def put(self, name: str, record: dict[str, Any], value: float) -> None:
+        """One point of ``name`` at ``record``'s step, tokens and time."""
+        curve = self.curves.get(name)
+        if curve is None:
+            curve = self.curves[name] = Curve(self.max_points)
+        curve.append(record["step"], record["tokens"], record["time"], float(value))
+        self.version += 1
+
     def drop_after(self, step: int) -> None:
         """Forget the points after ``step`` (a resume logs those steps again)."""
         for curve in self.curves.values():
@@ -227,7 +235,17 @@ class RunHistory:
         self.threads_chosen = r
         self._note(f"step {r['step']}: training on {self.threads_text}")
 
+    @property
+    def model_rank(self) -> int | None:
+        """The model's rank now (a QRLM grows it; a GPT has none)."""
+        model = self.config.get("model", {})
+        if self.rank is not None or model.get("family") == "gpt":
+            return self.rank
+        return model.get("rank") if isinstance(model.get("rank"), int) else None
+
     def _on_step(self, r: dict[str, Any]) -> None:
+        if self.model_rank is not None:
+            self.scalars.put("rank", r, self.model_rank)  # charted with the step's scalars
         self.last_step, self.progress = r, None
         loss = r["train_loss_nats"]
         self.train.append(r["step"], r["tokens"], r["time"], math.nan if loss is None else loss)
