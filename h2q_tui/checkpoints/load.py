@@ -15,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 from torch import nn
 
+from h2q_tui.checkpoints import crystal_weights
 from h2q_tui.checkpoints.find import candidate_weights, resolve_checkpoint
 from h2q_tui.checkpoints.layout import FORMAT, STATE, TOKENIZER, CheckpointInfo
 from h2q_tui.checkpoints.state import state_problem
@@ -151,18 +152,19 @@ def build_model_of(info: CheckpointInfo) -> nn.Module:
     return model
 
 
-def load_model_from(info: CheckpointInfo, device: torch.device | str | None = None) -> nn.Module:
+def load_model_from(
+    info: CheckpointInfo, device: torch.device | str | None = None, dequantize: bool = False
+) -> nn.Module:
     """Build the checkpoint's model (with any grown rank) and load its weights.
 
-    A crystallized checkpoint (``info.crystal``) is decoded at load: its stored tensors are
-    read onto ``device`` (default the CPU) and turned back into float weights there, in the
-    model its config and layout overrides build. ``device``: where the model ends up (the CPU
-    when None).
+    A crystallized checkpoint (``info.crystal``) is read onto ``device`` (default the CPU), in
+    the model its config and layout overrides build: on the CPU its integer matrices stay
+    integers, unless ``dequantize``; elsewhere they are decoded to float.
     """
     model = build_model_of(info)
     if device is not None:
         model = model.to(device)
-    load_weights(info, model, device)
+    load_weights(info, model, device, dequantize)
     return model
 
 
@@ -173,14 +175,18 @@ def tokenizer_of(info: CheckpointInfo) -> BpeTokenizer | None:
 
 
 def load_weights(
-    info: CheckpointInfo, model: nn.Module, device: torch.device | str | None = None
+    info: CheckpointInfo,
+    model: nn.Module,
+    device: torch.device | str | None = None,
+    dequantize: bool = False,
 ) -> None:
     """Load the checkpoint's weights into ``model`` (strict: same names, same shapes).
 
-    A crystallized checkpoint is decoded on ``device`` (default the CPU) first.
+    A crystallized checkpoint is read on ``device`` (default the CPU); there its integer
+    matrices stay integers unless ``dequantize`` (:mod:`~h2q_tui.checkpoints.crystal_weights`).
     """
     if info.crystal is not None:
-        _load_crystallized(info, model, device or "cpu")
+        _load_crystallized(info, model, device or "cpu", dequantize)
         return
     try:
         with safe_open(str(info.weights), framework="pt") as handle:
@@ -219,14 +225,17 @@ def load_weights(
         )
 
 
-def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
-    """Decode a crystallized file on ``device`` and load it strictly into ``model``."""
+def _load_crystallized(info: CheckpointInfo, model: nn.Module, device, dequantize: bool) -> None:
+    """Read a crystallized file on ``device`` and load it strictly into ``model``: on the CPU
+    its integer matrices stay integers (``crystal_weights.pack``), else all decoded to float."""
+    pack = crystal_weights.wanted(device, dequantize)
     try:
-        state_dict, _ = stored.decode_file(info.weights, device)
+        state_dict, _, records = stored.decode_file(info.weights, device, pack=pack)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise UserError(
             f"checkpoint {info.weights} is a corrupt crystallized file ({first_sentence(exc)})"
         ) from None
+    packed = crystal_weights.pack_linears(model, state_dict)
     model_state = model.state_dict()
     refuse_wrong_dtypes(
         info,
@@ -259,6 +268,9 @@ def _load_crystallized(info: CheckpointInfo, model: nn.Module, device) -> None:
         raise UserError(
             f"crystallized checkpoint {info.weights} does not match its model ({first_sentence(exc)})"
         ) from None
+    if pack:
+        packed += crystal_weights.pack_ham_layers(model, records)
+    crystal_weights.describe(model, packed, pack)
 
 
 SAFETENSORS_FLOATS = frozenset({"F16", "BF16", "F32", "F64"})

@@ -100,6 +100,7 @@ def load_checkpoint(
     pickle_path: str | Path | None = None,
     consumer: str | None = None,
     note: str = "",
+    dequantize: bool = False,
 ) -> Loaded:
     """Load ``source`` (a path, or a CheckpointInfo already read and verified) as ``method``.
 
@@ -109,8 +110,9 @@ def load_checkpoint(
     ``later`` (the caller calls :meth:`Loaded.confirm` before anything computed from the
     model leaves its hands) or ``first``. ``pickle_path``: the ``naive`` path's state dict.
     ``consumer``: record the load in the timeline under that name, with whether the file was
-    in the page cache beforehand, and ``note`` (``Loaded.event``). Raises UserError (one line) for a missing or
-    damaged checkpoint.
+    in the page cache beforehand, and ``note`` (``Loaded.event``). ``dequantize``: decode a
+    crystallized checkpoint's integer matrices to float instead of multiplying by them. Raises
+    UserError (one line) for a missing or damaged checkpoint.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -121,20 +123,24 @@ def load_checkpoint(
     if consumer is not None and verify == "later":
         raise ValueError("a recorded load is verified before it is recorded (not verify='later')")
     if consumer is not None:
-        return _recorded(source, method, device, clock, verify, pickle_path, consumer, note)
+        return _recorded(
+            source, method, device, clock, verify, pickle_path, consumer, note, dequantize
+        )
     clock = clock or timing.Clock()
     overlap = verify != "first" and method == "fast" and device is None
-    loaded = _load(source, method, device, pickle_path, clock, overlap)
+    loaded = _load(source, method, device, pickle_path, clock, overlap, dequantize)
     if verify == "later":
         return loaded
     try:
         loaded.confirm(clock)
     except ChecksumFailed:
-        loaded = _load(source, method, device, pickle_path, clock, overlap=False)
+        loaded = _load(source, method, device, pickle_path, clock, False, dequantize)
     return loaded
 
 
-def _recorded(source, method, device, clock, verify, pickle_path, consumer, note) -> Loaded:
+def _recorded(
+    source, method, device, clock, verify, pickle_path, consumer, note, dequantize
+) -> Loaded:
     """:func:`load_checkpoint`, timed and recorded in the timeline as one ``load`` event."""
     if isinstance(source, CheckpointInfo):
         weights = source.weights
@@ -143,7 +149,13 @@ def _recorded(source, method, device, clock, verify, pickle_path, consumer, note
     cold = cache_state(weights) if weights is not None else None
     clock = clock or timing.Clock()
     loaded = load_checkpoint(
-        source, method, device=device, clock=clock, verify=verify, pickle_path=pickle_path
+        source,
+        method,
+        device=device,
+        clock=clock,
+        verify=verify,
+        pickle_path=pickle_path,
+        dequantize=dequantize,
     )
     info = loaded.info
     if weights != info.weights:
@@ -177,6 +189,7 @@ def _load(
     pickle_path: str | Path | None,
     clock: timing.Clock,
     overlap: bool,
+    dequantize: bool = False,
 ) -> Loaded:
     """The model in eval mode; with ``overlap`` (the fast path from a path) the checksum pass
     may still be running (``Loaded.pending``), else it ran first (``read_info``)."""
@@ -200,7 +213,7 @@ def _load(
         clock.lap("build")
         if device is not None:
             model = model.to(device)
-        load_weights(info, model, device)
+        load_weights(info, model, device, dequantize)
         clock.lap("read")
     else:
         tensors = fast.read_tensors(info, device)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from h2q_tui.codecs import packed
 from h2q_tui.codecs.kronecker import VARIANTS, ham_groups, rearranged, truncate_state_dict
 from h2q_tui.codecs.method import (
     PART_SEPARATOR,
@@ -245,13 +246,15 @@ def read_layout(metadata: Mapping[str, str] | None) -> dict[str, Any]:
 
 
 def decode_state_dict(
-    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], pack: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(state_dict, overrides) from a crystallized file's tensors and metadata.
 
     The state_dict is float, in the original dtypes and shapes (for rank, the truncated
-    model's: build it with ``overrides``). Tied names get the same tensor object. Raises
-    CrystalFormatError (a ValueError) with one line for a corrupt or foreign layout.
+    model's: build it with ``overrides``); with ``pack``, a matrix stored by one integer
+    codec the kernels take is a :class:`~h2q_tui.codecs.packed.PackedWeight` instead. Tied
+    names get the same object. Raises CrystalFormatError (a ValueError) with one line for a
+    corrupt or foreign layout.
     """
     layout = read_layout(metadata)
     records: dict[str, Any] = layout["tensors"]
@@ -270,7 +273,10 @@ def decode_state_dict(
         else:
             if not isinstance(record, dict):
                 raise CrystalFormatError(f"bad layout record for {name!r}")
-            state_dict[name] = decode_chain(groups[name], record)
+            if pack and packed.packable(record):
+                state_dict[name] = packed.from_stored(groups[name], record)
+            else:
+                state_dict[name] = decode_chain(groups[name], record)
     for alias, canonical in layout.get("aliases", {}).items():
         if canonical not in state_dict:
             raise CrystalFormatError(f"tied tensor {alias!r} refers to missing {canonical!r}")

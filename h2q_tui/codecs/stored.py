@@ -16,10 +16,12 @@ holds ``model.safetensors`` and, when the source had one, a copy of its ``tokeni
   model files (``model.safetensors`` + ``tokenizer.json``) when it was crystallized, so a reader
   can say "int8 of run X step N, 3.8× smaller" without the source at hand.
 
-Loading decodes at once: every stored tensor is read onto the target device and turned back
-into the float tensor the model expects (:func:`decode_file`), then loaded strictly into a
-model built from the source config with the layout's overrides (``rank``, ``shared_bank``,
-``rank_growths`` = 0 after ``rank:K``).
+Loading reads every stored tensor onto the target device (:func:`decode_file`). On the CPU
+a matrix stored by one integer codec stays as its integers and the model multiplies by them
+(:mod:`h2q_tui.codecs.packed`); everything else, and everything when asked to (``--dequantize``)
+or off the CPU, is turned back into the float tensor the model expects. Then the tensors load
+strictly into a model built from the source config with the layout's overrides (``rank``,
+``shared_bank``, ``rank_growths`` = 0 after ``rank:K``).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class CrystalOrigin:
         return self.source_bytes / self.bytes if self.bytes else 0.0
 
     def describe(self) -> str:
-        """``int8 of run 20250101-120000 step 1000, 3.8× smaller (decoded to float at load)``."""
+        """``int8 of run 20250101-120000 step 1000, 3.8× smaller``."""
         run = f"run {self.run_id}" if self.run_id else f"checkpoint {self.source}"
         if not self.ratio:
             size = "size of its source unknown"
@@ -73,7 +75,7 @@ class CrystalOrigin:
             size = f"{self.ratio:.1f}× smaller"
         else:
             size = f"{1 / self.ratio:.1f}× larger"
-        return f"{self.method} of {run} step {self.step}, {size} (decoded to float at load)"
+        return f"{self.method} of {run} step {self.step}, {size}"
 
 
 def origin(metadata: Mapping[str, str], weights: Path, step: int, run_id: str) -> CrystalOrigin:
@@ -111,11 +113,14 @@ def config_overrides(crystal: CrystalOrigin) -> dict[str, Any]:
 
 
 def decode_file(
-    weights: Path, device: torch.device | str = "cpu"
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a crystallized safetensors file onto ``device`` and decode it: (state_dict, overrides).
+    weights: Path, device: torch.device | str = "cpu", pack: bool = False
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Read a crystallized safetensors file onto ``device`` and decode it: (state_dict,
+    overrides, the layout's tensor records).
 
-    Raises CrystalFormatError (a ValueError) for a layout that does not match its tensors, and
+    ``pack``: matrices stored by one integer codec stay integers
+    (:class:`~h2q_tui.codecs.packed.PackedWeight`, see :func:`decode_state_dict`). Raises
+    CrystalFormatError (a ValueError) for a layout that does not match its tensors, and
     whatever safetensors raises for an unreadable file.
     """
     with safe_open(str(weights), framework="pt", device=str(device)) as handle:
@@ -123,4 +128,5 @@ def decode_file(
         if not is_crystallized(metadata):
             raise CrystalFormatError(f"{weights} is not a crystallized file")
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    return decode_state_dict(tensors, metadata)
+    state_dict, overrides = decode_state_dict(tensors, metadata, pack)
+    return state_dict, overrides, read_layout(metadata)["tensors"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from h2q_tui.codecs.packed import linear
 from h2q_tui.generation import steps
 from h2q_tui.generation.steps import (
     StepProgram,
@@ -109,8 +110,8 @@ class HamiltonianStep(StepProgram):
                 x = pre_hooks(block, x)
             ln1, qkv, gravity_net, strength, proj, reflex, ln2, fc, fc_proj = layer
             h = layer_norm(x, ln1)
-            parts = F.linear(h, qkv).view(time, 3, nh, width // nh)
-            gravity = F.softplus(F.linear(h, *gravity_net))  # (T, nh)
+            parts = linear(h, qkv).view(time, 3, nh, width // nh)
+            gravity = F.softplus(linear(h, *gravity_net))  # (T, nh)
             bias = -strength * gravity.t()[..., None] * distance  # (nh, T, Tk)
             if time == 1:
                 qk = torch.mm(parts[0, :2].reshape(2 * nh, -1), self.rotation[offset])
@@ -126,11 +127,11 @@ class HamiltonianStep(StepProgram):
                 y = F.scaled_dot_product_attention(
                     qk[0], kv[0, :, :end], kv[1, :, :end], attn_mask=bias.to(qk.dtype)
                 )  # (nh, T, hs)
-            y = F.linear(y.transpose(0, 1).reshape(time, width), proj)
+            y = linear(y.transpose(0, 1).reshape(time, width), proj)
             x = x + y + self.reflex(reflex, inputs, x, offset)
-            x = x + F.linear(steps.GELU(F.linear(layer_norm(x, ln2), fc)), fc_proj)
+            x = x + linear(steps.GELU(linear(layer_norm(x, ln2), fc)), fc_proj)
         hidden = layer_norm(x[-1], self.final)
-        return F.linear(hidden, self.head), hidden
+        return linear(hidden, self.head), hidden
 
     def reflex(
         self, conv: tuple, inputs: torch.Tensor, x: torch.Tensor, offset: int

@@ -7,9 +7,9 @@ Dimension legend: V vocabulary, C hidden width, T new positions, H half the widt
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from h2q_kernels.hamiltonian import HamLinear
 
+from h2q_tui.codecs.packed import PackedLinear, PackedWeight, concatenate, linear
 from h2q_tui.generation import steps
 from h2q_tui.generation.steps import (
     StepProgram,
@@ -32,9 +32,9 @@ def pre_ln_blocks(program: StepProgram, tokens: list[int], offset: int) -> torch
         if block._forward_pre_hooks:
             x = pre_hooks(block, x)
         ln_1, qkv, out, ln_2, fc_1, fc_2 = layer
-        y = causal_attention(F.linear(layer_norm(x, ln_1), *qkv), kv, offset, program.n_heads)
-        x = x + F.linear(y, *out)
-        x = x + F.linear(steps.GELU(F.linear(layer_norm(x, ln_2), *fc_1)), *fc_2)
+        y = causal_attention(linear(layer_norm(x, ln_1), *qkv), kv, offset, program.n_heads)
+        x = x + linear(y, *out)
+        x = x + linear(steps.GELU(linear(layer_norm(x, ln_2), *fc_1)), *fc_2)
     return layer_norm(x[-1], program.final)
 
 
@@ -61,18 +61,26 @@ class GPTStep(StepProgram):
 
     def run(self, tokens: list[int], offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = pre_ln_blocks(self, tokens, offset)
-        return F.linear(hidden, self.head), hidden
+        return linear(hidden, self.head), hidden
 
 
-def _frozen(layer: HamLinear) -> tuple[torch.Tensor, torch.Tensor]:
-    """A frozen HamLinear's W and bias, for F.linear."""
+def _frozen(layer: HamLinear | PackedLinear) -> tuple[torch.Tensor | PackedWeight, torch.Tensor]:
+    """A frozen HamLinear's W (or a crystallized layer's packed W) and bias, for linear()."""
+    if isinstance(layer, PackedLinear):
+        return layer.weight, layer.bias
     return layer.frozen_weight, layer.bias
 
 
-def _fused(layers: list[HamLinear]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One (3D, D) weight and (3D,) bias from the frozen W of the q, k, v HamLinears."""
-    weight = torch.cat([layer.frozen_weight for layer in layers])
-    return weight, torch.cat([layer.bias.detach() for layer in layers])
+def _fused(layers: list) -> tuple[torch.Tensor | PackedWeight, torch.Tensor]:
+    """One (3D, D) weight and (3D,) bias from the frozen (or packed) W of the q, k, v layers."""
+    bias = torch.cat([layer.bias.detach() for layer in layers])
+    if all(isinstance(layer, PackedLinear) for layer in layers):
+        return concatenate([layer.weight for layer in layers]), bias
+    return torch.cat([_dense(layer) for layer in layers]), bias
+
+
+def _dense(layer: HamLinear | PackedLinear) -> torch.Tensor:
+    return layer.weight.decoded() if isinstance(layer, PackedLinear) else layer.frozen_weight
 
 
 def _quaternion_phase(y: torch.Tensor) -> torch.Tensor:
@@ -113,13 +121,13 @@ class ReversibleStep(StepProgram):
             if block._forward_pre_hooks:
                 h1, h2 = pre_hooks(block, torch.cat([h1, h2], dim=-1)).chunk(2, dim=-1)
             ln1, qkv, o, ln2, fc1, fc2 = layer
-            y = causal_attention(F.linear(layer_norm(h2, ln1), *qkv), kv, offset, self.n_heads)
+            y = causal_attention(linear(layer_norm(h2, ln1), *qkv), kv, offset, self.n_heads)
             if self.quaternion:
                 y = _quaternion_phase(y)
-            h1 = h1 + F.linear(y, *o)
-            h2 = h2 + F.linear(steps.GELU(F.linear(layer_norm(h1, ln2), *fc1)), *fc2)
+            h1 = h1 + linear(y, *o)
+            h2 = h2 + linear(steps.GELU(linear(layer_norm(h1, ln2), *fc1)), *fc2)
         hidden = layer_norm(torch.cat([h1[-1], h2[-1]]), self.final)
-        return F.linear(hidden, *self.head), hidden
+        return linear(hidden, *self.head), hidden
 
 
 class QRLMStep(StepProgram):
@@ -145,4 +153,4 @@ class QRLMStep(StepProgram):
 
     def run(self, tokens: list[int], offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = pre_ln_blocks(self, tokens, offset)
-        return F.linear(hidden, *self.head), hidden
+        return linear(hidden, *self.head), hidden

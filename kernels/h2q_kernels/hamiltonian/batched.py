@@ -76,7 +76,8 @@ def step_weights(layers: Sequence[HamLinear]) -> Iterator[None]:
 
 def fused_weight(*layers: HamLinear) -> torch.Tensor | None:
     """The (n·D, D) weight of ``layers`` applied to one input (q, k, v of one block), when
-    the step's batched product built all of them; else None."""
-    if any(layer.step_weight is None for layer in layers):
+    the step's batched product built all of them; else None (also for a layer that is no
+    longer a HamLinear: a crystallized model's layer packed as integers has no step weight)."""
+    if any(getattr(layer, "step_weight", None) is None for layer in layers):
         return None
     return torch.cat([layer.step_weight for layer in layers])  # (n·D, D)

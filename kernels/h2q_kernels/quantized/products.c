@@ -1,0 +1,254 @@
+/* Integer matrix products for crystallized weights: y = x Wᵀ + bias, W kept as its codes.
+ *
+ * Two weight layouts, the ones h2q-tui's codecs store (h2q_tui/codecs/tensor.py):
+ *   int8 rows   W[n, k] = q[n, k] · scale[n]              q int8, scale fp16 per row
+ *   code groups W[n, k] = min[g] + c[n, k] · scale[g]      per group g of G values along k,
+ *               c unsigned codes, either two 4-bit codes a byte (low nibble first, int4) or
+ *               one code a byte (int5/int6 unpacked), scale and min fp16 per group
+ * The activations are rounded to int8 per block of 32 values (absmax / 127 a block, as
+ * llama.cpp's Q8_0 activations), so a block's dot product is one run of integer multiply-adds;
+ * the exact sum of each block of x carries the groups' minimums.
+ *
+ * Dimension legend: T rows of x, K its width (a multiple of 32), N rows of W (outputs),
+ * G the group length (a multiple of 32 dividing K).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#define BLOCK 32
+
+static float half_to_float(uint16_t h) {
+#ifdef __F16C__
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+    uint32_t bits;
+    if (exponent == 0) {
+        if (mantissa == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            exponent = 127 - 15 + 1;
+            while (!(mantissa & 0x400)) { mantissa <<= 1; exponent--; }
+            bits = sign | (exponent << 23) | ((mantissa & 0x3ff) << 13);
+        }
+    } else if (exponent == 31) {
+        bits = sign | 0x7f800000 | (mantissa << 13);
+    } else {
+        bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
+    }
+    float out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
+#endif
+}
+
+/* One row of x (K values) into int8 blocks: codes, the block scales and the blocks' exact sums.
+ * interleave: within a block, the even positions first and then the odd ones, the order of
+ * the low and high nibbles of 16 packed bytes. */
+static void quantize_row(const float *x, int64_t K, int8_t *xq, float *dx, float *xs, int interleave) {
+    for (int64_t b = 0; b < K / BLOCK; b++) {
+        const float *v = x + b * BLOCK;
+        float absmax = 0.0f, sum = 0.0f;
+        for (int i = 0; i < BLOCK; i++) {
+            float a = fabsf(v[i]);
+            absmax = a > absmax ? a : absmax;
+            sum += v[i];
+        }
+        float d = absmax / 127.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
+        dx[b] = d;
+        xs[b] = sum;
+        int8_t *out = xq + b * BLOCK;
+        for (int i = 0; i < BLOCK; i++) {
+            int position = interleave ? (i % 2) * (BLOCK / 2) + i / 2 : i;
+            out[position] = (int8_t)lrintf(v[i] * inverse);
+        }
+    }
+}
+
+#ifdef __AVX2__
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Σ over one block of 32: unsigned codes (≤ 63) times signed activations, as 8 int32 lanes. */
+static inline __m256 block_dot_u8(__m256i codes, __m256i xq) {
+    __m256i pairs = _mm256_maddubs_epi16(codes, xq);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+#endif
+
+/* Σ_k q[k] · x[k] of one int8 row over the quantized activations. */
+static float dot_int8(const int8_t *q, const int8_t *xq, const float *dx, int64_t blocks) {
+#ifdef __AVX2__
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 1 < blocks; b += 2) { /* two chains of multiply-adds, to hide their latency */
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)(q + b * BLOCK));
+        __m256i w1 = _mm256_loadu_si256((const __m256i *)(q + (b + 1) * BLOCK));
+        __m256i a0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+        __m256i a1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
+        /* |w| · (a with w's sign): unsigned × signed, what maddubs multiplies (|q| ≤ 127) */
+        acc0 = _mm256_fmadd_ps(block_dot_u8(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(a0, w0)), _mm256_set1_ps(dx[b]), acc0);
+        acc1 = _mm256_fmadd_ps(block_dot_u8(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(a1, w1)), _mm256_set1_ps(dx[b + 1]), acc1);
+    }
+    if (b < blocks) {
+        __m256i w = _mm256_loadu_si256((const __m256i *)(q + b * BLOCK));
+        __m256i a = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+        acc0 = _mm256_fmadd_ps(block_dot_u8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)), _mm256_set1_ps(dx[b]), acc0);
+    }
+    return hsum(_mm256_add_ps(acc0, acc1));
+#else
+    float acc = 0.0f;
+    for (int64_t b = 0; b < blocks; b++) {
+        int32_t s = 0;
+        for (int i = 0; i < BLOCK; i++) s += (int32_t)q[b * BLOCK + i] * xq[b * BLOCK + i];
+        acc += (float)s * dx[b];
+    }
+    return acc;
+#endif
+}
+
+#ifdef __AVX2__
+/* 32 codes of one block: 16 bytes of two nibbles (lows then highs), or 32 bytes. */
+static inline __m256i load_codes(const uint8_t *codes, int64_t b, int nibbles) {
+    if (!nibbles) return _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
+    const __m128i low4 = _mm_set1_epi8(0x0f);
+    __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * BLOCK / 2));
+    __m128i lo = _mm_and_si128(bytes, low4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
+    return _mm256_set_m128i(hi, lo);
+}
+#endif
+
+/* Σ_g scale[g] · Σ_k codes[k] · x[k] of one row of G-groups, before the minimums; a group
+ * is 2^shift blocks (a shift, not a division, in the loop). */
+static float dot_code_row(const uint8_t *codes, int nibbles, const uint16_t *scale, int64_t blocks,
+                          int shift, const int8_t *xq, const float *dx) {
+#ifdef __AVX2__
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 1 < blocks; b += 2) { /* two chains of multiply-adds, to hide their latency */
+        float s0 = half_to_float(scale[b >> shift]), s1 = half_to_float(scale[(b + 1) >> shift]);
+        __m256i a0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+        __m256i a1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
+        acc0 = _mm256_fmadd_ps(block_dot_u8(load_codes(codes, b, nibbles), a0), _mm256_set1_ps(s0 * dx[b]), acc0);
+        acc1 = _mm256_fmadd_ps(block_dot_u8(load_codes(codes, b + 1, nibbles), a1), _mm256_set1_ps(s1 * dx[b + 1]), acc1);
+    }
+    if (b < blocks) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+        float s = half_to_float(scale[b >> shift]);
+        acc0 = _mm256_fmadd_ps(block_dot_u8(load_codes(codes, b, nibbles), a), _mm256_set1_ps(s * dx[b]), acc0);
+    }
+    return hsum(_mm256_add_ps(acc0, acc1));
+#else
+    float acc = 0.0f;
+    int64_t block_bytes = nibbles ? BLOCK / 2 : BLOCK;
+    for (int64_t b = 0; b < blocks; b++) {
+        int32_t sum = 0;
+        for (int i = 0; i < BLOCK; i++) {
+            int code;
+            if (nibbles) {
+                int byte = codes[b * block_bytes + i % (BLOCK / 2)];
+                code = i < BLOCK / 2 ? (byte & 0x0f) : (byte >> 4);
+            } else {
+                code = codes[b * block_bytes + i];
+            }
+            sum += code * xq[b * BLOCK + i];
+        }
+        acc += half_to_float(scale[b >> shift]) * dx[b] * (float)sum;
+    }
+    return acc;
+#endif
+}
+
+/* Σ_g min[g] · (Σ x over group g): the groups' minimums against the exact sums of x. */
+static float min_terms(const uint16_t *mins, const float *group_sums, int64_t groups) {
+    float total = 0.0f;
+    int64_t g = 0;
+#ifdef __AVX2__
+    __m256 acc = _mm256_setzero_ps();
+    for (; g + 8 <= groups; g += 8) {
+        __m256 m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mins + g)));
+        acc = _mm256_fmadd_ps(m, _mm256_loadu_ps(group_sums + g), acc);
+    }
+    total = hsum(acc);
+#endif
+    for (; g < groups; g++) total += half_to_float(mins[g]) * group_sums[g];
+    return total;
+}
+
+typedef struct {
+    int8_t *xq;
+    float *dx, *xs;
+} Activations;
+
+static int quantize_all(const float *x, int64_t T, int64_t K, int interleave, Activations *a) {
+    a->xq = malloc((size_t)(T * K));
+    a->dx = malloc(sizeof(float) * (size_t)(T * K / BLOCK));
+    a->xs = malloc(sizeof(float) * (size_t)(T * K / BLOCK));
+    if (!a->xq || !a->dx || !a->xs) {
+        free(a->xq); free(a->dx); free(a->xs);
+        return -1;
+    }
+    for (int64_t t = 0; t < T; t++)
+        quantize_row(x + t * K, K, a->xq + t * K, a->dx + t * K / BLOCK, a->xs + t * K / BLOCK, interleave);
+    return 0;
+}
+
+static void release(Activations *a) { free(a->xq); free(a->dx); free(a->xs); }
+
+/* y (T, N) = x (T, K) · (q · scale)ᵀ + bias; returns 0, or -1 when memory ran out. */
+int h2q_int8_rows(const float *x, int64_t T, int64_t K, const int8_t *q, const uint16_t *scale,
+                  int64_t N, const float *bias, float *y, int threads) {
+    Activations a;
+    if (K % BLOCK || quantize_all(x, T, K, 0, &a)) return -1;
+    int64_t blocks = K / BLOCK;
+    (void)threads;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N * K * T >= (1 << 18))
+    for (int64_t n = 0; n < N; n++) {
+        float s = half_to_float(scale[n]), b = bias ? bias[n] : 0.0f;
+        for (int64_t t = 0; t < T; t++)
+            y[t * N + n] = s * dot_int8(q + n * K, a.xq + t * K, a.dx + t * blocks, blocks) + b;
+    }
+    release(&a);
+    return 0;
+}
+
+/* y (T, N) = x (T, K) · (min + codes · scale)ᵀ + bias, groups of G along k (K % G == 0). */
+int h2q_code_groups(const float *x, int64_t T, int64_t K, const uint8_t *codes, int nibbles,
+                    const uint16_t *scale, const uint16_t *mins, int64_t G, int64_t N,
+                    const float *bias, float *y, int threads) {
+    Activations a;
+    int shift = 0;
+    while ((BLOCK << shift) < G) shift++;
+    if (K % BLOCK || (BLOCK << shift) != G || K % G || quantize_all(x, T, K, nibbles, &a)) return -1;
+    int64_t groups = K / G, per_group = G / BLOCK, row_bytes = nibbles ? K / 2 : K;
+    float *group_sums = malloc(sizeof(float) * (size_t)(T * groups)); /* Σ x per group, exact */
+    if (!group_sums) { release(&a); return -1; }
+    for (int64_t i = 0; i < T * groups; i++) {
+        float sum = 0.0f;
+        for (int64_t j = 0; j < per_group; j++) sum += a.xs[i * per_group + j];
+        group_sums[i] = sum;
+    }
+    (void)threads;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N * K * T >= (1 << 18))
+    for (int64_t n = 0; n < N; n++) {
+        const uint16_t *s = scale + n * groups, *m = mins + n * groups;
+        for (int64_t t = 0; t < T; t++) {
+            float total = dot_code_row(codes + n * row_bytes, nibbles, s, K / BLOCK, shift,
+                                       a.xq + t * K, a.dx + t * (K / BLOCK));
+            total += min_terms(m, group_sums + t * groups, groups);
+            y[t * N + n] = total + (bias ? bias[n] : 0.0f);
+        }
+    }
+    free(group_sums);
+    release(&a);
+    return 0;
+}
