@@ -183,8 +183,10 @@ def test_crystallized_gpt_loads_and_its_tied_head_stays_tied(work: Path, capsys)
     folder = work / "c" / "svd-0.5+int8"
     info = checkpoints.read_info(folder)
     assert info.crystal.method == "svd:0.5+int8" and "smaller" in info.describe()
-    model = checkpoints.load_model_from(info)
+    model = checkpoints.load_model_from(info, dequantize=True)
     assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
+    on_codes = checkpoints.load_model_from(info)  # the head multiplies by the table's codes
+    assert torch.equal(on_codes.lm_head.weight.decoded(), on_codes.wte.weight.detach())
     stored_names = load_file(folder / "model.safetensors")
     assert not any(name.startswith("lm_head") for name in stored_names)
 
@@ -204,7 +206,7 @@ def test_rank_truncation_loads_with_its_overrides(work: Path, capsys) -> None:
     info = checkpoints.read_info(work / "ms" / "crystal" / "rank-1+int8")
     assert info.config.model.rank == 1 and info.rank_growths == 0
     assert info.crystal.overrides["rank"] == 1
-    model = checkpoints.load_model_from(info)
+    model = checkpoints.load_model_from(info, dequantize=True)  # HamLinears as built
     banks = [t for name, t in model.state_dict().items() if name.endswith("bank.A")]
     assert banks and all(bank.shape[0] == 1 for bank in banks)
 
@@ -290,12 +292,11 @@ def test_a_crystallized_folder_cannot_be_resumed(work: Path, capsys) -> None:
         checkpoints.read_info(work / "ms" / "crystal" / "bf16", need_state=True)
 
 
-def test_decoding_happens_once_at_load_into_a_plain_dense_model(
+def test_dequantize_decodes_once_at_load_into_a_plain_dense_model(
     work: Path, capsys, monkeypatch
 ) -> None:
-    """Each encoded tensor is decoded once, at load, into the plain model's own dense
-    tensors, so generation runs as fast as from the plain checkpoint (the load time itself
-    is benchmarks/crystallize.py's to report)."""
+    """With ``dequantize`` each encoded tensor is decoded once, at load, into the plain
+    model's own dense tensors (the float reference the integer path is measured against)."""
     from h2q_tui.codecs import layout
 
     crystallize(
@@ -318,7 +319,7 @@ def test_decoding_happens_once_at_load_into_a_plain_dense_model(
 
     monkeypatch.setattr(layout, "decode_chain", counting_decode)
     info = checkpoints.read_info(work / "gpt" / "crystal" / "int4-g32")
-    model = checkpoints.load_model_from(info)
+    model = checkpoints.load_model_from(info, dequantize=True)
     with safe_open(str(info.weights), framework="pt") as handle:
         layout_doc = layout.read_layout(handle.metadata())
     encoded = [name for name, record in layout_doc["tensors"].items() if record is not None]

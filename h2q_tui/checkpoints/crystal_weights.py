@@ -4,8 +4,8 @@ On the CPU, with the integer kernels built (:mod:`h2q_kernels.quantized`), every
 whose weight a single integer codec stored becomes a
 :class:`~h2q_tui.codecs.packed.PackedLinear` over the file's codes. A HamLinear layer's codec
 stored its Kronecker factors, not its matrix: the layer's W is built from the decoded factors
-once (as decoding does for every HamLinear) and packed by the same codec, a second rounding
-that the quality report measures. Embedding tables and everything else are decoded to float.
+once (as decoding does for every HamLinear) and packed as int8 rows, a second rounding that
+the quality report measures. Embedding tables and everything else are decoded to float.
 ``dequantize`` (``--dequantize``), another device or missing kernels decode everything, as
 before, and ``model.crystal_weights`` says which happened.
 """
@@ -50,20 +50,22 @@ def pack_linears(model: nn.Module, state_dict: dict[str, Any]) -> list[packed.Pa
 
 
 def pack_ham_layers(model: nn.Module, records: dict[str, Any]) -> list[packed.PackedWeight]:
-    """Replace each HamLinear whose factors an integer codec stored by its W packed the same way."""
+    """Replace each HamLinear whose factors an integer codec stored by its W packed as int8.
+
+    int8 whatever the factors' codec: W is built at load, not read, and a second rounding at
+    4 to 6 bits compounds with the factors' own (tests/test_quantized.py measures both).
+    """
     done = []
     for name, module in list(model.named_modules()):
         record = records.get(f"{name}.B")
         if not isinstance(module, HamLinear) or not isinstance(record, dict):
             continue
-        codec = record.get("codec")
-        if codec not in packed.PACKED_CODECS or record.get("parts"):
+        if record.get("codec") not in packed.PACKED_CODECS or record.get("parts"):
             continue
-        group = int(record.get("group", 0) or 0)
-        if not quantized.supports(module.bias.shape[0], group or None):
+        if not quantized.supports(module.bias.shape[0]):
             continue
         with torch.no_grad():
-            weight = packed.quantize(module.materialised().detach().float(), codec, group)
+            weight = packed.quantize(module.materialised().detach().float(), "int8")
         model.set_submodule(name, packed.PackedLinear(weight, module.bias))
         done.append(weight)
     return done
