@@ -15,7 +15,7 @@ with svd), K a multiple of 32 and, for groups, of G (a group then never spans tw
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,6 +43,7 @@ class PackedWeight:
     shape: tuple[int, int]
     parts: dict[str, torch.Tensor]
     group: int = 0  # the group length of int4/5/6
+    _product: quantized.Product | None = field(default=None, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
@@ -58,14 +59,18 @@ class PackedWeight:
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (…, K) Wᵀ + bias on the codes (the decoded weight each call without kernels)."""
-        if quantized.library().handle is None:
-            return F.linear(x, self.decoded().to(x.dtype), bias)
-        threads = torch.get_num_threads()
+        if self._product is None:
+            if quantized.library().handle is None:
+                return F.linear(x, self.decoded().to(x.dtype), bias)
+            self._product = self._bind()
+        return self._product(x, bias, torch.get_num_threads())
+
+    def _bind(self) -> quantized.Product:
         if self.codec == "int8":
-            return quantized.int8_rows(x, self.parts["q"], self.parts["scale"], bias, threads)
-        return quantized.code_groups(
-            x, self.parts["codes"], self.codec == "int4", self.parts["scale"],
-            self.parts["min"], self.group, bias, threads,
+            return quantized.int8_product(self.parts["q"], self.parts["scale"])
+        return quantized.groups_product(
+            self.parts["codes"], self.codec == "int4", self.parts["scale"], self.parts["min"],
+            self.group,
         )  # fmt: skip
 
     def decoded(self) -> torch.Tensor:

@@ -23,7 +23,10 @@ __all__ = [
     "BLOCK",
     "Library",
     "activation_blocks",
+    "Product",
     "code_groups",
+    "groups_product",
+    "int8_product",
     "int8_rows",
     "library",
     "reference_code_groups",
@@ -39,61 +42,63 @@ def supports(width: int, group: int | None = None) -> bool:
     return group is None or (group % BLOCK == 0 and width % group == 0)
 
 
-def _output(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    flat = x.reshape(-1, x.shape[-1])
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as contiguous fp32 rows (T, K): a view when it already is one."""
+    flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     if flat.dtype != torch.float32 or not flat.is_contiguous():
         flat = flat.to(torch.float32).contiguous()
-    return flat, torch.empty(flat.shape[0], rows, dtype=torch.float32)
+    return flat
 
 
-def _pointer(tensor: torch.Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
+class Product:
+    """x (…, K) Wᵀ + bias by one packed weight, its pointers and sizes bound once (a batch-1
+    token makes a few dozen of these calls: their Python cost is kept to one ctypes call)."""
+
+    def __init__(self, kernel, parts: tuple[torch.Tensor, ...], fixed: tuple, outputs: int):
+        self._parts = parts  # kept alive: the kernel reads them through their pointers
+        self._kernel, self._fixed, self.outputs = kernel, fixed, outputs
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None, threads: int) -> torch.Tensor:
+        flat = _rows(x)
+        y = torch.empty(flat.shape[0], self.outputs)
+        pointer = None if bias is None else bias.data_ptr()
+        if self._kernel(
+            flat.data_ptr(), flat.shape[0], *self._fixed, pointer, y.data_ptr(), threads
+        ):
+            raise MemoryError("integer product: the activation buffer could not be allocated")
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], self.outputs)
 
 
-def int8_rows(
-    x: torch.Tensor,
-    q: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    threads: int = 1,
-) -> torch.Tensor:
-    """x (…, K) · (q · scale)ᵀ + bias: q (N, K) int8, scale (N,) fp16, bias (N,) fp32 or None."""
+def int8_product(q: torch.Tensor, scale: torch.Tensor) -> Product:
+    """The product by (q · scale): q (N, K) int8, scale (N,) fp16, both contiguous."""
     handle = library().handle
-    flat, y = _output(x, q.shape[0])
-    status = handle.h2q_int8_rows(
-        flat.data_ptr(), flat.shape[0], flat.shape[1], q.data_ptr(), scale.data_ptr(),
-        q.shape[0], _pointer(bias), y.data_ptr(), threads,
-    )  # fmt: skip
-    if status:
-        raise MemoryError("int8 product: the activation buffer could not be allocated")
-    return y.view(*x.shape[:-1], q.shape[0])
+    fixed = (q.shape[1], q.data_ptr(), scale.data_ptr(), q.shape[0])
+    return Product(handle.h2q_int8_rows, (q, scale), fixed, q.shape[0])
 
 
-def code_groups(
-    x: torch.Tensor,
-    codes: torch.Tensor,
-    nibbles: bool,
-    scale: torch.Tensor,
-    mins: torch.Tensor,
-    group: int,
-    bias: torch.Tensor | None = None,
-    threads: int = 1,
-) -> torch.Tensor:
-    """x (…, K) · (min + codes · scale)ᵀ + bias with per-group fp16 scale and min.
+def groups_product(
+    codes: torch.Tensor, nibbles: bool, scale: torch.Tensor, mins: torch.Tensor, group: int
+) -> Product:
+    """The product by (min + codes · scale) with per-group fp16 scale and min.
 
     ``codes``: (N, K/2) uint8, two 4-bit codes a byte, low nibble first (``nibbles``), or
     (N, K) uint8, one code (≤ 63) a byte; ``scale``, ``mins``: (N · K/G,) fp16.
     """
     handle = library().handle
-    rows = codes.shape[0]
-    flat, y = _output(x, rows)
-    status = handle.h2q_code_groups(
-        flat.data_ptr(), flat.shape[0], flat.shape[1], codes.data_ptr(), int(nibbles),
-        scale.data_ptr(), mins.data_ptr(), group, rows, _pointer(bias), y.data_ptr(), threads,
-    )  # fmt: skip
-    if status:
-        raise MemoryError("grouped product: the activation buffer could not be allocated")
-    return y.view(*x.shape[:-1], rows)
+    width = codes.shape[1] * (2 if nibbles else 1)
+    fixed = (width, codes.data_ptr(), int(nibbles), scale.data_ptr(), mins.data_ptr(), group,
+             codes.shape[0])  # fmt: skip
+    return Product(handle.h2q_code_groups, (codes, scale, mins), fixed, codes.shape[0])
+
+
+def int8_rows(x, q, scale, bias=None, threads: int = 1) -> torch.Tensor:
+    """x (…, K) · (q · scale)ᵀ + bias in one call (see :func:`int8_product`)."""
+    return int8_product(q, scale)(x, bias, threads)
+
+
+def code_groups(x, codes, nibbles, scale, mins, group, bias=None, threads: int = 1):
+    """x (…, K) · (min + codes · scale)ᵀ + bias in one call (see :func:`groups_product`)."""
+    return groups_product(codes, nibbles, scale, mins, group)(x, bias, threads)
 
 
 def activation_blocks(x: torch.Tensor) -> torch.Tensor:

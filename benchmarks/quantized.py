@@ -1,0 +1,233 @@
+"""Crystallized models on their integers: decode speed, memory and hot start, side by side.
+
+For one checkpoint and each method (default int8 and int4-g32; the folders are crystallized
+first when missing), in one process and one run, interleaved over the repeats:
+- **decode tokens/s**: greedy batch-1 decoding through the step program (the path
+  ``generate``, ``serve`` and the Generate pane take) of the original fp32 model, of each
+  crystallized folder on its integers (the default) and decoded to float (``--dequantize``);
+- **per phase**: a separate timed pass splits a token's time into its matrix products (every
+  ``linear`` call of the step program, float or integer) and the rest (attention, norms,
+  GELU, sampling's argmax, Python);
+- **RSS** and **hot start**, each in fresh processes: the resident memory the loaded model
+  adds (RSS after the load minus before it, imports done) beside its bytes on disk, and the
+  time from interpreter start to the first generated token (median of ``--starts``).
+The integer kernels are built before anything is timed (a second, once per machine).
+
+    python benchmarks/quantized.py CHECKPOINT [--methods int8,int4-g32] [--tokens 112]
+        [--repeats 5] [--starts 3] [--threads 1] [--json runs/bench-quantized.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPT = b"Once upon a time"  # 16 bytes: with 112 new tokens, gpt-cpu's whole context
+
+
+def step_program_of(path: str, dequantize: bool):
+    from h2q_tui import checkpoints
+    from h2q_tui.generation.decoder import step_program
+
+    model = checkpoints.load_checkpoint(path, dequantize=dequantize).model
+    program = step_program(model)
+    if program is None:
+        raise SystemExit(f"{path}: this model has no step program (cannot be benchmarked)")
+    return model, program
+
+
+def decode(program, tokens: int) -> float:
+    """Seconds for ``tokens`` greedy tokens after the prompt's prefill."""
+    ids = list(PROMPT)
+    with torch.inference_mode():
+        logits, _ = program.run(ids, 0)
+        start = time.perf_counter()
+        for position in range(len(ids), len(ids) + tokens):
+            logits, _ = program.run([int(logits.argmax())], position)
+        return time.perf_counter() - start
+
+
+def products_share(program, tokens: int) -> tuple[float, float]:
+    """(ms a token in matrix products, ms a token in the rest), from one timed pass."""
+    from h2q_tui.generation import steps_hamiltonian, steps_transformer
+
+    spent = [0.0]
+    modules = (steps_transformer, steps_hamiltonian)
+    originals = [module.linear for module in modules]
+
+    def timed(x, weight, bias=None, _linear=originals[0]):
+        start = time.perf_counter()
+        out = _linear(x, weight, bias)
+        spent[0] += time.perf_counter() - start
+        return out
+
+    for module in modules:
+        module.linear = timed
+    try:
+        total = decode(program, tokens)
+    finally:
+        for module, original in zip(modules, originals, strict=True):
+            module.linear = original
+    return 1e3 * spent[0] / tokens, 1e3 * (total - spent[0]) / tokens
+
+
+def child(path: str, dequantize: bool) -> None:
+    """In a fresh process: RSS added by the load, and seconds from start to the first token."""
+    import psutil
+
+    from h2q_tui import checkpoints  # noqa: F401 - imports before the baseline RSS
+
+    process = psutil.Process()
+    before = process.memory_info().rss
+    model, program = step_program_of(path, dequantize)
+    loaded = process.memory_info().rss
+    with torch.inference_mode():
+        logits, _ = program.run(list(PROMPT), 0)
+        int(logits.argmax())
+    first = time.time() - process.create_time()
+    print(json.dumps({"rss_added": loaded - before, "rss": loaded, "first_token_s": first}))
+
+
+def fresh(path: str, dequantize: bool, threads: int) -> dict:
+    command = [sys.executable, __file__, "--child", path, "--threads", str(threads)]
+    if dequantize:
+        command.append("--dequantize")
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'kernels'}"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    if done.returncode:
+        raise SystemExit(f"fresh process failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def folders(checkpoint: Path, methods: list[str]) -> dict[str, Path]:
+    """Each method's crystallized folder beside the checkpoint, crystallized when missing."""
+    from h2q_tui import checkpoints
+    from h2q_tui.cli import main as cli
+    from h2q_tui.crystal.folders import default_out, slug
+
+    out = default_out(checkpoints.read_info(checkpoint).weights)
+    missing = [m for m in methods if not (out / slug(m) / "model.safetensors").is_file()]
+    if missing:
+        code = cli.main(["crystallize", str(checkpoint), "--method", ",".join(missing),
+                         "--windows", "8", "--out", str(out)])  # fmt: skip
+        if code:
+            raise SystemExit(f"crystallize failed (exit {code})")
+    return {method: out / slug(method) for method in methods}
+
+
+def variants(checkpoint: Path, methods: list[str]) -> list[tuple[str, str, bool]]:
+    """(label, path, dequantize) of the original and each method both ways."""
+    rows = [("fp32 (original)", str(checkpoint), False)]
+    for method, folder in folders(checkpoint, methods).items():
+        rows += [(f"{method} on integers", str(folder), False),
+                 (f"{method} decoded to float", str(folder), True)]  # fmt: skip
+    return rows
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    rows = variants(args.checkpoint, args.methods)
+    programs = {label: step_program_of(path, deq) for label, path, deq in rows}
+    context = programs[rows[0][0]][1].context
+    if len(PROMPT) + args.tokens > context:
+        raise SystemExit(
+            f"--tokens {args.tokens}: the prompt and the tokens exceed the context {context}"
+        )
+    speeds: dict[str, list[float]] = {label: [] for label, _, _ in rows}
+    for _ in range(args.repeats):  # interleaved: the machine's speed drifts
+        for label, _, _ in rows:
+            speeds[label].append(args.tokens / decode(programs[label][1], args.tokens))
+    results = []
+    for label, path, deq in rows:
+        model, program = programs[label]
+        products_ms, rest_ms = products_share(program, args.tokens)
+        starts = [fresh(path, deq, args.threads) for _ in range(args.starts)]
+        results.append(
+            {
+                "variant": label,
+                "path": path,
+                "account": getattr(model, "crystal_weights", "") or "fp32",
+                "tokens_per_s": statistics.median(speeds[label]),
+                "products_ms": products_ms,
+                "rest_ms": rest_ms,
+                "disk_bytes": model_bytes(Path(path)),
+                "rss_added_bytes": statistics.median(s["rss_added"] for s in starts),
+                "first_token_s": statistics.median(s["first_token_s"] for s in starts),
+            }
+        )
+    return results
+
+
+def model_bytes(path: Path) -> int:
+    from h2q_tui import checkpoints
+    from h2q_tui.codecs.stored import model_files_bytes
+
+    return model_files_bytes(checkpoints.read_info(path).weights.parent)
+
+
+def table(results: list[dict]) -> str:
+    base = results[0]["tokens_per_s"]
+    lines = [
+        f"{'variant':<26} {'tok/s':>7} {'× fp32':>7} {'products ms':>11} {'rest ms':>8} "
+        f"{'disk MB':>8} {'RSS+ MB':>8} {'1st token s':>11}"
+    ]
+    for r in results:
+        lines.append(
+            f"{r['variant']:<26} {r['tokens_per_s']:>7.0f} {r['tokens_per_s'] / base:>6.2f}× "
+            f"{r['products_ms']:>11.3f} {r['rest_ms']:>8.3f} {r['disk_bytes'] / 1e6:>8.2f} "
+            f"{r['rss_added_bytes'] / 1e6:>8.1f} {r['first_token_s']:>11.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", type=Path, nargs="?")
+    parser.add_argument("--methods", default="int8,int4-g32", type=lambda s: s.split(","))
+    parser.add_argument("--tokens", type=int, default=112)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=REPO / "runs" / "bench-quantized.json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--dequantize", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.child:
+        child(args.child, args.dequantize)
+        return 0
+    if args.checkpoint is None:
+        parser.error("CHECKPOINT is required (a trained run dir or checkpoint folder)")
+    from h2q_kernels import quantized
+
+    from h2q_tui.system import hardware
+
+    print(f"machine: {hardware.machine_line()}")
+    print(f"integer kernels: {quantized.library().reason}; {args.threads} thread(s)")
+    results = measure(args)
+    print(table(results))
+    document = {
+        "machine": hardware.cpu_model(),
+        "machine_line": hardware.machine_line(),
+        "machine_info": hardware.machine_info(),
+        "kernels": quantized.library().reason,
+        "threads": args.threads,
+        "tokens": args.tokens,
+        "results": results,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
