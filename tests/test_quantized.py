@@ -227,3 +227,17 @@ def test_damaged_codes_are_refused_in_one_line(crystals, tmp_path):
     with pytest.raises(UserError, match="corrupt crystallized file .*int4: stored packed") as err:
         checkpoints.load_checkpoint(folder)
     assert "\n" not in str(err.value)
+
+
+def test_generate_and_eval_say_how_a_crystal_runs_and_dequantize_decodes(crystals, capsys):
+    folder = str(crystals["gpt", "int4-g32"])
+    greedy_flags = ["--prompt", "Once", "--max-new-tokens", "8", "--temperature", "0"]
+    assert cli.main(["generate", folder, *greedy_flags]) == 0
+    on_codes = capsys.readouterr()
+    assert "int4-g32 products on 9 matrices" in on_codes.err
+    assert cli.main(["generate", folder, *greedy_flags, "--dequantize"]) == 0
+    decoded = capsys.readouterr()
+    assert "; decoded to float" in decoded.err and "products on" not in decoded.err
+    data = crystals["gpt", "int8"].parents[2] / "data.txt"
+    assert cli.main(["eval", folder, "--data", str(data), "--windows", "2"]) == 0
+    assert "int4-g32 products on 9 matrices" in capsys.readouterr().err

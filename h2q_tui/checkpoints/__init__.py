@@ -5,9 +5,10 @@ serving), so none of them imports another to get at a checkpoint::
 
     from h2q_tui import checkpoints
     loaded = checkpoints.load_checkpoint("runs/X")  # run dir, checkpoint folder or file
-    loaded.info, loaded.model, loaded.tokenizer      # crystallized folders decoded at load
+    loaded.info, loaded.model, loaded.tokenizer      # crystallized: on their integers (CPU)
 """
 
+from h2q_tui.checkpoints.crystal_weights import account as crystal_account
 from h2q_tui.checkpoints.find import checkpoint_problem, find_checkpoint, resolve_checkpoint
 from h2q_tui.checkpoints.layout import (
     BEST,
@@ -44,6 +45,7 @@ __all__ = [
     "WEIGHTS",
     "CheckpointInfo",
     "checkpoint_problem",
+    "crystal_account",
     "file_crc",
     "find_checkpoint",
     "Loaded",

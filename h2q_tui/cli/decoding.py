@@ -23,9 +23,10 @@ def load_for_decoding(args: argparse.Namespace):
     check_threads(args.threads)
     args.thread_choice = use_decoding_threads(args.threads)
     device = hardware.resolve_device(args.device)
-    loaded = checkpoints.load_checkpoint(args.checkpoint)
+    dequantize = args.dequantize or device.type != "cpu"  # the integer kernels are CPU code
+    loaded = checkpoints.load_checkpoint(args.checkpoint, dequantize=dequantize)
     check_output(loaded.model)  # weights that overflow: refused here, before anything is printed
-    say_note(loaded.info)
+    say_note(loaded.info, loaded.model)
     return loaded.info, loaded.model.to(device), Codec(loaded.tokenizer)
 
 
@@ -39,13 +40,15 @@ def say_threads(choice) -> None:
     print(f"decoding on {choice.describe()}", file=sys.stderr)
 
 
-def say_note(info) -> None:
+def say_note(info, model=None) -> None:
     """Tell the user when a damaged latest checkpoint was skipped, and what a crystallized
-    checkpoint is ("int8 of run X step N, 3.8× smaller")."""
+    checkpoint is and how it runs ("int8 of run X step N, 3.8× smaller; int8 products on 17
+    matrices")."""
     if info.note:
         print(f"note: {info.note}", file=sys.stderr)
     if getattr(info, "crystal", None) is not None:
-        print(f"loaded {info.describe()}", file=sys.stderr)
+        account = checkpoints.crystal_account(model) if model is not None else ""
+        print(f"loaded {info.describe()}" + (f"; {account}" if account else ""), file=sys.stderr)
 
 
 def check_decoding_args(args: argparse.Namespace) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from h2q_tui import checkpoints
 from h2q_tui.cli.decoding import say_note
-from h2q_tui.cli.parser import Parser, add_device_flag
+from h2q_tui.cli.parser import Parser, add_dequantize_flag, add_device_flag
 from h2q_tui.cli.progress import WindowProgressBar
 from h2q_tui.errors import UserError
 from h2q_tui.models import count_parameters
@@ -44,6 +44,7 @@ def parser() -> Parser:
         "first batches)",
     )
     add_device_flag(p)
+    add_dequantize_flag(p)
     return p
 
 
@@ -90,8 +91,9 @@ def main(argv: list[str]) -> int:
     _check(args)
     device = hardware.resolve_device(args.device)
     info = checkpoints.read_info(args.checkpoint)
-    say_note(info)
-    model = checkpoints.load_checkpoint(info, device=device).model  # crystallized: decoded there
+    dequantize = args.dequantize or device.type != "cpu"  # the integer kernels are CPU code
+    model = checkpoints.load_checkpoint(info, device=device, dequantize=dequantize).model
+    say_note(info, model)
     path = Path(args.data)
     raw, data, unit, bytes_per_token = _read_tokens(path, info)
     context = info.config.model.context

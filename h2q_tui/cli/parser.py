@@ -189,6 +189,15 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_dequantize_flag(parser) -> None:
+    parser.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="run a crystallized checkpoint on float weights decoded at load (the reference "
+        "its integer products are measured against) instead of on its stored integers",
+    )
+
+
 def size_argument(name: str) -> Callable[[str], str]:
     """An argparse ``type``: the size as written, once it parses (else a one-line UserError)."""
 
@@ -246,6 +255,7 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
         "small models is fastest on one thread, and leaves the other cores to training)",
     )
     add_device_flag(group)
+    add_dequantize_flag(group)
     group = parser.add_argument_group("modes")
     group.add_argument(
         "--mode", choices=MODES, default="sample", help="how the next token is picked"

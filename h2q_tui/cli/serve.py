@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from h2q_tui.cli.columns import aligned
-from h2q_tui.cli.parser import Parser, add_device_flag
+from h2q_tui.cli.parser import Parser, add_dequantize_flag, add_device_flag
 from h2q_tui.errors import UserError
 from h2q_tui.ollama import protocol
 from h2q_tui.system import net
@@ -90,6 +90,7 @@ def parser() -> Parser:
         "Python). benchmarks/serve.py --stacks compares them",
     )
     add_device_flag(parser)
+    add_dequantize_flag(parser)
     return parser
 
 
@@ -167,7 +168,11 @@ def main(argv: list[str]) -> int:
     url = protocol.parse_host(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     loop, http, label = stack(args.stack)
     config = ServeConfig(
-        keep_alive=keep_alive, queue=args.queue, max_predict=args.max_predict, device=device
+        keep_alive=keep_alive,
+        queue=args.queue,
+        max_predict=args.max_predict,
+        device=device,
+        dequantize=args.dequantize or device.type != "cpu",
     )
     app = make_app(registry, config)
     print(

@@ -194,7 +194,9 @@ async def swap(request: Request) -> Response:
     _, path = _source(server, body.get("from"))
     try:
         fresh = Entry(entry.name, target_of(path))
-        load_s, _ = await run_thread(fresh.ensure_loaded, server.config.device)
+        load_s, _ = await run_thread(
+            fresh.ensure_loaded, server.config.device, server.config.dequantize
+        )
     except UserError as exc:
         raise ApiError(400, f"cannot load {body['from']}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a failed load is one line; the old model stays

@@ -219,15 +219,16 @@ class Entry:
         }
 
     # ------------------------------------------------------------------ loading
-    def ensure_loaded(self, device=None) -> tuple[float, str]:
+    def ensure_loaded(self, device=None, dequantize: bool = False) -> tuple[float, str]:
         """Load the model if it is not loaded (``--follow``: or if the run has a newer
-        checkpoint); returns (seconds spent, ``load``/``swap``/``""``). Raises UserError."""
+        checkpoint); returns (seconds spent, ``load``/``swap``/``""``). Raises UserError.
+        ``dequantize``: a crystallized model on float weights instead of its integers."""
         started = time.perf_counter()
         if self.model is not None and not (self.follow and self._pointer_moved()):
             return time.perf_counter() - started, ""
         kind = "swap" if self.model is not None else "load"
         previous = self.info
-        self._load(device, kind, previous)
+        self._load(device, kind, previous, dequantize)
         return time.perf_counter() - started, kind
 
     def _pointer_moved(self) -> bool:
@@ -241,7 +242,7 @@ class Entry:
         self._pointer = seen
         return self.info is None or Path(weights) != Path(self.info.weights)
 
-    def _load(self, device, kind: str, previous) -> None:
+    def _load(self, device, kind: str, previous, dequantize: bool = False) -> None:
         started = time.perf_counter()
         if self.follow:
             self._pointer = pointer_state(self.path)
@@ -258,7 +259,7 @@ class Entry:
             phases["copy"] = time.perf_counter() - swapped
         else:
             kind = "load" if kind == "swap" else kind  # another shape: a model of its own
-            loaded = checkpoints.load_checkpoint(info, device=device)
+            loaded = checkpoints.load_checkpoint(info, device=device, dequantize=dequantize)
             model, tokenizer = loaded.model, loaded.tokenizer
             check_output(model)  # weights that overflow: a failed load, not a failed request
         codec = Codec(tokenizer)

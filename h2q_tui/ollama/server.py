@@ -87,6 +87,7 @@ class ServeConfig:
     max_predict: int = protocol.MAX_PREDICT
     max_body: int = api.MAX_BODY
     device: Any = None  # torch device for the models (None: CPU)
+    dequantize: bool = False  # crystallized models on float weights, not their integers
 
 
 class Server:
@@ -148,7 +149,9 @@ class Server:
         try:
             await lease.acquire()
             try:
-                load_s, _ = await run_thread(entry.ensure_loaded, self.config.device)
+                load_s, _ = await run_thread(
+                    entry.ensure_loaded, self.config.device, self.config.dequantize
+                )
             except UserError as exc:
                 raise ApiError(500, f"cannot load {entry.name}: {exc}") from None
             except Exception as exc:  # noqa: BLE001 - a load failure is one line for the client
