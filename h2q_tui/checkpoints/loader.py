@@ -209,7 +209,10 @@ def _load(
         del state
         clock.lap("assign")
     elif method == "plain" or info.crystal is not None:
-        model = build_model_of(info)
+        # a crystallized file fills every weight: its model needs no random init, and the
+        # float weights its integer matrices replace are never touched (never resident)
+        unfilled = fast.build_unfilled(info) if info.crystal is not None else None
+        model = unfilled if unfilled is not None else build_model_of(info)
         clock.lap("build")
         if device is not None:
             model = model.to(device)

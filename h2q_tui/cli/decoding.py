@@ -23,7 +23,7 @@ def load_for_decoding(args: argparse.Namespace):
     check_threads(args.threads)
     args.thread_choice = use_decoding_threads(args.threads)
     device = hardware.resolve_device(args.device)
-    dequantize = args.dequantize or device.type != "cpu"  # the integer kernels are CPU code
+    dequantize = getattr(args, "dequantize", False) or device.type != "cpu"  # CPU kernels
     loaded = checkpoints.load_checkpoint(args.checkpoint, dequantize=dequantize)
     check_output(loaded.model)  # weights that overflow: refused here, before anything is printed
     say_note(loaded.info, loaded.model)
