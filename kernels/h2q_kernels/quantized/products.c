@@ -116,41 +116,56 @@ static float dot_int8(const int8_t *q, const int8_t *xq, const float *dx, int64_
 #endif
 }
 
-#ifdef __AVX2__
-/* 32 codes of one block: 16 bytes of two nibbles (lows then highs), or 32 bytes. */
-static inline __m256i load_codes(const uint8_t *codes, int64_t b, int nibbles) {
-    if (!nibbles) return _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
-    const __m128i low4 = _mm_set1_epi8(0x0f);
-    __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * BLOCK / 2));
-    __m128i lo = _mm_and_si128(bytes, low4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
-    return _mm256_set_m128i(hi, lo);
-}
-#endif
-
 /* Σ_g scale[g] · Σ_k codes[k] · x[k] of one row of G-groups, before the minimums; a group
- * is 2^shift blocks (a shift, not a division, in the loop). */
+ * is 2^shift blocks. Each block's scale times its activation step is computed first, eight
+ * at a time where a group is one block, so the inner loop is integer work and one multiply-add. */
 static float dot_code_row(const uint8_t *codes, int nibbles, const uint16_t *scale, int64_t blocks,
                           int shift, const int8_t *xq, const float *dx) {
+    float steps[blocks];
+    int64_t b = 0;
+#ifdef __AVX2__
+    if (shift == 0)
+        for (; b + 8 <= blocks; b += 8)
+            _mm256_storeu_ps(steps + b, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scale + b))),
+                                                      _mm256_loadu_ps(dx + b)));
+#endif
+    for (; b < blocks; b++) steps[b] = half_to_float(scale[b >> shift]) * dx[b];
 #ifdef __AVX2__
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 1 < blocks; b += 2) { /* two chains of multiply-adds, to hide their latency */
-        float s0 = half_to_float(scale[b >> shift]), s1 = half_to_float(scale[(b + 1) >> shift]);
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    for (b = 0; b + 1 < blocks; b += 2) { /* two blocks a step: two chains of multiply-adds */
+        __m256i c0, c1;
+        if (nibbles) { /* 32 bytes: the low and high nibbles of blocks b and b + 1 */
+            __m256i bytes = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK / 2));
+            __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+            c0 = _mm256_permute2x128_si256(lo, hi, 0x20);
+            c1 = _mm256_permute2x128_si256(lo, hi, 0x31);
+        } else {
+            c0 = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
+            c1 = _mm256_loadu_si256((const __m256i *)(codes + (b + 1) * BLOCK));
+        }
         __m256i a0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
         __m256i a1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
-        acc0 = _mm256_fmadd_ps(block_dot_u8(load_codes(codes, b, nibbles), a0), _mm256_set1_ps(s0 * dx[b]), acc0);
-        acc1 = _mm256_fmadd_ps(block_dot_u8(load_codes(codes, b + 1, nibbles), a1), _mm256_set1_ps(s1 * dx[b + 1]), acc1);
+        acc0 = _mm256_fmadd_ps(block_dot_u8(c0, a0), _mm256_broadcast_ss(steps + b), acc0);
+        acc1 = _mm256_fmadd_ps(block_dot_u8(c1, a1), _mm256_broadcast_ss(steps + b + 1), acc1);
     }
     if (b < blocks) {
+        __m256i c;
+        if (nibbles) {
+            __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * BLOCK / 2));
+            const __m128i low = _mm_set1_epi8(0x0f);
+            c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low), _mm_and_si128(bytes, low));
+        } else {
+            c = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
+        }
         __m256i a = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
-        float s = half_to_float(scale[b >> shift]);
-        acc0 = _mm256_fmadd_ps(block_dot_u8(load_codes(codes, b, nibbles), a), _mm256_set1_ps(s * dx[b]), acc0);
+        acc0 = _mm256_fmadd_ps(block_dot_u8(c, a), _mm256_broadcast_ss(steps + b), acc0);
     }
     return hsum(_mm256_add_ps(acc0, acc1));
 #else
     float acc = 0.0f;
     int64_t block_bytes = nibbles ? BLOCK / 2 : BLOCK;
-    for (int64_t b = 0; b < blocks; b++) {
+    for (b = 0; b < blocks; b++) {
         int32_t sum = 0;
         for (int i = 0; i < BLOCK; i++) {
             int code;
@@ -162,7 +177,7 @@ static float dot_code_row(const uint8_t *codes, int nibbles, const uint16_t *sca
             }
             sum += code * xq[b * BLOCK + i];
         }
-        acc += half_to_float(scale[b >> shift]) * dx[b] * (float)sum;
+        acc += steps[b] * (float)sum;
     }
     return acc;
 #endif
