@@ -8,13 +8,19 @@ first when missing), in one process and one run, interleaved over the repeats:
 - **per phase**: a separate timed pass splits a token's time into its matrix products (every
   ``linear`` call of the step program, float or integer) and the rest (attention, norms,
   GELU, sampling's argmax, Python);
-- **RSS** and **hot start**, each in fresh processes: the resident memory the loaded model
-  adds (RSS after the load minus before it, imports done) beside its bytes on disk, and the
-  time from interpreter start to the first generated token (median of ``--starts``).
+- **RSS** and **hot start**, each in fresh processes: the resident memory the model adds
+  (RSS after its first token minus before the load, imports done: every weight has been read
+  once) beside its bytes on disk, and the time from interpreter start to the first generated
+  token (median of ``--starts``).
 The integer kernels are built before anything is timed (a second, once per machine).
 
     python benchmarks/quantized.py CHECKPOINT [--methods int8,int4-g32] [--tokens 112]
         [--repeats 5] [--starts 3] [--threads 1] [--json runs/bench-quantized.json]
+    python benchmarks/quantized.py --preset gpt --set model.d_model=768 model.n_layers=12 ...
+
+``--preset`` (with ``--set``) times a model of random weights saved under runs/ instead: speed
+and memory do not depend on the weights' values, and a model larger than the caches shows
+the memory-bound case (every weight streamed once a token).
 """
 
 from __future__ import annotations
@@ -89,12 +95,12 @@ def child(path: str, dequantize: bool) -> None:
     process = psutil.Process()
     before = process.memory_info().rss
     model, program = step_program_of(path, dequantize)
-    loaded = process.memory_info().rss
     with torch.inference_mode():
         logits, _ = program.run(list(PROMPT), 0)
         int(logits.argmax())
     first = time.time() - process.create_time()
-    print(json.dumps({"rss_added": loaded - before, "rss": loaded, "first_token_s": first}))
+    used = process.memory_info().rss  # after a token: every weight has been read once
+    print(json.dumps({"rss_added": used - before, "rss": used, "first_token_s": first}))
 
 
 def fresh(path: str, dequantize: bool, threads: int) -> dict:
@@ -122,6 +128,21 @@ def folders(checkpoint: Path, methods: list[str]) -> dict[str, Path]:
         if code:
             raise SystemExit(f"crystallize failed (exit {code})")
     return {method: out / slug(method) for method in methods}
+
+
+def random_checkpoint(preset: str, overrides: list[str]) -> Path:
+    """A checkpoint of random weights for ``preset`` + ``overrides`` under runs/ (reused)."""
+    from h2q_tui.checkpoints import save_checkpoint
+    from h2q_tui.config import resolve
+    from h2q_tui.models import build_model
+
+    config = resolve(preset, overrides)
+    name = "-".join([preset, *(o.split(".")[-1].replace("=", "") for o in overrides)])
+    run = REPO / "runs" / f"bench-quantized-{name}"
+    if not (run / "checkpoints").is_dir():
+        torch.manual_seed(0)
+        save_checkpoint(run, build_model(config.model), config, 0, f"random-{name}", {})
+    return run
 
 
 def variants(checkpoint: Path, methods: list[str]) -> list[tuple[str, str, bool]]:
@@ -197,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=REPO / "runs" / "bench-quantized.json")
+    parser.add_argument("--preset", help="time a model of random weights of this preset")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides for --preset")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--dequantize", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -204,22 +227,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args.child, args.dequantize)
         return 0
+    if args.preset:
+        args.checkpoint = random_checkpoint(args.preset, args.set)
     if args.checkpoint is None:
-        parser.error("CHECKPOINT is required (a trained run dir or checkpoint folder)")
+        parser.error("give a CHECKPOINT (a run dir or checkpoint folder) or --preset")
     from h2q_kernels import quantized
 
     from h2q_tui.system import hardware
 
     print(f"machine: {hardware.machine_line()}")
     print(f"integer kernels: {quantized.library().reason}; {args.threads} thread(s)")
+    load_before = os.getloadavg()[0]
     results = measure(args)
     print(table(results))
+    load = (load_before, os.getloadavg()[0])
+    print(
+        f"load average (1 min) {load[0]:.1f} before, {load[1]:.1f} after, on {os.cpu_count()} cores"
+    )
     document = {
         "machine": hardware.cpu_model(),
         "machine_line": hardware.machine_line(),
         "machine_info": hardware.machine_info(),
         "kernels": quantized.library().reason,
         "threads": args.threads,
+        "load_average": load,
         "tokens": args.tokens,
         "results": results,
     }
