@@ -17,6 +17,7 @@ The integer kernels are built before anything is timed (a second, once per machi
     python benchmarks/quantized.py CHECKPOINT [--methods int8,int4-g32] [--tokens 112]
         [--repeats 5] [--starts 3] [--threads 1] [--json runs/bench-quantized.json]
     python benchmarks/quantized.py --preset gpt --set model.d_model=768 model.n_layers=12 ...
+    python benchmarks/quantized.py --kernels   # one product per shape: ours against torch's
 
 ``--preset`` (with ``--set``) times a model of random weights saved under runs/ instead: speed
 and memory do not depend on the weights' values, and a model larger than the caches shows
@@ -209,6 +210,79 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+KERNEL_SHAPES = [(576, 192), (768, 192), (192, 768), (2304, 768), (3072, 768), (768, 3072)]
+
+
+def kernel_rows(repeats: int) -> list[dict]:
+    """µs per batch-1 product (medians, interleaved) for each (N, K): fp32 F.linear, ours, and
+    the CPU kernels PyTorch has for the same job, where this torch has them."""
+    import torch.nn.functional as F
+
+    from h2q_tui.codecs import packed
+
+    rows = []
+    for outputs, width in KERNEL_SHAPES:
+        x, weight = torch.randn(1, width), torch.randn(outputs, width) * 0.05
+        int8, int4 = packed.quantize(weight, "int8"), packed.quantize(weight, "int4", 32)
+        calls = {
+            "fp32 F.linear": lambda x=x, w=weight: F.linear(x, w),
+            "ours int8": lambda x=x, w=int8: w.linear(x),
+            "ours int4-g32": lambda x=x, w=int4: w.linear(x),
+            **torch_kernels(x, weight),
+        }
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(repeats):
+            for name, call in calls.items():
+                times[name].append(per_call_us(call))
+        rows.append({"shape": [outputs, width],
+                     **{name: statistics.median(v) for name, v in times.items()}})  # fmt: skip
+    return rows
+
+
+def torch_kernels(x: torch.Tensor, weight: torch.Tensor) -> dict:
+    """PyTorch's own weight-only int8 and int4 CPU products, and fbgemm's dynamic int8 linear."""
+    import warnings
+
+    calls = {}
+    q = torch.round(weight / (weight.abs().amax(1, keepdim=True) / 127)).to(torch.int8)
+    scale = weight.abs().amax(1) / 127
+    if hasattr(torch, "_weight_int8pack_mm"):
+        calls["torch int8pack (fp32 x)"] = lambda: torch._weight_int8pack_mm(x, q, scale)
+    ops = torch.ops.aten
+    if hasattr(ops, "_convert_weight_to_int4pack_for_cpu") and weight.shape[1] % 32 == 0:
+        codes = torch.randint(0, 16, weight.shape, dtype=torch.int32)
+        packed4 = ops._convert_weight_to_int4pack_for_cpu(codes, 2)
+        zeros = torch.rand(weight.shape[1] // 32, weight.shape[0], 2, dtype=torch.bfloat16)
+        x16 = x.bfloat16()
+        calls["torch int4pack (bf16 x)"] = lambda: ops._weight_int4pack_mm_for_cpu(
+            x16, packed4, 32, zeros
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensors are deprecated, still shipped
+        zero = torch.zeros(weight.shape[0], dtype=torch.long)
+        quant = torch.quantize_per_channel(weight, scale.double(), zero, 0, torch.qint8)
+        prepacked = torch.ops.quantized.linear_prepack(quant, None)
+    calls["fbgemm dynamic int8"] = lambda: torch.ops.quantized.linear_dynamic(x, prepacked)
+    return calls
+
+
+def per_call_us(call, calls: int = 200) -> float:
+    call()
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return 1e6 * (time.perf_counter() - start) / calls
+
+
+def kernel_table(rows: list[dict]) -> str:
+    names = [k for k in rows[0] if k != "shape"]
+    lines = [f"{'N×K':<10}" + "".join(f"{n:>24}" for n in names)]
+    for row in rows:
+        shape = "×".join(map(str, row["shape"]))
+        lines.append(f"{shape:<10}" + "".join(f"{row[n]:>21.1f} µs" for n in names))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", type=Path, nargs="?")
@@ -220,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=REPO / "runs" / "bench-quantized.json")
     parser.add_argument("--preset", help="time a model of random weights of this preset")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for --preset")
+    parser.add_argument(
+        "--kernels", action="store_true", help="time single products per shape, ours and torch's"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--dequantize", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -227,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args.child, args.dequantize)
         return 0
+    if args.kernels:
+        return kernels_main(args)
     if args.preset:
         args.checkpoint = random_checkpoint(args.preset, args.set)
     if args.checkpoint is None:
@@ -257,6 +336,27 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {args.json}")
+    return 0
+
+
+def kernels_main(args: argparse.Namespace) -> int:
+    from h2q_kernels import quantized
+
+    from h2q_tui.system import hardware
+
+    print(f"machine: {hardware.machine_line()}")
+    print(f"integer kernels: {quantized.library().reason}; {args.threads} thread(s)")
+    load = [os.getloadavg()[0]]
+    rows = kernel_rows(args.repeats)
+    load.append(os.getloadavg()[0])
+    print(kernel_table(rows))
+    print(f"load average (1 min) {load[0]:.1f} before, {load[1]:.1f} after")
+    document = {"machine": hardware.cpu_model(), "machine_line": hardware.machine_line(),
+                "threads": args.threads, "load_average": load, "kernels": rows}  # fmt: skip
+    path = args.json.with_name(args.json.stem + "-kernels.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {path}")
     return 0
 
 
