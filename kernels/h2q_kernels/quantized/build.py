@@ -2,7 +2,7 @@
 
 The library is built for this CPU (``-march=native``: AVX2 and F16C where the CPU has them, a
 portable loop otherwise) into the cache folder, under a name that hashes the source, the
-compiler's version and the CPU's flags, so a changed source, compiler or machine builds anew
+compiler (its file) and the CPU's flags, so a changed source, compiler or machine builds anew
 and concurrent processes never read a half-written file (written beside, then renamed).
 Without a C compiler nothing is built: :func:`library` says why and the callers fall back to
 decoding the weights for each product.
@@ -68,11 +68,14 @@ def _compiler() -> str | None:
 
 
 def _version(compiler: str) -> str:
+    """The compiler as a file (its resolved path, size and time): a changed compiler builds
+    anew, without running it at every start."""
     try:
-        done = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return done.stdout.splitlines()[0] if done.stdout else "?"
+        path = os.path.realpath(shutil.which(compiler) or compiler)
+        stat = os.stat(path)
+    except OSError:
+        return compiler
+    return f"{path} {stat.st_size} {stat.st_mtime_ns}"
 
 
 def _compile(compiler: str, target: Path) -> str:
