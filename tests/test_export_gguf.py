@@ -1,0 +1,218 @@
+"""``h2q-tui export gguf`` (issue 30 item 4): the GGUF file read back with ``gguf`` equals the
+source, tensor by tensor and key by key, for each --type; a crystallized folder exports; every
+bad input is one line and exit 2 with nothing left at --out.
+
+One tiny GPT run (2 steps) and its int8 crystallized folder are made once per module; a GPT
+whose rows are not a multiple of 32 is saved directly (no training) for the F16 fallback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, quants
+from test_bad_input import assert_user_error, cli_in_process, english_text
+
+from h2q_tui import checkpoints
+from h2q_tui.cli import main as cli
+from h2q_tui.config import resolve
+from h2q_tui.export import gguf_export
+from h2q_tui.export.byte_vocab import byte_symbols
+from h2q_tui.models import build_model
+
+Q = GGMLQuantizationType
+# largest |error| of one value, relative to its block's largest |value| (amax), with room for
+# the fp16 scale's rounding: Q8_0 rounds to steps of amax/127 (half a step); Q4_0 to steps of
+# amax/8 from -8 to +7, so values beyond 7.5 steps on the side opposite amax clip (one step)
+BOUND = {Q.Q8_0: 0.5 / 127 + 1e-3, Q.Q4_0: 1 / 8 + 1e-3}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with data.txt, a tiny GPT run ``gpt``, its int8 folder ``crystal/int8`` and a
+    microstream run ``ms`` (freshly initialised weights: the export does not care)."""
+    root = tmp_path_factory.mktemp("export")
+    (root / "data.txt").write_bytes(english_text())
+    for name, family in (("gpt", "gpt"), ("ms", "microstream")):
+        save_tiny(root / name, [f'model.family="{family}"'])
+    code = cli.main(
+        ["crystallize", str(root / "gpt"), "--method", "int8", "--windows", "1"]
+        + ["--data", str(root / "data.txt"), "--out", str(root / "crystal")]
+    )
+    assert code == 0
+    return root
+
+
+def save_tiny(run: Path, overrides: list[str]) -> Path:
+    """A checkpoint folder of the tiny preset with ``overrides``, seeded, untrained."""
+    config = resolve("tiny", overrides)
+    torch.manual_seed(0)
+    return checkpoints.save_checkpoint(run, build_model(config.model), config, 1, run.name, {})
+
+
+def export(cwd: Path, *args: str):
+    return cli_in_process(cwd, "export", "gguf", *args)
+
+
+def source_tensors(path: Path) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors under their GGUF names, as the one loader gives them."""
+    model = checkpoints.load_model_from(checkpoints.read_info(path))
+    return gguf_export.gpt2_tensors(model)
+
+
+def read_back(path: Path) -> tuple[GGUFReader, dict[str, np.ndarray], dict[str, Q]]:
+    """(reader, each tensor dequantized to float32 in its original shape, each tensor's type)."""
+    reader = GGUFReader(path)
+    values, types = {}, {}
+    for tensor in reader.tensors:
+        shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists dimensions inner first
+        data = quants.dequantize(tensor.data, tensor.tensor_type)
+        values[tensor.name] = np.asarray(data, dtype=np.float32).reshape(shape)
+        types[tensor.name] = tensor.tensor_type
+    return reader, values, types
+
+
+def field_value(reader: GGUFReader, key: str):
+    field = reader.fields[key]
+    if field.types[0] == GGUFValueType.ARRAY:
+        return [field.contents(i) for i in range(len(field.data))]
+    return field.contents()
+
+
+def assert_matches(source: dict[str, np.ndarray], values: dict, types: dict) -> None:
+    """Every tensor is there in its source's shape and within its type's bound of it."""
+    assert set(values) == set(source)
+    for name, want in source.items():
+        got, qtype = values[name], types[name]
+        assert got.shape == want.shape, name
+        if qtype == Q.F32:
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        elif qtype == Q.F16:
+            np.testing.assert_array_equal(got, want.astype(np.float16).astype(np.float32))
+        else:
+            blocks = want.reshape(-1, gguf_export.BLOCK)
+            error = np.abs(got.reshape(blocks.shape) - blocks).max(axis=1)
+            assert (error <= BOUND[qtype] * np.abs(blocks).max(axis=1) + 1e-12).all(), name
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16", "q8_0", "q4_0"])
+def test_each_type_reads_back_as_the_source(runs: Path, tmp_path: Path, kind: str) -> None:
+    out = tmp_path / "model.gguf"
+    result = export(tmp_path, str(runs / "gpt"), "--out", str(out), "--type", kind)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out} | gguf gpt2 {kind}")
+    reader, values, types = read_back(out)
+    assert_matches(source_tensors(runs / "gpt"), values, types)
+    wanted = gguf_export.TYPES[kind][0]
+    embedding = "token_embd.weight"  # tied: it is also the output matrix
+    assert types[embedding] == (Q.Q8_0 if kind == "q4_0" else wanted)
+    assert types["blk.0.attn_qkv.weight"] == wanted
+    assert types["position_embd.weight"] == types["blk.0.attn_qkv.bias"] == Q.F32
+    assert "output.weight" not in values  # tied: llama.cpp reads the embedding
+
+
+def test_metadata_is_what_llama_cpp_reads(runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.gguf"
+    assert export(tmp_path, str(runs / "gpt"), "--out", str(out)).returncode == 0
+    reader = GGUFReader(out)
+    model = resolve("tiny", [('model.family="gpt"')]).model
+    expected = {
+        "general.architecture": "gpt2",
+        "gpt2.context_length": model.context,
+        "gpt2.embedding_length": model.d_model,
+        "gpt2.feed_forward_length": model.mlp_ratio * model.d_model,
+        "gpt2.attention.head_count": model.n_heads,
+        "gpt2.block_count": model.n_layers,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.add_bos_token": False,
+    }
+    for key, value in expected.items():
+        assert field_value(reader, key) == value, key
+    assert field_value(reader, "gpt2.attention.layer_norm_epsilon") == pytest.approx(1e-5)
+    assert field_value(reader, "tokenizer.ggml.tokens") == byte_symbols()
+    assert len(set(byte_symbols())) == 256
+    assert field_value(reader, "general.file_type") == 0
+
+
+def test_a_crystallized_folder_exports_its_decoded_weights(runs: Path, tmp_path: Path) -> None:
+    crystal = runs / "crystal" / "int8"
+    out = tmp_path / "int8.gguf"
+    result = export(tmp_path, str(crystal), "--out", str(out), "--type", "f32")
+    assert result.returncode == 0, result.stderr
+    _, values, types = read_back(out)
+    source = source_tensors(crystal)
+    assert_matches(source, values, types)
+    plain = source_tensors(runs / "gpt")["blk.0.attn_qkv.weight"]
+    assert not np.array_equal(source["blk.0.attn_qkv.weight"], plain)  # the int8 rounding
+
+
+def test_rows_not_a_multiple_of_32_stay_f16(tmp_path: Path, capsys) -> None:
+    folder = save_tiny(tmp_path / "run", ['model.family="gpt"', "model.d_model=48"])
+    out = tmp_path / "odd.gguf"
+    assert cli.main(["export", "gguf", str(folder), "--out", str(out), "--type", "q4_0"]) == 0
+    assert "kept at F16" in capsys.readouterr().out
+    _, values, types = read_back(out)
+    assert types["blk.0.attn_qkv.weight"] == Q.F16  # rows of 48
+    assert types["blk.0.ffn_down.weight"] == Q.Q4_0  # rows of 192
+    assert_matches(source_tensors(folder), values, types)
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda r, t: [str(t / "nowhere"), "--out", str(t / "m.gguf")], ("nowhere",)),
+        (lambda r, t: [str(r / "ms"), "--out", str(t / "m.gguf")], ("microstream", "llama.cpp")),
+        (lambda r, t: [str(r / "gpt"), "--out", str(t / "no" / "m.gguf")], ("does not exist",)),
+        (lambda r, t: [str(r / "gpt"), "--out", str(t)], ("is a folder",)),
+        (lambda r, t: [str(r / "gpt"), "--out", str(t / "m.gguf"), "--type", "q2_k"], ("q2_k",)),
+        (lambda r, t: [str(r / "gpt"), "--out", str(t / "m.gguf"), "--type"], ("--type",)),
+    ],
+    ids=["missing", "family", "out-folder", "out-is-dir", "bad-type", "type-missing"],
+)
+def test_bad_input_is_one_line(runs: Path, tmp_path: Path, make, words) -> None:
+    assert_user_error(export(tmp_path, *make(runs, tmp_path)), *words)
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_a_truncated_checkpoint_is_refused(runs: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "model.safetensors"
+    source = checkpoints.read_info(runs / "gpt").weights
+    weights.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    out = tmp_path / "m.gguf"
+    assert_user_error(export(tmp_path, str(weights), "--out", str(out)), "truncated")
+    assert not out.exists()
+
+
+def test_a_full_disk_leaves_nothing_at_out(runs, tmp_path: Path, monkeypatch) -> None:
+    """ENOSPC while the tensors are written: one line, exit 2, no file and no temporary file,
+    and an older file at --out is left as it was."""
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"the previous export")
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(gguf_export.GGUFWriter, "write_tensors_to_file", full)
+    assert_user_error(export(tmp_path, str(runs / "gpt"), "--out", str(out)), "No space left")
+    assert out.read_bytes() == b"the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+def test_an_unwritable_folder_is_one_line(runs: Path, tmp_path: Path) -> None:
+    """A folder this user cannot write to (as root, where permissions do not stop it: /proc)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.geteuid() == 0:
+        folder = Path("/proc")
+    try:
+        result = export(tmp_path, str(runs / "gpt"), "--out", str(folder / "h2q-export.gguf"))
+        assert_user_error(result, "cannot write")
+        assert not (folder / "h2q-export.gguf").exists()
+    finally:
+        (tmp_path / "ro").chmod(0o700)
