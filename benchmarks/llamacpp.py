@@ -16,7 +16,9 @@ For one gpt checkpoint (default: gpt-cpu from ``runs/bench-cpu-presets/``, else 
   the SIGILL its AMX weight repacking raised on one Intel VM, is reported and the file is
   run again without repacking): the same prompt bytes as token ids (token = byte), greedy
   by argmax of its logits, tokens/s measured the same way (prompt included, as our stats
-  count it), and perplexity from its logits over the same windows.
+  count it), and perplexity from its logits over the same windows; and whether llama.cpp's
+  own tokenizer (the one llama-cli and llama-perplexity use) turns the scored text into the
+  same byte ids and back.
 
 Speed is new tokens / seconds from the prompt to the last token on both sides. When
 llama_cpp is not importable the script says how to install it and writes ``"llama_cpp":
@@ -92,8 +94,10 @@ def llama_child(args: argparse.Namespace) -> int:
     )  # fmt: skip
     greedy(llm, prompt, 8)  # warm-up
     runs = [greedy(llm, prompt, spec["tokens"]) for _ in range(spec["repeats"])]
-    windows = windows_of(Path(spec["data"]).read_bytes(), context)
-    nats, scored = llama_cross_entropy(llm, windows)
+    data = Path(spec["data"]).read_bytes()
+    nats, scored = llama_cross_entropy(llm, windows_of(data, context))
+    # llama.cpp's own tokenizer (what llama-cli and llama-perplexity use) on the same text
+    ids = llm.tokenize(data, add_bos=False, special=False)
     print(
         json.dumps(
             {
@@ -101,6 +105,7 @@ def llama_child(args: argparse.Namespace) -> int:
                 "tokens_per_s": statistics.median(spec["tokens"] / s for _, s in runs),
                 "nats_per_byte": nats,
                 "scored_bytes": scored,
+                "tokenizer_is_bytes": ids == list(data) and llm.detokenize(ids) == data,
                 "version": getattr(llama_cpp, "__version__", "?"),
             }
         )
@@ -251,6 +256,7 @@ def row(kind: str, method: str, mine: dict, theirs: dict | None, files) -> dict:
         "speed_ratio": mine["tokens_per_s"] / theirs["tokens_per_s"],
         "llama_perplexity": math.exp(theirs["nats_per_byte"]),
         "same_greedy_tokens": same_prefix(mine["tokens"], theirs["tokens"]),
+        "llama_tokenizer_is_bytes": theirs["tokenizer_is_bytes"],
         "greedy_tokens": len(mine["tokens"]),
         "llama_repack": theirs["repack"],
         "notes": theirs["notes"],
@@ -342,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         for note in r.get("notes") or []:
             print(f"note ({r['gguf_type']}): {note}")
+        if "llama_tokenizer_is_bytes" in r:
+            same = "yes" if r["llama_tokenizer_is_bytes"] else "NO"
+            print(
+                f"llama.cpp's tokenizer gives token = byte on the scored text ({r['gguf_type']}): {same}"
+            )
         if isinstance(r.get("llama_cpp"), dict):
             print(f"llama.cpp {r['gguf_type']}: {r['llama_cpp']['error']}")
     path = args.json or args.out / "llamacpp.json"
