@@ -179,12 +179,13 @@ def test_bad_input_is_one_line(runs: Path, tmp_path: Path, make, words) -> None:
     assert not (tmp_path / "m.gguf").exists()
 
 
-def test_a_truncated_checkpoint_is_refused(runs: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_checkpoint_is_refused(runs: Path, tmp_path: Path, damage: str) -> None:
     weights = tmp_path / "model.safetensors"
-    source = checkpoints.read_info(runs / "gpt").weights
-    weights.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    source = checkpoints.read_info(runs / "gpt").weights.read_bytes()
+    weights.write_bytes(source[: len(source) // 2] if damage == "truncated" else b"\x07" * 4096)
     out = tmp_path / "m.gguf"
-    assert_user_error(export(tmp_path, str(weights), "--out", str(out)), "truncated")
+    assert_user_error(export(tmp_path, str(weights), "--out", str(out)), "corrupt or truncated")
     assert not out.exists()
 
 
