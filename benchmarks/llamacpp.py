@@ -18,7 +18,9 @@ For one gpt checkpoint (default: gpt-cpu from ``runs/bench-cpu-presets/``, else 
   by argmax of its logits, tokens/s measured the same way (prompt included, as our stats
   count it), and perplexity from its logits over the same windows; and whether llama.cpp's
   own tokenizer (the one llama-cli and llama-perplexity use) turns the scored text into the
-  same byte ids and back.
+  same byte ids and back;
+- one more row exports our int8 folder itself (decoded to floats) as F32: llama.cpp running
+  our int8 weights must agree with our int8 as the F32 file agrees with our fp32.
 
 Speed is new tokens / seconds from the prompt to the last token on both sides. When
 llama_cpp is not importable the script says how to install it and writes ``"llama_cpp":
@@ -30,7 +32,6 @@ null`` (exit 0). The machine line heads the output and the JSON (``--json``).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
 import json
 import math
@@ -46,7 +47,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinystories_valid_head.txt"
 PROMPT = "Once upon a time"  # 16 bytes: with 112 new tokens, gpt-cpu's 128-byte window
-PAIRS = (("f32", "fp32"), ("q8_0", "int8"), ("q4_0", "int4-g32"))  # (GGUF --type, ours)
+# (row: the GGUF file, its --type, what it is exported from, what of ours it is compared with);
+# the last row exports our int8 folder itself (decoded) as F32: llama.cpp must then agree
+# with our int8 as it agrees with our fp32 on the first row
+ROWS = (
+    ("f32", "f32", "fp32", "fp32"),
+    ("q8_0", "q8_0", "fp32", "int8"),
+    ("q4_0", "q4_0", "fp32", "int4-g32"),
+    ("int8→f32", "f32", "int8", "int8"),
+)
+METHODS = ("int8", "int4-g32")  # crystallized for our side
 INSTALL = (
     "llama_cpp is not importable: pip install llama-cpp-python (builds llama.cpp from "
     "source: tens of minutes on 2 cores); our side is measured alone"
@@ -203,21 +213,23 @@ def ours(path: Path, prompt: str, tokens: int, repeats: int, data: bytes) -> dic
 
 def prepare(checkpoint: Path, data: Path, out: Path) -> dict[str, tuple[Path, Path]]:
     """Export the three GGUF files and crystallize int8 and int4-g32 under ``out``:
-    {GGUF type: (our checkpoint folder or file, the GGUF file)}."""
+    {row label: (our checkpoint folder or file, the GGUF file)}."""
     # the parent only (torch): see ours()
     from h2q_tui.cli import main as cli
     from h2q_tui.export.gguf_export import export_gguf
 
     out.mkdir(parents=True, exist_ok=True)
     crystal = out / "crystal"
-    methods = ",".join(method for _, method in PAIRS[1:])
+    methods = ",".join(METHODS)
     args = ["crystallize", str(checkpoint), "--method", methods, "--out", str(crystal)]
     if cli.main([*args, "--data", str(data), "--windows", "1", "--json", str(out / "c.json")]):
         raise SystemExit("crystallize failed (its error is above)")
     files = {}
-    for kind, method in PAIRS:
-        gguf = export_gguf(checkpoint, out / f"model-{kind}.gguf", kind).path
-        files[kind] = (checkpoint if method == "fp32" else crystal / method, gguf)
+    ours_of = {"fp32": checkpoint, **{method: crystal / method for method in METHODS}}
+    for label, kind, source, method in ROWS:
+        name = f"model-{kind}.gguf" if source == "fp32" else f"{source}-{kind}.gguf"
+        gguf = export_gguf(ours_of[source], out / name, kind).path
+        files[label] = (ours_of[method], gguf)
     return files
 
 
@@ -259,6 +271,7 @@ def row(kind: str, method: str, mine: dict, theirs: dict | None, files) -> dict:
         "llama_tokenizer_is_bytes": theirs["tokenizer_is_bytes"],
         "greedy_tokens": len(mine["tokens"]),
         "llama_repack": theirs["repack"],
+        "llama_version": theirs["version"],
         "notes": theirs["notes"],
     }
 
@@ -329,16 +342,19 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats, "data": str(data_path)}  # fmt: skip
     spec_path.write_text(json.dumps(spec))
     rows = []
-    for kind, method in PAIRS:
-        print(f"measuring {method} beside llama.cpp {kind} ...", file=sys.stderr)
-        mine = ours(files[kind][0], args.prompt, args.tokens, args.repeats, data)
-        theirs = run_llama(files[kind][1], spec_path) if available else None
-        rows.append(row(kind, method, mine, theirs, files))
+    mine: dict[str, dict] = {}
+    for label, _, _, method in ROWS:
+        print(f"measuring {method} beside llama.cpp {label} ...", file=sys.stderr)
+        if method not in mine:
+            mine[method] = ours(files[label][0], args.prompt, args.tokens, args.repeats, data)
+        theirs = run_llama(files[label][1], spec_path) if available else None
+        rows.append(row(label, method, mine[method], theirs, files))
+    versions = [r["llama_version"] for r in rows if "llama_version" in r]
     report = {
         "machine": hardware.machine_info(), "checkpoint": str(checkpoint), "data": str(args.data),
         "scored_bytes": (len(data) - 1) // context * context, "prompt": args.prompt,
         "new_tokens": args.tokens, "threads": 1,
-        "llama_cpp": importlib.metadata.version("llama_cpp_python") if available else None,
+        "llama_cpp": versions[0] if versions else ("failed" if available else None),
         "rows": rows,
     }  # fmt: skip
     print(f"\n1 thread, greedy, {args.tokens} new tokens from {args.prompt!r}; perplexity over "
