@@ -9,9 +9,13 @@ whose rows are not a multiple of 32 is saved directly (no training) for the F16 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
+import benchmark_module
 import numpy as np
 import pytest
 import torch
@@ -217,3 +221,50 @@ def test_an_unwritable_folder_is_one_line(runs: Path, tmp_path: Path) -> None:
         assert not (folder / "h2q-export.gguf").exists()
     finally:
         (tmp_path / "ro").chmod(0o700)
+
+
+def test_the_llamacpp_benchmark_says_when_llama_cpp_is_absent(runs, tmp_path, monkeypatch, capsys):
+    """benchmarks/llamacpp.py on the tiny GPT with llama_cpp hidden: our side measured, the
+    install line printed, ``"llama_cpp": null`` in the JSON, exit 0."""
+    bench = benchmark_module.load("llamacpp")
+    real_find_spec = bench.importlib.util.find_spec
+    monkeypatch.setattr(
+        bench.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llama_cpp" else real_find_spec(name, *a),
+    )
+    args = [str(runs / "gpt"), "--data", str(runs / "data.txt"), "--tokens", "8"]
+    args += ["--windows", "4", "--repeats", "1", "--out", str(tmp_path / "b")]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "pip install llama-cpp-python" in out
+    report = json.loads((tmp_path / "b" / "llamacpp.json").read_text())
+    assert report["llama_cpp"] is None and report["scored_bytes"] == 4 * 32
+    assert [r["gguf_type"] for r in report["rows"]] == [row[0] for row in bench.ROWS]
+    assert all(r["ours_perplexity"] > 1 and r["llama_cpp"] is None for r in report["rows"])
+
+
+def test_a_llama_child_killed_by_a_signal_is_run_again_without_repacking(tmp_path, monkeypatch):
+    bench = benchmark_module.load("llamacpp")
+    calls = []
+    answer = {"tokens": [1], "tokens_per_s": 1.0, "nats_per_byte": 1.0, "scored_bytes": 1,
+              "tokenizer_is_bytes": True, "version": "x"}  # fmt: skip
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        if "--no-repack" not in command:
+            return subprocess.CompletedProcess(command, -signal.SIGILL, "", "")
+        return subprocess.CompletedProcess(command, 0, json.dumps(answer) + "\n", "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    result = bench.run_llama(tmp_path / "m.gguf", tmp_path / "spec.json")
+    assert len(calls) == 2 and result["repack"] is False
+    assert result["notes"] == ["llama.cpp with repacking died: SIGILL"]
+
+
+def test_benchmark_windows_are_the_ones_eval_scores() -> None:
+    bench = benchmark_module.load("llamacpp")
+    data = bench.scored_bytes(bytes(range(100)), 10, 3)
+    assert data == bytes(range(31))
+    assert bench.windows_of(data, 10) == [bytes(range(i, i + 11)) for i in (0, 10, 20)]
+    assert bench.same_prefix([1, 2, 3], [1, 2, 4]) == 2 and bench.same_prefix([1], [1]) == 1
