@@ -22,7 +22,8 @@ For one gpt checkpoint (default: gpt-cpu from ``runs/bench-cpu-presets/``, else 
 - one more row exports our int8 folder itself (decoded to floats) as F32: llama.cpp running
   our int8 weights must agree with our int8 as the F32 file agrees with our fp32.
 
-Speed is new tokens / seconds from the prompt to the last token on both sides. When
+Speed is new tokens / seconds from the prompt to the last token on both sides; llama.cpp's
+runs happen between the two halves of ours, so drifting machine load falls on both. When
 llama_cpp is not importable the script says how to install it and writes ``"llama_cpp":
 null`` (exit 0). The machine line heads the output and the JSON (``--json``).
 
@@ -174,9 +175,10 @@ def run_llama(gguf: Path, spec_path: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------- our side
-def ours(path: Path, prompt: str, tokens: int, repeats: int, data: bytes) -> dict:
+def ours(path: Path, prompt: str, tokens: int, repeats: int, data: bytes, beside):
     """Our greedy decode speed and perplexity on ``data`` of one checkpoint, loaded as eval
-    and generate load it."""
+    and generate load it, with ``beside()`` (llama.cpp's run) called between the first and
+    the second half of our timed runs, so that both sides see the same machine load."""
     # the parent only: the llama.cpp child must not pay for torch
     import torch
 
@@ -198,17 +200,20 @@ def ours(path: Path, prompt: str, tokens: int, repeats: int, data: bytes) -> dic
         return run
 
     decode(8)  # warm-up
-    runs = [decode(tokens) for _ in range(repeats)]
+    runs = [decode(tokens) for _ in range(repeats // 2)]
+    theirs = beside()
+    runs += [decode(tokens) for _ in range(repeats - repeats // 2)]
     heldout = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     with torch.no_grad():
         nats = heldout_cross_entropy(model, heldout, context, torch.device("cpu"), batch=32)
-    return {
+    mine = {
         "tokens": list(runs[0].tokens),
         "tokens_per_s": statistics.median(r.stats.tokens_per_s for r in runs),
         "nats_per_byte": nats,
         "scored_bytes": (len(data) - 1) // context * context,
         "what": loaded.info.describe(),
     }
+    return mine, theirs
 
 
 def prepare(checkpoint: Path, data: Path, out: Path) -> dict[str, tuple[Path, Path]]:
@@ -342,13 +347,15 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats, "data": str(data_path)}  # fmt: skip
     spec_path.write_text(json.dumps(spec))
     rows = []
-    mine: dict[str, dict] = {}
     for label, _, _, method in ROWS:
         print(f"measuring {method} beside llama.cpp {label} ...", file=sys.stderr)
-        if method not in mine:
-            mine[method] = ours(files[label][0], args.prompt, args.tokens, args.repeats, data)
-        theirs = run_llama(files[label][1], spec_path) if available else None
-        rows.append(row(label, method, mine[method], theirs, files))
+        ours_path, gguf = files[label]
+
+        def beside(gguf=gguf):
+            return run_llama(gguf, spec_path) if available else None
+
+        mine, theirs = ours(ours_path, args.prompt, args.tokens, args.repeats, data, beside)
+        rows.append(row(label, method, mine, theirs, files))
     versions = [r["llama_version"] for r in rows if "llama_version" in r]
     report = {
         "machine": hardware.machine_info(), "checkpoint": str(checkpoint), "data": str(args.data),
