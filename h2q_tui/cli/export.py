@@ -13,8 +13,8 @@ def parser() -> Parser:
     p = Parser(
         prog="h2q-tui export",
         description="Write a GPT checkpoint (or a crystallized folder of one, decoded to floats) "
-        "as a llama.cpp GGUF file (architecture gpt2, the 256 bytes as its vocabulary), for "
-        "llama.cpp, llama-cpp-python and Ollama. Other families have no llama.cpp architecture.",
+        "as a llama.cpp GGUF file (architecture gpt2, the 256 bytes as its vocabulary) for "
+        "llama.cpp and the programs built on it. Other families have no llama.cpp architecture.",
     )
     p.add_argument("format", choices=FORMATS, help="the file format: gguf")
     p.add_argument(
