@@ -268,3 +268,14 @@ def test_benchmark_windows_are_the_ones_eval_scores() -> None:
     assert data == bytes(range(31))
     assert bench.windows_of(data, 10) == [bytes(range(i, i + 11)) for i in (0, 10, 20)]
     assert bench.same_prefix([1, 2, 3], [1, 2, 4]) == 2 and bench.same_prefix([1], [1]) == 1
+
+
+def test_an_untied_model_without_biases_gets_its_head_and_zero_biases(tmp_path: Path) -> None:
+    overrides = ['model.family="gpt"', "model.tie_weights=false", "model.bias=false"]
+    folder = save_tiny(tmp_path / "run", overrides)
+    out = tmp_path / "untied.gguf"
+    assert cli.main(["export", "gguf", str(folder), "--out", str(out), "--type", "q4_0"]) == 0
+    _, values, types = read_back(out)
+    assert types["output.weight"] == Q.Q8_0 and types["token_embd.weight"] == Q.Q4_0
+    assert not values["blk.1.ffn_up.bias"].any() and values["blk.1.ffn_up.bias"].shape == (512,)
+    assert_matches(source_tensors(folder), values, types)

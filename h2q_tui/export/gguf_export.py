@@ -84,21 +84,34 @@ def gpt2_tensors(model: torch.nn.Module) -> dict[str, np.ndarray]:
     Biases a ``bias = false`` model lacks are written as zeros (llama.cpp requires them); a
     tied head is written once, as the embedding llama.cpp falls back to.
     """
-    state = {name: t.detach().to("cpu", torch.float32) for name, t in model.state_dict().items()}
+    state = model.state_dict()
+
+    def weight(name: str) -> torch.Tensor:
+        tensor = state.get(name)
+        if tensor is None or not tensor.is_floating_point():
+            raise UserError(
+                f"the loaded model has no float tensor {name}: GGUF export needs the GPT's "
+                "weights as floats"
+            )
+        return tensor.detach().to("cpu", torch.float32)
+
     out = {
-        gguf_name(MODEL_TENSOR.TOKEN_EMBD, "weight"): state["wte.weight"],
-        gguf_name(MODEL_TENSOR.POS_EMBD, "weight"): state["wpe.weight"],
-        gguf_name(MODEL_TENSOR.OUTPUT_NORM, "weight"): state["ln_f.weight"],
-        gguf_name(MODEL_TENSOR.OUTPUT_NORM, "bias"): state["ln_f.bias"],
+        gguf_name(MODEL_TENSOR.TOKEN_EMBD, "weight"): weight("wte.weight"),
+        gguf_name(MODEL_TENSOR.POS_EMBD, "weight"): weight("wpe.weight"),
+        gguf_name(MODEL_TENSOR.OUTPUT_NORM, "weight"): weight("ln_f.weight"),
+        gguf_name(MODEL_TENSOR.OUTPUT_NORM, "bias"): weight("ln_f.bias"),
     }
     if not model.config.tie_weights:
-        out[gguf_name(MODEL_TENSOR.OUTPUT, "weight")] = state["lm_head.weight"]
+        out[gguf_name(MODEL_TENSOR.OUTPUT, "weight")] = weight("lm_head.weight")
     for block in range(model.config.n_layers):
         for ours, theirs in BLOCK_TENSORS.items():
-            weight = state[f"blocks.{block}.{ours}.weight"]
-            bias = state.get(f"blocks.{block}.{ours}.bias", torch.zeros(weight.shape[0]))
-            out[gguf_name(theirs, "weight", block)] = weight
-            out[gguf_name(theirs, "bias", block)] = bias
+            matrix = weight(f"blocks.{block}.{ours}.weight")
+            has_bias = f"blocks.{block}.{ours}.bias" in state
+            bias = weight(f"blocks.{block}.{ours}.bias") if has_bias else None
+            out[gguf_name(theirs, "weight", block)] = matrix
+            out[gguf_name(theirs, "bias", block)] = (
+                torch.zeros(matrix.shape[0]) if bias is None else bias
+            )
     return {name: tensor.contiguous().numpy() for name, tensor in out.items()}
 
 
