@@ -301,6 +301,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def print_report(report: dict, windows: int) -> None:
+    """The heading line, the table and each row's notes."""
+    print(
+        f"\n1 thread, greedy, {report['new_tokens']} new tokens from {report['prompt']!r}; "
+        f"perplexity over {report['scored_bytes']:,} bytes of {Path(report['data']).name} "
+        f"(h2q-tui eval --windows {windows})"
+    )
+    print(table(report["rows"]))
+    for r in report["rows"]:
+        for note in r.get("notes") or []:
+            print(f"note ({r['gguf_type']}): {note}")
+        if "llama_tokenizer_is_bytes" in r:
+            same = "yes" if r["llama_tokenizer_is_bytes"] else "NO"
+            print(
+                f"llama.cpp's tokenizer: token = byte on the scored text ({r['gguf_type']}): {same}"
+            )
+        if isinstance(r.get("llama_cpp"), dict):
+            print(f"llama.cpp {r['gguf_type']}: {r['llama_cpp']['error']}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", nargs="?", type=Path, default=None)
@@ -335,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     torch.set_num_threads(1)
     context = checkpoints.read_info(checkpoint).config.model.context
+    if len(args.prompt.encode()) + args.tokens > context:
+        print(
+            f"skipped: the prompt and --tokens {args.tokens} do not fit the {context}-byte context"
+        )
+        return 0
     data = scored_bytes(args.data.read_bytes(), context, args.windows)
     files = prepare(checkpoint, args.data, args.out)
     available = importlib.util.find_spec("llama_cpp") is not None
@@ -364,20 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "llama_cpp": versions[0] if versions else ("failed" if available else None),
         "rows": rows,
     }  # fmt: skip
-    print(f"\n1 thread, greedy, {args.tokens} new tokens from {args.prompt!r}; perplexity over "
-          f"{report['scored_bytes']:,} bytes of {args.data.name} (h2q-tui eval --windows "
-          f"{args.windows})")  # fmt: skip
-    print(table(rows))
-    for r in rows:
-        for note in r.get("notes") or []:
-            print(f"note ({r['gguf_type']}): {note}")
-        if "llama_tokenizer_is_bytes" in r:
-            same = "yes" if r["llama_tokenizer_is_bytes"] else "NO"
-            print(
-                f"llama.cpp's tokenizer gives token = byte on the scored text ({r['gguf_type']}): {same}"
-            )
-        if isinstance(r.get("llama_cpp"), dict):
-            print(f"llama.cpp {r['gguf_type']}: {r['llama_cpp']['error']}")
+    print_report(report, args.windows)
     path = args.json or args.out / "llamacpp.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {path}")
