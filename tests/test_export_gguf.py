@@ -279,3 +279,26 @@ def test_an_untied_model_without_biases_gets_its_head_and_zero_biases(tmp_path: 
     assert types["output.weight"] == Q.Q8_0 and types["token_embd.weight"] == Q.Q4_0
     assert not values["blk.1.ffn_up.bias"].any() and values["blk.1.ffn_up.bias"].shape == (512,)
     assert_matches(source_tensors(folder), values, types)
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_the_export_as_we_do(runs: Path, tmp_path: Path) -> None:
+    """Where llama-cpp-python is installed: the F32 file (and our int8 folder exported as F32)
+    give our greedy tokens and our perplexity, and its tokenizer reads text as our bytes."""
+    pytest.importorskip("llama_cpp")
+    bench = benchmark_module.load("llamacpp")
+    args = [str(runs / "gpt"), "--data", str(runs / "data.txt"), "--tokens", "16"]
+    assert bench.main([*args, "--windows", "8", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "llamacpp.json").read_text())
+    assert report["llama_cpp"] not in (None, "failed")
+    rows = {r["gguf_type"]: r for r in report["rows"]}
+    for label in ("f32", "int8→f32"):  # the same weights on both sides
+        assert rows[label]["same_greedy_tokens"] == rows[label]["greedy_tokens"] == 16
+        assert rows[label]["llama_perplexity"] == pytest.approx(
+            rows[label]["ours_perplexity"], rel=1e-4
+        )
+    assert all(r["llama_tokenizer_is_bytes"] for r in rows.values())
+    for label in ("q8_0", "q4_0"):  # other rounding: close, not equal
+        assert rows[label]["llama_perplexity"] == pytest.approx(
+            rows[label]["ours_perplexity"], rel=0.02
+        )
