@@ -22,7 +22,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("cli",),
     ("app",),
     ("track",),  # the public logging API and the TensorBoard reader: training's records
-    ("ollama", "hotstart", "crystal", "training"),
+    ("ollama", "hotstart", "crystal", "export", "training"),
     ("generation",),
     ("checkpoints",),
     ("codecs",),

@@ -104,7 +104,7 @@ def test_help_loads_neither_torch_nor_the_dashboard():
     out = _python("""
         import contextlib, io, sys
         from h2q_tui.cli.main import main
-        for name in ('', 'attach', 'hotstart', 'presets', 'serve', 'web'):
+        for name in ('', 'attach', 'export', 'hotstart', 'presets', 'serve', 'web'):
             with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
                 main([name, '--help'] if name else ['--help'])
         heavy = {'torch', 'textual', 'requests', 'uvicorn'}

@@ -52,6 +52,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "CHECKPOINT --method M",
         "compress a checkpoint, measure the cost",
     ),
+    "export": Subcommand(
+        "h2q_tui.cli.export",
+        "gguf CHECKPOINT --out FILE",
+        "a GPT as a llama.cpp GGUF file (f32/f16/q8_0/q4_0)",
+    ),
     "hotstart": Subcommand(
         "h2q_tui.cli.hotstart",
         "CHECKPOINT [--cold]",
