@@ -7,8 +7,8 @@ For one gpt checkpoint (default: gpt-cpu from ``runs/bench-cpu-presets/``, else 
   crystallize`` writes its int8 and int4-g32 folders (our side of Q8_0 and Q4_0), all under
   ``--out``;
 - our side: each of the checkpoint, int8 and int4-g32 loaded by the one loader
-  (``checkpoints.load_checkpoint``: whatever path it takes for a crystallized folder, today
-  decoded to floats) and decoded greedily by ``Generation`` (the step program), ``--tokens``
+  (``checkpoints.load_checkpoint``: a crystallized folder on its stored integers, as the
+  commands run it) and decoded greedily by ``Generation`` (the step program), ``--tokens``
   new tokens from the same prompt, median tokens/s of ``--repeats`` runs; perplexity over
   the first ``--windows`` non-overlapping windows of ``--data``, the very windows ``h2q-tui
   eval --windows N`` scores;
@@ -50,13 +50,14 @@ DATA = REPO.parent / "shared" / "data" / "tinystories_valid_head.txt"
 PROMPT = "Once upon a time"  # 16 bytes: with 112 new tokens, gpt-cpu's 128-byte window
 # (row: the GGUF file, its --type, what it is exported from, what of ours it is compared with);
 # the last row exports our int8 folder itself (decoded) as F32: llama.cpp must then agree
-# with our int8 as it agrees with our fp32 on the first row
+# with our int8 decoded to float (--dequantize) as it agrees with our fp32 on the first row
 ROWS = (
     ("f32", "f32", "fp32", "fp32"),
     ("q8_0", "q8_0", "fp32", "int8"),
     ("q4_0", "q4_0", "fp32", "int4-g32"),
     ("int8→f32", "f32", "int8", "int8"),
 )
+DEQUANTIZED = {"int8→f32"}  # rows whose our side runs --dequantize (the same float weights)
 METHODS = ("int8", "int4-g32")  # crystallized for our side
 INSTALL = (
     "llama_cpp is not importable: pip install llama-cpp-python (builds llama.cpp from "
@@ -175,7 +176,7 @@ def run_llama(gguf: Path, spec_path: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------- our side
-def ours(path: Path, prompt: str, tokens: int, repeats: int, data: bytes, beside):
+def ours(path: Path, prompt: str, tokens: int, repeats: int, data: bytes, beside, dequantize=False):
     """Our greedy decode speed and perplexity on ``data`` of one checkpoint, loaded as eval
     and generate load it, with ``beside()`` (llama.cpp's run) called between the first and
     the second half of our timed runs, so that both sides see the same machine load."""
@@ -188,7 +189,7 @@ def ours(path: Path, prompt: str, tokens: int, repeats: int, data: bytes, beside
     from h2q_tui.generation.text import Codec
     from h2q_tui.training.evaluate import heldout_cross_entropy
 
-    loaded = checkpoints.load_checkpoint(path)
+    loaded = checkpoints.load_checkpoint(path, dequantize=dequantize)
     model, context = loaded.model, loaded.info.config.model.context
 
     def decode(count: int) -> Generation:
@@ -379,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         def beside(gguf=gguf):
             return run_llama(gguf, spec_path) if available else None
 
-        mine, theirs = ours(ours_path, args.prompt, args.tokens, args.repeats, data, beside)
+        mine, theirs = ours(
+            ours_path, args.prompt, args.tokens, args.repeats, data, beside, label in DEQUANTIZED
+        )
         rows.append(row(label, method, mine, theirs, files))
     versions = [r["llama_version"] for r in rows if "llama_version" in r]
     report = {

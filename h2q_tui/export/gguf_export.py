@@ -172,7 +172,7 @@ def export_gguf(source: str | Path, out: str | Path, kind: str = "f32") -> Expor
     path = check_out(out)
     info = checkpoints.read_info(source)
     refuse_unexportable(info)
-    model = checkpoints.load_model_from(info)  # a crystallized folder is decoded to floats
+    model = checkpoints.load_model_from(info, dequantize=True)  # a crystal: decoded to floats
     tensors = gpt2_tensors(model)
     exported = Exported(path, 0)
     writer_of = _writer(model, info.describe(), kind)
