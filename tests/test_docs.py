@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = [README, *sorted((REPO / "docs").glob("*.md"))]
 TOPICS = [  # one page per topic (issue: README and docs)
-    "dashboard", "training", "data", "generation", "crystallize", "hotstart", "serve", "openai", "track", "web",
+    "dashboard", "training", "data", "generation", "crystallize", "gguf", "hotstart", "serve", "openai", "track", "web",
     "torchrun", "performance", "results", "run-files", "development", "history",
 ]  # fmt: skip
 PLACEHOLDER_FLAGS = {"--help", "--version"}
