@@ -241,3 +241,13 @@ def test_generate_and_eval_say_how_a_crystal_runs_and_dequantize_decodes(crystal
     data = crystals["gpt", "int8"].parents[2] / "data.txt"
     assert cli.main(["eval", folder, "--data", str(data), "--windows", "2"]) == 0
     assert "int4-g32 products on 9 matrices" in capsys.readouterr().err
+
+
+def test_hotstarts_naive_anchor_of_a_crystal_holds_every_float_weight(crystals, tmp_path):
+    from h2q_tui.hotstart.phases import write_pickle_state
+
+    info = checkpoints.read_info(crystals["gpt", "int8"])
+    state = torch.load(write_pickle_state(info, tmp_path), weights_only=True)
+    float_model = checkpoints.load_model_from(info, dequantize=True)
+    assert set(state) == set(float_model.state_dict())  # the naive path loads it strictly
+    assert state["blocks.0.attn.c_attn.weight"].dtype == torch.float32

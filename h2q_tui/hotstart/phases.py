@@ -66,8 +66,9 @@ class PhaseTimes:
 
 def write_pickle_state(info: CheckpointInfo, folder: str | Path) -> Path:
     """Write the checkpoint's state_dict as a pickle (``torch.save``) in ``folder``: the
-    naive path's input. Returns its path."""
-    model = load_checkpoint(info).model
+    naive path's input (a crystallized checkpoint's weights decoded to float, as a plain
+    ``torch.load`` of a state dict holds them). Returns its path."""
+    model = load_checkpoint(info, dequantize=True).model
     path = Path(folder) / "state_dict.pt"
     torch.save(model.state_dict(), path)
     return path
