@@ -23,7 +23,10 @@ For one gpt checkpoint (default: gpt-cpu from ``runs/bench-cpu-presets/``, else 
   our int8 weights must agree with our int8 as the F32 file agrees with our fp32.
 
 Speed is new tokens / seconds from the prompt to the last token on both sides; llama.cpp's
-runs happen between the two halves of ours, so drifting machine load falls on both. When
+runs happen between the two halves of ours, so drifting machine load falls on both. The
+*CPU-time ratio* divides tokens by the CPU seconds each side was given instead (our decoding
+thread's, llama.cpp's process's): on a machine shared with other work it moves far less
+than the wall-clock ratio, as time-slicing then falls out of both. When
 llama_cpp is not importable the script says how to install it and writes ``"llama_cpp":
 null`` (exit 0). The machine line heads the output and the JSON (``--json``).
 
@@ -114,7 +117,8 @@ def llama_child(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "tokens": runs[0][0],
-                "tokens_per_s": statistics.median(spec["tokens"] / s for _, s in runs),
+                "tokens_per_s": statistics.median(spec["tokens"] / s for _, s, _ in runs),
+                "tokens_per_cpu_s": statistics.median(spec["tokens"] / c for _, _, c in runs),
                 "nats_per_byte": nats,
                 "scored_bytes": scored,
                 "tokenizer_is_bytes": ids == list(data) and llm.detokenize(ids) == data,
@@ -125,16 +129,17 @@ def llama_child(args: argparse.Namespace) -> int:
     return 0
 
 
-def greedy(llm, prompt: list[int], tokens: int) -> tuple[list[int], float]:
-    """(the greedy continuation, seconds from the prompt to the last token) of llama.cpp."""
+def greedy(llm, prompt: list[int], tokens: int) -> tuple[list[int], float, float]:
+    """(the greedy continuation, seconds from the prompt to the last token, CPU seconds of
+    this process meanwhile) of llama.cpp."""
     llm.reset()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     llm.eval(prompt)
     out: list[int] = []
     while True:
         out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
         if len(out) == tokens:
-            return out, time.perf_counter() - started
+            return out, time.perf_counter() - started, time.process_time() - cpu
         llm.eval([out[-1]])
 
 
@@ -192,24 +197,28 @@ def ours(path: Path, prompt: str, tokens: int, repeats: int, data: bytes, beside
     loaded = checkpoints.load_checkpoint(path, dequantize=dequantize)
     model, context = loaded.model, loaded.info.config.model.context
 
-    def decode(count: int) -> Generation:
+    def decode(count: int) -> tuple[Generation, float]:
+        """The finished run and its CPU seconds (this thread: what a busy machine leaves us)."""
         greedy_config = SamplingConfig(
             temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=count
         )
         run = Generation(model, Codec(), prompt, greedy_config)
+        cpu = time.thread_time()
         list(run)
-        return run
+        return run, time.thread_time() - cpu
 
     decode(8)  # warm-up
-    runs = [decode(tokens) for _ in range(repeats // 2)]
+    timed = [decode(tokens) for _ in range(repeats // 2)]
     theirs = beside()
-    runs += [decode(tokens) for _ in range(repeats - repeats // 2)]
+    timed += [decode(tokens) for _ in range(repeats - repeats // 2)]
+    runs = [run for run, _ in timed]
     heldout = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     with torch.no_grad():
         nats = heldout_cross_entropy(model, heldout, context, torch.device("cpu"), batch=32)
     mine = {
         "tokens": list(runs[0].tokens),
         "tokens_per_s": statistics.median(r.stats.tokens_per_s for r in runs),
+        "tokens_per_cpu_s": statistics.median(tokens / cpu for _, cpu in timed),
         "nats_per_byte": nats,
         "scored_bytes": (len(data) - 1) // context * context,
         "what": loaded.info.describe(),
@@ -272,6 +281,9 @@ def row(kind: str, method: str, mine: dict, theirs: dict | None, files) -> dict:
         **line,
         "llama_tokens_per_s": theirs["tokens_per_s"],
         "speed_ratio": mine["tokens_per_s"] / theirs["tokens_per_s"],
+        "llama_tokens_per_cpu_s": theirs["tokens_per_cpu_s"],
+        "ours_tokens_per_cpu_s": mine["tokens_per_cpu_s"],
+        "cpu_speed_ratio": mine["tokens_per_cpu_s"] / theirs["tokens_per_cpu_s"],
         "llama_perplexity": math.exp(theirs["nats_per_byte"]),
         "same_greedy_tokens": same_prefix(mine["tokens"], theirs["tokens"]),
         "llama_tokenizer_is_bytes": theirs["tokenizer_is_bytes"],
@@ -285,7 +297,8 @@ def row(kind: str, method: str, mine: dict, theirs: dict | None, files) -> dict:
 def table(rows: list[dict]) -> str:
     """The side-by-side table, one line per bit width."""
     head = (
-        f"{'llama.cpp':>9} {'ours':>9} | {'ours tok/s':>10} {'llama tok/s':>11} {'ratio':>6} | "
+        f"{'llama.cpp':>9} {'ours':>9} | {'ours tok/s':>10} {'llama tok/s':>11} {'ratio':>6} "
+        f"{'CPU-time ratio':>14} | "
         f"{'ours ppl':>9} {'llama ppl':>9} | {'same greedy':>11} | {'ours MB':>7} {'gguf MB':>7}"
     )
     lines = [head, "-" * len(head)]
@@ -293,7 +306,7 @@ def table(rows: list[dict]) -> str:
         llama = "llama_tokens_per_s" in r
         lines.append(
             f"{r['gguf_type']:>9} {r['ours']:>9} | {r['ours_tokens_per_s']:10.1f} "
-            + (f"{r['llama_tokens_per_s']:11.1f} {r['speed_ratio']:5.2f}x | " if llama else f"{'-':>11} {'-':>6} | ")
+            + (f"{r['llama_tokens_per_s']:11.1f} {r['speed_ratio']:5.2f}x {r['cpu_speed_ratio']:13.2f}x | " if llama else f"{'-':>11} {'-':>6} {'-':>14} | ")
             + f"{r['ours_perplexity']:9.4f} "
             + (f"{r['llama_perplexity']:9.4f} | " if llama else f"{'-':>9} | ")
             + (f"{r['same_greedy_tokens']:>5}/{r['greedy_tokens']:<5} | " if llama else f"{'-':>11} | ")
