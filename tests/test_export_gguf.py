@@ -64,8 +64,8 @@ def export(cwd: Path, *args: str):
 
 
 def source_tensors(path: Path) -> dict[str, np.ndarray]:
-    """The checkpoint's tensors under their GGUF names, as the one loader gives them."""
-    model = checkpoints.load_model_from(checkpoints.read_info(path))
+    """The checkpoint's tensors under their GGUF names, as the one loader decodes them to float."""
+    model = checkpoints.load_model_from(checkpoints.read_info(path), dequantize=True)
     return gguf_export.gpt2_tensors(model)
 
 
