@@ -85,7 +85,8 @@ def build_parser() -> Parser:
         type=int,
         metavar="BYTES",
         help="calibrate the +cal methods (e.g. int4-g32+cal; a sweep adds them) on the last "
-        "BYTES bytes of the held-out data: int rounding weighted by each input's mean x²",
+        "BYTES bytes of the held-out data: int rounding that lowers each layer's output error on "
+        "them (GPTQ-style error feedback, per row the best of it, weighted and plain rounding)",
     )
     parser.add_argument(
         "--details",

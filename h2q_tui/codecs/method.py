@@ -3,8 +3,8 @@
 A method is at most one structural step (``rank:K``, ``rank-shared:K``, ``svd:K``/``svd:F``),
 first, then at most one numeric step (``bf16``, ``fp16``, ``int8``, ``intB-gG``), then the
 modifiers, in this order: ``head:N`` (embeddings, head and position tables get the numeric
-step N instead, e.g. ``int4-g32+head:int8``) and ``cal`` (int rounding weighted by the
-importance of each input column, measured on calibration text: :mod:`h2q_tui.codecs.calibrated`).
+step N instead, e.g. ``int4-g32+head:int8``) and ``cal`` (int rounding that lowers each
+layer's output error on calibration text: :mod:`h2q_tui.codecs.gptq`).
 Combinations are applied left to right (``svd:0.5+int8``: the SVD, then int8 on each of its
 factors ``u`` and ``v``); decoding runs in reverse. :func:`encode_chain` / :func:`decode_chain`
 name a later step's parts ``factor::part`` (e.g. ``u::q``, ``u::scale``).
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from h2q_tui.codecs.calibrated import encode_weighted
+from h2q_tui.codecs.gptq import encode_calibrated
 from h2q_tui.codecs.tensor import CODECS, INT4_GROUPS, CrystalFormatError, Meta, Stored
 
 PART_SEPARATOR = "::"
@@ -224,8 +224,9 @@ def encode_chain(
     """Apply tensor-codec steps left to right; a later step encodes each factor part of the first.
 
     Stored parts of a later step are named ``factor::part``; meta["parts"] maps each factor to
-    its own meta. ``importance`` (one per column of the last dimension): an int first step
-    rounds weighted by it (:mod:`h2q_tui.codecs.calibrated`), the same parts stored.
+    its own meta. ``importance`` (one per column of the last dimension, or their second-moment
+    matrix H): an int first step rounds by it (:mod:`h2q_tui.codecs.gptq`), the same parts
+    stored.
     """
     if not steps:
         raise ValueError("encode_chain needs at least one step")
@@ -234,7 +235,7 @@ def encode_chain(
         raise ValueError(f"{first}: not a tensor codec (rank acts on HamLinear groups)")
     codec = CODECS[first.name]
     if importance is not None and first.integer:
-        stored, meta = encode_weighted(first.name, tensor, first.params(), importance)
+        stored, meta = encode_calibrated(first.name, tensor, first.params(), importance)
     else:
         stored, meta = codec.encode(tensor, **first.params())
     if not rest:

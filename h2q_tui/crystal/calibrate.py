@@ -1,11 +1,11 @@
-"""Calibration for ``cal`` methods: the importance of each input column of each linear weight.
+"""Calibration for ``cal`` methods: the second moments of each linear weight's inputs.
 
-Forward hooks on every ``nn.Linear`` record, over the calibration windows, the mean of x² of
-each input feature; that vector is the weight's importance (a tied weight, GPT's head =
-embedding, gets the head's under the embedding's name, the name it is stored under). The
-int encoders then round each row or group to minimise Σ importance·(w − ŵ)²
-(:mod:`h2q_tui.codecs.calibrated`). Weights no linear layer reads (embedding lookups,
-position tables, HamLinear factor stacks) get no importance and keep plain rounding.
+Forward hooks on every ``nn.Linear`` record, over the calibration windows, H = mean of x xᵀ
+over positions (its diagonal: the mean x² of each input, llama.cpp's importance matrix); a
+tied weight (GPT's head = embedding) gets the head's under the embedding's name, the name it
+is stored under. The int encoders then round to lower the layer's output error Σ e H eᵀ
+(:mod:`h2q_tui.codecs.gptq`). Weights no linear layer reads (embedding lookups, position
+tables, HamLinear factor stacks) get nothing and keep plain rounding.
 
 The calibration text is the last ``n_bytes`` of the held-out data the sweep measures on,
 apart from the measured windows when the file is long enough (a note says when it is not).
@@ -24,7 +24,7 @@ from h2q_tui.crystal.measure import HeldOut
 from h2q_tui.data.streams import heldout_batches
 from h2q_tui.errors import UserError
 
-FLOOR = 1e-6  # × the tensor's mean importance: a column never read still weighs a little
+FLOOR = 1e-6  # × mean diag H added to H's diagonal: an input never seen still weighs a little
 
 
 @dataclass
@@ -91,8 +91,8 @@ def collect(
 
     def hook_for(name: str):
         def hook(_module: nn.Module, inputs: tuple, _output) -> None:
-            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
-            sums[name] = sums.get(name, 0) + x.square().sum(0).double().cpu()
+            x = inputs[0].detach().double().reshape(-1, inputs[0].shape[-1]).cpu()
+            sums[name] = sums.get(name, 0) + x.T @ x
             counts[name] = counts.get(name, 0) + x.shape[0]
 
         return hook
@@ -114,6 +114,9 @@ def collect(
             handle.remove()
     importance = {}
     for name, total in sums.items():
-        mean = (total / max(1, counts[name])).float()
-        importance[name] = mean + FLOOR * float(mean.mean())
+        moments = total / max(1, counts[name])
+        floor = FLOOR * float(moments.diagonal().mean())
+        importance[name] = (
+            moments + floor * torch.eye(moments.shape[0], dtype=moments.dtype)
+        ).float()
     return Calibration(importance, tokens.numel(), windows, overlap)
