@@ -656,4 +656,5 @@ def test_calibrated_mixed_methods_write_the_llama_columns(work: Path, capsys) ->
             )
     assert layouts[0] == layouts[1]
     assert "wte.weight::q" in layouts[0]  # the tied embedding/head in int8
-    assert "ln PPL ratio" in out and "Δp % percentiles" in out and "calibration:" in err
+    assert "ln PPL ratio" in out and "Δp % percentiles" in out and "means ± s.e." in out
+    assert "calibration:" in err

@@ -14,12 +14,13 @@ decoding at load), and measures it against the source on the same held-out windo
 then, under it, the columns ``llama-perplexity --kl-divergence`` prints, so the two reports
 read side by side (:mod:`h2q_tui.crystal.measure` defines them):
 
-    method | Δp % ± s.e. | KLD med. | KLD max | ln PPL ratio (± s.e.) | top p %
+    method | mean Δp % | KLD med. | KLD max | ln PPL ratio | top p %
 
-(mean Δp in %, the KLD's median and max, mean ln(PPL(Q)/PPL(base)), same top p in %)
+(mean Δp in %, the KLD's median and max, mean ln(PPL(Q)/PPL(base)), same top p in %; 80
+columns wide for method names up to 22 characters)
 
-and with ``--details`` the percentiles of Δp (in %) and of the KLD per method. The JSON holds
-them all.
+and with ``--details`` each mean with its standard error, and the percentiles of Δp (in %)
+and of the KLD per method. The JSON holds them all.
 
 - bytes on disk: os.stat sizes of the folder's files (model.safetensors + tokenizer.json);
   the original's are its model.safetensors + tokenizer.json (state.pt, the optimizer state for
@@ -65,7 +66,14 @@ from h2q_tui.system import hardware
 from h2q_tui.system.thread_choice import ThreadChoice, batched_choice
 
 JSON_NAME = "crystallize.json"
-LLAMA_COLUMNS = ("method", "Δp % ± s.e.", "KLD med.", "KLD max", "ln PPL ratio", "top p %")
+LLAMA_COLUMNS = ("method", "mean Δp %", "KLD med.", "KLD max", "ln PPL ratio", "top p %")
+ERROR_COLUMNS = (
+    "method",
+    "KLD mean ± s.e.",
+    "Δp % ± s.e.",
+    "ln PPL ratio ± s.e.",
+    "top p % ± s.e.",
+)
 DETAIL_KEYS = ("min", "p1", "p5", "p10", "p50", "p90", "p95", "p99", "max")
 
 COLUMNS = (
@@ -133,10 +141,10 @@ def format_llama_table(rows: list[Row]) -> str:
         cells.append(
             [
                 row.method,
-                f"{100 * c['mean_delta_p']:+.3f}±{100 * c['delta_p_error']:.3f}",
+                f"{100 * c['mean_delta_p']:+.3f}",
                 f"{c['kld_median']:.6f}",
                 f"{c['kld_max']:.4f}",
-                f"{c['ln_ppl_ratio']:+.4f}±{c['ln_ppl_ratio_error']:.4f}",
+                f"{c['ln_ppl_ratio']:+.5f}",
                 f"{100 * c['same_top1']:.2f}",
             ]
         )
@@ -144,11 +152,23 @@ def format_llama_table(rows: list[Row]) -> str:
 
 
 def format_details(rows: list[Row]) -> str:
-    """Per method, the percentiles of Δp (%) and of the KLD over positions."""
-    parts = []
+    """Per method, the means with their standard errors, then the percentiles of Δp (%) and
+    of the KLD over positions."""
+    measured = [(row.method, row.comparison) for row in rows if row.comparison is not None]
+    errors = [
+        [
+            method,
+            f"{c['mean_kld']:.6f} ± {c['mean_kld_error']:.6f}",
+            f"{100 * c['mean_delta_p']:+.3f} ± {100 * c['delta_p_error']:.3f}",
+            f"{c['ln_ppl_ratio']:+.5f} ± {c['ln_ppl_ratio_error']:.5f}",
+            f"{100 * c['same_top1']:.2f} ± {100 * c['same_top1_error']:.2f}",
+        ]
+        for method, c in measured
+    ]
+    parts = ["means ± s.e.\n" + format_rows(ERROR_COLUMNS, errors)]
     for title, key, scale, spec in (
         ("Δp % percentiles", "delta_p_percentiles", 100.0, "+.3f"),
-        ("KLD percentiles", "kld_percentiles", 1.0, ".5f"),
+        ("KLD percentiles", "kld_percentiles", 1.0, ".6f"),
     ):
         cells = [
             [row.method, *(format(scale * row.comparison[key][k], spec) for k in DETAIL_KEYS)]
