@@ -644,6 +644,7 @@ def test_calibrated_mixed_methods_write_the_llama_columns(work: Path, capsys) ->
         "--data", str(work / DATA), "--windows", "8", "--details",
     )  # fmt: skip
     assert document["calibration"]["tokens"] == 4000 and document["calibration"]["weights"]
+    assert "wte.weight" not in document["calibration"]["weights"]  # tied: plain rounding
     plain, calibrated = document["rows"][1:]
     for key in ("kld_median", "kld_max", "mean_delta_p", "ln_ppl_ratio", "same_top1_error"):
         assert key in calibrated

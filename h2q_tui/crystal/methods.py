@@ -13,8 +13,8 @@ from h2q_tui.errors import UserError
 
 SWEEP = "sweep"
 BASE_METHODS = ("bf16", "int8", "int6-g128", "int5-g64", "int4-g128", "int4-g32")
-MIXED_METHODS = ("int5-g64+head:int8", "int4-g128+head:int8", "int4-g32+head:int8")
-CALIBRATED = ("int8", "int4-g32", "int4-g32+head:int8", "int4-g128+head:int8")  # + "+cal"
+MIXED = ("int5-g64+head:int8", "int4-g128+head:int8", "int4-g64+head:int8", "int4-g32+head:int8")
+CALIBRATED = ("int8", "int4-g32", "int4-g64+head:int8", "int4-g32+head:int8")  # + "+cal"
 SVD_LADDER = ("svd:0.75", "svd:0.5", "svd:0.25", "svd:0.5+int8", "svd:0.25+int8")
 
 
@@ -23,14 +23,15 @@ def sweep_methods(
 ) -> tuple[list[str], list[str]]:
     """The standard ladder for this state_dict, and one line per ladder that does not apply.
 
-    bf16, int8, int6-g128, int5-g64, int4-g128, int4-g32, then int5-g64, int4-g128 and
-    int4-g32 with embeddings/head in int8 (``+head:int8``); with ``calibrate`` also int8,
-    int4-g32 and the two int4 ``+head:int8`` calibrated (``+cal``); for HamLinear models rank:K and
+    bf16, int8, int6-g128, int5-g64, int4-g128, int4-g32, then int5-g64, int4-g128, int4-g64
+    and int4-g32 with embeddings/head in int8 (``+head:int8``); with ``calibrate`` also int8,
+    int4-g32, int4-g64+head:int8 and int4-g32+head:int8 calibrated (``+cal``); for HamLinear
+    models rank:K and
     rank-shared:K at K ≈ 3R/4, R/2, R/4 (K < R) and rank:R/2 with int8, int5-g64 and int4-g32;
     for models with dense matrices (besides embeddings and head) svd:0.75/0.5/0.25 of the
     break-even rank and svd:F+int8.
     """
-    methods, skipped = list(BASE_METHODS) + list(MIXED_METHODS), []
+    methods, skipped = list(BASE_METHODS) + list(MIXED), []
     if calibrate:
         methods += [f"{name}+cal" for name in CALIBRATED]
     try:
