@@ -179,7 +179,8 @@ def test_calibrated_rounding_is_never_worse_and_stays_in_bounds(
     importance = torch.rand(cols, generator=generator).pow(1 + spread)
     stored, meta = encode_group_int(weight, bits, group)
     weighted, weighted_meta = encode_group_weighted(weight, bits, group, importance)
-    assert_same_layout(stored, weighted) and weighted_meta == meta
+    assert_same_layout(stored, weighted)
+    assert weighted_meta == meta
     codes = unpack_bits(weighted["packed"], bits)
     assert int(codes.max()) <= (1 << bits) - 1 and int(codes.min()) >= 0
     plain_error = weighted_error(weight, decode_group_int(stored, meta), importance).sum()
@@ -225,7 +226,8 @@ def test_gptq_rounding_is_never_worse_in_output_error_and_stays_in_bounds(
     codec = CODECS[name]
     plain, meta = codec.encode(weight, **params)
     calibrated, calibrated_meta = encode_calibrated(name, weight, params, hessian)
-    assert_same_layout(plain, calibrated) and calibrated_meta == meta
+    assert_same_layout(plain, calibrated)
+    assert calibrated_meta == meta
     if name == "int8":
         assert int(calibrated["q"].abs().max()) <= 127
     else:
