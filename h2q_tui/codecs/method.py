@@ -107,7 +107,7 @@ def head_step(steps: tuple[Step, ...] | list[Step]) -> Step | None:
 
 
 def calibrated(steps: tuple[Step, ...] | list[Step]) -> bool:
-    """Whether the method ends in ``cal`` (importance-weighted int rounding)."""
+    """Whether the method ends in ``cal`` (int rounding from calibration data)."""
     return any(step.name == "cal" for step in steps)
 
 
@@ -166,8 +166,9 @@ def parse_method(text: str, rank: int | None = None) -> tuple[Step, ...]:
     """``"svd:0.5+int8"`` → (Step("svd", 0.5), Step("int8")); one-line ValueError otherwise.
 
     At most one structural step (rank, rank-shared, svd), first; at most one numeric step
-    (bf16, fp16, int8, int6-gG, int5-gG, int4-gG), last. An integer after ``svd:`` is a rank, a decimal a
-    fraction. ``rank``: the model's Kronecker rank R, when known, bounds rank:K to K < R.
+    (bf16, fp16, int8, int6-gG, int5-gG, int4-gG), last; then ``head:N`` and ``cal``, in that
+    order. An integer after ``svd:`` is a rank, a decimal a fraction. ``rank``: the model's
+    Kronecker rank R, when known, bounds rank:K to K < R.
     """
     stripped = text.strip()
     if not stripped:
