@@ -15,7 +15,12 @@ runs/bench-cpu-presets`` writes them), runs ``h2q-tui crystallize CHECKPOINT --m
 Absent checkpoints or data are skipped with a message (exit 0). The machine line heads the
 output and the JSON (``--json``, default ``runs/bench-crystallize.json``) records it.
 
+With ``--calibrate BYTES`` the ``+cal`` methods (which a sweep then adds) round by the
+importance measured on the last BYTES bytes of the data file; ``--details`` prints the
+percentiles of Δp and KLD beside the llama.cpp columns.
+
     python benchmarks/crystallize.py [CHECKPOINT ...] [--data FILE] [--windows N] [--method M]
+        [--calibrate BYTES] [--details]
 """
 
 from __future__ import annotations
@@ -77,6 +82,8 @@ def run_one(path: Path, args: argparse.Namespace) -> dict:
         windows=args.windows,
         batch=args.batch,
         device=args.device,
+        calibrate=args.calibrate,
+        details=args.details,
     )
     document = crystallize.run(
         request,
@@ -126,6 +133,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--load-repeats", type=int, default=5)
+    parser.add_argument("--calibrate", type=int, default=0, metavar="BYTES", help="0 = none")
+    parser.add_argument("--details", action="store_true", help="Δp and KLD percentiles too")
     parser.add_argument(
         "--out",
         type=Path,
@@ -161,6 +170,7 @@ def main() -> int:
         "data": str(args.data),
         "windows": args.windows,
         "method": args.method,
+        "calibrate": args.calibrate,
         "results": results,
         "skipped": skipped,
     }

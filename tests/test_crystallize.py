@@ -430,6 +430,33 @@ BAD_INPUT = [
     ),
     pytest.param("ms", ("--method", "int8", "--batch", "0"), ["--batch"], id="batch"),
     pytest.param("ms", ("--method", ""), ["empty method"], id="empty-method"),
+    pytest.param(
+        "gpt", ("--method", "int4-g32+cal"), ["int4-g32+cal", "--calibrate"], id="cal-no-flag"
+    ),
+    pytest.param(
+        "gpt", ("--method", "int4-g32", "--calibrate", "4000"), ["+cal"], id="flag-no-cal"
+    ),
+    pytest.param(
+        "gpt", ("--method", "int8+cal", "--calibrate", "0"), ["--calibrate"], id="calibrate-0"
+    ),
+    pytest.param(
+        "gpt",
+        ("--method", "int8+cal", "--calibrate", "10000000", "--data", DATA),
+        ["--calibrate", "has only"],
+        id="calibrate-beyond-data",
+    ),
+    pytest.param(
+        "gpt", ("--method", "int8+cal", "--calibrate", "10"), ["one window"], id="calibrate-short"
+    ),
+    pytest.param(
+        "gpt", ("--method", "int4-g32+head:bogus"), ["unknown method"], id="bad-head-method"
+    ),
+    pytest.param(
+        "gpt",
+        ("--method", "int8+cal", "--calibrate", "4000", "--tensors-only"),
+        ["--tensors-only"],
+        id="calibrate-tensors-only",
+    ),
 ]
 
 
@@ -606,3 +633,30 @@ def test_an_already_crystallized_checkpoint_is_refused(work: Path, capsys) -> No
     assert "already crystallized (int8)" in capsys.readouterr().err
     assert cli.main(["crystallize", str(folder), "--method", "int8", "--tensors-only"]) == 2
     assert "already crystallized" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_calibrated_mixed_methods_write_the_llama_columns(work: Path, capsys) -> None:
+    """--calibrate and --details: the calibration in the JSON, the llama.cpp columns and the
+    percentile tables printed, and a +cal folder storing exactly the parts of the plain one."""
+    methods = "int4-g32+head:int8,int4-g32+head:int8+cal"
+    document, out, err = crystallize(
+        work, capsys, str(work / "gpt"), "--method", methods, "--calibrate", "4000",
+        "--data", str(work / DATA), "--windows", "8", "--details",
+    )  # fmt: skip
+    assert document["calibration"]["tokens"] == 4000 and document["calibration"]["weights"]
+    assert "wte.weight" not in document["calibration"]["weights"]  # tied: plain rounding
+    plain, calibrated = document["rows"][1:]
+    for key in ("kld_median", "kld_max", "mean_delta_p", "ln_ppl_ratio", "same_top1_error"):
+        assert key in calibrated
+    assert set(calibrated["delta_p_percentiles"]) == {k for k, _ in measure.PERCENTILES}
+    layouts = []
+    for row in (plain, calibrated):
+        with safe_open(str(Path(row["path"]) / "model.safetensors"), framework="pt") as handle:
+            layouts.append(
+                {k: (handle.get_tensor(k).dtype, handle.get_tensor(k).shape) for k in handle.keys()}  # noqa: SIM118
+            )
+    assert layouts[0] == layouts[1]
+    assert "wte.weight::q" in layouts[0]  # the tied embedding/head in int8
+    assert "ln PPL ratio" in out and "Δp % percentiles" in out and "means ± s.e." in out
+    assert "calibration:" in err

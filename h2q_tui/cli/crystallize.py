@@ -12,6 +12,29 @@ from h2q_tui.errors import UserError
 
 def main(argv: list[str]) -> int:
     """``h2q-tui crystallize``: parse the flags, run the command (a progress bar on stderr)."""
+    args = build_parser().parse_args(argv)
+    request = crystallize.Request(
+        checkpoint=args.checkpoint,
+        method=args.method,
+        data=args.data,
+        out=args.out,
+        json=args.json,
+        keep=args.keep,
+        windows=_windows(args.windows),
+        batch=args.batch,
+        device=args.device,
+        calibrate=_calibrate(args.calibrate),
+        details=args.details,
+    )
+    if args.tensors_only:
+        tensor_report.run(request)
+    else:
+        crystallize.run(request, progress=_progress_bar)
+    return 0
+
+
+def build_parser() -> Parser:
+    """The subcommand's flags."""
     parser = Parser(
         prog="h2q-tui crystallize",
         description="Compress a checkpoint (int8, int4, Kronecker rank, SVD, ...) into "
@@ -58,28 +81,25 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--batch", type=int, default=32, help="windows per forward pass")
     parser.add_argument(
+        "--calibrate",
+        type=int,
+        metavar="BYTES",
+        help="calibrate the +cal methods (e.g. int4-g32+cal; a sweep adds them) on the last "
+        "BYTES bytes of the held-out data: int rounding that lowers each layer's output error on "
+        "them (GPTQ-style error feedback, per row the best of it, weighted and plain rounding)",
+    )
+    parser.add_argument(
+        "--details",
+        action="store_true",
+        help="also print the percentiles of Δp and KLD per method (always in the JSON)",
+    )
+    parser.add_argument(
         "--tensors-only",
         action="store_true",
         help="any safetensors file: per-tensor bytes and reconstruction error, no model",
     )
     add_device_flag(parser)
-    args = parser.parse_args(argv)
-    request = crystallize.Request(
-        checkpoint=args.checkpoint,
-        method=args.method,
-        data=args.data,
-        out=args.out,
-        json=args.json,
-        keep=args.keep,
-        windows=_windows(args.windows),
-        batch=args.batch,
-        device=args.device,
-    )
-    if args.tensors_only:
-        tensor_report.run(request)
-    else:
-        crystallize.run(request, progress=_progress_bar)
-    return 0
+    return parser
 
 
 def _progress_bar(label: str, windows: int, batch: int) -> WindowProgressBar:
@@ -91,4 +111,11 @@ def _windows(flag: int | None) -> int:
     """--windows as the request takes it (0: all); an explicit count below 1 is refused."""
     if flag is not None and flag < 1:
         raise UserError(f"--windows must be >= 1 (leave it out for all windows), got {flag}")
+    return flag or 0
+
+
+def _calibrate(flag: int | None) -> int:
+    """--calibrate as the request takes it (0: none); an explicit count below 1 is refused."""
+    if flag is not None and flag < 1:
+        raise UserError(f"--calibrate must be at least 1 byte (leave it out: none), got {flag}")
     return flag or 0

@@ -21,6 +21,7 @@ from h2q_tui.codecs.kronecker import VARIANTS, ham_groups, rearranged, truncate_
 from h2q_tui.codecs.method import (
     PART_SEPARATOR,
     Step,
+    calibrated,
     decode_chain,
     encode_chain,
     method_name,
@@ -79,12 +80,15 @@ def encode_state_dict(
     method: str | Iterable[Step],
     keep: Iterable[str] = (),
     measure: bool = True,
+    importance: Mapping[str, torch.Tensor] | None = None,
 ) -> Crystal:
     """Crystallize a state_dict by ``method`` (a string or parsed steps) and the default policy.
 
     ``measure``: decode every encoded tensor again and report ‖W − Ŵ‖_F/‖W‖_F per tensor (per
     layer's W for rank). One-line ValueError for a method that does not apply, K out of range,
     a tensor name containing '::', or values a codec refuses (non-finite, beyond fp16).
+    ``importance`` (tensor name → one per input column): a ``cal`` method's int steps round
+    weighted by it where a tensor has one (:mod:`h2q_tui.codecs.calibrated`).
     """
     steps, keep = as_steps(method), tuple(keep)
     text = method_name(steps)
@@ -97,6 +101,7 @@ def encode_state_dict(
     source = {name: t for name, t in state_dict.items() if name not in aliases}
     the_plan = plan(source, steps, keep)
     structural, numeric = split_steps(steps)
+    weights = dict(importance or {}) if calibrated(steps) else {}
     records: dict[str, Any] = {}
     layout: dict[str, Any] = {"format": FORMAT, "version": VERSION, "method": text}
     crystal = Crystal(text, {}, {}, layout, {})
@@ -107,7 +112,9 @@ def encode_state_dict(
         if name in handled:
             continue
         steps_for = the_plan[name] or ()
-        error, after, _ = _encode_one(name, tensor, steps_for, crystal.tensors, records, measure)
+        error, after, _ = _encode_one(
+            name, tensor, steps_for, crystal.tensors, records, measure, weights.get(name)
+        )
         crystal.rows.append(
             Row(
                 name,
@@ -139,7 +146,7 @@ def encode_state_dict(
 
 
 def _encode_one(
-    name, tensor, steps, out, records, measure
+    name, tensor, steps, out, records, measure, importance=None
 ) -> tuple[float | None, int, torch.Tensor]:
     """Store one tensor (as is, or by ``steps``) into ``out``/``records``.
 
@@ -150,7 +157,7 @@ def _encode_one(
         out[name] = tensor.detach().contiguous()
         records[name] = None
         return (0.0 if measure else None), _nbytes(tensor), tensor
-    stored, meta = encode_chain(tensor, steps)
+    stored, meta = encode_chain(tensor, steps, importance)
     for part, value in stored.items():
         out[f"{name}{PART_SEPARATOR}{part}"] = value
     records[name] = meta

@@ -1,7 +1,10 @@
 """Method strings and chains: ``svd:0.5+int8`` parsed into steps, and applied codec by codec.
 
 A method is at most one structural step (``rank:K``, ``rank-shared:K``, ``svd:K``/``svd:F``),
-first, then at most one numeric step (``bf16``, ``fp16``, ``int8``, ``intB-gG``), last.
+first, then at most one numeric step (``bf16``, ``fp16``, ``int8``, ``intB-gG``), then the
+modifiers, in this order: ``head:N`` (embeddings, head and position tables get the numeric
+step N instead, e.g. ``int4-g32+head:int8``) and ``cal`` (int rounding that lowers each
+layer's output error on calibration text: :mod:`h2q_tui.codecs.gptq`).
 Combinations are applied left to right (``svd:0.5+int8``: the SVD, then int8 on each of its
 factors ``u`` and ``v``); decoding runs in reverse. :func:`encode_chain` / :func:`decode_chain`
 name a later step's parts ``factor::part`` (e.g. ``u::q``, ``u::scale``).
@@ -18,14 +21,18 @@ from typing import Any
 
 import torch
 
+from h2q_tui.codecs.gptq import encode_calibrated
 from h2q_tui.codecs.tensor import CODECS, INT4_GROUPS, CrystalFormatError, Meta, Stored
 
 PART_SEPARATOR = "::"
 METHOD_HELP = (
     "bf16, fp16, int8, int6-gG, int5-gG, int4-gG (G = 32, 64 or 128, e.g. int4-g32), rank:K, "
     "rank-shared:K, svd:K, svd:F "
-    "(0 < F <= 1), or a structural one then a numeric one joined by '+', e.g. svd:0.5+int8"
+    "(0 < F <= 1), or a structural one then a numeric one joined by '+', e.g. svd:0.5+int8; "
+    "then +head:N (embeddings/head in numeric N, e.g. int4-g32+head:int8) and +cal "
+    "(calibrated int rounding, needs --calibrate)"
 )
+MODIFIERS = ("head", "cal")  # after the numeric step, in this order; not codecs themselves
 STRUCTURAL = ("rank", "rank-shared", "svd")  # change which numbers are stored; at most one, first
 NUMERIC = (
     "bf16",
@@ -40,12 +47,15 @@ NUMERIC = (
 # ----------------------------------------------------------------------------- method strings
 @dataclass(frozen=True)
 class Step:
-    """One step of a method: ``name`` in STRUCTURAL + NUMERIC; ``value`` its K, F or group."""
+    """One step of a method: ``name`` in STRUCTURAL + NUMERIC + MODIFIERS; ``value`` its K, F,
+    group, or (``head``) the numeric step of embeddings and head."""
 
     name: str
-    value: int | float | None = None
+    value: int | float | Step | None = None
 
     def __str__(self) -> str:
+        if self.name == "head":
+            return f"head:{self.value}"
         if self.name in ("int4", "int5", "int6"):
             return f"{self.name}-g{self.value}"
         if self.name == "svd" and isinstance(self.value, float):
@@ -57,6 +67,15 @@ class Step:
     @property
     def structural(self) -> bool:
         return self.name in STRUCTURAL
+
+    @property
+    def modifier(self) -> bool:
+        return self.name in MODIFIERS
+
+    @property
+    def integer(self) -> bool:
+        """An int codec (int8, int4/5/6-gG): the steps ``cal`` calibrates."""
+        return self.name in ("int8", "int4", "int5", "int6")
 
     def params(self) -> dict[str, Any]:
         """Keyword arguments of the codec's encode (tensor codecs only)."""
@@ -77,9 +96,31 @@ _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")
 
 
+def core_steps(steps: tuple[Step, ...] | list[Step]) -> tuple[Step, ...]:
+    """The codec steps of a method, without its modifiers (``head:N``, ``cal``)."""
+    return tuple(step for step in steps if not step.modifier)
+
+
+def head_step(steps: tuple[Step, ...] | list[Step]) -> Step | None:
+    """The numeric step ``head:N`` gives embeddings, head and position tables, or None."""
+    return next((step.value for step in steps if step.name == "head"), None)  # type: ignore[misc]
+
+
+def calibrated(steps: tuple[Step, ...] | list[Step]) -> bool:
+    """Whether the method ends in ``cal`` (int rounding from calibration data)."""
+    return any(step.name == "cal" for step in steps)
+
+
 def _parse_step(text: str, rank: int | None) -> Step:
-    if text in ("bf16", "fp16", "int8"):
+    if text in ("bf16", "fp16", "int8", "cal"):
         return Step(text)
+    if text.startswith("head:"):
+        inner = _parse_step(text[5:], rank)
+        if inner.structural or inner.modifier:
+            raise ValueError(
+                f"{text}: head takes a numeric step (bf16, fp16, int8, intB-gG), e.g. head:int8"
+            )
+        return Step("head", inner)
     if re.fullmatch(r"int[456](-.*)?", text):
         bits = text[3]
         match = re.fullmatch(r"int[456]-g(\d+)", text)
@@ -125,8 +166,9 @@ def parse_method(text: str, rank: int | None = None) -> tuple[Step, ...]:
     """``"svd:0.5+int8"`` → (Step("svd", 0.5), Step("int8")); one-line ValueError otherwise.
 
     At most one structural step (rank, rank-shared, svd), first; at most one numeric step
-    (bf16, fp16, int8, int6-gG, int5-gG, int4-gG), last. An integer after ``svd:`` is a rank, a decimal a
-    fraction. ``rank``: the model's Kronecker rank R, when known, bounds rank:K to K < R.
+    (bf16, fp16, int8, int6-gG, int5-gG, int4-gG), last; then ``head:N`` and ``cal``, in that
+    order. An integer after ``svd:`` is a rank, a decimal a fraction. ``rank``: the model's
+    Kronecker rank R, when known, bounds rank:K to K < R.
     """
     stripped = text.strip()
     if not stripped:
@@ -135,6 +177,28 @@ def parse_method(text: str, rank: int | None = None) -> tuple[Step, ...]:
     if any(not part for part in parts):
         raise ValueError(f"{stripped}: empty step between '+' signs")
     steps = tuple(_parse_step(part, rank) for part in parts)
+    _check_modifiers(stripped, steps)
+    core = core_steps(steps)
+    if not core:
+        raise ValueError(f"{stripped}: a method needs a codec step before head:N or cal")
+    _check_core(stripped, core)
+    return steps
+
+
+def _check_modifiers(text: str, steps: tuple[Step, ...]) -> None:
+    """head:N then cal, each at most once, after every codec step; cal needs an int step."""
+    names = [step.name for step in steps if step.modifier]
+    tail = [step.name for step in steps[len(steps) - len(names) :]]
+    if tail != names or names not in ([], ["head"], ["cal"], ["head", "cal"]):
+        raise ValueError(f"{text}: head:N and then cal come last, each at most once")
+    if "cal" in names and not any(
+        step.integer or (step.name == "head" and step.value.integer)  # type: ignore[union-attr]
+        for step in steps
+    ):
+        raise ValueError(f"{text}: cal calibrates int rounding, and this method has no int step")
+
+
+def _check_core(stripped: str, steps: tuple[Step, ...]) -> None:
     structural = [i for i, step in enumerate(steps) if step.structural]
     numeric = [i for i, step in enumerate(steps) if not step.structural]
     if len(structural) > 1 or (structural and structural[0] != 0):
@@ -145,7 +209,6 @@ def parse_method(text: str, rank: int | None = None) -> tuple[Step, ...]:
         raise ValueError(
             f"{stripped}: at most one numeric step (bf16, fp16, int8, intB-gG), and it comes last"
         )
-    return steps
 
 
 def parse_methods(text: str, rank: int | None = None) -> list[tuple[Step, ...]]:
@@ -154,11 +217,17 @@ def parse_methods(text: str, rank: int | None = None) -> list[tuple[Step, ...]]:
 
 
 # ----------------------------------------------------------------------------- chains
-def encode_chain(tensor: torch.Tensor, steps: tuple[Step, ...] | list[Step]) -> tuple[Stored, Meta]:
+def encode_chain(
+    tensor: torch.Tensor,
+    steps: tuple[Step, ...] | list[Step],
+    importance: torch.Tensor | None = None,
+) -> tuple[Stored, Meta]:
     """Apply tensor-codec steps left to right; a later step encodes each factor part of the first.
 
     Stored parts of a later step are named ``factor::part``; meta["parts"] maps each factor to
-    its own meta.
+    its own meta. ``importance`` (one per column of the last dimension, or their second-moment
+    matrix H): an int first step rounds by it (:mod:`h2q_tui.codecs.gptq`), the same parts
+    stored.
     """
     if not steps:
         raise ValueError("encode_chain needs at least one step")
@@ -166,7 +235,10 @@ def encode_chain(tensor: torch.Tensor, steps: tuple[Step, ...] | list[Step]) -> 
     if first.name not in CODECS:
         raise ValueError(f"{first}: not a tensor codec (rank acts on HamLinear groups)")
     codec = CODECS[first.name]
-    stored, meta = codec.encode(tensor, **first.params())
+    if importance is not None and first.integer:
+        stored, meta = encode_calibrated(first.name, tensor, first.params(), importance)
+    else:
+        stored, meta = codec.encode(tensor, **first.params())
     if not rest:
         return stored, meta
     if not codec.factor_parts:

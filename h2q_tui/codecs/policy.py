@@ -26,6 +26,11 @@ match them with fnmatch, case-sensitive):
 
 In a combination each step applies where the policy allows it: under ``svd:0.5+int8`` an
 embedding gets int8 only, a dense matrix its SVD factors in int8.
+
+``head:N`` gives embeddings, head and position tables (by the names above, HamLinear tensors
+never) the numeric step N instead of the method's own: under ``int4-g32+head:int8`` GPT's tied
+embedding/head matrix is stored in int8 and every other matrix in int4 (llama.cpp's Q4_0 and
+Q4_K keep that matrix at 8 bits too). ``cal`` changes no choice here, only the rounding.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from h2q_tui.codecs.kronecker import VARIANTS, ham_groups
-from h2q_tui.codecs.method import Step, method_name, parse_method
+from h2q_tui.codecs.method import Step, core_steps, head_step, method_name, parse_method
 
 _BANK_NAME = re.compile(r"(^|\.)bank\.(A|extra\.\d+)$")
 _EMBEDDING_PARTS = {"wte", "wpe", "head", "lm_head"}
@@ -81,7 +86,8 @@ def as_steps(method: str | Iterable[Step]) -> tuple[Step, ...]:
 
 
 def split_steps(steps: tuple[Step, ...]) -> tuple[Step | None, Step | None]:
-    """(the structural step or None, the numeric step or None)."""
+    """(the structural step or None, the numeric step or None), modifiers aside."""
+    steps = core_steps(steps)
     structural = steps[0] if steps and steps[0].structural else None
     numeric = steps[-1] if steps and not steps[-1].structural else None
     return structural, numeric
@@ -98,6 +104,7 @@ def plan(
     """
     steps, keep = as_steps(method), tuple(keep)
     structural, numeric = split_steps(steps)
+    head = head_step(steps)
     ham: set[str] = set()
     banks: set[str] = set()
     if structural is not None and structural.name in VARIANTS:
@@ -121,6 +128,9 @@ def plan(
                 and step_applies(numeric, name, tensor)
             ):
                 chosen.append(numeric)
+        elif not kept(name, keep) and head is not None and is_embedding_or_head(name):
+            if step_applies(head, name, tensor):
+                chosen.append(head)
         elif not kept(name, keep):
             if (
                 structural is not None

@@ -11,6 +11,17 @@ decoding at load), and measures it against the source on the same held-out windo
     method | bytes on disk | ratio | bits/weight | held-out bits/byte | Δ bits/byte ± s.e. |
     mean KLD | KLD p99 | RMS Δp | same top-1 % | seconds
 
+then, under it, the columns ``llama-perplexity --kl-divergence`` prints, so the two reports
+read side by side (:mod:`h2q_tui.crystal.measure` defines them):
+
+    method | mean Δp % | KLD med. | KLD max | ln PPL ratio | top p %
+
+(mean Δp in %, the KLD's median and max, mean ln(PPL(Q)/PPL(base)), same top p in %; 80
+columns wide for method names up to 22 characters)
+
+and with ``--details`` each mean with its standard error, and the percentiles of Δp (in %)
+and of the KLD per method. The JSON holds them all.
+
 - bytes on disk: os.stat sizes of the folder's files (model.safetensors + tokenizer.json);
   the original's are its model.safetensors + tokenizer.json (state.pt, the optimizer state for
   resuming, is neither counted nor written); ratio = original bytes / these bytes;
@@ -37,6 +48,7 @@ import torch
 
 from h2q_tui import checkpoints
 from h2q_tui.codecs.method import method_name
+from h2q_tui.crystal import calibrate
 from h2q_tui.crystal.folders import check_out, default_out, refuse_foreign_files, slug, write_json
 from h2q_tui.crystal.methods import SWEEP, resolve_methods
 from h2q_tui.crystal.sweep import (
@@ -54,6 +66,15 @@ from h2q_tui.system import hardware
 from h2q_tui.system.thread_choice import ThreadChoice, batched_choice
 
 JSON_NAME = "crystallize.json"
+LLAMA_COLUMNS = ("method", "mean Δp %", "KLD med.", "KLD max", "ln PPL ratio", "top p %")
+ERROR_COLUMNS = (
+    "method",
+    "KLD mean ± s.e.",
+    "Δp % ± s.e.",
+    "ln PPL ratio ± s.e.",
+    "top p % ± s.e.",
+)
+DETAIL_KEYS = ("min", "p1", "p5", "p10", "p50", "p90", "p95", "p99", "max")
 
 COLUMNS = (
     "method",
@@ -110,6 +131,54 @@ def format_table(rows: list[Row], star: bool = False) -> str:
     return table
 
 
+def format_llama_table(rows: list[Row]) -> str:
+    """The measured rows under :data:`LLAMA_COLUMNS` (llama-perplexity's KL-divergence report)."""
+    cells = []
+    for row in rows:
+        c = row.comparison
+        if c is None:
+            continue
+        cells.append(
+            [
+                row.method,
+                f"{100 * c['mean_delta_p']:+.3f}",
+                f"{c['kld_median']:.6f}",
+                f"{c['kld_max']:.4f}",
+                f"{c['ln_ppl_ratio']:+.5f}",
+                f"{100 * c['same_top1']:.2f}",
+            ]
+        )
+    return format_rows(LLAMA_COLUMNS, cells)
+
+
+def format_details(rows: list[Row]) -> str:
+    """Per method, the means with their standard errors, then the percentiles of Δp (%) and
+    of the KLD over positions."""
+    measured = [(row.method, row.comparison) for row in rows if row.comparison is not None]
+    errors = [
+        [
+            method,
+            f"{c['mean_kld']:.6f} ± {c['mean_kld_error']:.6f}",
+            f"{100 * c['mean_delta_p']:+.3f} ± {100 * c['delta_p_error']:.3f}",
+            f"{c['ln_ppl_ratio']:+.5f} ± {c['ln_ppl_ratio_error']:.5f}",
+            f"{100 * c['same_top1']:.2f} ± {100 * c['same_top1_error']:.2f}",
+        ]
+        for method, c in measured
+    ]
+    parts = ["means ± s.e.\n" + format_rows(ERROR_COLUMNS, errors)]
+    for title, key, scale, spec in (
+        ("Δp % percentiles", "delta_p_percentiles", 100.0, "+.3f"),
+        ("KLD percentiles", "kld_percentiles", 1.0, ".6f"),
+    ):
+        cells = [
+            [row.method, *(format(scale * row.comparison[key][k], spec) for k in DETAIL_KEYS)]
+            for row in rows
+            if row.comparison is not None
+        ]
+        parts.append(title + "\n" + format_rows(("method", *DETAIL_KEYS), cells))
+    return "\n\n".join(parts)
+
+
 # ----------------------------------------------------------------------------- the command
 @dataclass
 class Request:
@@ -122,6 +191,8 @@ class Request:
     windows: int = 0
     batch: int = 32
     device: str = "cpu"
+    calibrate: int = 0  # held-out bytes to calibrate cal methods on (0: none)
+    details: bool = False  # print the percentile tables too
 
 
 @contextmanager
@@ -154,6 +225,8 @@ def run(
         plan, skipped = _prepare(request)
         for line in skipped:
             print(f"note: {line}", file=err)
+        if plan.calibration is not None:
+            print(f"note: {plan.calibration.describe(plan.heldout)}", file=err)
         original = plan.source.original_row(time.perf_counter() - started)
         _describe(plan, out)
         rows = list(sweep(plan, original, progress, lambda row: _written(row, err)))
@@ -161,6 +234,11 @@ def run(
             raise UserError("--method names no method")
         mark_pareto(rows)
         out(format_table(rows, star=request.method.strip() == SWEEP))
+        out("")
+        out(format_llama_table(rows))
+        if request.details:
+            out("")
+            out(format_details(rows))
         for row in rows:
             for note in row.notes:
                 print(f"note: {note}", file=err)
@@ -179,6 +257,8 @@ def _check(request: Request) -> None:
         )
     if request.windows < 0:
         raise UserError(f"--windows must be >= 0 (0 = the whole file), got {request.windows}")
+    if request.calibrate < 0:
+        raise UserError(f"--calibrate must be a positive number of bytes, got {request.calibrate}")
     if request.data is not None and not Path(request.data).is_file():
         raise UserError(f"data file not found: {request.data}")
 
@@ -205,12 +285,19 @@ def _prepare(request: Request) -> tuple[Plan, list[str]]:
         Path(request.out) if request.out else default_out(info.weights), info.weights
     )
     source = load_source(info, device)
-    methods, skipped = resolve_methods(request.method, source.state_dict, request.keep)
+    methods, skipped = resolve_methods(
+        request.method, source.state_dict, request.keep, request.calibrate > 0
+    )
     for steps in methods:  # before any work: a folder holding other files is never replaced
         refuse_foreign_files(out_root / slug(method_name(steps)))
     heldout = source.heldout(request.data, request.windows)
     group = group_size(source.model, device)
     plan = Plan(source, methods, heldout, out_root, request.keep, device, request.batch, group)
+    if request.calibrate:
+        plan.calibration = calibrate.collect(
+            source.model, heldout, request.calibrate, device, request.batch
+        )
+        plan.importance = plan.calibration.importance
     return plan, skipped
 
 
@@ -256,6 +343,7 @@ def _document(
         "threads": threads.threads,
         "threads_reason": threads.reason,
         "keep": list(request.keep),
+        "calibration": plan.calibration.as_dict() if plan.calibration else None,
         "skipped": skipped,
         "out": str(plan.out_root),
         "rows": [row.as_dict() for row in rows],

@@ -13,10 +13,18 @@ vocabulary, fp32, no autocast):
   own loss per batch), / ln 2, / bytes per token (1 for byte models);
 - **Δ bits/byte ± s.e.**: bits/byte(q) − bits/byte(p); its standard error is std/√n of the
   per-window differences (n windows, sample std), so ±2 s.e. brackets a real difference;
-- **mean KLD**: mean over positions of Σ_v p_v (log p_v − log q_v), nats per token;
-  **KLD p99** its 99th percentile over positions;
-- **RMS Δp**: sqrt(mean (q(y_t) − p(y_t))²), probabilities of the correct next token;
-- **same top-1 %**: share of positions where argmax p = argmax q (llama.cpp's "same top p").
+- **mean KLD**: mean over positions of Σ_v p_v (log p_v − log q_v), nats per token (± its
+  s.e.); **KLD p99**, **median**, **max** and the other percentiles over positions;
+- **Δp** = q(y_t) − p(y_t), the change in the probability of the correct next token: its
+  signed mean (± s.e.), its percentiles and its **RMS**;
+- **ln PPL ratio**: mean over positions of ln p(y_t) − ln q(y_t) (CE(q) − CE(p), nats per
+  token) = ln(PPL(q)/PPL(p)), ± std/√n of the per-position differences;
+- **same top-1 %**: share of positions where argmax p = argmax q (llama.cpp's "same top p"),
+  ± sqrt(s(1 − s)/n).
+
+These are the quantities ``llama-perplexity --kl-divergence`` prints (its "Mean Δp",
+"Median KLD", "Mean ln(PPL(Q)/PPL(base))", "Same top p" ...), defined the same way, so the two
+reports read side by side; percentiles interpolate linearly between sorted positions.
 
 Several crystallized models can be measured in one pass (:func:`compare_many`): the base runs
 once per batch, and each model's ``seconds`` is the time of its own forward passes and
@@ -28,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,6 +48,21 @@ from h2q_tui.data.streams import heldout_batches
 from h2q_tui.errors import UserError
 
 DEFAULT_HELDOUT_FRACTION = 0.05
+PERCENTILES = (  # (key, q): llama.cpp's set
+    ("min", 0.0),
+    ("p0.1", 0.001),
+    ("p1", 0.01),
+    ("p5", 0.05),
+    ("p10", 0.1),
+    ("p25", 0.25),
+    ("p50", 0.5),
+    ("p75", 0.75),
+    ("p90", 0.9),
+    ("p95", 0.95),
+    ("p99", 0.99),
+    ("p99.9", 0.999),
+    ("max", 1.0),
+)
 LN2 = math.log(2.0)
 Progress = Callable[[int, int], None]
 
@@ -133,6 +156,16 @@ class Comparison:
     positions: int
     windows: int
     seconds: float
+    mean_kld_error: float = 0.0
+    kld_median: float = 0.0
+    kld_max: float = 0.0
+    mean_delta_p: float = 0.0  # signed, a probability (× 100 for llama.cpp's %)
+    delta_p_error: float = 0.0
+    ln_ppl_ratio: float = 0.0  # nats per token: CE(q) − CE(p)
+    ln_ppl_ratio_error: float = 0.0
+    same_top1_error: float = 0.0
+    kld_percentiles: dict[str, float] = field(default_factory=dict)  # PERCENTILES' keys
+    delta_p_percentiles: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -146,7 +179,8 @@ class _Stats:
         self.tokens = 0
         self.window_deltas: list[torch.Tensor] = []  # per window: mean CE(q) − mean CE(p), nats
         self.klds: list[torch.Tensor] = []
-        self.dp_squares = 0.0
+        self.dps: list[torch.Tensor] = []  # per position: q(y) − p(y)
+        self.ce_deltas: list[torch.Tensor] = []  # per position: CE(q) − CE(p), nats
         self.same = 0
         self.seconds = 0.0
 
@@ -198,10 +232,11 @@ def compare_many(
                 stat.tokens += y.numel()
                 ce = -log_q.gather(-1, target).squeeze(-1)
                 stat.window_deltas.append((ce - base_ce).double().mean(dim=1).cpu())
+                stat.ce_deltas.append((ce - base_ce).reshape(-1).cpu())
                 kld = (p * (log_p - log_q)).sum(-1).clamp_min(0.0)
                 stat.klds.append(kld.reshape(-1).cpu())
                 dp = log_q.gather(-1, target).squeeze(-1).exp() - p_correct
-                stat.dp_squares += float(dp.double().square().sum())
+                stat.dps.append(dp.reshape(-1).cpu())
                 stat.same += int((log_q.argmax(-1) == base_top).sum())
                 stat.seconds += time.perf_counter() - started
             if progress is not None:
@@ -224,28 +259,58 @@ def _finish(stat: _Stats, base: Score, bytes_per_token: float) -> Comparison:
     scale = 1.0 / LN2 / bytes_per_token
     deltas = torch.cat(stat.window_deltas) * scale if stat.window_deltas else torch.zeros(0)
     n = deltas.numel()
-    error = float(deltas.std(unbiased=True)) / math.sqrt(n) if n > 1 else 0.0
-    klds = torch.cat(stat.klds) if stat.klds else torch.zeros(1)
+    klds = _joined(stat.klds)
+    dps = _joined(stat.dps)
+    ce = _joined(stat.ce_deltas)
     positions = max(1, stat.tokens)
     bits = _bits(stat.nats / positions, bytes_per_token)
+    same = stat.same / positions
+    kld_percentiles = percentiles(klds)
     return Comparison(
         bits_per_byte=bits,
         base_bits_per_byte=base.bits_per_byte,
         delta_bits_per_byte=bits - base.bits_per_byte,
-        delta_std_error=error,
-        mean_kld=float(klds.double().mean()),
-        kld_p99=_quantile(klds, 0.99),
-        rms_delta_p=math.sqrt(stat.dp_squares / positions),
-        same_top1=stat.same / positions,
+        delta_std_error=_std_error(deltas),
+        mean_kld=float(klds.mean()),
+        kld_p99=kld_percentiles["p99"],
+        rms_delta_p=float(dps.square().mean().sqrt()),
+        same_top1=same,
         positions=stat.tokens,
         windows=n,
         seconds=stat.seconds,
+        mean_kld_error=_std_error(klds),
+        kld_median=kld_percentiles["p50"],
+        kld_max=kld_percentiles["max"],
+        mean_delta_p=float(dps.mean()),
+        delta_p_error=_std_error(dps),
+        ln_ppl_ratio=float(ce.mean()),
+        ln_ppl_ratio_error=_std_error(ce),
+        same_top1_error=math.sqrt(same * (1.0 - same) / positions),
+        kld_percentiles=kld_percentiles,
+        delta_p_percentiles=percentiles(dps),
     )
 
 
-def _quantile(values: torch.Tensor, q: float) -> float:
-    """The q-quantile (linear interpolation, like torch.quantile, without its size limit)."""
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The per-position values of every batch, float64 (one 0 when there are none)."""
+    return torch.cat(parts).double() if parts else torch.zeros(1, dtype=torch.float64)
+
+
+def _std_error(values: torch.Tensor) -> float:
+    """std/√n of the values (sample std; 0 for fewer than two)."""
+    n = values.numel()
+    return float(values.double().std(unbiased=True)) / math.sqrt(n) if n > 1 else 0.0
+
+
+def percentiles(values: torch.Tensor) -> dict[str, float]:
+    """The :data:`PERCENTILES` of the values (linear interpolation, like torch.quantile,
+    without its size limit)."""
     flat = values.reshape(-1).double().sort().values
+    return {key: _quantile(flat, q) for key, q in PERCENTILES}
+
+
+def _quantile(flat: torch.Tensor, q: float) -> float:
+    """The q-quantile of already sorted values."""
     if flat.numel() == 0:
         return 0.0
     position = q * (flat.numel() - 1)

@@ -7,26 +7,33 @@ from collections.abc import Sequence
 import torch
 
 from h2q_tui.codecs.kronecker import model_rank
-from h2q_tui.codecs.method import Step, method_name, parse_method
+from h2q_tui.codecs.method import Step, calibrated, method_name, parse_method
 from h2q_tui.codecs.policy import plan, tied_names
 from h2q_tui.errors import UserError
 
 SWEEP = "sweep"
 BASE_METHODS = ("bf16", "int8", "int6-g128", "int5-g64", "int4-g128", "int4-g32")
+MIXED = ("int5-g64+head:int8", "int4-g128+head:int8", "int4-g64+head:int8", "int4-g32+head:int8")
+CALIBRATED = ("int8", "int4-g32", "int4-g64+head:int8", "int4-g32+head:int8")  # + "+cal"
 SVD_LADDER = ("svd:0.75", "svd:0.5", "svd:0.25", "svd:0.5+int8", "svd:0.25+int8")
 
 
 def sweep_methods(
-    state_dict: dict[str, torch.Tensor], keep: Sequence[str] = ()
+    state_dict: dict[str, torch.Tensor], keep: Sequence[str] = (), calibrate: bool = False
 ) -> tuple[list[str], list[str]]:
     """The standard ladder for this state_dict, and one line per ladder that does not apply.
 
-    bf16, int8, int6-g128, int5-g64, int4-g128, int4-g32; for HamLinear models rank:K and
+    bf16, int8, int6-g128, int5-g64, int4-g128, int4-g32, then int5-g64, int4-g128, int4-g64
+    and int4-g32 with embeddings/head in int8 (``+head:int8``); with ``calibrate`` also int8,
+    int4-g32, int4-g64+head:int8 and int4-g32+head:int8 calibrated (``+cal``); for HamLinear
+    models rank:K and
     rank-shared:K at K ≈ 3R/4, R/2, R/4 (K < R) and rank:R/2 with int8, int5-g64 and int4-g32;
     for models with dense matrices (besides embeddings and head) svd:0.75/0.5/0.25 of the
     break-even rank and svd:F+int8.
     """
-    methods, skipped = list(BASE_METHODS), []
+    methods, skipped = list(BASE_METHODS) + list(MIXED), []
+    if calibrate:
+        methods += [f"{name}+cal" for name in CALIBRATED]
     try:
         rank = model_rank(state_dict)
     except ValueError as exc:
@@ -53,10 +60,16 @@ def sweep_methods(
 
 
 def resolve_methods(
-    text: str, state_dict: dict[str, torch.Tensor], keep: Sequence[str] = ()
+    text: str,
+    state_dict: dict[str, torch.Tensor],
+    keep: Sequence[str] = (),
+    calibrate: bool | None = None,
 ) -> tuple[list[tuple[Step, ...]], list[str]]:
     """Parsed methods of ``--method`` (a comma list, or ``sweep``), each checked against the
-    model; and the notes of ladders a sweep skipped. One-line UserError for a bad method."""
+    model; and the notes of ladders a sweep skipped. One-line UserError for a bad method.
+
+    ``calibrate``: whether calibration data is given (``--calibrate``): a ``cal`` method needs
+    it, and it needs a ``cal`` method (a sweep adds them); None: not checked."""
     try:
         rank = model_rank(state_dict)
     except ValueError:
@@ -67,7 +80,7 @@ def resolve_methods(
     if SWEEP in parts:
         if parts != [SWEEP]:
             raise UserError("--method sweep runs the whole ladder; give it alone")
-        names, skipped = sweep_methods(unique, keep)
+        names, skipped = sweep_methods(unique, keep, bool(calibrate))
     else:
         names = parts
     methods: list[tuple[Step, ...]] = []
@@ -80,7 +93,25 @@ def resolve_methods(
         if method_name(steps) in {method_name(m) for m in methods}:
             raise UserError(f"--method names {method_name(steps)} twice")
         methods.append(steps)
+    _check_calibration(methods, calibrate)
     return methods, skipped
+
+
+def _check_calibration(methods: list[tuple[Step, ...]], calibrate: bool | None) -> None:
+    """A cal method without --calibrate, or --calibrate without a cal method: a UserError."""
+    if calibrate is None:
+        return
+    needing = [method_name(steps) for steps in methods if calibrated(steps)]
+    if needing and not calibrate:
+        raise UserError(
+            f"--method {needing[0]} rounds by calibration: give --calibrate BYTES "
+            "(held-out bytes to calibrate on, e.g. --calibrate 65536)"
+        )
+    if calibrate and not needing:
+        raise UserError(
+            "--calibrate is for cal methods: add +cal to one (e.g. --method int4-g32+cal) "
+            "or use --method sweep"
+        )
 
 
 def method_error(name: str, exc: Exception) -> UserError:

@@ -192,13 +192,14 @@ def crystallize_method(
     keep: Sequence[str],
     out_root: Path,
     device: torch.device | str,
+    importance: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Row, torch.nn.Module]:
     """Encode, write, load back (decoding) one method: its row (without the comparison) and
-    the loaded model."""
+    the loaded model. ``importance``: the calibration a ``cal`` method rounds by."""
     name = method_name(steps)
     started = time.perf_counter()
     try:
-        crystal = encode_state_dict(source.state_dict, steps, keep, measure=True)
+        crystal = encode_state_dict(source.state_dict, steps, keep, True, importance)
     except ValueError as exc:
         raise method_error(name, exc) from None
     encoded = time.perf_counter()
@@ -255,6 +256,8 @@ class Plan:
     device: torch.device | str = "cpu"
     batch: int = 32  # windows per forward pass
     group: int = 1  # crystallized models measured per pass over the windows
+    importance: dict[str, torch.Tensor] | None = None  # for cal methods (crystal.calibrate)
+    calibration: Any = None  # the crystal.calibrate.Calibration it came from
 
 
 def sweep(
@@ -274,7 +277,7 @@ def sweep(
         rows, models = [], []
         for steps in plan.methods[first : first + group]:
             row, model = crystallize_method(
-                steps, plan.source, plan.keep, plan.out_root, plan.device
+                steps, plan.source, plan.keep, plan.out_root, plan.device, plan.importance
             )
             rows.append(row)
             models.append(model)

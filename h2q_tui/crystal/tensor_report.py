@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from h2q_tui.codecs.layout import encode_state_dict, is_crystallized
-from h2q_tui.codecs.method import method_name
+from h2q_tui.codecs.method import calibrated, method_name
 from h2q_tui.crystal.crystallize import Request, batched_threads, format_rows
 from h2q_tui.crystal.folders import write_json
 from h2q_tui.crystal.methods import method_error, resolve_methods
@@ -83,8 +83,12 @@ def run(
 
 def _run(request: Request, out: Callable[[str], None], err: IO[str]) -> dict[str, Any]:
     started = time.perf_counter()
+    if request.calibrate:
+        raise UserError("--calibrate needs a checkpoint's model to run; --tensors-only has none")
     tensors, _, file = read_tensors(Path(request.checkpoint))
     methods, skipped = resolve_methods(request.method, tensors, request.keep)
+    if any(calibrated(steps) for steps in methods):
+        raise UserError("--tensors-only has no model to calibrate on: drop +cal from --method")
     for line in skipped:
         print(f"note: {line}", file=err)
     file_bytes = file.stat().st_size
