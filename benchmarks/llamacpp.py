@@ -59,9 +59,11 @@ ROWS = (
     ("q8_0", "q8_0", "fp32", "int8"),
     ("q4_0", "q4_0", "fp32", "int4-g32"),
     ("int8→f32", "f32", "int8", "int8"),
+    ("q4_0/mix", "q4_0", "fp32", "int4-g32+head:int8+cal"),  # ours: mixed, calibrated
 )
 DEQUANTIZED = {"int8→f32"}  # rows whose our side runs --dequantize (the same float weights)
-METHODS = ("int8", "int4-g32")  # crystallized for our side
+METHODS = ("int8", "int4-g32", "int4-g32+head:int8+cal")  # crystallized for our side
+CALIBRATION_BYTES = 65_536  # +cal methods: calibrated on the data's last bytes
 INSTALL = (
     "llama_cpp is not importable: pip install llama-cpp-python (builds llama.cpp from "
     "source: tens of minutes on 2 cores); our side is measured alone"
@@ -110,7 +112,8 @@ def llama_child(args: argparse.Namespace) -> int:
     greedy(llm, prompt, 8)  # warm-up
     runs = [greedy(llm, prompt, spec["tokens"]) for _ in range(spec["repeats"])]
     data = Path(spec["data"]).read_bytes()
-    nats, scored = llama_cross_entropy(llm, windows_of(data, context))
+    save = Path(spec["logprobs"]) / (Path(args.child).stem + ".npy")
+    nats, scored = llama_cross_entropy(llm, windows_of(data, context), save)
     # llama.cpp's own tokenizer (what llama-cli and llama-perplexity use) on the same text
     ids = llm.tokenize(data, add_bos=False, special=False)
     print(
@@ -119,6 +122,7 @@ def llama_child(args: argparse.Namespace) -> int:
                 "tokens": runs[0][0],
                 "tokens_per_s": statistics.median(spec["tokens"] / s for _, s, _ in runs),
                 "tokens_per_cpu_s": statistics.median(spec["tokens"] / c for _, _, c in runs),
+                "logprobs": str(save),
                 "nats_per_byte": nats,
                 "scored_bytes": scored,
                 "tokenizer_is_bytes": ids == list(data) and llm.detokenize(ids) == data,
@@ -143,9 +147,10 @@ def greedy(llm, prompt: list[int], tokens: int) -> tuple[list[int], float, float
         llm.eval([out[-1]])
 
 
-def llama_cross_entropy(llm, windows: list[bytes]) -> tuple[float, int]:
-    """Mean nats per byte of llama.cpp's logits over the windows, and the bytes scored."""
-    total, scored = 0.0, 0
+def llama_cross_entropy(llm, windows: list[bytes], save: Path | None = None) -> tuple[float, int]:
+    """Mean nats per byte of llama.cpp's logits over the windows, and the bytes scored;
+    ``save``: every position's log-probabilities (positions, 256) as float32 .npy there."""
+    total, scored, rows = 0.0, 0, []
     for window in windows:
         llm.reset()
         llm.eval(list(window[:-1]))
@@ -155,6 +160,10 @@ def llama_cross_entropy(llm, windows: list[bytes]) -> tuple[float, int]:
         targets = np.frombuffer(window[1:], dtype=np.uint8)
         total += float((log_z - logits[np.arange(len(targets)), targets]).sum())
         scored += len(targets)
+        if save is not None:
+            rows.append((logits - log_z[:, None]).astype(np.float32))
+    if save is not None:
+        np.save(save, np.concatenate(rows))
     return total / scored, scored
 
 
@@ -215,6 +224,7 @@ def ours(path: Path, prompt: str, tokens: int, repeats: int, data: bytes, beside
     heldout = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     with torch.no_grad():
         nats = heldout_cross_entropy(model, heldout, context, torch.device("cpu"), batch=32)
+        logprobs = log_probabilities(model, data, context)
     mine = {
         "tokens": list(runs[0].tokens),
         "tokens_per_s": statistics.median(r.stats.tokens_per_s for r in runs),
@@ -222,8 +232,31 @@ def ours(path: Path, prompt: str, tokens: int, repeats: int, data: bytes, beside
         "nats_per_byte": nats,
         "scored_bytes": (len(data) - 1) // context * context,
         "what": loaded.info.describe(),
+        "logprobs": logprobs,
     }
     return mine, theirs
+
+
+def log_probabilities(model, data: bytes, context: int):
+    """Our log-probabilities (positions, 256) over the windows llama.cpp scores."""
+    import torch
+
+    inputs = torch.tensor([list(w[:-1]) for w in windows_of(data, context)])
+    rows = []
+    for batch in inputs.split(32):
+        logits = model(batch)[0]
+        rows.append(torch.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1]))
+    return torch.cat(rows).numpy()
+
+
+def divergence(base: np.ndarray, other: np.ndarray) -> dict:
+    """llama-perplexity --kl-divergence's figures of ``other`` against ``base`` (log-probs)."""
+    kld = (np.exp(base) * (base - other)).sum(axis=1)
+    return {
+        "kld_mean": float(kld.mean()), "kld_median": float(np.median(kld)),
+        "kld_max": float(kld.max()),
+        "same_top_p": float((base.argmax(axis=1) == other.argmax(axis=1)).mean()),
+    }  # fmt: skip
 
 
 def prepare(checkpoint: Path, data: Path, out: Path) -> dict[str, tuple[Path, Path]]:
@@ -231,16 +264,19 @@ def prepare(checkpoint: Path, data: Path, out: Path) -> dict[str, tuple[Path, Pa
     {row label: (our checkpoint folder or file, the GGUF file)}."""
     # the parent only (torch): see ours()
     from h2q_tui.cli import main as cli
+    from h2q_tui.crystal.folders import slug
     from h2q_tui.export.gguf_export import export_gguf
 
     out.mkdir(parents=True, exist_ok=True)
     crystal = out / "crystal"
     methods = ",".join(METHODS)
     args = ["crystallize", str(checkpoint), "--method", methods, "--out", str(crystal)]
+    if any(m.endswith("+cal") for m in METHODS):
+        args += ["--calibrate", str(min(CALIBRATION_BYTES, data.stat().st_size // 4))]
     if cli.main([*args, "--data", str(data), "--windows", "1", "--json", str(out / "c.json")]):
         raise SystemExit("crystallize failed (its error is above)")
     files = {}
-    ours_of = {"fp32": checkpoint, **{method: crystal / method for method in METHODS}}
+    ours_of = {"fp32": checkpoint, **{method: crystal / slug(method) for method in METHODS}}
     for label, kind, source, method in ROWS:
         name = f"model-{kind}.gguf" if source == "fp32" else f"{source}-{kind}.gguf"
         gguf = export_gguf(ours_of[source], out / name, kind).path
@@ -315,6 +351,27 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def divergence_table(rows: list[dict]) -> str:
+    """KLD against our fp32 model of each side, llama-perplexity --kl-divergence's figures."""
+    head = (f"\nagainst our fp32 model: {'llama.cpp':>9} {'ours':>24} | {'KLD mean':>9} "
+            f"{'median':>9} {'max':>7} {'top p %':>7} | llama.cpp: {'KLD mean':>9} "
+            f"{'median':>9} {'max':>7} {'top p %':>7}")  # fmt: skip
+    lines = [head]
+    for r in rows:
+        cells = []
+        for side in ("ours_divergence", "llama_divergence"):
+            d = r.get(side)
+            cells.append(
+                f"{d['kld_mean']:9.6f} {d['kld_median']:9.6f} {d['kld_max']:7.4f} "
+                f"{100 * d['same_top_p']:7.2f}"
+                if d
+                else f"{'-':>9} {'-':>9} {'-':>7} {'-':>7}"
+            )
+        lines.append(f"{'':>23} {r['gguf_type']:>9} {r['ours']:>24} | {cells[0]} | "
+                     f"{'':>10} {cells[1]}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def print_report(report: dict, windows: int) -> None:
     """The heading line, the table and each row's notes."""
     print(
@@ -323,6 +380,7 @@ def print_report(report: dict, windows: int) -> None:
         f"(h2q-tui eval --windows {windows})"
     )
     print(table(report["rows"]))
+    print(divergence_table(report["rows"]))
     for r in report["rows"]:
         for note in r.get("notes") or []:
             print(f"note ({r['gguf_type']}): {note}")
@@ -383,9 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     data_path.write_bytes(data)
     prompt = list(args.prompt.encode())
     spec = {"context": context, "prompt": prompt, "tokens": args.tokens,
-            "repeats": args.repeats, "data": str(data_path)}  # fmt: skip
+            "repeats": args.repeats, "data": str(data_path), "logprobs": str(args.out)}  # fmt: skip
     spec_path.write_text(json.dumps(spec))
-    rows = []
+    rows, base = [], None
     for label, _, _, method in ROWS:
         print(f"measuring {method} beside llama.cpp {label} ...", file=sys.stderr)
         ours_path, gguf = files[label]
@@ -396,7 +454,12 @@ def main(argv: list[str] | None = None) -> int:
         mine, theirs = ours(
             ours_path, args.prompt, args.tokens, args.repeats, data, beside, label in DEQUANTIZED
         )
+        if not rows:  # the first row is our fp32 model: what every KLD is measured against
+            base = mine["logprobs"]
         rows.append(row(label, method, mine, theirs, files))
+        rows[-1]["ours_divergence"] = divergence(base, mine.pop("logprobs"))
+        if theirs and "logprobs" in theirs:
+            rows[-1]["llama_divergence"] = divergence(base, np.load(theirs["logprobs"]))
     versions = [r["llama_version"] for r in rows if "llama_version" in r]
     report = {
         "machine": hardware.machine_info(), "checkpoint": str(checkpoint), "data": str(args.data),
