@@ -7,8 +7,8 @@ runs/bench-cpu-presets`` writes them), runs ``h2q-tui crystallize CHECKPOINT --m
 ``../shared/data/tinystories_valid_head.txt``), then:
 
 - times loading each crystallized folder the way eval/generate do (``checkpoints.load_checkpoint``,
-  the one loader, decoding at load) against loading the original: median of
-  ``--load-repeats`` loads, warm page cache, so the difference is what decoding adds;
+  the one loader: on the CPU its integer matrices stay packed) against loading the original:
+  median of ``--load-repeats`` loads, warm page cache;
 - checks the issue's targets: at least 4× smaller at Δ ≤ 0.01 bits/byte and at least 7× at
   Δ ≤ 0.05 bits/byte (the best row under each bound).
 
@@ -95,10 +95,12 @@ def run_one(path: Path, args: argparse.Namespace) -> dict:
     for row in rows[1:]:
         seconds = load_seconds(row["path"], args.load_repeats)
         loads.append({"method": row["method"], "seconds": seconds, "added": seconds - original})
-    print(f"\nload time (median of {args.load_repeats}, warm cache; decoding happens at load)")
+    print(
+        f"\nload time (median of {args.load_repeats}, warm cache; as the commands load: on the CPU the integers stay packed)"
+    )
     print(
         crystallize.format_rows(
-            ["method", "load s", "added by decoding s"],
+            ["method", "load s", "against the original s"],
             [[x["method"], f"{x['seconds']:.3f}", f"{x['added']:+.3f}"] for x in loads],
         )
     )
