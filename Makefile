@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 WORKERS ?=        # make test WORKERS=2: pytest-xdist processes (empty: one process)
 
-.PHONY: run test test-all lint bench clean browser
+.PHONY: run test test-all lint bench clean browser compiler
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)            ## set up, then train on the embedded default corpus
 	$(BIN)/h2q-tui $(ARGS)
 
-test: $(STAMP) browser   ## set up, then run the test suite (slow tests excluded)
+test: $(STAMP) browser compiler  ## set up, then run the test suite (slow tests excluded)
 	$(BIN)/python -m pytest -m "not slow" $(if $(WORKERS),-n $(WORKERS))
 
 browser:                 ## Debian's chromium for the browser test of h2q-tui web (skipped without it)
@@ -27,7 +27,13 @@ browser:                 ## Debian's chromium for the browser test of h2q-tui we
 	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "note: chromium not installed (needs root and apt-get): the browser test will skip"
 
-test-all: $(STAMP) browser ## every test, slow ones included
+compiler:                ## a C compiler for the integer kernels of crystallized models (tests skip without)
+	@command -v cc >/dev/null || command -v gcc >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && apt-get install -y -qq gcc >/dev/null) ; } || \
+	  echo "note: no C compiler (needs root and apt-get): crystallized models decode to float, their kernel tests skip"
+
+test-all: $(STAMP) browser compiler ## every test, slow ones included
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
