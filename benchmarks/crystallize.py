@@ -9,6 +9,9 @@ runs/bench-cpu-presets`` writes them), runs ``h2q-tui crystallize CHECKPOINT --m
 - times loading each crystallized folder the way eval/generate do (``checkpoints.load_checkpoint``,
   the one loader: on the CPU its integer matrices stay packed) against loading the original:
   median of ``--load-repeats`` loads, warm page cache;
+- decodes each as the commands run it (a crystallized folder on its integers): greedy batch-1
+  tokens/s on one thread, median of ``--decode-repeats`` (interleaved; 0 skips), and the
+  resident memory each adds in a fresh process (``benchmarks/quantized.py``'s measures);
 - checks the issue's targets: at least 4× smaller at Δ ≤ 0.01 bits/byte and at least 7× at
   Δ ≤ 0.05 bits/byte (the best row under each bound).
 
@@ -26,6 +29,7 @@ percentiles of Δp and KLD beside the llama.cpp columns.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -67,6 +71,36 @@ def load_seconds(path: str | Path, repeats: int) -> float:
     return statistics.median(times)
 
 
+def sibling(name: str):
+    """benchmarks/<name>.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}", Path(__file__).with_name(f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def decode_and_memory(rows: list[dict], repeats: int) -> list[dict]:
+    """Per folder, as the commands run it: greedy batch-1 tokens/s on one thread (median of
+    ``repeats``, interleaved) and the resident memory it adds in a fresh process."""
+    speed = sibling("quantized")
+    programs = [speed.step_program_of(row["path"], False)[1] for row in rows]
+    tokens = min(112, programs[0].context - len(speed.PROMPT))
+    rates: list[list[float]] = [[] for _ in rows]
+    for _ in range(repeats):
+        for rate, program in zip(rates, programs, strict=True):
+            rate.append(tokens / speed.decode(program, tokens))
+    return [
+        {
+            "method": row["method"],
+            "tokens_per_s": statistics.median(rate),
+            "rss_added_bytes": speed.fresh(row["path"], False, 1)["rss_added"],
+        }
+        for row, rate in zip(rows, rates, strict=True)
+    ]
+
+
 def best_under(rows: list[dict], bound: float) -> dict | None:
     fits = [r for r in rows[1:] if r["delta_bits_per_byte"] <= bound]
     return max(fits, key=lambda r: r["ratio"]) if fits else None
@@ -104,6 +138,26 @@ def run_one(path: Path, args: argparse.Namespace) -> dict:
             [[x["method"], f"{x['seconds']:.3f}", f"{x['added']:+.3f}"] for x in loads],
         )
     )
+    decoding = decode_and_memory(rows, args.decode_repeats) if args.decode_repeats else []
+    if decoding:
+        base = decoding[0]["tokens_per_s"]
+        print(
+            f"\ndecoding as the commands run it (greedy, batch 1, 1 thread, median of {args.decode_repeats}) and memory (fresh process, RSS added by the model)"
+        )
+        print(
+            crystallize.format_rows(
+                ["method", "tokens/s", "× original", "RSS+ MB"],
+                [
+                    [
+                        x["method"],
+                        f"{x['tokens_per_s']:.0f}",
+                        f"{x['tokens_per_s'] / base:.2f}×",
+                        f"{x['rss_added_bytes'] / 1e6:.1f}",
+                    ]
+                    for x in decoding
+                ],  # fmt: skip
+            )
+        )
     targets = []
     for bound, ratio in TARGETS:
         best = best_under(rows, bound)
@@ -121,7 +175,8 @@ def run_one(path: Path, args: argparse.Namespace) -> dict:
         print(
             f"target ≥ {ratio:g}× at Δ ≤ {bound} bits/byte: {shown} — {'met' if met else 'NOT met'}"
         )
-    return {"checkpoint": str(path), "crystallize": document, "load": loads, "targets": targets}
+    return {"checkpoint": str(path), "crystallize": document, "load": loads,
+            "decoding": decoding, "targets": targets}  # fmt: skip
 
 
 def main() -> int:
@@ -135,6 +190,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--load-repeats", type=int, default=5)
+    parser.add_argument(
+        "--decode-repeats", type=int, default=3, help="decode tokens/s repeats (0: no decoding)"
+    )
     parser.add_argument("--calibrate", type=int, default=0, metavar="BYTES", help="0 = none")
     parser.add_argument("--details", action="store_true", help="Δp and KLD percentiles too")
     parser.add_argument(
