@@ -42,10 +42,15 @@ PROMPT = b"Once upon a time"  # 16 bytes: with 112 new tokens, gpt-cpu's whole c
 
 
 def step_program_of(path: str, dequantize: bool):
+    """(model, its step program), every HamLinear frozen as generation freezes it."""
+    from h2q_kernels.hamiltonian import frozen_weights
+
     from h2q_tui import checkpoints
     from h2q_tui.generation.decoder import step_program
 
     model = checkpoints.load_checkpoint(path, dequantize=dequantize).model
+    frozen = frozen_weights(model)
+    frozen.__enter__()  # for the benchmark's life: the step program reads the frozen W
     program = step_program(model)
     if program is None:
         raise SystemExit(f"{path}: this model has no step program (cannot be benchmarked)")
