@@ -29,6 +29,7 @@ from h2q_tui.codecs.tensor import (
     decode_int8,
     encode_group_int,
     encode_int8,
+    pack_bits,
     unpack_bits,
 )
 
@@ -82,7 +83,7 @@ class PackedWeight:
         if self.codec == "int4":
             packed = self.parts["codes"]
         else:
-            packed = _repack(self.parts["codes"], int(self.codec[3:]))
+            packed = pack_bits(self.parts["codes"].reshape(-1), int(self.codec[3:]))
         parts = {
             "packed": packed.reshape(-1),
             "scale": self.parts["scale"],
@@ -100,12 +101,6 @@ class PackedWeight:
             for key, value in self.parts.items()
         }  # fmt: skip
         return PackedWeight(self.codec, (stop - start, self.shape[1]), parts, self.group)
-
-
-def _repack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    from h2q_tui.codecs.tensor import pack_bits  # noqa: PLC0415 - only for the decoded view
-
-    return pack_bits(codes.reshape(-1), bits)
 
 
 def packable(meta: Mapping[str, Any] | None) -> bool:
