@@ -32,7 +32,7 @@ def h2q_in_process(
     ~3 s of CPU each), its stdout/stderr and exit code captured as :func:`h2q`'s would be.
 
     One torch thread, as the subprocess's OMP_NUM_THREADS=1; an exception escaping ``main``
-    fails the test, as a traceback would.
+    fails the test, as a traceback would; SystemExit gives its code, as the interpreter does.
     """
     import contextlib
     import io
@@ -51,6 +51,8 @@ def h2q_in_process(
             sys.stdin = io.StringIO(stdin)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(list(args))
+    except SystemExit as exc:  # --help and --version end so; the interpreter's exit status
+        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     finally:
         sys.stdin = previous_stdin
         os.chdir(previous_dir)
