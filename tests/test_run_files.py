@@ -12,14 +12,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
 from ollama_helpers import LiveServer, make_run
-from run_cli import ENV, h2q
+from run_cli import h2q
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_bad_input import TEXT, assert_user_error, cli_in_process
@@ -309,20 +308,17 @@ def test_a_foreign_latest_file_is_never_echoed(run, workdir):
 
 # ----------------------------------------------------------------------------- files we write
 def test_every_file_of_a_run_gets_the_umask_mode(workdir):
-    def umask_002():
-        os.umask(0o002)
-
-    command = [sys.executable, "-m", "h2q_tui", "--no-ui", "--preset", "tiny", "--data",
-               "data.txt", "--run-dir", "run", "--max-steps", "2",
-               "--set", "log.checkpoint_interval=1"]  # fmt: skip
-    result = subprocess.run(command, cwd=workdir, env=ENV, capture_output=True, text=True,
-                            timeout=300, preexec_fn=umask_002)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    crystallize = [sys.executable, "-m", "h2q_tui", "crystallize", "run", "--method", "int8",
-                   "--data", "data.txt", "--windows", "2"]  # fmt: skip
-    result = subprocess.run(crystallize, cwd=workdir, env=ENV, capture_output=True, text=True,
-                            timeout=300, preexec_fn=umask_002)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    previous = os.umask(0o002)  # this process's: the commands run in it
+    try:
+        result = cli_in_process(workdir, "--no-ui", "--preset", "tiny", "--data", "data.txt",
+                                "--run-dir", "run", "--max-steps", "2",
+                                "--set", "log.checkpoint_interval=1")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        result = cli_in_process(workdir, "crystallize", "run", "--method", "int8",
+                                "--data", "data.txt", "--windows", "2")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    finally:
+        os.umask(previous)
     modes = {
         str(p.relative_to(workdir)): oct(p.stat().st_mode & 0o777)
         for p in (workdir / "run").rglob("*")
