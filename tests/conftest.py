@@ -37,3 +37,18 @@ def engine(tmp_path: Path):
     fake.run_dir.mkdir()
     yield fake
     fake.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_20_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``--preset tiny`` run of 20 steps on the embedded corpus, checkpoints at steps 10 and
+    20, trained once per session in this process; tests copy it before changing it."""
+    from run_cli import h2q_in_process
+
+    root = tmp_path_factory.mktemp("tiny20")
+    result = h2q_in_process(
+        "--no-ui", "--preset", "tiny", "--max-steps", "20", "--run-dir", "run",
+        "--set", "log.checkpoint_interval=10", cwd=root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return root / "run"

@@ -1,8 +1,10 @@
 """Bad input through the real CLI: exit 2, one stderr line naming the problem, no damage.
 
-Every case runs ``python -m h2q_tui`` in a subprocess inside the test's own tmp_path. The
-checkpoint cases copy one real ``--preset tiny --max-steps 3`` run (trained once per module)
-and check that the failed command left every checkpoint file byte for byte as it was.
+Every case runs the CLI's entry point inside the test's own tmp_path: in this process
+(``cli_in_process``), and one case of each family (new run, eval, generate, resume, attach) also
+as ``python -m h2q_tui`` in a subprocess. The checkpoint cases copy one real ``--preset tiny
+--max-steps 3`` run (trained once per module) and check that the failed command left every
+checkpoint file byte for byte as it was.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from run_cli import ENV, h2q
+from run_cli import ENV, h2q, h2q_in_process
 from test_tail import NOT_REGULAR_FILES
 
 TIMEOUT = 120
@@ -47,31 +49,12 @@ def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def cli_in_process(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The same entry point as the ``h2q-tui`` script (``h2q_tui.cli.main``), called in this
-    process so that the ~150 parametrized cases below do not each pay a torch import in a fresh
-    interpreter; its stdout/stderr and exit code are captured as a subprocess's would be. An
-    exception escaping ``main`` fails the test, as a traceback would. Each family of cases
-    also runs its first case through a real subprocess (``test_each_family_in_a_subprocess``).
+    """The same entry point as the ``h2q-tui`` script, called in this process
+    (:func:`run_cli.h2q_in_process`) so that the ~200 cases below do not each pay a torch
+    import in a fresh interpreter. Each family of cases also runs one case through a real
+    subprocess (``test_each_family_in_a_subprocess``).
     """
-    import contextlib
-    import io
-    import os
-
-    import torch
-
-    from h2q_tui.cli.main import main
-
-    out, err = io.StringIO(), io.StringIO()
-    previous_dir, previous_threads = os.getcwd(), torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(args))
-    finally:
-        os.chdir(previous_dir)
-        torch.set_num_threads(previous_threads)
-    return subprocess.CompletedProcess(["h2q-tui", *args], code, out.getvalue(), err.getvalue())
+    return h2q_in_process(*args, cwd=cwd)
 
 
 def assert_user_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -186,7 +169,7 @@ TINY = ("--preset", "tiny", "--data", DATA)
     ],
 )
 def test_new_run_bad_input(workdir: Path, args: tuple[str, ...], words: list[str]) -> None:
-    assert_user_error(cli(workdir, *NEW_RUN, *args), *words)
+    assert_user_error(cli_in_process(workdir, *NEW_RUN, *args), *words)
     assert not (workdir / "new-run").exists(), "a rejected run must not leave a run dir behind"
     assert not (workdir / "runs").exists()
 
@@ -195,19 +178,20 @@ def test_new_run_bad_input(workdir: Path, args: tuple[str, ...], words: list[str
     "run_dir_arg", ["plainfile/run", "plainfile"], ids=["parent-is-file", "is-file"]
 )
 def test_unwritable_run_dir(workdir: Path, run_dir_arg: str) -> None:
-    result = cli(workdir, "--no-ui", *TINY, "--max-steps", "3", "--run-dir", run_dir_arg)
+    result = cli_in_process(workdir, "--no-ui", *TINY, "--max-steps", "3", "--run-dir", run_dir_arg)
     assert_user_error(result, "run dir", run_dir_arg)
     assert (workdir / "plainfile").read_text(encoding="utf-8") == "not a directory\n"
 
 
 def test_eval_missing_checkpoint(workdir: Path) -> None:
     assert_user_error(
-        cli(workdir, "eval", "no-such-run", "--data", DATA), "no-such-run", "not found"
+        cli_in_process(workdir, "eval", "no-such-run", "--data", DATA), "no-such-run", "not found"
     )
 
 
 def test_resume_dir_without_checkpoint(workdir: Path) -> None:
-    assert_user_error(cli(workdir, "--no-ui", "--resume", "emptyrun"), "emptyrun", "no checkpoint")
+    result = cli_in_process(workdir, "--no-ui", "--resume", "emptyrun")
+    assert_user_error(result, "emptyrun", "no checkpoint")
     assert list((workdir / "emptyrun").iterdir()) == []
 
 
@@ -607,12 +591,12 @@ def test_malformed_run_json_on_resume(run_dir: Path, content, words: list[str]) 
     path = run_dir / "run.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     before = checkpoint_hashes(run_dir)
-    assert_user_error(cli(run_dir.parent, *RESUME), *words)
+    assert_user_error(cli_in_process(run_dir.parent, *RESUME), *words)
     assert checkpoint_hashes(run_dir) == before
 
 
 def test_resume_cannot_change_the_loop(run_dir: Path) -> None:
-    result = cli(run_dir.parent, *RESUME, "--set", 'train.loop="random"')
+    result = cli_in_process(run_dir.parent, *RESUME, "--set", 'train.loop="random"')
     assert_user_error(result, "train.loop", "--resume")
 
 
@@ -635,7 +619,7 @@ def test_build_failure_is_one_line(trained_run: Path, monkeypatch) -> None:
 
 def test_heldout_equal_to_data_warns_and_trains(workdir: Path) -> None:
     (workdir / "link.txt").symlink_to(workdir / DATA)
-    result = cli(
+    result = cli_in_process(
         workdir, "--no-ui", *TINY, "--heldout", "link.txt", "--max-steps", "1", "--run-dir", "run"
     )
     assert result.returncode == 0, result.stderr
@@ -653,6 +637,7 @@ def test_heldout_equal_to_data_warns_and_trains(workdir: Path) -> None:
         pytest.param(("--no-ui", *TINY, "--max-steps", "1", *sets("train.lr=nan")), ["train.lr", "finite"], id="config"),
         pytest.param(("eval", "run", "--data", DATA, "--batch", "0"), ["--batch"], id="eval"),
         pytest.param((*GENERATE, "--strength", "1"), ["--strength", "--steer"], id="generate"),
+        pytest.param((*RESUME, "--set", 'train.loop="random"'), ["train.loop", "--resume"], id="resume"),
     ],
 )  # fmt: skip
 def test_each_family_in_a_subprocess(

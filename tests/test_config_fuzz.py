@@ -3,7 +3,8 @@
 Every key of every section (dataclasses.fields of h2q_tui.config.SECTIONS) gets wrong types
 (strings, lists, bools, None, tables, huge ints) and out-of-range numbers (negative, zero,
 huge, NaN, ±inf). ``from_dict`` + ``validate`` must pass or raise a UserError whose message is
-one non-empty line; any other exception is a bug. A few of the same go through the real CLI.
+one non-empty line; any other exception is a bug. A few of the same go through the CLI's entry
+point in this process (test_bad_input runs a config case as a subprocess).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from run_cli import h2q
+from run_cli import h2q_in_process
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -213,7 +214,7 @@ def test_quick_parameter_bound_is_an_upper_bound(extra) -> None:
 def test_wrong_values_through_the_cli(tmp_path, override, words) -> None:
     (tmp_path / "data.txt").write_text("hello world, " * 400, encoding="utf-8")
     args = ("--no-ui", "--preset", "tiny", "--data", "data.txt", "--max-steps", "1")
-    result = h2q(*args, "--run-dir", "run", "--set", override, cwd=tmp_path, timeout=120)
+    result = h2q_in_process(*args, "--run-dir", "run", "--set", override, cwd=tmp_path)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
@@ -228,7 +229,7 @@ def test_wrong_values_through_the_cli(tmp_path, override, words) -> None:
 )
 def test_a_preset_section_that_is_not_a_table_through_the_cli(tmp_path, value, shown) -> None:
     (tmp_path / "bad.toml").write_text(f"model = {value}\n", encoding="utf-8")
-    result = h2q("--no-ui", "--preset", "bad.toml", "--run-dir", "run", cwd=tmp_path, timeout=120)
+    result = h2q_in_process("--no-ui", "--preset", "bad.toml", "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         f"h2q-tui: error: bad.toml: [model] must be a table of keys (a [model] header), got {shown}"

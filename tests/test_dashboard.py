@@ -258,7 +258,15 @@ async def test_error_and_confirm_screens_show_messages_as_they_are(engine):
 
 
 # ---------------------------------------------------------------------- edges of the screen
-@pytest.mark.parametrize("size", [(80, 24), (100, 30), (120, 40), (160, 48)])
+@pytest.mark.parametrize(
+    "size",
+    [
+        (80, 24),
+        pytest.param((100, 30), marks=pytest.mark.slow),  # ~7 s a size: the narrowest and the
+        pytest.param((120, 40), marks=pytest.mark.slow),  # widest stay in the default run
+        (160, 48),
+    ],
+)
 async def test_the_footer_shows_whole_keys_only(engine, size):
     from textual.widgets._footer import FooterKey
 

@@ -19,7 +19,7 @@ import pytest
 
 from h2q_tui import checkpoints
 from h2q_tui.checkpoints.load import load_model_from
-from tests.run_cli import ENV, h2q
+from tests.run_cli import ENV, h2q, h2q_in_process
 
 # train.threads fixed: a bit-exact resume needs one thread count (auto times steps)
 TINY = ["--no-ui", "--preset", "tiny", "--set", "train.precision=fp32", "--threads", "1"]
@@ -39,7 +39,7 @@ def records(run_dir: Path, event: str) -> list[dict]:
 def test_two_ranks_train_like_one_with_the_same_global_batch(tmp_path: Path) -> None:
     two = torchrun(*TINY, "--max-steps", "30", "--run-dir", "two", cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = h2q(*TINY, "--max-steps", "30", "--run-dir", "one", cwd=tmp_path)
+    one = h2q_in_process(*TINY, "--max-steps", "30", "--run-dir", "one", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-2000:]
     assert "training on 2 processes (DistributedDataParallel over gloo)" in two.stdout
     assert two.stdout.count("run dir:") == 1  # rank 1 prints nothing
@@ -99,16 +99,10 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_one_line(tmp_path: Path) 
     assert not (tmp_path / "odd" / "checkpoints").exists()
 
 
-def test_the_dashboard_under_torchrun_asks_for_no_ui(tmp_path: Path) -> None:
-    env = {**ENV, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
-    result = subprocess.run(
-        [sys.executable, "-m", "h2q_tui", "--preset", "tiny"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+def test_the_dashboard_under_torchrun_asks_for_no_ui(tmp_path: Path, monkeypatch) -> None:
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)  # what torchrun sets for each worker
+    result = h2q_in_process("--preset", "tiny", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "h2q-tui: error: under torchrun the trainer runs headless: add --no-ui (watch it with "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_cli import h2q
+from run_cli import h2q, h2q_in_process
 
 from h2q_tui import checkpoints
 from h2q_tui.checkpoints import timing as timeline
@@ -19,15 +19,9 @@ from h2q_tui.generation.text import Codec
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A tiny run with checkpoints at steps 10 and 20."""
-    root = tmp_path_factory.mktemp("follow")
-    result = h2q(
-        "--no-ui", "--preset", "tiny", "--max-steps", "20", "--run-dir", "run",
-        "--set", "log.checkpoint_interval=10", cwd=root,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return root / "run"
+def run_dir(tiny_20_steps) -> Path:
+    """A tiny run with checkpoints at steps 10 and 20 (conftest's, shared by the session)."""
+    return tiny_20_steps
 
 
 def point_latest(run: Path, step: int) -> None:
@@ -93,7 +87,7 @@ def test_a_checkpoint_still_being_written_is_never_picked_up(run):
 def test_swap_weights_refuses_another_architecture(run, tmp_path):
     info = checkpoints.read_info(run)
     model = checkpoints.load_model_from(info).eval()
-    other = h2q(
+    other = h2q_in_process(
         "--no-ui", "--preset", "tiny", "--set", "model.n_layers=1", "--max-steps", "2",
         "--run-dir", "other", cwd=tmp_path,
     )  # fmt: skip
@@ -108,6 +102,7 @@ def test_following_a_checkpoint_folder_is_refused(run):
 
 
 def test_generate_follow_regenerates_and_waits_for_a_missing_run(run, tmp_path):
+    # subprocesses, with their timeout: a follow loop that never ends must fail, not hang
     result = h2q(
         "generate", str(run), "--follow", "--follow-seconds", "1.5", "--prompt", "Once",
         "--max-new-tokens", "8", cwd=tmp_path,
@@ -136,7 +131,7 @@ def test_generate_follow_regenerates_and_waits_for_a_missing_run(run, tmp_path):
     ],
 )
 def test_bad_follow_flags_are_one_line(run, tmp_path, args, message):
-    result = h2q("generate", str(run), *args, cwd=tmp_path)
+    result = h2q_in_process("generate", str(run), *args, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"h2q-tui: error: {message}"] or (
         message in result.stderr and len(result.stderr.strip().splitlines()) == 1

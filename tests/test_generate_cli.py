@@ -1,4 +1,8 @@
-"""``h2q-tui generate`` and ``steer-eval`` from the command line, including bad input."""
+"""``h2q-tui generate`` and ``steer-eval`` from the command line, including bad input.
+
+The CLI's entry point runs in this process (no torch start-up per case); the first generation
+runs as ``python -m h2q_tui`` in a subprocess, and the same text must come back in-process.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,16 @@ import json
 from pathlib import Path
 
 import pytest
-from run_cli import h2q
+from run_cli import h2q, h2q_in_process
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A tiny model trained for 30 steps on the embedded corpus."""
     root = tmp_path_factory.mktemp("gen")
-    result = h2q("--no-ui", "--preset", "tiny", "--max-steps", "30", "--run-dir", "run", cwd=root)
+    result = h2q_in_process(
+        "--no-ui", "--preset", "tiny", "--max-steps", "30", "--run-dir", "run", cwd=root
+    )
     assert result.returncode == 0, result.stderr
     return root / "run"
 
@@ -31,7 +37,7 @@ def test_generate_streams_the_prompt_and_continuation(run_dir):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Once upon") and len(result.stdout.encode()) > len("Once upon")
     assert "30 tokens in" in result.stderr and "tokens/s" in result.stderr
-    again = h2q(
+    again = h2q_in_process(
         "generate",
         str(run_dir),
         "--prompt",
@@ -40,12 +46,12 @@ def test_generate_streams_the_prompt_and_continuation(run_dir):
         "30",
         cwd=run_dir.parent,
     )
-    assert again.stdout == result.stdout  # same seed, same text
+    assert again.stdout == result.stdout  # same seed, same text, in another process too
 
 
 @pytest.mark.parametrize("mode", ["lookahead", "flow"])
 def test_generate_search_modes(run_dir, mode):
-    result = h2q(
+    result = h2q_in_process(
         "generate",
         str(run_dir),
         "--prompt",
@@ -61,8 +67,10 @@ def test_generate_search_modes(run_dir, mode):
 
 
 def test_generate_with_steer_says_so_and_strength_zero_changes_nothing(run_dir):
-    plain = h2q("generate", str(run_dir), "--prompt", "A", "--max-new-tokens", "20", cwd=run_dir)
-    zero = h2q(
+    plain = h2q_in_process(
+        "generate", str(run_dir), "--prompt", "A", "--max-new-tokens", "20", cwd=run_dir
+    )
+    zero = h2q_in_process(
         "generate",
         str(run_dir),
         "--prompt",
@@ -77,7 +85,7 @@ def test_generate_with_steer_says_so_and_strength_zero_changes_nothing(run_dir):
         "sample",
         cwd=run_dir,
     )
-    steered = h2q(
+    steered = h2q_in_process(
         "generate",
         str(run_dir),
         "--prompt",
@@ -96,7 +104,7 @@ def test_generate_with_steer_says_so_and_strength_zero_changes_nothing(run_dir):
 
 
 def test_interactive_menu_runs_a_mode_and_quits(run_dir):
-    result = h2q(
+    result = h2q_in_process(
         "generate",
         str(run_dir),
         "--interactive",
@@ -112,13 +120,13 @@ def test_interactive_menu_runs_a_mode_and_quits(run_dir):
 
 
 def test_interactive_menu_ends_cleanly_at_end_of_input(run_dir):
-    result = h2q("generate", str(run_dir), "--interactive", stdin="", cwd=run_dir)
+    result = h2q_in_process("generate", str(run_dir), "--interactive", stdin="", cwd=run_dir)
     assert result.returncode == 0 and "Traceback" not in result.stderr
 
 
 def test_steer_eval_prints_a_table_with_a_zero_row_and_writes_json(run_dir, tmp_path):
     out = tmp_path / "steer.json"
-    result = h2q(
+    result = h2q_in_process(
         "steer-eval",
         str(run_dir),
         "--word",
@@ -157,7 +165,7 @@ def test_steer_eval_prints_a_table_with_a_zero_row_and_writes_json(run_dir, tmp_
 )
 def test_bad_generation_input_is_one_line(run_dir, args, words):
     args = [str(run_dir) if a == "RUN" else a for a in args]
-    result = h2q(*args, cwd=run_dir)
+    result = h2q_in_process(*args, cwd=run_dir)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("h2q-tui: error")]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from pilot_helpers import text_of, wait_until
-from run_cli import h2q
 from textual.widgets import Input, Static
 
 from h2q_tui.app.panes import hotstart_panel
@@ -20,14 +19,9 @@ from h2q_tui.checkpoints import timing as timeline
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("hotpanel")
-    result = h2q(
-        "--no-ui", "--preset", "tiny", "--max-steps", "20", "--run-dir", "run",
-        "--set", "log.checkpoint_interval=10", cwd=root,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return root / "run"
+def trained(tiny_20_steps) -> Path:
+    """A tiny run with checkpoints at steps 10 and 20 (conftest's, shared by the session)."""
+    return tiny_20_steps
 
 
 @pytest.fixture

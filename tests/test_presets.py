@@ -15,6 +15,7 @@ from h2q_tui.training.trainer import Trainer
 BIG = {"hamiltonian-llm-124m", "qrlm", "microstream", "h2q-transformer", "gpt"}  # source-sized
 SMALL = [name for name in preset_names() if name not in BIG]
 FAST = [
+    "model.n_layers=2",  # the preset's width and layers, two of them: building four is most of the time
     "train.batch_size=2",
     "model.context=32",
     "log.sample_interval=0",

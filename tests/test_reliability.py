@@ -1,5 +1,7 @@
 """Never lose work: stop signals save, one writer per run dir, poisoned or damaged checkpoints
-are never used, a full disk is one clear line. Each case runs the real CLI in a subprocess."""
+are never used, a full disk is one clear line. Signals, locks and the full disk run the real CLI
+in a subprocess; the checkpoint cases call its entry point in this process, on copies of one
+run trained once per module."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from run_cli import ENV, h2q
+from run_cli import ENV, h2q, h2q_in_process
 from test_bad_input import TEXT, assert_user_error
 
 TINY = ["--preset", "tiny", "--data", "data.txt"]
@@ -65,10 +67,29 @@ def start_long_run(workdir: Path, run: str, *extra: str) -> subprocess.Popen:
     raise AssertionError("the run did not start training within 90 s")
 
 
+@pytest.fixture(scope="module")
+def eight_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of 8 steps with a checkpoint every 2 (steps 4, 6 and 8 kept), trained once."""
+    root = tmp_path_factory.mktemp("eight")
+    (root / "data.txt").write_bytes(TEXT)
+    return small_run(root, "run", 8)
+
+
+@pytest.fixture
+def run(eight_steps: Path, workdir: Path) -> Path:
+    """This test's own copy of the 8-step run, as workdir/run."""
+    return Path(shutil.copytree(eight_steps, workdir / "run"))
+
+
+def h2q_here(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process (no torch start-up): these cases test checkpoints, not processes."""
+    return h2q_in_process(*args, cwd=workdir)
+
+
 def small_run(workdir: Path, run: str, steps: int = 6, *extra: str) -> Path:
-    result = h2q(
-        "--no-ui", *TINY, "--run-dir", run, "--max-steps", str(steps),
-        "--set", "log.checkpoint_interval=2", *extra, cwd=workdir,
+    result = h2q_here(
+        workdir, "--no-ui", *TINY, "--run-dir", run, "--max-steps", str(steps),
+        "--set", "log.checkpoint_interval=2", *extra,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return workdir / run
@@ -92,36 +113,34 @@ def test_a_second_process_on_a_locked_run_dir_exits_2_naming_the_holder(workdir)
     proc = start_long_run(workdir, "run")
     try:
         for args in (["--no-ui", *TINY, "--run-dir", "run"], ["--no-ui", "--resume", "run"]):
-            result = h2q(*args, cwd=workdir)
+            result = h2q_here(workdir, *args)  # this process is the second one
             assert_user_error(result, "in use", f"PID {proc.pid}")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
     steps = [r["step"] for r in records(workdir / "run") if r["event"] == "step"]
     assert steps == sorted(steps), "another writer interleaved its steps"
-    result = h2q("--no-ui", "--resume", "run", "--max-steps", str(max(steps) + 2), cwd=workdir)
+    result = h2q_here(workdir, "--no-ui", "--resume", "run", "--max-steps", str(max(steps) + 2))
     assert result.returncode == 0, result.stderr  # the lock went with its process
 
 
-def test_a_poisoning_update_is_never_saved_as_latest(workdir):
-    run = small_run(workdir, "run", 4)
-    result = h2q(
-        "--no-ui", "--resume", "run", "--max-steps", "10",
-        "--set", "train.lr=1e6", "--set", "log.checkpoint_interval=1", cwd=workdir,
+def test_a_poisoning_update_is_never_saved_as_latest(workdir, run):
+    result = h2q_here(
+        workdir, "--no-ui", "--resume", "run", "--max-steps", "14",
+        "--set", "train.lr=1e6", "--set", "log.checkpoint_interval=1",
     )  # fmt: skip
     assert result.returncode == 1  # finished because of NaN weights
     assert "nothing is saved" in result.stdout
-    assert latest_step(run) == 4
-    evaluated = h2q("eval", "run", "--data", "data.txt", "--windows", "4", cwd=workdir)
+    assert latest_step(run) == 8
+    evaluated = h2q_here(workdir, "eval", "run", "--data", "data.txt", "--windows", "4")
     assert evaluated.returncode == 0 and "bpb=nan" not in evaluated.stdout
 
 
-def test_eval_of_diverged_weights_is_an_error_not_bpb_nan(workdir):
+def test_eval_of_diverged_weights_is_an_error_not_bpb_nan(workdir, run):
     import torch
     from safetensors.torch import load_file, save_file
 
-    run = small_run(workdir, "run", 2)
-    weights = run / "checkpoints" / "step_00000002" / "model.safetensors"
+    weights = run / "checkpoints" / "step_00000004" / "model.safetensors"
     from safetensors import safe_open
 
     with safe_open(str(weights), framework="pt") as handle:
@@ -131,24 +150,23 @@ def test_eval_of_diverged_weights_is_an_error_not_bpb_nan(workdir):
     tensors[name] = torch.full_like(tensors[name], float("nan"))
     metadata.pop("checksums")  # a checkpoint of a diverged run, not a damaged file
     save_file(tensors, weights, metadata=metadata)
-    result = h2q("eval", str(weights.parent), "--data", "data.txt", "--windows", "4", cwd=workdir)
+    result = h2q_here(workdir, "eval", str(weights.parent), "--data", "data.txt", "--windows", "4")
     assert_user_error(result, "unusable", f"tensor {name} holds NaN or Inf")
 
 
-def test_a_flipped_bit_is_caught_and_resume_falls_back_saying_which(workdir):
-    run = small_run(workdir, "run", 6)
-    damaged = run / "checkpoints" / "step_00000006" / "model.safetensors"
+def test_a_flipped_bit_is_caught_and_resume_falls_back_saying_which(workdir, run):
+    damaged = run / "checkpoints" / "step_00000008" / "model.safetensors"
     data = bytearray(damaged.read_bytes())
     data[-64] ^= 0x04  # one bit inside the last tensor
     damaged.write_bytes(bytes(data))
-    result = h2q("eval", str(damaged.parent), "--data", "data.txt", cwd=workdir)
+    result = h2q_here(workdir, "eval", str(damaged.parent), "--data", "data.txt")
     assert_user_error(result, "does not match its checksum")
-    result = h2q("eval", "run", "--data", "data.txt", "--windows", "2", cwd=workdir)
-    assert result.returncode == 0 and "using step_00000004" in result.stderr
-    result = h2q("--no-ui", "--resume", "run", "--max-steps", "7", cwd=workdir)
+    result = h2q_here(workdir, "eval", "run", "--data", "data.txt", "--windows", "2")
+    assert result.returncode == 0 and "using step_00000006" in result.stderr
+    result = h2q_here(workdir, "--no-ui", "--resume", "run", "--max-steps", "9")
     assert result.returncode == 0, result.stderr
-    assert "using step_00000004" in result.stdout
-    assert records(run)[-1]["step"] == 7 and latest_step(run) == 7
+    assert "using step_00000006" in result.stdout
+    assert records(run)[-1]["step"] == 9 and latest_step(run) == 9
 
 
 @pytest.mark.parametrize(
@@ -159,27 +177,24 @@ def test_a_flipped_bit_is_caught_and_resume_falls_back_saying_which(workdir):
         pytest.param(b"step_00000099\n", marks=pytest.mark.slow),
     ],
 )
-def test_latest_may_only_name_a_checkpoint_of_its_own_folder(workdir, pointer):
-    run = small_run(workdir, "run", 4)
+def test_latest_may_only_name_a_checkpoint_of_its_own_folder(workdir, run, pointer):
     (run / "checkpoints" / "latest").write_bytes(pointer)
-    result = h2q("eval", "run", "--data", "data.txt", "--windows", "2", cwd=workdir)
+    result = h2q_here(workdir, "eval", "run", "--data", "data.txt", "--windows", "2")
     assert result.returncode == 0, result.stderr
-    assert "using step_00000004" in result.stderr
+    assert "using step_00000008" in result.stderr
 
 
 @pytest.mark.parametrize(
     "name", ["run/checkpoints/latest", pytest.param("run/checkpoints", marks=pytest.mark.slow)]
 )
-def test_the_latest_pointer_or_checkpoints_folder_named_directly_means_the_run(workdir, name):
-    small_run(workdir, "run", 4)
-    result = h2q("eval", name, "--data", "data.txt", "--windows", "2", cwd=workdir)
+def test_the_latest_pointer_or_checkpoints_folder_named_directly_means_the_run(workdir, run, name):
+    result = h2q_here(workdir, "eval", name, "--data", "data.txt", "--windows", "2")
     assert result.returncode == 0, result.stderr
-    assert "step 4" in result.stderr + result.stdout
+    assert "step 8" in result.stderr + result.stdout
 
 
-def test_resume_from_a_step_folder_continues_that_run_from_that_step(workdir):
-    run = small_run(workdir, "run", 8)
-    result = h2q("--no-ui", "--resume", "run/checkpoints/step_00000004", "--max-steps", "6", cwd=workdir)  # fmt: skip
+def test_resume_from_a_step_folder_continues_that_run_from_that_step(workdir, run):
+    result = h2q_here(workdir, "--no-ui", "--resume", "run/checkpoints/step_00000004", "--max-steps", "6")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert not (run / "checkpoints" / "step_00000004" / "run.json").exists()  # no nested run
     started = [r for r in records(run) if r["event"] == "run_started"][-1]
@@ -200,7 +215,7 @@ def test_leftovers_of_dead_writers_are_removed_and_keep_and_best_hold(workdir):
         (root / leftover).mkdir()
         (root / leftover / "model.safetensors").write_bytes(b"half")
     (root / ".latest.999997").write_text("step_00000002")
-    result = h2q("--no-ui", "--resume", "run", "--max-steps", "9", cwd=workdir)
+    result = h2q_here(workdir, "--no-ui", "--resume", "run", "--max-steps", "9")
     assert result.returncode == 0, result.stderr
     assert not list(root.glob(".tmp-*")) + list(root.glob(".old-*")) + list(root.glob(".latest.*"))
 
@@ -226,7 +241,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(workdir):
         for line in (run / "metrics.jsonl").read_text().splitlines():
             json.loads(line)  # no torn line
         shutil.copytree(root / f"step_{latest_step(run):08d}", workdir / "kept")
-        evaluated = h2q("eval", "kept", "--data", "data.txt", "--windows", "2", cwd=workdir)
+        evaluated = h2q_here(workdir, "eval", "kept", "--data", "data.txt", "--windows", "2")
         assert evaluated.returncode == 0, evaluated.stderr
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
@@ -271,7 +286,7 @@ def test_a_torn_last_line_of_a_killed_writer_is_closed_on_open(tmp_path):
     assert tailer.skipped_lines == 1
 
 
-@pytest.mark.parametrize(("signum", "code", "reason"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGHUP, 129, "hangup")])  # fmt: skip
+@pytest.mark.parametrize(("signum", "code", "reason"), [(signal.SIGTERM, 143, "terminated"), pytest.param(signal.SIGHUP, 129, "hangup", marks=pytest.mark.slow)])  # fmt: skip  # SIGHUP: test_process_end's closing-the-terminal test in the default run
 def test_a_stop_signal_under_the_dashboard_saves_then_exits(workdir, signum, code, reason):
     """The dashboard in a real pseudo-terminal, training; then `kill` or a dropped session."""
     import os

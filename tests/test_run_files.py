@@ -12,14 +12,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
 from ollama_helpers import LiveServer, make_run
-from run_cli import ENV, h2q
+from run_cli import h2q
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_bad_input import TEXT, assert_user_error, cli_in_process
@@ -83,7 +82,7 @@ def as_dtype(dtype):
 # ----------------------------------------------------------------------------- paths in a run
 @pytest.mark.parametrize("name", ["run/checkpoints/latest", "run/checkpoints"])
 def test_resume_of_a_path_inside_the_run_continues_that_run(run, workdir, name):
-    result = h2q("--no-ui", "--resume", name, "--max-steps", "6", cwd=workdir)
+    result = cli_in_process(workdir, "--no-ui", "--resume", name, "--max-steps", "6")
     assert result.returncode == 0, result.stderr
     assert latest_step(run) == 6
     started = [r for r in records(run) if r["event"] == "run_started"][-1]
@@ -97,7 +96,7 @@ def test_a_path_inside_a_run_in_use_is_refused_naming_the_holder(workdir):
     proc = start_long_run(workdir, "run")
     try:
         for name in ("run/checkpoints/latest", "run/checkpoints"):
-            result = h2q("--no-ui", "--resume", name, "--max-steps", "3", cwd=workdir)
+            result = cli_in_process(workdir, "--no-ui", "--resume", name, "--max-steps", "3")
             assert_user_error(result, "in use", f"PID {proc.pid}")
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -154,8 +153,8 @@ def test_a_fresh_run_on_a_full_tmpfs_is_one_line_and_leaves_nothing(workdir):
                     filler.write(b"\0" * 4096)
             except OSError:
                 pass
-        result = h2q("--no-ui", "--preset", "tiny", "--data", "data.txt",
-                     "--run-dir", "small/run", "--max-steps", "2", cwd=workdir)  # fmt: skip
+        result = cli_in_process(workdir, "--no-ui", "--preset", "tiny", "--data", "data.txt",
+                                "--run-dir", "small/run", "--max-steps", "2")  # fmt: skip
         assert_user_error(result, "disk full")
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]
     finally:
@@ -233,6 +232,7 @@ def test_weights_that_cannot_compute_are_refused_at_load(run, workdir, kind, com
 
 
 def test_unusable_weights_through_the_real_cli(run, workdir):
+    """The one family of these cases that runs ``python -m h2q_tui`` in a subprocess."""
     folder = run / "checkpoints" / "step_00000004"
     rewrite_weights(folder / "model.safetensors", too_large)
     for args in (("generate", str(folder), "--prompt", "the"), ("hotstart", str(folder))):
@@ -241,14 +241,14 @@ def test_unusable_weights_through_the_real_cli(run, workdir):
 
 def test_a_run_whose_latest_diverged_falls_back_saying_which(run, workdir):
     rewrite_weights(run / "checkpoints" / "step_00000004" / "model.safetensors", with_nan)
-    result = h2q("generate", "run", "--prompt", "the", "--max-new-tokens", "4", cwd=workdir)
+    result = cli_in_process(workdir, "generate", "run", "--prompt", "the", "--max-new-tokens", "4")
     assert result.returncode == 0, result.stderr
     assert "NaN or Inf" in result.stderr and "using step_00000002" in result.stderr
 
 
 def test_crystallized_integer_tensors_still_load(run, workdir):
-    result = h2q("crystallize", "run", "--method", "int8", "--data", "data.txt",
-                 "--windows", "2", cwd=workdir)  # fmt: skip
+    result = cli_in_process(workdir, "crystallize", "run", "--method", "int8", "--data",
+                            "data.txt", "--windows", "2")  # fmt: skip
     assert result.returncode == 0, result.stderr
     result = cli_in_process(workdir, "generate", "run/crystal/int8", "--prompt", "the",
                             "--max-new-tokens", "4")  # fmt: skip
@@ -278,7 +278,7 @@ def test_a_step_folder_linked_to_outside_the_run_is_never_used(run, workdir):
     step4 = run / "checkpoints" / "step_00000004"
     os.rename(step4, outside)
     step4.symlink_to(outside, target_is_directory=True)
-    result = h2q("generate", "run", "--prompt", "the", "--max-new-tokens", "2", cwd=workdir)
+    result = cli_in_process(workdir, "generate", "run", "--prompt", "the", "--max-new-tokens", "2")
     assert result.returncode == 0, result.stderr
     assert "outside" in result.stderr and "using step_00000002" in result.stderr
     result = cli_in_process(workdir, "--no-ui", "--resume", "run/checkpoints/step_00000004",
@@ -308,20 +308,17 @@ def test_a_foreign_latest_file_is_never_echoed(run, workdir):
 
 # ----------------------------------------------------------------------------- files we write
 def test_every_file_of_a_run_gets_the_umask_mode(workdir):
-    def umask_002():
-        os.umask(0o002)
-
-    command = [sys.executable, "-m", "h2q_tui", "--no-ui", "--preset", "tiny", "--data",
-               "data.txt", "--run-dir", "run", "--max-steps", "2",
-               "--set", "log.checkpoint_interval=1"]  # fmt: skip
-    result = subprocess.run(command, cwd=workdir, env=ENV, capture_output=True, text=True,
-                            timeout=300, preexec_fn=umask_002)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    crystallize = [sys.executable, "-m", "h2q_tui", "crystallize", "run", "--method", "int8",
-                   "--data", "data.txt", "--windows", "2"]  # fmt: skip
-    result = subprocess.run(crystallize, cwd=workdir, env=ENV, capture_output=True, text=True,
-                            timeout=300, preexec_fn=umask_002)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    previous = os.umask(0o002)  # this process's: the commands run in it
+    try:
+        result = cli_in_process(workdir, "--no-ui", "--preset", "tiny", "--data", "data.txt",
+                                "--run-dir", "run", "--max-steps", "2",
+                                "--set", "log.checkpoint_interval=1")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        result = cli_in_process(workdir, "crystallize", "run", "--method", "int8",
+                                "--data", "data.txt", "--windows", "2")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    finally:
+        os.umask(previous)
     modes = {
         str(p.relative_to(workdir)): oct(p.stat().st_mode & 0o777)
         for p in (workdir / "run").rglob("*")

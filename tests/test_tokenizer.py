@@ -1,11 +1,12 @@
-"""--tokenizer: a BPE tokenizer.json trained here on a local file (nothing fetched)."""
+"""--tokenizer: a BPE tokenizer.json trained here on a local file (nothing fetched); the CLI's
+entry point runs in this process (test_bad_input runs each family of commands as a subprocess)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from run_cli import h2q
+from run_cli import h2q_in_process
 
 SMALL = [
     "--set",
@@ -54,7 +55,7 @@ def test_bpe_model_trains_evaluates_and_keeps_its_tokenizer(tmp_path, text_file,
         tokenizer.decode(tokenizer.encode(sample).tolist()) == sample
     )  # byte-level BPE is lossless
     assert tokenizer.encode(sample).numel() < len(sample)
-    trained = h2q(
+    trained = h2q_in_process(
         "--no-ui",
         "--preset",
         "hamiltonian-llm",
@@ -73,7 +74,9 @@ def test_bpe_model_trains_evaluates_and_keeps_its_tokenizer(tmp_path, text_file,
     )
     assert trained.returncode == 0, trained.stderr
     assert list((tmp_path / "run" / "checkpoints").glob("step_*/tokenizer.json"))
-    result = h2q("eval", "run", "--data", str(text_file), "--windows", "10", cwd=tmp_path)
+    result = h2q_in_process(
+        "eval", "run", "--data", str(text_file), "--windows", "10", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "windows of 32 tokens" in result.stdout
     assert 0 < float(result.stdout.strip().splitlines()[-1].removeprefix("bpb=")) < 12
@@ -86,7 +89,7 @@ def test_bad_tokenizer_is_one_line_exit_2(tmp_path, text_file, tokenizer_file, c
         "too-small-vocab": tokenizer_file,
         "not-json": text_file,
     }[case]
-    result = h2q(
+    result = h2q_in_process(
         "--no-ui",
         "--preset",
         "hamiltonian-llm",
