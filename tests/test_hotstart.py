@@ -129,7 +129,7 @@ def test_fast_loader_refuses_a_file_that_does_not_match(tmp_path) -> None:
         fast.assign_weights(info, fast.build_unfilled(info), tensors)
 
 
-def test_fast_loader_takes_the_normal_path_for_a_crystallized_checkpoint(tmp_path, capsys):
+def test_fast_loader_checks_a_crystallized_checkpoint_beside_its_load(tmp_path, capsys):
     from h2q_tui.cli.crystallize import main as crystallize
 
     run = save_small(tmp_path, "gpt")
@@ -147,8 +147,12 @@ def test_fast_loader_takes_the_normal_path_for_a_crystallized_checkpoint(tmp_pat
     )
     for name, tensor in normal.state_dict().items():
         assert torch.equal(fast.state_dict()[name], tensor), name
+    for (name, module), other in zip(normal.named_modules(), fast.modules(), strict=True):
+        if hasattr(module, "weight") and not isinstance(module.weight, torch.Tensor):
+            assert torch.equal(module.weight.decoded(), other.weight.decoded()), name  # packed
     _, _, _, times = phases.load_for_first_token(folder, "Once", rate_tokens=4)
-    assert "build" in times.phases and "read" in times.phases and "assign" not in times.phases
+    assert {"info", "read", "build", "assign"} <= set(times.phases)
+    assert "verify" in times.overlapped  # the checksum pass ran beside the load
 
 
 # ----------------------------------------------------------------------------- phases

@@ -251,3 +251,17 @@ def test_hotstarts_naive_anchor_of_a_crystal_holds_every_float_weight(crystals, 
     float_model = checkpoints.load_model_from(info, dequantize=True)
     assert set(state) == set(float_model.state_dict())  # the naive path loads it strictly
     assert state["blocks.0.attn.c_attn.weight"].dtype == torch.float32
+
+
+def test_a_flipped_code_is_caught_by_the_fast_paths_overlapped_check(crystals, tmp_path):
+    import shutil
+
+    folder = tmp_path / "flipped"
+    shutil.copytree(crystals["gpt", "int8"], folder)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0x01  # a byte of the last stored tensor: its checksum no longer matches
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="checksum|corrupt|damaged") as err:
+        checkpoints.load_checkpoint(folder, "fast")
+    assert "\n" not in str(err.value)

@@ -83,7 +83,7 @@ def build_unfilled(info: CheckpointInfo) -> nn.Module | None:
 def read_tensors(
     info: CheckpointInfo, device: torch.device | str | None = None
 ) -> dict[str, torch.Tensor]:
-    """Every tensor of a plain (not crystallized) checkpoint, memory-mapped by safetensors.
+    """Every tensor of a checkpoint file (plain or crystallized), memory-mapped by safetensors.
 
     ``device``: where the tensors are put (default the CPU). Raises a one-line UserError for
     a damaged file.

@@ -179,14 +179,16 @@ def load_weights(
     model: nn.Module,
     device: torch.device | str | None = None,
     dequantize: bool = False,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Load the checkpoint's weights into ``model`` (strict: same names, same shapes).
 
     A crystallized checkpoint is read on ``device`` (default the CPU); there its integer
-    matrices stay integers unless ``dequantize`` (:mod:`~h2q_tui.checkpoints.crystal_weights`).
+    matrices stay integers unless ``dequantize`` (:mod:`~h2q_tui.checkpoints.crystal_weights`);
+    ``tensors``: a crystallized file's tensors already mapped by the caller.
     """
     if info.crystal is not None:
-        _load_crystallized(info, model, device or "cpu", dequantize)
+        _load_crystallized(info, model, device or "cpu", dequantize, tensors)
         return
     try:
         with safe_open(str(info.weights), framework="pt") as handle:
@@ -225,12 +227,12 @@ def load_weights(
         )
 
 
-def _load_crystallized(info: CheckpointInfo, model: nn.Module, device, dequantize: bool) -> None:
+def _load_crystallized(info: CheckpointInfo, model: nn.Module, device, dequantize, tensors) -> None:
     """Read a crystallized file on ``device`` and load it strictly into ``model``: on the CPU
     its integer matrices stay integers (``crystal_weights.pack``), else all decoded to float."""
     pack = crystal_weights.wanted(device, dequantize)
     try:
-        state_dict, _, records = stored.decode_file(info.weights, device, pack=pack)
+        state_dict, _, records = stored.decode_file(info.weights, device, pack, tensors)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise UserError(
             f"checkpoint {info.weights} is a corrupt crystallized file ({first_sentence(exc)})"

@@ -194,7 +194,7 @@ def _load(
     """The model in eval mode; with ``overlap`` (the fast path from a path) the checksum pass
     may still be running (``Loaded.pending``), else it ran first (``read_info``)."""
     if overlap and not isinstance(source, CheckpointInfo):
-        started = _load_overlapped(source, clock)
+        started = _load_overlapped(source, clock, dequantize)
         if started is not None:
             return started
     info = source if isinstance(source, CheckpointInfo) else read_info(source)
@@ -250,14 +250,29 @@ def _fill(
     return model, normal
 
 
-def _load_overlapped(source: str | Path, clock: timing.Clock) -> Loaded | None:
+def _crystal_overlapped(info, tensors, check, tokenizer, clock, dequantize) -> Loaded | None:
+    """A crystallized file's model from its mapped tensors while ``check`` sums them."""
+    unfilled = fast.build_unfilled(info)
+    model = unfilled if unfilled is not None else build_model_of(info)
+    clock.lap("build")
+    try:
+        load_weights(info, model, None, dequantize, tensors)
+    except UserError:
+        if check.wait() is not None:
+            return None  # a damaged file: refused (or skipped) by the verified path
+        raise
+    clock.lap("assign")
+    return Loaded(info, model.eval(), tokenizer, pending=check)
+
+
+def _load_overlapped(source: str | Path, clock: timing.Clock, dequantize: bool) -> Loaded | None:
     """The fast load with its checksum pass on a thread beside it, or None where the
     verified path must be taken: no candidate to try unverified (a run dir without a
-    usable ``latest``), a crystallized file, metadata or a file the loader refuses (the
-    verified path says what is wrong, in the words every command uses)."""
+    usable ``latest``), metadata or a file the loader refuses (the verified path says what
+    is wrong, in the words every command uses)."""
     try:
         info = read_info_unverified(source)
-        if info is None or info.crystal is not None:
+        if info is None:
             return None
         tokenizer = tokenizer_of(info)
         clock.lap("info")
@@ -266,6 +281,8 @@ def _load_overlapped(source: str | Path, clock: timing.Clock) -> Loaded | None:
         return None
     check = BackgroundCheck(info.weights, tensors)  # sums the very tensors the model gets
     clock.lap("read")
+    if info.crystal is not None:
+        return _crystal_overlapped(info, tensors, check, tokenizer, clock, dequantize)
     try:  # a builder that needs its init: verified first, then the normal path
         model, normal = _fill(info, tensors, clock, before_init=lambda: _confirm(check, clock))
     except ChecksumFailed:

@@ -113,13 +113,18 @@ def config_overrides(crystal: CrystalOrigin) -> dict[str, Any]:
 
 
 def decode_file(
-    weights: Path, device: torch.device | str = "cpu", pack: bool = False
+    weights: Path,
+    device: torch.device | str = "cpu",
+    pack: bool = False,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Read a crystallized safetensors file onto ``device`` and decode it: (state_dict,
     overrides, the layout's tensor records).
 
     ``pack``: matrices stored by one integer codec stay integers
-    (:class:`~h2q_tui.codecs.packed.PackedWeight`, see :func:`decode_state_dict`). Raises
+    (:class:`~h2q_tui.codecs.packed.PackedWeight`, see :func:`decode_state_dict`).
+    ``tensors``: the file's tensors already read (memory-mapped, on the CPU) by the caller,
+    which then only the header is read for. Raises
     CrystalFormatError (a ValueError) for a layout that does not match its tensors, and
     whatever safetensors raises for an unreadable file.
     """
@@ -127,6 +132,7 @@ def decode_file(
         metadata = handle.metadata() or {}
         if not is_crystallized(metadata):
             raise CrystalFormatError(f"{weights} is not a crystallized file")
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        if tensors is None:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     state_dict, overrides = decode_state_dict(tensors, metadata, pack)
     return state_dict, overrides, read_layout(metadata)["tensors"]
