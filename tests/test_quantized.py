@@ -102,8 +102,9 @@ def test_packed_weights_keep_the_files_codes_and_decode_as_the_codec_does():
     assert torch.equal(
         packed.from_stored(stored6, meta6).decoded(), decode_group_int(stored6, meta6)
     )
-    joined = packed.concatenate([weight, weight.rows(0, 5)])
-    assert joined.shape == (53, 96) and torch.equal(joined.decoded()[48:], weight.decoded()[:5])
+    other = packed.quantize(torch.randn(5, 96), "int8")
+    joined = packed.concatenate([weight, other])
+    assert joined.shape == (53, 96) and torch.equal(joined.decoded()[48:], other.decoded())
 
 
 def test_what_the_kernels_cannot_take_is_not_packable():

@@ -209,10 +209,7 @@ def _load(
         del state
         clock.lap("assign")
     elif method == "plain" or info.crystal is not None:
-        # a crystallized file fills every weight: its model needs no random init, and the
-        # float weights its integer matrices replace are never touched (never resident)
-        unfilled = fast.build_unfilled(info) if info.crystal is not None else None
-        model = unfilled if unfilled is not None else build_model_of(info)
+        model = _crystal_model(info) if info.crystal is not None else build_model_of(info)
         clock.lap("build")
         if device is not None:
             model = model.to(device)
@@ -250,10 +247,17 @@ def _fill(
     return model, normal
 
 
+def _crystal_model(info: CheckpointInfo) -> nn.Module:
+    """The model a crystallized file fills: every weight comes from the file, so it is built
+    without random init, and the float weights its integer matrices replace are never touched
+    (never resident); a builder that needs its init is built the normal way."""
+    unfilled = fast.build_unfilled(info)
+    return unfilled if unfilled is not None else build_model_of(info)
+
+
 def _crystal_overlapped(info, tensors, check, tokenizer, clock, dequantize) -> Loaded | None:
     """A crystallized file's model from its mapped tensors while ``check`` sums them."""
-    unfilled = fast.build_unfilled(info)
-    model = unfilled if unfilled is not None else build_model_of(info)
+    model = _crystal_model(info)
     clock.lap("build")
     try:
         load_weights(info, model, None, dequantize, tensors)

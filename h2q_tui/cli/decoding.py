@@ -23,11 +23,11 @@ def load_for_decoding(args: argparse.Namespace):
     check_threads(args.threads)
     args.thread_choice = use_decoding_threads(args.threads)
     device = hardware.resolve_device(args.device)
-    dequantize = getattr(args, "dequantize", False) or device.type != "cpu"  # CPU kernels
-    loaded = checkpoints.load_checkpoint(args.checkpoint, dequantize=dequantize)
+    dequantize = getattr(args, "dequantize", False)
+    loaded = checkpoints.load_checkpoint(args.checkpoint, device=device, dequantize=dequantize)
     check_output(loaded.model)  # weights that overflow: refused here, before anything is printed
     say_note(loaded.info, loaded.model)
-    return loaded.info, loaded.model.to(device), Codec(loaded.tokenizer)
+    return loaded.info, loaded.model, Codec(loaded.tokenizer)
 
 
 def check_threads(threads: int | None) -> None:

@@ -91,8 +91,7 @@ def main(argv: list[str]) -> int:
     _check(args)
     device = hardware.resolve_device(args.device)
     info = checkpoints.read_info(args.checkpoint)
-    dequantize = args.dequantize or device.type != "cpu"  # the integer kernels are CPU code
-    model = checkpoints.load_checkpoint(info, device=device, dequantize=dequantize).model
+    model = checkpoints.load_checkpoint(info, device=device, dequantize=args.dequantize).model
     say_note(info, model)
     path = Path(args.data)
     raw, data, unit, bytes_per_token = _read_tokens(path, info)

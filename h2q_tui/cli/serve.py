@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
         queue=args.queue,
         max_predict=args.max_predict,
         device=device,
-        dequantize=args.dequantize or device.type != "cpu",
+        dequantize=args.dequantize,
     )
     app = make_app(registry, config)
     print(

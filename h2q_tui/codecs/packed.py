@@ -92,16 +92,6 @@ class PackedWeight:
         decoded = decode_group_int(parts, {**meta, "group": self.group})
         return decoded.reshape(rows, -1)
 
-    def rows(self, start: int, stop: int) -> PackedWeight:
-        """Rows [start, stop) as a packed weight of their own (views, no copy)."""
-        groups_per_row = self.shape[1] // self.group if self.group else 1
-        parts = {
-            key: value[start:stop] if value.ndim == 2 else
-            value[start * groups_per_row : stop * groups_per_row]
-            for key, value in self.parts.items()
-        }  # fmt: skip
-        return PackedWeight(self.codec, (stop - start, self.shape[1]), parts, self.group)
-
 
 def packable(meta: Mapping[str, Any] | None) -> bool:
     """Whether a layout record is one integer codec on a matrix the kernels take."""

@@ -1,8 +1,9 @@
 """Integer matrix products for crystallized weights, computed on the stored codes.
 
-``int8_rows`` and ``code_groups`` call the C kernels of ``products.c`` (built once per machine,
-:mod:`h2q_kernels.quantized.build`); ``reference_int8_rows`` and ``reference_code_groups`` are
-the same arithmetic in torch, readable and slow, that the tests hold the kernels to.
+``int8_product`` and ``groups_product`` bind one weight to the C kernels of ``products.c``
+(built once per machine, :mod:`h2q_kernels.quantized.build`) as a :class:`Product`;
+``reference_int8_rows`` and ``reference_code_groups`` are the same arithmetic in torch,
+readable and slow, that the tests hold the kernels to.
 
 The activations are rounded to int8 per block of 32 values (scale absmax / 127 a block), so
 the products differ from a float product with the decoded weights by at most half a step of
@@ -24,10 +25,8 @@ __all__ = [
     "Library",
     "activation_blocks",
     "Product",
-    "code_groups",
     "groups_product",
     "int8_product",
-    "int8_rows",
     "library",
     "reference_code_groups",
     "reference_int8_rows",
@@ -91,16 +90,6 @@ def groups_product(
     return Product(handle.h2q_code_groups, (codes, scale, mins), fixed, codes.shape[0])
 
 
-def int8_rows(x, q, scale, bias=None, threads: int = 1) -> torch.Tensor:
-    """x (…, K) · (q · scale)ᵀ + bias in one call (see :func:`int8_product`)."""
-    return int8_product(q, scale)(x, bias, threads)
-
-
-def code_groups(x, codes, nibbles, scale, mins, group, bias=None, threads: int = 1):
-    """x (…, K) · (min + codes · scale)ᵀ + bias in one call (see :func:`groups_product`)."""
-    return groups_product(codes, nibbles, scale, mins, group)(x, bias, threads)
-
-
 def activation_blocks(x: torch.Tensor) -> torch.Tensor:
     """x as the kernels see it: rounded to int8 per block of 32 along the last dimension."""
     blocks = x.float().reshape(*x.shape[:-1], -1, BLOCK)
@@ -110,13 +99,13 @@ def activation_blocks(x: torch.Tensor) -> torch.Tensor:
 
 
 def reference_int8_rows(x, q, scale, bias=None) -> torch.Tensor:
-    """:func:`int8_rows` in torch: the decoded weight against the int8-block activations."""
+    """:func:`int8_product` in torch: the decoded weight against the int8-block activations."""
     weight = q.float() * scale.float()[:, None]
     return torch.nn.functional.linear(activation_blocks(x), weight, bias)
 
 
 def reference_code_groups(x, codes, nibbles, scale, mins, group, bias=None) -> torch.Tensor:
-    """:func:`code_groups` in torch, with the exact sums of x carrying the groups' minimums."""
+    """:func:`groups_product` in torch, with the exact sums of x carrying the groups' minimums."""
     rows = codes.shape[0]
     if nibbles:
         low, high = codes & 0x0F, codes >> 4
