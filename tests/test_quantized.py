@@ -266,3 +266,95 @@ def test_a_flipped_code_is_caught_by_the_fast_paths_overlapped_check(crystals, t
     with pytest.raises(UserError, match="checksum|corrupt|damaged") as err:
         checkpoints.load_checkpoint(folder, "fast")
     assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- one-call step
+def stepped_logits(model, tokens: list[int], prompt: int, fused: bool, monkeypatch) -> torch.Tensor:
+    """Logits after each token past the prompt, the prompt in one step, the rest one a step."""
+    from h2q_tui.generation import steps_transformer
+
+    monkeypatch.setattr(steps_transformer, "FUSED", fused)
+    program = step_program(model)
+    assert program is not None and program.fused is not None
+    rows = []
+    with torch.inference_mode():
+        program.run(tokens[:prompt], 0)
+        for position in range(prompt, len(tokens)):
+            rows.append(program.run(tokens[position : position + 1], position)[0].clone())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("family", ["gpt", "qrlm"])
+def test_the_one_call_step_computes_what_the_torch_step_does(crystals, family, monkeypatch):
+    """The C step (decode_step.c) against the torch step program it replaces for one new
+    token, step by step. fp32 weights: float rounding apart (1e-5 relative each step), the
+    same greedy tokens. Packed weights: the two paths' x differ in their last bits, so now
+    and then one activation lands on the other side of an int8 rounding step (measured:
+    one step in 23 at 2 % on these random tiny models, the rest ≤ 1e-5): the median step
+    within 1e-4 and every step within the int8-activation tolerance."""
+    from h2q_kernels.hamiltonian.layer import frozen_weights
+
+    torch.set_num_threads(1)
+    tokens = torch.randint(0, 256, (30,), generator=torch.Generator().manual_seed(5)).tolist()
+    config = resolve("tiny", [f'model.family="{family}"'])
+    torch.manual_seed(2)
+    plain = build_model(config.model).eval()
+    with frozen_weights(plain):
+        fused = stepped_logits(plain, tokens, 7, True, monkeypatch)
+        torch_step = stepped_logits(plain, tokens, 7, False, monkeypatch)
+    per_step = (fused - torch_step).norm(dim=-1) / torch_step.norm(dim=-1)
+    assert float(per_step.max()) <= 1e-5, per_step
+    assert torch.equal(fused.argmax(-1), torch_step.argmax(-1))
+    for method in METHODS:
+        model = checkpoints.load_checkpoint(crystals[family, method]).model
+        fused = stepped_logits(model, tokens, 7, True, monkeypatch)
+        torch_step = stepped_logits(model, tokens, 7, False, monkeypatch)
+        per_step = (fused - torch_step).norm(dim=-1) / torch_step.norm(dim=-1)
+        assert float(per_step.median()) <= 1e-4, (method, per_step)
+        assert float(per_step.max()) <= TOLERANCE[family in DENSE], (method, per_step)
+
+
+def test_a_steered_block_takes_the_torch_step(crystals):
+    """Steering hooks run in Python: a steered model's new tokens go through the torch step,
+    and the steering changes them."""
+    model = checkpoints.load_checkpoint(crystals["gpt", "int8"]).model
+    program = step_program(model)
+    with torch.inference_mode():
+        program.run([1, 2, 3], 0)
+        plain = program.run([4], 3)[0].clone()
+        handle = program.blocks[1].register_forward_pre_hook(lambda block, args: (args[0] * 3,))
+        try:
+            steered = program.run([4], 3)[0].clone()
+        finally:
+            handle.remove()
+        again = program.run([4], 3)[0]
+    assert not torch.allclose(plain, steered)
+    assert torch.allclose(plain, again)
+
+
+def test_the_one_call_step_refuses_what_it_cannot_read():
+    from h2q_kernels.quantized import step
+
+    with pytest.raises(ValueError, match="fp32"):
+        step.dense(torch.zeros(8, 32, dtype=torch.bfloat16))
+    width, heads, context = 32, 2, 4
+    block = step.Block(
+        None, step.dense(torch.zeros(3 * width, width)), step.dense(torch.zeros(width, width)),
+        None, step.dense(torch.zeros(64, width)), step.dense(torch.zeros(width, 64)),
+        torch.zeros(2, heads, context, width // heads),
+    )  # fmt: skip
+    embedding = torch.randn(10, width)
+    decode = step.PreLNStep(
+        embedding, torch.zeros(context, width), [block], None, step.dense(embedding), heads
+    )
+    logits, hidden = decode(3, 0, 1)
+    assert torch.allclose(hidden, embedding[3]) and torch.allclose(logits, embedding @ embedding[3])
+    with pytest.raises(IndexError):
+        decode(10, 0, 1)
+    with pytest.raises(IndexError):
+        decode(3, context, 1)
+    wrong_cache = step.Block(*[getattr(block, f) for f in ("ln1", "qkv", "out", "ln2", "fc1", "fc2")],
+                             torch.zeros(2, heads, context + 1, width // heads))  # fmt: skip
+    with pytest.raises(ValueError, match="cache"):
+        step.PreLNStep(embedding, torch.zeros(context, width), [wrong_cache], None,
+                       step.dense(embedding), heads)  # fmt: skip

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from h2q_kernels import quantized
+from h2q_kernels.quantized import step
 from torch import nn
 from torch.nn import functional as F
 
@@ -72,6 +73,15 @@ class PackedWeight:
         return quantized.groups_product(
             self.parts["codes"], self.codec == "int4", self.parts["scale"], self.parts["min"],
             self.group,
+        )  # fmt: skip
+
+    def matrix(self, bias: torch.Tensor | None = None) -> step.Matrix:
+        """The weight and bias as the one-call decode step reads them."""
+        if self.codec == "int8":
+            return step.int8_rows(self.parts["q"], self.parts["scale"], bias)
+        return step.code_groups(
+            self.parts["codes"], self.codec == "int4", self.parts["scale"], self.parts["min"],
+            self.group, bias,
         )  # fmt: skip
 
     def decoded(self) -> torch.Tensor:
@@ -186,3 +196,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor | PackedWeight, bias=None) -> t
     if isinstance(weight, torch.Tensor):
         return F.linear(x, weight, bias)
     return weight.linear(x, bias)
+
+
+def kernel_matrix(weight: torch.Tensor | PackedWeight, bias=None) -> step.Matrix:
+    """A float or packed weight as the one-call decode step reads it (ValueError: it cannot)."""
+    if isinstance(weight, torch.Tensor):
+        return step.dense(weight, bias)
+    return weight.matrix(bias)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 from h2q_kernels.hamiltonian import HamLinear
+from h2q_kernels.quantized import step
 
-from h2q_tui.codecs.packed import PackedLinear, PackedWeight, concatenate, linear
+from h2q_tui.codecs.packed import PackedLinear, PackedWeight, concatenate, kernel_matrix, linear
 from h2q_tui.generation import steps
 from h2q_tui.generation.steps import (
     StepProgram,
@@ -21,6 +22,41 @@ from h2q_tui.generation.steps import (
 from h2q_tui.models.gpt import GPT
 from h2q_tui.models.microstream import MicroStream
 from h2q_tui.models.qrlm import QRLM
+
+
+FUSED = True  # read at each step: benchmarks/generation.py --levers turns the C step off
+
+
+def fused_step(program: StepProgram, head: tuple) -> step.PreLNStep | None:
+    """The whole token step of a pre-LN program (GPT, QRLM) as one C call, over the program's
+    own weights and caches; None where the kernels cannot take it (another device or dtype,
+    no compiler): the torch step runs then."""
+    if program.device.type != "cpu":
+        return None
+    try:
+        blocks = [
+            step.Block(ln_1, kernel_matrix(*qkv), kernel_matrix(*out), ln_2,
+                       kernel_matrix(*fc_1), kernel_matrix(*fc_2), kv)  # fmt: skip
+            for (ln_1, qkv, out, ln_2, fc_1, fc_2), kv in zip(program.layers, program.kv, strict=True)
+        ]
+        return step.PreLNStep(
+            program.embedding, program.positions, blocks, program.final, kernel_matrix(*head),
+            program.n_heads,
+        )  # fmt: skip
+    except ValueError:
+        return None
+
+
+def run_pre_ln(program: StepProgram, tokens: list[int], offset: int, head: tuple):
+    """(logits (V,), hidden (C,)): one new token in one C call where the program has the fused
+    step and no block is steered, else through :func:`pre_ln_blocks` in torch."""
+    if (
+        FUSED and program.fused is not None and len(tokens) == 1
+        and not any(block._forward_pre_hooks for block in program.blocks)
+    ):  # fmt: skip
+        return program.fused(tokens[0], offset, torch.get_num_threads())
+    hidden = pre_ln_blocks(program, tokens, offset)
+    return linear(hidden, *head), hidden
 
 
 def pre_ln_blocks(program: StepProgram, tokens: list[int], offset: int) -> torch.Tensor:
@@ -57,11 +93,11 @@ class GPTStep(StepProgram):
             for b in self.blocks
         ]
         self.kv = [self.kv_cache(self.n_heads, model.config.d_model) for _ in self.blocks]
-        self.final, self.head = layer_norm_args(model.ln_f), model.lm_head.weight
+        self.final, self.head = layer_norm_args(model.ln_f), (model.lm_head.weight,)
+        self.fused = fused_step(self, self.head)
 
     def run(self, tokens: list[int], offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = pre_ln_blocks(self, tokens, offset)
-        return linear(hidden, self.head), hidden
+        return run_pre_ln(self, tokens, offset, self.head)
 
 
 def _frozen(layer: HamLinear | PackedLinear) -> tuple[torch.Tensor | PackedWeight, torch.Tensor]:
@@ -150,7 +186,7 @@ class QRLMStep(StepProgram):
         ]
         self.kv = [self.kv_cache(self.n_heads, model.config.d_model) for _ in self.blocks]
         self.final, self.head = layer_norm_args(model.norm), (model.head.weight, model.head.bias)
+        self.fused = fused_step(self, self.head)
 
     def run(self, tokens: list[int], offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = pre_ln_blocks(self, tokens, offset)
-        return linear(hidden, *self.head), hidden
+        return run_pre_ln(self, tokens, offset, self.head)

@@ -1,4 +1,4 @@
-"""Compile ``products.c`` once per machine with the system C compiler and load it with ctypes.
+"""Compile ``products.c`` and ``decode_step.c`` once per machine with the system C compiler and load it with ctypes.
 
 The library is built for this CPU (``-march=native``: AVX2 and F16C where the CPU has them, a
 portable loop otherwise) into the cache folder, under a name that hashes the source, the
@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("products.c")
+FOLDER = Path(__file__).parent
+SOURCES = (FOLDER / "products.c", FOLDER / "decode_step.c")
+HEADERS = (FOLDER / "products.h",)
 FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
     ["-O3", "-march=native"],
@@ -85,7 +87,7 @@ def _compile(compiler: str, target: Path) -> str:
     for flags in FLAG_SETS:
         handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(handle)
-        command = [compiler, *flags, "-fPIC", "-shared", "-o", temporary, str(SOURCE), "-lm"]
+        command = [compiler, *flags, "-fPIC", "-shared", "-o", temporary, *map(str, SOURCES), "-lm"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -106,6 +108,8 @@ def _bind(handle: ctypes.CDLL) -> None:
     handle.h2q_int8_rows.restype = i32
     handle.h2q_code_groups.argtypes = [p, i64, i64, p, i32, p, p, i64, i64, p, p, i32]
     handle.h2q_code_groups.restype = i32
+    handle.h2q_pre_ln_token.argtypes = [p, i64, i64, p, p, i32]
+    handle.h2q_pre_ln_token.restype = i32
 
 
 @cache
@@ -117,7 +121,8 @@ def library() -> Library:
     if compiler is None:
         return Library(None, "not built: no C compiler (cc, gcc or clang) on PATH")
     key = hashlib.sha256(
-        "\n".join([SOURCE.read_text(), _version(compiler), _cpu_flags()]).encode()
+        "\n".join([*(f.read_text() for f in SOURCES + HEADERS), _version(compiler), _cpu_flags()])
+        .encode()
     ).hexdigest()[:16]
     target = cache_folder() / f"h2q-products-{key}.so"
     if not target.is_file():

@@ -20,7 +20,7 @@
 #include <immintrin.h>
 #endif
 
-#define BLOCK 32
+#include "products.h"
 
 static float half_to_float(uint16_t h) {
 #ifdef __F16C__
@@ -183,6 +183,73 @@ static float dot_code_row(const uint8_t *codes, int nibbles, const uint16_t *sca
 #endif
 }
 
+#ifdef __AVX2__
+/* Up to 8 fp16 values from p as floats; lanes past ``count`` are zero, or whatever follows
+ * in memory where ``spare`` says at least 7 more values follow p[count − 1] (one 16-byte
+ * load is then in bounds; the caller multiplies those lanes by zeros). */
+static inline __m256 load_halves(const uint16_t *p, int count, int spare) {
+    if (count == 8 || spare) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    uint16_t padded[8] = {0};
+    memcpy(padded, p, sizeof(uint16_t) * (size_t)count);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)padded));
+}
+#endif
+
+/* One row of int4/5/6 codes in groups of 32 (a group is one block), minimums included:
+ * Σ_b scale[b] · dx[b] · Σ_k codes[k] · xq[k] + min[b] · xs[b]. Blocks go eight at a time:
+ * their scales and minimums are one vector each (no scalar fp16 conversions), and each
+ * block's step is taken from that vector. dx and xs must hold zeros from ``blocks`` up to
+ * the next multiple of 8 (lanes of another row's scales meet those zeros). */
+static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *scale, const uint16_t *mins,
+                          int64_t blocks, const int8_t *xq, const float *dx, const float *xs, int spare) {
+#ifdef __AVX2__
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), offsets = _mm256_setzero_ps();
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    for (int64_t c = 0; c < blocks; c += 8) {
+        int count = blocks - c < 8 ? (int)(blocks - c) : 8;
+        __m256 steps = _mm256_mul_ps(load_halves(scale + c, count, spare), _mm256_loadu_ps(dx + c));
+        offsets = _mm256_fmadd_ps(load_halves(mins + c, count, spare), _mm256_loadu_ps(xs + c), offsets);
+        int j = 0;
+        for (; j + 1 < count; j += 2) {
+            int64_t b = c + j;
+            __m256i c0, c1;
+            if (nibbles) {
+                __m256i bytes = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK / 2));
+                __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+                c0 = _mm256_permute2x128_si256(lo, hi, 0x20);
+                c1 = _mm256_permute2x128_si256(lo, hi, 0x31);
+            } else {
+                c0 = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
+                c1 = _mm256_loadu_si256((const __m256i *)(codes + (b + 1) * BLOCK));
+            }
+            __m256i a0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+            __m256i a1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
+            acc0 = _mm256_fmadd_ps(block_dot_u8(c0, a0), _mm256_permutevar8x32_ps(steps, _mm256_set1_epi32(j)), acc0);
+            acc1 = _mm256_fmadd_ps(block_dot_u8(c1, a1), _mm256_permutevar8x32_ps(steps, _mm256_set1_epi32(j + 1)), acc1);
+        }
+        if (j < count) {
+            int64_t b = c + j;
+            __m256i code;
+            if (nibbles) {
+                __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * BLOCK / 2));
+                const __m128i low = _mm_set1_epi8(0x0f);
+                code = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low), _mm_and_si128(bytes, low));
+            } else {
+                code = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
+            }
+            __m256i a = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+            acc0 = _mm256_fmadd_ps(block_dot_u8(code, a), _mm256_permutevar8x32_ps(steps, _mm256_set1_epi32(j)), acc0);
+        }
+    }
+    return hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), offsets));
+#else
+    (void)spare;
+    float total = dot_code_row(codes, nibbles, scale, blocks, 0, xq, dx);
+    for (int64_t b = 0; b < blocks; b++) total += half_to_float(mins[b]) * xs[b];
+    return total;
+#endif
+}
+
 /* Σ_g min[g] · (Σ x over group g): the groups' minimums against the exact sums of x. */
 static float min_terms(const uint16_t *mins, const float *group_sums, int64_t groups) {
     float total = 0.0f;
@@ -266,4 +333,79 @@ int h2q_code_groups(const float *x, int64_t T, int64_t K, const uint8_t *codes, 
     free(group_sums);
     release(&a);
     return 0;
+}
+
+/* Σ_k w[k] · x[k] of one fp32 row. */
+static float dot_dense(const float *w, const float *x, int64_t K) {
+    int64_t k = 0;
+    float total = 0.0f;
+#ifdef __AVX2__
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), acc1);
+    }
+    total = hsum(_mm256_add_ps(acc0, acc1));
+#endif
+    for (; k < K; k++) total += w[k] * x[k];
+    return total;
+}
+
+/* Scratch sizes: xq K bytes, dx / xs / group_sums K / 32 + 8 floats. */
+void h2q_matrix_vector(const H2QMatrix *m, const float *x, float *y, H2QScratch *s, int threads) {
+    int64_t N = m->rows, K = m->width, blocks = K / BLOCK;
+    const float *bias = m->bias;
+    (void)threads;
+    if (m->kind == H2Q_DENSE) {
+        const float *w = (const float *)m->weights;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N * K >= (1 << 18))
+        for (int64_t n = 0; n < N; n++) y[n] = dot_dense(w + n * K, x, K) + (bias ? bias[n] : 0.0f);
+        return;
+    }
+    if (m->kind == H2Q_INT8_ROWS) {
+        const int8_t *q = (const int8_t *)m->weights;
+        quantize_row(x, K, s->xq, s->dx, s->xs, 0);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N * K >= (1 << 18))
+        for (int64_t n = 0; n < N; n++)
+            y[n] = half_to_float(m->scale[n]) * dot_int8(q + n * K, s->xq, s->dx, blocks) + (bias ? bias[n] : 0.0f);
+        return;
+    }
+    int64_t G = m->group, groups = K / G, per_group = G / BLOCK, row_bytes = m->nibbles ? K / 2 : K;
+    int shift = 0;
+    while ((BLOCK << shift) < G) shift++;
+    const uint8_t *codes = (const uint8_t *)m->weights;
+    quantize_row(x, K, s->xq, s->dx, s->xs, (int)m->nibbles);
+    for (int64_t b = blocks; b < blocks + 8; b++) s->dx[b] = s->xs[b] = 0.0f; /* dot_groups32's padding */
+    for (int64_t g = 0; g < groups; g++) {
+        float sum = 0.0f;
+        for (int64_t j = 0; j < per_group; j++) sum += s->xs[g * per_group + j];
+        s->group_sums[g] = sum;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N * K >= (1 << 18))
+    for (int64_t n = 0; n < N; n++) {
+        if (shift == 0) {
+            y[n] = dot_groups32(codes + n * row_bytes, (int)m->nibbles, m->scale + n * groups, m->mins + n * groups,
+                                blocks, s->xq, s->dx, s->xs, (N - n - 1) * groups >= 7)
+                   + (bias ? bias[n] : 0.0f);
+            continue;
+        }
+        float total = dot_code_row(codes + n * row_bytes, (int)m->nibbles, m->scale + n * groups, blocks, shift,
+                                   s->xq, s->dx);
+        y[n] = total + min_terms(m->mins + n * groups, s->group_sums, groups) + (bias ? bias[n] : 0.0f);
+    }
+}
+
+/* y (N,) = W x (K,) + bias for one matrix, its scratch allocated here: 0, or -1 when memory
+ * ran out. What the decode step does per matrix, callable alone (tests, benchmarks). */
+int h2q_matrix_product(const H2QMatrix *m, const float *x, float *y, int threads) {
+    int64_t K = m->width, blocks = K / BLOCK + 8;
+    H2QScratch s = {malloc((size_t)K), malloc(sizeof(float) * (size_t)blocks), malloc(sizeof(float) * (size_t)blocks),
+                    malloc(sizeof(float) * (size_t)blocks)};
+    int status = -1;
+    if (s.xq && s.dx && s.xs && s.group_sums) {
+        h2q_matrix_vector(m, x, y, &s, threads);
+        status = 0;
+    }
+    free(s.xq); free(s.dx); free(s.xs); free(s.group_sums);
+    return status;
 }

@@ -1,0 +1,130 @@
+/* One decoding step of a pre-LN transformer (GPT, QRLM) in one call: the token's embedding
+ * through every block, the final norm and the head, for batch 1 and one new position.
+ *
+ * It computes what the step program in Python does (h2q_tui/generation/steps_transformer.py,
+ * pre_ln_blocks): per block x += out(attention(qkv(ln1(x)))); x += fc2(gelu(fc1(ln2(x)))),
+ * GELU exact (x · Φ(x)), attention over the keys and values cached at positions
+ * 0 … offset, the new key and value written at ``offset``. The caches are the Python
+ * program's own tensors, (2, nh, context, hs) fp32, so the two can take turns: a prompt goes
+ * through Python (many positions at once), each new token through here. Each matrix is an
+ * H2QMatrix (products.h): fp32, int8 rows or code groups, so one layout serves a float
+ * model and a crystallized one.
+ *
+ * Dimension legend: C the width, nh heads, hs = C / nh, F the MLP's width, V the vocabulary.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "products.h"
+
+/* A LayerNorm: ``normalize`` 0 is the identity (nn.Identity); weight and bias may be NULL. */
+typedef struct {
+    int64_t normalize;
+    const float *weight, *bias;
+    double eps;
+} H2QNorm;
+
+typedef struct {
+    H2QNorm ln1;
+    H2QMatrix qkv, out; /* (3C, C), (C, C) */
+    H2QNorm ln2;
+    H2QMatrix fc1, fc2; /* (F, C), (C, F) */
+    float *kv;          /* (2, nh, context, hs) */
+} H2QLayer;
+
+typedef struct {
+    int64_t width, heads, context, layers, widest; /* widest: max(C, F, 3C, V) */
+    const float *embedding;                        /* (V, C) */
+    const float *positions;                        /* (context, C) */
+    const H2QLayer *layer;
+    H2QNorm final;
+    H2QMatrix head; /* (V, C) */
+} H2QPreLN;
+
+static void norm(const H2QNorm *n, const float *x, float *y, int64_t C) {
+    if (!n->normalize) {
+        memcpy(y, x, sizeof(float) * (size_t)C);
+        return;
+    }
+    float mean = 0.0f, var = 0.0f;
+    for (int64_t i = 0; i < C; i++) mean += x[i];
+    mean /= (float)C;
+    for (int64_t i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
+    float inverse = 1.0f / sqrtf(var / (float)C + (float)n->eps);
+    for (int64_t i = 0; i < C; i++) {
+        float v = (x[i] - mean) * inverse;
+        if (n->weight) v *= n->weight[i];
+        if (n->bias) v += n->bias[i];
+        y[i] = v;
+    }
+}
+
+/* softmax(q kᵀ / sqrt(hs)) v for one query per head over positions 0 … end − 1. */
+static void attention(const float *qkv, const float *kv, int64_t heads, int64_t context, int64_t end,
+                      int64_t C, float *scores, float *y) {
+    int64_t hs = C / heads;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int64_t h = 0; h < heads; h++) {
+        const float *q = qkv + h * hs;
+        const float *keys = kv + h * context * hs, *values = kv + (heads + h) * context * hs;
+        float top = -INFINITY, total = 0.0f;
+        for (int64_t t = 0; t < end; t++) {
+            float s = 0.0f;
+            for (int64_t i = 0; i < hs; i++) s += q[i] * keys[t * hs + i];
+            scores[t] = s * scale;
+            top = scores[t] > top ? scores[t] : top;
+        }
+        for (int64_t t = 0; t < end; t++) {
+            scores[t] = expf(scores[t] - top);
+            total += scores[t];
+        }
+        float *out = y + h * hs;
+        memset(out, 0, sizeof(float) * (size_t)hs);
+        for (int64_t t = 0; t < end; t++) {
+            float p = scores[t] / total;
+            for (int64_t i = 0; i < hs; i++) out[i] += p * values[t * hs + i];
+        }
+    }
+}
+
+/* logits (V,) and the final hidden state (C,) after ``token`` at position ``offset``
+ * (< context); 0, or -1 when memory ran out. */
+int h2q_pre_ln_token(const H2QPreLN *m, int64_t token, int64_t offset, float *logits, float *hidden,
+                     int threads) {
+    int64_t C = m->width, W = m->widest, hs = C / m->heads;
+    float *x = malloc(sizeof(float) * (size_t)(4 * W + m->context));
+    H2QScratch s = {malloc((size_t)W), malloc(sizeof(float) * (size_t)W), malloc(sizeof(float) * (size_t)W),
+                    malloc(sizeof(float) * (size_t)W)};
+    if (!x || !s.xq || !s.dx || !s.xs || !s.group_sums) {
+        free(x); free(s.xq); free(s.dx); free(s.xs); free(s.group_sums);
+        return -1;
+    }
+    float *h = x + W, *wide = x + 2 * W, *y = x + 3 * W, *scores = x + 4 * W;
+    const float *e = m->embedding + token * C, *p = m->positions + offset * C;
+    for (int64_t i = 0; i < C; i++) x[i] = e[i] + p[i];
+    for (int64_t l = 0; l < m->layers; l++) {
+        const H2QLayer *L = m->layer + l;
+        norm(&L->ln1, x, h, C);
+        h2q_matrix_vector(&L->qkv, h, wide, &s, threads);
+        for (int64_t head = 0; head < m->heads; head++) { /* the new key and value, cached */
+            memcpy(L->kv + (head * m->context + offset) * hs, wide + C + head * hs, sizeof(float) * (size_t)hs);
+            memcpy(L->kv + ((m->heads + head) * m->context + offset) * hs, wide + 2 * C + head * hs,
+                   sizeof(float) * (size_t)hs);
+        }
+        attention(wide, L->kv, m->heads, m->context, offset + 1, C, scores, y);
+        h2q_matrix_vector(&L->out, y, h, &s, threads);
+        for (int64_t i = 0; i < C; i++) x[i] += h[i];
+        norm(&L->ln2, x, h, C);
+        h2q_matrix_vector(&L->fc1, h, wide, &s, threads);
+        for (int64_t i = 0; i < L->fc1.rows; i++) /* exact GELU: x · Φ(x) */
+            wide[i] = wide[i] * 0.5f * erfcf(-wide[i] * 0.70710678118654752f);
+        h2q_matrix_vector(&L->fc2, wide, h, &s, threads);
+        for (int64_t i = 0; i < C; i++) x[i] += h[i];
+    }
+    norm(&m->final, x, hidden, C);
+    h2q_matrix_vector(&m->head, hidden, logits, &s, threads);
+    free(x); free(s.xq); free(s.dx); free(s.xs); free(s.group_sums);
+    return 0;
+}
