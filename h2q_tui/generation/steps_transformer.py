@@ -23,7 +23,6 @@ from h2q_tui.models.gpt import GPT
 from h2q_tui.models.microstream import MicroStream
 from h2q_tui.models.qrlm import QRLM
 
-
 FUSED = True  # read at each step: benchmarks/generation.py --levers turns the C step off
 
 
@@ -35,9 +34,18 @@ def fused_step(program: StepProgram, head: tuple) -> step.PreLNStep | None:
         return None
     try:
         blocks = [
-            step.Block(ln_1, kernel_matrix(*qkv), kernel_matrix(*out), ln_2,
-                       kernel_matrix(*fc_1), kernel_matrix(*fc_2), kv)  # fmt: skip
-            for (ln_1, qkv, out, ln_2, fc_1, fc_2), kv in zip(program.layers, program.kv, strict=True)
+            step.Block(
+                ln_1,
+                kernel_matrix(*qkv),
+                kernel_matrix(*out),
+                ln_2,
+                kernel_matrix(*fc_1),
+                kernel_matrix(*fc_2),
+                kv,
+            )  # fmt: skip
+            for (ln_1, qkv, out, ln_2, fc_1, fc_2), kv in zip(
+                program.layers, program.kv, strict=True
+            )
         ]
         return step.PreLNStep(
             program.embedding, program.positions, blocks, program.final, kernel_matrix(*head),

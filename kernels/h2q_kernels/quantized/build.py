@@ -121,8 +121,9 @@ def library() -> Library:
     if compiler is None:
         return Library(None, "not built: no C compiler (cc, gcc or clang) on PATH")
     key = hashlib.sha256(
-        "\n".join([*(f.read_text() for f in SOURCES + HEADERS), _version(compiler), _cpu_flags()])
-        .encode()
+        "\n".join(
+            [*(f.read_text() for f in SOURCES + HEADERS), _version(compiler), _cpu_flags()]
+        ).encode()
     ).hexdigest()[:16]
     target = cache_folder() / f"h2q-products-{key}.so"
     if not target.is_file():
