@@ -37,7 +37,7 @@ from h2q_kernels.hamiltonian import frozen_weights
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from h2q_tui.config import resolve
-from h2q_tui.generation import decoder, sampling, steps
+from h2q_tui.generation import decoder, sampling, steps, steps_transformer
 from h2q_tui.generation.decoder import reference_decoding
 from h2q_tui.generation.generate import Generation
 from h2q_tui.generation.sampling import SamplingConfig
@@ -71,8 +71,9 @@ def products_alone_rate(model, repeats: int = 200) -> float:
     """tokens/s if a cached decoding step were nothing but its matrix products: one step's
     products after the prompt, on the model's own weight tensors (so the same memory traffic:
     at batch 1 each weight is read once per token), replayed back to back. The ceiling of
-    this machine for the model in fp32 on this thread count; the rest of a token's time is
-    everything else (small ops, Python, sampling)."""
+    this machine for the model in fp32 on this thread count with torch's products (recorded
+    from the torch step: the C step of the pre-LN families makes no torch calls); the rest of
+    a token's time is everything else (small ops, Python, sampling)."""
     prompt, recorder = list(PROMPT.encode()), ProductRecorder()
 
     def replay(times: int) -> None:
@@ -80,11 +81,16 @@ def products_alone_rate(model, repeats: int = 200) -> float:
             for func, args, kwargs in recorder.calls:
                 func(*args, **kwargs)
 
+    fused, steps_transformer.FUSED = steps_transformer.FUSED, False  # the torch step's products
+    try:
+        with torch.no_grad(), frozen_weights(model):
+            step = decoder.Decoder(model)
+            step(prompt)
+            with recorder:
+                step([*prompt, 32])
+    finally:
+        steps_transformer.FUSED = fused
     with torch.no_grad(), frozen_weights(model):
-        step = decoder.Decoder(model)
-        step(prompt)
-        with recorder:
-            step([*prompt, 32])
         with torch.inference_mode():  # the operands are the step program's inference tensors
             replay(10)  # warm-up
             started = time.perf_counter()
@@ -120,28 +126,32 @@ def generation(
     return run
 
 
-LEVERS = {  # name: (step program, fast sampling, inference_mode, the programs' GELU)
-    "today": (False, False, False, steps.exact_gelu),
-    "fast sampling": (False, True, False, steps.exact_gelu),
-    "step program": (True, False, False, steps.exact_gelu),
-    "both, F.gelu": (True, True, False, F.gelu),
-    "both (the default)": (True, True, False, steps.exact_gelu),
-    "both + inference_mode": (True, True, True, steps.exact_gelu),
+LEVERS = {  # name: (step program, fast sampling, inference_mode, the programs' GELU, C step)
+    "today": (False, False, False, steps.exact_gelu, False),
+    "fast sampling": (False, True, False, steps.exact_gelu, False),
+    "step program": (True, False, False, steps.exact_gelu, False),
+    "both, F.gelu": (True, True, False, F.gelu, False),
+    "both": (True, True, False, steps.exact_gelu, False),
+    "both + inference_mode": (True, True, True, steps.exact_gelu, False),
+    "both + one C call a token (the default)": (True, True, False, steps.exact_gelu, True),
 }
 
 
 def lever_rate(model, tokens: int, levers: tuple) -> float:
-    """tokens/s of one cached generation with the levers set (module flags, restored after)."""
-    program, fast_sampling, inference, gelu = levers
-    before = decoder.FAST_DECODING, sampling.FAST_SAMPLING, steps.GELU
+    """tokens/s of one cached generation with the levers set (module flags, restored after).
+    The C step (steps_transformer.FUSED) applies to the pre-LN families (GPT, QRLM)."""
+    program, fast_sampling, inference, gelu, fused = levers
+    flags = decoder.FAST_DECODING, sampling.FAST_SAMPLING, steps.GELU, steps_transformer.FUSED
     decoder.FAST_DECODING, sampling.FAST_SAMPLING, steps.GELU = program, fast_sampling, gelu
+    steps_transformer.FUSED = fused
     try:
         if inference:
             with torch.inference_mode():
                 return generation(model, PROMPT, tokens, True).stats.tokens_per_s
         return generation(model, PROMPT, tokens, True).stats.tokens_per_s
     finally:
-        decoder.FAST_DECODING, sampling.FAST_SAMPLING, steps.GELU = before
+        decoder.FAST_DECODING, sampling.FAST_SAMPLING, steps.GELU = flags[:3]
+        steps_transformer.FUSED = flags[3]
 
 
 def measure_levers(preset: str, tokens: int, repeats: int) -> dict:

@@ -13,7 +13,10 @@ from tests.benchmark_module import load
 bench = load("generation")
 
 
-def test_one_step_records_every_weight_matrix_of_the_gpt_once() -> None:
+def test_one_step_records_every_weight_matrix_of_the_gpt_once(monkeypatch) -> None:
+    from h2q_tui.generation import steps_transformer
+
+    monkeypatch.setattr(steps_transformer, "FUSED", False)  # the torch step: its products
     torch.manual_seed(0)
     model = build_model(resolve("gpt-cpu").model).eval()
     with torch.no_grad(), frozen_weights(model):
