@@ -4,10 +4,12 @@ For one checkpoint and each method (default int8 and int4-g32; the folders are c
 first when missing), in one process and one run, interleaved over the repeats:
 - **decode tokens/s**: greedy batch-1 decoding through the step program (the path
   ``generate``, ``serve`` and the Generate pane take) of the original fp32 model, of each
-  crystallized folder on its integers (the default) and decoded to float (``--dequantize``);
-- **per phase**: a separate timed pass splits a token's time into its matrix products (every
-  ``linear`` call of the step program, float or integer) and the rest (attention, norms,
-  GELU, sampling's argmax, Python);
+  crystallized folder on its integers (the default) and decoded to float (``--dequantize``).
+  For the pre-LN families (GPT, QRLM) each new token is one C call (column *step* "C");
+  rows ending "torch step" run the same models' tokens through the torch step instead;
+- **per phase**: a separate timed pass splits a token's time into its matrix products (the
+  C step adds up its products' time itself; the torch step's ``linear`` calls are timed)
+  and the rest (attention, norms, GELU, sampling's argmax, Python);
 - **RSS** and **hot start**, each in fresh processes: the resident memory the model adds
   (RSS after its first token minus before the load, imports done: every weight has been read
   once) beside its bytes on disk, and the time from interpreter start to the first generated
@@ -57,21 +59,40 @@ def step_program_of(path: str, dequantize: bool):
     return model, program
 
 
-def decode(program, tokens: int) -> float:
-    """Seconds for ``tokens`` greedy tokens after the prompt's prefill."""
+def decode(program, tokens: int, torch_step: bool = False, on_start=None) -> float:
+    """Seconds for ``tokens`` greedy tokens after the prompt's prefill; ``torch_step``: the
+    pre-LN families' tokens through the torch step instead of their one C call; ``on_start``
+    is called when the timing starts (after the prefill)."""
+    from h2q_tui.generation import steps_transformer
+
     ids = list(PROMPT)
-    with torch.inference_mode():
-        logits, _ = program.run(ids, 0)
-        start = time.perf_counter()
-        for position in range(len(ids), len(ids) + tokens):
-            logits, _ = program.run([int(logits.argmax())], position)
-        return time.perf_counter() - start
+    fused, steps_transformer.FUSED = steps_transformer.FUSED, not torch_step
+    try:
+        with torch.inference_mode():
+            logits, _ = program.run(ids, 0)
+            if on_start is not None:
+                on_start()
+            start = time.perf_counter()
+            for position in range(len(ids), len(ids) + tokens):
+                logits, _ = program.run([int(logits.argmax())], position)
+            return time.perf_counter() - start
+    finally:
+        steps_transformer.FUSED = fused
 
 
-def products_share(program, tokens: int) -> tuple[float, float]:
-    """(ms a token in matrix products, ms a token in the rest), from one timed pass."""
+def products_share(program, tokens: int, torch_step: bool) -> tuple[float, float]:
+    """(ms a token in matrix products, ms a token in the rest), from one timed pass: the C
+    step adds up its products' time itself; the torch step's ``linear`` calls are timed."""
     from h2q_tui.generation import steps_hamiltonian, steps_transformer
 
+    fused = getattr(program, "fused", None)
+    if fused is not None and not torch_step:
+        try:
+            total = decode(program, tokens, on_start=lambda: fused.time_products(True))
+            spent = fused.product_seconds
+        finally:
+            fused.time_products(False)
+        return 1e3 * spent / tokens, 1e3 * (total - spent) / tokens
     spent = [0.0]
     modules = (steps_transformer, steps_hamiltonian)
     originals = [module.linear for module in modules]
@@ -84,8 +105,8 @@ def products_share(program, tokens: int) -> tuple[float, float]:
 
     for module in modules:
         module.linear = timed
-    try:
-        total = decode(program, tokens)
+    try:  # the prefill's products are not counted: the count restarts with the timing
+        total = decode(program, tokens, torch_step, on_start=lambda: spent.__setitem__(0, 0.0))
     finally:
         for module, original in zip(modules, originals, strict=True):
             module.linear = original
@@ -151,46 +172,63 @@ def random_checkpoint(preset: str, overrides: list[str]) -> Path:
     return run
 
 
-def variants(checkpoint: Path, methods: list[str]) -> list[tuple[str, str, bool]]:
-    """(label, path, dequantize) of the original and each method both ways."""
-    rows = [("fp32 (original)", str(checkpoint), False)]
+def variants(checkpoint: Path, methods: list[str]) -> list[tuple[str, str, bool, bool]]:
+    """(label, path, dequantize, torch step) of the original (also through the torch step
+    where its family has the one-call C step) and each method both ways."""
+    rows = [("fp32 (original)", str(checkpoint), False, False)]
     for method, folder in folders(checkpoint, methods).items():
-        rows += [(f"{method} on integers", str(folder), False),
-                 (f"{method} decoded to float", str(folder), True)]  # fmt: skip
+        rows += [(f"{method} on integers", str(folder), False, False),
+                 (f"{method} decoded to float", str(folder), True, False)]  # fmt: skip
     return rows
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
     rows = variants(args.checkpoint, args.methods)
-    programs = {label: step_program_of(path, deq) for label, path, deq in rows}
+    programs = {label: step_program_of(path, deq) for label, path, deq, _ in rows}
+    if getattr(programs[rows[0][0]][1], "fused", None) is not None:
+        for label, path, deq, _ in [row for row in rows if not row[2]]:
+            torch_label = f"{label}, torch step"
+            rows.append((torch_label, path, deq, True))
+            programs[torch_label] = programs[label]
     context = programs[rows[0][0]][1].context
     if len(PROMPT) + args.tokens > context:
         raise SystemExit(
             f"--tokens {args.tokens}: the prompt and the tokens exceed the context {context}"
         )
-    speeds: dict[str, list[float]] = {label: [] for label, _, _ in rows}
+    speeds: dict[str, list[float]] = {label: [] for label, *_ in rows}
     for _ in range(args.repeats):  # interleaved: the machine's speed drifts
-        for label, _, _ in rows:
-            speeds[label].append(args.tokens / decode(programs[label][1], args.tokens))
+        for label, _, _, torch_step in rows:
+            seconds = decode(programs[label][1], args.tokens, torch_step)
+            speeds[label].append(args.tokens / seconds)
     results = []
-    for label, path, deq in rows:
+    for label, path, deq, torch_step in rows:
         model, program = programs[label]
-        products_ms, rest_ms = products_share(program, args.tokens)
-        starts = [fresh(path, deq, args.threads) for _ in range(args.starts)]
+        products_ms, rest_ms = products_share(program, args.tokens, torch_step)
+        starts = [] if torch_step else [fresh(path, deq, args.threads) for _ in range(args.starts)]
         results.append(
             {
                 "variant": label,
                 "path": path,
                 "account": getattr(model, "crystal_weights", "") or "fp32",
+                "step": "torch" if torch_step or program_fused(program) is None else "C",
                 "tokens_per_s": statistics.median(speeds[label]),
                 "products_ms": products_ms,
                 "rest_ms": rest_ms,
                 "disk_bytes": model_bytes(Path(path)),
-                "rss_added_bytes": statistics.median(s["rss_added"] for s in starts),
-                "first_token_s": statistics.median(s["first_token_s"] for s in starts),
+                "rss_added_bytes": median_or_none(s["rss_added"] for s in starts),
+                "first_token_s": median_or_none(s["first_token_s"] for s in starts),
             }
         )
     return results
+
+
+def program_fused(program):
+    return getattr(program, "fused", None)
+
+
+def median_or_none(values) -> float | None:
+    values = list(values)
+    return statistics.median(values) if values else None
 
 
 def model_bytes(path: Path) -> int:
@@ -203,14 +241,17 @@ def model_bytes(path: Path) -> int:
 def table(results: list[dict]) -> str:
     base = results[0]["tokens_per_s"]
     lines = [
-        f"{'variant':<26} {'tok/s':>7} {'× fp32':>7} {'products ms':>11} {'rest ms':>8} "
-        f"{'disk MB':>8} {'RSS+ MB':>8} {'1st token s':>11}"
+        f"{'variant':<36} {'step':>5} {'tok/s':>7} {'× fp32':>7} {'products ms':>11} "
+        f"{'rest ms':>8} {'disk MB':>8} {'RSS+ MB':>8} {'1st token s':>11}"
     ]
     for r in results:
+        fresh = r["rss_added_bytes"] is not None
+        rss = f"{r['rss_added_bytes'] / 1e6:>8.1f}" if fresh else f"{'':>8}"
+        first = f"{r['first_token_s']:>11.2f}" if fresh else f"{'':>11}"
         lines.append(
-            f"{r['variant']:<26} {r['tokens_per_s']:>7.0f} {r['tokens_per_s'] / base:>6.2f}× "
-            f"{r['products_ms']:>11.3f} {r['rest_ms']:>8.3f} {r['disk_bytes'] / 1e6:>8.2f} "
-            f"{r['rss_added_bytes'] / 1e6:>8.1f} {r['first_token_s']:>11.2f}"
+            f"{r['variant']:<36} {r['step']:>5} {r['tokens_per_s']:>7.0f} "
+            f"{r['tokens_per_s'] / base:>6.2f}× {r['products_ms']:>11.3f} {r['rest_ms']:>8.3f} "
+            f"{r['disk_bytes'] / 1e6:>8.2f} {rss} {first}"
         )
     return "\n".join(lines)
 
@@ -219,9 +260,12 @@ KERNEL_SHAPES = [(576, 192), (768, 192), (192, 768), (2304, 768), (3072, 768), (
 
 
 def kernel_rows(repeats: int) -> list[dict]:
-    """µs per batch-1 product (medians, interleaved) for each (N, K): fp32 F.linear, ours, and
-    the CPU kernels PyTorch has for the same job, where this torch has them."""
+    """µs per batch-1 product (medians, interleaved) for each (N, K): fp32 F.linear, ours from
+    Python (a tensor in, a tensor out), the one-row products of the C step called alone (the
+    same arithmetic, its scratch allocated per call), and the CPU kernels PyTorch has for the
+    same job, where this torch has them."""
     import torch.nn.functional as F
+    from h2q_kernels.quantized import step
 
     from h2q_tui.codecs import packed
 
@@ -229,10 +273,15 @@ def kernel_rows(repeats: int) -> list[dict]:
     for outputs, width in KERNEL_SHAPES:
         x, weight = torch.randn(1, width), torch.randn(outputs, width) * 0.05
         int8, int4 = packed.quantize(weight, "int8"), packed.quantize(weight, "int4", 32)
+        row, dense = x[0], step.dense(weight)
+        int8_matrix, int4_matrix = int8.matrix(), int4.matrix()
         calls = {
             "fp32 F.linear": lambda x=x, w=weight: F.linear(x, w),
             "ours int8": lambda x=x, w=int8: w.linear(x),
             "ours int4-g32": lambda x=x, w=int4: w.linear(x),
+            "C step fp32": lambda r=row, m=dense: step.matrix_product(m, r),
+            "C step int8": lambda r=row, m=int8_matrix: step.matrix_product(m, r),
+            "C step int4-g32": lambda r=row, m=int4_matrix: step.matrix_product(m, r),
             **torch_kernels(x, weight),
         }
         times: dict[str, list[float]] = {name: [] for name in calls}

@@ -50,7 +50,7 @@ def activation_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 @settings(max_examples=25, deadline=None)
 @given(
     rows=st.integers(1, 4),
-    width=st.sampled_from([32, 64, 128, 192]),
+    width=st.sampled_from([32, 64, 128, 192, 288, 800]),
     outputs=st.integers(1, 70),
     codec=st.sampled_from(["int8", "int4", "int5", "int6"]),
     group=st.sampled_from([32, 64, 128]),
@@ -76,6 +76,14 @@ def test_kernels_equal_their_reference_and_stay_within_the_activation_bound(
             x, parts["codes"], codec == "int4", parts["scale"], parts["min"], group, b
         )
     assert torch.allclose(got, reference, rtol=1e-4, atol=1e-4)
+    # the decode step's one-row products (decode_step.c): the same numbers, row by row; and
+    # its fp32 product against F.linear
+    from h2q_kernels.quantized import step
+
+    one_row = torch.stack([step.matrix_product(weight.matrix(b), row) for row in x])
+    assert torch.allclose(one_row, reference, rtol=1e-4, atol=1e-4)
+    dense = torch.stack([step.matrix_product(step.dense(weight_float, b), row) for row in x])
+    assert torch.allclose(dense, torch.nn.functional.linear(x, weight_float, b), atol=1e-5)
     decoded = weight.decoded()
     exact = torch.nn.functional.linear(x, decoded, b)
     multiplied = decoded  # what meets the rounded activations: codes · scale, not the minimums

@@ -108,7 +108,9 @@ def _bind(handle: ctypes.CDLL) -> None:
     handle.h2q_int8_rows.restype = i32
     handle.h2q_code_groups.argtypes = [p, i64, i64, p, i32, p, p, i64, i64, p, p, i32]
     handle.h2q_code_groups.restype = i32
-    handle.h2q_pre_ln_token.argtypes = [p, i64, i64, p, p, i32]
+    handle.h2q_pre_ln_token.argtypes = [p, i64, i64, p, p, i32, p]
+    handle.h2q_matrix_product.argtypes = [p, p, p, i32]
+    handle.h2q_matrix_product.restype = i32
     handle.h2q_pre_ln_token.restype = i32
 
 

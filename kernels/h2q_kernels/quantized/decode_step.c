@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "products.h"
 
@@ -89,10 +90,24 @@ static void attention(const float *qkv, const float *kv, int64_t heads, int64_t 
     }
 }
 
+static double seconds(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}
+
+/* One matrix product of the step; its time is added to *spent when spent is not NULL. */
+static void product(const H2QMatrix *matrix, const float *x, float *y, H2QScratch *s, int threads, double *spent) {
+    double start = spent ? seconds() : 0.0;
+    h2q_matrix_vector(matrix, x, y, s, threads);
+    if (spent) *spent += seconds() - start;
+}
+
 /* logits (V,) and the final hidden state (C,) after ``token`` at position ``offset``
- * (< context); 0, or -1 when memory ran out. */
+ * (< context); 0, or -1 when memory ran out. ``spent``: NULL, or where the seconds spent in
+ * the matrix products are added (benchmarks split a token's time with it). */
 int h2q_pre_ln_token(const H2QPreLN *m, int64_t token, int64_t offset, float *logits, float *hidden,
-                     int threads) {
+                     int threads, double *spent) {
     int64_t C = m->width, W = m->widest, hs = C / m->heads;
     float *x = malloc(sizeof(float) * (size_t)(4 * W + m->context));
     H2QScratch s = {malloc((size_t)W), malloc(sizeof(float) * (size_t)W), malloc(sizeof(float) * (size_t)W),
@@ -107,24 +122,24 @@ int h2q_pre_ln_token(const H2QPreLN *m, int64_t token, int64_t offset, float *lo
     for (int64_t l = 0; l < m->layers; l++) {
         const H2QLayer *L = m->layer + l;
         norm(&L->ln1, x, h, C);
-        h2q_matrix_vector(&L->qkv, h, wide, &s, threads);
+        product(&L->qkv, h, wide, &s, threads, spent);
         for (int64_t head = 0; head < m->heads; head++) { /* the new key and value, cached */
             memcpy(L->kv + (head * m->context + offset) * hs, wide + C + head * hs, sizeof(float) * (size_t)hs);
             memcpy(L->kv + ((m->heads + head) * m->context + offset) * hs, wide + 2 * C + head * hs,
                    sizeof(float) * (size_t)hs);
         }
         attention(wide, L->kv, m->heads, m->context, offset + 1, C, scores, y);
-        h2q_matrix_vector(&L->out, y, h, &s, threads);
+        product(&L->out, y, h, &s, threads, spent);
         for (int64_t i = 0; i < C; i++) x[i] += h[i];
         norm(&L->ln2, x, h, C);
-        h2q_matrix_vector(&L->fc1, h, wide, &s, threads);
+        product(&L->fc1, h, wide, &s, threads, spent);
         for (int64_t i = 0; i < L->fc1.rows; i++) /* exact GELU: x · Φ(x) */
             wide[i] = wide[i] * 0.5f * erfcf(-wide[i] * 0.70710678118654752f);
-        h2q_matrix_vector(&L->fc2, wide, h, &s, threads);
+        product(&L->fc2, wide, h, &s, threads, spent);
         for (int64_t i = 0; i < C; i++) x[i] += h[i];
     }
     norm(&m->final, x, hidden, C);
-    h2q_matrix_vector(&m->head, hidden, logits, &s, threads);
+    product(&m->head, hidden, logits, &s, threads, spent);
     free(x); free(s.xq); free(s.dx); free(s.xs); free(s.group_sums);
     return 0;
 }

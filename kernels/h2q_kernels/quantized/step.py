@@ -161,11 +161,40 @@ class PreLNStep:
                              embedding.data_ptr(), positions.data_ptr(), layers, final_norm,
                              head.struct())  # fmt: skip
         self._address = ctypes.byref(self._model)
+        self._spent: ctypes.c_double | None = None
+
+    def time_products(self, on: bool) -> None:
+        """Start (on) or stop adding up the seconds the steps spend in their matrix products."""
+        self._spent = ctypes.c_double(0.0) if on else None
+
+    @property
+    def product_seconds(self) -> float:
+        """Seconds in matrix products since ``time_products(True)`` (0 when not timing)."""
+        return 0.0 if self._spent is None else self._spent.value
 
     def __call__(self, token: int, offset: int, threads: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not (0 <= token < self.vocab and 0 <= offset < self.context):
             raise IndexError(f"token {token} at position {offset} is outside the model")
         logits, hidden = torch.empty(self.vocab), torch.empty(self.width)
-        if self._call(self._address, token, offset, logits.data_ptr(), hidden.data_ptr(), threads):
+        spent = None if self._spent is None else ctypes.byref(self._spent)
+        if self._call(
+            self._address, token, offset, logits.data_ptr(), hidden.data_ptr(), threads, spent
+        ):
             raise MemoryError("decode step: its scratch memory could not be allocated")
         return logits, hidden
+
+
+def matrix_product(matrix: Matrix, x: torch.Tensor, threads: int = 1) -> torch.Tensor:
+    """W x + b for one (K,) fp32 vector, as the decode step computes each of its products."""
+    handle = library().handle
+    if handle is None:
+        raise ValueError(library().describe)
+    x = _floats(x.detach().contiguous())
+    if x.shape != (matrix.shape[1],):
+        raise ValueError(f"x has shape {tuple(x.shape)}, the matrix takes ({matrix.shape[1]},)")
+    y = torch.empty(matrix.shape[0])
+    if handle.h2q_matrix_product(
+        ctypes.byref(matrix.struct()), x.data_ptr(), y.data_ptr(), threads
+    ):
+        raise MemoryError("matrix product: its scratch memory could not be allocated")
+    return y
