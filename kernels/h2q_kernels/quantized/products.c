@@ -198,7 +198,7 @@ static inline __m256 load_halves(const uint16_t *p, int count, int spare) {
 /* One row of int4/5/6 codes in groups of 32 (a group is one block), minimums included:
  * Σ_b scale[b] · dx[b] · Σ_k codes[k] · xq[k] + min[b] · xs[b]. Blocks go eight at a time:
  * their scales and minimums are one vector each (no scalar fp16 conversions), and each
- * block's step is taken from that vector. dx and xs must hold zeros from ``blocks`` up to
+ * block's step is broadcast from that vector, stored. dx and xs must hold zeros from ``blocks`` up to
  * the next multiple of 8 (lanes of another row's scales meet those zeros). */
 static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *scale, const uint16_t *mins,
                           int64_t blocks, const int8_t *xq, const float *dx, const float *xs, int spare) {
@@ -207,7 +207,8 @@ static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *sca
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     for (int64_t c = 0; c < blocks; c += 8) {
         int count = blocks - c < 8 ? (int)(blocks - c) : 8;
-        __m256 steps = _mm256_mul_ps(load_halves(scale + c, count, spare), _mm256_loadu_ps(dx + c));
+        float steps[8]; /* read back one at a time: a broadcast load is cheaper than a lane permute */
+        _mm256_storeu_ps(steps, _mm256_mul_ps(load_halves(scale + c, count, spare), _mm256_loadu_ps(dx + c)));
         offsets = _mm256_fmadd_ps(load_halves(mins + c, count, spare), _mm256_loadu_ps(xs + c), offsets);
         int j = 0;
         for (; j + 1 < count; j += 2) {
@@ -224,8 +225,8 @@ static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *sca
             }
             __m256i a0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
             __m256i a1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
-            acc0 = _mm256_fmadd_ps(block_dot_u8(c0, a0), _mm256_permutevar8x32_ps(steps, _mm256_set1_epi32(j)), acc0);
-            acc1 = _mm256_fmadd_ps(block_dot_u8(c1, a1), _mm256_permutevar8x32_ps(steps, _mm256_set1_epi32(j + 1)), acc1);
+            acc0 = _mm256_fmadd_ps(block_dot_u8(c0, a0), _mm256_broadcast_ss(steps + j), acc0);
+            acc1 = _mm256_fmadd_ps(block_dot_u8(c1, a1), _mm256_broadcast_ss(steps + j + 1), acc1);
         }
         if (j < count) {
             int64_t b = c + j;
@@ -238,7 +239,7 @@ static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *sca
                 code = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
             }
             __m256i a = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
-            acc0 = _mm256_fmadd_ps(block_dot_u8(code, a), _mm256_permutevar8x32_ps(steps, _mm256_set1_epi32(j)), acc0);
+            acc0 = _mm256_fmadd_ps(block_dot_u8(code, a), _mm256_broadcast_ss(steps + j), acc0);
         }
     }
     return hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), offsets));
