@@ -337,7 +337,7 @@ int h2q_code_groups(const float *x, int64_t T, int64_t K, const uint8_t *codes, 
 }
 
 /* Σ_k w[k] · x[k] of one fp32 row. */
-static float dot_dense(const float *w, const float *x, int64_t K) {
+float h2q_dot(const float *w, const float *x, int64_t K) {
     int64_t k = 0;
     float total = 0.0f;
 #ifdef __AVX2__
@@ -360,7 +360,7 @@ void h2q_matrix_vector(const H2QMatrix *m, const float *x, float *y, H2QScratch 
     if (m->kind == H2Q_DENSE) {
         const float *w = (const float *)m->weights;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N * K >= (1 << 18))
-        for (int64_t n = 0; n < N; n++) y[n] = dot_dense(w + n * K, x, K) + (bias ? bias[n] : 0.0f);
+        for (int64_t n = 0; n < N; n++) y[n] = h2q_dot(w + n * K, x, K) + (bias ? bias[n] : 0.0f);
         return;
     }
     if (m->kind == H2Q_INT8_ROWS) {

@@ -30,6 +30,9 @@ typedef struct {
     float *dx, *xs, *group_sums;
 } H2QScratch;
 
+/* Σ_k w[k] · x[k] over K fp32 values (AVX2 where built with it). */
+float h2q_dot(const float *w, const float *x, int64_t K);
+
 /* y (N,) = W x (K,) + bias; scratch: xq K bytes, dx, xs, group_sums K / 32 + 8 floats. */
 void h2q_matrix_vector(const H2QMatrix *m, const float *x, float *y, H2QScratch *scratch, int threads);
 
