@@ -216,7 +216,7 @@ def ours(path: Path, prompt: str, tokens: int, repeats: int, data: bytes, beside
         list(run)
         return run, time.thread_time() - cpu
 
-    decode(8)  # warm-up
+    decode(tokens)  # warm-up, a whole run: the process's first runs are slower (measured)
     timed = [decode(tokens) for _ in range(repeats // 2)]
     theirs = beside()
     timed += [decode(tokens) for _ in range(repeats - repeats // 2)]

@@ -7,7 +7,7 @@ first when missing), in one process and one run, interleaved over the repeats:
   crystallized folder on its integers (the default) and decoded to float (``--dequantize``).
   For the pre-LN families (GPT, QRLM) each new token is one C call (column *step* "C");
   rows ending "torch step" run the same models' tokens through the torch step instead;
-- **per phase**: a separate timed pass splits a token's time into its matrix products (the
+- **per phase**: separate timed passes (median of 3) split a token's time into its matrix products (the
   C step adds up its products' time itself; the torch step's ``linear`` calls are timed)
   and the rest (attention, norms, GELU, sampling's argmax, Python);
 - **RSS** and **hot start**, each in fresh processes: the resident memory the model adds
@@ -80,7 +80,14 @@ def decode(program, tokens: int, torch_step: bool = False, on_start=None) -> flo
         steps_transformer.FUSED = fused
 
 
-def products_share(program, tokens: int, torch_step: bool) -> tuple[float, float]:
+def products_share(program, tokens: int, torch_step: bool, passes: int = 3) -> tuple[float, float]:
+    """(ms a token in matrix products, ms a token in the rest), the medians of ``passes``
+    timed passes (one pass is a noisy sample)."""
+    splits = [one_split(program, tokens, torch_step) for _ in range(passes)]
+    return statistics.median(p for p, _ in splits), statistics.median(r for _, r in splits)
+
+
+def one_split(program, tokens: int, torch_step: bool) -> tuple[float, float]:
     """(ms a token in matrix products, ms a token in the rest), from one timed pass: the C
     step adds up its products' time itself; the torch step's ``linear`` calls are timed."""
     from h2q_tui.generation import steps_hamiltonian, steps_transformer
