@@ -251,6 +251,85 @@ static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *sca
 #endif
 }
 
+#ifdef __AVX2__
+/* dot_groups32 of two rows (n, n + 1) of 4-bit codes at once: the activations are loaded once
+ * for both and the two rows' chains of multiply-adds interleave (measured: a quarter less
+ * time on 192-wide rows than one row at a time). At least 7 values must follow the second
+ * row's scales and minimums (load_halves' ``spare``): the last rows go one at a time. */
+static void dot_groups32_pair(const uint8_t *codes, int64_t row_bytes, const uint16_t *scale, const uint16_t *mins,
+                              int64_t blocks, const int8_t *xq, const float *dx, const float *xs, float *out) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    __m256 oa = _mm256_setzero_ps(), ob = _mm256_setzero_ps();
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const uint8_t *ca = codes, *cb = codes + row_bytes;
+    for (int64_t c = 0; c < blocks; c += 8) {
+        int count = blocks - c < 8 ? (int)(blocks - c) : 8;
+        float sa[8], sb[8];
+        __m256 d = _mm256_loadu_ps(dx + c), xsum = _mm256_loadu_ps(xs + c);
+        _mm256_storeu_ps(sa, _mm256_mul_ps(load_halves(scale + c, count, 1), d));
+        _mm256_storeu_ps(sb, _mm256_mul_ps(load_halves(scale + blocks + c, count, 1), d));
+        oa = _mm256_fmadd_ps(load_halves(mins + c, count, 1), xsum, oa);
+        ob = _mm256_fmadd_ps(load_halves(mins + blocks + c, count, 1), xsum, ob);
+        int j = 0;
+        for (; j + 1 < count; j += 2) {
+            int64_t b = c + j;
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
+            __m256i ba = _mm256_loadu_si256((const __m256i *)(ca + b * BLOCK / 2));
+            __m256i bb = _mm256_loadu_si256((const __m256i *)(cb + b * BLOCK / 2));
+            __m256i la = _mm256_and_si256(ba, low4), ha = _mm256_and_si256(_mm256_srli_epi16(ba, 4), low4);
+            __m256i lb = _mm256_and_si256(bb, low4), hb = _mm256_and_si256(_mm256_srli_epi16(bb, 4), low4);
+            a0 = _mm256_fmadd_ps(block_dot_u8(_mm256_permute2x128_si256(la, ha, 0x20), x0), _mm256_broadcast_ss(sa + j), a0);
+            b0 = _mm256_fmadd_ps(block_dot_u8(_mm256_permute2x128_si256(lb, hb, 0x20), x0), _mm256_broadcast_ss(sb + j), b0);
+            a1 = _mm256_fmadd_ps(block_dot_u8(_mm256_permute2x128_si256(la, ha, 0x31), x1), _mm256_broadcast_ss(sa + j + 1), a1);
+            b1 = _mm256_fmadd_ps(block_dot_u8(_mm256_permute2x128_si256(lb, hb, 0x31), x1), _mm256_broadcast_ss(sb + j + 1), b1);
+        }
+        if (j < count) {
+            int64_t b = c + j;
+            const __m128i low = _mm_set1_epi8(0x0f);
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+            __m128i ya = _mm_loadu_si128((const __m128i *)(ca + b * BLOCK / 2));
+            __m128i yb = _mm_loadu_si128((const __m128i *)(cb + b * BLOCK / 2));
+            __m256i qa = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(ya, 4), low), _mm_and_si128(ya, low));
+            __m256i qb = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(yb, 4), low), _mm_and_si128(yb, low));
+            a0 = _mm256_fmadd_ps(block_dot_u8(qa, x), _mm256_broadcast_ss(sa + j), a0);
+            b0 = _mm256_fmadd_ps(block_dot_u8(qb, x), _mm256_broadcast_ss(sb + j), b0);
+        }
+    }
+    out[0] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), oa));
+    out[1] = hsum(_mm256_add_ps(_mm256_add_ps(b0, b1), ob));
+}
+#endif
+
+#ifdef __AVX2__
+/* dot_int8 of two rows (n, n + 1) at once, the activations loaded once for both. */
+static void dot_int8_pair(const int8_t *q, int64_t K, const int8_t *xq, const float *dx, int64_t blocks, float *out) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    const int8_t *qa = q, *qb = q + K;
+    int64_t b = 0;
+    for (; b + 1 < blocks; b += 2) {
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
+        __m256 d0 = _mm256_broadcast_ss(dx + b), d1 = _mm256_broadcast_ss(dx + b + 1);
+        __m256i wa0 = _mm256_loadu_si256((const __m256i *)(qa + b * BLOCK)), wa1 = _mm256_loadu_si256((const __m256i *)(qa + (b + 1) * BLOCK));
+        __m256i wb0 = _mm256_loadu_si256((const __m256i *)(qb + b * BLOCK)), wb1 = _mm256_loadu_si256((const __m256i *)(qb + (b + 1) * BLOCK));
+        a0 = _mm256_fmadd_ps(block_dot_u8(_mm256_sign_epi8(wa0, wa0), _mm256_sign_epi8(x0, wa0)), d0, a0);
+        b0 = _mm256_fmadd_ps(block_dot_u8(_mm256_sign_epi8(wb0, wb0), _mm256_sign_epi8(x0, wb0)), d0, b0);
+        a1 = _mm256_fmadd_ps(block_dot_u8(_mm256_sign_epi8(wa1, wa1), _mm256_sign_epi8(x1, wa1)), d1, a1);
+        b1 = _mm256_fmadd_ps(block_dot_u8(_mm256_sign_epi8(wb1, wb1), _mm256_sign_epi8(x1, wb1)), d1, b1);
+    }
+    if (b < blocks) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+        __m256 d = _mm256_broadcast_ss(dx + b);
+        __m256i wa = _mm256_loadu_si256((const __m256i *)(qa + b * BLOCK)), wb = _mm256_loadu_si256((const __m256i *)(qb + b * BLOCK));
+        a0 = _mm256_fmadd_ps(block_dot_u8(_mm256_sign_epi8(wa, wa), _mm256_sign_epi8(x, wa)), d, a0);
+        b0 = _mm256_fmadd_ps(block_dot_u8(_mm256_sign_epi8(wb, wb), _mm256_sign_epi8(x, wb)), d, b0);
+    }
+    out[0] = hsum(_mm256_add_ps(a0, a1));
+    out[1] = hsum(_mm256_add_ps(b0, b1));
+}
+#endif
+
 /* Σ_g min[g] · (Σ x over group g): the groups' minimums against the exact sums of x. */
 static float min_terms(const uint16_t *mins, const float *group_sums, int64_t groups) {
     float total = 0.0f;
@@ -366,8 +445,17 @@ void h2q_matrix_vector(const H2QMatrix *m, const float *x, float *y, H2QScratch 
     if (m->kind == H2Q_INT8_ROWS) {
         const int8_t *q = (const int8_t *)m->weights;
         quantize_row(x, K, s->xq, s->dx, s->xs, 0);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N * K >= (1 << 18))
-        for (int64_t n = 0; n < N; n++)
+        int parallel = threads > 1 && N * K >= (1 << 18), first = 0; /* rows from first on: one at a time */
+#ifdef __AVX2__
+        for (; !parallel && first + 1 < N; first += 2) {
+            float two[2];
+            dot_int8_pair(q + first * K, K, s->xq, s->dx, blocks, two);
+            y[first] = half_to_float(m->scale[first]) * two[0] + (bias ? bias[first] : 0.0f);
+            y[first + 1] = half_to_float(m->scale[first + 1]) * two[1] + (bias ? bias[first + 1] : 0.0f);
+        }
+#endif
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
+        for (int64_t n = first; n < N; n++)
             y[n] = half_to_float(m->scale[n]) * dot_int8(q + n * K, s->xq, s->dx, blocks) + (bias ? bias[n] : 0.0f);
         return;
     }
@@ -382,8 +470,19 @@ void h2q_matrix_vector(const H2QMatrix *m, const float *x, float *y, H2QScratch 
         for (int64_t j = 0; j < per_group; j++) sum += s->xs[g * per_group + j];
         s->group_sums[g] = sum;
     }
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N * K >= (1 << 18))
-    for (int64_t n = 0; n < N; n++) {
+    int parallel = threads > 1 && N * K >= (1 << 18);
+    int64_t first = 0; /* rows from first on: one at a time */
+#ifdef __AVX2__
+    for (; shift == 0 && m->nibbles && !parallel && first + 1 < N && (N - first - 2) * groups >= 7; first += 2) {
+        float two[2];
+        dot_groups32_pair(codes + first * row_bytes, row_bytes, m->scale + first * groups, m->mins + first * groups,
+                          blocks, s->xq, s->dx, s->xs, two);
+        y[first] = two[0] + (bias ? bias[first] : 0.0f);
+        y[first + 1] = two[1] + (bias ? bias[first + 1] : 0.0f);
+    }
+#endif
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
+    for (int64_t n = first; n < N; n++) {
         if (shift == 0) {
             y[n] = dot_groups32(codes + n * row_bytes, (int)m->nibbles, m->scale + n * groups, m->mins + n * groups,
                                 blocks, s->xq, s->dx, s->xs, (N - n - 1) * groups >= 7)
