@@ -253,8 +253,7 @@ static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *sca
 
 #ifdef __AVX2__
 /* dot_groups32 of two rows (n, n + 1) of 4-bit codes at once: the activations are loaded once
- * for both and the two rows' chains of multiply-adds interleave (measured: a quarter less
- * time on 192-wide rows than one row at a time). At least 7 values must follow the second
+ * for both and the two rows' chains of multiply-adds interleave. At least 7 values must follow the second
  * row's scales and minimums (load_halves' ``spare``): the last rows go one at a time. */
 static void dot_groups32_pair(const uint8_t *codes, int64_t row_bytes, const uint16_t *scale, const uint16_t *mins,
                               int64_t blocks, const int8_t *xq, const float *dx, const float *xs, float *out) {
@@ -447,7 +446,10 @@ void h2q_matrix_vector(const H2QMatrix *m, const float *x, float *y, H2QScratch 
         quantize_row(x, K, s->xq, s->dx, s->xs, 0);
         int parallel = threads > 1 && N * K >= (1 << 18), first = 0; /* rows from first on: one at a time */
 #ifdef __AVX2__
-        for (; !parallel && first + 1 < N; first += 2) {
+        /* pairs of rows on short rows only, where a row's fixed cost counts: on long rows
+         * streamed from memory they were slower (benchmarks/quantized.py on the 85 M model:
+         * 9.7 ms of int8 products a token in pairs against 6.0 ms one row at a time) */
+        for (; !parallel && K < 512 && first + 1 < N; first += 2) {
             float two[2];
             dot_int8_pair(q + first * K, K, s->xq, s->dx, blocks, two);
             y[first] = half_to_float(m->scale[first]) * two[0] + (bias ? bias[first] : 0.0f);
