@@ -85,6 +85,31 @@ static inline __m256 block_dot_u8(__m256i codes, __m256i xq) {
 }
 #endif
 
+#ifdef __AVX2__
+/* The codes of block b as 32 bytes: from 16 packed bytes (low nibbles first, ``nibbles``)
+ * or a run of 32. */
+static inline __m256i block_codes(const uint8_t *codes, int nibbles, int64_t b) {
+    if (!nibbles) return _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
+    __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * BLOCK / 2));
+    const __m128i low = _mm_set1_epi8(0x0f);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low), _mm_and_si128(bytes, low));
+}
+
+/* The codes of blocks b and b + 1: from 32 packed bytes (one load) or two runs of 32. */
+static inline void block_codes_pair(const uint8_t *codes, int nibbles, int64_t b, __m256i *c0, __m256i *c1) {
+    if (!nibbles) {
+        *c0 = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
+        *c1 = _mm256_loadu_si256((const __m256i *)(codes + (b + 1) * BLOCK));
+        return;
+    }
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256i bytes = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK / 2));
+    __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+    *c0 = _mm256_permute2x128_si256(lo, hi, 0x20);
+    *c1 = _mm256_permute2x128_si256(lo, hi, 0x31);
+}
+#endif
+
 /* Σ_k q[k] · x[k] of one int8 row over the quantized activations. */
 static float dot_int8(const int8_t *q, const int8_t *xq, const float *dx, int64_t blocks) {
 #ifdef __AVX2__
@@ -132,32 +157,16 @@ static float dot_code_row(const uint8_t *codes, int nibbles, const uint16_t *sca
     for (; b < blocks; b++) steps[b] = half_to_float(scale[b >> shift]) * dx[b];
 #ifdef __AVX2__
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
     for (b = 0; b + 1 < blocks; b += 2) { /* two blocks a step: two chains of multiply-adds */
         __m256i c0, c1;
-        if (nibbles) { /* 32 bytes: the low and high nibbles of blocks b and b + 1 */
-            __m256i bytes = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK / 2));
-            __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
-            c0 = _mm256_permute2x128_si256(lo, hi, 0x20);
-            c1 = _mm256_permute2x128_si256(lo, hi, 0x31);
-        } else {
-            c0 = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
-            c1 = _mm256_loadu_si256((const __m256i *)(codes + (b + 1) * BLOCK));
-        }
+        block_codes_pair(codes, nibbles, b, &c0, &c1);
         __m256i a0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
         __m256i a1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
         acc0 = _mm256_fmadd_ps(block_dot_u8(c0, a0), _mm256_broadcast_ss(steps + b), acc0);
         acc1 = _mm256_fmadd_ps(block_dot_u8(c1, a1), _mm256_broadcast_ss(steps + b + 1), acc1);
     }
     if (b < blocks) {
-        __m256i c;
-        if (nibbles) {
-            __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * BLOCK / 2));
-            const __m128i low = _mm_set1_epi8(0x0f);
-            c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low), _mm_and_si128(bytes, low));
-        } else {
-            c = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
-        }
+        __m256i c = block_codes(codes, nibbles, b);
         __m256i a = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
         acc0 = _mm256_fmadd_ps(block_dot_u8(c, a), _mm256_broadcast_ss(steps + b), acc0);
     }
@@ -204,7 +213,6 @@ static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *sca
                           int64_t blocks, const int8_t *xq, const float *dx, const float *xs, int spare) {
 #ifdef __AVX2__
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), offsets = _mm256_setzero_ps();
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
     for (int64_t c = 0; c < blocks; c += 8) {
         int count = blocks - c < 8 ? (int)(blocks - c) : 8;
         float steps[8]; /* read back one at a time: a broadcast load is cheaper than a lane permute */
@@ -214,15 +222,7 @@ static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *sca
         for (; j + 1 < count; j += 2) {
             int64_t b = c + j;
             __m256i c0, c1;
-            if (nibbles) {
-                __m256i bytes = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK / 2));
-                __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
-                c0 = _mm256_permute2x128_si256(lo, hi, 0x20);
-                c1 = _mm256_permute2x128_si256(lo, hi, 0x31);
-            } else {
-                c0 = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
-                c1 = _mm256_loadu_si256((const __m256i *)(codes + (b + 1) * BLOCK));
-            }
+            block_codes_pair(codes, nibbles, b, &c0, &c1);
             __m256i a0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
             __m256i a1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
             acc0 = _mm256_fmadd_ps(block_dot_u8(c0, a0), _mm256_broadcast_ss(steps + j), acc0);
@@ -230,14 +230,7 @@ static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *sca
         }
         if (j < count) {
             int64_t b = c + j;
-            __m256i code;
-            if (nibbles) {
-                __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * BLOCK / 2));
-                const __m128i low = _mm_set1_epi8(0x0f);
-                code = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low), _mm_and_si128(bytes, low));
-            } else {
-                code = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
-            }
+            __m256i code = block_codes(codes, nibbles, b);
             __m256i a = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
             acc0 = _mm256_fmadd_ps(block_dot_u8(code, a), _mm256_broadcast_ss(steps + j), acc0);
         }
@@ -259,7 +252,6 @@ static void dot_groups32_pair(const uint8_t *codes, int64_t row_bytes, const uin
                               int64_t blocks, const int8_t *xq, const float *dx, const float *xs, float *out) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
     __m256 oa = _mm256_setzero_ps(), ob = _mm256_setzero_ps();
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
     const uint8_t *ca = codes, *cb = codes + row_bytes;
     for (int64_t c = 0; c < blocks; c += 8) {
         int count = blocks - c < 8 ? (int)(blocks - c) : 8;
@@ -274,25 +266,19 @@ static void dot_groups32_pair(const uint8_t *codes, int64_t row_bytes, const uin
             int64_t b = c + j;
             __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
             __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
-            __m256i ba = _mm256_loadu_si256((const __m256i *)(ca + b * BLOCK / 2));
-            __m256i bb = _mm256_loadu_si256((const __m256i *)(cb + b * BLOCK / 2));
-            __m256i la = _mm256_and_si256(ba, low4), ha = _mm256_and_si256(_mm256_srli_epi16(ba, 4), low4);
-            __m256i lb = _mm256_and_si256(bb, low4), hb = _mm256_and_si256(_mm256_srli_epi16(bb, 4), low4);
-            a0 = _mm256_fmadd_ps(block_dot_u8(_mm256_permute2x128_si256(la, ha, 0x20), x0), _mm256_broadcast_ss(sa + j), a0);
-            b0 = _mm256_fmadd_ps(block_dot_u8(_mm256_permute2x128_si256(lb, hb, 0x20), x0), _mm256_broadcast_ss(sb + j), b0);
-            a1 = _mm256_fmadd_ps(block_dot_u8(_mm256_permute2x128_si256(la, ha, 0x31), x1), _mm256_broadcast_ss(sa + j + 1), a1);
-            b1 = _mm256_fmadd_ps(block_dot_u8(_mm256_permute2x128_si256(lb, hb, 0x31), x1), _mm256_broadcast_ss(sb + j + 1), b1);
+            __m256i ca0, ca1, cb0, cb1;
+            block_codes_pair(ca, 1, b, &ca0, &ca1);
+            block_codes_pair(cb, 1, b, &cb0, &cb1);
+            a0 = _mm256_fmadd_ps(block_dot_u8(ca0, x0), _mm256_broadcast_ss(sa + j), a0);
+            b0 = _mm256_fmadd_ps(block_dot_u8(cb0, x0), _mm256_broadcast_ss(sb + j), b0);
+            a1 = _mm256_fmadd_ps(block_dot_u8(ca1, x1), _mm256_broadcast_ss(sa + j + 1), a1);
+            b1 = _mm256_fmadd_ps(block_dot_u8(cb1, x1), _mm256_broadcast_ss(sb + j + 1), b1);
         }
         if (j < count) {
             int64_t b = c + j;
-            const __m128i low = _mm_set1_epi8(0x0f);
             __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
-            __m128i ya = _mm_loadu_si128((const __m128i *)(ca + b * BLOCK / 2));
-            __m128i yb = _mm_loadu_si128((const __m128i *)(cb + b * BLOCK / 2));
-            __m256i qa = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(ya, 4), low), _mm_and_si128(ya, low));
-            __m256i qb = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(yb, 4), low), _mm_and_si128(yb, low));
-            a0 = _mm256_fmadd_ps(block_dot_u8(qa, x), _mm256_broadcast_ss(sa + j), a0);
-            b0 = _mm256_fmadd_ps(block_dot_u8(qb, x), _mm256_broadcast_ss(sb + j), b0);
+            a0 = _mm256_fmadd_ps(block_dot_u8(block_codes(ca, 1, b), x), _mm256_broadcast_ss(sa + j), a0);
+            b0 = _mm256_fmadd_ps(block_dot_u8(block_codes(cb, 1, b), x), _mm256_broadcast_ss(sb + j), b0);
         }
     }
     out[0] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), oa));
