@@ -21,6 +21,7 @@ def losses(trainer, steps: int) -> list[float]:
     return [trainer.train_step().train_loss_nats for _ in range(steps)]
 
 
+@pytest.mark.slow  # ~9 s of torch.compile; compiled training is opt-in
 def test_compiled_steps_follow_the_eager_curve(tmp_path, text_file):
     eager, _ = make_trainer(tmp_path, text_file, FP32, name="eager")
     fast, log = make_trainer(tmp_path, text_file, [*FP32, "train.compile=true"], name="fast")

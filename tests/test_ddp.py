@@ -85,6 +85,7 @@ def test_a_two_rank_run_resumes_exactly_and_another_count_may_go_on(tmp_path: Pa
     assert "this run trained on 2 processes and resumes on 1 process: allowed" in alone.stdout
 
 
+@pytest.mark.slow  # ~5 s: torchrun start-up for one refusal
 def test_a_batch_that_does_not_split_over_the_ranks_is_one_line(tmp_path: Path) -> None:
     result = torchrun(
         *TINY, "--set", "train.batch_size=5", "--max-steps", "2", "--run-dir", "odd", cwd=tmp_path

@@ -53,6 +53,7 @@ def run_benchmark(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProce
     return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path), out
 
 
+@pytest.mark.slow  # ~4 s: a benchmark script end to end
 def test_gpu_benchmark_runs_its_code_path_on_the_cpu(tmp_path):
     result, out = run_benchmark(
         tmp_path, "--device", "cpu", "--presets", "tiny", "--steps", "2", "--warmup", "1"

@@ -231,6 +231,7 @@ def test_weights_that_cannot_compute_are_refused_at_load(run, workdir, kind, com
     assert (folder / "model.safetensors").read_bytes() == before
 
 
+@pytest.mark.slow  # ~9 s: the in-process cases above cover the messages
 def test_unusable_weights_through_the_real_cli(run, workdir):
     """The one family of these cases that runs ``python -m h2q_tui`` in a subprocess."""
     folder = run / "checkpoints" / "step_00000004"

@@ -11,6 +11,7 @@ import pytest
 from tests.benchmark_module import BENCHMARKS, load
 
 
+@pytest.mark.slow  # ~7 s: a benchmark script end to end
 def test_the_serve_benchmark_reports_every_figure(tmp_path) -> None:
     out = tmp_path / "serve.json"
     command = [sys.executable, str(BENCHMARKS / "serve.py"), "--single", "2", "--clients", "2"]
