@@ -92,7 +92,7 @@ def one_split(program, tokens: int, torch_step: bool) -> tuple[float, float]:
     step adds up its products' time itself; the torch step's ``linear`` calls are timed."""
     from h2q_tui.generation import steps_hamiltonian, steps_transformer
 
-    fused = getattr(program, "fused", None)
+    fused = program_fused(program)
     if fused is not None and not torch_step:
         try:
             total = decode(program, tokens, on_start=lambda: fused.time_products(True))
@@ -192,7 +192,7 @@ def variants(checkpoint: Path, methods: list[str]) -> list[tuple[str, str, bool,
 def measure(args: argparse.Namespace) -> list[dict]:
     rows = variants(args.checkpoint, args.methods)
     programs = {label: step_program_of(path, deq) for label, path, deq, _ in rows}
-    if getattr(programs[rows[0][0]][1], "fused", None) is not None:
+    if program_fused(programs[rows[0][0]][1]) is not None:
         for label, path, deq, _ in [row for row in rows if not row[2]]:
             torch_label = f"{label}, torch step"
             rows.append((torch_label, path, deq, True))
@@ -230,6 +230,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
 
 def program_fused(program):
+    """The program's one-call C step, or None (another family, or the kernels absent)."""
     return getattr(program, "fused", None)
 
 

@@ -110,6 +110,29 @@ static inline void block_codes_pair(const uint8_t *codes, int nibbles, int64_t b
 }
 #endif
 
+#ifdef __AVX2__
+/* Adds Σ_k codes[k] · xq[k] · steps[b − first] over blocks b = first … first + count − 1 to
+ * two accumulators (two blocks a step: two chains of multiply-adds). */
+static inline void scaled_blocks(const uint8_t *codes, int nibbles, const int8_t *xq, int64_t first, int64_t count,
+                                 const float *steps, __m256 *acc0, __m256 *acc1) {
+    int64_t j = 0;
+    for (; j + 1 < count; j += 2) {
+        int64_t b = first + j;
+        __m256i c0, c1;
+        block_codes_pair(codes, nibbles, b, &c0, &c1);
+        __m256i a0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+        __m256i a1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
+        *acc0 = _mm256_fmadd_ps(block_dot_u8(c0, a0), _mm256_broadcast_ss(steps + j), *acc0);
+        *acc1 = _mm256_fmadd_ps(block_dot_u8(c1, a1), _mm256_broadcast_ss(steps + j + 1), *acc1);
+    }
+    if (j < count) {
+        int64_t b = first + j;
+        __m256i a = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+        *acc0 = _mm256_fmadd_ps(block_dot_u8(block_codes(codes, nibbles, b), a), _mm256_broadcast_ss(steps + j), *acc0);
+    }
+}
+#endif
+
 /* Σ_k q[k] · x[k] of one int8 row over the quantized activations. */
 static float dot_int8(const int8_t *q, const int8_t *xq, const float *dx, int64_t blocks) {
 #ifdef __AVX2__
@@ -157,19 +180,7 @@ static float dot_code_row(const uint8_t *codes, int nibbles, const uint16_t *sca
     for (; b < blocks; b++) steps[b] = half_to_float(scale[b >> shift]) * dx[b];
 #ifdef __AVX2__
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    for (b = 0; b + 1 < blocks; b += 2) { /* two blocks a step: two chains of multiply-adds */
-        __m256i c0, c1;
-        block_codes_pair(codes, nibbles, b, &c0, &c1);
-        __m256i a0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
-        __m256i a1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
-        acc0 = _mm256_fmadd_ps(block_dot_u8(c0, a0), _mm256_broadcast_ss(steps + b), acc0);
-        acc1 = _mm256_fmadd_ps(block_dot_u8(c1, a1), _mm256_broadcast_ss(steps + b + 1), acc1);
-    }
-    if (b < blocks) {
-        __m256i c = block_codes(codes, nibbles, b);
-        __m256i a = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
-        acc0 = _mm256_fmadd_ps(block_dot_u8(c, a), _mm256_broadcast_ss(steps + b), acc0);
-    }
+    scaled_blocks(codes, nibbles, xq, 0, blocks, steps, &acc0, &acc1);
     return hsum(_mm256_add_ps(acc0, acc1));
 #else
     float acc = 0.0f;
@@ -218,22 +229,7 @@ static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *sca
         float steps[8]; /* read back one at a time: a broadcast load is cheaper than a lane permute */
         _mm256_storeu_ps(steps, _mm256_mul_ps(load_halves(scale + c, count, spare), _mm256_loadu_ps(dx + c)));
         offsets = _mm256_fmadd_ps(load_halves(mins + c, count, spare), _mm256_loadu_ps(xs + c), offsets);
-        int j = 0;
-        for (; j + 1 < count; j += 2) {
-            int64_t b = c + j;
-            __m256i c0, c1;
-            block_codes_pair(codes, nibbles, b, &c0, &c1);
-            __m256i a0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
-            __m256i a1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
-            acc0 = _mm256_fmadd_ps(block_dot_u8(c0, a0), _mm256_broadcast_ss(steps + j), acc0);
-            acc1 = _mm256_fmadd_ps(block_dot_u8(c1, a1), _mm256_broadcast_ss(steps + j + 1), acc1);
-        }
-        if (j < count) {
-            int64_t b = c + j;
-            __m256i code = block_codes(codes, nibbles, b);
-            __m256i a = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
-            acc0 = _mm256_fmadd_ps(block_dot_u8(code, a), _mm256_broadcast_ss(steps + j), acc0);
-        }
+        scaled_blocks(codes, nibbles, xq, c, count, steps, &acc0, &acc1);
     }
     return hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), offsets));
 #else
@@ -431,6 +427,7 @@ void h2q_matrix_vector(const H2QMatrix *m, const float *x, float *y, H2QScratch 
         const int8_t *q = (const int8_t *)m->weights;
         quantize_row(x, K, s->xq, s->dx, s->xs, 0);
         int parallel = threads > 1 && N * K >= (1 << 18), first = 0; /* rows from first on: one at a time */
+        (void)parallel; /* read by the pragma and the AVX2 pairs only */
 #ifdef __AVX2__
         /* pairs of rows on short rows only, where a row's fixed cost counts: on long rows
          * streamed from memory they were slower (benchmarks/quantized.py on the 85 M model:
@@ -460,6 +457,7 @@ void h2q_matrix_vector(const H2QMatrix *m, const float *x, float *y, H2QScratch 
     }
     int parallel = threads > 1 && N * K >= (1 << 18);
     int64_t first = 0; /* rows from first on: one at a time */
+    (void)parallel; /* read by the pragma and the AVX2 pairs only */
 #ifdef __AVX2__
     for (; shift == 0 && m->nibbles && !parallel && first + 1 < N && (N - first - 2) * groups >= 7; first += 2) {
         float two[2];

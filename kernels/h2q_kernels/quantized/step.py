@@ -135,7 +135,7 @@ class PreLNStep:
         if head.shape != (vocab, width) or width % heads:
             raise ValueError("the head or the heads do not match the embedding")
         keep: list = [_floats(embedding.detach()), _floats(positions.detach()), head]
-        widest = [width, vocab, context]
+        widest = [width, vocab]  # the scratch rows; attention's scores are sized by context
         layers = (_Layer * len(blocks))()
         for slot, block in zip(layers, blocks, strict=True):
             ln1, kept1 = _norm(block.ln1)
