@@ -47,11 +47,22 @@ static float half_to_float(uint16_t h) {
 #endif
 }
 
+/* Where element i of block b goes in a row of int8 activations read against 4-bit codes
+ * (``blocks`` blocks in the row). A packed byte holds two neighbours (element 2j in its low
+ * nibble, 2j + 1 in its high one), and the kernels unpack 32 bytes, the codes of blocks b and
+ * b + 1 (b even), into their low nibbles and their high ones. So each pair of blocks is laid
+ * out as those two vectors read: b's even elements, b + 1's even ones, b's odd ones, b + 1's
+ * odd ones. A last block without a partner: its even elements, then its odd ones. */
+static inline int64_t nibble_position(int64_t b, int i, int64_t blocks) {
+    if (b % 2 == 0 && b + 1 == blocks) return b * BLOCK + (i % 2) * (BLOCK / 2) + i / 2;
+    return (b - b % 2) * BLOCK + (i % 2) * BLOCK + (b % 2) * (BLOCK / 2) + i / 2;
+}
+
 /* One row of x (K values) into int8 blocks: codes, the block scales and the blocks' exact sums.
- * interleave: within a block, the even positions first and then the odd ones, the order of
- * the low and high nibbles of 16 packed bytes. */
-static void quantize_row(const float *x, int64_t K, int8_t *xq, float *dx, float *xs, int interleave) {
-    for (int64_t b = 0; b < K / BLOCK; b++) {
+ * nibbles: in nibble_position's order, else in order. */
+static void quantize_row(const float *x, int64_t K, int8_t *xq, float *dx, float *xs, int nibbles) {
+    int64_t blocks = K / BLOCK;
+    for (int64_t b = 0; b < blocks; b++) {
         const float *v = x + b * BLOCK;
         float absmax = 0.0f, sum = 0.0f;
         for (int i = 0; i < BLOCK; i++) {
@@ -62,11 +73,8 @@ static void quantize_row(const float *x, int64_t K, int8_t *xq, float *dx, float
         float d = absmax / 127.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
         dx[b] = d;
         xs[b] = sum;
-        int8_t *out = xq + b * BLOCK;
-        for (int i = 0; i < BLOCK; i++) {
-            int position = interleave ? (i % 2) * (BLOCK / 2) + i / 2 : i;
-            out[position] = (int8_t)lrintf(v[i] * inverse);
-        }
+        for (int i = 0; i < BLOCK; i++)
+            xq[nibbles ? nibble_position(b, i, blocks) : b * BLOCK + i] = (int8_t)lrintf(v[i] * inverse);
     }
 }
 
@@ -86,8 +94,8 @@ static inline __m256 block_dot_u8(__m256i codes, __m256i xq) {
 #endif
 
 #ifdef __AVX2__
-/* The codes of block b as 32 bytes: from 16 packed bytes (low nibbles first, ``nibbles``)
- * or a run of 32. */
+/* The codes of block b as 32 bytes: a run of 32, or from 16 packed bytes (``nibbles``), low
+ * nibbles first: the order of a block without a partner in nibble_position's layout. */
 static inline __m256i block_codes(const uint8_t *codes, int nibbles, int64_t b) {
     if (!nibbles) return _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
     __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * BLOCK / 2));
@@ -95,35 +103,53 @@ static inline __m256i block_codes(const uint8_t *codes, int nibbles, int64_t b) 
     return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low), _mm_and_si128(bytes, low));
 }
 
-/* The codes of blocks b and b + 1: from 32 packed bytes (one load) or two runs of 32. */
-static inline void block_codes_pair(const uint8_t *codes, int nibbles, int64_t b, __m256i *c0, __m256i *c1) {
-    if (!nibbles) {
-        *c0 = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK));
-        *c1 = _mm256_loadu_si256((const __m256i *)(codes + (b + 1) * BLOCK));
-        return;
-    }
+/* Σ codes · xq over blocks b and b + 1 (b even) of 4-bit codes, the activations in
+ * nibble_position's layout: 8 lanes, the first four block b's, the last four block b + 1's.
+ * One load and two masks unpack both blocks, with no lane shuffles; the products of their
+ * even and odd elements are added as int16 (each ≤ 2 · 15 · 127: the sum cannot saturate)
+ * before one widening. */
+static inline __m256 nibble_pair_dot(const uint8_t *codes, int64_t b, __m256i evens, __m256i odds) {
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     __m256i bytes = _mm256_loadu_si256((const __m256i *)(codes + b * BLOCK / 2));
-    __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
-    *c0 = _mm256_permute2x128_si256(lo, hi, 0x20);
-    *c1 = _mm256_permute2x128_si256(lo, hi, 0x31);
+    __m256i sums = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(bytes, low4), evens),
+                                    _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4), odds));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(sums, _mm256_set1_epi16(1)));
+}
+
+/* The activations of blocks b and b + 1 against 4-bit codes: their even elements, their odd ones. */
+static inline void pair_activations(const int8_t *xq, int64_t b, __m256i *evens, __m256i *odds) {
+    *evens = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+    *odds = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK + BLOCK));
+}
+
+/* Lanes j and j + 1 of eight block steps spread as nibble_pair_dot's lanes (four each). */
+static inline __m256 pair_steps(__m256 steps, int j) {
+    return _mm256_permutevar8x32_ps(steps, _mm256_setr_epi32(j, j, j, j, j + 1, j + 1, j + 1, j + 1));
 }
 #endif
 
 #ifdef __AVX2__
-/* Adds Σ_k codes[k] · xq[k] · steps[b − first] over blocks b = first … first + count − 1 to
- * two accumulators (two blocks a step: two chains of multiply-adds). */
+/* Adds Σ_k codes[k] · xq[k] · steps[b − first] over blocks b = first … first + count − 1
+ * (first even) to two accumulators, so that two chains of multiply-adds overlap. */
 static inline void scaled_blocks(const uint8_t *codes, int nibbles, const int8_t *xq, int64_t first, int64_t count,
                                  const float *steps, __m256 *acc0, __m256 *acc1) {
     int64_t j = 0;
-    for (; j + 1 < count; j += 2) {
-        int64_t b = first + j;
-        __m256i c0, c1;
-        block_codes_pair(codes, nibbles, b, &c0, &c1);
-        __m256i a0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
-        __m256i a1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
-        *acc0 = _mm256_fmadd_ps(block_dot_u8(c0, a0), _mm256_broadcast_ss(steps + j), *acc0);
-        *acc1 = _mm256_fmadd_ps(block_dot_u8(c1, a1), _mm256_broadcast_ss(steps + j + 1), *acc1);
+    if (nibbles) {
+        for (; j + 1 < count; j += 2) {
+            __m256i evens, odds;
+            pair_activations(xq, first + j, &evens, &odds);
+            __m256 step = _mm256_set_m128(_mm_broadcast_ss(steps + j + 1), _mm_broadcast_ss(steps + j));
+            __m256 *acc = (j / 2) % 2 ? acc1 : acc0;
+            *acc = _mm256_fmadd_ps(nibble_pair_dot(codes, first + j, evens, odds), step, *acc);
+        }
+    } else {
+        for (; j + 1 < count; j += 2) {
+            int64_t b = first + j;
+            __m256i a0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+            __m256i a1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
+            *acc0 = _mm256_fmadd_ps(block_dot_u8(block_codes(codes, 0, b), a0), _mm256_broadcast_ss(steps + j), *acc0);
+            *acc1 = _mm256_fmadd_ps(block_dot_u8(block_codes(codes, 0, b + 1), a1), _mm256_broadcast_ss(steps + j + 1), *acc1);
+        }
     }
     if (j < count) {
         int64_t b = first + j;
@@ -188,14 +214,12 @@ static float dot_code_row(const uint8_t *codes, int nibbles, const uint16_t *sca
     for (b = 0; b < blocks; b++) {
         int32_t sum = 0;
         for (int i = 0; i < BLOCK; i++) {
-            int code;
             if (nibbles) {
-                int byte = codes[b * block_bytes + i % (BLOCK / 2)];
-                code = i < BLOCK / 2 ? (byte & 0x0f) : (byte >> 4);
+                int byte = codes[b * block_bytes + i / 2];
+                sum += (i % 2 ? byte >> 4 : byte & 0x0f) * xq[nibble_position(b, i, blocks)];
             } else {
-                code = codes[b * block_bytes + i];
+                sum += codes[b * block_bytes + i] * xq[b * BLOCK + i];
             }
-            sum += code * xq[b * BLOCK + i];
         }
         acc += steps[b] * (float)sum;
     }
@@ -215,21 +239,54 @@ static inline __m256 load_halves(const uint16_t *p, int count, int spare) {
 }
 #endif
 
+#ifdef __AVX2__
+/* The 4-bit codes' part of dot_groups32 for blocks c … c + count − 1 of one row, their steps
+ * (scale · dx) in one vector: pairs of blocks take their four-lane steps from it by a lane
+ * permute, a block without a partner all eight lanes. */
+static inline void nibble_blocks(const uint8_t *codes, const int8_t *xq, int64_t c, int count, __m256 steps,
+                                 __m256 *acc0, __m256 *acc1) {
+    int j = 0;
+    for (; j + 3 < count; j += 4) {
+        __m256i e0, o0, e1, o1;
+        pair_activations(xq, c + j, &e0, &o0);
+        pair_activations(xq, c + j + 2, &e1, &o1);
+        *acc0 = _mm256_fmadd_ps(nibble_pair_dot(codes, c + j, e0, o0), pair_steps(steps, j), *acc0);
+        *acc1 = _mm256_fmadd_ps(nibble_pair_dot(codes, c + j + 2, e1, o1), pair_steps(steps, j + 2), *acc1);
+    }
+    if (j + 1 < count) {
+        __m256i e, o;
+        pair_activations(xq, c + j, &e, &o);
+        *acc0 = _mm256_fmadd_ps(nibble_pair_dot(codes, c + j, e, o), pair_steps(steps, j), *acc0);
+        j += 2;
+    }
+    if (j < count) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(xq + (c + j) * BLOCK));
+        __m256 step = _mm256_permutevar8x32_ps(steps, _mm256_set1_epi32(j));
+        *acc1 = _mm256_fmadd_ps(block_dot_u8(block_codes(codes, 1, c + j), a), step, *acc1);
+    }
+}
+#endif
+
 /* One row of int4/5/6 codes in groups of 32 (a group is one block), minimums included:
  * Σ_b scale[b] · dx[b] · Σ_k codes[k] · xq[k] + min[b] · xs[b]. Blocks go eight at a time:
- * their scales and minimums are one vector each (no scalar fp16 conversions), and each
- * block's step is broadcast from that vector, stored. dx and xs must hold zeros from ``blocks`` up to
- * the next multiple of 8 (lanes of another row's scales meet those zeros). */
+ * their scales and minimums are one vector each (no scalar fp16 conversions). dx and xs must
+ * hold zeros from ``blocks`` up to the next multiple of 8 (lanes of another row's scales meet
+ * those zeros). */
 static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *scale, const uint16_t *mins,
                           int64_t blocks, const int8_t *xq, const float *dx, const float *xs, int spare) {
 #ifdef __AVX2__
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), offsets = _mm256_setzero_ps();
     for (int64_t c = 0; c < blocks; c += 8) {
         int count = blocks - c < 8 ? (int)(blocks - c) : 8;
-        float steps[8]; /* read back one at a time: a broadcast load is cheaper than a lane permute */
-        _mm256_storeu_ps(steps, _mm256_mul_ps(load_halves(scale + c, count, spare), _mm256_loadu_ps(dx + c)));
+        __m256 steps = _mm256_mul_ps(load_halves(scale + c, count, spare), _mm256_loadu_ps(dx + c));
         offsets = _mm256_fmadd_ps(load_halves(mins + c, count, spare), _mm256_loadu_ps(xs + c), offsets);
-        scaled_blocks(codes, nibbles, xq, c, count, steps, &acc0, &acc1);
+        if (nibbles) {
+            nibble_blocks(codes, xq, c, count, steps, &acc0, &acc1);
+        } else {
+            float stored[8]; /* read back one at a time: a broadcast load is cheaper than a lane permute */
+            _mm256_storeu_ps(stored, steps);
+            scaled_blocks(codes, 0, xq, c, count, stored, &acc0, &acc1);
+        }
     }
     return hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), offsets));
 #else
@@ -246,39 +303,32 @@ static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *sca
  * row's scales and minimums (load_halves' ``spare``): the last rows go one at a time. */
 static void dot_groups32_pair(const uint8_t *codes, int64_t row_bytes, const uint16_t *scale, const uint16_t *mins,
                               int64_t blocks, const int8_t *xq, const float *dx, const float *xs, float *out) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    __m256 acc_a = _mm256_setzero_ps(), acc_b = _mm256_setzero_ps();
     __m256 oa = _mm256_setzero_ps(), ob = _mm256_setzero_ps();
     const uint8_t *ca = codes, *cb = codes + row_bytes;
     for (int64_t c = 0; c < blocks; c += 8) {
         int count = blocks - c < 8 ? (int)(blocks - c) : 8;
-        float sa[8], sb[8];
         __m256 d = _mm256_loadu_ps(dx + c), xsum = _mm256_loadu_ps(xs + c);
-        _mm256_storeu_ps(sa, _mm256_mul_ps(load_halves(scale + c, count, 1), d));
-        _mm256_storeu_ps(sb, _mm256_mul_ps(load_halves(scale + blocks + c, count, 1), d));
+        __m256 sa = _mm256_mul_ps(load_halves(scale + c, count, 1), d);
+        __m256 sb = _mm256_mul_ps(load_halves(scale + blocks + c, count, 1), d);
         oa = _mm256_fmadd_ps(load_halves(mins + c, count, 1), xsum, oa);
         ob = _mm256_fmadd_ps(load_halves(mins + blocks + c, count, 1), xsum, ob);
         int j = 0;
         for (; j + 1 < count; j += 2) {
-            int64_t b = c + j;
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * BLOCK));
-            __m256i ca0, ca1, cb0, cb1;
-            block_codes_pair(ca, 1, b, &ca0, &ca1);
-            block_codes_pair(cb, 1, b, &cb0, &cb1);
-            a0 = _mm256_fmadd_ps(block_dot_u8(ca0, x0), _mm256_broadcast_ss(sa + j), a0);
-            b0 = _mm256_fmadd_ps(block_dot_u8(cb0, x0), _mm256_broadcast_ss(sb + j), b0);
-            a1 = _mm256_fmadd_ps(block_dot_u8(ca1, x1), _mm256_broadcast_ss(sa + j + 1), a1);
-            b1 = _mm256_fmadd_ps(block_dot_u8(cb1, x1), _mm256_broadcast_ss(sb + j + 1), b1);
+            __m256i e, o;
+            pair_activations(xq, c + j, &e, &o);
+            acc_a = _mm256_fmadd_ps(nibble_pair_dot(ca, c + j, e, o), pair_steps(sa, j), acc_a);
+            acc_b = _mm256_fmadd_ps(nibble_pair_dot(cb, c + j, e, o), pair_steps(sb, j), acc_b);
         }
         if (j < count) {
-            int64_t b = c + j;
-            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
-            a0 = _mm256_fmadd_ps(block_dot_u8(block_codes(ca, 1, b), x), _mm256_broadcast_ss(sa + j), a0);
-            b0 = _mm256_fmadd_ps(block_dot_u8(block_codes(cb, 1, b), x), _mm256_broadcast_ss(sb + j), b0);
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + (c + j) * BLOCK));
+            __m256i lane = _mm256_set1_epi32(j);
+            acc_a = _mm256_fmadd_ps(block_dot_u8(block_codes(ca, 1, c + j), x), _mm256_permutevar8x32_ps(sa, lane), acc_a);
+            acc_b = _mm256_fmadd_ps(block_dot_u8(block_codes(cb, 1, c + j), x), _mm256_permutevar8x32_ps(sb, lane), acc_b);
         }
     }
-    out[0] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), oa));
-    out[1] = hsum(_mm256_add_ps(_mm256_add_ps(b0, b1), ob));
+    out[0] = hsum(_mm256_add_ps(acc_a, oa));
+    out[1] = hsum(_mm256_add_ps(acc_b, ob));
 }
 #endif
 
@@ -412,6 +462,26 @@ float h2q_dot(const float *w, const float *x, int64_t K) {
     return total;
 }
 
+#ifdef __AVX2__
+/* Four fp32 rows (K % 8 == 0) against x at once: x is loaded once for the four, and their
+ * four chains of multiply-adds overlap (1.2-1.5x one row at a time, benchmarks/quantized.py
+ * --kernels). */
+static void dense_rows4(const float *w, int64_t K, const float *x, const float *bias, float *y) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) {
+        __m256 v = _mm256_loadu_ps(x + k);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), v, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + K + k), v, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 2 * K + k), v, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 3 * K + k), v, a3);
+    }
+    y[0] = hsum(a0) + (bias ? bias[0] : 0.0f);
+    y[1] = hsum(a1) + (bias ? bias[1] : 0.0f);
+    y[2] = hsum(a2) + (bias ? bias[2] : 0.0f);
+    y[3] = hsum(a3) + (bias ? bias[3] : 0.0f);
+}
+#endif
+
 /* Scratch sizes: xq K bytes, dx / xs / group_sums K / 32 + 8 floats. */
 void h2q_matrix_vector(const H2QMatrix *m, const float *x, float *y, H2QScratch *s, int threads) {
     int64_t N = m->rows, K = m->width, blocks = K / BLOCK;
@@ -419,8 +489,15 @@ void h2q_matrix_vector(const H2QMatrix *m, const float *x, float *y, H2QScratch 
     (void)threads;
     if (m->kind == H2Q_DENSE) {
         const float *w = (const float *)m->weights;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N * K >= (1 << 18))
-        for (int64_t n = 0; n < N; n++) y[n] = h2q_dot(w + n * K, x, K) + (bias ? bias[n] : 0.0f);
+        int parallel = threads > 1 && N * K >= (1 << 18);
+        int64_t first = 0; /* rows from first on: one at a time */
+        (void)parallel; /* read by the pragma and the AVX2 rows only */
+#ifdef __AVX2__
+        for (; !parallel && K % 8 == 0 && first + 4 <= N; first += 4)
+            dense_rows4(w + first * K, K, x, bias ? bias + first : NULL, y + first);
+#endif
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
+        for (int64_t n = first; n < N; n++) y[n] = h2q_dot(w + n * K, x, K) + (bias ? bias[n] : 0.0f);
         return;
     }
     if (m->kind == H2Q_INT8_ROWS) {
