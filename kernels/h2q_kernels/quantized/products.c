@@ -462,26 +462,6 @@ float h2q_dot(const float *w, const float *x, int64_t K) {
     return total;
 }
 
-#ifdef __AVX2__
-/* Four fp32 rows (K % 8 == 0) against x at once: x is loaded once for the four, and their
- * four chains of multiply-adds overlap (1.2-1.5x one row at a time, benchmarks/quantized.py
- * --kernels). */
-static void dense_rows4(const float *w, int64_t K, const float *x, const float *bias, float *y) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 8) {
-        __m256 v = _mm256_loadu_ps(x + k);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), v, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + K + k), v, a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 2 * K + k), v, a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 3 * K + k), v, a3);
-    }
-    y[0] = hsum(a0) + (bias ? bias[0] : 0.0f);
-    y[1] = hsum(a1) + (bias ? bias[1] : 0.0f);
-    y[2] = hsum(a2) + (bias ? bias[2] : 0.0f);
-    y[3] = hsum(a3) + (bias ? bias[3] : 0.0f);
-}
-#endif
-
 /* Scratch sizes: xq K bytes, dx / xs / group_sums K / 32 + 8 floats. */
 void h2q_matrix_vector(const H2QMatrix *m, const float *x, float *y, H2QScratch *s, int threads) {
     int64_t N = m->rows, K = m->width, blocks = K / BLOCK;
@@ -489,15 +469,8 @@ void h2q_matrix_vector(const H2QMatrix *m, const float *x, float *y, H2QScratch 
     (void)threads;
     if (m->kind == H2Q_DENSE) {
         const float *w = (const float *)m->weights;
-        int parallel = threads > 1 && N * K >= (1 << 18);
-        int64_t first = 0; /* rows from first on: one at a time */
-        (void)parallel; /* read by the pragma and the AVX2 rows only */
-#ifdef __AVX2__
-        for (; !parallel && K % 8 == 0 && first + 4 <= N; first += 4)
-            dense_rows4(w + first * K, K, x, bias ? bias + first : NULL, y + first);
-#endif
-#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
-        for (int64_t n = first; n < N; n++) y[n] = h2q_dot(w + n * K, x, K) + (bias ? bias[n] : 0.0f);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N * K >= (1 << 18))
+        for (int64_t n = 0; n < N; n++) y[n] = h2q_dot(w + n * K, x, K) + (bias ? bias[n] : 0.0f);
         return;
     }
     if (m->kind == H2Q_INT8_ROWS) {
