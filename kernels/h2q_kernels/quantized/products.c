@@ -58,26 +58,6 @@ static inline int64_t nibble_position(int64_t b, int i, int64_t blocks) {
     return (b - b % 2) * BLOCK + (i % 2) * BLOCK + (b % 2) * (BLOCK / 2) + i / 2;
 }
 
-/* One row of x (K values) into int8 blocks: codes, the block scales and the blocks' exact sums.
- * nibbles: in nibble_position's order, else in order. */
-static void quantize_row(const float *x, int64_t K, int8_t *xq, float *dx, float *xs, int nibbles) {
-    int64_t blocks = K / BLOCK;
-    for (int64_t b = 0; b < blocks; b++) {
-        const float *v = x + b * BLOCK;
-        float absmax = 0.0f, sum = 0.0f;
-        for (int i = 0; i < BLOCK; i++) {
-            float a = fabsf(v[i]);
-            absmax = a > absmax ? a : absmax;
-            sum += v[i];
-        }
-        float d = absmax / 127.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
-        dx[b] = d;
-        xs[b] = sum;
-        for (int i = 0; i < BLOCK; i++)
-            xq[nibbles ? nibble_position(b, i, blocks) : b * BLOCK + i] = (int8_t)lrintf(v[i] * inverse);
-    }
-}
-
 #ifdef __AVX2__
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -86,6 +66,76 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+static inline float hmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Block b's 32 values rounded to int8 in order, into 32 bytes. cvtps rounds as lrintf does
+ * (to nearest, ties to even: the default rounding mode); the two packs leave the values in
+ * runs of four, which one permute puts back in order. */
+static inline __m256i round_block(const float *v, float inverse) {
+    __m256 scale = _mm256_set1_ps(inverse);
+    __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v), scale));
+    __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + 8), scale));
+    __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + 16), scale));
+    __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + 24), scale));
+    __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    return _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+#endif
+
+/* One row of x (K values) into int8 blocks: codes, the block scales and the blocks' exact sums.
+ * nibbles: in nibble_position's order, else in order. */
+static void quantize_row(const float *x, int64_t K, int8_t *xq, float *dx, float *xs, int nibbles) {
+    int64_t blocks = K / BLOCK;
+    for (int64_t b = 0; b < blocks; b++) {
+        const float *v = x + b * BLOCK;
+#ifdef __AVX2__
+        const __m256 sign = _mm256_set1_ps(-0.0f);
+        __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8), v2 = _mm256_loadu_ps(v + 16),
+               v3 = _mm256_loadu_ps(v + 24);
+        float absmax = hmax(_mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                          _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3))));
+        float sum = hsum(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
+#else
+        float absmax = 0.0f, sum = 0.0f;
+        for (int i = 0; i < BLOCK; i++) {
+            float a = fabsf(v[i]);
+            absmax = a > absmax ? a : absmax;
+            sum += v[i];
+        }
+#endif
+        float d = absmax / 127.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
+        dx[b] = d;
+        xs[b] = sum;
+#ifdef __AVX2__
+        __m256i q = round_block(v, inverse);
+        if (!nibbles) {
+            _mm256_storeu_si256((__m256i *)(xq + b * BLOCK), q);
+            continue;
+        }
+        /* each 16-byte half: its even elements, then its odd ones; then the halves' evens together */
+        const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                               0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+        __m256i parts = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(q, split), 0xd8); /* evens | odds */
+        if (b % 2 == 0 && b + 1 == blocks) {
+            _mm256_storeu_si256((__m256i *)(xq + b * BLOCK), parts);
+        } else {
+            int8_t *pair = xq + (b - b % 2) * BLOCK + (b % 2) * (BLOCK / 2);
+            _mm_storeu_si128((__m128i *)pair, _mm256_castsi256_si128(parts));
+            _mm_storeu_si128((__m128i *)(pair + BLOCK), _mm256_extracti128_si256(parts, 1));
+        }
+#else
+        for (int i = 0; i < BLOCK; i++)
+            xq[nibbles ? nibble_position(b, i, blocks) : b * BLOCK + i] = (int8_t)lrintf(v[i] * inverse);
+#endif
+    }
+}
+
+#ifdef __AVX2__
 /* Σ over one block of 32: unsigned codes (≤ 63) times signed activations, as 8 int32 lanes. */
 static inline __m256 block_dot_u8(__m256i codes, __m256i xq) {
     __m256i pairs = _mm256_maddubs_epi16(codes, xq);
