@@ -22,6 +22,10 @@
 
 #include "products.h"
 
+/* For the row loops called from two places (the one-row product and the T-row one): inlined
+ * into each, as a single caller would have them (out of line, the decode step slowed). */
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
 static float half_to_float(uint16_t h) {
 #ifdef __F16C__
     return _cvtsh_ss(h);
@@ -322,7 +326,7 @@ static inline void nibble_blocks(const uint8_t *codes, const int8_t *xq, int64_t
  * their scales and minimums are one vector each (no scalar fp16 conversions). dx and xs must
  * hold zeros from ``blocks`` up to the next multiple of 8 (lanes of another row's scales meet
  * those zeros). */
-static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *scale, const uint16_t *mins,
+ALWAYS_INLINE float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *scale, const uint16_t *mins,
                           int64_t blocks, const int8_t *xq, const float *dx, const float *xs, int spare) {
 #ifdef __AVX2__
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), offsets = _mm256_setzero_ps();
@@ -351,7 +355,7 @@ static float dot_groups32(const uint8_t *codes, int nibbles, const uint16_t *sca
 /* dot_groups32 of two rows (n, n + 1) of 4-bit codes at once: the activations are loaded once
  * for both and the two rows' chains of multiply-adds interleave. At least 7 values must follow the second
  * row's scales and minimums (load_halves' ``spare``): the last rows go one at a time. */
-static void dot_groups32_pair(const uint8_t *codes, int64_t row_bytes, const uint16_t *scale, const uint16_t *mins,
+ALWAYS_INLINE void dot_groups32_pair(const uint8_t *codes, int64_t row_bytes, const uint16_t *scale, const uint16_t *mins,
                               int64_t blocks, const int8_t *xq, const float *dx, const float *xs, float *out) {
     __m256 acc_a = _mm256_setzero_ps(), acc_b = _mm256_setzero_ps();
     __m256 oa = _mm256_setzero_ps(), ob = _mm256_setzero_ps();
@@ -427,21 +431,25 @@ static float min_terms(const uint16_t *mins, const float *group_sums, int64_t gr
     return total;
 }
 
+/* T rows of activations: row t's codes at xq + t · K, its block steps and sums at
+ * dx, xs + t · stride, each row followed by 8 zeros (dot_groups32's padding). */
 typedef struct {
     int8_t *xq;
     float *dx, *xs;
+    int64_t stride;
 } Activations;
 
 static int quantize_all(const float *x, int64_t T, int64_t K, int interleave, Activations *a) {
+    a->stride = K / BLOCK + 8;
     a->xq = malloc((size_t)(T * K));
-    a->dx = malloc(sizeof(float) * (size_t)(T * K / BLOCK));
-    a->xs = malloc(sizeof(float) * (size_t)(T * K / BLOCK));
+    a->dx = calloc((size_t)(T * a->stride), sizeof(float));
+    a->xs = calloc((size_t)(T * a->stride), sizeof(float));
     if (!a->xq || !a->dx || !a->xs) {
         free(a->xq); free(a->dx); free(a->xs);
         return -1;
     }
     for (int64_t t = 0; t < T; t++)
-        quantize_row(x + t * K, K, a->xq + t * K, a->dx + t * K / BLOCK, a->xs + t * K / BLOCK, interleave);
+        quantize_row(x + t * K, K, a->xq + t * K, a->dx + t * a->stride, a->xs + t * a->stride, interleave);
     return 0;
 }
 
@@ -458,7 +466,7 @@ int h2q_int8_rows(const float *x, int64_t T, int64_t K, const int8_t *q, const u
     for (int64_t n = 0; n < N; n++) {
         float s = half_to_float(scale[n]), b = bias ? bias[n] : 0.0f;
         for (int64_t t = 0; t < T; t++)
-            y[t * N + n] = s * dot_int8(q + n * K, a.xq + t * K, a.dx + t * blocks, blocks) + b;
+            y[t * N + n] = s * dot_int8(q + n * K, a.xq + t * K, a.dx + t * a.stride, blocks) + b;
     }
     release(&a);
     return 0;
@@ -475,18 +483,43 @@ int h2q_code_groups(const float *x, int64_t T, int64_t K, const uint8_t *codes, 
     int64_t groups = K / G, per_group = G / BLOCK, row_bytes = nibbles ? K / 2 : K;
     float *group_sums = malloc(sizeof(float) * (size_t)(T * groups)); /* Σ x per group, exact */
     if (!group_sums) { release(&a); return -1; }
-    for (int64_t i = 0; i < T * groups; i++) {
-        float sum = 0.0f;
-        for (int64_t j = 0; j < per_group; j++) sum += a.xs[i * per_group + j];
-        group_sums[i] = sum;
-    }
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t g = 0; g < groups; g++) {
+            float sum = 0.0f;
+            for (int64_t j = 0; j < per_group; j++) sum += a.xs[t * a.stride + g * per_group + j];
+            group_sums[t * groups + g] = sum;
+        }
+    int parallel = threads > 1 && N * K * T >= (1 << 18);
+    int64_t pairs = 0; /* rows below 2 · pairs go two at a time (dot_groups32_pair) */
     (void)threads;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N * K * T >= (1 << 18))
-    for (int64_t n = 0; n < N; n++) {
+    (void)parallel; /* read by the pragmas only */
+#ifdef __AVX2__
+    if (shift == 0 && nibbles)
+        for (pairs = N / 2; pairs > 0 && (N - 2 * pairs) * groups < 7; pairs--) {}
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
+    for (int64_t p = 0; p < pairs; p++) {
+        int64_t n = 2 * p;
+        for (int64_t t = 0; t < T; t++) {
+            float two[2];
+            dot_groups32_pair(codes + n * row_bytes, row_bytes, scale + n * groups, mins + n * groups, K / BLOCK,
+                              a.xq + t * K, a.dx + t * a.stride, a.xs + t * a.stride, two);
+            y[t * N + n] = two[0] + (bias ? bias[n] : 0.0f);
+            y[t * N + n + 1] = two[1] + (bias ? bias[n + 1] : 0.0f);
+        }
+    }
+#endif
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
+    for (int64_t n = 2 * pairs; n < N; n++) {
         const uint16_t *s = scale + n * groups, *m = mins + n * groups;
         for (int64_t t = 0; t < T; t++) {
+            if (shift == 0) {
+                y[t * N + n] = dot_groups32(codes + n * row_bytes, nibbles, s, m, K / BLOCK, a.xq + t * K,
+                                            a.dx + t * a.stride, a.xs + t * a.stride, (N - n - 1) * groups >= 7)
+                               + (bias ? bias[n] : 0.0f);
+                continue;
+            }
             float total = dot_code_row(codes + n * row_bytes, nibbles, s, K / BLOCK, shift,
-                                       a.xq + t * K, a.dx + t * (K / BLOCK));
+                                       a.xq + t * K, a.dx + t * a.stride);
             total += min_terms(m, group_sums + t * groups, groups);
             y[t * N + n] = total + (bias ? bias[n] : 0.0f);
         }
