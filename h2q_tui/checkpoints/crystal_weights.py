@@ -35,13 +35,15 @@ def pack_linears(model: nn.Module, state_dict: dict[str, Any]) -> list[packed.Pa
     """Swap each ``nn.Linear`` whose weight is packed in ``state_dict`` for a PackedLinear
     (its weight key leaves the dict); every other packed tensor is decoded to float in place."""
     done = []
+    modules = dict(model.named_modules(remove_duplicate=False))  # one walk, not one a matrix
     for name, weight in list(state_dict.items()):
         if not isinstance(weight, packed.PackedWeight):
             continue
         owner, _, leaf = name.rpartition(".")
-        module = model.get_submodule(owner) if leaf == "weight" else None
+        module = modules.get(owner) if leaf == "weight" else None
         if type(module) is nn.Linear and tuple(module.weight.shape) == weight.shape:
-            model.set_submodule(owner, packed.PackedLinear(weight, module.bias))
+            parent, _, attribute = owner.rpartition(".")
+            setattr(modules[parent], attribute, packed.PackedLinear(weight, module.bias))
             del state_dict[name]
             done.append(weight)
         else:
