@@ -119,3 +119,88 @@ def test_bad_options_are_refused(tmp_path) -> None:
         checkpoints.load_checkpoint(run, "naive")
     with pytest.raises(ValueError, match="verified before it is recorded"):
         checkpoints.load_checkpoint(run, "fast", verify="later", consumer="test")
+
+
+def _safetensors_file(path: Path, header: dict, data: bytes) -> Path:
+    """A safetensors file of ``header`` and ``data``, written by hand (unsound ones too)."""
+    import json
+
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-aligned, as safetensors writes it
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return path
+
+
+def test_mapped_tensors_equal_safetensors_own_each_with_its_storage(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from h2q_tui.checkpoints.fast import map_tensors
+
+    tensors = {
+        "a": torch.randn(3, 5),
+        "b": torch.arange(7, dtype=torch.int8),  # 7 bytes: "c" then starts unaligned
+        "c": torch.randn(2, 2, dtype=torch.float64),
+        "d": torch.tensor(True),
+        "e": torch.zeros(0, 4),
+        "f": torch.randn(4).to(torch.bfloat16),
+    }
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, str(path))
+    mapped, reference = map_tensors(path), load_file(str(path))
+    assert mapped.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert mapped[name].dtype == tensor.dtype and torch.equal(mapped[name], tensor), name
+    pointers = {t.untyped_storage().data_ptr() for t in mapped.values() if t.numel()}
+    assert len(pointers) == len(tensors) - 1  # one storage each: a save takes them again
+    mapped["a"].add_(1.0)  # private: the file is unchanged
+    assert torch.equal(load_file(str(path))["a"], tensors["a"])
+    save_file(mapped, str(tmp_path / "again.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"dtype": "F32", "shape": [2], "data_offsets": [0, 12]},  # size against shape
+        {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},  # past the end
+        {"dtype": "F32", "shape": [-1], "data_offsets": [0, 8]},
+        {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]},
+        {"dtype": "F32", "shape": [2], "data_offsets": [0]},
+        "not a tensor",
+    ],
+)
+def test_an_unsound_header_is_refused_in_safetensors_words(tmp_path, entry) -> None:
+    from safetensors import SafetensorError
+
+    from h2q_tui.checkpoints.fast import map_tensors
+
+    path = _safetensors_file(tmp_path / "bad.safetensors", {"x": entry}, bytes(8))
+    with pytest.raises((SafetensorError, ValueError)):
+        map_tensors(path)
+
+
+def test_overlapping_tensors_are_refused(tmp_path) -> None:
+    from safetensors import SafetensorError
+
+    from h2q_tui.checkpoints.fast import map_tensors
+
+    header = {
+        "x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "y": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+    }
+    path = _safetensors_file(tmp_path / "overlap.safetensors", header, bytes(12))
+    with pytest.raises((SafetensorError, ValueError)):
+        map_tensors(path)
+
+
+def test_a_tensor_not_aligned_to_its_dtype_is_read_right(tmp_path) -> None:
+    from h2q_tui.checkpoints.fast import map_tensors
+
+    values = torch.tensor([1.5, -2.25])  # at data offset 3: not 4-aligned
+    header = {
+        "x": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+        "y": {"dtype": "F32", "shape": [2], "data_offsets": [3, 11]},
+    }
+    data = bytes([1, 2, 3]) + values.numpy().tobytes()
+    mapped = map_tensors(_safetensors_file(tmp_path / "odd.safetensors", header, data))
+    assert mapped["x"].tolist() == [1, 2, 3]
+    assert torch.equal(mapped["y"], values)
