@@ -151,22 +151,27 @@ def test_fast_loader_checks_a_crystallized_checkpoint_beside_its_load(tmp_path, 
         if hasattr(module, "weight") and not isinstance(module.weight, torch.Tensor):
             assert torch.equal(module.weight.decoded(), other.weight.decoded()), name  # packed
     _, _, _, times = phases.load_for_first_token(folder, "Once", rate_tokens=4)
-    assert {"info", "read", "build", "assign"} <= set(times.phases)
-    assert "verify" in times.overlapped  # the checksum pass ran beside the load
+    assert {"info", "read", "build", "assign", "verify_wait"} <= set(times.phases)
 
 
 # ----------------------------------------------------------------------------- phases
-@pytest.mark.parametrize("method", ["fast", "naive"])
-def test_in_process_phases_are_positive_and_add_up(run_dir, tmp_path, method) -> None:
+@pytest.mark.parametrize("method", ["fast", "fast-beside", "naive"])
+def test_in_process_phases_are_positive_and_add_up(run_dir, tmp_path, method, monkeypatch) -> None:
+    from h2q_tui.checkpoints import find
+
+    beside = method == "fast-beside"  # a file as large as OVERLAP_BYTES: checked beside
+    monkeypatch.setattr(find, "OVERLAP_BYTES", 0 if beside else find.OVERLAP_BYTES)
+    method = "fast" if beside else method
     info = checkpoints.read_info(run_dir)
     pickle_path = phases.write_pickle_state(info, tmp_path) if method == "naive" else None
     _, model, _, times = phases.load_for_first_token(
         run_dir, "Once upon", method, pickle_path, rate_tokens=8
     )
-    if method == "fast":  # mapped first, checksums summed beside build/assign/forward
+    if method == "fast":  # mapped first; checksums summed beside build/assign/forward (a large
+        # file) or when the first token waits for them (a small one: all in verify_wait)
         order = ["info", "read", "build", "assign", "first_forward", "first_token"]
         order.append("verify_wait")
-        assert times.overlapped["verify"] > 0
+        assert (times.overlapped.get("verify", 0) > 0) == beside
     else:  # checksums first (in info), built as training does, pickle, load_state_dict
         order = ["info", "build", "read", "assign", "first_forward", "first_token"]
         assert times.overlapped == {}
@@ -183,9 +188,12 @@ def damage_a_tensor(weights: Path) -> None:
     weights.write_bytes(bytes(data))
 
 
-def test_the_overlapped_checksum_pass_refuses_a_damaged_file(tmp_path) -> None:
+@pytest.mark.parametrize("beside", [True, False])
+def test_the_fast_paths_checksum_pass_refuses_a_damaged_file(tmp_path, beside, monkeypatch) -> None:
+    from h2q_tui.checkpoints import find
     from h2q_tui.errors import UserError
 
+    monkeypatch.setattr(find, "OVERLAP_BYTES", 0 if beside else find.OVERLAP_BYTES)
     run = save_small(tmp_path, "gpt")
     folder = checkpoints.read_info(run).weights.parent
     damage_a_tensor(folder / "model.safetensors")
@@ -341,3 +349,17 @@ def test_bad_input_in_a_subprocess(tmp_path) -> None:
     code, printed, errors = in_subprocess(str(tmp_path / "nowhere"), "--repeats", "1")
     assert code == 2 and printed == ""
     assert len(errors.strip().splitlines()) == 1 and "nowhere" in errors
+
+
+@pytest.mark.parametrize("beside", [True, False])
+def test_a_small_file_is_checked_when_waited_for_a_large_one_beside_the_load(
+    run_dir, beside, monkeypatch
+) -> None:
+    from h2q_tui.checkpoints import fast, find
+
+    monkeypatch.setattr(find, "OVERLAP_BYTES", 0 if beside else 1 << 40)
+    info = checkpoints.read_info(run_dir)
+    check = find.BackgroundCheck(info.weights, fast.read_tensors(info))
+    assert check.beside == beside
+    assert (check._thread.ident is not None) == beside  # a small file: no thread started
+    assert check.wait() is None and check.seconds > 0

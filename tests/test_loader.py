@@ -106,7 +106,7 @@ def test_a_recorded_load_is_in_the_timeline(tmp_path) -> None:
     assert event.kind == "load" and event.step == 5 and event.note == "n"
     assert list(event.phases)[:4] == ["info", "read", "build", "assign"]
     assert abs(sum(event.phases.values()) - event.total_s) < 1e-9
-    assert event.overlapped["verify"] > 0
+    assert "verify" not in event.overlapped  # a small file: checked when the load waited
 
 
 def test_bad_options_are_refused(tmp_path) -> None:

@@ -262,8 +262,13 @@ def test_hotstarts_naive_anchor_of_a_crystal_holds_every_float_weight(crystals, 
     assert state["blocks.0.attn.c_attn.weight"].dtype == torch.float32
 
 
-def test_a_flipped_code_is_caught_by_the_fast_paths_overlapped_check(crystals, tmp_path):
+@pytest.mark.parametrize("beside", [True, False])
+def test_a_flipped_code_is_caught_by_the_fast_paths_check(crystals, tmp_path, beside, monkeypatch):
     import shutil
+
+    from h2q_tui.checkpoints import find
+
+    monkeypatch.setattr(find, "OVERLAP_BYTES", 0 if beside else find.OVERLAP_BYTES)
 
     folder = tmp_path / "flipped"
     shutil.copytree(crystals["gpt", "int8"], folder)

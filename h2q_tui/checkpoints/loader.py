@@ -85,7 +85,8 @@ def _confirm(check: BackgroundCheck | None, clock: timing.Clock) -> None:
         return
     problem = check.wait()
     clock.lap("verify_wait")
-    clock.overlapped["verify"] = check.seconds
+    if check.beside:
+        clock.overlapped["verify"] = check.seconds
     if problem is not None:
         raise ChecksumFailed(problem)
 
