@@ -37,6 +37,7 @@ CRC_THREADS = 2  # checksum threads (zlib, no OpenMP); more gain nothing on thes
 # the AMD EPYC VM: a 43 MB GPT loaded faster checked after, a 341 MB one checked beside
 # (its CRC-32s, summed with the GIL released, take longer than the contention).
 OVERLAP_BYTES = 128 << 20
+POOL_BYTES = 16 << 20  # from this many bytes a check run on the loader's thread takes the pool
 
 
 def checkpoint_problem(
@@ -207,6 +208,7 @@ class BackgroundCheck:
         self._sums: SharedSums | None = None  # the pass's tensors, once it has mapped them
         self._thread = threading.Thread(target=self._run, name="h2q-verify", daemon=True)
         size = sum(t.nbytes for t in tensors.values()) if tensors is not None else None
+        self._bytes = size or 0
         self._deferred = size is not None and size < OVERLAP_BYTES
         self.beside = not self._deferred  # whether the check runs beside the load
         if self.beside:
@@ -233,7 +235,9 @@ class BackgroundCheck:
         wait is halved on a 2-core machine, then joins the check's thread."""
         if self._deferred:
             self._deferred = False
-            self._run()  # one thread: a small file's pass is mostly Python, a pool only adds to it
+            # the pool pays where zlib sums long tensors with the GIL released; under POOL_BYTES
+            # the pass is mostly Python around small tensors, where a second thread only adds
+            self._run(CRC_THREADS if self._bytes >= POOL_BYTES else 1)
             return self._problem
         if self._sums is not None:
             self._sums.run()
