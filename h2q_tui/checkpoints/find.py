@@ -33,9 +33,9 @@ from h2q_tui.units import first_sentence
 CRC_THREADS = 2  # checksum threads (zlib, no OpenMP); more gain nothing on these machines
 # Below this many bytes of tensors a file's check runs when the loader waits for it, not on a
 # thread beside the load: a second thread taking the GIL slowed build, assign and the first
-# forward by more than the whole pass costs. Measured with `h2q-tui hotstart` in process on
-# the AMD EPYC VM: a 43 MB GPT loaded faster checked after, a 341 MB one checked beside
-# (its CRC-32s, summed with the GIL released, take longer than the contention).
+# forward by more than the whole pass costs (`h2q-tui hotstart` in process on the AMD EPYC VM:
+# gpt-cpu and a 43 MB GPT loaded faster checked after; on a 341 MB GPT, where the pass is
+# longest, the two ways were within noise: docs/hotstart.md).
 OVERLAP_BYTES = 128 << 20
 POOL_BYTES = 16 << 20  # from this many bytes a check run on the loader's thread takes the pool
 
