@@ -168,8 +168,7 @@ def _layout(
     if len(offsets) != 2 or any(type(n) is not int or n < 0 for n in numbers):
         return None
     start, stop = offsets
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if not start <= stop <= data_bytes or stop - start != math.prod(shape) * itemsize:
+    if not start <= stop <= data_bytes or stop - start != math.prod(shape) * dtype.itemsize:
         return None
     return dtype, shape, (start, stop)
 
@@ -178,13 +177,11 @@ def _view(mapped: mmap.mmap, offset: int, nbytes: int, dtype: torch.dtype, shape
     """The tensor at ``offset`` of the map (a copy where it is not aligned to its dtype)."""
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if offset % itemsize:
+    if offset % dtype.itemsize:
         raw = torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes, offset=offset)
         return raw.clone().view(dtype).view(shape)
-    return torch.frombuffer(mapped, dtype=dtype, count=nbytes // itemsize, offset=offset).view(
-        shape
-    )
+    count = nbytes // dtype.itemsize
+    return torch.frombuffer(mapped, dtype=dtype, count=count, offset=offset).view(shape)
 
 
 def _alias_groups(model: nn.Module) -> list[list[str]]:

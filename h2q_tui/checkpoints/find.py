@@ -233,15 +233,15 @@ class BackgroundCheck:
         """Why the file cannot be trusted, or None, once the check is done. The caller's
         thread sums the tensors not yet taken meanwhile (:class:`SharedSums`), so that the
         wait is halved on a 2-core machine, then joins the check's thread."""
-        if self._deferred:
+        if self._deferred:  # a small file: the check runs now, here
             self._deferred = False
             # the pool pays where zlib sums long tensors with the GIL released; under POOL_BYTES
             # the pass is mostly Python around small tensors, where a second thread only adds
             self._run(CRC_THREADS if self._bytes >= POOL_BYTES else 1)
-            return self._problem
-        if self._sums is not None:
-            self._sums.run()
-        self._thread.join()
+        elif self.beside:
+            if self._sums is not None:
+                self._sums.run()
+            self._thread.join()
         self._sums = None  # the loader owns the mapping; do not keep it alive
         return self._problem
 
