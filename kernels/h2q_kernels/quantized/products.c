@@ -439,7 +439,7 @@ typedef struct {
     int64_t stride;
 } Activations;
 
-static int quantize_all(const float *x, int64_t T, int64_t K, int interleave, Activations *a) {
+static int quantize_all(const float *x, int64_t T, int64_t K, int nibbles, Activations *a) {
     a->stride = K / BLOCK + 8;
     a->xq = malloc((size_t)(T * K));
     a->dx = calloc((size_t)(T * a->stride), sizeof(float));
@@ -449,7 +449,7 @@ static int quantize_all(const float *x, int64_t T, int64_t K, int interleave, Ac
         return -1;
     }
     for (int64_t t = 0; t < T; t++)
-        quantize_row(x + t * K, K, a->xq + t * K, a->dx + t * a->stride, a->xs + t * a->stride, interleave);
+        quantize_row(x + t * K, K, a->xq + t * K, a->dx + t * a->stride, a->xs + t * a->stride, nibbles);
     return 0;
 }
 
